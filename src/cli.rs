@@ -1,0 +1,210 @@
+//! The command line: argument definitions and what each command does.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Purpose, Settings, Sources};
+use crate::exit;
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "statusd",
+    version,
+    about = "Reports integration status to the Acronis Cyber Platform, durably and in order, and reconciles tenants and branding on a schedule.",
+    long_about = None,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Configuration file (default: /etc/statusd/statusd.toml when it exists, else built-in defaults).
+    /// Environment variables STATUSD__SECTION__KEY override it.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr. The filter comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ApiArgs {
+    /// URL of the running daemon's local API (default: http://<api.listen> of the configuration).
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (what systemd and containers start).
+    Run,
+    /// Try statusd out with no credentials: a sandbox platform and the daemon on loopback,
+    /// sample events with injected faults, live progress and a summary.
+    Demo(DemoArgs),
+    /// Run only the sandbox platform, for developing an integration without platform credentials.
+    Sandbox(SandboxArgs),
+    /// Probe the local API's /livez; exit 0 when healthy, 1 when not (for container HEALTHCHECK).
+    Healthcheck(ApiArgs),
+    /// Validate the configuration and print the effective settings with secrets redacted
+    /// (exit 0 valid, 78 invalid).
+    CheckConfig,
+    /// Enqueue an activation event for a tenant through the running daemon.
+    Activate(EventArgs),
+    /// Enqueue a deactivation event for a tenant through the running daemon.
+    Deactivate(EventArgs),
+    /// Show queue depth, oldest pending age, dead letters, reconcilers and platform reachability.
+    Status(StatusArgs),
+    /// Inspect and act on reports the platform refused for good.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+    /// Show the tenant inventory from the last tenant reconcile.
+    Tenants(StatusArgs),
+    /// Run one reconcile now; --dry-run prints the drift without changing anything
+    /// (exit 0 no drift or applied, 1 drift found in a dry run, 2 error).
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Exit when every event is delivered instead of staying up for exploration.
+    #[arg(long)]
+    pub once: bool,
+    /// Number of sample events to send.
+    #[arg(long, default_value_t = 400)]
+    pub events: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8780", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// API client id to accept (default: generated and printed).
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// API client secret to accept (default: generated and printed).
+    #[arg(long, env = "STATUSD_SANDBOX_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: Option<String>,
+    /// Lifetime of issued tokens, e.g. "2h", "30s".
+    #[arg(long, default_value = "2h", value_parser = parse_duration)]
+    pub token_ttl: std::time::Duration,
+    /// Number of tenants in the generated tree.
+    #[arg(long, default_value_t = 50)]
+    pub tenants: usize,
+    /// Maximum items per page of GET /api/2/tenants.
+    #[arg(long, default_value_t = 100)]
+    pub page_limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct EventArgs {
+    /// The tenant's UUID.
+    pub tenant_id: String,
+    /// Event action text (default: "activated integration" / "deactivated integration").
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Event category (default: "activation").
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Idempotency key: a repeated key is accepted once.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// List parked events with their reason.
+    List(StatusArgs),
+    /// Show one parked event.
+    Show {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Put a parked event (or all with --all) back at the tail of its tenant's queue.
+    Retry {
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Delete a parked event for good.
+    Purge {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReconcilerName {
+    Tenants,
+    Status,
+    Branding,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Which reconciler to run.
+    #[arg(value_enum)]
+    pub reconciler: ReconcilerName,
+    /// Print the drift without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("not a duration: {s:?} ({e})"))
+}
+
+/// Load settings for a purpose; on problems print them and return exit code 78.
+pub fn load_settings(cli: &Cli, purpose: Purpose) -> Result<Settings, ExitCode> {
+    match config::load(&Sources::from_process(cli.config.clone()), purpose) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            eprint!("statusd: {e}");
+            Err(ExitCode::from(exit::CONFIG))
+        }
+    }
+}
+
+/// Entry point of the binary after parsing.
+pub fn main(cli: Cli) -> ExitCode {
+    telemetry::init(cli.log_format, "info");
+    match &cli.command {
+        Command::CheckConfig => match load_settings(&cli, Purpose::Run) {
+            Ok(settings) => {
+                print!("{}", settings.to_redacted_toml());
+                eprintln!("configuration is valid");
+                ExitCode::from(exit::OK)
+            }
+            Err(code) => code,
+        },
+        other => {
+            eprintln!("statusd: {other:?} is not available in this build yet");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}

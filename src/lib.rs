@@ -1,0 +1,19 @@
+//! statusd: durable integration-status reporting and reconciliation for the Acronis Cyber
+//! Platform. See `ARCHITECTURE.md` for the map of modules and their invariants.
+
+pub mod cli;
+pub mod config;
+pub mod queue;
+pub mod telemetry;
+
+/// `statusd/<version>`, sent as the User-Agent of every platform call.
+pub const USER_AGENT: &str = concat!("statusd/", env!("CARGO_PKG_VERSION"));
+
+/// Exit codes (spec §2), following sysexits where one fits.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const ERROR: u8 = 2;
+    pub const UNAVAILABLE: u8 = 69;
+    pub const CONFIG: u8 = 78;
+}

@@ -1,0 +1,1101 @@
+//! The durable store: pending events per tenant, event states, dead letters, tenant state,
+//! idempotency keys and the tenant inventory. **The only module that imports sled.**
+//!
+//! Promises:
+//! - `enqueue` returns only after a flush covering the events has completed. Concurrent callers
+//!   share flushes through one flusher thread (group commit).
+//! - An event and every index pointing at it are written in one atomic sled batch, under one
+//!   writer lock, so a crash never leaves an event that is stored but not dispatchable.
+//! - Per tenant, events leave in acceptance order; a tenant has at most one batch in flight.
+//! - On open, anything that was in flight goes back to `queued`, keeping its place.
+//!
+//! Layout (one sled tree, one-byte key prefixes, big-endian integers so keys sort by arrival):
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `e` | event uuid | event record (JSON) |
+//! | `p` | tenant uuid + seq | event uuid (pending: queued or in flight) |
+//! | `o` | seq | event uuid (all pending, oldest first) |
+//! | `f` | event uuid | tenant + seq (in flight) |
+//! | `d` | event uuid | (dead letters) |
+//! | `c` | delivered ms + event uuid | (delivered, for compaction) |
+//! | `i` | idempotency key | event uuid + accepted ms |
+//! | `j` | accepted ms + idempotency key | (expiry index) |
+//! | `t` | tenant uuid | tenant state (JSON) |
+//! | `n` | tenant uuid | inventory record (JSON) |
+//! | `m` | name | metadata: schema version, counters, reconciler documents |
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::sync::{oneshot, Notify};
+use uuid::Uuid;
+
+pub type TenantId = Uuid;
+
+/// The layout version written by this build; opening a store with a newer one is refused.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// How long idempotency keys are remembered at least.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store at {path} has schema version {found}; this statusd understands up to {SCHEMA_VERSION}")]
+    SchemaTooNew { path: String, found: u64 },
+    #[error("store flush failed: {0}")]
+    Flush(String),
+    #[error("store is closed")]
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Activation,
+    Deactivation,
+    Custom,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Activation => "activation",
+            EventKind::Deactivation => "deactivation",
+            EventKind::Custom => "custom",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventState {
+    Queued,
+    InFlight,
+    Delivered,
+    Dead,
+}
+
+/// The integration state of a tenant, as intended by the vendor or as last reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntegrationState {
+    Active,
+    Inactive,
+}
+
+/// An event as the API hands it to the store, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub tenant_id: TenantId,
+    pub kind: EventKind,
+    pub category: String,
+    pub action: String,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: Uuid,
+    pub tenant_id: TenantId,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub category: String,
+    pub action: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub idempotency_key: Option<String>,
+    /// Unix milliseconds.
+    pub accepted_at_ms: i64,
+    pub state: EventState,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next_attempt_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub delivered_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dead_reason: Option<String>,
+    /// Position in the tenant's queue (changes when a dead letter is retried).
+    pub seq: u64,
+}
+
+/// What happened to one event handed to `enqueue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored and durable.
+    Accepted(Uuid),
+    /// The idempotency key was seen before; nothing new was stored.
+    Duplicate(Uuid),
+}
+
+impl Enqueued {
+    pub fn id(self) -> Uuid {
+        match self {
+            Enqueued::Accepted(id) | Enqueued::Duplicate(id) => id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantState {
+    pub tenant_id: TenantId,
+    #[serde(default)]
+    pub intended: Option<IntegrationState>,
+    #[serde(default)]
+    pub intended_at_ms: Option<i64>,
+    #[serde(default)]
+    pub last_reported: Option<IntegrationState>,
+    #[serde(default)]
+    pub last_reported_at_ms: Option<i64>,
+}
+
+/// A tenant as the last tenant reconcile saw it on the platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryTenant {
+    pub id: TenantId,
+    pub parent_id: Option<TenantId>,
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub enabled: Option<bool>,
+    pub deleted: bool,
+    pub version: i64,
+}
+
+/// The oldest pending events of one tenant, taken for delivery.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub tenant_id: TenantId,
+    pub events: Vec<EventRecord>,
+}
+
+impl Batch {
+    pub fn ids(&self) -> Vec<Uuid> {
+        self.events.iter().map(|e| e.id).collect()
+    }
+    /// When the oldest event of the batch was accepted.
+    pub fn oldest_accepted_ms(&self) -> i64 {
+        self.events.iter().map(|e| e.accepted_at_ms).min().unwrap_or(0)
+    }
+    pub fn max_attempts(&self) -> u32 {
+        self.events.iter().map(|e| e.attempts).max().unwrap_or(0)
+    }
+}
+
+/// The answer of `take_batch`.
+#[derive(Debug)]
+pub enum Take {
+    Ready(Batch),
+    /// The head is in backoff until this Unix millisecond.
+    NotBefore(i64),
+    /// A batch of this tenant is already in flight.
+    Busy,
+    Empty,
+}
+
+/// Counters the rest needs cheaply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    pub depth: u64,
+    pub in_flight: u64,
+    pub dead_letters: u64,
+    pub oldest_pending_accepted_ms: Option<i64>,
+}
+
+/// Group-commit figures, for benchmarks and metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlushStats {
+    pub flushes: u64,
+    pub waiters: u64,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub cache_capacity_mb: u64,
+    pub delivered_retention: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_capacity_mb: 64,
+            delivered_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The store handle; cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Counters {
+    seq: u64,
+    depth: u64,
+    dead: u64,
+}
+
+type FlushWaiter = oneshot::Sender<Result<(), String>>;
+
+struct Inner {
+    db: sled::Db,
+    tree: sled::Tree,
+    writer: Mutex<Counters>,
+    in_flight_tenants: Mutex<HashSet<TenantId>>,
+    in_flight_events: AtomicUsize,
+    flush_tx: Mutex<Option<mpsc::Sender<FlushWaiter>>>,
+    flush_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    flushes: Arc<AtomicU64>,
+    flush_waiters: Arc<AtomicU64>,
+    woken: Mutex<HashSet<TenantId>>,
+    wake: Notify,
+    options: StoreOptions,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.flush_tx.lock().expect("flush sender lock").take();
+        if let Some(handle) = self.flush_thread.lock().expect("flush thread lock").take() {
+            let _ = handle.join();
+        }
+        let _ = self.db.flush();
+    }
+}
+
+// Key helpers ---------------------------------------------------------------------------------
+
+fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    k.push(prefix);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn event_key(id: &Uuid) -> Vec<u8> {
+    key(b'e', &[id.as_bytes()])
+}
+
+fn pending_key(tenant: &TenantId, seq: u64) -> Vec<u8> {
+    key(b'p', &[tenant.as_bytes(), &seq.to_be_bytes()])
+}
+
+fn order_key(seq: u64) -> Vec<u8> {
+    key(b'o', &[&seq.to_be_bytes()])
+}
+
+fn flight_key(id: &Uuid) -> Vec<u8> {
+    key(b'f', &[id.as_bytes()])
+}
+
+fn dead_key(id: &Uuid) -> Vec<u8> {
+    key(b'd', &[id.as_bytes()])
+}
+
+fn delivered_key(at_ms: i64, id: &Uuid) -> Vec<u8> {
+    key(b'c', &[&(at_ms.max(0) as u64).to_be_bytes(), id.as_bytes()])
+}
+
+fn idem_key(k: &str) -> Vec<u8> {
+    key(b'i', &[k.as_bytes()])
+}
+
+fn idem_expiry_key(at_ms: i64, k: &str) -> Vec<u8> {
+    key(b'j', &[&(at_ms.max(0) as u64).to_be_bytes(), k.as_bytes()])
+}
+
+fn tenant_key(t: &TenantId) -> Vec<u8> {
+    key(b't', &[t.as_bytes()])
+}
+
+fn inventory_key(t: &TenantId) -> Vec<u8> {
+    key(b'n', &[t.as_bytes()])
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    key(b'm', &[name.as_bytes()])
+}
+
+fn uuid_from(bytes: &[u8]) -> Result<Uuid, StoreError> {
+    Uuid::from_slice(bytes).map_err(|_| StoreError::Corrupt(format!("bad uuid of {} bytes", bytes.len())))
+}
+
+fn u64_from(bytes: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("bad integer".into()))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records serialize")
+}
+
+fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Queue {
+    /// Open (or create) the store at `path`, recover in-flight events, and start the flusher.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Queue, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_capacity_mb.saturating_mul(1024 * 1024))
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let tree = db.open_tree("statusd")?;
+        let read_u64 = |name: &str| -> Result<Option<u64>, StoreError> {
+            tree.get(meta_key(name))?.map(|v| u64_from(&v)).transpose()
+        };
+        match read_u64("schema")? {
+            Some(found) if found > SCHEMA_VERSION => {
+                return Err(StoreError::SchemaTooNew {
+                    path: path.display().to_string(),
+                    found,
+                })
+            }
+            Some(_) => {}
+            None => {
+                tree.insert(meta_key("schema"), &SCHEMA_VERSION.to_be_bytes())?;
+            }
+        }
+        let counters = Counters {
+            seq: read_u64("seq")?.unwrap_or(0),
+            depth: read_u64("depth")?.unwrap_or(0),
+            dead: read_u64("dead")?.unwrap_or(0),
+        };
+
+        let (flush_tx, flush_rx) = mpsc::channel::<FlushWaiter>();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let flush_waiters = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let db = db.clone();
+            let flushes = flushes.clone();
+            let waiters_count = flush_waiters.clone();
+            std::thread::Builder::new()
+                .name("statusd-flusher".into())
+                .spawn(move || flusher(db, flush_rx, flushes, waiters_count))
+                .map_err(|e| StoreError::Flush(e.to_string()))?
+        };
+
+        let queue = Queue {
+            inner: Arc::new(Inner {
+                db,
+                tree,
+                writer: Mutex::new(counters),
+                in_flight_tenants: Mutex::new(HashSet::new()),
+                in_flight_events: AtomicUsize::new(0),
+                flush_tx: Mutex::new(Some(flush_tx)),
+                flush_thread: Mutex::new(Some(thread)),
+                flushes,
+                flush_waiters,
+                woken: Mutex::new(HashSet::new()),
+                wake: Notify::new(),
+                options,
+            }),
+        };
+        queue.recover_in_flight()?;
+        Ok(queue)
+    }
+
+    /// Anything marked in flight when the process stopped goes back to queued. Its pending key
+    /// was never removed, so it keeps its place in the tenant's order.
+    fn recover_in_flight(&self) -> Result<(), StoreError> {
+        let _w = self.inner.writer.lock().expect("writer lock");
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.inner.tree.scan_prefix([b'f']) {
+            let (k, _) = item?;
+            let id = uuid_from(&k[1..])?;
+            if let Some(mut rec) = self.get_event_raw(&id)? {
+                if rec.state == EventState::InFlight {
+                    rec.state = EventState::Queued;
+                    batch.insert(event_key(&id), to_json(&rec));
+                }
+            }
+            batch.remove(k);
+            n += 1;
+        }
+        if n > 0 {
+            self.inner.tree.apply_batch(batch)?;
+            self.inner.db.flush()?;
+            tracing::info!(message = "recovered in-flight events to queued", count = n);
+        }
+        Ok(())
+    }
+
+    /// Wait for a flush that starts after this call (covers every write made before it).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let guard = self.inner.flush_tx.lock().expect("flush sender lock");
+            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(tx).map_err(|_| StoreError::Closed)?;
+        }
+        rx.await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Flush)
+    }
+
+    /// Accept events: all are stored in one atomic batch, or none. Returns after they are
+    /// durable. Events with a known idempotency key are not stored again.
+    pub async fn enqueue(&self, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, StoreError> {
+        let outcomes = self.enqueue_unsynced(events)?;
+        self.sync().await?;
+        Ok(outcomes)
+    }
+
+    fn enqueue_unsynced(&self, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, StoreError> {
+        let now = now_ms();
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut tenants_touched = Vec::new();
+        {
+            let mut w = self.inner.writer.lock().expect("writer lock");
+            let mut batch = sled::Batch::default();
+            let mut seen_in_batch: Vec<(String, Uuid)> = Vec::new();
+            let mut tenant_updates: Vec<TenantState> = Vec::new();
+            let mut seq = w.seq;
+            let mut added = 0u64;
+            for ev in events {
+                if let Some(k) = &ev.idempotency_key {
+                    if let Some((_, id)) = seen_in_batch.iter().find(|(s, _)| s == k) {
+                        outcomes.push(Enqueued::Duplicate(*id));
+                        continue;
+                    }
+                    if let Some(v) = self.inner.tree.get(idem_key(k))? {
+                        outcomes.push(Enqueued::Duplicate(uuid_from(&v[..16])?));
+                        continue;
+                    }
+                }
+                seq += 1;
+                let id = Uuid::now_v7();
+                let rec = EventRecord {
+                    id,
+                    tenant_id: ev.tenant_id,
+                    kind: ev.kind,
+                    category: ev.category,
+                    action: ev.action,
+                    idempotency_key: ev.idempotency_key.clone(),
+                    accepted_at_ms: now,
+                    state: EventState::Queued,
+                    attempts: 0,
+                    last_error: None,
+                    next_attempt_at_ms: None,
+                    delivered_at_ms: None,
+                    dead_reason: None,
+                    seq,
+                };
+                batch.insert(event_key(&id), to_json(&rec));
+                batch.insert(pending_key(&ev.tenant_id, seq), id.as_bytes().as_slice());
+                batch.insert(order_key(seq), id.as_bytes().as_slice());
+                if let Some(k) = &ev.idempotency_key {
+                    let mut v = id.as_bytes().to_vec();
+                    v.extend_from_slice(&now.to_be_bytes());
+                    batch.insert(idem_key(k), v);
+                    batch.insert(idem_expiry_key(now, k), &[]);
+                    seen_in_batch.push((k.clone(), id));
+                }
+                let intended = match ev.kind {
+                    EventKind::Activation => Some(IntegrationState::Active),
+                    EventKind::Deactivation => Some(IntegrationState::Inactive),
+                    EventKind::Custom => None,
+                };
+                if let Some(intended) = intended {
+                    let pos = tenant_updates.iter().position(|t| t.tenant_id == ev.tenant_id);
+                    let state = match pos {
+                        Some(i) => &mut tenant_updates[i],
+                        None => {
+                            let current = self.tenant_state(&ev.tenant_id)?.unwrap_or(TenantState {
+                                tenant_id: ev.tenant_id,
+                                ..Default::default()
+                            });
+                            tenant_updates.push(current);
+                            tenant_updates.last_mut().expect("just pushed")
+                        }
+                    };
+                    state.intended = Some(intended);
+                    state.intended_at_ms = Some(now);
+                }
+                if !tenants_touched.contains(&ev.tenant_id) {
+                    tenants_touched.push(ev.tenant_id);
+                }
+                outcomes.push(Enqueued::Accepted(id));
+                added += 1;
+            }
+            if added == 0 {
+                return Ok(outcomes);
+            }
+            for t in &tenant_updates {
+                batch.insert(tenant_key(&t.tenant_id), to_json(t));
+            }
+            batch.insert(meta_key("seq"), &seq.to_be_bytes());
+            batch.insert(meta_key("depth"), &(w.depth + added).to_be_bytes());
+            self.inner.tree.apply_batch(batch)?;
+            w.seq = seq;
+            w.depth += added;
+        }
+        self.wake_tenants(tenants_touched);
+        Ok(outcomes)
+    }
+
+    fn wake_tenants(&self, tenants: impl IntoIterator<Item = TenantId>) {
+        let mut woken = self.inner.woken.lock().expect("woken lock");
+        woken.extend(tenants);
+        drop(woken);
+        self.inner.wake.notify_one();
+    }
+
+    /// Wait until events were accepted (or retried) for some tenant, and return those tenants.
+    pub async fn woken_tenants(&self) -> Vec<TenantId> {
+        loop {
+            let notified = self.inner.wake.notified();
+            {
+                let mut woken = self.inner.woken.lock().expect("woken lock");
+                if !woken.is_empty() {
+                    return woken.drain().collect();
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn get_event_raw(&self, id: &Uuid) -> Result<Option<EventRecord>, StoreError> {
+        self.inner
+            .tree
+            .get(event_key(id))?
+            .map(|v| from_json(&v))
+            .transpose()
+    }
+
+    /// One event's record.
+    pub fn event(&self, id: &Uuid) -> Result<Option<EventRecord>, StoreError> {
+        self.get_event_raw(id)
+    }
+
+    /// Tenants that have pending events, in key order. Used by the dispatcher at start.
+    pub fn pending_tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = vec![b'p'];
+        loop {
+            let mut range = self.inner.tree.range(from.clone()..vec![b'q']);
+            let Some(item) = range.next() else { break };
+            let (k, _) = item?;
+            if k.len() != 25 {
+                return Err(StoreError::Corrupt("bad pending key".into()));
+            }
+            let tenant = uuid_from(&k[1..17])?;
+            out.push(tenant);
+            // Skip past this tenant's keys.
+            let mut next = key(b'p', &[tenant.as_bytes()]);
+            next.extend_from_slice(&[0xff; 9]);
+            from = next;
+        }
+        Ok(out)
+    }
+
+    /// Number of pending events of a tenant.
+    pub fn pending_count(&self, tenant: &TenantId) -> usize {
+        self.inner
+            .tree
+            .scan_prefix(key(b'p', &[tenant.as_bytes()]))
+            .count()
+    }
+
+    /// Take up to `max` of the tenant's oldest pending events and mark them in flight. Nothing
+    /// else of this tenant can be taken until the batch is settled (delivered, failed or dead).
+    pub fn take_batch(&self, tenant: &TenantId, max: usize) -> Result<Take, StoreError> {
+        let now = now_ms();
+        {
+            let mut busy = self.inner.in_flight_tenants.lock().expect("in-flight lock");
+            if busy.contains(tenant) {
+                return Ok(Take::Busy);
+            }
+            busy.insert(*tenant);
+        }
+        let result = self.take_batch_inner(tenant, max, now);
+        if !matches!(result, Ok(Take::Ready(_))) {
+            self.inner
+                .in_flight_tenants
+                .lock()
+                .expect("in-flight lock")
+                .remove(tenant);
+        }
+        result
+    }
+
+    fn take_batch_inner(&self, tenant: &TenantId, max: usize, now: i64) -> Result<Take, StoreError> {
+        let mut events = Vec::new();
+        for item in self
+            .inner
+            .tree
+            .scan_prefix(key(b'p', &[tenant.as_bytes()]))
+            .take(max.max(1))
+        {
+            let (_, v) = item?;
+            let id = uuid_from(&v)?;
+            let rec = self
+                .get_event_raw(&id)?
+                .ok_or_else(|| StoreError::Corrupt(format!("pending event {id} has no record")))?;
+            if events.is_empty() {
+                if let Some(at) = rec.next_attempt_at_ms {
+                    if at > now {
+                        return Ok(Take::NotBefore(at));
+                    }
+                }
+            }
+            events.push(rec);
+        }
+        if events.is_empty() {
+            return Ok(Take::Empty);
+        }
+        let _w = self.inner.writer.lock().expect("writer lock");
+        let mut batch = sled::Batch::default();
+        for rec in &mut events {
+            rec.state = EventState::InFlight;
+            batch.insert(event_key(&rec.id), to_json(rec));
+            batch.insert(flight_key(&rec.id), pending_key(tenant, rec.seq));
+        }
+        self.inner.tree.apply_batch(batch)?;
+        self.inner
+            .in_flight_events
+            .fetch_add(events.len(), Ordering::Relaxed);
+        Ok(Take::Ready(Batch {
+            tenant_id: *tenant,
+            events,
+        }))
+    }
+
+    fn release(&self, batch: &Batch) {
+        self.inner
+            .in_flight_tenants
+            .lock()
+            .expect("in-flight lock")
+            .remove(&batch.tenant_id);
+        self.inner
+            .in_flight_events
+            .fetch_sub(batch.events.len(), Ordering::Relaxed);
+    }
+
+    /// The batch reached the platform. Durable before it returns, so a crash after this never
+    /// re-sends it.
+    pub async fn ack_delivered(&self, batch: &Batch) -> Result<(), StoreError> {
+        let now = now_ms();
+        {
+            let mut w = self.inner.writer.lock().expect("writer lock");
+            let mut b = sled::Batch::default();
+            let mut reported = None;
+            for rec in &batch.events {
+                let mut rec = rec.clone();
+                rec.state = EventState::Delivered;
+                rec.delivered_at_ms = Some(now);
+                rec.next_attempt_at_ms = None;
+                rec.attempts += 1;
+                match rec.kind {
+                    EventKind::Activation => reported = Some(IntegrationState::Active),
+                    EventKind::Deactivation => reported = Some(IntegrationState::Inactive),
+                    EventKind::Custom => {}
+                }
+                b.insert(event_key(&rec.id), to_json(&rec));
+                b.remove(pending_key(&batch.tenant_id, rec.seq));
+                b.remove(order_key(rec.seq));
+                b.remove(flight_key(&rec.id));
+                b.insert(delivered_key(now, &rec.id), &[]);
+            }
+            if let Some(state) = reported {
+                let mut t = self.tenant_state(&batch.tenant_id)?.unwrap_or(TenantState {
+                    tenant_id: batch.tenant_id,
+                    ..Default::default()
+                });
+                t.last_reported = Some(state);
+                t.last_reported_at_ms = Some(now);
+                b.insert(tenant_key(&batch.tenant_id), to_json(&t));
+            }
+            let depth = w.depth.saturating_sub(batch.events.len() as u64);
+            b.insert(meta_key("depth"), &depth.to_be_bytes());
+            self.inner.tree.apply_batch(b)?;
+            w.depth = depth;
+        }
+        self.release(batch);
+        self.sync().await
+    }
+
+    /// The report failed and will be retried at `next_attempt_at_ms`. The events keep their place.
+    pub fn mark_failed(&self, batch: &Batch, error: &str, next_attempt_at_ms: i64) -> Result<(), StoreError> {
+        {
+            let _w = self.inner.writer.lock().expect("writer lock");
+            let mut b = sled::Batch::default();
+            for rec in &batch.events {
+                let mut rec = rec.clone();
+                rec.state = EventState::Queued;
+                rec.attempts += 1;
+                rec.last_error = Some(error.to_string());
+                rec.next_attempt_at_ms = Some(next_attempt_at_ms);
+                b.insert(event_key(&rec.id), to_json(&rec));
+                b.remove(flight_key(&rec.id));
+            }
+            self.inner.tree.apply_batch(b)?;
+        }
+        self.release(batch);
+        Ok(())
+    }
+
+    /// Give the batch back untouched (shutdown before it was sent, or a send abandoned).
+    pub fn return_batch(&self, batch: &Batch) -> Result<(), StoreError> {
+        {
+            let _w = self.inner.writer.lock().expect("writer lock");
+            let mut b = sled::Batch::default();
+            for rec in &batch.events {
+                let mut rec = rec.clone();
+                rec.state = EventState::Queued;
+                b.insert(event_key(&rec.id), to_json(&rec));
+                b.remove(flight_key(&rec.id));
+            }
+            self.inner.tree.apply_batch(b)?;
+        }
+        self.release(batch);
+        Ok(())
+    }
+
+    /// Park the batch in the dead-letter store with its reason. Durable before it returns.
+    pub async fn dead_letter(&self, batch: &Batch, reason: &str) -> Result<(), StoreError> {
+        {
+            let mut w = self.inner.writer.lock().expect("writer lock");
+            let mut b = sled::Batch::default();
+            for rec in &batch.events {
+                let mut rec = rec.clone();
+                rec.state = EventState::Dead;
+                rec.attempts += 1;
+                rec.dead_reason = Some(reason.to_string());
+                rec.last_error = Some(reason.to_string());
+                rec.next_attempt_at_ms = None;
+                b.insert(event_key(&rec.id), to_json(&rec));
+                b.remove(pending_key(&batch.tenant_id, rec.seq));
+                b.remove(order_key(rec.seq));
+                b.remove(flight_key(&rec.id));
+                b.insert(dead_key(&rec.id), &[]);
+            }
+            let n = batch.events.len() as u64;
+            let depth = w.depth.saturating_sub(n);
+            let dead = w.dead + n;
+            b.insert(meta_key("depth"), &depth.to_be_bytes());
+            b.insert(meta_key("dead"), &dead.to_be_bytes());
+            self.inner.tree.apply_batch(b)?;
+            w.depth = depth;
+            w.dead = dead;
+        }
+        self.release(batch);
+        self.sync().await
+    }
+
+    /// Dead letters, oldest first, up to `limit`.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix([b'd']).take(limit) {
+            let (k, _) = item?;
+            let id = uuid_from(&k[1..])?;
+            if let Some(rec) = self.get_event_raw(&id)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Put a dead letter back at the tail of its tenant's queue. `Ok(false)` if it is not a
+    /// dead letter.
+    pub async fn retry_dead(&self, id: &Uuid) -> Result<bool, StoreError> {
+        let tenant = self.retry_dead_unsynced(id)?;
+        match tenant {
+            Some(t) => {
+                self.sync().await?;
+                self.wake_tenants([t]);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn retry_dead_unsynced(&self, id: &Uuid) -> Result<Option<TenantId>, StoreError> {
+        let mut w = self.inner.writer.lock().expect("writer lock");
+        if self.inner.tree.get(dead_key(id))?.is_none() {
+            return Ok(None);
+        }
+        let Some(mut rec) = self.get_event_raw(id)? else {
+            return Ok(None);
+        };
+        let seq = w.seq + 1;
+        rec.state = EventState::Queued;
+        rec.attempts = 0;
+        rec.next_attempt_at_ms = None;
+        rec.dead_reason = None;
+        rec.seq = seq;
+        let mut b = sled::Batch::default();
+        b.insert(event_key(id), to_json(&rec));
+        b.remove(dead_key(id));
+        b.insert(pending_key(&rec.tenant_id, seq), id.as_bytes().as_slice());
+        b.insert(order_key(seq), id.as_bytes().as_slice());
+        let depth = w.depth + 1;
+        let dead = w.dead.saturating_sub(1);
+        b.insert(meta_key("seq"), &seq.to_be_bytes());
+        b.insert(meta_key("depth"), &depth.to_be_bytes());
+        b.insert(meta_key("dead"), &dead.to_be_bytes());
+        self.inner.tree.apply_batch(b)?;
+        w.seq = seq;
+        w.depth = depth;
+        w.dead = dead;
+        Ok(Some(rec.tenant_id))
+    }
+
+    /// Retry every dead letter; returns how many went back to their queues.
+    pub async fn retry_all_dead(&self) -> Result<usize, StoreError> {
+        let ids: Vec<Uuid> = self
+            .inner
+            .tree
+            .scan_prefix([b'd'])
+            .keys()
+            .map(|k| k.map_err(StoreError::from).and_then(|k| uuid_from(&k[1..])))
+            .collect::<Result<_, _>>()?;
+        let mut tenants = Vec::new();
+        for id in &ids {
+            if let Some(t) = self.retry_dead_unsynced(id)? {
+                tenants.push(t);
+            }
+        }
+        self.sync().await?;
+        let n = tenants.len();
+        self.wake_tenants(tenants);
+        Ok(n)
+    }
+
+    /// Delete a dead letter for good. `Ok(false)` if it is not a dead letter.
+    pub async fn purge_dead(&self, id: &Uuid) -> Result<bool, StoreError> {
+        {
+            let mut w = self.inner.writer.lock().expect("writer lock");
+            if self.inner.tree.get(dead_key(id))?.is_none() {
+                return Ok(false);
+            }
+            let dead = w.dead.saturating_sub(1);
+            let mut b = sled::Batch::default();
+            b.remove(dead_key(id));
+            b.remove(event_key(id));
+            b.insert(meta_key("dead"), &dead.to_be_bytes());
+            self.inner.tree.apply_batch(b)?;
+            w.dead = dead;
+        }
+        self.sync().await?;
+        Ok(true)
+    }
+
+    /// Remove delivered events older than the retention and idempotency keys older than
+    /// `max(retention, 24h)`. Returns how many events were removed.
+    pub fn compact(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let retention = self.inner.options.delivered_retention.as_millis() as i64;
+        let cutoff = now_ms - retention;
+        let idem_cutoff = now_ms - retention.max(IDEMPOTENCY_WINDOW.as_millis() as i64);
+        let mut removed = 0;
+        loop {
+            // Chunks keep the writer lock short so intake is not stalled.
+            let keys: Vec<sled::IVec> = self
+                .inner
+                .tree
+                .range(key(b'c', &[])..key(b'c', &[&(cutoff.max(0) as u64).to_be_bytes()]))
+                .keys()
+                .take(1000)
+                .collect::<Result<_, _>>()?;
+            if keys.is_empty() {
+                break;
+            }
+            let _w = self.inner.writer.lock().expect("writer lock");
+            let mut b = sled::Batch::default();
+            for k in &keys {
+                let id = uuid_from(&k[9..])?;
+                b.remove(event_key(&id));
+                b.remove(k.clone());
+            }
+            self.inner.tree.apply_batch(b)?;
+            removed += keys.len();
+        }
+        loop {
+            let keys: Vec<sled::IVec> = self
+                .inner
+                .tree
+                .range(key(b'j', &[])..key(b'j', &[&(idem_cutoff.max(0) as u64).to_be_bytes()]))
+                .keys()
+                .take(1000)
+                .collect::<Result<_, _>>()?;
+            if keys.is_empty() {
+                break;
+            }
+            let _w = self.inner.writer.lock().expect("writer lock");
+            let mut b = sled::Batch::default();
+            for k in &keys {
+                b.remove(key(b'i', &[&k[9..]]));
+                b.remove(k.clone());
+            }
+            self.inner.tree.apply_batch(b)?;
+        }
+        Ok(removed)
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        let (depth, dead) = {
+            let w = self.inner.writer.lock().expect("writer lock");
+            (w.depth, w.dead)
+        };
+        let oldest = self
+            .inner
+            .tree
+            .scan_prefix([b'o'])
+            .values()
+            .next()
+            .and_then(|v| v.ok())
+            .and_then(|v| uuid_from(&v).ok())
+            .and_then(|id| self.get_event_raw(&id).ok().flatten())
+            .map(|rec| rec.accepted_at_ms);
+        QueueStats {
+            depth,
+            in_flight: self.inner.in_flight_events.load(Ordering::Relaxed) as u64,
+            dead_letters: dead,
+            oldest_pending_accepted_ms: oldest,
+        }
+    }
+
+    pub fn flush_stats(&self) -> FlushStats {
+        FlushStats {
+            flushes: self.inner.flushes.load(Ordering::Relaxed),
+            waiters: self.inner.flush_waiters.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.inner.db.size_on_disk().unwrap_or(0)
+    }
+
+    // Tenant state and inventory ---------------------------------------------------------------
+
+    pub fn tenant_state(&self, tenant: &TenantId) -> Result<Option<TenantState>, StoreError> {
+        self.inner
+            .tree
+            .get(tenant_key(tenant))?
+            .map(|v| from_json(&v))
+            .transpose()
+    }
+
+    /// Every tenant with a recorded intended or reported state.
+    pub fn tenant_states(&self) -> Result<Vec<TenantState>, StoreError> {
+        self.inner
+            .tree
+            .scan_prefix([b't'])
+            .values()
+            .map(|v| v.map_err(StoreError::from).and_then(|v| from_json(&v)))
+            .collect()
+    }
+
+    pub fn inventory(&self, tenant: &TenantId) -> Result<Option<InventoryTenant>, StoreError> {
+        self.inner
+            .tree
+            .get(inventory_key(tenant))?
+            .map(|v| from_json(&v))
+            .transpose()
+    }
+
+    pub fn inventory_all(&self) -> Result<Vec<InventoryTenant>, StoreError> {
+        self.inner
+            .tree
+            .scan_prefix([b'n'])
+            .values()
+            .map(|v| v.map_err(StoreError::from).and_then(|v| from_json(&v)))
+            .collect()
+    }
+
+    pub fn inventory_len(&self) -> usize {
+        self.inner.tree.scan_prefix([b'n']).count()
+    }
+
+    /// Insert or replace inventory records (one atomic batch), then flush.
+    pub async fn put_inventory(&self, tenants: &[InventoryTenant]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for t in tenants {
+            b.insert(inventory_key(&t.id), to_json(t));
+        }
+        self.inner.tree.apply_batch(b)?;
+        self.sync().await
+    }
+
+    /// Replace the whole inventory (after a full walk).
+    pub async fn replace_inventory(&self, tenants: &[InventoryTenant]) -> Result<(), StoreError> {
+        let keep: HashSet<TenantId> = tenants.iter().map(|t| t.id).collect();
+        let mut b = sled::Batch::default();
+        for k in self.inner.tree.scan_prefix([b'n']).keys() {
+            let k = k?;
+            if !keep.contains(&uuid_from(&k[1..])?) {
+                b.remove(k);
+            }
+        }
+        for t in tenants {
+            b.insert(inventory_key(&t.id), to_json(t));
+        }
+        self.inner.tree.apply_batch(b)?;
+        self.sync().await
+    }
+
+    /// A small named document (reconciler cursors, logo hash, ...).
+    pub fn get_doc<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        self.inner
+            .tree
+            .get(meta_key(&format!("doc/{name}")))?
+            .map(|v| from_json(&v))
+            .transpose()
+    }
+
+    pub async fn put_doc<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+        self.inner
+            .tree
+            .insert(meta_key(&format!("doc/{name}")), to_json(value))?;
+        self.sync().await
+    }
+
+    /// Recount the persisted counters from the indexes (tests and `statusd doctor`-style checks).
+    pub fn recount(&self) -> Result<(u64, u64), StoreError> {
+        let depth = self.inner.tree.scan_prefix([b'o']).count() as u64;
+        let dead = self.inner.tree.scan_prefix([b'd']).count() as u64;
+        Ok((depth, dead))
+    }
+}
+
+fn flusher(
+    db: sled::Db,
+    rx: mpsc::Receiver<FlushWaiter>,
+    flushes: Arc<AtomicU64>,
+    waiters_count: Arc<AtomicU64>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(message = "store flush failed", error = %e);
+        }
+        flushes.fetch_add(1, Ordering::Relaxed);
+        waiters_count.fetch_add(waiters.len() as u64, Ordering::Relaxed);
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}

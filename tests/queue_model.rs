@@ -1,0 +1,298 @@
+//! The durable queue against a simple in-memory model: random interleavings of enqueue,
+//! take-batch, ack, fail, dead-letter, retry, purge and reopen keep per-tenant order, lose
+//! nothing and duplicate nothing.
+
+use std::collections::{HashMap, VecDeque};
+
+use proptest::prelude::*;
+use statusd::queue::{
+    now_ms, Batch, EventKind, EventState, NewEvent, Queue, StoreOptions, Take, TenantId,
+};
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Enqueue { tenant: usize, n: usize, key: Option<u8> },
+    Take { tenant: usize, max: usize },
+    Ack { tenant: usize },
+    Fail { tenant: usize },
+    Dead { tenant: usize },
+    RetryDead { pick: usize },
+    PurgeDead { pick: usize },
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..3usize, 1..4usize, proptest::option::of(0..6u8))
+            .prop_map(|(tenant, n, key)| Op::Enqueue { tenant, n, key }),
+        3 => (0..3usize, 1..5usize).prop_map(|(tenant, max)| Op::Take { tenant, max }),
+        2 => (0..3usize).prop_map(|tenant| Op::Ack { tenant }),
+        1 => (0..3usize).prop_map(|tenant| Op::Fail { tenant }),
+        1 => (0..3usize).prop_map(|tenant| Op::Dead { tenant }),
+        1 => (0..8usize).prop_map(|pick| Op::RetryDead { pick }),
+        1 => (0..8usize).prop_map(|pick| Op::PurgeDead { pick }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+#[derive(Default)]
+struct Model {
+    pending: HashMap<usize, VecDeque<Uuid>>,
+    dead: Vec<Uuid>,
+    delivered: Vec<Uuid>,
+    keys: HashMap<u8, Uuid>,
+}
+
+fn tenants() -> Vec<TenantId> {
+    (0..3).map(|i| Uuid::from_u128(0x1000 + i as u128)).collect()
+}
+
+fn open(dir: &std::path::Path) -> Queue {
+    Queue::open(dir, StoreOptions { cache_capacity_mb: 8, ..Default::default() }).expect("open store")
+}
+
+fn run_case(ops: Vec<Op>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let ts = tenants();
+        let mut q = Some(open(dir.path()));
+        let mut model = Model::default();
+        let mut in_flight: HashMap<usize, Batch> = HashMap::new();
+        for op in ops {
+            let queue = q.as_ref().unwrap();
+            match op {
+                Op::Enqueue { tenant, n, key } => {
+                    let events: Vec<NewEvent> = (0..n)
+                        .map(|i| NewEvent {
+                            tenant_id: ts[tenant],
+                            kind: EventKind::Activation,
+                            category: "activation".into(),
+                            action: "activated integration".into(),
+                            idempotency_key: if i == 0 { key.map(|k| format!("key-{k}")) } else { None },
+                        })
+                        .collect();
+                    let out = queue.enqueue(events).await.unwrap();
+                    assert_eq!(out.len(), n);
+                    for (i, o) in out.iter().enumerate() {
+                        let k = if i == 0 { key } else { None };
+                        match (k.and_then(|k| model.keys.get(&k)), o) {
+                            (Some(orig), statusd::queue::Enqueued::Duplicate(id)) => assert_eq!(orig, id),
+                            (None, statusd::queue::Enqueued::Accepted(id)) => {
+                                model.pending.entry(tenant).or_default().push_back(*id);
+                                if let Some(k) = k {
+                                    model.keys.insert(k, *id);
+                                }
+                            }
+                            (expected, got) => panic!("idempotency mismatch: model {expected:?}, store {got:?}"),
+                        }
+                    }
+                }
+                Op::Take { tenant, max } => {
+                    let took = queue.take_batch(&ts[tenant], max).unwrap();
+                    let model_pending = model.pending.get(&tenant).cloned().unwrap_or_default();
+                    match took {
+                        Take::Ready(batch) => {
+                            assert!(!in_flight.contains_key(&tenant), "second batch while one is in flight");
+                            let expected: Vec<Uuid> = model_pending.iter().take(max).copied().collect();
+                            assert_eq!(batch.ids(), expected, "batch is not the oldest pending in order");
+                            in_flight.insert(tenant, batch);
+                        }
+                        Take::Busy => assert!(in_flight.contains_key(&tenant)),
+                        Take::Empty => {
+                            assert!(model_pending.is_empty());
+                            assert!(!in_flight.contains_key(&tenant));
+                        }
+                        Take::NotBefore(_) => panic!("no backoff is ever set in the future here"),
+                    }
+                }
+                Op::Ack { tenant } => {
+                    if let Some(batch) = in_flight.remove(&tenant) {
+                        queue.ack_delivered(&batch).await.unwrap();
+                        let p = model.pending.get_mut(&tenant).unwrap();
+                        for id in batch.ids() {
+                            assert_eq!(p.pop_front(), Some(id));
+                            model.delivered.push(id);
+                        }
+                    }
+                }
+                Op::Fail { tenant } => {
+                    if let Some(batch) = in_flight.remove(&tenant) {
+                        queue.mark_failed(&batch, "boom", now_ms() - 1).unwrap();
+                    }
+                }
+                Op::Dead { tenant } => {
+                    if let Some(batch) = in_flight.remove(&tenant) {
+                        queue.dead_letter(&batch, "refused").await.unwrap();
+                        let p = model.pending.get_mut(&tenant).unwrap();
+                        for id in batch.ids() {
+                            assert_eq!(p.pop_front(), Some(id));
+                            model.dead.push(id);
+                        }
+                    }
+                }
+                Op::RetryDead { pick } => {
+                    if !model.dead.is_empty() {
+                        let id = model.dead.remove(pick % model.dead.len());
+                        assert!(queue.retry_dead(&id).await.unwrap());
+                        let rec = queue.event(&id).unwrap().unwrap();
+                        let tenant = ts.iter().position(|t| *t == rec.tenant_id).unwrap();
+                        model.pending.entry(tenant).or_default().push_back(id);
+                    }
+                }
+                Op::PurgeDead { pick } => {
+                    if !model.dead.is_empty() {
+                        let id = model.dead.remove(pick % model.dead.len());
+                        assert!(queue.purge_dead(&id).await.unwrap());
+                        assert!(queue.event(&id).unwrap().is_none());
+                    }
+                }
+                Op::Reopen => {
+                    in_flight.clear();
+                    drop(q.take());
+                    q = Some(open(dir.path()));
+                }
+            }
+            // Invariants after every step.
+            let queue = q.as_ref().unwrap();
+            let stats = queue.stats();
+            let model_depth: usize = model.pending.values().map(|p| p.len()).sum();
+            assert_eq!(stats.depth as usize, model_depth, "depth counter");
+            assert_eq!(stats.dead_letters as usize, model.dead.len(), "dead counter");
+            assert_eq!(queue.recount().unwrap(), (model_depth as u64, model.dead.len() as u64));
+            for (t, p) in &model.pending {
+                assert_eq!(queue.pending_count(&ts[*t]), p.len());
+            }
+        }
+        // Everything the model holds is in the store with the right state.
+        let queue = q.as_ref().unwrap();
+        for id in &model.delivered {
+            assert_eq!(queue.event(id).unwrap().unwrap().state, EventState::Delivered);
+        }
+        for id in &model.dead {
+            assert_eq!(queue.event(id).unwrap().unwrap().state, EventState::Dead);
+        }
+        let dead_listed: Vec<Uuid> = queue.dead_letters(1000).unwrap().iter().map(|e| e.id).collect();
+        let mut want = model.dead.clone();
+        want.sort();
+        let mut got = dead_listed;
+        got.sort();
+        assert_eq!(got, want);
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn queue_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+        run_case(ops);
+    }
+}
+
+#[tokio::test]
+async fn in_flight_events_return_to_queued_in_order_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Uuid::from_u128(7);
+    let ids: Vec<Uuid> = {
+        let q = open(dir.path());
+        let out = q
+            .enqueue(
+                (0..5)
+                    .map(|i| NewEvent {
+                        tenant_id: tenant,
+                        kind: if i % 2 == 0 { EventKind::Activation } else { EventKind::Deactivation },
+                        category: "activation".into(),
+                        action: format!("action {i}"),
+                        idempotency_key: None,
+                    })
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let Take::Ready(batch) = q.take_batch(&tenant, 3).unwrap() else { panic!("expected a batch") };
+        assert_eq!(q.event(&batch.events[0].id).unwrap().unwrap().state, EventState::InFlight);
+        q.sync().await.unwrap();
+        out.iter().map(|o| o.id()).collect()
+    };
+    let q = open(dir.path());
+    for id in &ids {
+        assert_eq!(q.event(id).unwrap().unwrap().state, EventState::Queued);
+    }
+    let Take::Ready(batch) = q.take_batch(&tenant, 10).unwrap() else { panic!("expected a batch") };
+    assert_eq!(batch.ids(), ids);
+}
+
+#[tokio::test]
+async fn compaction_removes_delivered_after_retention_and_keeps_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(
+        dir.path(),
+        StoreOptions { cache_capacity_mb: 8, delivered_retention: std::time::Duration::from_secs(60) },
+    )
+    .unwrap();
+    let tenant = Uuid::from_u128(9);
+    let ev = |k: &str| NewEvent {
+        tenant_id: tenant,
+        kind: EventKind::Activation,
+        category: "activation".into(),
+        action: "activated integration".into(),
+        idempotency_key: Some(k.into()),
+    };
+    let first = q.enqueue(vec![ev("a"), ev("b")]).await.unwrap();
+    let Take::Ready(batch) = q.take_batch(&tenant, 1).unwrap() else { panic!() };
+    q.ack_delivered(&batch).await.unwrap();
+    // Within retention nothing goes.
+    assert_eq!(q.compact(now_ms()).unwrap(), 0);
+    // Past retention the delivered event goes, the pending one stays; keys live 24h.
+    assert_eq!(q.compact(now_ms() + 61_000).unwrap(), 1);
+    assert!(q.event(&first[0].id()).unwrap().is_none());
+    assert!(q.event(&first[1].id()).unwrap().is_some());
+    let again = q.enqueue(vec![ev("a")]).await.unwrap();
+    assert_eq!(again[0], statusd::queue::Enqueued::Duplicate(first[0].id()));
+    // After the idempotency window the key is forgotten.
+    q.compact(now_ms() + 25 * 3600 * 1000).unwrap();
+    let fresh = q.enqueue(vec![ev("a")]).await.unwrap();
+    assert!(matches!(fresh[0], statusd::queue::Enqueued::Accepted(_)));
+}
+
+#[tokio::test]
+async fn backoff_hides_the_head_until_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    let tenant = Uuid::from_u128(11);
+    q.enqueue(vec![NewEvent {
+        tenant_id: tenant,
+        kind: EventKind::Custom,
+        category: "usage".into(),
+        action: "synced".into(),
+        idempotency_key: None,
+    }])
+    .await
+    .unwrap();
+    let Take::Ready(batch) = q.take_batch(&tenant, 10).unwrap() else { panic!() };
+    let later = now_ms() + 60_000;
+    q.mark_failed(&batch, "503 Service Unavailable", later).unwrap();
+    match q.take_batch(&tenant, 10).unwrap() {
+        Take::NotBefore(at) => assert_eq!(at, later),
+        other => panic!("expected NotBefore, got {other:?}"),
+    }
+    let rec = q.event(&batch.events[0].id).unwrap().unwrap();
+    assert_eq!(rec.attempts, 1);
+    assert_eq!(rec.last_error.as_deref(), Some("503 Service Unavailable"));
+}
+
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("statusd").unwrap();
+        let mut k = vec![b'm'];
+        k.extend_from_slice(b"schema");
+        tree.insert(k, &99u64.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let err = Queue::open(dir.path(), StoreOptions::default()).err().expect("refused");
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+}
