@@ -2,6 +2,9 @@
 //! Platform. See `ARCHITECTURE.md` for the map of modules and their invariants.
 
 pub mod cli;
+pub mod metrics;
+pub mod platform;
+pub mod sandbox;
 pub mod config;
 pub mod queue;
 pub mod telemetry;

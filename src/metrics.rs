@@ -1,0 +1,201 @@
+//! The Prometheus registry and every metric of spec §5. An explicit registry, no globals.
+//! No label ever carries a tenant id.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+pub type Label = [(&'static str, String); 1];
+pub type Labels2 = [(&'static str, String); 2];
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_accepted: Family<Label, Counter>,
+    pub events_delivered: Counter,
+    pub events_dead_lettered: Family<Label, Counter>,
+    pub delivery_attempts: Family<Label, Counter>,
+    pub delivery_request_duration: Histogram,
+    pub event_delivery_lag: Histogram,
+    pub queue_depth: Gauge,
+    pub queue_oldest_event_age: FloatGauge,
+    pub dead_letters: Gauge,
+    pub platform_up: Gauge,
+    pub token_refreshes: Family<Label, Counter>,
+    pub reconcile_runs: Family<Labels2, Counter>,
+    pub reconcile_duration: Family<Label, Histogram>,
+    pub reconcile_drift_items: Family<Label, Gauge>,
+    pub reconcile_last_success: Family<Label, FloatGauge>,
+    pub build_info: Family<Label, Gauge>,
+}
+
+pub fn label(key: &'static str, value: impl Into<String>) -> Label {
+    [(key, value.into())]
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        let events_accepted = Family::<Label, Counter>::default();
+        r.register("statusd_events_accepted", "Events accepted durably, by type", events_accepted.clone());
+        let events_delivered = Counter::default();
+        r.register("statusd_events_delivered", "Events the platform acknowledged", events_delivered.clone());
+        let events_dead_lettered = Family::<Label, Counter>::default();
+        r.register(
+            "statusd_events_dead_lettered",
+            "Events moved to the dead-letter store, by reason",
+            events_dead_lettered.clone(),
+        );
+        let delivery_attempts = Family::<Label, Counter>::default();
+        r.register(
+            "statusd_delivery_attempts",
+            "Status reports sent, by outcome (success, retryable, permanent, auth)",
+            delivery_attempts.clone(),
+        );
+        let delivery_request_duration = Histogram::new(exponential_buckets(0.001, 2.5, 14));
+        r.register(
+            "statusd_delivery_request_duration_seconds",
+            "Duration of status report requests",
+            delivery_request_duration.clone(),
+        );
+        let event_delivery_lag = Histogram::new(exponential_buckets(0.01, 3.0, 16));
+        r.register(
+            "statusd_event_delivery_lag_seconds",
+            "Time from acceptance to delivery of each event",
+            event_delivery_lag.clone(),
+        );
+        let queue_depth = Gauge::default();
+        r.register("statusd_queue_depth", "Events waiting for delivery (queued or in flight)", queue_depth.clone());
+        let queue_oldest_event_age = FloatGauge::default();
+        r.register(
+            "statusd_queue_oldest_event_age_seconds",
+            "Age of the oldest pending event (0 when none)",
+            queue_oldest_event_age.clone(),
+        );
+        let dead_letters = Gauge::default();
+        r.register("statusd_dead_letters", "Events in the dead-letter store", dead_letters.clone());
+        let platform_up = Gauge::default();
+        r.register(
+            "statusd_platform_up",
+            "1 when the last platform call got an answer, 0 when it did not",
+            platform_up.clone(),
+        );
+        let token_refreshes = Family::<Label, Counter>::default();
+        r.register("statusd_token_refreshes", "Access token requests, by outcome", token_refreshes.clone());
+        let reconcile_runs = Family::<Labels2, Counter>::default();
+        r.register("statusd_reconcile_runs", "Reconciler runs, by reconciler and outcome", reconcile_runs.clone());
+        let reconcile_duration =
+            Family::<Label, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 3.0, 12)));
+        r.register(
+            "statusd_reconcile_duration_seconds",
+            "Duration of reconciler runs",
+            reconcile_duration.clone(),
+        );
+        let reconcile_drift_items = Family::<Label, Gauge>::default();
+        r.register(
+            "statusd_reconcile_drift_items",
+            "Drift items found by the last run of each reconciler",
+            reconcile_drift_items.clone(),
+        );
+        let reconcile_last_success = Family::<Label, FloatGauge>::default();
+        r.register(
+            "statusd_reconcile_last_success_timestamp_seconds",
+            "Unix time of the last successful run of each reconciler",
+            reconcile_last_success.clone(),
+        );
+        let build_info = Family::<Label, Gauge>::default();
+        r.register("statusd_build_info", "Build information; always 1", build_info.clone());
+        build_info.get_or_create(&label("version", env!("CARGO_PKG_VERSION"))).set(1);
+        // Make every labelled family visible from the first scrape.
+        for t in ["activation", "deactivation", "custom"] {
+            let _ = events_accepted.get_or_create(&label("type", t));
+        }
+        for o in ["success", "retryable", "permanent", "auth"] {
+            let _ = delivery_attempts.get_or_create(&label("outcome", o));
+        }
+        for r in ["tenants", "status", "branding"] {
+            let _ = reconcile_drift_items.get_or_create(&label("reconciler", r));
+        }
+        Metrics {
+            registry: r,
+            events_accepted,
+            events_delivered,
+            events_dead_lettered,
+            delivery_attempts,
+            delivery_request_duration,
+            event_delivery_lag,
+            queue_depth,
+            queue_oldest_event_age,
+            dead_letters,
+            platform_up,
+            token_refreshes,
+            reconcile_runs,
+            reconcile_duration,
+            reconcile_drift_items,
+            reconcile_last_success,
+            build_info,
+        }
+    }
+
+    /// OpenMetrics text (for scrapers that ask for it).
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The classic Prometheus text format (0.0.4), which every promtool reads.
+    pub fn encode_classic(&self) -> String {
+        openmetrics_to_classic(&self.encode_openmetrics())
+    }
+}
+
+/// Convert OpenMetrics text to the classic format: counter families are named by their `_total`
+/// sample, `# UNIT` and `# EOF` lines go, `_created` samples go.
+pub fn openmetrics_to_classic(text: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.insert(name.to_string());
+            }
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rename = |prefix: &str| -> Option<String> {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}").trim_end().to_string())
+        };
+        if let Some(l) = rename("# HELP ").or_else(|| rename("# TYPE ")) {
+            out.push_str(&l);
+        } else if line
+            .split(['{', ' '])
+            .next()
+            .is_some_and(|n| n.ends_with("_created"))
+        {
+            continue;
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
