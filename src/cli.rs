@@ -192,7 +192,20 @@ pub fn load_settings(cli: &Cli, purpose: Purpose) -> Result<Settings, ExitCode> 
 
 /// Entry point of the binary after parsing.
 pub fn main(cli: Cli) -> ExitCode {
-    telemetry::init(cli.log_format, "info");
+    // The demo shows its own progress; only warnings and errors interleave with it.
+    let default_filter = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    telemetry::init(cli.log_format, default_filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("statusd: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
     match &cli.command {
         Command::CheckConfig => match load_settings(&cli, Purpose::Run) {
             Ok(settings) => {
@@ -202,9 +215,65 @@ pub fn main(cli: Cli) -> ExitCode {
             }
             Err(code) => code,
         },
-        other => {
-            eprintln!("statusd: {other:?} is not available in this build yet");
-            ExitCode::from(exit::FAILURE)
+        Command::Run => {
+            let settings = match load_settings(&cli, Purpose::Run) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match crate::app::run(settings, crate::app::shutdown_signal()).await {
+                Ok(()) => ExitCode::from(exit::OK),
+                Err(e) => {
+                    tracing::error!(message = "statusd cannot run", error = %e);
+                    eprintln!("statusd: {e}");
+                    ExitCode::from(exit::FAILURE)
+                }
+            }
+        }
+        Command::Demo(args) => crate::demo::run(args.once, args.events).await,
+        Command::Sandbox(args) => run_sandbox(args).await,
+        _ => {
+            let settings = match load_settings(&cli, Purpose::Local) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            crate::client_cli::run(&cli.command, &settings).await
         }
     }
+}
+
+async fn run_sandbox(args: &SandboxArgs) -> ExitCode {
+    use crate::sandbox::{Sandbox, SandboxOptions};
+    let defaults = SandboxOptions::default();
+    let opts = SandboxOptions {
+        client_id: args.client_id.clone().unwrap_or(defaults.client_id),
+        client_secret: args.client_secret.clone().unwrap_or(defaults.client_secret),
+        token_ttl: args.token_ttl,
+        tenants: args.tenants,
+        page_limit: args.page_limit.max(1),
+        seed: defaults.seed,
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("statusd sandbox: cannot listen on {}: {e}", args.listen);
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let sb = match Sandbox::start_on(listener, opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("statusd sandbox: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    // The sandbox's credentials are throwaway test values; printing them is its purpose.
+    println!("sandbox platform listening on {}", sb.url);
+    println!("  client_id:      {}", sb.client_id);
+    println!("  client_secret:  {}", sb.client_secret);
+    println!("  root tenant:    {}", sb.root_tenant);
+    println!("  token lifetime: {}", humantime::format_duration(args.token_ttl));
+    println!("inspect: {0}/_sandbox/reports  {0}/_sandbox/stats  {0}/_sandbox/tenants", sb.url);
+    println!("faults:  curl -X POST {}/_sandbox/faults -d '{{\"status\":503,\"retry_after\":\"5\",\"count\":3}}'", sb.url);
+    crate::app::shutdown_signal().await;
+    ExitCode::from(exit::OK)
 }

@@ -1,7 +1,15 @@
 //! statusd: durable integration-status reporting and reconciliation for the Acronis Cyber
 //! Platform. See `ARCHITECTURE.md` for the map of modules and their invariants.
 
+pub mod api;
+pub mod app;
 pub mod cli;
+pub mod client_cli;
+pub mod delivery;
+pub mod demo;
+pub mod reconcile;
+pub mod schedule;
+pub mod systemd;
 pub mod metrics;
 pub mod platform;
 pub mod sandbox;

@@ -1069,6 +1069,11 @@ impl Queue {
         self.sync().await
     }
 
+    /// A cheap liveness probe of the store: one read of a metadata key.
+    pub fn recount_cheap_ok(&self) -> bool {
+        self.inner.tree.get(meta_key("schema")).is_ok()
+    }
+
     /// Recount the persisted counters from the indexes (tests and `statusd doctor`-style checks).
     pub fn recount(&self) -> Result<(u64, u64), StoreError> {
         let depth = self.inner.tree.scan_prefix([b'o']).count() as u64;
