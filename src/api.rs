@@ -52,7 +52,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), field: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
     }
     fn field(mut self, f: impl Into<String>) -> Self {
         self.field = Some(f.into());
@@ -62,7 +67,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", message).field(field)
     }
     fn not_found(what: &str) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 }
 
@@ -78,7 +87,11 @@ impl IntoResponse for ApiError {
 
 fn store_error(e: crate::queue::StoreError) -> ApiError {
     tracing::error!(message = "store error", error = %e);
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("the store cannot take this now: {e}"))
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        format!("the store cannot take this now: {e}"),
+    )
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -100,7 +113,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/livez", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
         // The body limit is enforced by the handler so the refusal is a JSON error.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -121,7 +136,8 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.expose().as_bytes()));
+        let ok =
+            given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.expose().as_bytes()));
         if !ok {
             let mut resp = ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -130,7 +146,8 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
             )
             .field("Authorization")
             .into_response();
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return resp;
         }
     }
@@ -142,11 +159,21 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
 /// Validate one event object; `at` prefixes field names inside arrays (`[3].tenant_id`).
 pub fn parse_event(v: &Value, at: &str, header_key: Option<&str>) -> Result<NewEvent, ApiError> {
     let f = |name: &str| format!("{at}{name}");
-    let obj = v
-        .as_object()
-        .ok_or_else(|| ApiError::invalid(if at.is_empty() { "body".into() } else { at.trim_end_matches('.').to_string() }, "an event must be a JSON object"))?;
+    let obj = v.as_object().ok_or_else(|| {
+        ApiError::invalid(
+            if at.is_empty() {
+                "body".into()
+            } else {
+                at.trim_end_matches('.').to_string()
+            },
+            "an event must be a JSON object",
+        )
+    })?;
     for k in obj.keys() {
-        if !matches!(k.as_str(), "tenant_id" | "type" | "category" | "action" | "idempotency_key") {
+        if !matches!(
+            k.as_str(),
+            "tenant_id" | "type" | "category" | "action" | "idempotency_key"
+        ) {
             return Err(ApiError::invalid(
                 f(k),
                 format!("unknown field {k:?} (expected tenant_id, type, category, action, idempotency_key)"),
@@ -154,10 +181,21 @@ pub fn parse_event(v: &Value, at: &str, header_key: Option<&str>) -> Result<NewE
         }
     }
     let tenant_id = match obj.get("tenant_id") {
-        None | Some(Value::Null) => return Err(ApiError::invalid(f("tenant_id"), "tenant_id is required")),
-        Some(Value::String(s)) => Uuid::parse_str(s)
-            .map_err(|_| ApiError::invalid(f("tenant_id"), format!("tenant_id is not a UUID: {}", clip(s))))?,
-        Some(_) => return Err(ApiError::invalid(f("tenant_id"), "tenant_id must be a UUID string")),
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid(f("tenant_id"), "tenant_id is required"))
+        }
+        Some(Value::String(s)) => Uuid::parse_str(s).map_err(|_| {
+            ApiError::invalid(
+                f("tenant_id"),
+                format!("tenant_id is not a UUID: {}", clip(s)),
+            )
+        })?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                f("tenant_id"),
+                "tenant_id must be a UUID string",
+            ))
+        }
     };
     let kind = match obj.get("type").and_then(Value::as_str) {
         Some("activation") => EventKind::Activation,
@@ -166,10 +204,18 @@ pub fn parse_event(v: &Value, at: &str, header_key: Option<&str>) -> Result<NewE
         Some(other) => {
             return Err(ApiError::invalid(
                 f("type"),
-                format!("unknown type {:?} (expected activation, deactivation or custom)", clip(other)),
+                format!(
+                    "unknown type {:?} (expected activation, deactivation or custom)",
+                    clip(other)
+                ),
             ))
         }
-        None => return Err(ApiError::invalid(f("type"), "type is required: activation, deactivation or custom")),
+        None => {
+            return Err(ApiError::invalid(
+                f("type"),
+                "type is required: activation, deactivation or custom",
+            ))
+        }
     };
     let text = |name: &str, max: usize| -> Result<Option<String>, ApiError> {
         match obj.get(name) {
@@ -177,12 +223,18 @@ pub fn parse_event(v: &Value, at: &str, header_key: Option<&str>) -> Result<NewE
             Some(Value::String(s)) => {
                 let n = s.chars().count();
                 if n == 0 || n > max {
-                    Err(ApiError::invalid(f(name), format!("{name} must be 1 to {max} characters, got {n}")))
+                    Err(ApiError::invalid(
+                        f(name),
+                        format!("{name} must be 1 to {max} characters, got {n}"),
+                    ))
                 } else {
                     Ok(Some(s.clone()))
                 }
             }
-            Some(_) => Err(ApiError::invalid(f(name), format!("{name} must be a string"))),
+            Some(_) => Err(ApiError::invalid(
+                f(name),
+                format!("{name} must be a string"),
+            )),
         }
     };
     let category = text("category", MAX_CATEGORY)?;
@@ -200,8 +252,15 @@ pub fn parse_event(v: &Value, at: &str, header_key: Option<&str>) -> Result<NewE
         }
     }
     if kind == EventKind::Custom && (category.is_none() || action.is_none()) {
-        let missing = if category.is_none() { "category" } else { "action" };
-        return Err(ApiError::invalid(f(missing), format!("a custom event needs both category and action; {missing} is missing")));
+        let missing = if category.is_none() {
+            "category"
+        } else {
+            "action"
+        };
+        return Err(ApiError::invalid(
+            f(missing),
+            format!("a custom event needs both category and action; {missing} is missing"),
+        ));
     }
     Ok(NewEvent {
         tenant_id,
@@ -222,11 +281,22 @@ fn clip(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-async fn post_events(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn post_events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     if !state.accepting.load(Ordering::Acquire) {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "statusd is shutting down; retry against the next instance"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "statusd is shutting down; retry against the next instance",
+        ));
     }
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
         return Err(ApiError::new(
@@ -236,17 +306,29 @@ async fn post_events(State(state): State<ApiState>, headers: HeaderMap, body: Bo
         )
         .field("Content-Type"));
     }
-    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body is over {MAX_BODY_BYTES} bytes")).field("body")
-    })?;
+    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is over {MAX_BODY_BYTES} bytes"),
+            )
+            .field("body")
+        })?;
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?;
     let header_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
-            let k = v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key", "not visible ASCII"))?;
+            let k = v
+                .to_str()
+                .map_err(|_| ApiError::invalid("Idempotency-Key", "not visible ASCII"))?;
             if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY {
-                return Err(ApiError::invalid("Idempotency-Key", format!("must be 1 to {MAX_IDEMPOTENCY_KEY} characters")));
+                return Err(ApiError::invalid(
+                    "Idempotency-Key",
+                    format!("must be 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+                ));
             }
             Some(k.to_string())
         }
@@ -257,7 +339,13 @@ async fn post_events(State(state): State<ApiState>, headers: HeaderMap, body: Bo
                 return Err(ApiError::invalid("body", "the array is empty"));
             }
             if items.len() > MAX_EVENTS_PER_REQUEST {
-                return Err(ApiError::invalid("body", format!("at most {MAX_EVENTS_PER_REQUEST} events per request, got {}", items.len())));
+                return Err(ApiError::invalid(
+                    "body",
+                    format!(
+                        "at most {MAX_EVENTS_PER_REQUEST} events per request, got {}",
+                        items.len()
+                    ),
+                ));
             }
             if header_key.is_some() {
                 return Err(ApiError::invalid("Idempotency-Key", "the header is for single events; give each array element its own idempotency_key"));
@@ -270,21 +358,38 @@ async fn post_events(State(state): State<ApiState>, headers: HeaderMap, body: Bo
             (events, true)
         }
         Value::Object(_) => (vec![parse_event(&value, "", header_key.as_deref())?], false),
-        _ => return Err(ApiError::invalid("body", "expected an event object or an array of events")),
+        _ => {
+            return Err(ApiError::invalid(
+                "body",
+                "expected an event object or an array of events",
+            ))
+        }
     };
     let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
     let outcomes = state.queue.enqueue(events).await.map_err(store_error)?;
     for (o, k) in outcomes.iter().zip(&kinds) {
         if matches!(o, Enqueued::Accepted(_)) {
-            state.metrics.events_accepted.get_or_create(&label("type", k.as_str())).inc();
+            state
+                .metrics
+                .events_accepted
+                .get_or_create(&label("type", k.as_str()))
+                .inc();
         }
     }
     if is_array {
         let ids: Vec<String> = outcomes.iter().map(|o| o.id().to_string()).collect();
-        return Ok((StatusCode::ACCEPTED, Json(json!({"ids": ids, "status": "queued"}))).into_response());
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"ids": ids, "status": "queued"})),
+        )
+            .into_response());
     }
     Ok(match outcomes[0] {
-        Enqueued::Accepted(id) => (StatusCode::ACCEPTED, Json(json!({"id": id, "status": "queued"}))).into_response(),
+        Enqueued::Accepted(id) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"id": id, "status": "queued"})),
+        )
+            .into_response(),
         Enqueued::Duplicate(id) => {
             let status = state
                 .queue
@@ -293,7 +398,11 @@ async fn post_events(State(state): State<ApiState>, headers: HeaderMap, body: Bo
                 .flatten()
                 .map(|e| serde_json::to_value(e.state).unwrap_or(json!("unknown")))
                 .unwrap_or(json!("delivered"));
-            (StatusCode::OK, Json(json!({"id": id, "status": status, "duplicate": true}))).into_response()
+            (
+                StatusCode::OK,
+                Json(json!({"id": id, "status": status, "duplicate": true})),
+            )
+                .into_response()
         }
     })
 }
@@ -301,11 +410,15 @@ async fn post_events(State(state): State<ApiState>, headers: HeaderMap, body: Bo
 // Lookups ---------------------------------------------------------------------------------------
 
 fn parse_id(s: &str, field: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(s).map_err(|_| ApiError::invalid(field, format!("{field} is not a UUID: {}", clip(s))))
+    Uuid::parse_str(s)
+        .map_err(|_| ApiError::invalid(field, format!("{field} is not a UUID: {}", clip(s))))
 }
 
 fn event_json(e: &crate::queue::EventRecord) -> Value {
-    let ms = |v: Option<i64>| v.and_then(chrono::DateTime::from_timestamp_millis).map(|t| t.to_rfc3339());
+    let ms = |v: Option<i64>| {
+        v.and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.to_rfc3339())
+    };
     json!({
         "id": e.id,
         "tenant_id": e.tenant_id,
@@ -323,7 +436,10 @@ fn event_json(e: &crate::queue::EventRecord) -> Value {
     })
 }
 
-async fn get_event(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_event(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id, "id")?;
     match state.queue.event(&id).map_err(store_error)? {
         Some(e) => Ok(Json(event_json(&e))),
@@ -331,7 +447,10 @@ async fn get_event(State(state): State<ApiState>, Path(id): Path<String>) -> Res
     }
 }
 
-async fn get_tenant(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_tenant(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id, "tenant_id")?;
     let st = state.queue.tenant_state(&id).map_err(store_error)?;
     let inv = state.queue.inventory(&id).map_err(store_error)?;
@@ -339,7 +458,10 @@ async fn get_tenant(State(state): State<ApiState>, Path(id): Path<String>) -> Re
     if st.is_none() && inv.is_none() && pending == 0 {
         return Err(ApiError::not_found("tenant"));
     }
-    let ms = |v: Option<i64>| v.and_then(chrono::DateTime::from_timestamp_millis).map(|t| t.to_rfc3339());
+    let ms = |v: Option<i64>| {
+        v.and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.to_rfc3339())
+    };
     Ok(Json(json!({
         "tenant_id": id,
         "intended": st.as_ref().and_then(|s| s.intended),
@@ -361,7 +483,9 @@ async fn list_tenants(State(state): State<ApiState>) -> Result<Json<Value>, ApiE
 pub async fn status_report(state: &ApiState) -> Value {
     let q = state.queue.stats();
     let now = crate::queue::now_ms();
-    let oldest_age = q.oldest_pending_accepted_ms.map(|t| ((now - t).max(0) as f64) / 1000.0);
+    let oldest_age = q
+        .oldest_pending_accepted_ms
+        .map(|t| ((now - t).max(0) as f64) / 1000.0);
     let reconcilers = match &state.reconcilers {
         Some(r) => r.status_json().await,
         None => json!({}),
@@ -416,13 +540,27 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list_dead(State(state): State<ApiState>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list_dead(
+    State(state): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    let items: Vec<Value> = state.queue.dead_letters(limit).map_err(store_error)?.iter().map(event_json).collect();
-    Ok(Json(json!({"count": items.len(), "total": state.queue.stats().dead_letters, "items": items})))
+    let items: Vec<Value> = state
+        .queue
+        .dead_letters(limit)
+        .map_err(store_error)?
+        .iter()
+        .map(event_json)
+        .collect();
+    Ok(Json(
+        json!({"count": items.len(), "total": state.queue.stats().dead_letters, "items": items}),
+    ))
 }
 
-async fn show_dead(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show_dead(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id, "id")?;
     match state.queue.event(&id).map_err(store_error)? {
         Some(e) if e.state == crate::queue::EventState::Dead => Ok(Json(event_json(&e))),
@@ -430,7 +568,10 @@ async fn show_dead(State(state): State<ApiState>, Path(id): Path<String>) -> Res
     }
 }
 
-async fn retry_dead(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn retry_dead(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id, "id")?;
     if state.queue.retry_dead(&id).await.map_err(store_error)? {
         Ok(Json(json!({"id": id, "status": "queued"})))
@@ -444,7 +585,10 @@ async fn retry_all_dead(State(state): State<ApiState>) -> Result<Json<Value>, Ap
     Ok(Json(json!({"retried": n})))
 }
 
-async fn purge_dead(State(state): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn purge_dead(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id, "id")?;
     if state.queue.purge_dead(&id).await.map_err(store_error)? {
         Ok(StatusCode::NO_CONTENT)
@@ -467,15 +611,30 @@ async fn run_reconcile(
     Query(q): Query<ReconcileQuery>,
 ) -> Result<Response, ApiError> {
     let kind = crate::reconcile::Kind::parse(&name).ok_or_else(|| {
-        ApiError::invalid("name", format!("unknown reconciler {:?} (expected tenants, status or branding)", clip(&name)))
+        ApiError::invalid(
+            "name",
+            format!(
+                "unknown reconciler {:?} (expected tenants, status or branding)",
+                clip(&name)
+            ),
+        )
     })?;
     let dry_run = match q.dry_run.as_deref() {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") | Some("") => true,
-        Some(other) => return Err(ApiError::invalid("dry_run", format!("expected true or false, got {:?}", clip(other)))),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "dry_run",
+                format!("expected true or false, got {:?}", clip(other)),
+            ))
+        }
     };
     let Some(r) = &state.reconcilers else {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "reconcilers are not running"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "reconcilers are not running",
+        ));
     };
     match r.run_now(kind, dry_run).await {
         Ok(report) => Ok((StatusCode::OK, Json(serde_json::to_value(report).unwrap_or(json!({}))))
@@ -492,7 +651,11 @@ async fn run_reconcile(
 
 async fn readyz(State(state): State<ApiState>) -> Response {
     if !state.accepting.load(Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unready", "failing": "shutting_down"}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unready", "failing": "shutting_down"})),
+        )
+            .into_response();
     }
     (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
 }
@@ -517,13 +680,19 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response 
         .is_some_and(|a| a.contains("application/openmetrics-text"));
     if wants_openmetrics {
         (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             state.metrics.encode_openmetrics(),
         )
             .into_response()
     } else {
         (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             state.metrics.encode_classic(),
         )
             .into_response()

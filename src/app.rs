@@ -28,9 +28,15 @@ const COMPACTION_INTERVAL: Duration = Duration::from_secs(600);
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("cannot open the store at {path}: {source}")]
-    Store { path: String, source: crate::queue::StoreError },
+    Store {
+        path: String,
+        source: crate::queue::StoreError,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Setup(String),
 }
@@ -66,7 +72,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
 
 /// Start every part. `listener` lets tests and the demo bind port 0 themselves; `schedules`
 /// turns the cron triggers on.
-pub async fn start(settings: Settings, listener: Option<TcpListener>, schedules: bool) -> Result<Running, AppError> {
+pub async fn start(
+    settings: Settings,
+    listener: Option<TcpListener>,
+    schedules: bool,
+) -> Result<Running, AppError> {
     let settings = Arc::new(settings);
     let metrics = Arc::new(Metrics::new());
     let store_path = settings.store.path.clone();
@@ -79,13 +89,22 @@ pub async fn start(settings: Settings, listener: Option<TcpListener>, schedules:
         tokio::task::spawn_blocking(move || Queue::open(&path, opts))
             .await
             .map_err(|e| AppError::Setup(format!("store open task failed: {e}")))?
-            .map_err(|source| AppError::Store { path: store_path.display().to_string(), source })?
+            .map_err(|source| AppError::Store {
+                path: store_path.display().to_string(),
+                source,
+            })?
     };
     let p = &settings.platform;
     let client = PlatformClient::new(
         ClientOptions {
-            base_url: p.base_url.clone().ok_or_else(|| AppError::Setup("platform.base_url is not set".into()))?,
-            client_id: p.client_id.clone().ok_or_else(|| AppError::Setup("platform.client_id is not set".into()))?,
+            base_url: p
+                .base_url
+                .clone()
+                .ok_or_else(|| AppError::Setup("platform.base_url is not set".into()))?,
+            client_id: p
+                .client_id
+                .clone()
+                .ok_or_else(|| AppError::Setup("platform.client_id is not set".into()))?,
             client_secret: p
                 .client_secret
                 .clone()
@@ -97,17 +116,32 @@ pub async fn start(settings: Settings, listener: Option<TcpListener>, schedules:
         metrics.clone(),
     )
     .map_err(AppError::Setup)?;
-    let delivery = Delivery::new(queue.clone(), client.clone(), metrics.clone(), DeliveryOptions::from_settings(&settings));
-    let reconcilers = Reconcilers::new(queue.clone(), client.clone(), metrics.clone(), settings.clone());
+    let delivery = Delivery::new(
+        queue.clone(),
+        client.clone(),
+        metrics.clone(),
+        DeliveryOptions::from_settings(&settings),
+    );
+    let reconcilers = Reconcilers::new(
+        queue.clone(),
+        client.clone(),
+        metrics.clone(),
+        settings.clone(),
+    );
     let accepting = Arc::new(AtomicBool::new(true));
 
     let listener = match listener {
         Some(l) => l,
         None => TcpListener::bind(settings.api.listen)
             .await
-            .map_err(|source| AppError::Listen { addr: settings.api.listen, source })?,
+            .map_err(|source| AppError::Listen {
+                addr: settings.api.listen,
+                source,
+            })?,
     };
-    let api_addr = listener.local_addr().map_err(|e| AppError::Setup(e.to_string()))?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|e| AppError::Setup(e.to_string()))?;
     let state = ApiState {
         queue: queue.clone(),
         metrics: metrics.clone(),
@@ -136,12 +170,21 @@ pub async fn start(settings: Settings, listener: Option<TcpListener>, schedules:
 
     let stop_background = CancellationToken::new();
     let mut background = Vec::new();
-    background.push(tokio::spawn(compaction_loop(queue.clone(), stop_background.clone())));
+    background.push(tokio::spawn(compaction_loop(
+        queue.clone(),
+        stop_background.clone(),
+    )));
     if let Some(interval) = systemd::watchdog_interval() {
-        background.push(tokio::spawn(systemd::watchdog_loop(interval, queue.clone(), stop_background.clone())));
+        background.push(tokio::spawn(systemd::watchdog_loop(
+            interval,
+            queue.clone(),
+            stop_background.clone(),
+        )));
     }
     let schedules = if schedules {
-        let s = Schedules::start(&settings, reconcilers.clone()).await.map_err(AppError::Setup)?;
+        let s = Schedules::start(&settings, reconcilers.clone())
+            .await
+            .map_err(AppError::Setup)?;
         Some(s)
     } else {
         None
@@ -191,7 +234,9 @@ async fn compaction_loop(queue: Queue, stop: CancellationToken) {
     loop {
         let q = queue.clone();
         match tokio::task::spawn_blocking(move || q.compact(crate::queue::now_ms())).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!(message = "compacted delivered events", removed = n),
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(message = "compacted delivered events", removed = n)
+            }
             Ok(Err(e)) => tracing::error!(message = "compaction failed", error = %e),
             _ => {}
         }

@@ -76,6 +76,9 @@ pub struct DemoArgs {
     /// Number of sample events to send.
     #[arg(long, default_value_t = 400)]
     pub events: usize,
+    /// Write the daemon's /metrics exposition to this file before exiting (for promtool).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub keep_metrics: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -193,9 +196,16 @@ pub fn load_settings(cli: &Cli, purpose: Purpose) -> Result<Settings, ExitCode> 
 /// Entry point of the binary after parsing.
 pub fn main(cli: Cli) -> ExitCode {
     // The demo shows its own progress; only warnings and errors interleave with it.
-    let default_filter = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    let default_filter = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
     telemetry::init(cli.log_format, default_filter);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("statusd: cannot start the async runtime: {e}");
@@ -229,7 +239,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Demo(args) => crate::demo::run(args.once, args.events).await,
+        Command::Demo(args) => {
+            crate::demo::run(args.once, args.events, args.keep_metrics.clone()).await
+        }
         Command::Sandbox(args) => run_sandbox(args).await,
         _ => {
             let settings = match load_settings(&cli, Purpose::Local) {
@@ -271,8 +283,14 @@ async fn run_sandbox(args: &SandboxArgs) -> ExitCode {
     println!("  client_id:      {}", sb.client_id);
     println!("  client_secret:  {}", sb.client_secret);
     println!("  root tenant:    {}", sb.root_tenant);
-    println!("  token lifetime: {}", humantime::format_duration(args.token_ttl));
-    println!("inspect: {0}/_sandbox/reports  {0}/_sandbox/stats  {0}/_sandbox/tenants", sb.url);
+    println!(
+        "  token lifetime: {}",
+        humantime::format_duration(args.token_ttl)
+    );
+    println!(
+        "inspect: {0}/_sandbox/reports  {0}/_sandbox/stats  {0}/_sandbox/tenants",
+        sb.url
+    );
     println!("faults:  curl -X POST {}/_sandbox/faults -d '{{\"status\":503,\"retry_after\":\"5\",\"count\":3}}'", sb.url);
     crate::app::shutdown_signal().await;
     ExitCode::from(exit::OK)

@@ -43,10 +43,19 @@ impl LocalApi {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .expect("HTTP client builds");
-        LocalApi { base: base.trim_end_matches('/').to_string(), token, http }
+        LocalApi {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        }
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), CallError> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), CallError> {
         let mut rb = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t);
@@ -54,13 +63,20 @@ impl LocalApi {
         if let Some(b) = body {
             rb = rb.json(&b);
         }
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| CallError::Unreachable(format!("statusd is not reachable at {}: {}", self.base, root_cause(&e))))?;
+        let resp = rb.send().await.map_err(|e| {
+            CallError::Unreachable(format!(
+                "statusd is not reachable at {}: {}",
+                self.base,
+                root_cause(&e)
+            ))
+        })?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.unwrap_or_default();
-        let value: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        let value: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
         if status >= 400 {
             let msg = value
                 .pointer("/error/message")
@@ -163,7 +179,10 @@ pub async fn run(cmd: &Command, settings: &Settings) -> ExitCode {
                                     .collect()
                             })
                             .unwrap_or_default();
-                        print_table(&["TENANT", "KIND", "NAME", "ENABLED", "DELETED", "VERSION"], &rows);
+                        print_table(
+                            &["TENANT", "KIND", "NAME", "ENABLED", "DELETED", "VERSION"],
+                            &rows,
+                        );
                         println!("{} tenant(s)", rows.len());
                     }
                     ExitCode::from(exit::OK)
@@ -229,9 +248,16 @@ async fn send_event(settings: &Settings, a: &EventArgs, kind: &str) -> ExitCode 
         ev["idempotency_key"] = json!(k);
     }
     let api = LocalApi::new(&a.api, settings);
-    match api.call(reqwest::Method::POST, "/v1/events", Some(ev)).await {
+    match api
+        .call(reqwest::Method::POST, "/v1/events", Some(ev))
+        .await
+    {
         Ok((status, v)) => {
-            let dup = if status == 200 { " (repeated idempotency key; nothing new stored)" } else { "" };
+            let dup = if status == 200 {
+                " (repeated idempotency key; nothing new stored)"
+            } else {
+                ""
+            };
             println!("{} {}{dup}", s(&v["id"]), s(&v["status"]));
             ExitCode::from(exit::OK)
         }
@@ -242,11 +268,32 @@ async fn send_event(settings: &Settings, a: &EventArgs, kind: &str) -> ExitCode 
 async fn dead_letters(settings: &Settings, cmd: &DeadLetterCommand) -> ExitCode {
     use reqwest::Method;
     let (api, method, path, json_out) = match cmd {
-        DeadLetterCommand::List(a) => (&a.api, Method::GET, "/v1/dead-letters?limit=1000".to_string(), a.json),
-        DeadLetterCommand::Show { id, api } => (api, Method::GET, format!("/v1/dead-letters/{id}"), true),
-        DeadLetterCommand::Retry { id: Some(id), api, .. } => (api, Method::POST, format!("/v1/dead-letters/{id}/retry"), true),
-        DeadLetterCommand::Retry { id: None, api, .. } => (api, Method::POST, "/v1/dead-letters/retry-all".to_string(), true),
-        DeadLetterCommand::Purge { id, api } => (api, Method::DELETE, format!("/v1/dead-letters/{id}"), false),
+        DeadLetterCommand::List(a) => (
+            &a.api,
+            Method::GET,
+            "/v1/dead-letters?limit=1000".to_string(),
+            a.json,
+        ),
+        DeadLetterCommand::Show { id, api } => {
+            (api, Method::GET, format!("/v1/dead-letters/{id}"), true)
+        }
+        DeadLetterCommand::Retry {
+            id: Some(id), api, ..
+        } => (
+            api,
+            Method::POST,
+            format!("/v1/dead-letters/{id}/retry"),
+            true,
+        ),
+        DeadLetterCommand::Retry { id: None, api, .. } => (
+            api,
+            Method::POST,
+            "/v1/dead-letters/retry-all".to_string(),
+            true,
+        ),
+        DeadLetterCommand::Purge { id, api } => {
+            (api, Method::DELETE, format!("/v1/dead-letters/{id}"), false)
+        }
     };
     let client = LocalApi::new(api, settings);
     match client.call(method, &path, None).await {
@@ -258,7 +305,15 @@ async fn dead_letters(settings: &Settings, cmd: &DeadLetterCommand) -> ExitCode 
                         .map(|items| {
                             items
                                 .iter()
-                                .map(|e| vec![s(&e["id"]), s(&e["tenant_id"]), s(&e["type"]), s(&e["attempts"]), clip(&s(&e["dead_reason"]), 80)])
+                                .map(|e| {
+                                    vec![
+                                        s(&e["id"]),
+                                        s(&e["tenant_id"]),
+                                        s(&e["type"]),
+                                        s(&e["attempts"]),
+                                        clip(&s(&e["dead_reason"]), 80),
+                                    ]
+                                })
                                 .collect()
                         })
                         .unwrap_or_default();
@@ -298,7 +353,11 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+            .collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
@@ -309,12 +368,19 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 
 fn print_status(v: &Value) {
     let q = &v["queue"];
-    println!("statusd {}  accepting: {}", s(&v["version"]), s(&v["accepting"]));
+    println!(
+        "statusd {}  accepting: {}",
+        s(&v["version"]),
+        s(&v["accepting"])
+    );
     println!(
         "queue      depth {}  in flight {}  oldest pending {}  dead letters {}",
         s(&q["depth"]),
         s(&q["in_flight"]),
-        q["oldest_pending_age_seconds"].as_f64().map(|a| format!("{a:.1}s")).unwrap_or_else(|| "-".into()),
+        q["oldest_pending_age_seconds"]
+            .as_f64()
+            .map(|a| format!("{a:.1}s"))
+            .unwrap_or_else(|| "-".into()),
         s(&q["dead_letters"])
     );
     println!(
@@ -347,10 +413,16 @@ fn print_status(v: &Value) {
         }
     }
     println!();
-    print_table(&["RECONCILER", "LAST RUN", "OUTCOME", "DRIFT", "NEXT RUN"], &rows);
+    print_table(
+        &["RECONCILER", "LAST RUN", "OUTCOME", "DRIFT", "NEXT RUN"],
+        &rows,
+    );
     let unknown = &v["unknown_tenants"]["count"];
     if unknown.as_u64().is_some_and(|n| n > 0) {
-        println!("\n{} tenant(s) with events are not in the tenant inventory", s(unknown));
+        println!(
+            "\n{} tenant(s) with events are not in the tenant inventory",
+            s(unknown)
+        );
     }
 }
 
@@ -358,13 +430,28 @@ pub fn print_reconcile(v: &Value) {
     println!(
         "{} reconcile{}: {} in {} ms",
         s(&v["reconciler"]),
-        if v["dry_run"] == true { " (dry run)" } else { "" },
+        if v["dry_run"] == true {
+            " (dry run)"
+        } else {
+            ""
+        },
         s(&v["outcome"]),
         s(&v["duration_ms"])
     );
     let drift: Vec<Vec<String>> = v["drift"]
         .as_array()
-        .map(|d| d.iter().map(|i| vec![s(&i["tenant_id"]), s(&i["field"]), clip(&s(&i["platform"]), 40), clip(&s(&i["intended"]), 40)]).collect())
+        .map(|d| {
+            d.iter()
+                .map(|i| {
+                    vec![
+                        s(&i["tenant_id"]),
+                        s(&i["field"]),
+                        clip(&s(&i["platform"]), 40),
+                        clip(&s(&i["intended"]), 40),
+                    ]
+                })
+                .collect()
+        })
         .unwrap_or_default();
     if drift.is_empty() {
         println!("no drift");

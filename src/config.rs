@@ -224,7 +224,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration ({} problem(s)):", self.problems.len())?;
+        writeln!(
+            f,
+            "invalid configuration ({} problem(s)):",
+            self.problems.len()
+        )?;
         for p in &self.problems {
             writeln!(f, "  - {p}")?;
         }
@@ -276,7 +280,8 @@ pub fn load(sources: &Sources, purpose: Purpose) -> Result<Settings, ConfigError
                 }],
             });
         }
-        builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
+        builder =
+            builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
     }
     if let Some(text) = &sources.inline {
         builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
@@ -475,7 +480,10 @@ impl Reader {
     fn text_len(&mut self, key: &str, value: &str, min: usize, max: usize) {
         let n = value.chars().count();
         if n < min || n > max {
-            self.problem(key, format!("must be {min} to {max} characters long, got {n}"));
+            self.problem(
+                key,
+                format!("must be {min} to {max} characters long, got {n}"),
+            );
         }
     }
 
@@ -509,7 +517,9 @@ impl Reader {
         let base_url = self.string("platform.base_url").and_then(|raw| {
             let trimmed = raw.trim().trim_end_matches('/').to_string();
             match url::Url::parse(&trimmed) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(trimmed),
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                    Some(trimmed)
+                }
                 _ => {
                     self.problem(
                         "platform.base_url",
@@ -519,7 +529,9 @@ impl Reader {
                 }
             }
         });
-        let client_id = self.string("platform.client_id").filter(|s| !s.trim().is_empty());
+        let client_id = self
+            .string("platform.client_id")
+            .filter(|s| !s.trim().is_empty());
         let client_secret = self.secret("platform.client_secret", Some("client_secret"));
         if purpose == Purpose::Run {
             if base_url.is_none() && !self.has_problem("platform.base_url") {
@@ -747,8 +759,12 @@ impl Reader {
                         Ok(bytes) if bytes.starts_with(b"\x89PNG\r\n\x1a\n") => {
                             settings.logo_file = Some(path)
                         }
-                        Ok(_) => self.problem(&key, format!("{} is not a PNG file", path.display())),
-                        Err(e) => self.problem(&key, format!("cannot read {}: {e}", path.display())),
+                        Ok(_) => {
+                            self.problem(&key, format!("{} is not a PNG file", path.display()))
+                        }
+                        Err(e) => {
+                            self.problem(&key, format!("cannot read {}: {e}", path.display()))
+                        }
                     }
                 }
                 "tenants" => {
@@ -867,16 +883,20 @@ pub fn validate_brand_value(kind: BrandFieldKind, value: &Value) -> Result<Value
         (BrandFieldKind::Bool, _) => Err("expected true or false".into()),
         (_, Value::String(s)) => {
             match kind {
-                BrandFieldKind::Color => {
-                    if s.len() != 6 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
-                        return Err(format!(
-                            "not a colour: {s:?} (expected 6 hex digits without '#', e.g. \"1A2B3C\")"
-                        ));
-                    }
+                BrandFieldKind::Color
+                    if s.len() != 6 || !s.chars().all(|c| c.is_ascii_hexdigit()) =>
+                {
+                    return Err(format!(
+                        "not a colour: {s:?} (expected 6 hex digits without '#', e.g. \"1A2B3C\")"
+                    ));
                 }
                 BrandFieldKind::Url if !s.is_empty() => match url::Url::parse(s) {
                     Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                    _ => return Err(format!("not a URL: {s:?} (expected http:// or https://, or \"\" to clear)")),
+                    _ => {
+                        return Err(format!(
+                            "not a URL: {s:?} (expected http:// or https://, or \"\" to clear)"
+                        ))
+                    }
                 },
                 _ => {}
             }
@@ -971,7 +991,10 @@ pub fn load_from_str(
     let sources = Sources {
         file: None,
         inline: Some(toml_text.to_string()),
-        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     };
     load(&sources, purpose)
 }

@@ -50,14 +50,24 @@ impl DeliveryOptions {
 
 /// Full-jitter exponential backoff: a random delay in `[0, min(max, initial * 2^attempt)]`,
 /// never below a floor of a tenth of `initial` so a retry never fires in a hot loop.
-pub fn backoff_delay(attempt: u32, initial: Duration, max: Duration, rng: &mut impl Rng) -> Duration {
+pub fn backoff_delay(
+    attempt: u32,
+    initial: Duration,
+    max: Duration,
+    rng: &mut impl Rng,
+) -> Duration {
     let ceiling = initial
         .checked_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
         .unwrap_or(max)
         .min(max);
     let floor = (initial / 10).min(ceiling);
     let span = ceiling.saturating_sub(floor).as_millis() as u64;
-    floor + Duration::from_millis(if span == 0 { 0 } else { rng.random_range(0..=span) })
+    floor
+        + Duration::from_millis(if span == 0 {
+            0
+        } else {
+            rng.random_range(0..=span)
+        })
 }
 
 /// Platform-wide outage state shared by the lanes.
@@ -97,7 +107,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn new(queue: Queue, client: PlatformClient, metrics: Arc<Metrics>, opts: DeliveryOptions) -> Self {
+    pub fn new(
+        queue: Queue,
+        client: PlatformClient,
+        metrics: Arc<Metrics>,
+        opts: DeliveryOptions,
+    ) -> Self {
         Delivery {
             queue,
             client,
@@ -157,7 +172,11 @@ impl Delivery {
                 snap.lanes_running = running.len();
                 snap.lanes_waiting_backoff = timers.len();
                 snap.platform_backoff_until_ms = (open_until > now).then_some(open_until);
-                snap.consecutive_outage_failures = self.breaker.lock().expect("breaker lock").consecutive_outages;
+                snap.consecutive_outage_failures = self
+                    .breaker
+                    .lock()
+                    .expect("breaker lock")
+                    .consecutive_outages;
             }
             let next_timer = timers.peek().map(|Reverse((at, _))| *at);
             let wake_at = match (next_timer, open_until > now && !ready.is_empty()) {
@@ -168,7 +187,10 @@ impl Delivery {
             };
             let sleep = async {
                 match wake_at {
-                    Some(at) => tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64)).await,
+                    Some(at) => {
+                        tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64))
+                            .await
+                    }
                     None => std::future::pending::<()>().await,
                 }
             };
@@ -218,13 +240,19 @@ impl Delivery {
 
         // Drain: reports in flight may finish within the grace period.
         if !lanes.is_empty() {
-            tracing::info!(message = "draining delivery", lanes = lanes.len(), grace_s = self.opts.shutdown_grace.as_secs_f64());
+            tracing::info!(
+                message = "draining delivery",
+                lanes = lanes.len(),
+                grace_s = self.opts.shutdown_grace.as_secs_f64()
+            );
             let drained = tokio::time::timeout(self.opts.shutdown_grace, async {
                 while lanes.join_next().await.is_some() {}
             })
             .await;
             if drained.is_err() {
-                tracing::warn!(message = "shutdown grace expired; returning unsettled reports to the queue");
+                tracing::warn!(
+                    message = "shutdown grace expired; returning unsettled reports to the queue"
+                );
                 hard_stop.cancel();
                 while lanes.join_next().await.is_some() {}
             }
@@ -241,7 +269,9 @@ impl Delivery {
             Ok(Take::NotBefore(at)) => return LaneOutcome::RetryAt(at),
             Err(e) => {
                 tracing::error!(message = "cannot take a batch", tenant_id = %tenant, error = %e);
-                return LaneOutcome::RetryAt(now_ms() + self.opts.initial_backoff.as_millis() as i64);
+                return LaneOutcome::RetryAt(
+                    now_ms() + self.opts.initial_backoff.as_millis() as i64,
+                );
             }
         };
         let events: Vec<ReportEvent> = batch
@@ -290,7 +320,9 @@ impl Delivery {
             return LaneOutcome::RetryAt(now_ms() + self.opts.initial_backoff.as_millis() as i64);
         }
         let now = now_ms();
-        self.metrics.events_delivered.inc_by(batch.events.len() as u64);
+        self.metrics
+            .events_delivered
+            .inc_by(batch.events.len() as u64);
         for e in &batch.events {
             self.metrics
                 .event_delivery_lag
@@ -317,23 +349,41 @@ impl Delivery {
         let age = Duration::from_millis((now - batch.oldest_accepted_ms()).max(0) as u64);
         if age >= self.opts.max_age {
             return self
-                .park(batch, "max_age", &format!("retries exhausted after {}: {e}", humantime::format_duration(self.opts.max_age)))
+                .park(
+                    batch,
+                    "max_age",
+                    &format!(
+                        "retries exhausted after {}: {e}",
+                        humantime::format_duration(self.opts.max_age)
+                    ),
+                )
                 .await;
         }
         let mut rng = rand::rng();
-        let mut delay = backoff_delay(batch.max_attempts(), self.opts.initial_backoff, self.opts.max_backoff, &mut rng);
+        let mut delay = backoff_delay(
+            batch.max_attempts(),
+            self.opts.initial_backoff,
+            self.opts.max_backoff,
+            &mut rng,
+        );
         if let Some(ra) = e.retry_after {
             delay = delay.max(ra);
         }
         // No answer or a server error: count towards a platform-wide outage.
-        let outage = e.class == ErrorClass::Retryable && e.status.is_none_or(|s| s >= 500 || s == 429);
+        let outage =
+            e.class == ErrorClass::Retryable && e.status.is_none_or(|s| s >= 500 || s == 429);
         {
             let mut b = self.breaker.lock().expect("breaker lock");
             if outage {
                 b.consecutive_outages += 1;
                 if b.consecutive_outages >= 2 {
-                    let global = backoff_delay(b.consecutive_outages - 2, self.opts.initial_backoff, self.opts.max_backoff, &mut rng)
-                        .max(e.retry_after.unwrap_or_default());
+                    let global = backoff_delay(
+                        b.consecutive_outages - 2,
+                        self.opts.initial_backoff,
+                        self.opts.max_backoff,
+                        &mut rng,
+                    )
+                    .max(e.retry_after.unwrap_or_default());
                     b.open_until_ms = b.open_until_ms.max(now + global.as_millis() as i64);
                 }
             } else if let Some(ra) = e.retry_after {

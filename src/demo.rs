@@ -15,8 +15,8 @@ use crate::exit;
 use crate::reconcile::Kind;
 use crate::sandbox::{Fault, Sandbox, SandboxOptions};
 
-pub async fn run(once: bool, events: usize) -> ExitCode {
-    match demo(once, events.max(1)).await {
+pub async fn run(once: bool, events: usize, keep_metrics: Option<std::path::PathBuf>) -> ExitCode {
+    match demo(once, events.max(1), keep_metrics).await {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             eprintln!("statusd demo: {e}");
@@ -25,10 +25,18 @@ pub async fn run(once: bool, events: usize) -> ExitCode {
     }
 }
 
-async fn demo(once: bool, events: usize) -> Result<(), String> {
-    let sandbox = Sandbox::start(SandboxOptions { tenants: 60, token_ttl: Duration::from_secs(120), ..Default::default() })
-        .await
-        .map_err(|e| format!("cannot start the sandbox: {e}"))?;
+async fn demo(
+    once: bool,
+    events: usize,
+    keep_metrics: Option<std::path::PathBuf>,
+) -> Result<(), String> {
+    let sandbox = Sandbox::start(SandboxOptions {
+        tenants: 60,
+        token_ttl: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("cannot start the sandbox: {e}"))?;
     let store = tempfile::tempdir().map_err(|e| format!("cannot create a temporary store: {e}"))?;
     let toml = format!(
         r#"
@@ -60,13 +68,24 @@ support_url = "https://support.example.com"
         store = store.path().display(),
     );
     let secret = sandbox.client_secret.clone();
-    let settings = config::load_from_str(&toml, &[("STATUSD__PLATFORM__CLIENT_SECRET", secret.as_str())], Purpose::Run)
+    let settings = config::load_from_str(
+        &toml,
+        &[("STATUSD__PLATFORM__CLIENT_SECRET", secret.as_str())],
+        Purpose::Run,
+    )
+    .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
         .map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-    let running = crate::app::start(settings, Some(listener), false).await.map_err(|e| e.to_string())?;
+    let running = crate::app::start(settings, Some(listener), false)
+        .await
+        .map_err(|e| e.to_string())?;
     let api = format!("http://{}", running.api_addr);
     println!("statusd demo");
-    println!("  sandbox platform  {}   (credentials generated for this run)", sandbox.url);
+    println!(
+        "  sandbox platform  {}   (credentials generated for this run)",
+        sandbox.url
+    );
     println!("  statusd local API {api}");
     println!("  temporary store   {}", store.path().display());
 
@@ -74,11 +93,34 @@ support_url = "https://support.example.com"
     // and one tenant whose reports the platform refuses for good.
     let customers = sandbox.tenant_ids(Some("customer"));
     let refused_tenant = customers.first().copied();
-    sandbox.inject(Fault { status: Some(503), retry_after: Some("1".into()), count: Some(4), path_contains: Some("/status".into()), ..Default::default() });
-    sandbox.inject(Fault { status: Some(500), fraction: Some(0.15), count: Some(25), path_contains: Some("/status".into()), ..Default::default() });
-    sandbox.inject(Fault { drop_connection: true, count: Some(3), fraction: Some(0.3), path_contains: Some("/status".into()), ..Default::default() });
+    sandbox.inject(Fault {
+        status: Some(503),
+        retry_after: Some("1".into()),
+        count: Some(4),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
+    sandbox.inject(Fault {
+        status: Some(500),
+        fraction: Some(0.15),
+        count: Some(25),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
+    sandbox.inject(Fault {
+        drop_connection: true,
+        count: Some(3),
+        fraction: Some(0.3),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
     if let Some(t) = refused_tenant {
-        sandbox.inject(Fault { status: Some(403), query_contains: Some(t.to_string()), path_contains: Some("/status".into()), ..Default::default() });
+        sandbox.inject(Fault {
+            status: Some(403),
+            query_contains: Some(t.to_string()),
+            path_contains: Some("/status".into()),
+            ..Default::default()
+        });
     }
     println!("  faults injected   503+Retry-After x4, 15% 500s, dropped connections, tenant {} refused (403)", refused_tenant.map(|t| t.to_string()).unwrap_or_default());
     println!();
@@ -88,7 +130,11 @@ support_url = "https://support.example.com"
     let mut batch = Vec::new();
     for i in 0..events {
         let t = customers[i % customers.len().max(1)];
-        let kind = if i >= customers.len() && i % 5 == 0 { "deactivation" } else { "activation" };
+        let kind = if i >= customers.len() && i % 5 == 0 {
+            "deactivation"
+        } else {
+            "activation"
+        };
         batch.push(json!({"tenant_id": t, "type": kind}));
     }
     for chunk in batch.chunks(100) {
@@ -99,14 +145,21 @@ support_url = "https://support.example.com"
             .await
             .map_err(|e| format!("cannot reach the local API: {e}"))?;
         if resp.status() != reqwest::StatusCode::ACCEPTED {
-            return Err(format!("the local API refused sample events: HTTP {}", resp.status()));
+            return Err(format!(
+                "the local API refused sample events: HTTP {}",
+                resp.status()
+            ));
         }
     }
     wait_drained(&running, events as u64).await;
 
     println!("\nreconcilers (one run of each):");
     for kind in Kind::ALL {
-        let report = running.reconcilers.run_now(kind, false).await.map_err(|_| "reconciler busy".to_string())?;
+        let report = running
+            .reconcilers
+            .run_now(kind, false)
+            .await
+            .map_err(|_| "reconciler busy".to_string())?;
         println!(
             "  {:<9} {:<8} drift {:>3}  actions {:>3}  skipped {:>3}  errors {:>3}  {} ms",
             kind.as_str(),
@@ -122,6 +175,17 @@ support_url = "https://support.example.com"
     wait_drained(&running, 0).await;
 
     summary(&sandbox, &running);
+    if let Some(path) = keep_metrics {
+        let text = http
+            .get(format!("{api}/metrics"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     if once {
         running.shutdown().await;
         return Ok(());
@@ -147,7 +211,11 @@ async fn wait_drained(running: &crate::app::Running, accepted: u64) {
     loop {
         let st = running.queue.stats();
         let delivered = running.metrics.events_delivered.get();
-        let retrying = running.metrics.delivery_attempts.get_or_create(&crate::metrics::label("outcome", "retryable")).get();
+        let retrying = running
+            .metrics
+            .delivery_attempts
+            .get_or_create(&crate::metrics::label("outcome", "retryable"))
+            .get();
         let _ = write!(
             stderr,
             "\r  accepted {:>5}  delivered {:>5}  pending {:>5}  retried reports {:>4}  dead letters {:>3}   ",
@@ -187,7 +255,10 @@ fn summary(sandbox: &Sandbox, running: &crate::app::Running) {
         .take(12)
         .map(|(t, (r, a, d))| vec![t.clone(), r.to_string(), a.to_string(), d.to_string()])
         .collect();
-    print_table(&["TENANT", "REPORTS", "ACTIVATIONS", "DEACTIVATIONS"], &rows);
+    print_table(
+        &["TENANT", "REPORTS", "ACTIVATIONS", "DEACTIVATIONS"],
+        &rows,
+    );
     let stats = sandbox.stats();
     let mut by_status: Vec<(u16, u64)> = stats.by_status.iter().map(|(k, v)| (*k, *v)).collect();
     by_status.sort();

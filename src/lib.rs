@@ -5,16 +5,16 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod client_cli;
+pub mod config;
 pub mod delivery;
 pub mod demo;
-pub mod reconcile;
-pub mod schedule;
-pub mod systemd;
 pub mod metrics;
 pub mod platform;
-pub mod sandbox;
-pub mod config;
 pub mod queue;
+pub mod reconcile;
+pub mod sandbox;
+pub mod schedule;
+pub mod systemd;
 pub mod telemetry;
 
 /// `statusd/<version>`, sent as the User-Agent of every platform call.

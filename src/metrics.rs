@@ -48,9 +48,17 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut r = Registry::default();
         let events_accepted = Family::<Label, Counter>::default();
-        r.register("statusd_events_accepted", "Events accepted durably, by type", events_accepted.clone());
+        r.register(
+            "statusd_events_accepted",
+            "Events accepted durably, by type",
+            events_accepted.clone(),
+        );
         let events_delivered = Counter::default();
-        r.register("statusd_events_delivered", "Events the platform acknowledged", events_delivered.clone());
+        r.register(
+            "statusd_events_delivered",
+            "Events the platform acknowledged",
+            events_delivered.clone(),
+        );
         let events_dead_lettered = Family::<Label, Counter>::default();
         r.register(
             "statusd_events_dead_lettered",
@@ -76,7 +84,11 @@ impl Metrics {
             event_delivery_lag.clone(),
         );
         let queue_depth = Gauge::default();
-        r.register("statusd_queue_depth", "Events waiting for delivery (queued or in flight)", queue_depth.clone());
+        r.register(
+            "statusd_queue_depth",
+            "Events waiting for delivery (queued or in flight)",
+            queue_depth.clone(),
+        );
         let queue_oldest_event_age = FloatGauge::default();
         r.register(
             "statusd_queue_oldest_event_age_seconds",
@@ -84,7 +96,11 @@ impl Metrics {
             queue_oldest_event_age.clone(),
         );
         let dead_letters = Gauge::default();
-        r.register("statusd_dead_letters", "Events in the dead-letter store", dead_letters.clone());
+        r.register(
+            "statusd_dead_letters",
+            "Events in the dead-letter store",
+            dead_letters.clone(),
+        );
         let platform_up = Gauge::default();
         r.register(
             "statusd_platform_up",
@@ -92,11 +108,20 @@ impl Metrics {
             platform_up.clone(),
         );
         let token_refreshes = Family::<Label, Counter>::default();
-        r.register("statusd_token_refreshes", "Access token requests, by outcome", token_refreshes.clone());
+        r.register(
+            "statusd_token_refreshes",
+            "Access token requests, by outcome",
+            token_refreshes.clone(),
+        );
         let reconcile_runs = Family::<Labels2, Counter>::default();
-        r.register("statusd_reconcile_runs", "Reconciler runs, by reconciler and outcome", reconcile_runs.clone());
-        let reconcile_duration =
-            Family::<Label, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 3.0, 12)));
+        r.register(
+            "statusd_reconcile_runs",
+            "Reconciler runs, by reconciler and outcome",
+            reconcile_runs.clone(),
+        );
+        let reconcile_duration = Family::<Label, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 3.0, 12))
+        });
         r.register(
             "statusd_reconcile_duration_seconds",
             "Duration of reconciler runs",
@@ -115,8 +140,14 @@ impl Metrics {
             reconcile_last_success.clone(),
         );
         let build_info = Family::<Label, Gauge>::default();
-        r.register("statusd_build_info", "Build information; always 1", build_info.clone());
-        build_info.get_or_create(&label("version", env!("CARGO_PKG_VERSION"))).set(1);
+        r.register(
+            "statusd_build_info",
+            "Build information; always 1",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&label("version", env!("CARGO_PKG_VERSION")))
+            .set(1);
         // Make every labelled family visible from the first scrape.
         for t in ["activation", "deactivation", "custom"] {
             let _ = events_accepted.get_or_create(&label("type", t));
@@ -180,9 +211,11 @@ pub fn openmetrics_to_classic(text: &str) -> String {
         let rename = |prefix: &str| -> Option<String> {
             let rest = line.strip_prefix(prefix)?;
             let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}").trim_end().to_string())
+            counters.contains(name).then(|| {
+                format!("{prefix}{name}_total {tail}")
+                    .trim_end()
+                    .to_string()
+            })
         };
         if let Some(l) = rename("# HELP ").or_else(|| rename("# TYPE ")) {
             out.push_str(&l);

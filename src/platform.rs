@@ -146,7 +146,12 @@ impl PlatformError {
     }
 
     /// Decode a non-success answer.
-    pub fn from_response(call: &str, status: StatusCode, retry_after: Option<&str>, body: &[u8]) -> Self {
+    pub fn from_response(
+        call: &str,
+        status: StatusCode,
+        retry_after: Option<&str>,
+        body: &[u8],
+    ) -> Self {
         PlatformError {
             class: classify_status(status),
             status: Some(status.as_u16()),
@@ -243,7 +248,9 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let d = if let Ok(secs) = value.parse::<u64>() {
         Duration::from_secs(secs)
     } else {
-        let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+        let at = DateTime::parse_from_rfc2822(value)
+            .ok()?
+            .with_timezone(&Utc);
         (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
     };
     Some(d.min(MAX_RETRY_AFTER))
@@ -255,7 +262,12 @@ pub fn parse_platform_time(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%.f%:z"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+    ] {
         if let Ok(t) = DateTime::parse_from_str(s, fmt) {
             return Some(t.with_timezone(&Utc));
         }
@@ -489,14 +501,22 @@ impl PlatformClient {
     /// Forget the token if it is still the one that was refused.
     async fn invalidate(&self, refused: &Secret) {
         let mut guard = self.inner.token.lock().await;
-        if guard.as_ref().is_some_and(|t| t.access.expose() == refused.expose()) {
+        if guard
+            .as_ref()
+            .is_some_and(|t| t.access.expose() == refused.expose())
+        {
             *guard = None;
         }
     }
 
     async fn issue_token(&self) -> Result<CachedToken, PlatformError> {
         const CALL: &str = "POST /api/2/idp/token";
-        let _permit = self.inner.permits.acquire().await.expect("semaphore never closed");
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore never closed");
         let resp = self
             .inner
             .http
@@ -515,7 +535,10 @@ impl PlatformClient {
         self.set_up(true);
         let status = resp.status();
         let retry_after = header_string(&resp, "retry-after");
-        let body = resp.bytes().await.map_err(|e| PlatformError::from_transport(CALL, &e))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| PlatformError::from_transport(CALL, &e))?;
         if !status.is_success() {
             let mut err = PlatformError::from_response(CALL, status, retry_after.as_deref(), &body);
             // The token endpoint refusing credentials is a configuration fault, not a bad request.
@@ -526,7 +549,11 @@ impl PlatformClient {
             return Err(err);
         }
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
-            PlatformError::local(CALL, ErrorClass::Retryable, format!("token response not understood: {e}"))
+            PlatformError::local(
+                CALL,
+                ErrorClass::Retryable,
+                format!("token response not understood: {e}"),
+            )
         })?;
         let now_unix = Utc::now().timestamp();
         let lifetime = match (parsed.expires_on, parsed.expires_in) {
@@ -535,7 +562,10 @@ impl PlatformClient {
             (None, None) => DEFAULT_TOKEN_LIFETIME,
         };
         let margin = RENEW_MARGIN.min(lifetime / 2);
-        tracing::debug!(message = "access token issued", lifetime_s = lifetime.as_secs());
+        tracing::debug!(
+            message = "access token issued",
+            lifetime_s = lifetime.as_secs()
+        );
         Ok(CachedToken {
             access: Secret::new(parsed.access_token),
             renew_at: Instant::now() + lifetime.saturating_sub(margin),
@@ -544,15 +574,27 @@ impl PlatformClient {
 
     /// Send an authorised request: one permit, the shared token, and on 401 one re-issue and
     /// one retry. `build` is called per attempt so bodies are never lost on the retry.
-    async fn send<F>(&self, call: &str, build: F) -> Result<(StatusCode, reqwest::header::HeaderMap, bytes::Bytes), PlatformError>
+    async fn send<F>(
+        &self,
+        call: &str,
+        build: F,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, bytes::Bytes), PlatformError>
     where
         F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     {
         for attempt in 0..2 {
             let token = self.token().await?;
             let result = {
-                let _permit = self.inner.permits.acquire().await.expect("semaphore never closed");
-                let resp = build(&self.inner.http).bearer_auth(token.expose()).send().await;
+                let _permit = self
+                    .inner
+                    .permits
+                    .acquire()
+                    .await
+                    .expect("semaphore never closed");
+                let resp = build(&self.inner.http)
+                    .bearer_auth(token.expose())
+                    .send()
+                    .await;
                 match resp {
                     Ok(r) => {
                         let status = r.status();
@@ -609,7 +651,11 @@ impl PlatformClient {
                 let url = self.url(&path);
                 let (_, _, body) = self.send(&call, |h| h.get(&url)).await?;
                 let info: ClientInfo = serde_json::from_slice(&body).map_err(|e| {
-                    PlatformError::local(&call, ErrorClass::Permanent, format!("answer not understood: {e}"))
+                    PlatformError::local(
+                        &call,
+                        ErrorClass::Permanent,
+                        format!("answer not understood: {e}"),
+                    )
                 })?;
                 Ok(info.tenant_id)
             })
@@ -638,9 +684,14 @@ impl PlatformClient {
 
     /// Report a batch of events for a tenant. Validated before sending: a report the platform
     /// would refuse is a permanent error without a request.
-    pub async fn report_status(&self, tenant: Uuid, events: &[ReportEvent]) -> Result<(), PlatformError> {
+    pub async fn report_status(
+        &self,
+        tenant: Uuid,
+        events: &[ReportEvent],
+    ) -> Result<(), PlatformError> {
         const CALL: &str = "POST /api/integration_management/v2/status";
-        validate_report(&self.inner.integration, events).map_err(|m| PlatformError::local(CALL, ErrorClass::Permanent, m))?;
+        validate_report(&self.inner.integration, events)
+            .map_err(|m| PlatformError::local(CALL, ErrorClass::Permanent, m))?;
         let body = serde_json::to_vec(&self.status_body(events)).expect("report serializes");
         let url = self.url("/api/integration_management/v2/status");
         let tenant = tenant.to_string();
@@ -662,10 +713,18 @@ impl PlatformClient {
         allow_deleted: bool,
     ) -> Result<TenantListing, PlatformError> {
         if let TenantSelector::Uuids(ids) = selector {
-            let mut all = TenantListing { items: Vec::new(), timestamp: None, pages: 0 };
+            let mut all = TenantListing {
+                items: Vec::new(),
+                timestamp: None,
+                pages: 0,
+            };
             for chunk in ids.chunks(UUIDS_PER_CALL) {
                 let part = self
-                    .list_tenants_one(&TenantSelector::Uuids(chunk.to_vec()), updated_since, allow_deleted)
+                    .list_tenants_one(
+                        &TenantSelector::Uuids(chunk.to_vec()),
+                        updated_since,
+                        allow_deleted,
+                    )
                     .await?;
                 all.timestamp = all.timestamp.or(part.timestamp);
                 all.pages += part.pages;
@@ -673,7 +732,8 @@ impl PlatformClient {
             }
             return Ok(all);
         }
-        self.list_tenants_one(selector, updated_since, allow_deleted).await
+        self.list_tenants_one(selector, updated_since, allow_deleted)
+            .await
     }
 
     async fn list_tenants_one(
@@ -689,7 +749,10 @@ impl PlatformClient {
             TenantSelector::Parent(id) => vec![("parent_id".into(), id.to_string())],
             TenantSelector::Uuids(ids) => vec![(
                 "uuids".into(),
-                ids.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(","),
+                ids.iter()
+                    .map(|u| u.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
             )],
         };
         if let Some(since) = updated_since {
@@ -698,13 +761,21 @@ impl PlatformClient {
         if allow_deleted {
             first.push(("allow_deleted".into(), "true".into()));
         }
-        let mut listing = TenantListing { items: Vec::new(), timestamp: None, pages: 0 };
+        let mut listing = TenantListing {
+            items: Vec::new(),
+            timestamp: None,
+            pages: 0,
+        };
         let mut seen_cursors = std::collections::HashSet::new();
         let mut query = first;
         loop {
             let (_, _, body) = self.send(CALL, |h| h.get(&url).query(&query)).await?;
             let page: TenantPage = serde_json::from_slice(&body).map_err(|e| {
-                PlatformError::local(CALL, ErrorClass::Permanent, format!("page not understood: {e}"))
+                PlatformError::local(
+                    CALL,
+                    ErrorClass::Permanent,
+                    format!("page not understood: {e}"),
+                )
             })?;
             listing.pages += 1;
             if listing.timestamp.is_none() {
@@ -740,8 +811,13 @@ impl PlatformClient {
         let call = format!("GET {path}");
         let url = self.url(&path);
         let (_, _, body) = self.send(&call, |h| h.get(&url)).await?;
-        serde_json::from_slice(&body)
-            .map_err(|e| PlatformError::local(&call, ErrorClass::Permanent, format!("tenant not understood: {e}")))
+        serde_json::from_slice(&body).map_err(|e| {
+            PlatformError::local(
+                &call,
+                ErrorClass::Permanent,
+                format!("tenant not understood: {e}"),
+            )
+        })
     }
 
     pub async fn get_brand(&self, tenant: Uuid) -> Result<Brand, PlatformError> {
@@ -749,31 +825,60 @@ impl PlatformClient {
         let call = format!("GET {path}");
         let url = self.url(&path);
         let (_, _, body) = self.send(&call, |h| h.get(&url)).await?;
-        serde_json::from_slice(&body)
-            .map_err(|e| PlatformError::local(&call, ErrorClass::Permanent, format!("brand not understood: {e}")))
+        serde_json::from_slice(&body).map_err(|e| {
+            PlatformError::local(
+                &call,
+                ErrorClass::Permanent,
+                format!("brand not understood: {e}"),
+            )
+        })
     }
 
     /// Enable custom branding (version in the query, no body).
     pub async fn enable_brand(&self, tenant: Uuid, version: i64) -> Result<(), PlatformError> {
-        self.brand_write(Method::POST, tenant, "", version, None).await
+        self.brand_write(Method::POST, tenant, "", version, None)
+            .await
     }
 
     pub async fn disable_brand(&self, tenant: Uuid, version: i64) -> Result<(), PlatformError> {
-        self.brand_write(Method::DELETE, tenant, "", version, None).await
+        self.brand_write(Method::DELETE, tenant, "", version, None)
+            .await
     }
 
     /// Change only the given fields. `smtp_password` is never sent.
-    pub async fn update_brand(&self, tenant: Uuid, version: i64, changes: &Brand) -> Result<(), PlatformError> {
+    pub async fn update_brand(
+        &self,
+        tenant: Uuid,
+        version: i64,
+        changes: &Brand,
+    ) -> Result<(), PlatformError> {
         let mut body = changes.clone();
         body.remove("smtp_password");
         let bytes = serde_json::to_vec(&body).expect("brand serializes");
-        self.brand_write(Method::PUT, tenant, "", version, Some(("application/json", bytes)))
-            .await
+        self.brand_write(
+            Method::PUT,
+            tenant,
+            "",
+            version,
+            Some(("application/json", bytes)),
+        )
+        .await
     }
 
-    pub async fn upload_logo(&self, tenant: Uuid, version: i64, png: Vec<u8>) -> Result<(), PlatformError> {
-        self.brand_write(Method::POST, tenant, "/logo", version, Some(("image/png", png)))
-            .await
+    pub async fn upload_logo(
+        &self,
+        tenant: Uuid,
+        version: i64,
+        png: Vec<u8>,
+    ) -> Result<(), PlatformError> {
+        self.brand_write(
+            Method::POST,
+            tenant,
+            "/logo",
+            version,
+            Some(("image/png", png)),
+        )
+        .await
     }
 
     async fn brand_write(
@@ -789,7 +894,9 @@ impl PlatformClient {
         let url = self.url(&path);
         let version = version.to_string();
         self.send(&call, |h| {
-            let mut rb = h.request(method.clone(), &url).query(&[("version", version.as_str())]);
+            let mut rb = h
+                .request(method.clone(), &url)
+                .query(&[("version", version.as_str())]);
             if let Some((ct, bytes)) = &body {
                 rb = rb
                     .header(reqwest::header::CONTENT_TYPE, *ct)
@@ -804,7 +911,10 @@ impl PlatformClient {
 }
 
 fn header_string(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// Client-side checks of a report against the documented limits (characters, not bytes).
@@ -829,7 +939,9 @@ pub fn validate_report(i: &IntegrationSettings, events: &[ReportEvent]) -> Resul
             return Err(format!("events[{n}].action must be 1 to 500 characters"));
         }
         if e.activation_event && e.deactivation_event {
-            return Err(format!("events[{n}] sets both activation_event and deactivation_event"));
+            return Err(format!(
+                "events[{n}] sets both activation_event and deactivation_event"
+            ));
         }
     }
     Ok(())

@@ -183,7 +183,11 @@ impl Batch {
     }
     /// When the oldest event of the batch was accepted.
     pub fn oldest_accepted_ms(&self) -> i64 {
-        self.events.iter().map(|e| e.accepted_at_ms).min().unwrap_or(0)
+        self.events
+            .iter()
+            .map(|e| e.accepted_at_ms)
+            .min()
+            .unwrap_or(0)
     }
     pub fn max_attempts(&self) -> u32 {
         self.events.iter().map(|e| e.attempts).max().unwrap_or(0)
@@ -331,7 +335,8 @@ fn meta_key(name: &str) -> Vec<u8> {
 }
 
 fn uuid_from(bytes: &[u8]) -> Result<Uuid, StoreError> {
-    Uuid::from_slice(bytes).map_err(|_| StoreError::Corrupt(format!("bad uuid of {} bytes", bytes.len())))
+    Uuid::from_slice(bytes)
+        .map_err(|_| StoreError::Corrupt(format!("bad uuid of {} bytes", bytes.len())))
 }
 
 fn u64_from(bytes: &[u8]) -> Result<u64, StoreError> {
@@ -515,14 +520,17 @@ impl Queue {
                     EventKind::Custom => None,
                 };
                 if let Some(intended) = intended {
-                    let pos = tenant_updates.iter().position(|t| t.tenant_id == ev.tenant_id);
+                    let pos = tenant_updates
+                        .iter()
+                        .position(|t| t.tenant_id == ev.tenant_id);
                     let state = match pos {
                         Some(i) => &mut tenant_updates[i],
                         None => {
-                            let current = self.tenant_state(&ev.tenant_id)?.unwrap_or(TenantState {
-                                tenant_id: ev.tenant_id,
-                                ..Default::default()
-                            });
+                            let current =
+                                self.tenant_state(&ev.tenant_id)?.unwrap_or(TenantState {
+                                    tenant_id: ev.tenant_id,
+                                    ..Default::default()
+                                });
                             tenant_updates.push(current);
                             tenant_updates.last_mut().expect("just pushed")
                         }
@@ -637,7 +645,12 @@ impl Queue {
         result
     }
 
-    fn take_batch_inner(&self, tenant: &TenantId, max: usize, now: i64) -> Result<Take, StoreError> {
+    fn take_batch_inner(
+        &self,
+        tenant: &TenantId,
+        max: usize,
+        now: i64,
+    ) -> Result<Take, StoreError> {
         let mut events = Vec::new();
         for item in self
             .inner
@@ -734,7 +747,12 @@ impl Queue {
     }
 
     /// The report failed and will be retried at `next_attempt_at_ms`. The events keep their place.
-    pub fn mark_failed(&self, batch: &Batch, error: &str, next_attempt_at_ms: i64) -> Result<(), StoreError> {
+    pub fn mark_failed(
+        &self,
+        batch: &Batch,
+        error: &str,
+        next_attempt_at_ms: i64,
+    ) -> Result<(), StoreError> {
         {
             let _w = self.inner.writer.lock().expect("writer lock");
             let mut b = sled::Batch::default();

@@ -16,7 +16,9 @@ use uuid::Uuid;
 use crate::config::{BrandingTarget, OnRemoved, Settings};
 use crate::metrics::{label, Metrics};
 use crate::platform::{ErrorClass, PlatformClient, PlatformError, Tenant, TenantSelector};
-use crate::queue::{now_ms, EventKind, IntegrationState, InventoryTenant, NewEvent, Queue, StoreError};
+use crate::queue::{
+    now_ms, EventKind, IntegrationState, InventoryTenant, NewEvent, Queue, StoreError,
+};
 
 /// How often a brand write is retried after a version conflict.
 const MAX_CONFLICT_RETRIES: usize = 3;
@@ -102,7 +104,10 @@ impl Report {
     }
     fn fail(&mut self, message: String) {
         self.outcome = "error".into();
-        self.errors.push(ItemNote { tenant_id: Uuid::nil(), message });
+        self.errors.push(ItemNote {
+            tenant_id: Uuid::nil(),
+            message,
+        });
     }
 }
 
@@ -153,7 +158,12 @@ struct TenantCursor {
 }
 
 impl Reconcilers {
-    pub fn new(queue: Queue, client: PlatformClient, metrics: Arc<Metrics>, settings: Arc<Settings>) -> Self {
+    pub fn new(
+        queue: Queue,
+        client: PlatformClient,
+        metrics: Arc<Metrics>,
+        settings: Arc<Settings>,
+    ) -> Self {
         Reconcilers {
             inner: Arc::new(Inner {
                 queue,
@@ -187,7 +197,10 @@ impl Reconcilers {
         for (k, mut v) in last {
             v.next_run_at = next.get(&k).cloned();
             v.running = self.inner.locks[k.index()].try_lock().is_err();
-            out.insert(k.as_str().into(), serde_json::to_value(v).unwrap_or(Value::Null));
+            out.insert(
+                k.as_str().into(),
+                serde_json::to_value(v).unwrap_or(Value::Null),
+            );
         }
         Value::Object(out)
     }
@@ -196,7 +209,10 @@ impl Reconcilers {
     /// so slow runs never pile up).
     pub async fn trigger(&self, kind: Kind) {
         let Ok(guard) = self.inner.locks[kind.index()].try_lock() else {
-            tracing::info!(message = "reconciler still running; scheduled run skipped", reconciler = kind.as_str());
+            tracing::info!(
+                message = "reconciler still running; scheduled run skipped",
+                reconciler = kind.as_str()
+            );
             return;
         };
         self.run_locked(kind, false, true).await;
@@ -216,7 +232,11 @@ impl Reconcilers {
     async fn run_locked(&self, kind: Kind, dry_run: bool, scheduled: bool) -> Report {
         let started = tokio::time::Instant::now();
         let mut report = Report::new(kind, dry_run);
-        tracing::info!(message = "reconcile started", reconciler = kind.as_str(), dry_run);
+        tracing::info!(
+            message = "reconcile started",
+            reconciler = kind.as_str(),
+            dry_run
+        );
         let result = match kind {
             Kind::Tenants => self.reconcile_tenants(&mut report).await,
             Kind::Status => self.reconcile_status(&mut report).await,
@@ -231,10 +251,17 @@ impl Reconcilers {
         let m = &self.inner.metrics;
         let r = kind.as_str();
         m.reconcile_runs
-            .get_or_create(&[("reconciler", r.to_string()), ("outcome", report.outcome.clone())])
+            .get_or_create(&[
+                ("reconciler", r.to_string()),
+                ("outcome", report.outcome.clone()),
+            ])
             .inc();
-        m.reconcile_duration.get_or_create(&label("reconciler", r)).observe(started.elapsed().as_secs_f64());
-        m.reconcile_drift_items.get_or_create(&label("reconciler", r)).set(report.drift.len() as i64);
+        m.reconcile_duration
+            .get_or_create(&label("reconciler", r))
+            .observe(started.elapsed().as_secs_f64());
+        m.reconcile_drift_items
+            .get_or_create(&label("reconciler", r))
+            .set(report.drift.len() as i64);
         if report.outcome != "error" {
             m.reconcile_last_success
                 .get_or_create(&label("reconciler", r))
@@ -283,7 +310,9 @@ impl Reconcilers {
         let q = &self.inner.queue;
         let root = self.root().await?;
         let cursor: Option<TenantCursor> = q.get_doc("tenants.cursor").map_err(se)?;
-        let since = cursor.filter(|c| c.root == root).and_then(|c| c.updated_since);
+        let since = cursor
+            .filter(|c| c.root == root)
+            .and_then(|c| c.updated_since);
         let listing = self
             .inner
             .client
@@ -293,7 +322,9 @@ impl Reconcilers {
         let mode = if since.is_some() { "delta" } else { "full" };
         report.details.insert("mode".into(), json!(mode));
         report.details.insert("root_tenant_id".into(), json!(root));
-        report.details.insert("fetched".into(), json!(listing.items.len()));
+        report
+            .details
+            .insert("fetched".into(), json!(listing.items.len()));
         report.details.insert("pages".into(), json!(listing.pages));
         let records: Vec<InventoryTenant> = listing.items.iter().map(inventory_record).collect();
 
@@ -310,7 +341,11 @@ impl Reconcilers {
                 continue;
             }
             let field = if t.is_deleted() { "deleted" } else { "enabled" };
-            let platform = if t.is_deleted() { json!(true) } else { json!(false) };
+            let platform = if t.is_deleted() {
+                json!(true)
+            } else {
+                json!(false)
+            };
             report.drift.push(DriftItem {
                 tenant_id: t.id,
                 field: field.into(),
@@ -328,32 +363,46 @@ impl Reconcilers {
             } else {
                 report.skipped.push(ItemNote {
                     tenant_id: t.id,
-                    message: format!("tenant {field} on the platform; on_removed = report, so only reported"),
+                    message: format!(
+                        "tenant {field} on the platform; on_removed = report, so only reported"
+                    ),
                 });
             }
         }
         if report.dry_run {
-            report.details.insert("would_store".into(), json!(records.len()));
+            report
+                .details
+                .insert("would_store".into(), json!(records.len()));
             return Ok(());
         }
         if !deactivations.is_empty() {
             let n = deactivations.len();
             q.enqueue(deactivations).await.map_err(se)?;
-            report.actions.push(format!("enqueued {n} deactivation(s) for removed or disabled tenants"));
+            report.actions.push(format!(
+                "enqueued {n} deactivation(s) for removed or disabled tenants"
+            ));
         }
         if since.is_some() {
             q.put_inventory(&records).await.map_err(se)?;
         } else {
             q.replace_inventory(&records).await.map_err(se)?;
         }
-        report.actions.push(format!("inventory {mode} sync: {} tenant(s) stored", records.len()));
+        report.actions.push(format!(
+            "inventory {mode} sync: {} tenant(s) stored",
+            records.len()
+        ));
         q.put_doc(
             "tenants.cursor",
-            &TenantCursor { root, updated_since: listing.timestamp.or(since) },
+            &TenantCursor {
+                root,
+                updated_since: listing.timestamp.or(since),
+            },
         )
         .await
         .map_err(se)?;
-        report.details.insert("inventory_size".into(), json!(q.inventory_len()));
+        report
+            .details
+            .insert("inventory_size".into(), json!(q.inventory_len()));
         Ok(())
     }
 
@@ -367,7 +416,10 @@ impl Reconcilers {
             let Some(intended) = s.intended else { continue };
             if let Some(inv) = q.inventory(&s.tenant_id).map_err(se)? {
                 if inv.deleted {
-                    report.skipped.push(ItemNote { tenant_id: s.tenant_id, message: "deleted on the platform".into() });
+                    report.skipped.push(ItemNote {
+                        tenant_id: s.tenant_id,
+                        message: "deleted on the platform".into(),
+                    });
                     continue;
                 }
             }
@@ -403,7 +455,9 @@ impl Reconcilers {
         for chunk in events.chunks(1000) {
             q.enqueue(chunk.to_vec()).await.map_err(se)?;
         }
-        report.actions.push(format!("re-asserted the intended state of {n} tenant(s)"));
+        report
+            .actions
+            .push(format!("re-asserted the intended state of {n} tenant(s)"));
         Ok(())
     }
 
@@ -424,7 +478,13 @@ impl Reconcilers {
                             .list_tenants(&TenantSelector::SubtreeRoot(root), None, false)
                             .await
                             .map_err(|e| e.to_string())?;
-                        out.extend(listing.items.iter().filter(|t| t.kind_is("partner") && !t.is_deleted()).map(|t| t.id));
+                        out.extend(
+                            listing
+                                .items
+                                .iter()
+                                .filter(|t| t.kind_is("partner") && !t.is_deleted())
+                                .map(|t| t.id),
+                        );
                     } else {
                         out.extend(
                             inv.iter()
@@ -442,10 +502,14 @@ impl Reconcilers {
 
     async fn reconcile_branding(&self, report: &mut Report, scheduled: bool) -> Result<(), String> {
         let targets = self.branding_targets().await?;
-        report.details.insert("targets".into(), json!(targets.len()));
+        report
+            .details
+            .insert("targets".into(), json!(targets.len()));
         let logo = match &self.inner.settings.branding.logo_file {
             Some(p) => {
-                let bytes = tokio::fs::read(p).await.map_err(|e| format!("branding.logo_file: cannot read {}: {e}", p.display()))?;
+                let bytes = tokio::fs::read(p)
+                    .await
+                    .map_err(|e| format!("branding.logo_file: cannot read {}: {e}", p.display()))?;
                 let sha = format!("{:x}", sha2::Sha256::digest(&bytes));
                 Some(Arc::new((bytes, sha)))
             }
@@ -460,11 +524,21 @@ impl Reconcilers {
             while set.len() < limit {
                 let Some(t) = pending.next() else { break };
                 if scheduled && !dry_run {
-                    let b = self.inner.backoff.lock().expect("backoff lock").get(&(Kind::Branding, t)).copied();
+                    let b = self
+                        .inner
+                        .backoff
+                        .lock()
+                        .expect("backoff lock")
+                        .get(&(Kind::Branding, t))
+                        .copied();
                     if let Some(b) = b.filter(|b| b.not_before_ms > now) {
                         report.skipped.push(ItemNote {
                             tenant_id: t,
-                            message: format!("in backoff after {} failure(s); next try at {}", b.failures, ms_text(b.not_before_ms)),
+                            message: format!(
+                                "in backoff after {} failure(s); next try at {}",
+                                b.failures,
+                                ms_text(b.not_before_ms)
+                            ),
                         });
                         continue;
                     }
@@ -473,15 +547,24 @@ impl Reconcilers {
                 let logo = logo.clone();
                 set.spawn(async move { (t, this.brand_one(t, dry_run, logo).await) });
             }
-            let Some(joined) = set.join_next().await else { break };
+            let Some(joined) = set.join_next().await else {
+                break;
+            };
             let (t, result) = joined.map_err(|e| format!("branding task failed: {e}"))?;
             match result {
                 Ok(o) => {
-                    self.inner.backoff.lock().expect("backoff lock").remove(&(Kind::Branding, t));
+                    self.inner
+                        .backoff
+                        .lock()
+                        .expect("backoff lock")
+                        .remove(&(Kind::Branding, t));
                     report.drift.extend(o.drift);
                     report.actions.extend(o.actions);
                     if let Some(s) = o.skipped {
-                        report.skipped.push(ItemNote { tenant_id: t, message: s });
+                        report.skipped.push(ItemNote {
+                            tenant_id: t,
+                            message: s,
+                        });
                     }
                 }
                 Err(message) => {
@@ -497,7 +580,10 @@ impl Reconcilers {
                         );
                         e.not_before_ms = now_ms() + delay.as_millis() as i64;
                     }
-                    report.errors.push(ItemNote { tenant_id: t, message });
+                    report.errors.push(ItemNote {
+                        tenant_id: t,
+                        message,
+                    });
                 }
             }
         }
@@ -506,7 +592,11 @@ impl Reconcilers {
 
     fn intended_brand(&self, tenant: Uuid) -> Map<String, Value> {
         let b = &self.inner.settings.branding;
-        let mut m: Map<String, Value> = b.fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut m: Map<String, Value> = b
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         if let Some(over) = b.tenants.get(&tenant) {
             for (k, v) in over {
                 m.insert(k.clone(), v.clone());
@@ -515,7 +605,12 @@ impl Reconcilers {
         m
     }
 
-    async fn brand_one(&self, tenant: Uuid, dry_run: bool, logo: Option<Arc<(Vec<u8>, String)>>) -> Result<BrandOutcome, String> {
+    async fn brand_one(
+        &self,
+        tenant: Uuid,
+        dry_run: bool,
+        logo: Option<Arc<(Vec<u8>, String)>>,
+    ) -> Result<BrandOutcome, String> {
         let c = &self.inner.client;
         let mut out = BrandOutcome::default();
         let intended = self.intended_brand(tenant);
@@ -537,38 +632,69 @@ impl Reconcilers {
             let mut version = t.version;
             if t.brand_enabled != Some(true) {
                 if !self.inner.settings.reconcile.branding.enable {
-                    out.skipped = Some("custom branding is off and reconcile.branding.enable = false".into());
+                    out.skipped =
+                        Some("custom branding is off and reconcile.branding.enable = false".into());
                     return Ok(out);
                 }
-                out.drift.push(DriftItem { tenant_id: tenant, field: "brand_enabled".into(), platform: json!(false), intended: json!(true) });
+                out.drift.push(DriftItem {
+                    tenant_id: tenant,
+                    field: "brand_enabled".into(),
+                    platform: json!(false),
+                    intended: json!(true),
+                });
                 if dry_run {
                     // Nothing more can be read until branding is on: every managed field is drift.
                     for (k, v) in &intended {
-                        out.drift.push(DriftItem { tenant_id: tenant, field: k.clone(), platform: Value::Null, intended: v.clone() });
+                        out.drift.push(DriftItem {
+                            tenant_id: tenant,
+                            field: k.clone(),
+                            platform: Value::Null,
+                            intended: v.clone(),
+                        });
                     }
                     return Ok(out);
                 }
                 match c.enable_brand(tenant, version).await {
-                    Ok(()) => out.actions.push(format!("{tenant}: enabled custom branding")),
-                    Err(e) if e.class == ErrorClass::Conflict && attempt < MAX_CONFLICT_RETRIES => continue,
+                    Ok(()) => out
+                        .actions
+                        .push(format!("{tenant}: enabled custom branding")),
+                    Err(e) if e.class == ErrorClass::Conflict && attempt < MAX_CONFLICT_RETRIES => {
+                        continue
+                    }
                     Err(e) => return Err(e.to_string()),
                 }
-                version = c.get_tenant(tenant).await.map_err(|e| e.to_string())?.version;
+                version = c
+                    .get_tenant(tenant)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .version;
             }
             let brand = c.get_brand(tenant).await.map_err(|e| e.to_string())?;
             let mut changes = Map::new();
             for (k, want) in &intended {
                 let have = brand.get(k).cloned().unwrap_or(Value::Null);
                 if !brand_equal(&have, want) {
-                    out.drift.push(DriftItem { tenant_id: tenant, field: k.clone(), platform: have, intended: want.clone() });
+                    out.drift.push(DriftItem {
+                        tenant_id: tenant,
+                        field: k.clone(),
+                        platform: have,
+                        intended: want.clone(),
+                    });
                     changes.insert(k.clone(), want.clone());
                 }
             }
             let logo_key = format!("branding.logo.{tenant}");
             let uploaded: Option<String> = self.inner.queue.get_doc(&logo_key).map_err(se)?;
-            let logo_drift = logo.as_ref().filter(|l| uploaded.as_deref() != Some(l.1.as_str()));
+            let logo_drift = logo
+                .as_ref()
+                .filter(|l| uploaded.as_deref() != Some(l.1.as_str()));
             if let Some(l) = logo_drift {
-                out.drift.push(DriftItem { tenant_id: tenant, field: "logo".into(), platform: json!(uploaded), intended: json!(l.1) });
+                out.drift.push(DriftItem {
+                    tenant_id: tenant,
+                    field: "logo".into(),
+                    platform: json!(uploaded),
+                    intended: json!(l.1),
+                });
             }
             if dry_run {
                 return Ok(out);
@@ -577,7 +703,14 @@ impl Reconcilers {
                 match c.update_brand(tenant, version, &changes).await {
                     Ok(()) => {
                         let fields: Vec<&String> = changes.keys().collect();
-                        out.actions.push(format!("{tenant}: updated {}", fields.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
+                        out.actions.push(format!(
+                            "{tenant}: updated {}",
+                            fields
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
                     }
                     Err(e) if e.class == ErrorClass::Conflict && attempt < MAX_CONFLICT_RETRIES => {
                         tracing::info!(message = "brand version conflict; re-reading", tenant_id = %tenant, attempt);
@@ -587,19 +720,31 @@ impl Reconcilers {
                 }
             }
             if let Some(l) = logo_drift {
-                let v = c.get_tenant(tenant).await.map_err(|e| e.to_string())?.version;
+                let v = c
+                    .get_tenant(tenant)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .version;
                 match c.upload_logo(tenant, v, l.0.clone()).await {
                     Ok(()) => {
-                        self.inner.queue.put_doc(&logo_key, &l.1).await.map_err(se)?;
+                        self.inner
+                            .queue
+                            .put_doc(&logo_key, &l.1)
+                            .await
+                            .map_err(se)?;
                         out.actions.push(format!("{tenant}: uploaded logo"));
                     }
-                    Err(e) if e.class == ErrorClass::Conflict && attempt < MAX_CONFLICT_RETRIES => continue,
+                    Err(e) if e.class == ErrorClass::Conflict && attempt < MAX_CONFLICT_RETRIES => {
+                        continue
+                    }
                     Err(e) => return Err(conflict_note(e)),
                 }
             }
             return Ok(out);
         }
-        Err(format!("gave up after {MAX_CONFLICT_RETRIES} version conflicts"))
+        Err(format!(
+            "gave up after {MAX_CONFLICT_RETRIES} version conflicts"
+        ))
     }
 }
 
@@ -644,5 +789,7 @@ fn se(e: StoreError) -> String {
 }
 
 fn ms_text(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default()
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default()
 }

@@ -5,6 +5,9 @@
 //! inspection under `/_sandbox/`, and takes fault injection there. It knows nothing of the
 //! daemon's internals: it is a separate HTTP server that only speaks the wire protocol.
 
+// Handlers return early with a ready answer; the size of `Response` on that cold path is fine.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -380,7 +383,9 @@ impl SbState {
     }
 
     fn mutate(&mut self, tenant: Uuid, change: TenantChange) -> bool {
-        let Some(&idx) = self.index.get(&tenant) else { return false };
+        let Some(&idx) = self.index.get(&tenant) else {
+            return false;
+        };
         if let Some(e) = change.enabled {
             self.tenants[idx].enabled = e;
         }
@@ -453,16 +458,31 @@ fn router(state: Shared) -> Router {
         .route("/api/2/tenants/{id}", get(get_tenant))
         .route(
             "/api/2/tenants/{id}/brand",
-            get(get_brand).post(enable_brand).put(put_brand).delete(delete_brand),
+            get(get_brand)
+                .post(enable_brand)
+                .put(put_brand)
+                .delete(delete_brand),
         )
-        .route("/api/2/tenants/{id}/brand/logo", get(get_logo).post(post_logo))
+        .route(
+            "/api/2/tenants/{id}/brand/logo",
+            get(get_logo).post(post_logo),
+        )
         .route("/_sandbox/reports", get(sb_reports))
         .route("/_sandbox/stats", get(sb_stats))
-        .route("/_sandbox/faults", post(sb_add_fault).delete(sb_clear_faults).get(sb_faults))
+        .route(
+            "/_sandbox/faults",
+            post(sb_add_fault).delete(sb_clear_faults).get(sb_faults),
+        )
         .route("/_sandbox/tenants", get(sb_tenants))
         .route("/_sandbox/tenants/{id}", post(sb_mutate_tenant))
         .route("/_sandbox/tenants/{id}/brand", get(sb_brand))
-        .fallback(|| async { envelope(StatusCode::NOT_FOUND, json!("not_found"), "unknown endpoint") })
+        .fallback(|| async {
+            envelope(
+                StatusCode::NOT_FOUND,
+                json!("not_found"),
+                "unknown endpoint",
+            )
+        })
         .with_state(state)
 }
 
@@ -471,7 +491,13 @@ fn endpoint_name(method: &str, path: &str) -> String {
     let parts: Vec<&str> = path.split('/').collect();
     let shape: Vec<&str> = parts
         .iter()
-        .map(|p| if Uuid::parse_str(p).is_ok() { "{id}" } else { p })
+        .map(|p| {
+            if Uuid::parse_str(p).is_ok() {
+                "{id}"
+            } else {
+                p
+            }
+        })
         .collect();
     let shape = shape.join("/");
     let name = if shape.ends_with("/idp/token") {
@@ -507,10 +533,16 @@ async fn apply_faults(state: &Shared, method: &str, path: &str, query: &str) -> 
         let mut exhausted = None;
         let roll: f64 = s.rng.random();
         for (i, f) in s.faults.iter_mut().enumerate() {
-            if f.path_contains.as_deref().is_some_and(|p| !path.contains(p)) {
+            if f.path_contains
+                .as_deref()
+                .is_some_and(|p| !path.contains(p))
+            {
                 continue;
             }
-            if f.query_contains.as_deref().is_some_and(|q| !query.contains(q)) {
+            if f.query_contains
+                .as_deref()
+                .is_some_and(|q| !query.contains(q))
+            {
                 continue;
             }
             if f.fraction.is_some_and(|fr| roll >= fr) {
@@ -536,7 +568,9 @@ async fn apply_faults(state: &Shared, method: &str, path: &str, query: &str) -> 
         }
         chosen
     };
-    let Some(f) = chosen else { return FaultAction::Pass };
+    let Some(f) = chosen else {
+        return FaultAction::Pass;
+    };
     tracing::debug!(message = "sandbox fault applied", method, path, fault = ?f);
     if let Some(ms) = f.delay_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -594,7 +628,10 @@ async fn serve(listener: TcpListener, router: Router, state: Shared, stop: Cance
                     if counted {
                         let mut s = state.lock().expect("sandbox lock");
                         s.stats.requests += 1;
-                        *s.stats.by_endpoint.entry(endpoint_name(&method, &path)).or_default() += 1;
+                        *s.stats
+                            .by_endpoint
+                            .entry(endpoint_name(&method, &path))
+                            .or_default() += 1;
                         s.stats.in_flight += 1;
                         s.stats.max_in_flight = s.stats.max_in_flight.max(s.stats.in_flight);
                     }
@@ -644,7 +681,11 @@ struct TokenForm {
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    (status, Json(json!({"error": error, "error_description": description}))).into_response()
+    (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
 }
 
 async fn token(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -661,7 +702,13 @@ async fn token(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     }
     let form: TokenForm = match serde_urlencoded_parse(&body) {
         Some(f) => f,
-        None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "malformed form body"),
+        None => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "malformed form body",
+            )
+        }
     };
     if form.grant_type.as_deref() != Some("client_credentials") {
         return oauth_error(
@@ -679,9 +726,15 @@ async fn token(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         .as_ref()
         .is_some_and(|(i, p)| *i == s.opts.client_id && *p == s.opts.client_secret);
     if !ok {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed");
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        );
     }
-    let token: String = (0..4).map(|_| format!("{:016x}", s.rng.random::<u64>())).collect();
+    let token: String = (0..4)
+        .map(|_| format!("{:016x}", s.rng.random::<u64>()))
+        .collect();
     let ttl = s.opts.token_ttl.as_secs() as i64;
     let expires_on = chrono::Utc::now().timestamp() + ttl;
     s.tokens.insert(token.clone(), expires_on);
@@ -707,7 +760,9 @@ fn serde_urlencoded_parse(body: &[u8]) -> Option<TokenForm> {
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let v = headers.get("authorization")?.to_str().ok()?;
     let encoded = v.strip_prefix("Basic ")?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (id, secret) = text.split_once(':')?;
     Some((id.to_string(), secret.to_string()))
@@ -723,12 +778,24 @@ fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     let now = chrono::Utc::now().timestamp();
     match token.and_then(|t| s.tokens.get(t)) {
         Some(exp) if *exp > now => Ok(()),
-        Some(_) => Err(envelope(StatusCode::UNAUTHORIZED, json!("unauthorized"), "access token expired")),
-        None => Err(envelope(StatusCode::UNAUTHORIZED, json!("unauthorized"), "missing or unknown access token")),
+        Some(_) => Err(envelope(
+            StatusCode::UNAUTHORIZED,
+            json!("unauthorized"),
+            "access token expired",
+        )),
+        None => Err(envelope(
+            StatusCode::UNAUTHORIZED,
+            json!("unauthorized"),
+            "missing or unknown access token",
+        )),
     }
 }
 
-async fn client_info(State(state): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn client_info(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
@@ -736,19 +803,29 @@ async fn client_info(State(state): State<Shared>, Path(id): Path<String>, header
     if id != s.opts.client_id {
         return envelope(StatusCode::NOT_FOUND, json!(1003), "client not found");
     }
-    Json(json!({"id": id, "tenant_id": s.root, "status": "enabled", "type": "api_client"})).into_response()
+    Json(json!({"id": id, "tenant_id": s.root, "status": "enabled", "type": "api_client"}))
+        .into_response()
 }
 
 // Status reports --------------------------------------------------------------------------------
 
-fn check_len(obj: &Map<String, Value>, field: &str, path: &str, min: usize, max: usize, required: bool) -> Result<(), String> {
+fn check_len(
+    obj: &Map<String, Value>,
+    field: &str,
+    path: &str,
+    min: usize,
+    max: usize,
+    required: bool,
+) -> Result<(), String> {
     match obj.get(field) {
         None | Some(Value::Null) if !required => Ok(()),
         None | Some(Value::Null) => Err(format!("{path}{field} is required")),
         Some(Value::String(s)) => {
             let n = s.chars().count();
             if n < min || n > max {
-                Err(format!("{path}{field} must be {min} to {max} characters, got {n}"))
+                Err(format!(
+                    "{path}{field} must be {min} to {max} characters, got {n}"
+                ))
             } else {
                 Ok(())
             }
@@ -771,11 +848,13 @@ pub fn validate_status_body(body: &Value) -> Result<(), String> {
     let code = obj.get("application_code").filter(|v| !v.is_null());
     let id = obj.get("application_id").filter(|v| !v.is_null());
     match (code, id) {
-        (Some(_), Some(_)) => return Err("send exactly one of application_code and application_id".into()),
+        (Some(_), Some(_)) => {
+            return Err("send exactly one of application_code and application_id".into())
+        }
         (None, None) => return Err("application_code or application_id is required".into()),
         (Some(_), None) => check_len(obj, "application_code", "", 1, 1000, true)?,
         (None, Some(v)) => {
-            if !v.as_str().is_some_and(|s| Uuid::parse_str(s).is_ok()) {
+            if v.as_str().is_none_or(|s| Uuid::parse_str(s).is_err()) {
                 return Err("application_id must be a UUID".into());
             }
         }
@@ -796,7 +875,9 @@ pub fn validate_status_body(body: &Value) -> Result<(), String> {
     }
     for field in ["activated_at", "deactivated_at"] {
         if let Some(v) = obj.get(field).filter(|v| !v.is_null()) {
-            if !v.as_str().is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok()) {
+            if v.as_str()
+                .is_none_or(|s| chrono::DateTime::parse_from_rfc3339(s).is_err())
+            {
                 return Err(format!("{field} must be an RFC 3339 timestamp"));
             }
         }
@@ -806,13 +887,17 @@ pub fn validate_status_body(body: &Value) -> Result<(), String> {
         Some(Value::Array(events)) => {
             for (i, e) in events.iter().enumerate() {
                 let path = format!("events[{i}].");
-                let e = e.as_object().ok_or(format!("events[{i}] must be an object"))?;
+                let e = e
+                    .as_object()
+                    .ok_or(format!("events[{i}] must be an object"))?;
                 check_len(e, "category", &path, 1, 150, true)?;
                 check_len(e, "action", &path, 1, 500, true)?;
                 let a = check_bool(e, "activation_event", &path)?;
                 let d = check_bool(e, "deactivation_event", &path)?;
                 if a && d {
-                    return Err(format!("{path}activation_event and deactivation_event are both true"));
+                    return Err(format!(
+                        "{path}activation_event and deactivation_event are both true"
+                    ));
                 }
             }
         }
@@ -830,9 +915,16 @@ async fn status_report(
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
-    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !ct.starts_with("application/json") {
-        return envelope(StatusCode::UNSUPPORTED_MEDIA_TYPE, json!(1015), "Content-Type must be application/json");
+        return envelope(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            json!(1015),
+            "Content-Type must be application/json",
+        );
     }
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -895,7 +987,8 @@ async fn list_tenants(
             None => return bad_request("unknown or used cursor"),
         }
     } else {
-        let parse = |v: &str| Uuid::parse_str(v).map_err(|_| bad_request(&format!("not a UUID: {v}")));
+        let parse =
+            |v: &str| Uuid::parse_str(v).map_err(|_| bad_request(&format!("not a UUID: {v}")));
         let mut ids: Vec<Uuid> = if let Some(u) = q.get("uuids") {
             let parts: Vec<&str> = u.split(',').filter(|p| !p.is_empty()).collect();
             if parts.len() > 100 {
@@ -929,7 +1022,9 @@ async fn list_tenants(
             }
             s.subtree(root)
         };
-        let allow_deleted = q.get("allow_deleted").is_some_and(|v| v == "true" || v == "1");
+        let allow_deleted = q
+            .get("allow_deleted")
+            .is_some_and(|v| v == "true" || v == "1");
         let since = match q.get("updated_since") {
             None => None,
             Some(t) => match crate::platform::parse_platform_time(t) {
@@ -941,7 +1036,8 @@ async fn list_tenants(
             None => false,
             Some(&i) => {
                 let t = &s.tenants[i];
-                (allow_deleted || t.deleted_at.is_none()) && since.is_none_or(|ms| t.updated_ms > ms)
+                (allow_deleted || t.deleted_at.is_none())
+                    && since.is_none_or(|ms| t.updated_ms > ms)
             }
         });
         ids
@@ -968,7 +1064,11 @@ fn tenant_index(s: &SbState, id: &str) -> Result<usize, Response> {
         .ok_or_else(|| envelope(StatusCode::NOT_FOUND, json!(1003), "tenant not found"))
 }
 
-async fn get_tenant(State(state): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn get_tenant(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
@@ -983,12 +1083,37 @@ async fn get_tenant(State(state): State<Shared>, Path(id): Path<String>, headers
 // Branding --------------------------------------------------------------------------------------
 
 const BRAND_WRITABLE: &[&str] = &[
-    "company_name", "service_name", "color", "color_scheme", "upsell_url", "home_url", "support_url",
-    "support_phone", "knowledgebase_url", "help_url", "user_guide_url", "mobile_app_android_download_url",
-    "mobile_app_ios_download_url", "terms_url", "platform_terms_url", "privacy_policy_url",
-    "owns_custom_legal_docs", "account_server_url", "backup_console_url", "router_url", "reg_server_url",
-    "agent_gateway_url", "white_labeled_agent", "smtp_override", "smtp_server", "smtp_port", "smtp_user",
-    "smtp_password", "smtp_reply_address", "smtp_encryption", "hide_predefined",
+    "company_name",
+    "service_name",
+    "color",
+    "color_scheme",
+    "upsell_url",
+    "home_url",
+    "support_url",
+    "support_phone",
+    "knowledgebase_url",
+    "help_url",
+    "user_guide_url",
+    "mobile_app_android_download_url",
+    "mobile_app_ios_download_url",
+    "terms_url",
+    "platform_terms_url",
+    "privacy_policy_url",
+    "owns_custom_legal_docs",
+    "account_server_url",
+    "backup_console_url",
+    "router_url",
+    "reg_server_url",
+    "agent_gateway_url",
+    "white_labeled_agent",
+    "smtp_override",
+    "smtp_server",
+    "smtp_port",
+    "smtp_user",
+    "smtp_password",
+    "smtp_reply_address",
+    "smtp_encryption",
+    "hide_predefined",
 ];
 
 fn default_brand() -> Map<String, Value> {
@@ -998,7 +1123,10 @@ fn default_brand() -> Map<String, Value> {
         m.insert((*f).into(), Value::Null);
     }
     m.insert("color_scheme".into(), json!("default"));
-    m.insert("backup_console_url".into(), json!("https://backup.example.invalid"));
+    m.insert(
+        "backup_console_url".into(),
+        json!("https://backup.example.invalid"),
+    );
     m.insert("white_labeled_agent".into(), json!(false));
     m.insert("owns_custom_legal_docs".into(), json!(false));
     m.insert("smtp_override".into(), json!(0));
@@ -1025,7 +1153,11 @@ fn check_version(s: &SbState, idx: usize, q: &HashMap<String, String>) -> Result
     Ok(())
 }
 
-async fn get_brand(State(state): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn get_brand(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
@@ -1037,7 +1169,11 @@ async fn get_brand(State(state): State<Shared>, Path(id): Path<String>, headers:
     let t = &s.tenants[idx];
     match s.brands.get(&t.id) {
         Some(b) if t.brand_enabled => Json(b.clone()).into_response(),
-        _ => envelope(StatusCode::NOT_FOUND, json!(1003), "custom branding is not enabled for this tenant"),
+        _ => envelope(
+            StatusCode::NOT_FOUND,
+            json!(1003),
+            "custom branding is not enabled for this tenant",
+        ),
     }
 }
 
@@ -1062,7 +1198,11 @@ async fn enable_brand(
         return bad_request("custom branding cannot be enabled for customer or unit tenants");
     }
     if s.tenants[idx].brand_enabled {
-        return envelope(StatusCode::CONFLICT, json!(1009), "the same object already exists");
+        return envelope(
+            StatusCode::CONFLICT,
+            json!(1009),
+            "the same object already exists",
+        );
     }
     let tid = s.tenants[idx].id;
     s.tenants[idx].brand_enabled = true;
@@ -1081,9 +1221,16 @@ async fn put_brand(
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
-    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !ct.starts_with("application/json") {
-        return envelope(StatusCode::UNSUPPORTED_MEDIA_TYPE, json!(1015), "Content-Type must be application/json");
+        return envelope(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            json!(1015),
+            "Content-Type must be application/json",
+        );
     }
     let mut s = state.lock().expect("sandbox lock");
     let idx = match tenant_index(&s, &id) {
@@ -1104,7 +1251,11 @@ async fn put_brand(
         if !BRAND_WRITABLE.contains(&k.as_str()) {
             return bad_request(&format!("unknown or read-only brand property: {k}"));
         }
-        if k == "color" && !v.as_str().is_some_and(|c| c.len() == 6 && c.chars().all(|c| c.is_ascii_hexdigit())) {
+        if k == "color"
+            && !v
+                .as_str()
+                .is_some_and(|c| c.len() == 6 && c.chars().all(|c| c.is_ascii_hexdigit()))
+        {
             return bad_request("color must be 6 hex digits without '#'");
         }
     }
@@ -1149,7 +1300,11 @@ async fn delete_brand(
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn get_logo(State(state): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn get_logo(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
@@ -1159,7 +1314,14 @@ async fn get_logo(State(state): State<Shared>, Path(id): Path<String>, headers: 
         Err(r) => return r,
     };
     match s.logos.get(&s.tenants[idx].id) {
-        Some(bytes) => ([("content-type", "image/png"), ("cache-control", "max-age=3600")], bytes.clone()).into_response(),
+        Some(bytes) => (
+            [
+                ("content-type", "image/png"),
+                ("cache-control", "max-age=3600"),
+            ],
+            bytes.clone(),
+        )
+            .into_response(),
         None => bad_request("no logo uploaded"),
     }
 }
@@ -1174,7 +1336,10 @@ async fn post_logo(
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
-    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if ct != "image/png" {
         return bad_request("Content-Type must be image/png");
     }
@@ -1198,7 +1363,10 @@ async fn post_logo(
     let tid = s.tenants[idx].id;
     s.logos.insert(tid, body.to_vec());
     let logo_id = Uuid::new_v4();
-    s.brands.entry(tid).or_insert_with(default_brand).insert("logotype".into(), json!(logo_id));
+    s.brands
+        .entry(tid)
+        .or_insert_with(default_brand)
+        .insert("logotype".into(), json!(logo_id));
     s.bump(idx);
     (StatusCode::CREATED, Json(s.tenant_json(idx))).into_response()
 }
@@ -1261,7 +1429,11 @@ async fn sb_tenants(State(state): State<Shared>) -> Response {
     Json(json!({"root_tenant_id": s.root, "items": items})).into_response()
 }
 
-async fn sb_mutate_tenant(State(state): State<Shared>, Path(id): Path<Uuid>, body: Bytes) -> Response {
+async fn sb_mutate_tenant(
+    State(state): State<Shared>,
+    Path(id): Path<Uuid>,
+    body: Bytes,
+) -> Response {
     let change: TenantChange = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => return bad_request(&format!("not a tenant change: {e}")),

@@ -15,7 +15,9 @@ pub struct Schedules {
 impl Schedules {
     /// Register one job per reconciler from the cron strings of the settings (UTC).
     pub async fn start(settings: &Settings, reconcilers: Reconcilers) -> Result<Schedules, String> {
-        let scheduler = JobScheduler::new().await.map_err(|e| format!("cannot start the scheduler: {e}"))?;
+        let scheduler = JobScheduler::new()
+            .await
+            .map_err(|e| format!("cannot start the scheduler: {e}"))?;
         let plan = [
             (Kind::Tenants, settings.reconcile.tenants.schedule.clone()),
             (Kind::Status, settings.reconcile.status.schedule.clone()),
@@ -32,11 +34,21 @@ impl Schedules {
                 })
             })
             .map_err(|e| format!("reconcile.{}.schedule: {e}", kind.as_str()))?;
-            let id = scheduler.add(job).await.map_err(|e| format!("cannot schedule {}: {e}", kind.as_str()))?;
+            let id = scheduler
+                .add(job)
+                .await
+                .map_err(|e| format!("cannot schedule {}: {e}", kind.as_str()))?;
             jobs.push((kind, id));
         }
-        scheduler.start().await.map_err(|e| format!("cannot start the scheduler: {e}"))?;
-        let s = Schedules { scheduler, jobs, reconcilers };
+        scheduler
+            .start()
+            .await
+            .map_err(|e| format!("cannot start the scheduler: {e}"))?;
+        let s = Schedules {
+            scheduler,
+            jobs,
+            reconcilers,
+        };
         s.refresh_next_runs().await;
         Ok(s)
     }

@@ -12,13 +12,30 @@ use uuid::Uuid;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Enqueue { tenant: usize, n: usize, key: Option<u8> },
-    Take { tenant: usize, max: usize },
-    Ack { tenant: usize },
-    Fail { tenant: usize },
-    Dead { tenant: usize },
-    RetryDead { pick: usize },
-    PurgeDead { pick: usize },
+    Enqueue {
+        tenant: usize,
+        n: usize,
+        key: Option<u8>,
+    },
+    Take {
+        tenant: usize,
+        max: usize,
+    },
+    Ack {
+        tenant: usize,
+    },
+    Fail {
+        tenant: usize,
+    },
+    Dead {
+        tenant: usize,
+    },
+    RetryDead {
+        pick: usize,
+    },
+    PurgeDead {
+        pick: usize,
+    },
     Reopen,
 }
 
@@ -45,15 +62,27 @@ struct Model {
 }
 
 fn tenants() -> Vec<TenantId> {
-    (0..3).map(|i| Uuid::from_u128(0x1000 + i as u128)).collect()
+    (0..3)
+        .map(|i| Uuid::from_u128(0x1000 + i as u128))
+        .collect()
 }
 
 fn open(dir: &std::path::Path) -> Queue {
-    Queue::open(dir, StoreOptions { cache_capacity_mb: 8, ..Default::default() }).expect("open store")
+    Queue::open(
+        dir,
+        StoreOptions {
+            cache_capacity_mb: 8,
+            ..Default::default()
+        },
+    )
+    .expect("open store")
 }
 
 fn run_case(ops: Vec<Op>) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let ts = tenants();
@@ -70,7 +99,11 @@ fn run_case(ops: Vec<Op>) {
                             kind: EventKind::Activation,
                             category: "activation".into(),
                             action: "activated integration".into(),
-                            idempotency_key: if i == 0 { key.map(|k| format!("key-{k}")) } else { None },
+                            idempotency_key: if i == 0 {
+                                key.map(|k| format!("key-{k}"))
+                            } else {
+                                None
+                            },
                         })
                         .collect();
                     let out = queue.enqueue(events).await.unwrap();
@@ -78,14 +111,18 @@ fn run_case(ops: Vec<Op>) {
                     for (i, o) in out.iter().enumerate() {
                         let k = if i == 0 { key } else { None };
                         match (k.and_then(|k| model.keys.get(&k)), o) {
-                            (Some(orig), statusd::queue::Enqueued::Duplicate(id)) => assert_eq!(orig, id),
+                            (Some(orig), statusd::queue::Enqueued::Duplicate(id)) => {
+                                assert_eq!(orig, id)
+                            }
                             (None, statusd::queue::Enqueued::Accepted(id)) => {
                                 model.pending.entry(tenant).or_default().push_back(*id);
                                 if let Some(k) = k {
                                     model.keys.insert(k, *id);
                                 }
                             }
-                            (expected, got) => panic!("idempotency mismatch: model {expected:?}, store {got:?}"),
+                            (expected, got) => {
+                                panic!("idempotency mismatch: model {expected:?}, store {got:?}")
+                            }
                         }
                     }
                 }
@@ -94,9 +131,17 @@ fn run_case(ops: Vec<Op>) {
                     let model_pending = model.pending.get(&tenant).cloned().unwrap_or_default();
                     match took {
                         Take::Ready(batch) => {
-                            assert!(!in_flight.contains_key(&tenant), "second batch while one is in flight");
-                            let expected: Vec<Uuid> = model_pending.iter().take(max).copied().collect();
-                            assert_eq!(batch.ids(), expected, "batch is not the oldest pending in order");
+                            assert!(
+                                !in_flight.contains_key(&tenant),
+                                "second batch while one is in flight"
+                            );
+                            let expected: Vec<Uuid> =
+                                model_pending.iter().take(max).copied().collect();
+                            assert_eq!(
+                                batch.ids(),
+                                expected,
+                                "batch is not the oldest pending in order"
+                            );
                             in_flight.insert(tenant, batch);
                         }
                         Take::Busy => assert!(in_flight.contains_key(&tenant)),
@@ -159,8 +204,15 @@ fn run_case(ops: Vec<Op>) {
             let stats = queue.stats();
             let model_depth: usize = model.pending.values().map(|p| p.len()).sum();
             assert_eq!(stats.depth as usize, model_depth, "depth counter");
-            assert_eq!(stats.dead_letters as usize, model.dead.len(), "dead counter");
-            assert_eq!(queue.recount().unwrap(), (model_depth as u64, model.dead.len() as u64));
+            assert_eq!(
+                stats.dead_letters as usize,
+                model.dead.len(),
+                "dead counter"
+            );
+            assert_eq!(
+                queue.recount().unwrap(),
+                (model_depth as u64, model.dead.len() as u64)
+            );
             for (t, p) in &model.pending {
                 assert_eq!(queue.pending_count(&ts[*t]), p.len());
             }
@@ -168,12 +220,20 @@ fn run_case(ops: Vec<Op>) {
         // Everything the model holds is in the store with the right state.
         let queue = q.as_ref().unwrap();
         for id in &model.delivered {
-            assert_eq!(queue.event(id).unwrap().unwrap().state, EventState::Delivered);
+            assert_eq!(
+                queue.event(id).unwrap().unwrap().state,
+                EventState::Delivered
+            );
         }
         for id in &model.dead {
             assert_eq!(queue.event(id).unwrap().unwrap().state, EventState::Dead);
         }
-        let dead_listed: Vec<Uuid> = queue.dead_letters(1000).unwrap().iter().map(|e| e.id).collect();
+        let dead_listed: Vec<Uuid> = queue
+            .dead_letters(1000)
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
         let mut want = model.dead.clone();
         want.sort();
         let mut got = dead_listed;
@@ -201,7 +261,11 @@ async fn in_flight_events_return_to_queued_in_order_after_reopen() {
                 (0..5)
                     .map(|i| NewEvent {
                         tenant_id: tenant,
-                        kind: if i % 2 == 0 { EventKind::Activation } else { EventKind::Deactivation },
+                        kind: if i % 2 == 0 {
+                            EventKind::Activation
+                        } else {
+                            EventKind::Deactivation
+                        },
                         category: "activation".into(),
                         action: format!("action {i}"),
                         idempotency_key: None,
@@ -210,8 +274,13 @@ async fn in_flight_events_return_to_queued_in_order_after_reopen() {
             )
             .await
             .unwrap();
-        let Take::Ready(batch) = q.take_batch(&tenant, 3).unwrap() else { panic!("expected a batch") };
-        assert_eq!(q.event(&batch.events[0].id).unwrap().unwrap().state, EventState::InFlight);
+        let Take::Ready(batch) = q.take_batch(&tenant, 3).unwrap() else {
+            panic!("expected a batch")
+        };
+        assert_eq!(
+            q.event(&batch.events[0].id).unwrap().unwrap().state,
+            EventState::InFlight
+        );
         q.sync().await.unwrap();
         out.iter().map(|o| o.id()).collect()
     };
@@ -219,7 +288,9 @@ async fn in_flight_events_return_to_queued_in_order_after_reopen() {
     for id in &ids {
         assert_eq!(q.event(id).unwrap().unwrap().state, EventState::Queued);
     }
-    let Take::Ready(batch) = q.take_batch(&tenant, 10).unwrap() else { panic!("expected a batch") };
+    let Take::Ready(batch) = q.take_batch(&tenant, 10).unwrap() else {
+        panic!("expected a batch")
+    };
     assert_eq!(batch.ids(), ids);
 }
 
@@ -228,7 +299,10 @@ async fn compaction_removes_delivered_after_retention_and_keeps_pending() {
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::open(
         dir.path(),
-        StoreOptions { cache_capacity_mb: 8, delivered_retention: std::time::Duration::from_secs(60) },
+        StoreOptions {
+            cache_capacity_mb: 8,
+            delivered_retention: std::time::Duration::from_secs(60),
+        },
     )
     .unwrap();
     let tenant = Uuid::from_u128(9);
@@ -240,7 +314,9 @@ async fn compaction_removes_delivered_after_retention_and_keeps_pending() {
         idempotency_key: Some(k.into()),
     };
     let first = q.enqueue(vec![ev("a"), ev("b")]).await.unwrap();
-    let Take::Ready(batch) = q.take_batch(&tenant, 1).unwrap() else { panic!() };
+    let Take::Ready(batch) = q.take_batch(&tenant, 1).unwrap() else {
+        panic!()
+    };
     q.ack_delivered(&batch).await.unwrap();
     // Within retention nothing goes.
     assert_eq!(q.compact(now_ms()).unwrap(), 0);
@@ -270,9 +346,12 @@ async fn backoff_hides_the_head_until_its_time() {
     }])
     .await
     .unwrap();
-    let Take::Ready(batch) = q.take_batch(&tenant, 10).unwrap() else { panic!() };
+    let Take::Ready(batch) = q.take_batch(&tenant, 10).unwrap() else {
+        panic!()
+    };
     let later = now_ms() + 60_000;
-    q.mark_failed(&batch, "503 Service Unavailable", later).unwrap();
+    q.mark_failed(&batch, "503 Service Unavailable", later)
+        .unwrap();
     match q.take_batch(&tenant, 10).unwrap() {
         Take::NotBefore(at) => assert_eq!(at, later),
         other => panic!("expected NotBefore, got {other:?}"),
@@ -293,6 +372,8 @@ async fn newer_schema_is_refused() {
         tree.insert(k, &99u64.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    let err = Queue::open(dir.path(), StoreOptions::default()).err().expect("refused");
+    let err = Queue::open(dir.path(), StoreOptions::default())
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }

@@ -1,0 +1,125 @@
+//! Shared test helpers: a sandbox platform and a daemon in-process on loopback.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use statusd::app::Running;
+use statusd::config::{self, Purpose, Settings};
+use statusd::sandbox::{Sandbox, SandboxOptions};
+
+pub struct Harness {
+    pub sandbox: Sandbox,
+    pub running: Option<Running>,
+    pub api: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn base_toml(sb: &Sandbox, store: &std::path::Path) -> String {
+    format!(
+        r#"
+[platform]
+base_url = "{}"
+client_id = "{}"
+request_timeout = "2s"
+[integration]
+application_code = "vendor.tests"
+[store]
+path = "{}"
+cache_capacity_mb = 16
+[delivery]
+initial_backoff = "50ms"
+max_backoff = "500ms"
+shutdown_grace = "2s"
+"#,
+        sb.url,
+        sb.client_id,
+        store.display()
+    )
+}
+
+pub fn settings_for(sb: &Sandbox, store: &std::path::Path, env: &[(&str, &str)]) -> Settings {
+    let mut all: Vec<(&str, &str)> = vec![(
+        "STATUSD__PLATFORM__CLIENT_SECRET",
+        sb.client_secret.as_str(),
+    )];
+    all.extend_from_slice(env);
+    config::load_from_str(&base_toml(sb, store), &all, Purpose::Run)
+        .expect("test settings are valid")
+}
+
+pub async fn harness(sb_opts: SandboxOptions, env: &[(&str, &str)]) -> Harness {
+    statusd::platform::install_crypto_provider();
+    let sandbox = Sandbox::start(sb_opts).await.expect("sandbox starts");
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings_for(&sandbox, dir.path(), env);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = statusd::app::start(settings, Some(listener), false)
+        .await
+        .expect("daemon starts");
+    let api = format!("http://{}", running.api_addr);
+    Harness {
+        sandbox,
+        running: Some(running),
+        api,
+        http: reqwest::Client::new(),
+        dir,
+    }
+}
+
+impl Harness {
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+    pub async fn post_events(&self, body: serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/events", self.api))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+    pub async fn drained(&self, within: Duration) {
+        let q = self.running().queue.clone();
+        wait_for(within, "queue drained", || q.stats().depth == 0).await;
+    }
+}
+
+/// Poll until `cond` holds, failing the test after `within`.
+pub async fn wait_for(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn wait_for_async<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond().await {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Per tenant, the `action` texts the sandbox received, in order.
+pub fn actions_by_tenant(sb: &Sandbox) -> std::collections::HashMap<uuid::Uuid, Vec<String>> {
+    let mut out: std::collections::HashMap<uuid::Uuid, Vec<String>> = Default::default();
+    for r in sb.reports() {
+        for e in r.body["events"].as_array().unwrap() {
+            out.entry(r.tenant_id)
+                .or_default()
+                .push(e["action"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
