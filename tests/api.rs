@@ -1,0 +1,571 @@
+//! The local API (spec §3): each row, the bad-input matrix, auth, health, metrics, and that no
+//! secret ever shows.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use statusd::sandbox::SandboxOptions;
+
+async fn refused(h: &Harness, body: Vec<u8>, ct: &str) -> (u16, Value) {
+    let resp = h
+        .http
+        .post(format!("{}/v1/events", h.api))
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_naming_the_field_and_stores_nothing() {
+    let h = harness(SandboxOptions::default(), &[]).await;
+    let t = uuid::Uuid::new_v4().to_string();
+    let long = |n: usize| "x".repeat(n);
+    let mut many = Vec::new();
+    for _ in 0..1001 {
+        many.push(json!({"tenant_id": t, "type": "activation"}));
+    }
+    let mut one_bad = vec![json!({"tenant_id": t, "type": "activation"}); 5];
+    one_bad.push(json!({"tenant_id": "nope", "type": "activation"}));
+    let cases: Vec<(&str, Vec<u8>, &str, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            b"{\"tenant_id\":".to_vec(),
+            "application/json",
+            400,
+            "body",
+        ),
+        (
+            "wrong content type",
+            json!({"tenant_id": t, "type": "activation"})
+                .to_string()
+                .into_bytes(),
+            "text/plain",
+            415,
+            "Content-Type",
+        ),
+        (
+            "missing tenant_id",
+            json!({"type": "activation"}).to_string().into_bytes(),
+            "application/json",
+            400,
+            "tenant_id",
+        ),
+        (
+            "invalid tenant_id",
+            json!({"tenant_id": "abc", "type": "activation"})
+                .to_string()
+                .into_bytes(),
+            "application/json",
+            400,
+            "tenant_id",
+        ),
+        (
+            "unknown type",
+            json!({"tenant_id": t, "type": "enable"})
+                .to_string()
+                .into_bytes(),
+            "application/json",
+            400,
+            "type",
+        ),
+        (
+            "custom without action",
+            json!({"tenant_id": t, "type": "custom", "category": "c"})
+                .to_string()
+                .into_bytes(),
+            "application/json",
+            400,
+            "action",
+        ),
+        (
+            "over-long category",
+            json!({"tenant_id": t, "type": "activation", "category": long(151)})
+                .to_string()
+                .into_bytes(),
+            "application/json",
+            400,
+            "category",
+        ),
+        (
+            "over-long action",
+            json!({"tenant_id": t, "type": "activation", "action": long(501)})
+                .to_string()
+                .into_bytes(),
+            "application/json",
+            400,
+            "action",
+        ),
+        (
+            "array over 1000",
+            json!(many).to_string().into_bytes(),
+            "application/json",
+            400,
+            "body",
+        ),
+        (
+            "array with one bad element",
+            json!(one_bad).to_string().into_bytes(),
+            "application/json",
+            400,
+            "[5].tenant_id",
+        ),
+        (
+            "unknown field",
+            json!({"tenant_id": t, "type": "activation", "tenantId": t})
+                .to_string()
+                .into_bytes(),
+            "application/json",
+            400,
+            "tenantId",
+        ),
+        (
+            "not an object",
+            b"42".to_vec(),
+            "application/json",
+            400,
+            "body",
+        ),
+        (
+            "empty array",
+            b"[]".to_vec(),
+            "application/json",
+            400,
+            "body",
+        ),
+        (
+            "over-size body",
+            format!(
+                "{{\"tenant_id\":\"{t}\",\"type\":\"activation\",\"action\":\"{}\"}}",
+                long(1_100_000)
+            )
+            .into_bytes(),
+            "application/json",
+            413,
+            "body",
+        ),
+    ];
+    for (name, body, ct, status, field) in cases {
+        let (got, v) = refused(&h, body, ct).await;
+        assert_eq!(got, status, "{name}: {v}");
+        assert_eq!(v["error"]["field"], field, "{name}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{name}: {v}"
+        );
+    }
+    let stats = h.running().queue.stats();
+    assert_eq!(stats.depth, 0, "nothing stored");
+    assert_eq!(h.running().queue.recount().unwrap(), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_lookups_idempotency_and_tenant_state() {
+    let h = harness(SandboxOptions::default(), &[]).await;
+    let t = h.sandbox.tenant_ids(Some("customer"))[0];
+    // Single event with the header form of the idempotency key.
+    let r = h
+        .http
+        .post(format!("{}/v1/events", h.api))
+        .header("Idempotency-Key", "order-1")
+        .json(&json!({"tenant_id": t, "type": "activation"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let first: Value = r.json().await.unwrap();
+    assert_eq!(first["status"], "queued");
+    let again = h
+        .http
+        .post(format!("{}/v1/events", h.api))
+        .json(&json!({"tenant_id": t, "type": "activation", "idempotency_key": "order-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    h.drained(Duration::from_secs(10)).await;
+    let ev: Value = h
+        .http
+        .get(format!(
+            "{}/v1/events/{}",
+            h.api,
+            first["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ev["status"], "delivered");
+    assert_eq!(ev["category"], "activation");
+    assert_eq!(ev["action"], "activated integration");
+    let tenant: Value = h
+        .http
+        .get(format!("{}/v1/tenants/{t}", h.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tenant["intended"], "active");
+    assert_eq!(tenant["last_reported"], "active");
+    assert_eq!(tenant["pending"], 0);
+    assert_eq!(
+        h.sandbox.reports().len(),
+        1,
+        "the repeated key stored nothing new"
+    );
+    let missing = h
+        .http
+        .get(format!("{}/v1/events/{}", h.api, uuid::Uuid::new_v4()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let missing = h
+        .http
+        .get(format!("{}/v1/tenants/{}", h.api, uuid::Uuid::new_v4()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let status: Value = h
+        .http
+        .get(format!("{}/v1/status", h.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["queue"]["depth"], 0);
+    assert_eq!(status["platform"]["reachable"], true);
+    for path in ["/livez", "/readyz"] {
+        assert_eq!(
+            h.http
+                .get(format!("{}{path}", h.api))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_guards_v1_but_not_health() {
+    let h = harness(
+        SandboxOptions::default(),
+        &[("STATUSD__API__TOKEN", "s3cret-api-token")],
+    )
+    .await;
+    let t = uuid::Uuid::new_v4();
+    let no = h
+        .post_events(json!({"tenant_id": t, "type": "activation"}))
+        .await;
+    assert_eq!(no.status(), 401);
+    let wrong = h
+        .http
+        .get(format!("{}/v1/status", h.api))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let ok = h
+        .http
+        .get(format!("{}/v1/status", h.api))
+        .bearer_auth("s3cret-api-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        h.http
+            .get(format!("{}/livez", h.api))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        h.http
+            .get(format!("{}/metrics", h.api))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_endpoints() {
+    let h = harness(SandboxOptions::default(), &[]).await;
+    let t = h.sandbox.tenant_ids(Some("customer"))[1];
+    h.sandbox.inject(statusd::sandbox::Fault {
+        status: Some(404),
+        count: Some(1),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
+    let id = h
+        .post_events(json!({"tenant_id": t, "type": "deactivation"}))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let q = h.running().queue.clone();
+    wait_for(Duration::from_secs(10), "dead letter", || {
+        q.stats().dead_letters == 1
+    })
+    .await;
+    let list: Value = h
+        .http
+        .get(format!("{}/v1/dead-letters", h.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"][0]["id"], id);
+    let show = h
+        .http
+        .get(format!("{}/v1/dead-letters/{id}", h.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(show.status(), 200);
+    let retry = h
+        .http
+        .post(format!("{}/v1/dead-letters/{id}/retry", h.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 200);
+    h.drained(Duration::from_secs(10)).await;
+    assert_eq!(h.sandbox.reports().len(), 1);
+    let gone = h
+        .http
+        .post(format!("{}/v1/dead-letters/{id}/retry", h.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let purge_missing = h
+        .http
+        .delete(format!("{}/v1/dead-letters/{id}", h.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge_missing.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_intake_and_readiness() {
+    let mut h = harness(SandboxOptions::default(), &[]).await;
+    let running = h.running.take().unwrap();
+    let api = h.api.clone();
+    // Hold a clone of the API's view: after shutdown begins, intake answers 503.
+    let client = h.http.clone();
+    let shutdown = tokio::spawn(running.shutdown());
+    // Either the server is already gone or it answers 503: never 202.
+    let r = client
+        .post(format!("{api}/v1/events"))
+        .json(&json!({"tenant_id": uuid::Uuid::new_v4(), "type": "activation"}))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 503);
+    }
+    shutdown.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_every_spec_family_without_tenant_ids_or_secrets() {
+    let h = harness(
+        SandboxOptions::default(),
+        &[("STATUSD__API__TOKEN", "tok-do-not-show")],
+    )
+    .await;
+    let t = h.sandbox.tenant_ids(Some("customer"))[0];
+    let r = h
+        .http
+        .post(format!("{}/v1/events", h.api))
+        .bearer_auth("tok-do-not-show")
+        .json(&json!({"tenant_id": t, "type": "activation"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    h.drained(Duration::from_secs(10)).await;
+    let text = h
+        .http
+        .get(format!("{}/metrics", h.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "statusd_events_accepted_total",
+        "statusd_events_delivered_total",
+        "statusd_delivery_attempts_total",
+        "statusd_delivery_request_duration_seconds",
+        "statusd_event_delivery_lag_seconds",
+        "statusd_queue_depth",
+        "statusd_queue_oldest_event_age_seconds",
+        "statusd_dead_letters",
+        "statusd_platform_up",
+        "statusd_token_refreshes_total",
+        "statusd_reconcile_drift_items",
+        "statusd_build_info",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "missing {family} in\n{text}"
+        );
+    }
+    assert!(
+        text.contains("statusd_events_accepted_total{type=\"activation\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"), "classic format by default");
+    assert!(!text.contains(&t.to_string()), "a tenant id in a label");
+    assert!(!text.contains(&h.sandbox.client_secret) && !text.contains("tok-do-not-show"));
+    let om = h
+        .http
+        .get(format!("{}/metrics", h.api))
+        .header("accept", "application/openmetrics-text")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(om.trim_end().ends_with("# EOF"));
+    let status = h
+        .http
+        .get(format!("{}/v1/status", h.api))
+        .bearer_auth("tok-do-not-show")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!status.contains(&h.sandbox.client_secret) && !status.contains("tok-do-not-show"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_description_lists_every_route() {
+    let h = harness(SandboxOptions::default(), &[]).await;
+    let doc = h
+        .http
+        .get(format!("{}/v1/openapi.json", h.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/events:",
+        "/v1/events/{id}:",
+        "/v1/tenants/{id}:",
+        "/v1/status:",
+        "/v1/dead-letters:",
+        "/v1/dead-letters/{id}:",
+        "/v1/dead-letters/{id}/retry:",
+        "/v1/dead-letters/retry-all:",
+        "/v1/reconcile/{reconciler}:",
+        "/livez:",
+        "/readyz:",
+        "/metrics:",
+    ] {
+        assert!(doc.contains(path), "openapi lacks {path}");
+    }
+}
+
+fn arbitrary_body() -> impl Strategy<Value = Vec<u8>> {
+    let json_leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        ".{0,40}".prop_map(Value::String),
+        Just(json!("activation")),
+        Just(json!("custom")),
+        Just(json!("0b1d6a4e-8a7b-4c1e-9a55-6f0e8f3f2a11")),
+    ];
+    let json_value = json_leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map(
+                prop_oneof![
+                    Just("tenant_id".to_string()),
+                    Just("type".to_string()),
+                    Just("category".to_string()),
+                    Just("action".to_string()),
+                    Just("idempotency_key".to_string()),
+                    ".{0,8}"
+                ],
+                inner,
+                0..6
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    });
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..200),
+        json_value.prop_map(|v| v.to_string().into_bytes()),
+    ]
+}
+
+#[test]
+fn arbitrary_bytes_and_json_never_cause_a_5xx() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let h = rt.block_on(harness(SandboxOptions::default(), &[]));
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 300,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&arbitrary_body(), |body| {
+            let (status, v) = rt.block_on(refused(&h, body.clone(), "application/json"));
+            prop_assert!(
+                status < 500,
+                "HTTP {} for {:?}: {}",
+                status,
+                String::from_utf8_lossy(&body),
+                v
+            );
+            prop_assert!(status == 202 || status == 200 || v["error"]["code"].is_string());
+            Ok(())
+        })
+        .unwrap();
+}
