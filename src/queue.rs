@@ -623,6 +623,28 @@ impl Queue {
             .count()
     }
 
+    /// The tenant's pending events in delivery order, up to `limit` (read only).
+    pub fn pending_events(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .inner
+            .tree
+            .scan_prefix(key(b'p', &[tenant.as_bytes()]))
+            .take(limit)
+        {
+            let (_, v) = item?;
+            let id = uuid_from(&v)?;
+            if let Some(rec) = self.get_event_raw(&id)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
     /// Take up to `max` of the tenant's oldest pending events and mark them in flight. Nothing
     /// else of this tenant can be taken until the batch is settled (delivered, failed or dead).
     pub fn take_batch(&self, tenant: &TenantId, max: usize) -> Result<Take, StoreError> {
