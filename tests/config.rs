@@ -1,0 +1,292 @@
+//! Configuration: each validation rule, environment overrides (without touching the process
+//! environment), secrets from files, and redaction.
+
+use statusd::config::{load_from_str, OnRemoved, Purpose};
+
+const MINIMAL: &str = r#"
+[platform]
+base_url = "https://eu2-cloud.acronis.com/"
+client_id = "client"
+client_secret = "topsecret-value"
+[integration]
+application_code = "vendor.app"
+"#;
+
+fn problems(toml: &str, env: &[(&str, &str)]) -> Vec<(String, String)> {
+    match load_from_str(toml, env, Purpose::Run) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems.into_iter().map(|p| (p.key, p.message)).collect(),
+    }
+}
+
+fn has(problems: &[(String, String)], key: &str, fragment: &str) -> bool {
+    problems
+        .iter()
+        .any(|(k, m)| k == key && m.contains(fragment))
+}
+
+#[test]
+fn minimal_config_is_valid_with_documented_defaults() {
+    let s = load_from_str(MINIMAL, &[], Purpose::Run).unwrap();
+    assert_eq!(
+        s.platform.base_url.as_deref(),
+        Some("https://eu2-cloud.acronis.com")
+    );
+    assert_eq!(s.platform.max_concurrency, 8);
+    assert_eq!(s.platform.request_timeout.as_secs(), 30);
+    assert_eq!(s.delivery.max_batch_events, 100);
+    assert_eq!(s.delivery.max_age.as_secs(), 72 * 3600);
+    assert_eq!(s.store.delivered_retention.as_secs(), 24 * 3600);
+    assert_eq!(s.api.listen.to_string(), "127.0.0.1:8750");
+    assert_eq!(s.reconcile.tenants.schedule, "0 */15 * * * *");
+    assert_eq!(s.reconcile.tenants.on_removed, OnRemoved::Deactivate);
+    assert_eq!(s.integration.module_name, "statusd");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let s = load_from_str(
+        MINIMAL,
+        &[
+            ("STATUSD__PLATFORM__MAX_CONCURRENCY", "3"),
+            ("STATUSD__DELIVERY__INITIAL_BACKOFF", "250ms"),
+            ("STATUSD__RECONCILE__TENANTS__ON_REMOVED", "report"),
+            (
+                "STATUSD__RECONCILE__BRANDING__TARGETS",
+                "partners,0b1d6a4e-8a7b-4c1e-9a55-6f0e8f3f2a11",
+            ),
+            ("UNRELATED", "ignored"),
+        ],
+        Purpose::Run,
+    )
+    .unwrap();
+    assert_eq!(s.platform.max_concurrency, 3);
+    assert_eq!(s.delivery.initial_backoff.as_millis(), 250);
+    assert_eq!(s.reconcile.tenants.on_removed, OnRemoved::Report);
+    assert_eq!(s.reconcile.branding.targets.len(), 2);
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_key() {
+    let p = problems(
+        r##"
+[platform]
+base_url = "eu2-cloud"
+client_id = "c"
+client_secret = "s"
+request_timeout = "soon"
+max_concurrency = 0
+[integration]
+application_code = "vendor.app"
+application_id = "0b1d6a4e-8a7b-4c1e-9a55-6f0e8f3f2a11"
+[delivery]
+initial_backoff = "10s"
+max_backoff = "1s"
+[api]
+listen = "0.0.0.0:8750"
+[reconcile.tenants]
+schedule = "*/5 * * * *"
+on_removed = "delete"
+[reconcile.branding]
+targets = ["nope"]
+[branding]
+color = "#FFFFFF"
+upsell_url = "shop"
+flavour = "x"
+[typo]
+key = 1
+"##,
+        &[],
+    );
+    for (key, fragment) in [
+        ("platform.base_url", "not a URL"),
+        ("platform.request_timeout", "not a duration"),
+        ("platform.max_concurrency", "from 1 to 256"),
+        ("integration.application_code", "not both"),
+        ("delivery.max_backoff", "not be shorter"),
+        ("api.token", "not a loopback"),
+        ("reconcile.tenants.schedule", "6, seconds first"),
+        ("reconcile.tenants.on_removed", "deactivate"),
+        ("reconcile.branding.targets", "neither a tenant UUID"),
+        ("branding.color", "6 hex digits"),
+        ("branding.upsell_url", "not a URL"),
+        ("branding.flavour", "not a managed brand field"),
+        ("typo.key", "unknown setting"),
+    ] {
+        assert!(
+            has(&p, key, fragment),
+            "expected {key}: …{fragment}… in {p:#?}"
+        );
+    }
+}
+
+#[test]
+fn required_settings_for_run() {
+    let p = problems("", &[]);
+    for key in [
+        "platform.base_url",
+        "platform.client_id",
+        "platform.client_secret",
+        "integration.application_code",
+    ] {
+        assert!(p.iter().any(|(k, _)| k == key), "{key} missing from {p:#?}");
+    }
+    // The demo and operator commands need none of them.
+    assert!(load_from_str("", &[], Purpose::Local).is_ok());
+}
+
+#[test]
+fn invalid_cron_expression_is_refused() {
+    let p = problems(
+        MINIMAL,
+        &[("STATUSD__RECONCILE__STATUS__SCHEDULE", "0 0 */6 * * * * *")],
+    );
+    assert!(
+        has(&p, "reconcile.status.schedule", "not a cron schedule"),
+        "{p:?}"
+    );
+    let p = problems(
+        MINIMAL,
+        &[("STATUSD__RECONCILE__STATUS__SCHEDULE", "0 0 99 * * *")],
+    );
+    assert!(
+        has(&p, "reconcile.status.schedule", "not a cron schedule"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn secrets_from_files_trim_the_newline_and_both_forms_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("secret");
+    std::fs::write(&f, "from-file\n").unwrap();
+    let toml = MINIMAL.replace(
+        "client_secret = \"topsecret-value\"",
+        &format!("client_secret_file = \"{}\"", f.display()),
+    );
+    let s = load_from_str(&toml, &[], Purpose::Run).unwrap();
+    assert_eq!(s.platform.client_secret.unwrap().expose(), "from-file");
+    let both = format!("{MINIMAL}\n");
+    let p = problems(
+        &both,
+        &[("STATUSD__PLATFORM__CLIENT_SECRET_FILE", f.to_str().unwrap())],
+    );
+    assert!(has(&p, "platform.client_secret", "not both"), "{p:?}");
+    let p = problems(
+        &toml.replace(f.to_str().unwrap(), "/nonexistent/secret"),
+        &[],
+    );
+    assert!(
+        has(&p, "platform.client_secret_file", "cannot read"),
+        "{p:?}"
+    );
+    // systemd credentials directory.
+    std::fs::write(dir.path().join("client_secret"), "cred\n").unwrap();
+    let no_secret = MINIMAL.replace("client_secret = \"topsecret-value\"\n", "");
+    let s = load_from_str(
+        &no_secret,
+        &[("CREDENTIALS_DIRECTORY", dir.path().to_str().unwrap())],
+        Purpose::Run,
+    )
+    .unwrap();
+    assert_eq!(s.platform.client_secret.unwrap().expose(), "cred");
+}
+
+#[test]
+fn application_id_must_be_a_uuid_and_lengths_are_checked() {
+    let toml = MINIMAL.replace(
+        "application_code = \"vendor.app\"",
+        "application_id = \"x\"\nmodule_name = \"\"",
+    );
+    let p = problems(&toml, &[]);
+    assert!(has(&p, "integration.application_id", "not a UUID"), "{p:?}");
+    assert!(has(&p, "integration.module_name", "1 to 255"), "{p:?}");
+}
+
+#[test]
+fn non_loopback_listen_is_fine_with_a_token() {
+    let s = load_from_str(
+        MINIMAL,
+        &[
+            ("STATUSD__API__LISTEN", "0.0.0.0:8750"),
+            ("STATUSD__API__TOKEN", "t"),
+        ],
+        Purpose::Run,
+    )
+    .unwrap();
+    assert!(s.api.token.is_some());
+}
+
+#[test]
+fn secrets_never_show_in_debug_or_the_effective_settings() {
+    let s = load_from_str(
+        MINIMAL,
+        &[("STATUSD__API__TOKEN", "api-token-value")],
+        Purpose::Run,
+    )
+    .unwrap();
+    let printed = s.to_redacted_toml();
+    let debug = format!("{s:?}");
+    for text in [&printed, &debug] {
+        assert!(
+            !text.contains("topsecret-value") && !text.contains("api-token-value"),
+            "{text}"
+        );
+    }
+    assert!(
+        printed.contains("client_secret = \"[redacted]\""),
+        "{printed}"
+    );
+}
+
+#[test]
+fn check_config_command_exits_78_on_problems_and_0_when_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, MINIMAL).unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[platform]\nbase_url = \"nope\"\n").unwrap();
+    let run = |path: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_statusd"))
+            .args(["check-config", "--config"])
+            .arg(path)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let ok = run(&good);
+    assert_eq!(ok.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        out.contains("base_url = \"https://eu2-cloud.acronis.com\""),
+        "{out}"
+    );
+    assert!(
+        !out.contains("topsecret-value")
+            && !String::from_utf8_lossy(&ok.stderr).contains("topsecret-value")
+    );
+    let bad = run(&bad);
+    assert_eq!(bad.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("platform.base_url: not a URL"), "{err}");
+    assert!(err.contains("platform.client_id: required"), "{err}");
+}
+
+#[test]
+fn the_example_config_is_valid_once_the_required_keys_are_set() {
+    let example = include_str!("../config/statusd.example.toml");
+    let s = load_from_str(
+        example,
+        &[
+            (
+                "STATUSD__PLATFORM__BASE_URL",
+                "https://eu2-cloud.acronis.com",
+            ),
+            ("STATUSD__PLATFORM__CLIENT_ID", "c"),
+            ("STATUSD__PLATFORM__CLIENT_SECRET", "s"),
+            ("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.app"),
+        ],
+        Purpose::Run,
+    );
+    assert!(s.is_ok(), "{:?}", s.err());
+}
