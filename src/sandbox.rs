@@ -1251,11 +1251,12 @@ async fn put_brand(
         if !BRAND_WRITABLE.contains(&k.as_str()) {
             return bad_request(&format!("unknown or read-only brand property: {k}"));
         }
-        if k == "color"
-            && !v
-                .as_str()
-                .is_some_and(|c| c.len() == 6 && c.chars().all(|c| c.is_ascii_hexdigit()))
-        {
+        let bad_color = match v {
+            Value::Null => false,
+            Value::String(c) => c.len() != 6 || !c.chars().all(|c| c.is_ascii_hexdigit()),
+            _ => true,
+        };
+        if k == "color" && bad_color {
             return bad_request("color must be 6 hex digits without '#'");
         }
     }
