@@ -56,8 +56,7 @@ async fn tenant_inventory_full_then_delta_and_removed_tenants_are_deactivated() 
         .sandbox
         .reports()
         .into_iter()
-        .filter(|r| r.tenant_id == t)
-        .last()
+        .rfind(|r| r.tenant_id == t)
         .unwrap();
     assert_eq!(last.body["events"][0]["deactivation_event"], true);
     // Now intended inactive: no more drift.
