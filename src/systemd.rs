@@ -17,14 +17,16 @@ pub fn notify_stopping() {
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
 }
 
-/// Half the watchdog timeout systemd asked for, if it asked.
+/// Half the watchdog timeout systemd asked for, if it asked. As sd_watchdog_enabled(3) says,
+/// `WATCHDOG_PID`, when set, must name this process; when unset the watchdog applies to us.
 pub fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        Some(Duration::from_micros(usec / 2))
-    } else {
-        None
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.trim().parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
     }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
 /// Ping only while healthy: the runtime is scheduling this task and the store answers. A wedged
