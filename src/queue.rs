@@ -357,11 +357,26 @@ fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
 impl Queue {
     /// Open (or create) the store at `path`, recover in-flight events, and start the flusher.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Queue, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(options.cache_capacity_mb.saturating_mul(1024 * 1024))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .mode(sled::Mode::HighThroughput);
+        // sled's own background flusher releases the directory lock shortly after the last
+        // handle is dropped; a reopen in the same process waits for it (briefly) rather than
+        // failing. Another process holding the store still fails after the wait.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let tree = db.open_tree("statusd")?;
         let read_u64 = |name: &str| -> Result<Option<u64>, StoreError> {
             tree.get(meta_key(name))?.map(|v| u64_from(&v)).transpose()
@@ -582,11 +597,7 @@ impl Queue {
     }
 
     fn get_event_raw(&self, id: &Uuid) -> Result<Option<EventRecord>, StoreError> {
-        self.inner
-            .tree
-            .get(event_key(id))?
-            .map(|v| from_json(&v))
-            .transpose()
+        self.get_json(event_key(id))
     }
 
     /// One event's record.
@@ -1027,39 +1038,34 @@ impl Queue {
 
     // Tenant state and inventory ---------------------------------------------------------------
 
-    pub fn tenant_state(&self, tenant: &TenantId) -> Result<Option<TenantState>, StoreError> {
+    fn get_json<T: DeserializeOwned>(&self, key: Vec<u8>) -> Result<Option<T>, StoreError> {
+        self.inner.tree.get(key)?.map(|v| from_json(&v)).transpose()
+    }
+
+    fn scan_json<T: DeserializeOwned>(&self, prefix: u8) -> Result<Vec<T>, StoreError> {
         self.inner
             .tree
-            .get(tenant_key(tenant))?
-            .map(|v| from_json(&v))
-            .transpose()
+            .scan_prefix([prefix])
+            .values()
+            .map(|v| v.map_err(StoreError::from).and_then(|v| from_json(&v)))
+            .collect()
+    }
+
+    pub fn tenant_state(&self, tenant: &TenantId) -> Result<Option<TenantState>, StoreError> {
+        self.get_json(tenant_key(tenant))
     }
 
     /// Every tenant with a recorded intended or reported state.
     pub fn tenant_states(&self) -> Result<Vec<TenantState>, StoreError> {
-        self.inner
-            .tree
-            .scan_prefix([b't'])
-            .values()
-            .map(|v| v.map_err(StoreError::from).and_then(|v| from_json(&v)))
-            .collect()
+        self.scan_json(b't')
     }
 
     pub fn inventory(&self, tenant: &TenantId) -> Result<Option<InventoryTenant>, StoreError> {
-        self.inner
-            .tree
-            .get(inventory_key(tenant))?
-            .map(|v| from_json(&v))
-            .transpose()
+        self.get_json(inventory_key(tenant))
     }
 
     pub fn inventory_all(&self) -> Result<Vec<InventoryTenant>, StoreError> {
-        self.inner
-            .tree
-            .scan_prefix([b'n'])
-            .values()
-            .map(|v| v.map_err(StoreError::from).and_then(|v| from_json(&v)))
-            .collect()
+        self.scan_json(b'n')
     }
 
     pub fn inventory_len(&self) -> usize {
@@ -1095,11 +1101,7 @@ impl Queue {
 
     /// A small named document (reconciler cursors, logo hash, ...).
     pub fn get_doc<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
-        self.inner
-            .tree
-            .get(meta_key(&format!("doc/{name}")))?
-            .map(|v| from_json(&v))
-            .transpose()
+        self.get_json(meta_key(&format!("doc/{name}")))
     }
 
     pub async fn put_doc<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {

@@ -431,6 +431,23 @@ impl SbState {
     }
 }
 
+/// 415 with the envelope unless the body is declared as JSON.
+fn require_json(headers: &HeaderMap) -> Result<(), Response> {
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.starts_with("application/json") {
+        Ok(())
+    } else {
+        Err(envelope(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            json!(1015),
+            "Content-Type must be application/json",
+        ))
+    }
+}
+
 fn envelope(status: StatusCode, code: Value, message: &str) -> Response {
     (
         status,
@@ -915,16 +932,8 @@ async fn status_report(
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
-    let ct = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.starts_with("application/json") {
-        return envelope(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            json!(1015),
-            "Content-Type must be application/json",
-        );
+    if let Err(r) = require_json(&headers) {
+        return r;
     }
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -1221,16 +1230,8 @@ async fn put_brand(
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
-    let ct = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.starts_with("application/json") {
-        return envelope(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            json!(1015),
-            "Content-Type must be application/json",
-        );
+    if let Err(r) = require_json(&headers) {
+        return r;
     }
     let mut s = state.lock().expect("sandbox lock");
     let idx = match tenant_index(&s, &id) {
