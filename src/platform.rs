@@ -806,32 +806,32 @@ impl PlatformClient {
         }
     }
 
-    pub async fn get_tenant(&self, id: Uuid) -> Result<Tenant, PlatformError> {
-        let path = format!("/api/2/tenants/{id}");
+    /// GET a path and decode its JSON answer; `what` names it in the error.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<T, PlatformError> {
         let call = format!("GET {path}");
-        let url = self.url(&path);
+        let url = self.url(path);
         let (_, _, body) = self.send(&call, |h| h.get(&url)).await?;
         serde_json::from_slice(&body).map_err(|e| {
             PlatformError::local(
                 &call,
                 ErrorClass::Permanent,
-                format!("tenant not understood: {e}"),
+                format!("{what} not understood: {e}"),
             )
         })
     }
 
+    pub async fn get_tenant(&self, id: Uuid) -> Result<Tenant, PlatformError> {
+        self.get_json(&format!("/api/2/tenants/{id}"), "tenant")
+            .await
+    }
+
     pub async fn get_brand(&self, tenant: Uuid) -> Result<Brand, PlatformError> {
-        let path = format!("/api/2/tenants/{tenant}/brand");
-        let call = format!("GET {path}");
-        let url = self.url(&path);
-        let (_, _, body) = self.send(&call, |h| h.get(&url)).await?;
-        serde_json::from_slice(&body).map_err(|e| {
-            PlatformError::local(
-                &call,
-                ErrorClass::Permanent,
-                format!("brand not understood: {e}"),
-            )
-        })
+        self.get_json(&format!("/api/2/tenants/{tenant}/brand"), "brand")
+            .await
     }
 
     /// Enable custom branding (version in the query, no body).
