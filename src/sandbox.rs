@@ -129,6 +129,7 @@ struct SbState {
     opts: SandboxOptions,
     root: Uuid,
     tokens: HashMap<String, i64>,
+    issued: Vec<String>,
     tenants: Vec<SbTenant>,
     index: HashMap<Uuid, usize>,
     brands: HashMap<Uuid, Map<String, Value>>,
@@ -221,6 +222,11 @@ impl Sandbox {
         })
     }
 
+    /// Every access token issued so far, expired ones included.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.with(|s| s.issued.clone())
+    }
+
     pub fn expire_tokens(&self) {
         self.with(|s| s.tokens.clear());
     }
@@ -288,6 +294,7 @@ impl SbState {
             opts: opts.clone(),
             root,
             tokens: HashMap::new(),
+            issued: Vec::new(),
             tenants: Vec::new(),
             index: HashMap::new(),
             brands: HashMap::new(),
@@ -755,6 +762,7 @@ async fn token(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let ttl = s.opts.token_ttl.as_secs() as i64;
     let expires_on = chrono::Utc::now().timestamp() + ttl;
     s.tokens.insert(token.clone(), expires_on);
+    s.issued.push(token.clone());
     s.stats.tokens_issued += 1;
     Json(json!({
         "access_token": token,
