@@ -1,0 +1,157 @@
+//! The alert rules and the Grafana dashboard in `deploy/` ask only for metric families and labels
+//! that a running daemon really exposes, so a renamed metric breaks this test rather than a
+//! production dashboard.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{harness, wait_for_async};
+use serde_json::json;
+use statusd::sandbox::{Fault, SandboxOptions};
+
+/// Every `statusd_*` name in `text`, with the suffixes of the exposition format removed.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("statusd_") {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let name = &text[start..end];
+        let base = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        out.insert(base.to_string());
+        i = end;
+    }
+    out
+}
+
+/// Label names used in `by (...)` clauses and `{label="..."}` matchers.
+fn label_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for part in text.split("by (").skip(1) {
+        if let Some(list) = part.split(')').next() {
+            out.extend(list.split(',').map(|l| l.trim().to_string()));
+        }
+    }
+    for part in text.split("statusd_").skip(1) {
+        let Some(rest) = part.split_once('{').map(|(_, r)| r) else {
+            continue;
+        };
+        let Some(inner) = rest.split('}').next() else {
+            continue;
+        };
+        for m in inner.split(',') {
+            if let Some((name, _)) = m.split_once("=") {
+                out.insert(name.trim_end_matches(['!', '~']).trim().to_string());
+            }
+        }
+    }
+    out.retain(|l| !l.is_empty() && !matches!(l.as_str(), "le" | "instance" | "job"));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_rules_and_dashboard_use_only_exposed_metrics() {
+    let h = harness(SandboxOptions::default(), &[]).await;
+    let customers = h.sandbox.tenant_ids(Some("customer"));
+    // One tenant is refused for good, so the dead-letter families carry their labels too.
+    h.sandbox.inject(Fault {
+        status: Some(400),
+        query_contains: None,
+        path_contains: Some("integration_management".into()),
+        count: Some(1),
+        ..Default::default()
+    });
+    let r = h
+        .post_events(json!([
+            {"tenant_id": customers[0], "type": "activation"},
+            {"tenant_id": customers[1], "type": "deactivation"},
+        ]))
+        .await;
+    assert_eq!(r.status(), 202);
+    for name in ["tenants", "status", "branding"] {
+        let r = h
+            .http
+            .post(format!("{}/v1/reconcile/{name}", h.api))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{name}: {}", r.status());
+    }
+    let fetch = || async {
+        h.http
+            .get(format!("{}/metrics", h.api))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    wait_for_async(
+        Duration::from_secs(20),
+        "deliveries, a dead letter and a run of every reconciler",
+        || async {
+            let m = fetch().await;
+            m.contains("statusd_events_dead_lettered_total{")
+                && ["tenants", "status", "branding"].iter().all(|r| {
+                    m.contains(&format!(
+                        "statusd_reconcile_duration_seconds_count{{reconciler=\"{r}\"}}"
+                    ))
+                })
+        },
+    )
+    .await;
+    let exposed = fetch().await;
+    let exposed_names = metric_names(&exposed);
+
+    let root = env!("CARGO_MANIFEST_DIR");
+    let alerts = std::fs::read_to_string(format!("{root}/deploy/prometheus/alerts.yml")).unwrap();
+    let dashboard_text =
+        std::fs::read_to_string(format!("{root}/deploy/grafana/statusd-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard_text).unwrap();
+    let mut exprs = String::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push_str(target["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    assert!(exprs.lines().count() >= 15, "{exprs}");
+
+    for (what, text) in [("alerts.yml", &alerts), ("dashboard", &exprs)] {
+        let used = metric_names(text);
+        assert!(used.len() >= 8, "{what}: {used:?}");
+        for name in &used {
+            assert!(
+                exposed_names.contains(name),
+                "{what} uses {name}, which /metrics does not expose"
+            );
+        }
+        for label in label_names(text) {
+            assert!(
+                exposed.contains(&format!("{{{label}=\""))
+                    || exposed.contains(&format!(",{label}=\"")),
+                "{what} uses the label {label}, which no exposed sample carries"
+            );
+        }
+    }
+    // Every family of the spec is on the dashboard.
+    let on_dashboard = metric_names(&exprs);
+    for name in &exposed_names {
+        if name != "statusd_" {
+            assert!(
+                on_dashboard.contains(name),
+                "{name} is not on the dashboard"
+            );
+        }
+    }
+}
