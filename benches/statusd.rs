@@ -1,17 +1,25 @@
-//! `cargo bench`: durable intake and delivery, each beside its reference measured in the same
-//! run (fsync per event, plain sled insert+flush, a plain sequential one-event-per-request
-//! client). Figures are printed as a table; BENCHMARKS.md records them.
+//! `cargo bench`: every statusd figure beside its reference measured in the same run (fsync per
+//! event, plain sled insert+flush, a plain sequential one-event-per-request client, what the
+//! sandbox itself absorbs). Figures are printed as tables; BENCHMARKS.md records them.
+//!
+//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint` runs some sections only;
+//! `BENCH_BIG=N` sets the size of the large store (default 1 000 000 events).
 
 use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use statusd::config::{IntegrationSettings, Secret};
 use statusd::metrics::Metrics;
 use statusd::platform::{ClientOptions, PlatformClient, ReportEvent};
-use statusd::queue::{EventKind, NewEvent, Queue, StoreOptions};
+use statusd::queue::{EventKind, NewEvent, Queue, StoreOptions, Take};
 use statusd::sandbox::{Sandbox, SandboxOptions};
 use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_statusd");
 
 fn ev(t: Uuid, n: usize) -> NewEvent {
     NewEvent {
@@ -23,11 +31,23 @@ fn ev(t: Uuid, n: usize) -> NewEvent {
     }
 }
 
-fn row(name: &str, per_s: f64, note: &str) {
-    println!("{name:<58} {per_s:>12.0}/s  {note}");
+fn row(name: &str, value: String, note: &str) {
+    println!("{name:<62} {value:>14}  {note}");
 }
 
-fn fsync_rate(dir: &std::path::Path, n: usize) -> f64 {
+fn rate(name: &str, per_s: f64, note: &str) {
+    row(name, format!("{per_s:.0}/s"), note);
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_048_576.0)
+}
+
+fn fsync_rate(dir: &Path, n: usize) -> f64 {
     let mut f = std::fs::File::create(dir.join("fsync.bin")).unwrap();
     let t = Instant::now();
     for i in 0..n {
@@ -37,7 +57,7 @@ fn fsync_rate(dir: &std::path::Path, n: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-fn sled_rate(dir: &std::path::Path, n: usize) -> f64 {
+fn sled_rate(dir: &Path, n: usize) -> f64 {
     let db = sled::Config::new()
         .path(dir.join("plain-sled"))
         .cache_capacity(64 << 20)
@@ -97,34 +117,264 @@ fn client(sb: &Sandbox, concurrency: usize) -> PlatformClient {
     .unwrap()
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    statusd::platform::install_crypto_provider();
-    let dir = tempfile::tempdir().unwrap();
-    println!(
-        "statusd benchmarks ({} cores)",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+/// Settings for an in-process daemon on `store`, talking to `platform` (a sandbox URL, or a
+/// closed port when only intake is measured).
+fn settings(
+    platform: &str,
+    client_id: &str,
+    secret: &str,
+    store: &Path,
+) -> statusd::config::Settings {
+    let toml = format!(
+        "[platform]\nbase_url = \"{platform}\"\nclient_id = \"{client_id}\"\n[integration]\napplication_code = \"vendor.bench\"\n[store]\npath = \"{}\"\n",
+        store.display()
     );
-    println!("\n1. durable intake (queue::enqueue returns after a covering flush)");
-    let fsync = fsync_rate(dir.path(), 2000);
-    row(
+    statusd::config::load_from_str(
+        &toml,
+        &[("STATUSD__PLATFORM__CLIENT_SECRET", secret)],
+        statusd::config::Purpose::Run,
+    )
+    .unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `clients` keep-alive clients each posting `requests` bodies of `per_request` events.
+async fn http_ingest(
+    api: &str,
+    tenants: &[Uuid],
+    clients: usize,
+    requests: usize,
+    per_request: usize,
+) -> (f64, Duration, Duration) {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
+    let url = format!("{api}/v1/events");
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let http = http.clone();
+        let url = url.clone();
+        let tenant = tenants[c % tenants.len()];
+        set.spawn(async move {
+            let mut latencies = Vec::with_capacity(requests);
+            for r in 0..requests {
+                let body = if per_request == 1 {
+                    format!(
+                        r#"{{"tenant_id":"{tenant}","type":"custom","category":"bench","action":"event {r}"}}"#
+                    )
+                } else {
+                    let items: Vec<String> = (0..per_request)
+                        .map(|i| {
+                            format!(
+                                r#"{{"tenant_id":"{tenant}","type":"custom","category":"bench","action":"event {r}.{i}"}}"#
+                            )
+                        })
+                        .collect();
+                    format!("[{}]", items.join(","))
+                };
+                let started = Instant::now();
+                let resp = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 202);
+                resp.bytes().await.unwrap();
+                latencies.push(started.elapsed());
+            }
+            latencies
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(l) = set.join_next().await {
+        all.extend(l.unwrap());
+    }
+    let elapsed = t.elapsed();
+    all.sort();
+    let events = (clients * requests * per_request) as f64;
+    (
+        events / elapsed.as_secs_f64(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+    )
+}
+
+/// Resident set size and its peak of a process, from /proc.
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The real binary as a service would run it, with a notify socket to see READY.
+struct Daemon {
+    child: Child,
+    api: String,
+    notify: UnixDatagram,
+    started: Instant,
+}
+
+impl Daemon {
+    fn spawn(dir: &Path, store: &Path, env: &[(&str, String)]) -> Daemon {
+        let sock_path = dir.join(format!("notify-{}.sock", Uuid::new_v4().simple()));
+        let notify = UnixDatagram::bind(&sock_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let started = Instant::now();
+        let child = Command::new(BIN)
+            .arg("run")
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("RUST_LOG", "warn")
+            .env("STATUSD__STORE__PATH", store)
+            .env("STATUSD__API__LISTEN", format!("127.0.0.1:{port}"))
+            .env("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.bench")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            api: format!("http://127.0.0.1:{port}"),
+            notify,
+            started,
+        }
+    }
+
+    /// Time from spawn to READY=1 on the notify socket.
+    fn ready(&self) -> Duration {
+        let mut buf = [0u8; 256];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                    return self.started.elapsed();
+                }
+            }
+        }
+        panic!("no READY within 60 s");
+    }
+
+    /// Time from spawn to the first 200 from /readyz.
+    async fn readyz(&self, http: &reqwest::Client) -> Duration {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = http.get(format!("{}/readyz", self.api)).send().await {
+                if r.status() == 200 {
+                    return self.started.elapsed();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("/readyz not 200 within 60 s");
+    }
+
+    fn rss(&self) -> (u64, u64) {
+        rss(self.child.id())
+    }
+
+    fn stop(mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "daemon exit: {status}");
+    }
+}
+
+fn platform_env(sb: &Sandbox) -> Vec<(&'static str, String)> {
+    vec![
+        ("STATUSD__PLATFORM__BASE_URL", sb.url.clone()),
+        ("STATUSD__PLATFORM__CLIENT_ID", sb.client_id.clone()),
+        ("STATUSD__PLATFORM__CLIENT_SECRET", sb.client_secret.clone()),
+    ]
+}
+
+fn unreachable_platform_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("STATUSD__PLATFORM__BASE_URL", "http://127.0.0.1:9".into()),
+        ("STATUSD__PLATFORM__CLIENT_ID", "bench".into()),
+        ("STATUSD__PLATFORM__CLIENT_SECRET", "bench".into()),
+    ]
+}
+
+/// Fill a store with `n` pending events over `tenants` tenants, in chunks of 1000.
+async fn fill(store: &Path, n: usize, tenants: &[Uuid]) -> Duration {
+    let q = Queue::open(store, StoreOptions::default()).unwrap();
+    let t = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let chunk: Vec<NewEvent> = (done..(done + 1000).min(n))
+            .map(|i| ev(tenants[i % tenants.len()], i))
+            .collect();
+        done += chunk.len();
+        q.enqueue(chunk).await.unwrap();
+        if done % 100_000 == 0 {
+            eprint!("\r  filling the store: {done}/{n}");
+        }
+    }
+    eprintln!();
+    t.elapsed()
+}
+
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() {
+                        dir_size(&e.path())
+                    } else {
+                        m.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+async fn intake(dir: &Path) {
+    println!("\n1a. durable intake in the library (Queue::enqueue returns after a covering flush)");
+    let fsync = fsync_rate(dir, 2000);
+    rate(
         "reference: small write + fsync per event, sequential",
         fsync,
         "",
     );
-    let plain = sled_rate(dir.path(), 2000);
-    row("reference: plain sled insert + flush per event", plain, "");
-    let q = Queue::open(&dir.path().join("queue"), StoreOptions::default()).unwrap();
+    let plain = sled_rate(dir, 2000);
+    rate("reference: plain sled insert + flush per event", plain, "");
+    let q = Queue::open(&dir.join("queue"), StoreOptions::default()).unwrap();
     let (one, f1) = enqueue_rate(&q, 1, 2000).await;
-    row(
+    rate(
         "statusd enqueue, 1 caller",
         one,
         &format!("{f1:.1} events/flush"),
     );
     let (many, f64_) = enqueue_rate(&q, 64, 500).await;
-    row(
+    rate(
         "statusd enqueue, 64 concurrent callers",
         many,
         &format!(
@@ -132,8 +382,52 @@ async fn main() {
             many / fsync
         ),
     );
-    drop(q);
+}
 
+async fn ingest(dir: &Path) {
+    println!("\n1b. durable intake through POST /v1/events (202 only after the flush)");
+    println!("    (platform unreachable, so delivery does not compete for the 2 cores)");
+    let fsync = fsync_rate(dir, 2000);
+    rate(
+        "reference: small write + fsync per event, sequential",
+        fsync,
+        "",
+    );
+    let s = settings("http://127.0.0.1:9", "bench", "bench", &dir.join("ingest"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = statusd::app::start(s, Some(listener), false).await.unwrap();
+    let api = format!("http://{}", running.api_addr);
+    let tenants: Vec<Uuid> = (0..64).map(|i| Uuid::from_u128(0xbe00 + i)).collect();
+    let f0 = running.queue.flush_stats();
+    let (r, p50, p99) = http_ingest(&api, &tenants, 64, 300, 1).await;
+    let f1 = running.queue.flush_stats();
+    let per_flush = (f1.waiters - f0.waiters) as f64 / (f1.flushes - f0.flushes).max(1) as f64;
+    rate(
+        "statusd POST single events, 64 keep-alive clients",
+        r,
+        &format!(
+            "p50 {} p99 {}, {per_flush:.1} requests/flush, {:.1}x fsync-per-event",
+            ms(p50),
+            ms(p99),
+            r / fsync
+        ),
+    );
+    let (r, p50, p99) = http_ingest(&api, &tenants, 16, 40, 100).await;
+    rate(
+        "statusd POST arrays of 100, 16 keep-alive clients",
+        r,
+        &format!("p50 {} p99 {} per request", ms(p50), ms(p99)),
+    );
+    let (r, p50, p99) = http_ingest(&api, &tenants, 1, 2000, 1).await;
+    rate(
+        "statusd POST single events, 1 client",
+        r,
+        &format!("p50 {} p99 {}", ms(p50), ms(p99)),
+    );
+    running.shutdown().await;
+}
+
+async fn delivery(dir: &Path) {
     println!("\n2. delivery into the sandbox on loopback (20 000 events, 200 tenants)");
     let sb = Sandbox::start(SandboxOptions {
         tenants: 260,
@@ -159,10 +453,10 @@ async fn main() {
             .unwrap();
     }
     let plain_rate = n_plain as f64 / t.elapsed().as_secs_f64();
-    row(
+    rate(
         "reference: plain sequential client, 1 event per request",
         plain_rate,
-        "(2 000 events)",
+        "(2 000 events, keep-alive, token reused)",
     );
     // Sandbox capacity: reports of 100 events from 8 concurrent senders.
     let cap_client = client(&sb, 8);
@@ -183,19 +477,13 @@ async fn main() {
     }
     while set.join_next().await.is_some() {}
     let capacity = (8 * 25 * 100) as f64 / t.elapsed().as_secs_f64();
-    row(
+    rate(
         "reference: what the sandbox absorbs (100-event reports, 8 senders)",
         capacity,
         "",
     );
     // statusd: a full queue drained by the daemon.
-    let store = dir.path().join("daemon");
-    let toml = format!(
-        "[platform]\nbase_url = \"{}\"\nclient_id = \"{}\"\n[integration]\napplication_code = \"vendor.bench\"\n[store]\npath = \"{}\"\n",
-        sb.url,
-        sb.client_id,
-        store.display()
-    );
+    let store = dir.join("daemon");
     {
         let q = Queue::open(&store, StoreOptions::default()).unwrap();
         let all: Vec<NewEvent> = (0..20_000).map(|i| ev(tenants[i % 200], i)).collect();
@@ -203,34 +491,304 @@ async fn main() {
             q.enqueue(chunk.to_vec()).await.unwrap();
         }
     }
-    let settings = statusd::config::load_from_str(
-        &toml,
-        &[(
-            "STATUSD__PLATFORM__CLIENT_SECRET",
-            sb.client_secret.as_str(),
-        )],
-        statusd::config::Purpose::Run,
-    )
-    .unwrap();
+    let s = settings(&sb.url, &sb.client_id, &sb.client_secret, &store);
     let reports_before = sb.reports().len();
     let t = Instant::now();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let running = statusd::app::start(settings, Some(listener), false)
-        .await
-        .unwrap();
+    let running = statusd::app::start(s, Some(listener), false).await.unwrap();
+    let started = t.elapsed();
     while running.queue.stats().depth > 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let rate = 20_000.0 / t.elapsed().as_secs_f64();
-    row(
-        "statusd: full queue drained (batches of up to 100)",
-        rate,
+    let total = t.elapsed();
+    let r = 20_000.0 / total.as_secs_f64();
+    rate(
+        "statusd: full queue drained (start to empty, batches of up to 100)",
+        r,
         &format!(
-            "{:.0}x plain client, {:.2} of sandbox capacity, {} reports",
-            rate / plain_rate,
-            rate / capacity,
-            sb.reports().len() - reports_before
+            "{:.1}x plain client, {:.2} of sandbox capacity, {} reports, start took {}",
+            r / plain_rate,
+            r / capacity,
+            sb.reports().len() - reports_before,
+            ms(started)
         ),
     );
     running.shutdown().await;
+}
+
+async fn recovery(dir: &Path, big: usize) {
+    println!("\n3-4. recovery and memory with {big} events pending (the real binary)");
+    let http = reqwest::Client::new();
+    let empty = dir.join("empty-store");
+    let d = Daemon::spawn(dir, &empty, &unreachable_platform_env());
+    let ready = d.ready();
+    d.readyz(&http).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (idle, _) = d.rss();
+    row("time to READY=1, empty store", ms(ready), "");
+    row(
+        "RSS idle (empty store, 2 s after READY)",
+        mb(idle),
+        "target < 20 MB",
+    );
+    d.stop();
+
+    let store = dir.join("big-store");
+    let tenants: Vec<Uuid> = (0..1000).map(|i| Uuid::from_u128(0xb16_0000 + i)).collect();
+    let filled = fill(&store, big, &tenants).await;
+    row(
+        "filling the store through Queue::enqueue (chunks of 1000)",
+        format!("{:.0}/s", big as f64 / filled.as_secs_f64()),
+        &format!(
+            "{:.1} s, on disk {}",
+            filled.as_secs_f64(),
+            mb(dir_size(&store))
+        ),
+    );
+    let d = Daemon::spawn(dir, &store, &unreachable_platform_env());
+    let to_readyz = d.readyz(&http).await;
+    row(
+        "start to /readyz 200 with the store full",
+        ms(to_readyz),
+        "target < 1 s",
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status: serde_json::Value = http
+        .get(format!("{}/v1/status", d.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (loaded, peak) = d.rss();
+    row(
+        "RSS with the store full (3 s after ready)",
+        mb(loaded),
+        &format!(
+            "peak {}, depth reported {}, target < 100 MB",
+            mb(peak),
+            status["queue"]["depth"]
+        ),
+    );
+    d.stop();
+}
+
+async fn reconcile(dir: &Path) {
+    println!("\n5. reconcile against the sandbox (the real binary, platform.max_concurrency 8)");
+    let sb = Sandbox::start(SandboxOptions {
+        tenants: 10_000,
+        page_limit: 100,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let partners: Vec<String> = sb
+        .tenant_ids(Some("partner"))
+        .into_iter()
+        .take(500)
+        .map(|t| t.to_string())
+        .collect();
+    let mut env = platform_env(&sb);
+    env.push(("STATUSD__PLATFORM__MAX_CONCURRENCY", "8".into()));
+    env.push(("STATUSD__RECONCILE__BRANDING__TARGETS", partners.join(",")));
+    env.push(("STATUSD__BRANDING__COMPANY_NAME", "Bench Cloud".into()));
+    env.push(("STATUSD__BRANDING__COLOR", "1A6FB0".into()));
+    env.push((
+        "STATUSD__BRANDING__UPSELL_URL",
+        "https://shop.example.com/buy".into(),
+    ));
+    let http = reqwest::Client::new();
+    let d = Daemon::spawn(dir, &dir.join("reconcile-store"), &env);
+    d.readyz(&http).await;
+    let pid = d.child.id();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss(pid).0, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let reqs0 = sb.requests_to("tenants");
+    let t = Instant::now();
+    let report: serde_json::Value = http
+        .post(format!("{}/v1/reconcile/tenants", d.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let full = t.elapsed();
+    sampler.abort();
+    let max_rss = peak.load(std::sync::atomic::Ordering::Relaxed);
+    row(
+        "full tenant reconcile, 10 000 tenants",
+        ms(full),
+        &format!(
+            "outcome {}, {} tenant requests, RSS during it up to {}, target < 10 s",
+            report["outcome"],
+            sb.requests_to("tenants") - reqs0,
+            mb(max_rss)
+        ),
+    );
+    let t = Instant::now();
+    let report: serde_json::Value = http
+        .post(format!("{}/v1/reconcile/tenants", d.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    row(
+        "delta tenant reconcile, nothing changed",
+        ms(t.elapsed()),
+        &format!("outcome {}", report["outcome"]),
+    );
+    let stats0 = sb.stats();
+    let t = Instant::now();
+    let report: serde_json::Value = http
+        .post(format!("{}/v1/reconcile/branding", d.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    let stats1 = sb.stats();
+    row(
+        "branding reconcile, 500 partner tenants (first apply)",
+        ms(took),
+        &format!(
+            "outcome {}, {} requests, at most {} at once, target < 10 s",
+            report["outcome"],
+            stats1.requests - stats0.requests,
+            stats1.max_in_flight
+        ),
+    );
+    let t = Instant::now();
+    let report: serde_json::Value = http
+        .post(format!("{}/v1/reconcile/branding?dry_run=true", d.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    row(
+        "branding dry run afterwards, 500 partner tenants",
+        ms(t.elapsed()),
+        &format!(
+            "drift items {}",
+            report["drift"].as_array().map_or(0, |a| a.len())
+        ),
+    );
+    let (now, peak) = d.rss();
+    row(
+        "RSS after the reconciles",
+        mb(now),
+        &format!("peak {} (VmHWM), target < 100 MB", mb(peak)),
+    );
+    d.stop();
+}
+
+async fn footprint(dir: &Path, big: usize) {
+    println!("\n6. size, start, and the store after {big} events enqueued, delivered, compacted");
+    let size = std::fs::metadata(BIN).unwrap().len();
+    row(
+        "binary size (bench profile = release: stripped, thin LTO)",
+        mb(size),
+        "",
+    );
+    let store = dir.join("compact-store");
+    let tenants: Vec<Uuid> = (0..1000).map(|i| Uuid::from_u128(0xc0_0000 + i)).collect();
+    fill(&store, big, &tenants).await;
+    let opts = StoreOptions {
+        delivered_retention: Duration::ZERO,
+        ..StoreOptions::default()
+    };
+    let q = Queue::open(&store, opts).unwrap();
+    let full = q.size_on_disk();
+    let t = Instant::now();
+    let mut delivered = 0;
+    while delivered < big {
+        for tenant in &tenants {
+            if let Take::Ready(batch) = q.take_batch(tenant, 100).unwrap() {
+                delivered += batch.events.len();
+                q.ack_delivered(&batch).await.unwrap();
+            }
+        }
+        eprint!("\r  delivering: {delivered}/{big}");
+    }
+    eprintln!();
+    let acked = t.elapsed();
+    let after_delivery = q.size_on_disk();
+    let t = Instant::now();
+    let removed = q.compact(statusd::queue::now_ms() + 1).unwrap();
+    q.sync().await.unwrap();
+    let compact_took = t.elapsed();
+    let after_compaction = q.size_on_disk();
+    drop(q);
+    row("store size with every event pending", mb(full), "");
+    row(
+        "store size after every event was acknowledged",
+        mb(after_delivery),
+        &format!("acks took {:.1} s", acked.as_secs_f64()),
+    );
+    row(
+        "store size after compaction",
+        mb(after_compaction),
+        &format!(
+            "{removed} records removed in {:.1} s; files on disk {}",
+            compact_took.as_secs_f64(),
+            mb(dir_size(&store))
+        ),
+    );
+    let q = Queue::open(&store, StoreOptions::default()).unwrap();
+    row(
+        "store size after reopening",
+        mb(q.size_on_disk()),
+        &format!("depth {}", q.stats().depth),
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    statusd::platform::install_crypto_provider();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let want = |s: &str| only.is_empty() || only.split(',').any(|o| o.trim() == s);
+    let big: usize = std::env::var("BENCH_BIG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    println!(
+        "statusd benchmarks ({} cores)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    if want("intake") {
+        intake(dir.path()).await;
+    }
+    if want("ingest") {
+        ingest(dir.path()).await;
+    }
+    if want("delivery") {
+        delivery(dir.path()).await;
+    }
+    if want("recovery") {
+        recovery(dir.path(), big).await;
+    }
+    if want("reconcile") {
+        reconcile(dir.path()).await;
+    }
+    if want("footprint") {
+        footprint(dir.path(), big).await;
+    }
 }
