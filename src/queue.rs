@@ -3,7 +3,8 @@
 //!
 //! Promises:
 //! - `enqueue` returns only after a flush covering the events has completed. Concurrent callers
-//!   share flushes through one flusher thread (group commit).
+//!   are written together by one committer thread: one sled batch and one flush per group
+//!   (group commit).
 //! - An event and every index pointing at it are written in one atomic sled batch, under one
 //!   writer lock, so a crash never leaves an event that is stored but not dispatchable.
 //! - Per tenant, events leave in acceptance order; a tenant has at most one batch in flight.
@@ -53,6 +54,8 @@ pub enum StoreError {
     SchemaTooNew { path: String, found: u64 },
     #[error("store flush failed: {0}")]
     Flush(String),
+    #[error("store write failed: {0}")]
+    Write(String),
     #[error("store is closed")]
     Closed,
 }
@@ -253,29 +256,53 @@ struct Counters {
 }
 
 type FlushWaiter = oneshot::Sender<Result<(), String>>;
+type EnqueueReply = oneshot::Sender<Result<Vec<Enqueued>, StoreError>>;
 
-struct Inner {
+/// Work for the committer thread.
+enum Job {
+    /// Answer after a flush that starts after this job was sent.
+    Sync(FlushWaiter),
+    /// Write these events (all or none), flush, then answer.
+    Enqueue(Vec<NewEvent>, EnqueueReply),
+}
+
+/// A group stops growing at this many events, so one slow group cannot hold many callers.
+const MAX_GROUP_EVENTS: usize = 8192;
+
+/// Everything the committer thread shares with the handles.
+struct Core {
     db: sled::Db,
     tree: sled::Tree,
     writer: Mutex<Counters>,
     in_flight_tenants: Mutex<HashSet<TenantId>>,
     in_flight_events: AtomicUsize,
-    flush_tx: Mutex<Option<mpsc::Sender<FlushWaiter>>>,
-    flush_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    flushes: Arc<AtomicU64>,
-    flush_waiters: Arc<AtomicU64>,
+    flushes: AtomicU64,
+    flush_waiters: AtomicU64,
     woken: Mutex<HashSet<TenantId>>,
     wake: Notify,
     options: StoreOptions,
 }
 
+struct Inner {
+    core: Arc<Core>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::ops::Deref for Inner {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.flush_tx.lock().expect("flush sender lock").take();
-        if let Some(handle) = self.flush_thread.lock().expect("flush thread lock").take() {
+        self.jobs.lock().expect("job sender lock").take();
+        if let Some(handle) = self.committer.lock().expect("committer lock").take() {
             let _ = handle.join();
         }
-        let _ = self.db.flush();
+        let _ = self.core.db.flush();
     }
 }
 
@@ -399,33 +426,31 @@ impl Queue {
             dead: read_u64("dead")?.unwrap_or(0),
         };
 
-        let (flush_tx, flush_rx) = mpsc::channel::<FlushWaiter>();
-        let flushes = Arc::new(AtomicU64::new(0));
-        let flush_waiters = Arc::new(AtomicU64::new(0));
+        let core = Arc::new(Core {
+            db,
+            tree,
+            writer: Mutex::new(counters),
+            in_flight_tenants: Mutex::new(HashSet::new()),
+            in_flight_events: AtomicUsize::new(0),
+            flushes: AtomicU64::new(0),
+            flush_waiters: AtomicU64::new(0),
+            woken: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+            options,
+        });
+        let (jobs, rx) = mpsc::channel::<Job>();
         let thread = {
-            let db = db.clone();
-            let flushes = flushes.clone();
-            let waiters_count = flush_waiters.clone();
+            let core = core.clone();
             std::thread::Builder::new()
-                .name("statusd-flusher".into())
-                .spawn(move || flusher(db, flush_rx, flushes, waiters_count))
+                .name("statusd-commit".into())
+                .spawn(move || committer(core, rx))
                 .map_err(|e| StoreError::Flush(e.to_string()))?
         };
-
         let queue = Queue {
             inner: Arc::new(Inner {
-                db,
-                tree,
-                writer: Mutex::new(counters),
-                in_flight_tenants: Mutex::new(HashSet::new()),
-                in_flight_events: AtomicUsize::new(0),
-                flush_tx: Mutex::new(Some(flush_tx)),
-                flush_thread: Mutex::new(Some(thread)),
-                flushes,
-                flush_waiters,
-                woken: Mutex::new(HashSet::new()),
-                wake: Notify::new(),
-                options,
+                core,
+                jobs: Mutex::new(Some(jobs)),
+                committer: Mutex::new(Some(thread)),
             }),
         };
         queue.recover_in_flight()?;
@@ -458,128 +483,28 @@ impl Queue {
         Ok(())
     }
 
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        let guard = self.inner.jobs.lock().expect("job sender lock");
+        let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+        sender.send(job).map_err(|_| StoreError::Closed)
+    }
+
     /// Wait for a flush that starts after this call (covers every write made before it).
     pub async fn sync(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        {
-            let guard = self.inner.flush_tx.lock().expect("flush sender lock");
-            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-            sender.send(tx).map_err(|_| StoreError::Closed)?;
-        }
+        self.send(Job::Sync(tx))?;
         rx.await
             .map_err(|_| StoreError::Closed)?
             .map_err(StoreError::Flush)
     }
 
     /// Accept events: all are stored in one atomic batch, or none. Returns after they are
-    /// durable. Events with a known idempotency key are not stored again.
+    /// durable. Events with a known idempotency key are not stored again. Concurrent calls are
+    /// written together: one sled batch and one flush for the whole group.
     pub async fn enqueue(&self, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, StoreError> {
-        let outcomes = self.enqueue_unsynced(events)?;
-        self.sync().await?;
-        Ok(outcomes)
-    }
-
-    fn enqueue_unsynced(&self, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, StoreError> {
-        let now = now_ms();
-        let mut outcomes = Vec::with_capacity(events.len());
-        let mut tenants_touched = Vec::new();
-        {
-            let mut w = self.inner.writer.lock().expect("writer lock");
-            let mut batch = sled::Batch::default();
-            let mut seen_in_batch: Vec<(String, Uuid)> = Vec::new();
-            let mut tenant_updates: Vec<TenantState> = Vec::new();
-            let mut seq = w.seq;
-            let mut added = 0u64;
-            for ev in events {
-                if let Some(k) = &ev.idempotency_key {
-                    if let Some((_, id)) = seen_in_batch.iter().find(|(s, _)| s == k) {
-                        outcomes.push(Enqueued::Duplicate(*id));
-                        continue;
-                    }
-                    if let Some(v) = self.inner.tree.get(idem_key(k))? {
-                        outcomes.push(Enqueued::Duplicate(uuid_from(&v[..16])?));
-                        continue;
-                    }
-                }
-                seq += 1;
-                let id = Uuid::now_v7();
-                let rec = EventRecord {
-                    id,
-                    tenant_id: ev.tenant_id,
-                    kind: ev.kind,
-                    category: ev.category,
-                    action: ev.action,
-                    idempotency_key: ev.idempotency_key.clone(),
-                    accepted_at_ms: now,
-                    state: EventState::Queued,
-                    attempts: 0,
-                    last_error: None,
-                    next_attempt_at_ms: None,
-                    delivered_at_ms: None,
-                    dead_reason: None,
-                    seq,
-                };
-                batch.insert(event_key(&id), to_json(&rec));
-                batch.insert(pending_key(&ev.tenant_id, seq), id.as_bytes().as_slice());
-                batch.insert(order_key(seq), id.as_bytes().as_slice());
-                if let Some(k) = &ev.idempotency_key {
-                    let mut v = id.as_bytes().to_vec();
-                    v.extend_from_slice(&now.to_be_bytes());
-                    batch.insert(idem_key(k), v);
-                    batch.insert(idem_expiry_key(now, k), &[]);
-                    seen_in_batch.push((k.clone(), id));
-                }
-                let intended = match ev.kind {
-                    EventKind::Activation => Some(IntegrationState::Active),
-                    EventKind::Deactivation => Some(IntegrationState::Inactive),
-                    EventKind::Custom => None,
-                };
-                if let Some(intended) = intended {
-                    let pos = tenant_updates
-                        .iter()
-                        .position(|t| t.tenant_id == ev.tenant_id);
-                    let state = match pos {
-                        Some(i) => &mut tenant_updates[i],
-                        None => {
-                            let current =
-                                self.tenant_state(&ev.tenant_id)?.unwrap_or(TenantState {
-                                    tenant_id: ev.tenant_id,
-                                    ..Default::default()
-                                });
-                            tenant_updates.push(current);
-                            tenant_updates.last_mut().expect("just pushed")
-                        }
-                    };
-                    state.intended = Some(intended);
-                    state.intended_at_ms = Some(now);
-                }
-                if !tenants_touched.contains(&ev.tenant_id) {
-                    tenants_touched.push(ev.tenant_id);
-                }
-                outcomes.push(Enqueued::Accepted(id));
-                added += 1;
-            }
-            if added == 0 {
-                return Ok(outcomes);
-            }
-            for t in &tenant_updates {
-                batch.insert(tenant_key(&t.tenant_id), to_json(t));
-            }
-            batch.insert(meta_key("seq"), &seq.to_be_bytes());
-            batch.insert(meta_key("depth"), &(w.depth + added).to_be_bytes());
-            self.inner.tree.apply_batch(batch)?;
-            w.seq = seq;
-            w.depth += added;
-        }
-        self.wake_tenants(tenants_touched);
-        Ok(outcomes)
-    }
-
-    fn wake_tenants(&self, tenants: impl IntoIterator<Item = TenantId>) {
-        let mut woken = self.inner.woken.lock().expect("woken lock");
-        woken.extend(tenants);
-        drop(woken);
-        self.inner.wake.notify_one();
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Enqueue(events, tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Wait until events were accepted (or retried) for some tenant, and return those tenants.
@@ -597,7 +522,7 @@ impl Queue {
     }
 
     fn get_event_raw(&self, id: &Uuid) -> Result<Option<EventRecord>, StoreError> {
-        self.get_json(event_key(id))
+        self.inner.get_json(event_key(id))
     }
 
     /// One event's record.
@@ -872,7 +797,7 @@ impl Queue {
         match tenant {
             Some(t) => {
                 self.sync().await?;
-                self.wake_tenants([t]);
+                self.inner.wake_tenants([t]);
                 Ok(true)
             }
             None => Ok(false),
@@ -927,7 +852,7 @@ impl Queue {
         }
         self.sync().await?;
         let n = tenants.len();
-        self.wake_tenants(tenants);
+        self.inner.wake_tenants(tenants);
         Ok(n)
     }
 
@@ -1038,10 +963,6 @@ impl Queue {
 
     // Tenant state and inventory ---------------------------------------------------------------
 
-    fn get_json<T: DeserializeOwned>(&self, key: Vec<u8>) -> Result<Option<T>, StoreError> {
-        self.inner.tree.get(key)?.map(|v| from_json(&v)).transpose()
-    }
-
     fn scan_json<T: DeserializeOwned>(&self, prefix: u8) -> Result<Vec<T>, StoreError> {
         self.inner
             .tree
@@ -1052,7 +973,7 @@ impl Queue {
     }
 
     pub fn tenant_state(&self, tenant: &TenantId) -> Result<Option<TenantState>, StoreError> {
-        self.get_json(tenant_key(tenant))
+        self.inner.get_json(tenant_key(tenant))
     }
 
     /// Every tenant with a recorded intended or reported state.
@@ -1061,7 +982,7 @@ impl Queue {
     }
 
     pub fn inventory(&self, tenant: &TenantId) -> Result<Option<InventoryTenant>, StoreError> {
-        self.get_json(inventory_key(tenant))
+        self.inner.get_json(inventory_key(tenant))
     }
 
     pub fn inventory_all(&self) -> Result<Vec<InventoryTenant>, StoreError> {
@@ -1101,7 +1022,7 @@ impl Queue {
 
     /// A small named document (reconciler cursors, logo hash, ...).
     pub fn get_doc<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
-        self.get_json(meta_key(&format!("doc/{name}")))
+        self.inner.get_json(meta_key(&format!("doc/{name}")))
     }
 
     pub async fn put_doc<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
@@ -1124,25 +1045,182 @@ impl Queue {
     }
 }
 
-fn flusher(
-    db: sled::Db,
-    rx: mpsc::Receiver<FlushWaiter>,
-    flushes: Arc<AtomicU64>,
-    waiters_count: Arc<AtomicU64>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut waiters = vec![first];
-        while let Ok(w) = rx.try_recv() {
-            waiters.push(w);
+impl Core {
+    fn get_json<T: DeserializeOwned>(&self, key: Vec<u8>) -> Result<Option<T>, StoreError> {
+        self.tree.get(key)?.map(|v| from_json(&v)).transpose()
+    }
+
+    fn tenant_state(&self, tenant: &TenantId) -> Result<Option<TenantState>, StoreError> {
+        self.get_json(tenant_key(tenant))
+    }
+
+    fn wake_tenants(&self, tenants: impl IntoIterator<Item = TenantId>) {
+        let mut woken = self.woken.lock().expect("woken lock");
+        woken.extend(tenants);
+        drop(woken);
+        self.wake.notify_one();
+    }
+
+    /// Write a group of enqueue requests as one sled batch (not yet flushed). Each request's
+    /// outcome is returned in order, with the tenants that got new events.
+    #[allow(clippy::type_complexity)]
+    fn write_group(
+        &self,
+        requests: Vec<Vec<NewEvent>>,
+    ) -> Result<(Vec<Vec<Enqueued>>, Vec<TenantId>), StoreError> {
+        let now = now_ms();
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut tenants_touched = Vec::new();
+        let mut w = self.writer.lock().expect("writer lock");
+        let mut batch = sled::Batch::default();
+        let mut seen_in_batch: Vec<(String, Uuid)> = Vec::new();
+        let mut tenant_updates: Vec<TenantState> = Vec::new();
+        let mut seq = w.seq;
+        let mut added = 0u64;
+        for events in requests {
+            let mut outs = Vec::with_capacity(events.len());
+            for ev in events {
+                if let Some(k) = &ev.idempotency_key {
+                    if let Some((_, id)) = seen_in_batch.iter().find(|(s, _)| s == k) {
+                        outs.push(Enqueued::Duplicate(*id));
+                        continue;
+                    }
+                    if let Some(v) = self.tree.get(idem_key(k))? {
+                        outs.push(Enqueued::Duplicate(uuid_from(&v[..16])?));
+                        continue;
+                    }
+                }
+                seq += 1;
+                let id = Uuid::now_v7();
+                let rec = EventRecord {
+                    id,
+                    tenant_id: ev.tenant_id,
+                    kind: ev.kind,
+                    category: ev.category,
+                    action: ev.action,
+                    idempotency_key: ev.idempotency_key.clone(),
+                    accepted_at_ms: now,
+                    state: EventState::Queued,
+                    attempts: 0,
+                    last_error: None,
+                    next_attempt_at_ms: None,
+                    delivered_at_ms: None,
+                    dead_reason: None,
+                    seq,
+                };
+                batch.insert(event_key(&id), to_json(&rec));
+                batch.insert(pending_key(&ev.tenant_id, seq), id.as_bytes().as_slice());
+                batch.insert(order_key(seq), id.as_bytes().as_slice());
+                if let Some(k) = &ev.idempotency_key {
+                    let mut v = id.as_bytes().to_vec();
+                    v.extend_from_slice(&now.to_be_bytes());
+                    batch.insert(idem_key(k), v);
+                    batch.insert(idem_expiry_key(now, k), &[]);
+                    seen_in_batch.push((k.clone(), id));
+                }
+                let intended = match ev.kind {
+                    EventKind::Activation => Some(IntegrationState::Active),
+                    EventKind::Deactivation => Some(IntegrationState::Inactive),
+                    EventKind::Custom => None,
+                };
+                if let Some(intended) = intended {
+                    let pos = tenant_updates
+                        .iter()
+                        .position(|t| t.tenant_id == ev.tenant_id);
+                    let state = match pos {
+                        Some(i) => &mut tenant_updates[i],
+                        None => {
+                            let current =
+                                self.tenant_state(&ev.tenant_id)?.unwrap_or(TenantState {
+                                    tenant_id: ev.tenant_id,
+                                    ..Default::default()
+                                });
+                            tenant_updates.push(current);
+                            tenant_updates.last_mut().expect("just pushed")
+                        }
+                    };
+                    state.intended = Some(intended);
+                    state.intended_at_ms = Some(now);
+                }
+                if !tenants_touched.contains(&ev.tenant_id) {
+                    tenants_touched.push(ev.tenant_id);
+                }
+                outs.push(Enqueued::Accepted(id));
+                added += 1;
+            }
+            outcomes.push(outs);
         }
-        let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
-        if let Err(e) = &result {
+        if added == 0 {
+            return Ok((outcomes, tenants_touched));
+        }
+        for t in &tenant_updates {
+            batch.insert(tenant_key(&t.tenant_id), to_json(t));
+        }
+        batch.insert(meta_key("seq"), &seq.to_be_bytes());
+        batch.insert(meta_key("depth"), &(w.depth + added).to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        w.seq = seq;
+        w.depth += added;
+        Ok((outcomes, tenants_touched))
+    }
+}
+
+/// The committer: takes every job waiting, writes the enqueues of the group as one batch,
+/// flushes once, then answers everyone (group commit). Tenants are woken for delivery only
+/// after their events are durable.
+fn committer(core: Arc<Core>, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut syncs = Vec::new();
+        let mut requests = Vec::new();
+        let mut replies = Vec::new();
+        let mut events = 0;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Sync(w) => syncs.push(w),
+                Job::Enqueue(evs, reply) => {
+                    events += evs.len();
+                    requests.push(evs);
+                    replies.push(reply);
+                }
+            }
+            if events < MAX_GROUP_EVENTS {
+                next = rx.try_recv().ok();
+            }
+        }
+        let written = if requests.is_empty() {
+            Ok((Vec::new(), Vec::new()))
+        } else {
+            core.write_group(requests)
+        };
+        let flushed = core.db.flush().map(|_| ()).map_err(|e| e.to_string());
+        if let Err(e) = &flushed {
             tracing::error!(message = "store flush failed", error = %e);
         }
-        flushes.fetch_add(1, Ordering::Relaxed);
-        waiters_count.fetch_add(waiters.len() as u64, Ordering::Relaxed);
-        for w in waiters {
-            let _ = w.send(result.clone());
+        core.flushes.fetch_add(1, Ordering::Relaxed);
+        core.flush_waiters
+            .fetch_add((syncs.len() + replies.len()) as u64, Ordering::Relaxed);
+        match (written, &flushed) {
+            (Ok((outcomes, touched)), Ok(())) => {
+                core.wake_tenants(touched);
+                for (reply, out) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(out));
+                }
+            }
+            (Ok(_), Err(e)) => {
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Flush(e.clone())));
+                }
+            }
+            (Err(e), _) => {
+                let message = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Write(message.clone())));
+                }
+            }
+        }
+        for w in syncs {
+            let _ = w.send(flushed.clone());
         }
     }
 }
