@@ -533,18 +533,20 @@ async fn recovery(dir: &Path, big: usize) {
     );
     d.stop();
 
-    let store = dir.join("big-store");
+    let store = dir.join(format!("big-store-{big}"));
     let tenants: Vec<Uuid> = (0..1000).map(|i| Uuid::from_u128(0xb16_0000 + i)).collect();
-    let filled = fill(&store, big, &tenants).await;
-    row(
-        "filling the store through Queue::enqueue (chunks of 1000)",
-        format!("{:.0}/s", big as f64 / filled.as_secs_f64()),
-        &format!(
-            "{:.1} s, on disk {}",
-            filled.as_secs_f64(),
-            mb(dir_size(&store))
-        ),
-    );
+    if !store.exists() {
+        let filled = fill(&store, big, &tenants).await;
+        row(
+            "filling the store through Queue::enqueue (chunks of 1000)",
+            format!("{:.0}/s", big as f64 / filled.as_secs_f64()),
+            &format!(
+                "{:.1} s, on disk {}",
+                filled.as_secs_f64(),
+                mb(dir_size(&store))
+            ),
+        );
+    }
     let d = Daemon::spawn(dir, &store, &unreachable_platform_env());
     let to_readyz = d.readyz(&http).await;
     row(
@@ -715,17 +717,29 @@ async fn footprint(dir: &Path, big: usize) {
     let q = Queue::open(&store, opts).unwrap();
     let full = q.size_on_disk();
     let t = Instant::now();
-    let mut delivered = 0;
-    while delivered < big {
-        for tenant in &tenants {
-            if let Take::Ready(batch) = q.take_batch(tenant, 100).unwrap() {
-                delivered += batch.events.len();
-                q.ack_delivered(&batch).await.unwrap();
+    // 32 concurrent "lanes", each taking and acknowledging its tenants' batches.
+    let delivered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for lane in 0..32 {
+        let q = q.clone();
+        let mine: Vec<Uuid> = tenants.iter().skip(lane).step_by(32).copied().collect();
+        let delivered = delivered.clone();
+        set.spawn(async move {
+            for tenant in mine {
+                while let Take::Ready(batch) = q.take_batch(&tenant, 100).unwrap() {
+                    q.ack_delivered(&batch).await.unwrap();
+                    let n = delivered
+                        .fetch_add(batch.events.len(), std::sync::atomic::Ordering::Relaxed);
+                    if (n + batch.events.len()) % 100_000 == 0 {
+                        eprint!("\r  delivering: {}/{big}", n + batch.events.len());
+                    }
+                }
             }
-        }
-        eprint!("\r  delivering: {delivered}/{big}");
+        });
     }
+    while set.join_next().await.is_some() {}
     eprintln!();
+    assert_eq!(delivered.load(std::sync::atomic::Ordering::Relaxed), big);
     let acked = t.elapsed();
     let after_delivery = q.size_on_disk();
     let t = Instant::now();
@@ -766,7 +780,13 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir().unwrap();
+    // BENCH_DIR keeps the stores between runs (a full store is reused, not refilled).
+    let temp = tempfile::tempdir().unwrap();
+    let dir_path = std::env::var_os("BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&dir_path).unwrap();
+    let dir = &dir_path;
     println!(
         "statusd benchmarks ({} cores)",
         std::thread::available_parallelism()
@@ -774,21 +794,21 @@ async fn main() {
             .unwrap_or(1)
     );
     if want("intake") {
-        intake(dir.path()).await;
+        intake(dir).await;
     }
     if want("ingest") {
-        ingest(dir.path()).await;
+        ingest(dir).await;
     }
     if want("delivery") {
-        delivery(dir.path()).await;
+        delivery(dir).await;
     }
     if want("recovery") {
-        recovery(dir.path(), big).await;
+        recovery(dir, big).await;
     }
     if want("reconcile") {
-        reconcile(dir.path()).await;
+        reconcile(dir).await;
     }
     if want("footprint") {
-        footprint(dir.path(), big).await;
+        footprint(dir, big).await;
     }
 }

@@ -457,8 +457,10 @@ impl Queue {
         Ok(queue)
     }
 
-    /// Anything marked in flight when the process stopped goes back to queued. Its pending key
-    /// was never removed, so it keeps its place in the tenant's order.
+    /// Anything in flight when the process stopped goes back to queued: its flight key is
+    /// removed. Its pending key was never removed, so it keeps its place in the tenant's order.
+    /// (Stores written before flight keys alone marked the state may hold records that say
+    /// `in_flight`; those are rewritten.)
     fn recover_in_flight(&self) -> Result<(), StoreError> {
         let _w = self.inner.writer.lock().expect("writer lock");
         let mut batch = sled::Batch::default();
@@ -527,7 +529,15 @@ impl Queue {
 
     /// One event's record.
     pub fn event(&self, id: &Uuid) -> Result<Option<EventRecord>, StoreError> {
-        self.get_event_raw(id)
+        let Some(mut rec) = self.get_event_raw(id)? else {
+            return Ok(None);
+        };
+        // Being in flight is recorded by the flight key alone, so taking a batch does not
+        // rewrite every record.
+        if rec.state == EventState::Queued && self.inner.tree.contains_key(flight_key(id))? {
+            rec.state = EventState::InFlight;
+        }
+        Ok(Some(rec))
     }
 
     /// Tenants that have pending events, in key order. Used by the dispatcher at start.
@@ -636,8 +646,8 @@ impl Queue {
         let _w = self.inner.writer.lock().expect("writer lock");
         let mut batch = sled::Batch::default();
         for rec in &mut events {
+            // The flight key marks the state; the stored record is left as it is.
             rec.state = EventState::InFlight;
-            batch.insert(event_key(&rec.id), to_json(rec));
             batch.insert(flight_key(&rec.id), pending_key(tenant, rec.seq));
         }
         self.inner.tree.apply_batch(batch)?;
@@ -735,9 +745,6 @@ impl Queue {
             let _w = self.inner.writer.lock().expect("writer lock");
             let mut b = sled::Batch::default();
             for rec in &batch.events {
-                let mut rec = rec.clone();
-                rec.state = EventState::Queued;
-                b.insert(event_key(&rec.id), to_json(&rec));
                 b.remove(flight_key(&rec.id));
             }
             self.inner.tree.apply_batch(b)?;

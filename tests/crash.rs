@@ -79,6 +79,7 @@ async fn post_until_dead(
     tenants: &[Uuid],
     next: &mut HashMap<Uuid, usize>,
     acked: &mut Vec<(Uuid, usize, String)>,
+    in_doubt: &mut std::collections::HashSet<String>,
     budget: usize,
 ) {
     let mut rng = rand::rng();
@@ -104,12 +105,10 @@ async fn post_until_dead(
                     acked.push((*t, *n, id.as_str().unwrap().to_string()));
                 }
             }
-            // Not acknowledged (the process died mid-request): these numbers are never
-            // expected, so forget them to keep each tenant's expected sequence contiguous.
+            // Not acknowledged (the process died mid-request): the events may or may not have
+            // been stored, as with any request whose answer is lost.
             _ => {
-                for (t, _) in batch.iter() {
-                    *next.get_mut(t).unwrap() -= 1;
-                }
+                in_doubt.extend(batch.iter().map(|(t, n)| format!("{t}-{n}")));
                 return;
             }
         }
@@ -126,6 +125,7 @@ async fn acknowledged_events_survive_kill_9_in_order_exactly_once() {
     let tenants: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
     let mut next = HashMap::new();
     let mut acked = Vec::new();
+    let mut in_doubt = std::collections::HashSet::new();
     let mut rng = rand::rng();
     for _round in 0..20 {
         let port = free_port();
@@ -137,7 +137,16 @@ async fn acknowledged_events_survive_kill_9_in_order_exactly_once() {
             tokio::time::sleep(delay).await;
             kill9(&mut child);
         });
-        post_until_dead(&http, port, &tenants, &mut next, &mut acked, 10_000).await;
+        post_until_dead(
+            &http,
+            port,
+            &tenants,
+            &mut next,
+            &mut acked,
+            &mut in_doubt,
+            10_000,
+        )
+        .await;
         killer.await.unwrap();
     }
     assert!(
@@ -212,6 +221,7 @@ async fn kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_report
     let http = reqwest::Client::new();
     let mut next = HashMap::new();
     let mut acked = Vec::new();
+    let mut in_doubt = std::collections::HashSet::new();
     let mut rng = rand::rng();
     let kills = 8;
     for _ in 0..kills {
@@ -223,27 +233,37 @@ async fn kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_report
             tokio::time::sleep(delay).await;
             kill9(&mut child);
         });
-        post_until_dead(&http, port, &tenants, &mut next, &mut acked, 10_000).await;
+        post_until_dead(
+            &http,
+            port,
+            &tenants,
+            &mut next,
+            &mut acked,
+            &mut in_doubt,
+            10_000,
+        )
+        .await;
         killer.await.unwrap();
     }
     // Final run: let it drain, then stop it.
     let port = free_port();
     let mut child = spawn_daemon(&sb.url, &sb.client_id, &sb.client_secret, dir.path(), port);
     wait_ready(&http, port).await;
-    let expected = acked.len();
+    let expected: Vec<String> = acked.iter().map(|(t, n, _)| format!("{t}-{n}")).collect();
     wait_for(
         Duration::from_secs(60),
         "all acknowledged events delivered",
         || {
             let got = actions_by_tenant(&sb);
             let distinct: std::collections::HashSet<&String> = got.values().flatten().collect();
-            distinct.len() >= expected
+            expected.iter().all(|a| distinct.contains(a))
         },
     )
     .await;
     kill9(&mut child);
     let got = actions_by_tenant(&sb);
     let mut duplicates = 0;
+    let mut in_doubt_delivered = 0;
     for t in &tenants {
         let want: Vec<String> = acked
             .iter()
@@ -254,14 +274,35 @@ async fn kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_report
         let mut first_seen = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for a in &have {
-            if seen.insert(a.clone()) {
-                first_seen.push(a.clone());
-            } else {
+            if !seen.insert(a.clone()) {
                 duplicates += 1;
+            } else if in_doubt.contains(a) {
+                // Posted, stored, but its answer was lost at a kill: allowed, not expected.
+                in_doubt_delivered += 1;
+            } else {
+                assert!(
+                    want.contains(a),
+                    "tenant {t}: {a} was delivered but never posted"
+                );
+                first_seen.push(a.clone());
             }
         }
-        assert_eq!(first_seen, want, "tenant {t}: lost or reordered");
+        if first_seen != want {
+            let at = first_seen
+                .iter()
+                .zip(&want)
+                .position(|(a, b)| a != b)
+                .unwrap_or(first_seen.len().min(want.len()));
+            panic!(
+                "tenant {t}: lost or reordered at position {at}: delivered {:?}, acknowledged {:?} (lengths {} and {})",
+                first_seen.get(at.saturating_sub(1)..(at + 3).min(first_seen.len())),
+                want.get(at.saturating_sub(1)..(at + 3).min(want.len())),
+                first_seen.len(),
+                want.len()
+            );
+        }
     }
+    assert!(in_doubt_delivered <= in_doubt.len());
     // Only a report in flight at a kill is repeated: at most one report (10 events) per lane per kill.
     assert!(
         duplicates <= kills * tenants.len() * 10,
