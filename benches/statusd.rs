@@ -427,14 +427,45 @@ async fn ingest(dir: &Path) {
     running.shutdown().await;
 }
 
+/// Sum and count of a histogram in a classic-format exposition.
+fn histogram_mean(metrics: &str, name: &str) -> f64 {
+    let value = |suffix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}_{suffix} ")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    value("sum") / value("count").max(1.0)
+}
+
 async fn delivery(dir: &Path) {
-    println!("\n2. delivery into the sandbox on loopback (20 000 events, 200 tenants)");
+    for latency_ms in [0u64, 20] {
+        delivery_at(dir, latency_ms).await;
+    }
+}
+
+/// Drain 20 000 events over 200 tenants with the platform answering after `latency_ms`
+/// (0: loopback as is; 20: a platform a WAN round trip away), beside the plain client and the
+/// sandbox's own capacity at the same latency.
+async fn delivery_at(dir: &Path, latency_ms: u64) {
+    println!(
+        "\n2. delivery into the sandbox on loopback, platform latency {latency_ms} ms (20 000 events, 200 tenants)"
+    );
     let sb = Sandbox::start(SandboxOptions {
         tenants: 260,
         ..Default::default()
     })
     .await
     .unwrap();
+    if latency_ms > 0 {
+        sb.inject(statusd::sandbox::Fault {
+            delay_ms: Some(latency_ms),
+            path_contains: Some("integration_management".into()),
+            ..Default::default()
+        });
+    }
     let tenants: Vec<Uuid> = sb.tenant_ids(None).into_iter().take(200).collect();
     // Plain client: one event per request, sequential, as the vendor documentation shows.
     let plain_client = client(&sb, 1);
@@ -444,7 +475,7 @@ async fn delivery(dir: &Path) {
         activation_event: true,
         deactivation_event: false,
     }];
-    let n_plain = 2000;
+    let n_plain = if latency_ms == 0 { 2000 } else { 100 };
     let t = Instant::now();
     for i in 0..n_plain {
         plain_client
@@ -456,9 +487,10 @@ async fn delivery(dir: &Path) {
     rate(
         "reference: plain sequential client, 1 event per request",
         plain_rate,
-        "(2 000 events, keep-alive, token reused)",
+        &format!("({n_plain} events, keep-alive, token reused)"),
     );
-    // Sandbox capacity: reports of 100 events from 8 concurrent senders.
+    // Sandbox capacity: reports of 100 events from 8 concurrent senders (statusd's default
+    // platform.max_concurrency), nothing stored.
     let cap_client = client(&sb, 8);
     let batch: Vec<ReportEvent> = (0..100).map(|_| event[0].clone()).collect();
     let t = Instant::now();
@@ -478,12 +510,13 @@ async fn delivery(dir: &Path) {
     while set.join_next().await.is_some() {}
     let capacity = (8 * 25 * 100) as f64 / t.elapsed().as_secs_f64();
     rate(
-        "reference: what the sandbox absorbs (100-event reports, 8 senders)",
+        "reference: sandbox capacity (100-event reports, 8 senders)",
         capacity,
         "",
     );
     // statusd: a full queue drained by the daemon.
-    let store = dir.join("daemon");
+    let store = dir.join(format!("daemon-{latency_ms}ms"));
+    let _ = std::fs::remove_dir_all(&store);
     {
         let q = Queue::open(&store, StoreOptions::default()).unwrap();
         let all: Vec<NewEvent> = (0..20_000).map(|i| ev(tenants[i % 200], i)).collect();
@@ -501,16 +534,32 @@ async fn delivery(dir: &Path) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let total = t.elapsed();
+    let metrics = reqwest::get(format!("http://{}/metrics", running.api_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let r = 20_000.0 / total.as_secs_f64();
     rate(
         "statusd: full queue drained (start to empty, batches of up to 100)",
         r,
         &format!(
-            "{:.1}x plain client, {:.2} of sandbox capacity, {} reports, start took {}",
+            "{:.1}x plain client, {:.2} of sandbox capacity",
             r / plain_rate,
             r / capacity,
+        ),
+    );
+    row(
+        "  of which: start, reports, mean report request",
+        ms(started),
+        &format!(
+            "{} reports, {} mean request",
             sb.reports().len() - reports_before,
-            ms(started)
+            ms(Duration::from_secs_f64(histogram_mean(
+                &metrics,
+                "statusd_delivery_request_duration_seconds"
+            )))
         ),
     );
     running.shutdown().await;
