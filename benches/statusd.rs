@@ -524,6 +524,53 @@ async fn delivery_at(dir: &Path, latency_ms: u64) {
             q.enqueue(chunk.to_vec()).await.unwrap();
         }
     }
+    if latency_ms == 0 {
+        // The store alone: take and acknowledge every batch with 8 concurrent lanes, no HTTP.
+        let copy = dir.join("store-only");
+        let _ = std::fs::remove_dir_all(&copy);
+        let q = Queue::open(&copy, StoreOptions::default()).unwrap();
+        let all: Vec<NewEvent> = (0..20_000).map(|i| ev(tenants[i % 200], i)).collect();
+        for chunk in all.chunks(1000) {
+            q.enqueue(chunk.to_vec()).await.unwrap();
+        }
+        let t = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for lane in 0..8 {
+            let q = q.clone();
+            let mine: Vec<Uuid> = tenants.iter().skip(lane).step_by(8).copied().collect();
+            set.spawn(async move {
+                let (mut take, mut ack) = (Duration::ZERO, Duration::ZERO);
+                for tenant in mine {
+                    loop {
+                        let t0 = Instant::now();
+                        let Take::Ready(batch) = q.take_batch(&tenant, 100).unwrap() else {
+                            break;
+                        };
+                        let t1 = Instant::now();
+                        q.ack_delivered(&batch).await.unwrap();
+                        take += t1 - t0;
+                        ack += t1.elapsed();
+                    }
+                }
+                (take, ack)
+            });
+        }
+        let (mut take, mut ack) = (Duration::ZERO, Duration::ZERO);
+        while let Some(r) = set.join_next().await {
+            let (a, b) = r.unwrap();
+            take += a;
+            ack += b;
+        }
+        rate(
+            "reference: the store alone, take + ack, 8 lanes, no HTTP",
+            20_000.0 / t.elapsed().as_secs_f64(),
+            &format!(
+                "mean take {} ack {} per 100-event batch",
+                ms(take / 200),
+                ms(ack / 200)
+            ),
+        );
+    }
     let s = settings(&sb.url, &sb.client_id, &sb.client_secret, &store);
     let reports_before = sb.reports().len();
     let t = Instant::now();

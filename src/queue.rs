@@ -8,7 +8,10 @@
 //! - An event and every index pointing at it are written in one atomic sled batch, under one
 //!   writer lock, so a crash never leaves an event that is stored but not dispatchable.
 //! - Per tenant, events leave in acceptance order; a tenant has at most one batch in flight.
-//! - On open, anything that was in flight goes back to `queued`, keeping its place.
+//! - Being in flight is kept in memory: taking a batch writes nothing, and after a crash every
+//!   event that was in flight is simply `queued` again in its place (its pending key stays until
+//!   it is settled). Stores of earlier versions may hold `f` (in-flight) keys; they are removed
+//!   on open.
 //!
 //! Layout (one sled tree, one-byte key prefixes, big-endian integers so keys sort by arrival):
 //!
@@ -17,9 +20,9 @@
 //! | `e` | event uuid | event record (JSON) |
 //! | `p` | tenant uuid + seq | event uuid (pending: queued or in flight) |
 //! | `o` | seq | event uuid (all pending, oldest first) |
-//! | `f` | event uuid | tenant + seq (in flight) |
 //! | `d` | event uuid | (dead letters) |
 //! | `c` | delivered ms + event uuid | (delivered, for compaction) |
+//! | `x` | event uuid | delivered ms + attempts (the record itself is not rewritten) |
 //! | `i` | idempotency key | event uuid + accepted ms |
 //! | `j` | accepted ms + idempotency key | (expiry index) |
 //! | `t` | tenant uuid | tenant state (JSON) |
@@ -28,7 +31,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -275,7 +278,9 @@ struct Core {
     tree: sled::Tree,
     writer: Mutex<Counters>,
     in_flight_tenants: Mutex<HashSet<TenantId>>,
-    in_flight_events: AtomicUsize,
+    /// Events taken and not yet settled. Being in flight is kept in memory only: after a crash
+    /// the pending keys (never removed while in flight) put every such event back in order.
+    in_flight_ids: Mutex<HashSet<Uuid>>,
     flushes: AtomicU64,
     flush_waiters: AtomicU64,
     woken: Mutex<HashSet<TenantId>>,
@@ -329,12 +334,20 @@ fn order_key(seq: u64) -> Vec<u8> {
     key(b'o', &[&seq.to_be_bytes()])
 }
 
-fn flight_key(id: &Uuid) -> Vec<u8> {
-    key(b'f', &[id.as_bytes()])
-}
-
 fn dead_key(id: &Uuid) -> Vec<u8> {
     key(b'd', &[id.as_bytes()])
+}
+
+/// `x` + id: when an event was delivered and after how many attempts (a small value, so an
+/// acknowledgement does not rewrite the event's record).
+fn delivered_marker_key(id: &Uuid) -> Vec<u8> {
+    key(b'x', &[id.as_bytes()])
+}
+
+fn delivered_marker(at_ms: i64, attempts: u32) -> Vec<u8> {
+    let mut v = at_ms.to_be_bytes().to_vec();
+    v.extend_from_slice(&attempts.to_be_bytes());
+    v
 }
 
 fn delivered_key(at_ms: i64, id: &Uuid) -> Vec<u8> {
@@ -431,7 +444,7 @@ impl Queue {
             tree,
             writer: Mutex::new(counters),
             in_flight_tenants: Mutex::new(HashSet::new()),
-            in_flight_events: AtomicUsize::new(0),
+            in_flight_ids: Mutex::new(HashSet::new()),
             flushes: AtomicU64::new(0),
             flush_waiters: AtomicU64::new(0),
             woken: Mutex::new(HashSet::new()),
@@ -532,9 +545,24 @@ impl Queue {
         let Some(mut rec) = self.get_event_raw(id)? else {
             return Ok(None);
         };
-        // Being in flight is recorded by the flight key alone, so taking a batch does not
-        // rewrite every record.
-        if rec.state == EventState::Queued && self.inner.tree.contains_key(flight_key(id))? {
+        // Delivery is recorded by a small marker and being in flight in memory, so neither
+        // taking nor acknowledging a batch rewrites the records.
+        if let Some(v) = self.inner.tree.get(delivered_marker_key(id))? {
+            if v.len() != 12 {
+                return Err(StoreError::Corrupt(format!("bad delivery marker of {id}")));
+            }
+            rec.state = EventState::Delivered;
+            rec.delivered_at_ms = Some(i64::from_be_bytes(v[..8].try_into().expect("8 bytes")));
+            rec.attempts = u32::from_be_bytes(v[8..].try_into().expect("4 bytes"));
+            rec.next_attempt_at_ms = None;
+        } else if rec.state == EventState::Queued
+            && self
+                .inner
+                .in_flight_ids
+                .lock()
+                .expect("in-flight lock")
+                .contains(id)
+        {
             rec.state = EventState::InFlight;
         }
         Ok(Some(rec))
@@ -643,17 +671,12 @@ impl Queue {
         if events.is_empty() {
             return Ok(Take::Empty);
         }
-        let _w = self.inner.writer.lock().expect("writer lock");
-        let mut batch = sled::Batch::default();
+        let mut ids = self.inner.in_flight_ids.lock().expect("in-flight lock");
         for rec in &mut events {
-            // The flight key marks the state; the stored record is left as it is.
             rec.state = EventState::InFlight;
-            batch.insert(flight_key(&rec.id), pending_key(tenant, rec.seq));
+            ids.insert(rec.id);
         }
-        self.inner.tree.apply_batch(batch)?;
-        self.inner
-            .in_flight_events
-            .fetch_add(events.len(), Ordering::Relaxed);
+        drop(ids);
         Ok(Take::Ready(Batch {
             tenant_id: *tenant,
             events,
@@ -666,9 +689,10 @@ impl Queue {
             .lock()
             .expect("in-flight lock")
             .remove(&batch.tenant_id);
-        self.inner
-            .in_flight_events
-            .fetch_sub(batch.events.len(), Ordering::Relaxed);
+        let mut ids = self.inner.in_flight_ids.lock().expect("in-flight lock");
+        for rec in &batch.events {
+            ids.remove(&rec.id);
+        }
     }
 
     /// The batch reached the platform. Durable before it returns, so a crash after this never
@@ -680,20 +704,17 @@ impl Queue {
             let mut b = sled::Batch::default();
             let mut reported = None;
             for rec in &batch.events {
-                let mut rec = rec.clone();
-                rec.state = EventState::Delivered;
-                rec.delivered_at_ms = Some(now);
-                rec.next_attempt_at_ms = None;
-                rec.attempts += 1;
                 match rec.kind {
                     EventKind::Activation => reported = Some(IntegrationState::Active),
                     EventKind::Deactivation => reported = Some(IntegrationState::Inactive),
                     EventKind::Custom => {}
                 }
-                b.insert(event_key(&rec.id), to_json(&rec));
                 b.remove(pending_key(&batch.tenant_id, rec.seq));
                 b.remove(order_key(rec.seq));
-                b.remove(flight_key(&rec.id));
+                b.insert(
+                    delivered_marker_key(&rec.id),
+                    delivered_marker(now, rec.attempts + 1),
+                );
                 b.insert(delivered_key(now, &rec.id), &[]);
             }
             if let Some(state) = reported {
@@ -731,7 +752,6 @@ impl Queue {
                 rec.last_error = Some(error.to_string());
                 rec.next_attempt_at_ms = Some(next_attempt_at_ms);
                 b.insert(event_key(&rec.id), to_json(&rec));
-                b.remove(flight_key(&rec.id));
             }
             self.inner.tree.apply_batch(b)?;
         }
@@ -741,14 +761,7 @@ impl Queue {
 
     /// Give the batch back untouched (shutdown before it was sent, or a send abandoned).
     pub fn return_batch(&self, batch: &Batch) -> Result<(), StoreError> {
-        {
-            let _w = self.inner.writer.lock().expect("writer lock");
-            let mut b = sled::Batch::default();
-            for rec in &batch.events {
-                b.remove(flight_key(&rec.id));
-            }
-            self.inner.tree.apply_batch(b)?;
-        }
+        // Nothing was written when it was taken, so nothing is undone.
         self.release(batch);
         Ok(())
     }
@@ -768,7 +781,6 @@ impl Queue {
                 b.insert(event_key(&rec.id), to_json(&rec));
                 b.remove(pending_key(&batch.tenant_id, rec.seq));
                 b.remove(order_key(rec.seq));
-                b.remove(flight_key(&rec.id));
                 b.insert(dead_key(&rec.id), &[]);
             }
             let n = batch.events.len() as u64;
@@ -906,6 +918,7 @@ impl Queue {
             for k in &keys {
                 let id = uuid_from(&k[9..])?;
                 b.remove(event_key(&id));
+                b.remove(delivered_marker_key(&id));
                 b.remove(k.clone());
             }
             self.inner.tree.apply_batch(b)?;
@@ -950,7 +963,12 @@ impl Queue {
             .map(|rec| rec.accepted_at_ms);
         QueueStats {
             depth,
-            in_flight: self.inner.in_flight_events.load(Ordering::Relaxed) as u64,
+            in_flight: self
+                .inner
+                .in_flight_ids
+                .lock()
+                .expect("in-flight lock")
+                .len() as u64,
             dead_letters: dead,
             oldest_pending_accepted_ms: oldest,
         }

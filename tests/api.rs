@@ -209,6 +209,9 @@ async fn intake_lookups_idempotency_and_tenant_state() {
         .await
         .unwrap();
     assert_eq!(ev["status"], "delivered");
+    assert_eq!(ev["attempts"], 1);
+    assert!(ev["delivered_at"].is_string(), "{ev}");
+    assert!(ev["next_attempt_at"].is_null(), "{ev}");
     assert_eq!(ev["category"], "activation");
     assert_eq!(ev["action"], "activated integration");
     let tenant: Value = h
