@@ -267,6 +267,15 @@ enum Job {
     Sync(FlushWaiter),
     /// Write these events (all or none), flush, then answer.
     Enqueue(Vec<NewEvent>, EnqueueReply),
+    /// Record a delivered batch, flush, then answer.
+    Ack(AckJob, oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// What the committer needs of a delivered batch.
+struct AckJob {
+    tenant: TenantId,
+    /// seq, id, kind and attempts before this delivery, of each event.
+    items: Vec<(u64, Uuid, EventKind, u32)>,
 }
 
 /// A group stops growing at this many events, so one slow group cannot hold many callers.
@@ -698,41 +707,22 @@ impl Queue {
     /// The batch reached the platform. Durable before it returns, so a crash after this never
     /// re-sends it.
     pub async fn ack_delivered(&self, batch: &Batch) -> Result<(), StoreError> {
-        let now = now_ms();
-        {
-            let mut w = self.inner.writer.lock().expect("writer lock");
-            let mut b = sled::Batch::default();
-            let mut reported = None;
-            for rec in &batch.events {
-                match rec.kind {
-                    EventKind::Activation => reported = Some(IntegrationState::Active),
-                    EventKind::Deactivation => reported = Some(IntegrationState::Inactive),
-                    EventKind::Custom => {}
-                }
-                b.remove(pending_key(&batch.tenant_id, rec.seq));
-                b.remove(order_key(rec.seq));
-                b.insert(
-                    delivered_marker_key(&rec.id),
-                    delivered_marker(now, rec.attempts + 1),
-                );
-                b.insert(delivered_key(now, &rec.id), &[]);
-            }
-            if let Some(state) = reported {
-                let mut t = self.tenant_state(&batch.tenant_id)?.unwrap_or(TenantState {
-                    tenant_id: batch.tenant_id,
-                    ..Default::default()
-                });
-                t.last_reported = Some(state);
-                t.last_reported_at_ms = Some(now);
-                b.insert(tenant_key(&batch.tenant_id), to_json(&t));
-            }
-            let depth = w.depth.saturating_sub(batch.events.len() as u64);
-            b.insert(meta_key("depth"), &depth.to_be_bytes());
-            self.inner.tree.apply_batch(b)?;
-            w.depth = depth;
-        }
+        let job = AckJob {
+            tenant: batch.tenant_id,
+            items: batch
+                .events
+                .iter()
+                .map(|e| (e.seq, e.id, e.kind, e.attempts))
+                .collect(),
+        };
+        let (tx, rx) = oneshot::channel();
+        let result = match self.send(Job::Ack(job, tx)) {
+            Ok(()) => rx.await.map_err(|_| StoreError::Closed).and_then(|r| r),
+            Err(e) => Err(e),
+        };
+        // Released only now: the tenant's next batch must not see these events again.
         self.release(batch);
-        self.sync().await
+        result
     }
 
     /// The report failed and will be retried at `next_attempt_at_ms`. The events keep their place.
@@ -1092,6 +1082,7 @@ impl Core {
     fn write_group(
         &self,
         requests: Vec<Vec<NewEvent>>,
+        acks: &[AckJob],
     ) -> Result<(Vec<Vec<Enqueued>>, Vec<TenantId>), StoreError> {
         let now = now_ms();
         let mut outcomes = Vec::with_capacity(requests.len());
@@ -1149,21 +1140,7 @@ impl Core {
                     EventKind::Custom => None,
                 };
                 if let Some(intended) = intended {
-                    let pos = tenant_updates
-                        .iter()
-                        .position(|t| t.tenant_id == ev.tenant_id);
-                    let state = match pos {
-                        Some(i) => &mut tenant_updates[i],
-                        None => {
-                            let current =
-                                self.tenant_state(&ev.tenant_id)?.unwrap_or(TenantState {
-                                    tenant_id: ev.tenant_id,
-                                    ..Default::default()
-                                });
-                            tenant_updates.push(current);
-                            tenant_updates.last_mut().expect("just pushed")
-                        }
-                    };
+                    let state = self.tenant_entry(&mut tenant_updates, ev.tenant_id)?;
                     state.intended = Some(intended);
                     state.intended_at_ms = Some(now);
                 }
@@ -1175,22 +1152,67 @@ impl Core {
             }
             outcomes.push(outs);
         }
-        if added == 0 {
+        let mut removed = 0u64;
+        for ack in acks {
+            let mut reported = None;
+            for (seq, id, kind, attempts) in &ack.items {
+                match kind {
+                    EventKind::Activation => reported = Some(IntegrationState::Active),
+                    EventKind::Deactivation => reported = Some(IntegrationState::Inactive),
+                    EventKind::Custom => {}
+                }
+                batch.remove(pending_key(&ack.tenant, *seq));
+                batch.remove(order_key(*seq));
+                batch.insert(
+                    delivered_marker_key(id),
+                    delivered_marker(now, attempts + 1),
+                );
+                batch.insert(delivered_key(now, id), &[]);
+            }
+            removed += ack.items.len() as u64;
+            if let Some(state) = reported {
+                let t = self.tenant_entry(&mut tenant_updates, ack.tenant)?;
+                t.last_reported = Some(state);
+                t.last_reported_at_ms = Some(now);
+            }
+        }
+        if added == 0 && removed == 0 {
             return Ok((outcomes, tenants_touched));
         }
         for t in &tenant_updates {
             batch.insert(tenant_key(&t.tenant_id), to_json(t));
         }
+        let depth = (w.depth + added).saturating_sub(removed);
         batch.insert(meta_key("seq"), &seq.to_be_bytes());
-        batch.insert(meta_key("depth"), &(w.depth + added).to_be_bytes());
+        batch.insert(meta_key("depth"), &depth.to_be_bytes());
         self.tree.apply_batch(batch)?;
         w.seq = seq;
-        w.depth += added;
+        w.depth = depth;
         Ok((outcomes, tenants_touched))
+    }
+
+    /// The group's pending update of a tenant's state, loaded from the store the first time.
+    fn tenant_entry<'a>(
+        &self,
+        updates: &'a mut Vec<TenantState>,
+        tenant: TenantId,
+    ) -> Result<&'a mut TenantState, StoreError> {
+        let pos = match updates.iter().position(|t| t.tenant_id == tenant) {
+            Some(i) => i,
+            None => {
+                let current = self.tenant_state(&tenant)?.unwrap_or(TenantState {
+                    tenant_id: tenant,
+                    ..Default::default()
+                });
+                updates.push(current);
+                updates.len() - 1
+            }
+        };
+        Ok(&mut updates[pos])
     }
 }
 
-/// The committer: takes every job waiting, writes the enqueues of the group as one batch,
+/// The committer: takes every job waiting, writes the enqueues and acks of the group as one batch,
 /// flushes once, then answers everyone (group commit). Tenants are woken for delivery only
 /// after their events are durable.
 fn committer(core: Arc<Core>, rx: mpsc::Receiver<Job>) {
@@ -1198,6 +1220,8 @@ fn committer(core: Arc<Core>, rx: mpsc::Receiver<Job>) {
         let mut syncs = Vec::new();
         let mut requests = Vec::new();
         let mut replies = Vec::new();
+        let mut acks = Vec::new();
+        let mut ack_replies = Vec::new();
         let mut events = 0;
         let mut next = Some(first);
         while let Some(job) = next.take() {
@@ -1208,39 +1232,60 @@ fn committer(core: Arc<Core>, rx: mpsc::Receiver<Job>) {
                     requests.push(evs);
                     replies.push(reply);
                 }
+                Job::Ack(ack, reply) => {
+                    events += ack.items.len();
+                    acks.push(ack);
+                    ack_replies.push(reply);
+                }
             }
             if events < MAX_GROUP_EVENTS {
                 next = rx.try_recv().ok();
             }
         }
-        let written = if requests.is_empty() {
+        let written = if requests.is_empty() && acks.is_empty() {
             Ok((Vec::new(), Vec::new()))
         } else {
-            core.write_group(requests)
+            core.write_group(requests, &acks)
         };
         let flushed = core.db.flush().map(|_| ()).map_err(|e| e.to_string());
         if let Err(e) = &flushed {
             tracing::error!(message = "store flush failed", error = %e);
         }
         core.flushes.fetch_add(1, Ordering::Relaxed);
-        core.flush_waiters
-            .fetch_add((syncs.len() + replies.len()) as u64, Ordering::Relaxed);
-        match (written, &flushed) {
-            (Ok((outcomes, touched)), Ok(())) => {
+        core.flush_waiters.fetch_add(
+            (syncs.len() + replies.len() + ack_replies.len()) as u64,
+            Ordering::Relaxed,
+        );
+        // On failure every caller of the group gets the error: a flush error, or the write's.
+        let failure = match (&written, &flushed) {
+            (Ok(_), Ok(())) => None,
+            (Ok(_), Err(e)) => Some((true, e.clone())),
+            (Err(e), _) => Some((false, e.to_string())),
+        };
+        let error = |(flush, message): &(bool, String)| {
+            if *flush {
+                StoreError::Flush(message.clone())
+            } else {
+                StoreError::Write(message.clone())
+            }
+        };
+        match (written, failure) {
+            (Ok((outcomes, touched)), None) => {
                 core.wake_tenants(touched);
                 for (reply, out) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(out));
                 }
-            }
-            (Ok(_), Err(e)) => {
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Flush(e.clone())));
+                for reply in ack_replies {
+                    let _ = reply.send(Ok(()));
                 }
             }
-            (Err(e), _) => {
-                let message = e.to_string();
+            (_, failure) => {
+                let failure = failure.unwrap_or((false, "unknown".into()));
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::Write(message.clone())));
+                    let _ = reply.send(Err(error(&failure)));
+                }
+                for reply in ack_replies {
+                    let _ = reply.send(Err(error(&failure)));
                 }
             }
         }
