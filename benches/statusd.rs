@@ -58,6 +58,7 @@ fn fsync_rate(dir: &Path, n: usize) -> f64 {
 }
 
 fn sled_rate(dir: &Path, n: usize) -> f64 {
+    let _ = std::fs::remove_dir_all(dir.join("plain-sled"));
     let db = sled::Config::new()
         .path(dir.join("plain-sled"))
         .cache_capacity(64 << 20)
@@ -366,6 +367,7 @@ async fn intake(dir: &Path) {
     );
     let plain = sled_rate(dir, 2000);
     rate("reference: plain sled insert + flush per event", plain, "");
+    let _ = std::fs::remove_dir_all(dir.join("queue"));
     let q = Queue::open(&dir.join("queue"), StoreOptions::default()).unwrap();
     let (one, f1) = enqueue_rate(&q, 1, 2000).await;
     rate(
@@ -393,6 +395,7 @@ async fn ingest(dir: &Path) {
         fsync,
         "",
     );
+    let _ = std::fs::remove_dir_all(dir.join("ingest"));
     let s = settings("http://127.0.0.1:9", "bench", "bench", &dir.join("ingest"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let running = statusd::app::start(s, Some(listener), false).await.unwrap();

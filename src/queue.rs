@@ -300,7 +300,9 @@ struct Core {
 struct Inner {
     core: Arc<Core>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The committer, then the flusher: joined in this order (the committer's end stops the
+    /// flusher).
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl std::ops::Deref for Inner {
@@ -313,7 +315,7 @@ impl std::ops::Deref for Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.jobs.lock().expect("job sender lock").take();
-        if let Some(handle) = self.committer.lock().expect("committer lock").take() {
+        for handle in self.threads.lock().expect("threads lock").drain(..) {
             let _ = handle.join();
         }
         let _ = self.core.db.flush();
@@ -461,18 +463,29 @@ impl Queue {
             options,
         });
         let (jobs, rx) = mpsc::channel::<Job>();
-        let thread = {
-            let core = core.clone();
+        let (to_flusher, flush_rx) = mpsc::channel::<Written>();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
-                .name("statusd-commit".into())
-                .spawn(move || committer(core, rx))
-                .map_err(|e| StoreError::Flush(e.to_string()))?
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| StoreError::Flush(format!("cannot start the {name} thread: {e}")))
+        };
+        let flush_thread = {
+            let core = core.clone();
+            spawn("statusd-flush", Box::new(move || flusher(core, flush_rx)))?
+        };
+        let commit_thread = {
+            let core = core.clone();
+            spawn(
+                "statusd-commit",
+                Box::new(move || committer(core, rx, to_flusher)),
+            )?
         };
         let queue = Queue {
             inner: Arc::new(Inner {
                 core,
                 jobs: Mutex::new(Some(jobs)),
-                committer: Mutex::new(Some(thread)),
+                threads: Mutex::new(vec![commit_thread, flush_thread]),
             }),
         };
         queue.recover_in_flight()?;
@@ -1212,10 +1225,61 @@ impl Core {
     }
 }
 
-/// The committer: takes every job waiting, writes the enqueues and acks of the group as one batch,
-/// flushes once, then answers everyone (group commit). Tenants are woken for delivery only
-/// after their events are durable.
-fn committer(core: Arc<Core>, rx: mpsc::Receiver<Job>) {
+/// A written group on its way to the flusher, with everyone waiting for it.
+struct Written {
+    syncs: Vec<FlushWaiter>,
+    replies: Vec<EnqueueReply>,
+    ack_replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    /// Each enqueue's outcomes and the tenants that got events, or why the write failed.
+    result: Result<(Vec<Vec<Enqueued>>, Vec<TenantId>), String>,
+}
+
+impl Written {
+    /// Answer everyone once the flush that covers the group has ended.
+    fn settle(self, core: &Core, flushed: &Result<(), String>) {
+        let error = |flush: bool, message: &str| {
+            if flush {
+                StoreError::Flush(message.to_string())
+            } else {
+                StoreError::Write(message.to_string())
+            }
+        };
+        match (self.result, flushed) {
+            (Ok((outcomes, touched)), Ok(())) => {
+                core.wake_tenants(touched);
+                for (reply, out) in self.replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(out));
+                }
+                for reply in self.ack_replies {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            (result, flushed) => {
+                // Every caller of the group gets the error: the write's, or the flush's.
+                let (flush, message) = match (result, flushed) {
+                    (Err(e), _) => (false, e),
+                    (Ok(_), Err(e)) => (true, e.clone()),
+                    (Ok(_), Ok(())) => unreachable!("handled above"),
+                };
+                for reply in self.replies {
+                    let _ = reply.send(Err(error(flush, &message)));
+                }
+                for reply in self.ack_replies {
+                    let _ = reply.send(Err(error(flush, &message)));
+                }
+            }
+        }
+        for w in self.syncs {
+            let _ = w.send(flushed.clone());
+        }
+    }
+}
+
+/// The committer: takes every job waiting, writes the enqueues and acks of the group as one
+/// sled batch, and hands the group to the flusher. While the flusher makes one group durable,
+/// the committer writes the next (a two-stage group commit). Nobody is answered before the
+/// flush that covers their writes has ended, and tenants are woken for delivery only then.
+fn committer(core: Arc<Core>, rx: mpsc::Receiver<Job>, to_flusher: mpsc::Sender<Written>) {
     while let Ok(first) = rx.recv() {
         let mut syncs = Vec::new();
         let mut requests = Vec::new();
@@ -1242,55 +1306,45 @@ fn committer(core: Arc<Core>, rx: mpsc::Receiver<Job>) {
                 next = rx.try_recv().ok();
             }
         }
-        let written = if requests.is_empty() && acks.is_empty() {
+        let result = if requests.is_empty() && acks.is_empty() {
             Ok((Vec::new(), Vec::new()))
         } else {
-            core.write_group(requests, &acks)
+            core.write_group(requests, &acks).map_err(|e| e.to_string())
         };
+        let written = Written {
+            syncs,
+            replies,
+            ack_replies,
+            result,
+        };
+        if let Err(mpsc::SendError(w)) = to_flusher.send(written) {
+            // The flusher is gone (it cannot be while the committer runs); answer with an error
+            // rather than leave callers waiting.
+            w.settle(&core, &Err("the store flusher stopped".into()));
+        }
+    }
+}
+
+/// The flusher: one sled flush for every group written since the last one, then the answers.
+fn flusher(core: Arc<Core>, rx: mpsc::Receiver<Written>) {
+    while let Ok(first) = rx.recv() {
+        let mut groups = vec![first];
+        while let Ok(g) = rx.try_recv() {
+            groups.push(g);
+        }
         let flushed = core.db.flush().map(|_| ()).map_err(|e| e.to_string());
         if let Err(e) = &flushed {
             tracing::error!(message = "store flush failed", error = %e);
         }
         core.flushes.fetch_add(1, Ordering::Relaxed);
-        core.flush_waiters.fetch_add(
-            (syncs.len() + replies.len() + ack_replies.len()) as u64,
-            Ordering::Relaxed,
-        );
-        // On failure every caller of the group gets the error: a flush error, or the write's.
-        let failure = match (&written, &flushed) {
-            (Ok(_), Ok(())) => None,
-            (Ok(_), Err(e)) => Some((true, e.clone())),
-            (Err(e), _) => Some((false, e.to_string())),
-        };
-        let error = |(flush, message): &(bool, String)| {
-            if *flush {
-                StoreError::Flush(message.clone())
-            } else {
-                StoreError::Write(message.clone())
-            }
-        };
-        match (written, failure) {
-            (Ok((outcomes, touched)), None) => {
-                core.wake_tenants(touched);
-                for (reply, out) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(out));
-                }
-                for reply in ack_replies {
-                    let _ = reply.send(Ok(()));
-                }
-            }
-            (_, failure) => {
-                let failure = failure.unwrap_or((false, "unknown".into()));
-                for reply in replies {
-                    let _ = reply.send(Err(error(&failure)));
-                }
-                for reply in ack_replies {
-                    let _ = reply.send(Err(error(&failure)));
-                }
-            }
-        }
-        for w in syncs {
-            let _ = w.send(flushed.clone());
+        let waiters: usize = groups
+            .iter()
+            .map(|g| g.syncs.len() + g.replies.len() + g.ack_replies.len())
+            .sum();
+        core.flush_waiters
+            .fetch_add(waiters as u64, Ordering::Relaxed);
+        for g in groups {
+            g.settle(&core, &flushed);
         }
     }
 }
