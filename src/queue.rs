@@ -10,8 +10,7 @@
 //! - Per tenant, events leave in acceptance order; a tenant has at most one batch in flight.
 //! - Being in flight is kept in memory: taking a batch writes nothing, and after a crash every
 //!   event that was in flight is simply `queued` again in its place (its pending key stays until
-//!   it is settled). Stores of earlier versions may hold `f` (in-flight) keys; they are removed
-//!   on open.
+//!   it is settled). Stores of layout 1 (with `o` and `f` keys) are migrated on open.
 //!
 //! Layout (one sled tree, one-byte key prefixes, big-endian integers so keys sort by arrival):
 //!
@@ -19,7 +18,6 @@
 //! |---|---|---|
 //! | `e` | event uuid | event record (JSON) |
 //! | `p` | tenant uuid + seq | event uuid (pending: queued or in flight) |
-//! | `o` | seq | event uuid (all pending, oldest first) |
 //! | `d` | event uuid | (dead letters) |
 //! | `c` | delivered ms + event uuid | (delivered, for compaction) |
 //! | `x` | event uuid | delivered ms + attempts (the record itself is not rewritten) |
@@ -42,7 +40,9 @@ use uuid::Uuid;
 pub type TenantId = Uuid;
 
 /// The layout version written by this build; opening a store with a newer one is refused.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Layout version. 2: no `o` (order) or `f` (in-flight) keys; version 1 stores are migrated
+/// on open.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// How long idempotency keys are remembered at least.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -256,6 +256,41 @@ struct Counters {
     seq: u64,
     depth: u64,
     dead: u64,
+    heads: Heads,
+}
+
+/// The oldest pending event of each tenant with pending events, kept in memory (built on open
+/// from the pending keys) so the oldest pending event overall is found without an index that
+/// every enqueue and acknowledgement would have to write.
+#[derive(Default)]
+struct Heads {
+    by_seq: std::collections::BTreeSet<(u64, TenantId)>,
+    by_tenant: std::collections::HashMap<TenantId, u64>,
+}
+
+impl Heads {
+    /// A tenant got a pending event with `seq`; it is the head if the tenant had none.
+    fn add(&mut self, tenant: TenantId, seq: u64) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.by_tenant.entry(tenant) {
+            e.insert(seq);
+            self.by_seq.insert((seq, tenant));
+        }
+    }
+
+    /// The tenant's head is now `seq` (None: no pending events left).
+    fn set(&mut self, tenant: TenantId, seq: Option<u64>) {
+        if let Some(old) = self.by_tenant.remove(&tenant) {
+            self.by_seq.remove(&(old, tenant));
+        }
+        if let Some(seq) = seq {
+            self.by_tenant.insert(tenant, seq);
+            self.by_seq.insert((seq, tenant));
+        }
+    }
+
+    fn oldest(&self) -> Option<(u64, TenantId)> {
+        self.by_seq.first().copied()
+    }
 }
 
 type FlushWaiter = oneshot::Sender<Result<(), String>>;
@@ -341,10 +376,6 @@ fn pending_key(tenant: &TenantId, seq: u64) -> Vec<u8> {
     key(b'p', &[tenant.as_bytes(), &seq.to_be_bytes()])
 }
 
-fn order_key(seq: u64) -> Vec<u8> {
-    key(b'o', &[&seq.to_be_bytes()])
-}
-
 fn dead_key(id: &Uuid) -> Vec<u8> {
     key(b'd', &[id.as_bytes()])
 }
@@ -405,6 +436,79 @@ fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// Remove the indexes of layout 1 (`o` order keys, `f` in-flight keys), in chunks. Records
+/// that layout 1 marked `in_flight` (taken when the process stopped) become `queued` again;
+/// their pending keys kept their place.
+fn migrate_to_2(tree: &sled::Tree) -> Result<(), StoreError> {
+    let mut requeued = sled::Batch::default();
+    for item in tree.scan_prefix([b'f']) {
+        let (k, _) = item?;
+        let id = uuid_from(&k[1..])?;
+        if let Some(v) = tree.get(event_key(&id))? {
+            let mut rec: EventRecord = from_json(&v)?;
+            if rec.state == EventState::InFlight {
+                rec.state = EventState::Queued;
+                requeued.insert(event_key(&id), to_json(&rec));
+            }
+        }
+    }
+    tree.apply_batch(requeued)?;
+    for prefix in [b'o', b'f'] {
+        loop {
+            let keys: Vec<sled::IVec> = tree
+                .scan_prefix([prefix])
+                .keys()
+                .take(10_000)
+                .collect::<Result<_, _>>()?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut b = sled::Batch::default();
+            for k in keys {
+                b.remove(k);
+            }
+            tree.apply_batch(b)?;
+        }
+    }
+    Ok(())
+}
+
+/// The first pending key of each tenant: one seek per tenant with pending events.
+fn read_heads(tree: &sled::Tree) -> Result<Heads, StoreError> {
+    let mut heads = Heads::default();
+    let mut from = vec![b'p'];
+    loop {
+        let mut range = tree.range(from.clone()..vec![b'q']);
+        let Some(item) = range.next() else { break };
+        let (k, _) = item?;
+        let (tenant, seq) = parse_pending_key(&k)?;
+        heads.add(tenant, seq);
+        let mut next = key(b'p', &[tenant.as_bytes()]);
+        next.extend_from_slice(&[0xff; 9]);
+        from = next;
+    }
+    Ok(heads)
+}
+
+fn parse_pending_key(k: &[u8]) -> Result<(TenantId, u64), StoreError> {
+    if k.len() != 25 {
+        return Err(StoreError::Corrupt("bad pending key".into()));
+    }
+    Ok((uuid_from(&k[1..17])?, u64_from(&k[17..25])?))
+}
+
+/// The seq of the tenant's first pending event, if any.
+fn first_pending(tree: &sled::Tree, tenant: &TenantId) -> Result<Option<u64>, StoreError> {
+    match tree
+        .scan_prefix(key(b'p', &[tenant.as_bytes()]))
+        .keys()
+        .next()
+    {
+        Some(k) => Ok(Some(parse_pending_key(&k?)?.1)),
+        None => Ok(None),
+    }
+}
+
 impl Queue {
     /// Open (or create) the store at `path`, recover in-flight events, and start the flusher.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Queue, StoreError> {
@@ -439,12 +543,23 @@ impl Queue {
                     found,
                 })
             }
+            Some(found) if found < SCHEMA_VERSION => {
+                migrate_to_2(&tree)?;
+                tree.insert(meta_key("schema"), &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+                tracing::info!(
+                    message = "store migrated",
+                    from = found,
+                    to = SCHEMA_VERSION
+                );
+            }
             Some(_) => {}
             None => {
                 tree.insert(meta_key("schema"), &SCHEMA_VERSION.to_be_bytes())?;
             }
         }
         let counters = Counters {
+            heads: read_heads(&tree)?,
             seq: read_u64("seq")?.unwrap_or(0),
             depth: read_u64("depth")?.unwrap_or(0),
             dead: read_u64("dead")?.unwrap_or(0),
@@ -488,36 +603,7 @@ impl Queue {
                 threads: Mutex::new(vec![commit_thread, flush_thread]),
             }),
         };
-        queue.recover_in_flight()?;
         Ok(queue)
-    }
-
-    /// Anything in flight when the process stopped goes back to queued: its flight key is
-    /// removed. Its pending key was never removed, so it keeps its place in the tenant's order.
-    /// (Stores written before flight keys alone marked the state may hold records that say
-    /// `in_flight`; those are rewritten.)
-    fn recover_in_flight(&self) -> Result<(), StoreError> {
-        let _w = self.inner.writer.lock().expect("writer lock");
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for item in self.inner.tree.scan_prefix([b'f']) {
-            let (k, _) = item?;
-            let id = uuid_from(&k[1..])?;
-            if let Some(mut rec) = self.get_event_raw(&id)? {
-                if rec.state == EventState::InFlight {
-                    rec.state = EventState::Queued;
-                    batch.insert(event_key(&id), to_json(&rec));
-                }
-            }
-            batch.remove(k);
-            n += 1;
-        }
-        if n > 0 {
-            self.inner.tree.apply_batch(batch)?;
-            self.inner.db.flush()?;
-            tracing::info!(message = "recovered in-flight events to queued", count = n);
-        }
-        Ok(())
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
@@ -592,22 +678,9 @@ impl Queue {
 
     /// Tenants that have pending events, in key order. Used by the dispatcher at start.
     pub fn pending_tenants(&self) -> Result<Vec<TenantId>, StoreError> {
-        let mut out = Vec::new();
-        let mut from = vec![b'p'];
-        loop {
-            let mut range = self.inner.tree.range(from.clone()..vec![b'q']);
-            let Some(item) = range.next() else { break };
-            let (k, _) = item?;
-            if k.len() != 25 {
-                return Err(StoreError::Corrupt("bad pending key".into()));
-            }
-            let tenant = uuid_from(&k[1..17])?;
-            out.push(tenant);
-            // Skip past this tenant's keys.
-            let mut next = key(b'p', &[tenant.as_bytes()]);
-            next.extend_from_slice(&[0xff; 9]);
-            from = next;
-        }
+        let w = self.inner.writer.lock().expect("writer lock");
+        let mut out: Vec<TenantId> = w.heads.by_tenant.keys().copied().collect();
+        out.sort();
         Ok(out)
     }
 
@@ -783,7 +856,6 @@ impl Queue {
                 rec.next_attempt_at_ms = None;
                 b.insert(event_key(&rec.id), to_json(&rec));
                 b.remove(pending_key(&batch.tenant_id, rec.seq));
-                b.remove(order_key(rec.seq));
                 b.insert(dead_key(&rec.id), &[]);
             }
             let n = batch.events.len() as u64;
@@ -794,6 +866,8 @@ impl Queue {
             self.inner.tree.apply_batch(b)?;
             w.depth = depth;
             w.dead = dead;
+            let head = first_pending(&self.inner.tree, &batch.tenant_id)?;
+            w.heads.set(batch.tenant_id, head);
         }
         self.release(batch);
         self.sync().await
@@ -844,7 +918,6 @@ impl Queue {
         b.insert(event_key(id), to_json(&rec));
         b.remove(dead_key(id));
         b.insert(pending_key(&rec.tenant_id, seq), id.as_bytes().as_slice());
-        b.insert(order_key(seq), id.as_bytes().as_slice());
         let depth = w.depth + 1;
         let dead = w.dead.saturating_sub(1);
         b.insert(meta_key("seq"), &seq.to_be_bytes());
@@ -854,6 +927,7 @@ impl Queue {
         w.seq = seq;
         w.depth = depth;
         w.dead = dead;
+        w.heads.add(rec.tenant_id, seq);
         Ok(Some(rec.tenant_id))
     }
 
@@ -950,17 +1024,18 @@ impl Queue {
     }
 
     pub fn stats(&self) -> QueueStats {
-        let (depth, dead) = {
+        let (depth, dead, head) = {
             let w = self.inner.writer.lock().expect("writer lock");
-            (w.depth, w.dead)
+            (w.depth, w.dead, w.heads.oldest())
         };
-        let oldest = self
-            .inner
-            .tree
-            .scan_prefix([b'o'])
-            .values()
-            .next()
-            .and_then(|v| v.ok())
+        let oldest = head
+            .and_then(|(seq, tenant)| {
+                self.inner
+                    .tree
+                    .get(pending_key(&tenant, seq))
+                    .ok()
+                    .flatten()
+            })
             .and_then(|v| uuid_from(&v).ok())
             .and_then(|id| self.get_event_raw(&id).ok().flatten())
             .map(|rec| rec.accepted_at_ms);
@@ -1067,7 +1142,7 @@ impl Queue {
 
     /// Recount the persisted counters from the indexes (tests and `statusd doctor`-style checks).
     pub fn recount(&self) -> Result<(u64, u64), StoreError> {
-        let depth = self.inner.tree.scan_prefix([b'o']).count() as u64;
+        let depth = self.inner.tree.scan_prefix([b'p']).count() as u64;
         let dead = self.inner.tree.scan_prefix([b'd']).count() as u64;
         Ok((depth, dead))
     }
@@ -1106,6 +1181,7 @@ impl Core {
         let mut tenant_updates: Vec<TenantState> = Vec::new();
         let mut seq = w.seq;
         let mut added = 0u64;
+        let mut new_heads: Vec<(TenantId, u64)> = Vec::new();
         for events in requests {
             let mut outs = Vec::with_capacity(events.len());
             for ev in events {
@@ -1139,7 +1215,7 @@ impl Core {
                 };
                 batch.insert(event_key(&id), to_json(&rec));
                 batch.insert(pending_key(&ev.tenant_id, seq), id.as_bytes().as_slice());
-                batch.insert(order_key(seq), id.as_bytes().as_slice());
+                new_heads.push((ev.tenant_id, seq));
                 if let Some(k) = &ev.idempotency_key {
                     let mut v = id.as_bytes().to_vec();
                     v.extend_from_slice(&now.to_be_bytes());
@@ -1175,7 +1251,6 @@ impl Core {
                     EventKind::Custom => {}
                 }
                 batch.remove(pending_key(&ack.tenant, *seq));
-                batch.remove(order_key(*seq));
                 batch.insert(
                     delivered_marker_key(id),
                     delivered_marker(now, attempts + 1),
@@ -1201,6 +1276,13 @@ impl Core {
         self.tree.apply_batch(batch)?;
         w.seq = seq;
         w.depth = depth;
+        for ack in acks {
+            let head = first_pending(&self.tree, &ack.tenant)?;
+            w.heads.set(ack.tenant, head);
+        }
+        for (tenant, seq) in new_heads {
+            w.heads.add(tenant, seq);
+        }
         Ok((outcomes, tenants_touched))
     }
 

@@ -216,6 +216,20 @@ fn run_case(ops: Vec<Op>) {
             for (t, p) in &model.pending {
                 assert_eq!(queue.pending_count(&ts[*t]), p.len());
             }
+            // The in-memory heads agree with the pending keys.
+            assert_eq!(
+                stats.oldest_pending_accepted_ms.is_some(),
+                model_depth > 0,
+                "oldest pending"
+            );
+            let mut with_pending: Vec<TenantId> = model
+                .pending
+                .iter()
+                .filter(|(_, p)| !p.is_empty())
+                .map(|(t, _)| ts[*t])
+                .collect();
+            with_pending.sort();
+            assert_eq!(queue.pending_tenants().unwrap(), with_pending);
         }
         // Everything the model holds is in the store with the right state.
         let queue = q.as_ref().unwrap();
@@ -376,4 +390,71 @@ async fn newer_schema_is_refused() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("schema version 99"), "{err}");
+}
+
+#[tokio::test]
+async fn layout_1_store_is_migrated_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Uuid::from_u128(7);
+    let ids: Vec<Uuid> = {
+        let q = Queue::open(dir.path(), StoreOptions::default()).unwrap();
+        let out = q
+            .enqueue(
+                (0..3)
+                    .map(|i| NewEvent {
+                        tenant_id: tenant,
+                        kind: EventKind::Custom,
+                        category: "usage".into(),
+                        action: format!("a{i}"),
+                        idempotency_key: None,
+                    })
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        out.iter().map(|o| o.id()).collect()
+    };
+    // Make it look as layout 1 left it at a crash: an `o` key per pending event, the first
+    // event in flight (an `f` key and its record saying so), schema 1.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("statusd").unwrap();
+        for (n, id) in ids.iter().enumerate() {
+            let mut o = vec![b'o'];
+            o.extend_from_slice(&(n as u64 + 1).to_be_bytes());
+            tree.insert(o, id.as_bytes().as_slice()).unwrap();
+        }
+        let mut e = vec![b'e'];
+        e.extend_from_slice(ids[0].as_bytes());
+        let mut rec: serde_json::Value =
+            serde_json::from_slice(&tree.get(&e).unwrap().unwrap()).unwrap();
+        rec["state"] = "in_flight".into();
+        tree.insert(&e, serde_json::to_vec(&rec).unwrap()).unwrap();
+        let mut f = vec![b'f'];
+        f.extend_from_slice(ids[0].as_bytes());
+        tree.insert(f, b"x".as_slice()).unwrap();
+        tree.insert(b"mschema".as_slice(), &1u64.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    {
+        let q = Queue::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(q.event(&ids[0]).unwrap().unwrap().state, EventState::Queued);
+        assert!(q.stats().oldest_pending_accepted_ms.is_some());
+        let Take::Ready(batch) = q.take_batch(&tenant, 10).unwrap() else {
+            panic!("the migrated events are pending")
+        };
+        assert_eq!(batch.ids(), ids, "order kept");
+        q.ack_delivered(&batch).await.unwrap();
+        assert_eq!(q.stats().depth, 0);
+        assert!(q.stats().oldest_pending_accepted_ms.is_none());
+    }
+    let db = sled::open(dir.path()).unwrap();
+    let tree = db.open_tree("statusd").unwrap();
+    assert_eq!(tree.scan_prefix([b'o']).count(), 0);
+    assert_eq!(tree.scan_prefix([b'f']).count(), 0);
+    assert_eq!(
+        tree.get(b"mschema").unwrap().unwrap().as_ref(),
+        &statusd::queue::SCHEMA_VERSION.to_be_bytes()
+    );
 }
