@@ -12,7 +12,7 @@
 //! serves users better than holding every later event behind one the platform will never take.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,6 +82,8 @@ struct Breaker {
 pub struct DeliverySnapshot {
     pub lanes_running: usize,
     pub lanes_waiting_backoff: usize,
+    /// Scheduled wake-ups (at most one per tenant in backoff).
+    pub timers: usize,
     pub platform_backoff_until_ms: Option<i64>,
     pub consecutive_outage_failures: u32,
 }
@@ -134,6 +136,9 @@ impl Delivery {
         let mut ready: VecDeque<TenantId> = VecDeque::new();
         let mut in_ready: HashSet<TenantId> = HashSet::new();
         let mut timers: BinaryHeap<Reverse<(i64, TenantId)>> = BinaryHeap::new();
+        // Tenants in backoff and when they may go again. A wake-up for such a tenant is ignored
+        // (its timer takes the new events too), so intake during an outage adds nothing here.
+        let mut backoff: HashMap<TenantId, i64> = HashMap::new();
         let mut running: HashSet<TenantId> = HashSet::new();
         let mut woken_while_running: HashSet<TenantId> = HashSet::new();
         let mut lanes: JoinSet<(TenantId, LaneOutcome)> = JoinSet::new();
@@ -170,7 +175,8 @@ impl Delivery {
             {
                 let mut snap = self.snapshot.lock().expect("snapshot lock");
                 snap.lanes_running = running.len();
-                snap.lanes_waiting_backoff = timers.len();
+                snap.lanes_waiting_backoff = backoff.len();
+                snap.timers = timers.len();
                 snap.platform_backoff_until_ms = (open_until > now).then_some(open_until);
                 snap.consecutive_outage_failures = self
                     .breaker
@@ -200,7 +206,7 @@ impl Delivery {
                     for t in woken {
                         if running.contains(&t) {
                             woken_while_running.insert(t);
-                        } else if in_ready.insert(t) {
+                        } else if !backoff.contains_key(&t) && in_ready.insert(t) {
                             ready.push_back(t);
                         }
                     }
@@ -222,7 +228,10 @@ impl Delivery {
                         LaneOutcome::Empty | LaneOutcome::Busy | LaneOutcome::Returned => {
                             if woken && in_ready.insert(t) { ready.push_back(t); }
                         }
-                        LaneOutcome::RetryAt(at) => timers.push(Reverse((at, t))),
+                        LaneOutcome::RetryAt(at) => {
+                            backoff.insert(t, at);
+                            timers.push(Reverse((at, t)));
+                        }
                     }
                 }
                 _ = sleep => {
@@ -230,6 +239,10 @@ impl Delivery {
                     while let Some(Reverse((at, t))) = timers.peek().copied() {
                         if at > now { break; }
                         timers.pop();
+                        if backoff.get(&t) != Some(&at) {
+                            continue; // superseded
+                        }
+                        backoff.remove(&t);
                         if !running.contains(&t) && in_ready.insert(t) {
                             ready.push_back(t);
                         }

@@ -375,3 +375,56 @@ async fn graceful_shutdown_returns_unsent_work_and_loses_nothing() {
     assert_eq!(q.stats().depth, 15);
     assert_eq!(q.stats().in_flight, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_for_a_tenant_in_backoff_adds_no_work_until_its_time() {
+    let h = harness(SandboxOptions::default(), &[]).await;
+    let ts: Vec<Uuid> = h.sandbox.tenant_ids(None).into_iter().take(2).collect();
+    let (throttled, healthy) = (ts[0], ts[1]);
+    // One tenant is throttled for a minute; the platform is otherwise fine.
+    h.sandbox.inject(Fault {
+        status: Some(429),
+        retry_after: Some("60".into()),
+        query_contains: Some(throttled.to_string()),
+        ..Default::default()
+    });
+    let post = |t: Uuid, n: usize| {
+        h.post_events(json!({"tenant_id": t, "type": "custom", "category": "test", "action": format!("e{n}")}))
+    };
+    assert_eq!(post(throttled, 0).await.status(), 202);
+    let delivery = &h.running().delivery;
+    wait_for(Duration::from_secs(10), "the tenant in backoff", || {
+        delivery.snapshot().lanes_waiting_backoff == 1
+    })
+    .await;
+    let throttled_requests = h.sandbox.stats().by_status.get(&429).copied().unwrap_or(0);
+    // The backend keeps sending for both tenants; the healthy one is delivered meanwhile.
+    for n in 1..=200 {
+        assert_eq!(post(throttled, n).await.status(), 202);
+        if n % 10 == 0 {
+            assert_eq!(post(healthy, n).await.status(), 202);
+        }
+    }
+    wait_for(
+        Duration::from_secs(10),
+        "the healthy tenant delivered",
+        || {
+            actions_by_tenant(&h.sandbox)
+                .get(&healthy)
+                .is_some_and(|a| a.len() == 20)
+        },
+    )
+    .await;
+    let snap = delivery.snapshot();
+    assert_eq!(snap.lanes_waiting_backoff, 1, "{snap:?}");
+    assert!(
+        snap.timers <= 1,
+        "one wake-up for the tenant in backoff, not one per accepted event: {snap:?}"
+    );
+    assert_eq!(
+        h.sandbox.stats().by_status.get(&429).copied().unwrap_or(0),
+        throttled_requests,
+        "nothing is sent for the throttled tenant before Retry-After ends"
+    );
+    assert_eq!(h.running().queue.stats().depth, 201);
+}
