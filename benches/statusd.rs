@@ -816,29 +816,7 @@ async fn footprint(dir: &Path, big: usize) {
     let q = Queue::open(&store, opts).unwrap();
     let full = q.size_on_disk();
     let t = Instant::now();
-    // 32 concurrent "lanes", each taking and acknowledging its tenants' batches.
-    let delivered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut set = tokio::task::JoinSet::new();
-    for lane in 0..32 {
-        let q = q.clone();
-        let mine: Vec<Uuid> = tenants.iter().skip(lane).step_by(32).copied().collect();
-        let delivered = delivered.clone();
-        set.spawn(async move {
-            for tenant in mine {
-                while let Take::Ready(batch) = q.take_batch(&tenant, 100).unwrap() {
-                    q.ack_delivered(&batch).await.unwrap();
-                    let n = delivered
-                        .fetch_add(batch.events.len(), std::sync::atomic::Ordering::Relaxed);
-                    if (n + batch.events.len()) % 100_000 == 0 {
-                        eprint!("\r  delivering: {}/{big}", n + batch.events.len());
-                    }
-                }
-            }
-        });
-    }
-    while set.join_next().await.is_some() {}
-    eprintln!();
-    assert_eq!(delivered.load(std::sync::atomic::Ordering::Relaxed), big);
+    deliver_all(&q, &tenants, big).await;
     let acked = t.elapsed();
     let after_delivery = q.size_on_disk();
     let t = Instant::now();
@@ -868,6 +846,53 @@ async fn footprint(dir: &Path, big: usize) {
         mb(q.size_on_disk()),
         &format!("depth {}", q.stats().depth),
     );
+    drop(q);
+    // A second round of the same work: sled reuses the space compaction freed, so the files
+    // should not grow again.
+    fill(&store, big, &tenants).await;
+    let q = Queue::open(
+        &store,
+        StoreOptions {
+            delivered_retention: Duration::ZERO,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    deliver_all(&q, &tenants, big).await;
+    q.compact(statusd::queue::now_ms() + 1).unwrap();
+    q.sync().await.unwrap();
+    row(
+        "store size after a second round (enqueue, deliver, compact)",
+        mb(q.size_on_disk()),
+        &format!("files on disk {}", mb(dir_size(&store))),
+    );
+}
+
+/// Take and acknowledge every pending batch with 32 concurrent "lanes".
+async fn deliver_all(q: &Queue, tenants: &[Uuid], big: usize) {
+    let delivered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for lane in 0..32 {
+        let q = q.clone();
+        let mine: Vec<Uuid> = tenants.iter().skip(lane).step_by(32).copied().collect();
+        let delivered = delivered.clone();
+        set.spawn(async move {
+            for tenant in mine {
+                while let Take::Ready(batch) = q.take_batch(&tenant, 100).unwrap() {
+                    q.ack_delivered(&batch).await.unwrap();
+                    let n = delivered
+                        .fetch_add(batch.events.len(), std::sync::atomic::Ordering::Relaxed)
+                        + batch.events.len();
+                    if n % 100_000 == 0 {
+                        eprint!("\r  delivering: {n}/{big}");
+                    }
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    eprintln!();
+    assert_eq!(delivered.load(std::sync::atomic::Ordering::Relaxed), big);
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
