@@ -61,6 +61,8 @@ pub enum StoreError {
     Write(String),
     #[error("store is closed")]
     Closed,
+    #[error("it is in use by another process (another statusd with the same store.path?)")]
+    Locked { path: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -523,10 +525,12 @@ impl Queue {
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked {
+                            path: path.display().to_string(),
+                        });
+                    }
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => return Err(e.into()),

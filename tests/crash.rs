@@ -309,3 +309,33 @@ async fn kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_report
         "{duplicates} duplicates after {kills} kills"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_store_is_refused_with_a_clear_message() {
+    statusd::platform::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let dead_platform = format!("http://127.0.0.1:{}", free_port());
+    let port = free_port();
+    let mut first = spawn_daemon(&dead_platform, "id", "secret", dir.path(), port);
+    wait_ready(&http, port).await;
+    let second = Command::new(env!("CARGO_BIN_EXE_statusd"))
+        .arg("run")
+        .env("RUST_LOG", "off")
+        .env("STATUSD__PLATFORM__BASE_URL", &dead_platform)
+        .env("STATUSD__PLATFORM__CLIENT_ID", "id")
+        .env("STATUSD__PLATFORM__CLIENT_SECRET", "secret")
+        .env("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.crash")
+        .env("STATUSD__STORE__PATH", dir.path())
+        .env("STATUSD__API__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .unwrap();
+    kill9(&mut first);
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&dir.path().display().to_string())
+            && stderr.contains("in use by another process"),
+        "{stderr}"
+    );
+}
