@@ -2,9 +2,11 @@
 //! idempotency keys and the tenant inventory. **The only module that imports sled.**
 //!
 //! Promises:
-//! - `enqueue` returns only after a flush covering the events has completed. Concurrent callers
-//!   are written together by one committer thread: one sled batch and one flush per group
-//!   (group commit).
+//! - `enqueue` (and `ack_delivered`) return only after a flush covering their writes has
+//!   completed. Concurrent calls are written together by one committer thread as one sled batch;
+//!   a flusher thread makes each group durable while the committer writes the next (group
+//!   commit in two stages). Each tenant's oldest pending event is kept in memory (rebuilt on
+//!   open) for the oldest-pending figure, so no global order index is written.
 //! - An event and every index pointing at it are written in one atomic sled batch, under one
 //!   writer lock, so a crash never leaves an event that is stored but not dispatchable.
 //! - Per tenant, events leave in acceptance order; a tenant has at most one batch in flight.
