@@ -207,6 +207,74 @@ async fn http_ingest(
     )
 }
 
+/// `conns` keep-alive connections each sending `requests` single-event POSTs written by hand
+/// over TCP: a load generator much lighter than an HTTP client library.
+async fn raw_ingest(
+    addr: std::net::SocketAddr,
+    tenants: &[Uuid],
+    conns: usize,
+    requests: usize,
+) -> (f64, Duration, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..conns {
+        let tenant = tenants[c % tenants.len()];
+        set.spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let mut latencies = Vec::with_capacity(requests);
+            let mut buf = vec![0u8; 4096];
+            for r in 0..requests {
+                let body = format!(
+                    r#"{{"tenant_id":"{tenant}","type":"custom","category":"bench","action":"raw {r}"}}"#
+                );
+                let req = format!(
+                    "POST /v1/events HTTP/1.1\r\nhost: statusd\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let started = Instant::now();
+                stream.write_all(req.as_bytes()).await.unwrap();
+                // Read one whole response: headers, then content-length bytes of body.
+                let mut got = 0;
+                loop {
+                    let n = stream.read(&mut buf[got..]).await.unwrap();
+                    assert!(n > 0, "connection closed");
+                    got += n;
+                    let text = String::from_utf8_lossy(&buf[..got]);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        assert!(text.starts_with("HTTP/1.1 202"), "{text}");
+                        let len: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if got >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                latencies.push(started.elapsed());
+            }
+            latencies
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(l) = set.join_next().await {
+        all.extend(l.unwrap());
+    }
+    let elapsed = t.elapsed();
+    all.sort();
+    (
+        (conns * requests) as f64 / elapsed.as_secs_f64(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+    )
+}
+
 /// Resident set size and its peak of a process, from /proc.
 fn rss(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -410,6 +478,18 @@ async fn ingest(dir: &Path) {
         r,
         &format!(
             "p50 {} p99 {}, {per_flush:.1} requests/flush, {:.1}x fsync-per-event",
+            ms(p50),
+            ms(p99),
+            r / fsync
+        ),
+    );
+    let (r, p50, p99) = raw_ingest(running.api_addr, &tenants, 64, 300).await;
+    rate(
+        "statusd POST single events, 64 connections, minimal client",
+        r,
+        &format!(
+            "p50 {} p99 {}, {:.1}x fsync-per-event (pre-built requests over raw TCP, so the \
+             load generator takes less of the 2 cores)",
             ms(p50),
             ms(p99),
             r / fsync
