@@ -670,6 +670,10 @@ pub fn refresh_gauges(state: &ApiState) {
         .map(|t| ((crate::queue::now_ms() - t).max(0) as f64) / 1000.0)
         .unwrap_or(0.0);
     state.metrics.queue_oldest_event_age.set(age);
+    state
+        .metrics
+        .store_size
+        .set(i64::try_from(state.queue.size_on_disk()).unwrap_or(i64::MAX));
 }
 
 async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub queue_oldest_event_age: FloatGauge,
     pub dead_letters: Gauge,
+    /// Not in the spec's list: the store's files on disk, since sled reuses freed space but
+    /// never shrinks them, so the volume's size is worth watching.
+    pub store_size: Gauge,
     pub platform_up: Gauge,
     pub token_refreshes: Family<Label, Counter>,
     pub reconcile_runs: Family<Labels2, Counter>,
@@ -101,6 +104,12 @@ impl Metrics {
             "Events in the dead-letter store",
             dead_letters.clone(),
         );
+        let store_size = Gauge::default();
+        r.register(
+            "statusd_store_size_bytes",
+            "Bytes the store's files take on disk",
+            store_size.clone(),
+        );
         let platform_up = Gauge::default();
         r.register(
             "statusd_platform_up",
@@ -169,6 +178,7 @@ impl Metrics {
             queue_depth,
             queue_oldest_event_age,
             dead_letters,
+            store_size,
             platform_up,
             token_refreshes,
             reconcile_runs,

@@ -455,6 +455,12 @@ async fn metrics_expose_every_spec_family_without_tenant_ids_or_secrets() {
         "{text}"
     );
     assert!(!text.contains("# EOF"), "classic format by default");
+    let store_bytes: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("statusd_store_size_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("statusd_store_size_bytes is exposed");
+    assert!(store_bytes > 0.0, "{text}");
     assert!(!text.contains(&t.to_string()), "a tenant id in a label");
     assert!(!text.contains(&h.sandbox.client_secret) && !text.contains("tok-do-not-show"));
     let om = h
