@@ -310,6 +310,9 @@ enum Job {
     Ack(AckJob, oneshot::Sender<Result<(), StoreError>>),
 }
 
+/// What a written group gives back: each enqueue's outcomes, and the tenants that got events.
+type GroupWritten = (Vec<Vec<Enqueued>>, Vec<TenantId>);
+
 /// What the committer needs of a delivered batch.
 struct AckJob {
     tenant: TenantId,
@@ -1172,12 +1175,11 @@ impl Core {
 
     /// Write a group of enqueue requests as one sled batch (not yet flushed). Each request's
     /// outcome is returned in order, with the tenants that got new events.
-    #[allow(clippy::type_complexity)]
     fn write_group(
         &self,
         requests: Vec<Vec<NewEvent>>,
         acks: &[AckJob],
-    ) -> Result<(Vec<Vec<Enqueued>>, Vec<TenantId>), StoreError> {
+    ) -> Result<GroupWritten, StoreError> {
         let now = now_ms();
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut tenants_touched = Vec::new();
@@ -1319,7 +1321,7 @@ struct Written {
     replies: Vec<EnqueueReply>,
     ack_replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
     /// Each enqueue's outcomes and the tenants that got events, or why the write failed.
-    result: Result<(Vec<Vec<Enqueued>>, Vec<TenantId>), String>,
+    result: Result<GroupWritten, String>,
 }
 
 impl Written {
