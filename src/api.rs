@@ -657,6 +657,13 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         )
             .into_response();
     }
+    if !state.queue.healthy() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unready", "failing": "store"})),
+        )
+            .into_response();
+    }
     (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
 }
 

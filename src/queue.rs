@@ -1144,9 +1144,17 @@ impl Queue {
         self.sync().await
     }
 
-    /// A cheap liveness probe of the store: one read of a metadata key.
-    pub fn recount_cheap_ok(&self) -> bool {
-        self.inner.tree.get(meta_key("schema")).is_ok()
+    /// A cheap health probe of the store: the committer and flusher threads are running, and a
+    /// metadata key reads. False means no event can be accepted durably any more.
+    pub fn healthy(&self) -> bool {
+        let threads_running = self
+            .inner
+            .threads
+            .lock()
+            .expect("threads lock")
+            .iter()
+            .all(|t| !t.is_finished());
+        threads_running && self.inner.tree.get(meta_key("schema")).is_ok()
     }
 
     /// Recount the persisted counters from the indexes (tests and `statusd doctor`-style checks).
@@ -1435,6 +1443,26 @@ fn flusher(core: Arc<Core>, rx: mpsc::Receiver<Written>) {
             .fetch_add(waiters as u64, Ordering::Relaxed);
         for g in groups {
             g.settle(&core, &flushed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_committer_makes_the_store_unhealthy() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), StoreOptions::default()).unwrap();
+        assert!(q.healthy());
+        // Closing the job channel ends the committer (and with it the flusher), as a panic in
+        // either would.
+        q.inner.jobs.lock().unwrap().take();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while q.healthy() {
+            assert!(std::time::Instant::now() < deadline, "still healthy");
+            std::thread::yield_now();
         }
     }
 }

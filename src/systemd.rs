@@ -33,7 +33,7 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// process stops pinging and systemd restarts it.
 pub async fn watchdog_loop(interval: Duration, queue: Queue, stop: CancellationToken) {
     loop {
-        let healthy = queue.recount_cheap_ok();
+        let healthy = queue.healthy();
         if healthy {
             let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
         } else {
