@@ -195,11 +195,12 @@ pub fn load_settings(cli: &Cli, purpose: Purpose) -> Result<Settings, ExitCode> 
 
 /// Entry point of the binary after parsing.
 pub fn main(cli: Cli) -> ExitCode {
-    // The demo shows its own progress; only warnings and errors interleave with it.
-    // The scheduler crate logs its own bookkeeping at info ("Job creator created"); that is
-    // noise in an operator's journal, so it starts at warn unless RUST_LOG says otherwise.
+    // The demo shows its own progress and summary (retries included), so only errors interleave
+    // with them unless RUST_LOG asks for more. The scheduler crate logs its own bookkeeping at
+    // info ("Job creator created"); that is noise in an operator's journal, so it starts at
+    // warn unless RUST_LOG says otherwise.
     let default_filter = if matches!(cli.command, Command::Demo(_)) {
-        "warn"
+        "error"
     } else {
         "info,tokio_cron_scheduler=warn"
     };

@@ -151,7 +151,7 @@ support_url = "https://support.example.com"
             ));
         }
     }
-    wait_drained(&running, events as u64).await;
+    wait_drained(&running, Some(events as u64)).await;
 
     println!("\nreconcilers (one run of each):");
     for kind in Kind::ALL {
@@ -172,7 +172,7 @@ support_url = "https://support.example.com"
         );
     }
     // The status reconcile re-asserted every tenant's state: let those reports go out too.
-    wait_drained(&running, 0).await;
+    wait_drained(&running, None).await;
 
     summary(&sandbox, &running);
     if let Some(path) = keep_metrics {
@@ -206,7 +206,9 @@ support_url = "https://support.example.com"
 }
 
 /// Show a live progress line until nothing is pending.
-async fn wait_drained(running: &crate::app::Running, accepted: u64) {
+/// `accepted`: how many sample events were accepted (None after the reconcilers, whose
+/// re-assertions go straight to the queue).
+async fn wait_drained(running: &crate::app::Running, accepted: Option<u64>) {
     let mut stderr = std::io::stderr();
     loop {
         let st = running.queue.stats();
@@ -216,10 +218,12 @@ async fn wait_drained(running: &crate::app::Running, accepted: u64) {
             .delivery_attempts
             .get_or_create(&crate::metrics::label("outcome", "retryable"))
             .get();
+        let accepted = accepted
+            .map(|a| format!("accepted {a:>5}  "))
+            .unwrap_or_default();
         let _ = write!(
             stderr,
-            "\r  accepted {:>5}  delivered {:>5}  pending {:>5}  retried reports {:>4}  dead letters {:>3}   ",
-            if accepted > 0 { accepted.to_string() } else { "-".into() },
+            "\r  {accepted}delivered {:>5}  pending {:>5}  retried reports {:>4}  dead letters {:>3}   ",
             delivered,
             st.depth,
             retrying,
