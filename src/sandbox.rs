@@ -1154,6 +1154,24 @@ fn default_brand() -> Map<String, Value> {
 }
 
 /// The `version` query parameter of a brand write, checked against the tenant.
+/// The tenant of a versioned brand write: known, `version` matching, and (when asked) with
+/// custom branding enabled.
+fn brand_target(
+    s: &SbState,
+    id: &str,
+    q: &HashMap<String, String>,
+    must_be_enabled: bool,
+) -> Result<usize, Response> {
+    let idx = tenant_index(s, id)?;
+    check_version(s, idx, q)?;
+    if must_be_enabled && !s.tenants[idx].brand_enabled {
+        return Err(bad_request(
+            "custom branding is not enabled for this tenant",
+        ));
+    }
+    Ok(idx)
+}
+
 fn check_version(s: &SbState, idx: usize, q: &HashMap<String, String>) -> Result<(), Response> {
     let v = q
         .get("version")
@@ -1204,13 +1222,10 @@ async fn enable_brand(
         return r;
     }
     let mut s = state.lock().expect("sandbox lock");
-    let idx = match tenant_index(&s, &id) {
+    let idx = match brand_target(&s, &id, &q, false) {
         Ok(i) => i,
         Err(r) => return r,
     };
-    if let Err(r) = check_version(&s, idx, &q) {
-        return r;
-    }
     if matches!(s.tenants[idx].kind.as_str(), "customer" | "unit") {
         return bad_request("custom branding cannot be enabled for customer or unit tenants");
     }
@@ -1242,16 +1257,10 @@ async fn put_brand(
         return r;
     }
     let mut s = state.lock().expect("sandbox lock");
-    let idx = match tenant_index(&s, &id) {
+    let idx = match brand_target(&s, &id, &q, true) {
         Ok(i) => i,
         Err(r) => return r,
     };
-    if let Err(r) = check_version(&s, idx, &q) {
-        return r;
-    }
-    if !s.tenants[idx].brand_enabled {
-        return bad_request("custom branding is not enabled for this tenant");
-    }
     let changes: Map<String, Value> = match serde_json::from_slice(&body) {
         Ok(m) => m,
         Err(e) => return bad_request(&format!("body must be a JSON object: {e}")),
@@ -1295,16 +1304,10 @@ async fn delete_brand(
         return r;
     }
     let mut s = state.lock().expect("sandbox lock");
-    let idx = match tenant_index(&s, &id) {
+    let idx = match brand_target(&s, &id, &q, true) {
         Ok(i) => i,
         Err(r) => return r,
     };
-    if let Err(r) = check_version(&s, idx, &q) {
-        return r;
-    }
-    if !s.tenants[idx].brand_enabled {
-        return bad_request("custom branding is not enabled for this tenant");
-    }
     s.tenants[idx].brand_enabled = false;
     s.bump(idx);
     StatusCode::NO_CONTENT.into_response()
@@ -1360,16 +1363,10 @@ async fn post_logo(
         return bad_request("body is not a PNG image");
     }
     let mut s = state.lock().expect("sandbox lock");
-    let idx = match tenant_index(&s, &id) {
+    let idx = match brand_target(&s, &id, &q, true) {
         Ok(i) => i,
         Err(r) => return r,
     };
-    if let Err(r) = check_version(&s, idx, &q) {
-        return r;
-    }
-    if !s.tenants[idx].brand_enabled {
-        return bad_request("custom branding is not enabled for this tenant");
-    }
     let tid = s.tenants[idx].id;
     s.logos.insert(tid, body.to_vec());
     let logo_id = Uuid::new_v4();
