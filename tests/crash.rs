@@ -15,14 +15,6 @@ use statusd::queue::Queue;
 use statusd::sandbox::{Sandbox, SandboxOptions};
 use uuid::Uuid;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn_daemon(
     base_url: &str,
     client_id: &str,
@@ -41,8 +33,24 @@ fn spawn_daemon_with(
     port: u16,
     extra: &[(&str, &str)],
 ) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_statusd"))
-        .arg("run")
+    daemon_command(base_url, client_id, secret, store, port)
+        .envs(extra.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("statusd binary starts")
+}
+
+/// `statusd run` on `store`, listening on `port`, with short backoffs and small batches.
+fn daemon_command(
+    base_url: &str,
+    client_id: &str,
+    secret: &str,
+    store: &std::path::Path,
+    port: u16,
+) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_statusd"));
+    cmd.arg("run")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "warn")
@@ -56,12 +64,8 @@ fn spawn_daemon_with(
         .env("STATUSD__DELIVERY__INITIAL_BACKOFF", "50ms")
         .env("STATUSD__DELIVERY__MAX_BACKOFF", "300ms")
         .env("STATUSD__DELIVERY__MAX_BATCH_EVENTS", "10")
-        .env("STATUSD__API__LISTEN", format!("127.0.0.1:{port}"))
-        .envs(extra.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("statusd binary starts")
+        .env("STATUSD__API__LISTEN", format!("127.0.0.1:{port}"));
+    cmd
 }
 
 async fn wait_ready(http: &reqwest::Client, port: u16) {
@@ -218,11 +222,7 @@ async fn kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_report
     })
     .await
     .unwrap();
-    let tenants: Vec<Uuid> = sb
-        .tenant_ids(Some("customer"))
-        .into_iter()
-        .take(8)
-        .collect();
+    let tenants: Vec<Uuid> = customers(&sb, 8);
     // Slow the platform a little so reports are in flight when the kill comes.
     sb.inject(statusd::sandbox::Fault {
         delay_ms: Some(15),
@@ -331,15 +331,8 @@ async fn a_second_daemon_on_the_same_store_is_refused_with_a_clear_message() {
     let port = free_port();
     let mut first = spawn_daemon(&dead_platform, "id", "secret", dir.path(), port);
     wait_ready(&http, port).await;
-    let second = Command::new(env!("CARGO_BIN_EXE_statusd"))
-        .arg("run")
+    let second = daemon_command(&dead_platform, "id", "secret", dir.path(), free_port())
         .env("RUST_LOG", "off")
-        .env("STATUSD__PLATFORM__BASE_URL", &dead_platform)
-        .env("STATUSD__PLATFORM__CLIENT_ID", "id")
-        .env("STATUSD__PLATFORM__CLIENT_SECRET", "secret")
-        .env("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.crash")
-        .env("STATUSD__STORE__PATH", dir.path())
-        .env("STATUSD__API__LISTEN", format!("127.0.0.1:{}", free_port()))
         .output()
         .unwrap();
     kill9(&mut first);
@@ -361,11 +354,7 @@ async fn sigterm_during_delivery_exits_0_within_the_grace_and_loses_nothing() {
     })
     .await
     .unwrap();
-    let tenants: Vec<Uuid> = sb
-        .tenant_ids(Some("customer"))
-        .into_iter()
-        .take(5)
-        .collect();
+    let tenants: Vec<Uuid> = customers(&sb, 5);
     // Slow reports, so some are in flight when SIGTERM comes.
     sb.inject(statusd::sandbox::Fault {
         delay_ms: Some(300),
@@ -375,7 +364,7 @@ async fn sigterm_during_delivery_exits_0_within_the_grace_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let port = free_port();
-    let mut child = spawn_daemon_with(
+    let child = spawn_daemon_with(
         &sb.url,
         &sb.client_id,
         &sb.client_secret,
@@ -402,13 +391,7 @@ async fn sigterm_during_delivery_exits_0_within_the_grace_and_loses_nothing() {
     })
     .await;
     let started = std::time::Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let status = sigterm_and_wait(child).await;
     let took = started.elapsed();
     assert_eq!(status.code(), Some(0), "{status}");
     assert!(took < Duration::from_secs(4), "stopping took {took:?}");

@@ -76,12 +76,7 @@ async fn thousands_of_events_over_many_tenants_arrive_complete_and_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_503_with_retry_after_is_honoured() {
     let h = harness(SandboxOptions::default(), &[]).await;
-    let tenants: Vec<Uuid> = h
-        .sandbox
-        .tenant_ids(Some("customer"))
-        .into_iter()
-        .take(5)
-        .collect();
+    let tenants: Vec<Uuid> = customers(&h.sandbox, 5);
     h.sandbox.inject(Fault {
         status: Some(503),
         retry_after: Some("1".into()),
@@ -155,12 +150,7 @@ async fn server_errors_slow_answers_and_dropped_connections_are_retried() {
         &[("STATUSD__PLATFORM__REQUEST_TIMEOUT", "300ms")],
     )
     .await;
-    let tenants: Vec<Uuid> = h
-        .sandbox
-        .tenant_ids(Some("customer"))
-        .into_iter()
-        .take(10)
-        .collect();
+    let tenants: Vec<Uuid> = customers(&h.sandbox, 10);
     h.sandbox.inject(Fault {
         status: Some(500),
         count: Some(4),
@@ -216,12 +206,7 @@ async fn server_errors_slow_answers_and_dropped_connections_are_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_expiry_mid_run_reissues_once_and_continues() {
     let h = harness(SandboxOptions::default(), &[]).await;
-    let tenants: Vec<Uuid> = h
-        .sandbox
-        .tenant_ids(Some("customer"))
-        .into_iter()
-        .take(4)
-        .collect();
+    let tenants: Vec<Uuid> = customers(&h.sandbox, 4);
     assert_eq!(
         h.post_events(json!(custom_events(&tenants, 2)))
             .await
@@ -253,12 +238,7 @@ async fn token_expiry_mid_run_reissues_once_and_continues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_refusal_dead_letters_exactly_that_tenant_and_others_proceed() {
     let h = harness(SandboxOptions::default(), &[]).await;
-    let tenants: Vec<Uuid> = h
-        .sandbox
-        .tenant_ids(Some("customer"))
-        .into_iter()
-        .take(6)
-        .collect();
+    let tenants: Vec<Uuid> = customers(&h.sandbox, 6);
     let bad = tenants[2];
     h.sandbox.inject(Fault {
         status: Some(400),
@@ -339,12 +319,7 @@ async fn graceful_shutdown_returns_unsent_work_and_loses_nothing() {
         &[("STATUSD__DELIVERY__SHUTDOWN_GRACE", "300ms")],
     )
     .await;
-    let tenants: Vec<Uuid> = h
-        .sandbox
-        .tenant_ids(Some("customer"))
-        .into_iter()
-        .take(5)
-        .collect();
+    let tenants: Vec<Uuid> = customers(&h.sandbox, 5);
     // Every report hangs past the grace period.
     h.sandbox.inject(Fault {
         delay_ms: Some(1500),

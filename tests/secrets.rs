@@ -8,18 +8,10 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{wait_for, wait_for_async};
+use common::{free_port, sigterm_and_wait, wait_for, wait_for_async};
 use statusd::sandbox::{Fault, Sandbox, SandboxOptions};
 
 const API_TOKEN: &str = "api-token-never-shown-7f3a";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn daemon_env(sb: &Sandbox, store: &std::path::Path, port: u16) -> Vec<(String, String)> {
     [
@@ -51,7 +43,7 @@ async fn exercise(sb: &Sandbox, log_format: &str) -> String {
     let env = daemon_env(sb, &dir.path().join("store"), port);
     let log_path = dir.path().join("daemon.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_statusd"))
+    let child = Command::new(env!("CARGO_BIN_EXE_statusd"))
         .args(["--log-format", log_format, "run"])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -157,13 +149,7 @@ async fn exercise(sb: &Sandbox, log_format: &str) -> String {
     seen.push_str(&String::from_utf8_lossy(&check.stderr));
     assert!(seen.contains("platform.client_secret") || seen.contains("client_secret"));
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let status = sigterm_and_wait(child).await;
     assert!(status.success(), "{status}");
     let log = std::fs::read_to_string(&log_path).unwrap();
     // Trace logging really ran (so the check below looked at something): requests to the

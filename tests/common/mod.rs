@@ -123,3 +123,31 @@ pub fn actions_by_tenant(sb: &Sandbox) -> std::collections::HashMap<uuid::Uuid, 
     }
     out
 }
+
+/// A port that was free a moment ago on 127.0.0.1 (for a child process to listen on).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// SIGTERM a child process and wait for it to exit.
+pub async fn sigterm_and_wait(mut child: std::process::Child) -> std::process::ExitStatus {
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The first `n` customer tenants of the sandbox's tree.
+pub fn customers(sb: &Sandbox, n: usize) -> Vec<uuid::Uuid> {
+    sb.tenant_ids(Some("customer"))
+        .into_iter()
+        .take(n)
+        .collect()
+}
