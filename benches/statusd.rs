@@ -600,50 +600,15 @@ async fn delivery_at(dir: &Path, latency_ms: u64) {
     // statusd: a full queue drained by the daemon.
     let store = dir.join(format!("daemon-{latency_ms}ms"));
     let _ = std::fs::remove_dir_all(&store);
-    {
-        let q = Queue::open(&store, StoreOptions::default()).unwrap();
-        let all: Vec<NewEvent> = (0..20_000).map(|i| ev(tenants[i % 200], i)).collect();
-        for chunk in all.chunks(1000) {
-            q.enqueue(chunk.to_vec()).await.unwrap();
-        }
-    }
+    fill(&store, 20_000, &tenants).await;
     if latency_ms == 0 {
         // The store alone: take and acknowledge every batch with 8 concurrent lanes, no HTTP.
         let copy = dir.join("store-only");
         let _ = std::fs::remove_dir_all(&copy);
+        fill(&copy, 20_000, &tenants).await;
         let q = Queue::open(&copy, StoreOptions::default()).unwrap();
-        let all: Vec<NewEvent> = (0..20_000).map(|i| ev(tenants[i % 200], i)).collect();
-        for chunk in all.chunks(1000) {
-            q.enqueue(chunk.to_vec()).await.unwrap();
-        }
         let t = Instant::now();
-        let mut set = tokio::task::JoinSet::new();
-        for lane in 0..8 {
-            let q = q.clone();
-            let mine: Vec<Uuid> = tenants.iter().skip(lane).step_by(8).copied().collect();
-            set.spawn(async move {
-                let (mut take, mut ack) = (Duration::ZERO, Duration::ZERO);
-                for tenant in mine {
-                    loop {
-                        let t0 = Instant::now();
-                        let Take::Ready(batch) = q.take_batch(&tenant, 100).unwrap() else {
-                            break;
-                        };
-                        let t1 = Instant::now();
-                        q.ack_delivered(&batch).await.unwrap();
-                        take += t1 - t0;
-                        ack += t1.elapsed();
-                    }
-                }
-                (take, ack)
-            });
-        }
-        let (mut take, mut ack) = (Duration::ZERO, Duration::ZERO);
-        while let Some(r) = set.join_next().await {
-            let (a, b) = r.unwrap();
-            take += a;
-            ack += b;
-        }
+        let (take, ack) = deliver_all(&q, &tenants, 8, 20_000).await;
         rate(
             "reference: the store alone, take + ack, 8 lanes, no HTTP",
             20_000.0 / t.elapsed().as_secs_f64(),
@@ -794,21 +759,12 @@ async fn reconcile(dir: &Path) {
         })
     };
     let reqs0 = sb.requests_to("tenants");
-    let t = Instant::now();
-    let report: serde_json::Value = http
-        .post(format!("{}/v1/reconcile/tenants", d.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let full = t.elapsed();
+    let (took, report) = timed_post(&http, format!("{}/v1/reconcile/tenants", d.api)).await;
     sampler.abort();
     let max_rss = peak.load(std::sync::atomic::Ordering::Relaxed);
     row(
         "full tenant reconcile, 10 000 tenants",
-        ms(full),
+        ms(took),
         &format!(
             "outcome {}, {} tenant requests, RSS during it up to {}, target < 10 s",
             report["outcome"],
@@ -816,31 +772,14 @@ async fn reconcile(dir: &Path) {
             mb(max_rss)
         ),
     );
-    let t = Instant::now();
-    let report: serde_json::Value = http
-        .post(format!("{}/v1/reconcile/tenants", d.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (took, report) = timed_post(&http, format!("{}/v1/reconcile/tenants", d.api)).await;
     row(
         "delta tenant reconcile, nothing changed",
-        ms(t.elapsed()),
+        ms(took),
         &format!("outcome {}", report["outcome"]),
     );
     let stats0 = sb.stats();
-    let t = Instant::now();
-    let report: serde_json::Value = http
-        .post(format!("{}/v1/reconcile/branding", d.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let took = t.elapsed();
+    let (took, report) = timed_post(&http, format!("{}/v1/reconcile/branding", d.api)).await;
     let stats1 = sb.stats();
     row(
         "branding reconcile, 500 partner tenants (first apply)",
@@ -852,18 +791,14 @@ async fn reconcile(dir: &Path) {
             stats1.max_in_flight
         ),
     );
-    let t = Instant::now();
-    let report: serde_json::Value = http
-        .post(format!("{}/v1/reconcile/branding?dry_run=true", d.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (took, report) = timed_post(
+        &http,
+        format!("{}/v1/reconcile/branding?dry_run=true", d.api),
+    )
+    .await;
     row(
         "branding dry run afterwards, 500 partner tenants",
-        ms(t.elapsed()),
+        ms(took),
         &format!(
             "drift items {}",
             report["drift"].as_array().map_or(0, |a| a.len())
@@ -889,14 +824,10 @@ async fn footprint(dir: &Path, big: usize) {
     let store = dir.join("compact-store");
     let tenants: Vec<Uuid> = (0..1000).map(|i| Uuid::from_u128(0xc0_0000 + i)).collect();
     fill(&store, big, &tenants).await;
-    let opts = StoreOptions {
-        delivered_retention: Duration::ZERO,
-        ..StoreOptions::default()
-    };
-    let q = Queue::open(&store, opts).unwrap();
+    let q = open_compacting_at_once(&store);
     let full = q.size_on_disk();
     let t = Instant::now();
-    deliver_all(&q, &tenants, big).await;
+    deliver_all(&q, &tenants, 32, big).await;
     let acked = t.elapsed();
     let after_delivery = q.size_on_disk();
     let t = Instant::now();
@@ -930,15 +861,8 @@ async fn footprint(dir: &Path, big: usize) {
     // A second round of the same work: sled reuses the space compaction freed, so the files
     // should not grow again.
     fill(&store, big, &tenants).await;
-    let q = Queue::open(
-        &store,
-        StoreOptions {
-            delivered_retention: Duration::ZERO,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
-    deliver_all(&q, &tenants, big).await;
+    let q = open_compacting_at_once(&store);
+    deliver_all(&q, &tenants, 32, big).await;
     q.compact(statusd::queue::now_ms() + 1).unwrap();
     q.sync().await.unwrap();
     row(
@@ -948,31 +872,67 @@ async fn footprint(dir: &Path, big: usize) {
     );
 }
 
-/// Take and acknowledge every pending batch with 32 concurrent "lanes".
-async fn deliver_all(q: &Queue, tenants: &[Uuid], big: usize) {
+/// POST with an empty body; the time to the answer and its JSON.
+async fn timed_post(http: &reqwest::Client, url: String) -> (Duration, serde_json::Value) {
+    let t = Instant::now();
+    let v = http.post(url).send().await.unwrap().json().await.unwrap();
+    (t.elapsed(), v)
+}
+
+/// A store whose delivered events may be compacted away at once (no retention).
+fn open_compacting_at_once(store: &Path) -> Queue {
+    let opts = StoreOptions {
+        delivered_retention: Duration::ZERO,
+        ..StoreOptions::default()
+    };
+    Queue::open(store, opts).unwrap()
+}
+
+/// Take and acknowledge every pending batch of `tenants` with `lanes` concurrent "lanes";
+/// returns the time spent taking and acknowledging, summed over the lanes.
+async fn deliver_all(
+    q: &Queue,
+    tenants: &[Uuid],
+    lanes: usize,
+    total: usize,
+) -> (Duration, Duration) {
     let delivered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut set = tokio::task::JoinSet::new();
-    for lane in 0..32 {
+    for lane in 0..lanes {
         let q = q.clone();
-        let mine: Vec<Uuid> = tenants.iter().skip(lane).step_by(32).copied().collect();
+        let mine: Vec<Uuid> = tenants.iter().skip(lane).step_by(lanes).copied().collect();
         let delivered = delivered.clone();
         set.spawn(async move {
+            let (mut take, mut ack) = (Duration::ZERO, Duration::ZERO);
             for tenant in mine {
-                while let Take::Ready(batch) = q.take_batch(&tenant, 100).unwrap() {
+                loop {
+                    let t0 = Instant::now();
+                    let Take::Ready(batch) = q.take_batch(&tenant, 100).unwrap() else {
+                        break;
+                    };
+                    let t1 = Instant::now();
                     q.ack_delivered(&batch).await.unwrap();
+                    take += t1 - t0;
+                    ack += t1.elapsed();
                     let n = delivered
                         .fetch_add(batch.events.len(), std::sync::atomic::Ordering::Relaxed)
                         + batch.events.len();
                     if n % 100_000 == 0 {
-                        eprint!("\r  delivering: {n}/{big}");
+                        eprint!("\r  delivering: {n}/{total}");
                     }
                 }
             }
+            (take, ack)
         });
     }
-    while set.join_next().await.is_some() {}
-    eprintln!();
-    assert_eq!(delivered.load(std::sync::atomic::Ordering::Relaxed), big);
+    let (mut take, mut ack) = (Duration::ZERO, Duration::ZERO);
+    while let Some(r) = set.join_next().await {
+        let (a, b) = r.unwrap();
+        take += a;
+        ack += b;
+    }
+    assert_eq!(delivered.load(std::sync::atomic::Ordering::Relaxed), total);
+    (take, ack)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
