@@ -215,11 +215,8 @@ async fn intake_lookups_idempotency_and_tenant_state() {
     assert_eq!(ev["category"], "activation");
     assert_eq!(ev["action"], "activated integration");
     let tenant: Value = h
-        .http
-        .get(format!("{}/v1/tenants/{t}", h.api))
-        .send()
+        .call(reqwest::Method::GET, &format!("/v1/tenants/{t}"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -246,11 +243,8 @@ async fn intake_lookups_idempotency_and_tenant_state() {
         .unwrap();
     assert_eq!(missing.status(), 404);
     let status: Value = h
-        .http
-        .get(format!("{}/v1/status", h.api))
-        .send()
+        .call(reqwest::Method::GET, "/v1/status")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -258,12 +252,7 @@ async fn intake_lookups_idempotency_and_tenant_state() {
     assert_eq!(status["platform"]["reachable"], true);
     for path in ["/livez", "/readyz"] {
         assert_eq!(
-            h.http
-                .get(format!("{}{path}", h.api))
-                .send()
-                .await
-                .unwrap()
-                .status(),
+            h.call(reqwest::Method::GET, path).await.status(),
             200,
             "{path}"
         );
@@ -298,24 +287,8 @@ async fn bearer_token_guards_v1_but_not_health() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
-    assert_eq!(
-        h.http
-            .get(format!("{}/livez", h.api))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        h.http
-            .get(format!("{}/metrics", h.api))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(h.call(reqwest::Method::GET, "/livez").await.status(), 200);
+    assert_eq!(h.call(reqwest::Method::GET, "/metrics").await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,44 +316,35 @@ async fn dead_letter_endpoints() {
     })
     .await;
     let list: Value = h
-        .http
-        .get(format!("{}/v1/dead-letters", h.api))
-        .send()
+        .call(reqwest::Method::GET, "/v1/dead-letters")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(list["items"][0]["id"], id);
     let show = h
-        .http
-        .get(format!("{}/v1/dead-letters/{id}", h.api))
-        .send()
-        .await
-        .unwrap();
+        .call(reqwest::Method::GET, &format!("/v1/dead-letters/{id}"))
+        .await;
     assert_eq!(show.status(), 200);
     let retry = h
-        .http
-        .post(format!("{}/v1/dead-letters/{id}/retry", h.api))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/dead-letters/{id}/retry"),
+        )
+        .await;
     assert_eq!(retry.status(), 200);
     h.drained(Duration::from_secs(10)).await;
     assert_eq!(h.sandbox.reports().len(), 1);
     let gone = h
-        .http
-        .post(format!("{}/v1/dead-letters/{id}/retry", h.api))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/dead-letters/{id}/retry"),
+        )
+        .await;
     assert_eq!(gone.status(), 404);
     let purge_missing = h
-        .http
-        .delete(format!("{}/v1/dead-letters/{id}", h.api))
-        .send()
-        .await
-        .unwrap();
+        .call(reqwest::Method::DELETE, &format!("/v1/dead-letters/{id}"))
+        .await;
     assert_eq!(purge_missing.status(), 404);
 }
 
@@ -423,11 +387,8 @@ async fn metrics_expose_every_spec_family_without_tenant_ids_or_secrets() {
     assert_eq!(r.status(), 202);
     h.drained(Duration::from_secs(10)).await;
     let text = h
-        .http
-        .get(format!("{}/metrics", h.api))
-        .send()
+        .call(reqwest::Method::GET, "/metrics")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -491,11 +452,8 @@ async fn metrics_expose_every_spec_family_without_tenant_ids_or_secrets() {
 async fn openapi_description_lists_every_route() {
     let h = harness(SandboxOptions::default(), &[]).await;
     let doc = h
-        .http
-        .get(format!("{}/v1/openapi.json", h.api))
-        .send()
+        .call(reqwest::Method::GET, "/v1/openapi.json")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

@@ -262,11 +262,8 @@ async fn permanent_refusal_dead_letters_exactly_that_tenant_and_others_proceed()
     // Retry after the platform accepts it again: the events go out in their original order.
     h.sandbox.clear_faults();
     let retried: serde_json::Value = h
-        .http
-        .post(format!("{}/v1/dead-letters/retry-all", h.api))
-        .send()
+        .call(reqwest::Method::POST, "/v1/dead-letters/retry-all")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

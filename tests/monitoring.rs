@@ -79,19 +79,13 @@ async fn alert_rules_and_dashboard_use_only_exposed_metrics() {
     assert_eq!(r.status(), 202);
     for name in ["tenants", "status", "branding"] {
         let r = h
-            .http
-            .post(format!("{}/v1/reconcile/{name}", h.api))
-            .send()
-            .await
-            .unwrap();
+            .call(reqwest::Method::POST, &format!("/v1/reconcile/{name}"))
+            .await;
         assert!(r.status().is_success(), "{name}: {}", r.status());
     }
     let fetch = || async {
-        h.http
-            .get(format!("{}/metrics", h.api))
-            .send()
+        h.call(reqwest::Method::GET, "/metrics")
             .await
-            .unwrap()
             .text()
             .await
             .unwrap()

@@ -72,6 +72,15 @@ impl Harness {
     pub fn running(&self) -> &Running {
         self.running.as_ref().unwrap()
     }
+    /// A request without a body to the daemon's API, e.g. `call(Method::GET, "/v1/status")`.
+    pub async fn call(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.http
+            .request(method, format!("{}{path}", self.api))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn post_events(&self, body: serde_json::Value) -> reqwest::Response {
         self.http
             .post(format!("{}/v1/events", self.api))
