@@ -143,15 +143,14 @@ impl Delivery {
         let mut woken_while_running: HashSet<TenantId> = HashSet::new();
         let mut lanes: JoinSet<(TenantId, LaneOutcome)> = JoinSet::new();
 
-        match self.queue.pending_tenants() {
-            Ok(ts) => {
-                tracing::info!(message = "delivery started", tenants_pending = ts.len());
-                for t in ts {
-                    in_ready.insert(t);
-                    ready.push_back(t);
-                }
-            }
-            Err(e) => tracing::error!(message = "cannot list pending tenants", error = %e),
+        let pending = self.queue.pending_tenants();
+        tracing::info!(
+            message = "delivery started",
+            tenants_pending = pending.len()
+        );
+        for t in pending {
+            in_ready.insert(t);
+            ready.push_back(t);
         }
 
         loop {

@@ -517,7 +517,8 @@ fn first_pending(tree: &sled::Tree, tenant: &TenantId) -> Result<Option<u64>, St
 }
 
 impl Queue {
-    /// Open (or create) the store at `path`, recover in-flight events, and start the flusher.
+    /// Open (or create) the store at `path`: migrate an older layout, rebuild each tenant's
+    /// oldest pending event, and start the committer and flusher threads.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Queue, StoreError> {
         let config = sled::Config::new()
             .path(path)
@@ -686,11 +687,11 @@ impl Queue {
     }
 
     /// Tenants that have pending events, in key order. Used by the dispatcher at start.
-    pub fn pending_tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+    pub fn pending_tenants(&self) -> Vec<TenantId> {
         let w = self.inner.writer.lock().expect("writer lock");
         let mut out: Vec<TenantId> = w.heads.by_tenant.keys().copied().collect();
         out.sort();
-        Ok(out)
+        out
     }
 
     /// Number of pending events of a tenant.

@@ -229,7 +229,7 @@ fn run_case(ops: Vec<Op>) {
                 .map(|(t, _)| ts[*t])
                 .collect();
             with_pending.sort();
-            assert_eq!(queue.pending_tenants().unwrap(), with_pending);
+            assert_eq!(queue.pending_tenants(), with_pending);
         }
         // Everything the model holds is in the store with the right state.
         let queue = q.as_ref().unwrap();
