@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use statusd::config::{IntegrationSettings, Secret};
 use statusd::metrics::Metrics;
 use statusd::platform::{ClientOptions, PlatformClient, ReportEvent};
-use statusd::queue::{EventKind, NewEvent, Queue, StoreOptions, Take};
 use statusd::sandbox::{Sandbox, SandboxOptions};
+use statusd::store::{EventKind, NewEvent, Queue, StoreOptions, Take};
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_statusd");
@@ -831,7 +831,7 @@ async fn footprint(dir: &Path, big: usize) {
     let acked = t.elapsed();
     let after_delivery = q.size_on_disk();
     let t = Instant::now();
-    let removed = q.compact(statusd::queue::now_ms() + 1).unwrap();
+    let removed = q.compact(statusd::store::now_ms() + 1).unwrap();
     q.sync().await.unwrap();
     let compact_took = t.elapsed();
     let after_compaction = q.size_on_disk();
@@ -863,7 +863,7 @@ async fn footprint(dir: &Path, big: usize) {
     fill(&store, big, &tenants).await;
     let q = open_compacting_at_once(&store);
     deliver_all(&q, &tenants, 32, big).await;
-    q.compact(statusd::queue::now_ms() + 1).unwrap();
+    q.compact(statusd::store::now_ms() + 1).unwrap();
     q.sync().await.unwrap();
     row(
         "store size after a second round (enqueue, deliver, compact)",

@@ -18,8 +18,8 @@ use crate::config::Secret;
 use crate::delivery::Delivery;
 use crate::metrics::{label, Metrics};
 use crate::platform::PlatformClient;
-use crate::queue::{Enqueued, EventKind, NewEvent, Queue};
 use crate::reconcile::Reconcilers;
+use crate::store::{Enqueued, EventKind, NewEvent, Queue};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -85,7 +85,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn store_error(e: crate::queue::StoreError) -> ApiError {
+fn store_error(e: crate::store::StoreError) -> ApiError {
     tracing::error!(message = "store error", error = %e);
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -414,7 +414,7 @@ fn parse_id(s: &str, field: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::invalid(field, format!("{field} is not a UUID: {}", clip(s))))
 }
 
-fn event_json(e: &crate::queue::EventRecord) -> Value {
+fn event_json(e: &crate::store::EventRecord) -> Value {
     let ms = |v: Option<i64>| {
         v.and_then(chrono::DateTime::from_timestamp_millis)
             .map(|t| t.to_rfc3339())
@@ -482,7 +482,7 @@ async fn list_tenants(State(state): State<ApiState>) -> Result<Json<Value>, ApiE
 /// What `statusd status` prints.
 pub async fn status_report(state: &ApiState) -> Value {
     let q = state.queue.stats();
-    let now = crate::queue::now_ms();
+    let now = crate::store::now_ms();
     let oldest_age = q
         .oldest_pending_accepted_ms
         .map(|t| ((now - t).max(0) as f64) / 1000.0);
@@ -515,7 +515,7 @@ pub async fn status_report(state: &ApiState) -> Value {
 
 /// Tenants with a recorded state that the last inventory does not know (only once an inventory
 /// exists).
-fn unknown_tenants(state: &ApiState) -> Result<Vec<Uuid>, crate::queue::StoreError> {
+fn unknown_tenants(state: &ApiState) -> Result<Vec<Uuid>, crate::store::StoreError> {
     if state.queue.inventory_len() == 0 {
         return Ok(Vec::new());
     }
@@ -563,7 +563,7 @@ async fn show_dead(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id, "id")?;
     match state.queue.event(&id).map_err(store_error)? {
-        Some(e) if e.state == crate::queue::EventState::Dead => Ok(Json(event_json(&e))),
+        Some(e) if e.state == crate::store::EventState::Dead => Ok(Json(event_json(&e))),
         _ => Err(ApiError::not_found("dead letter")),
     }
 }
@@ -674,7 +674,7 @@ pub fn refresh_gauges(state: &ApiState) {
     state.metrics.dead_letters.set(q.dead_letters as i64);
     let age = q
         .oldest_pending_accepted_ms
-        .map(|t| ((crate::queue::now_ms() - t).max(0) as f64) / 1000.0)
+        .map(|t| ((crate::store::now_ms() - t).max(0) as f64) / 1000.0)
         .unwrap_or(0.0);
     state.metrics.queue_oldest_event_age.set(age);
     state

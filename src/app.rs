@@ -17,9 +17,9 @@ use crate::config::Settings;
 use crate::delivery::{Delivery, DeliveryOptions};
 use crate::metrics::Metrics;
 use crate::platform::{ClientOptions, PlatformClient};
-use crate::queue::{Queue, StoreOptions};
 use crate::reconcile::Reconcilers;
 use crate::schedule::Schedules;
+use crate::store::{Queue, StoreOptions};
 use crate::systemd;
 
 /// How often delivered events past their retention are compacted away.
@@ -30,7 +30,7 @@ pub enum AppError {
     #[error("cannot open the store at {path}: {source}")]
     Store {
         path: String,
-        source: crate::queue::StoreError,
+        source: crate::store::StoreError,
     },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -233,7 +233,7 @@ impl Running {
 async fn compaction_loop(queue: Queue, stop: CancellationToken) {
     loop {
         let q = queue.clone();
-        match tokio::task::spawn_blocking(move || q.compact(crate::queue::now_ms())).await {
+        match tokio::task::spawn_blocking(move || q.compact(crate::store::now_ms())).await {
             Ok(Ok(n)) if n > 0 => {
                 tracing::info!(message = "compacted delivered events", removed = n)
             }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{label, Metrics};
 use crate::platform::{ErrorClass, PlatformClient, PlatformError, ReportEvent};
-use crate::queue::{now_ms, Batch, EventKind, Queue, Take, TenantId};
+use crate::store::{now_ms, Batch, EventKind, Queue, Take, TenantId};
 
 #[derive(Debug, Clone)]
 pub struct DeliveryOptions {

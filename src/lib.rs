@@ -10,10 +10,10 @@ pub mod delivery;
 pub mod demo;
 pub mod metrics;
 pub mod platform;
-pub mod queue;
 pub mod reconcile;
 pub mod sandbox;
 pub mod schedule;
+pub mod store;
 pub mod systemd;
 pub mod telemetry;
 

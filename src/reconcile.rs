@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::config::{BrandingTarget, OnRemoved, Settings};
 use crate::metrics::{label, Metrics};
 use crate::platform::{ErrorClass, PlatformClient, PlatformError, Tenant, TenantSelector};
-use crate::queue::{
+use crate::store::{
     now_ms, EventKind, IntegrationState, InventoryTenant, NewEvent, Queue, StoreError,
 };
 

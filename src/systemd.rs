@@ -7,7 +7,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::Queue;
+use crate::store::Queue;
 
 pub fn notify_ready() {
     let _ = sd_notify::notify(false, &[NotifyState::Ready]);

@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::*;
 use rand::Rng;
 use serde_json::json;
-use statusd::queue::Queue;
 use statusd::sandbox::{Sandbox, SandboxOptions};
+use statusd::store::Queue;
 use uuid::Uuid;
 
 fn spawn_daemon(

@@ -343,7 +343,7 @@ async fn graceful_shutdown_returns_unsent_work_and_loses_nothing() {
     );
     // Reopen: everything not acknowledged is queued again, in order.
     drop(q);
-    let q = statusd::queue::Queue::open(h.dir.path(), Default::default()).unwrap();
+    let q = statusd::store::Queue::open(h.dir.path(), Default::default()).unwrap();
     assert_eq!(q.stats().depth, 15);
     assert_eq!(q.stats().in_flight, 0);
 }

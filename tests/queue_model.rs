@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use proptest::prelude::*;
-use statusd::queue::{
+use statusd::store::{
     now_ms, Batch, EventKind, EventState, NewEvent, Queue, StoreOptions, Take, TenantId,
 };
 use uuid::Uuid;
@@ -111,10 +111,10 @@ fn run_case(ops: Vec<Op>) {
                     for (i, o) in out.iter().enumerate() {
                         let k = if i == 0 { key } else { None };
                         match (k.and_then(|k| model.keys.get(&k)), o) {
-                            (Some(orig), statusd::queue::Enqueued::Duplicate(id)) => {
+                            (Some(orig), statusd::store::Enqueued::Duplicate(id)) => {
                                 assert_eq!(orig, id)
                             }
-                            (None, statusd::queue::Enqueued::Accepted(id)) => {
+                            (None, statusd::store::Enqueued::Accepted(id)) => {
                                 model.pending.entry(tenant).or_default().push_back(*id);
                                 if let Some(k) = k {
                                     model.keys.insert(k, *id);
@@ -339,11 +339,11 @@ async fn compaction_removes_delivered_after_retention_and_keeps_pending() {
     assert!(q.event(&first[0].id()).unwrap().is_none());
     assert!(q.event(&first[1].id()).unwrap().is_some());
     let again = q.enqueue(vec![ev("a")]).await.unwrap();
-    assert_eq!(again[0], statusd::queue::Enqueued::Duplicate(first[0].id()));
+    assert_eq!(again[0], statusd::store::Enqueued::Duplicate(first[0].id()));
     // After the idempotency window the key is forgotten.
     q.compact(now_ms() + 25 * 3600 * 1000).unwrap();
     let fresh = q.enqueue(vec![ev("a")]).await.unwrap();
-    assert!(matches!(fresh[0], statusd::queue::Enqueued::Accepted(_)));
+    assert!(matches!(fresh[0], statusd::store::Enqueued::Accepted(_)));
 }
 
 #[tokio::test]
@@ -455,6 +455,73 @@ async fn layout_1_store_is_migrated_in_place() {
     assert_eq!(tree.scan_prefix([b'f']).count(), 0);
     assert_eq!(
         tree.get(b"mschema").unwrap().unwrap().as_ref(),
-        &statusd::queue::SCHEMA_VERSION.to_be_bytes()
+        &statusd::store::SCHEMA_VERSION.to_be_bytes()
     );
+}
+
+fn one_event(tenant: Uuid, key: Option<&str>) -> NewEvent {
+    NewEvent {
+        tenant_id: tenant,
+        kind: EventKind::Activation,
+        category: "activation".into(),
+        action: "activated integration".into(),
+        idempotency_key: key.map(str::to_string),
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_idempotency_record_is_an_error_and_the_store_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("statusd").unwrap();
+        // Shorter than the 16-byte event id it should start with.
+        tree.insert(b"idamaged".as_slice(), b"abc".as_slice())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let q = Queue::open(dir.path(), StoreOptions::default()).unwrap();
+    let tenant = Uuid::from_u128(11);
+    let err = q
+        .enqueue(vec![one_event(tenant, Some("damaged"))])
+        .await
+        .expect_err("a damaged record cannot be answered");
+    assert!(err.to_string().contains("idempotency record"), "{err}");
+    // The committer is still running and later calls are answered.
+    assert!(q.healthy());
+    let out = q
+        .enqueue(vec![one_event(tenant, Some("fine"))])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], statusd::store::Enqueued::Accepted(_)));
+    assert_eq!(q.stats().depth, 1);
+}
+
+#[tokio::test]
+async fn a_batch_dropped_unsettled_goes_back_to_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), StoreOptions::default()).unwrap();
+    let tenant = Uuid::from_u128(12);
+    let out = q
+        .enqueue(vec![one_event(tenant, None), one_event(tenant, None)])
+        .await
+        .unwrap();
+    let ids: Vec<Uuid> = out.iter().map(|o| o.id()).collect();
+    let Take::Ready(batch) = q.take_batch(&tenant, 10).unwrap() else {
+        panic!("expected a batch")
+    };
+    assert!(matches!(q.take_batch(&tenant, 10).unwrap(), Take::Busy));
+    assert_eq!(q.stats().in_flight, 2);
+    // A lane that panics drops its batch without settling it.
+    let lane = std::thread::spawn(move || {
+        let _held = batch;
+        panic!("lane failed");
+    });
+    assert!(lane.join().is_err());
+    assert_eq!(q.stats().in_flight, 0);
+    assert_eq!(q.event(&ids[0]).unwrap().unwrap().state, EventState::Queued);
+    let Take::Ready(again) = q.take_batch(&tenant, 10).unwrap() else {
+        panic!("the tenant is free again")
+    };
+    assert_eq!(again.ids(), ids);
 }

@@ -1,0 +1,213 @@
+//! Delivery's side of the store: taking a tenant's oldest events and settling them.
+
+use super::*;
+
+impl Queue {
+    pub(super) fn get_event_raw(&self, id: &Uuid) -> Result<Option<EventRecord>, StoreError> {
+        self.inner.get_json(event_key(id))
+    }
+
+    /// One event's record.
+    pub fn event(&self, id: &Uuid) -> Result<Option<EventRecord>, StoreError> {
+        let Some(mut rec) = self.get_event_raw(id)? else {
+            return Ok(None);
+        };
+        // Delivery is recorded by a small marker and being in flight in memory, so neither
+        // taking nor acknowledging a batch rewrites the records.
+        if let Some(v) = self.inner.tree.get(delivered_marker_key(id))? {
+            if v.len() != 12 {
+                return Err(StoreError::Corrupt(format!("bad delivery marker of {id}")));
+            }
+            rec.state = EventState::Delivered;
+            rec.delivered_at_ms = Some(i64::from_be_bytes(v[..8].try_into().expect("8 bytes")));
+            rec.attempts = u32::from_be_bytes(v[8..].try_into().expect("4 bytes"));
+            rec.next_attempt_at_ms = None;
+        } else if rec.state == EventState::Queued && lock(&self.inner.in_flight_ids).contains(id) {
+            rec.state = EventState::InFlight;
+        }
+        Ok(Some(rec))
+    }
+
+    /// Tenants that have pending events, in key order. Used by the dispatcher at start.
+    pub fn pending_tenants(&self) -> Vec<TenantId> {
+        let w = lock(&self.inner.writer);
+        let mut out: Vec<TenantId> = w.heads.by_tenant.keys().copied().collect();
+        out.sort();
+        out
+    }
+
+    /// Number of pending events of a tenant.
+    pub fn pending_count(&self, tenant: &TenantId) -> usize {
+        self.inner
+            .tree
+            .scan_prefix(key(b'p', &[tenant.as_bytes()]))
+            .count()
+    }
+
+    /// The tenant's pending events in delivery order, up to `limit` (read only).
+    pub fn pending_events(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .inner
+            .tree
+            .scan_prefix(key(b'p', &[tenant.as_bytes()]))
+            .take(limit)
+        {
+            let (_, v) = item?;
+            let id = uuid_from(&v)?;
+            if let Some(rec) = self.get_event_raw(&id)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Take up to `max` of the tenant's oldest pending events and mark them in flight. Nothing
+    /// else of this tenant can be taken until the batch is settled (delivered, failed or dead).
+    pub fn take_batch(&self, tenant: &TenantId, max: usize) -> Result<Take, StoreError> {
+        let now = now_ms();
+        {
+            let mut busy = lock(&self.inner.in_flight_tenants);
+            if busy.contains(tenant) {
+                return Ok(Take::Busy);
+            }
+            busy.insert(*tenant);
+        }
+        let result = self.take_batch_inner(tenant, max, now);
+        if !matches!(result, Ok(Take::Ready(_))) {
+            lock(&self.inner.in_flight_tenants).remove(tenant);
+        }
+        result
+    }
+
+    pub(super) fn take_batch_inner(
+        &self,
+        tenant: &TenantId,
+        max: usize,
+        now: i64,
+    ) -> Result<Take, StoreError> {
+        let mut events = Vec::new();
+        for item in self
+            .inner
+            .tree
+            .scan_prefix(key(b'p', &[tenant.as_bytes()]))
+            .take(max.max(1))
+        {
+            let (_, v) = item?;
+            let id = uuid_from(&v)?;
+            let rec = self
+                .get_event_raw(&id)?
+                .ok_or_else(|| StoreError::Corrupt(format!("pending event {id} has no record")))?;
+            if events.is_empty() {
+                if let Some(at) = rec.next_attempt_at_ms {
+                    if at > now {
+                        return Ok(Take::NotBefore(at));
+                    }
+                }
+            }
+            events.push(rec);
+        }
+        if events.is_empty() {
+            return Ok(Take::Empty);
+        }
+        let mut ids = lock(&self.inner.in_flight_ids);
+        for rec in &mut events {
+            rec.state = EventState::InFlight;
+            ids.insert(rec.id);
+        }
+        drop(ids);
+        Ok(Take::Ready(Batch {
+            tenant_id: *tenant,
+            events,
+            store: Arc::downgrade(&self.inner.core),
+            released: Default::default(),
+        }))
+    }
+
+    /// The batch reached the platform. Durable before it returns, so a crash after this never
+    /// re-sends it.
+    pub async fn ack_delivered(&self, batch: &Batch) -> Result<(), StoreError> {
+        let job = AckJob {
+            tenant: batch.tenant_id,
+            items: batch
+                .events
+                .iter()
+                .map(|e| (e.seq, e.id, e.kind, e.attempts))
+                .collect(),
+        };
+        let (tx, rx) = oneshot::channel();
+        let result = match self.send(Job::Ack(job, tx)) {
+            Ok(()) => rx.await.map_err(|_| StoreError::Closed).and_then(|r| r),
+            Err(e) => Err(e),
+        };
+        // Released only now: the tenant's next batch must not see these events again.
+        batch.release();
+        result
+    }
+
+    /// The report failed and will be retried at `next_attempt_at_ms`. The events keep their place.
+    pub fn mark_failed(
+        &self,
+        batch: &Batch,
+        error: &str,
+        next_attempt_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        {
+            let _w = lock(&self.inner.writer);
+            let mut b = sled::Batch::default();
+            for rec in &batch.events {
+                let mut rec = rec.clone();
+                rec.state = EventState::Queued;
+                rec.attempts += 1;
+                rec.last_error = Some(error.to_string());
+                rec.next_attempt_at_ms = Some(next_attempt_at_ms);
+                b.insert(event_key(&rec.id), to_json(&rec));
+            }
+            self.inner.tree.apply_batch(b)?;
+        }
+        batch.release();
+        Ok(())
+    }
+
+    /// Give the batch back untouched (shutdown before it was sent, or a send abandoned).
+    pub fn return_batch(&self, batch: &Batch) -> Result<(), StoreError> {
+        // Nothing was written when it was taken, so nothing is undone.
+        batch.release();
+        Ok(())
+    }
+
+    /// Park the batch in the dead-letter store with its reason. Durable before it returns.
+    pub async fn dead_letter(&self, batch: &Batch, reason: &str) -> Result<(), StoreError> {
+        {
+            let mut w = lock(&self.inner.writer);
+            let mut b = sled::Batch::default();
+            for rec in &batch.events {
+                let mut rec = rec.clone();
+                rec.state = EventState::Dead;
+                rec.attempts += 1;
+                rec.dead_reason = Some(reason.to_string());
+                rec.last_error = Some(reason.to_string());
+                rec.next_attempt_at_ms = None;
+                b.insert(event_key(&rec.id), to_json(&rec));
+                b.remove(pending_key(&batch.tenant_id, rec.seq));
+                b.insert(dead_key(&rec.id), &[]);
+            }
+            let n = batch.events.len() as u64;
+            let depth = w.depth.saturating_sub(n);
+            let dead = w.dead + n;
+            b.insert(meta_key("depth"), &depth.to_be_bytes());
+            b.insert(meta_key("dead"), &dead.to_be_bytes());
+            self.inner.tree.apply_batch(b)?;
+            w.depth = depth;
+            w.dead = dead;
+            let head = first_pending(&self.inner.tree, &batch.tenant_id)?;
+            w.heads.set(batch.tenant_id, head);
+        }
+        batch.release();
+        self.sync().await
+    }
+}

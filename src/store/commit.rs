@@ -1,0 +1,322 @@
+//! The write path: the committer thread writes each group of jobs as one sled batch, the
+//! flusher thread makes it durable and answers everyone waiting for it.
+
+use super::*;
+
+pub(super) type FlushWaiter = oneshot::Sender<Result<(), String>>;
+pub(super) type EnqueueReply = oneshot::Sender<Result<Vec<Enqueued>, StoreError>>;
+
+/// Work for the committer thread.
+pub(super) enum Job {
+    /// Answer after a flush that starts after this job was sent.
+    Sync(FlushWaiter),
+    /// Write these events (all or none), flush, then answer.
+    Enqueue(Vec<NewEvent>, EnqueueReply),
+    /// Record a delivered batch, flush, then answer.
+    Ack(AckJob, oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// What a written group gives back: each enqueue's outcomes, and the tenants that got events.
+pub(super) type GroupWritten = (Vec<Vec<Enqueued>>, Vec<TenantId>);
+
+/// What the committer needs of a delivered batch.
+pub(super) struct AckJob {
+    pub(super) tenant: TenantId,
+    /// seq, id, kind and attempts before this delivery, of each event.
+    pub(super) items: Vec<(u64, Uuid, EventKind, u32)>,
+}
+
+/// A group stops growing at this many events, so one slow group cannot hold many callers.
+pub(super) const MAX_GROUP_EVENTS: usize = 8192;
+
+impl Core {
+    pub(super) fn get_json<T: DeserializeOwned>(
+        &self,
+        key: Vec<u8>,
+    ) -> Result<Option<T>, StoreError> {
+        self.tree.get(key)?.map(|v| from_json(&v)).transpose()
+    }
+
+    pub(super) fn tenant_state(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<TenantState>, StoreError> {
+        self.get_json(tenant_key(tenant))
+    }
+
+    pub(super) fn wake_tenants(&self, tenants: impl IntoIterator<Item = TenantId>) {
+        let mut woken = lock(&self.woken);
+        woken.extend(tenants);
+        drop(woken);
+        self.wake.notify_one();
+    }
+
+    /// Write a group of enqueue requests as one sled batch (not yet flushed). Each request's
+    /// outcome is returned in order, with the tenants that got new events.
+    pub(super) fn write_group(
+        &self,
+        requests: Vec<Vec<NewEvent>>,
+        acks: &[AckJob],
+    ) -> Result<GroupWritten, StoreError> {
+        let now = now_ms();
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut tenants_touched = Vec::new();
+        let mut w = lock(&self.writer);
+        let mut batch = sled::Batch::default();
+        let mut seen_in_batch: Vec<(String, Uuid)> = Vec::new();
+        let mut tenant_updates: Vec<TenantState> = Vec::new();
+        let mut seq = w.seq;
+        let mut added = 0u64;
+        let mut new_heads: Vec<(TenantId, u64)> = Vec::new();
+        for events in requests {
+            let mut outs = Vec::with_capacity(events.len());
+            for ev in events {
+                if let Some(k) = &ev.idempotency_key {
+                    if let Some((_, id)) = seen_in_batch.iter().find(|(s, _)| s == k) {
+                        outs.push(Enqueued::Duplicate(*id));
+                        continue;
+                    }
+                    if let Some(v) = self.tree.get(idem_key(k))? {
+                        outs.push(Enqueued::Duplicate(idem_target(&v)?));
+                        continue;
+                    }
+                }
+                seq += 1;
+                let id = Uuid::now_v7();
+                let rec = EventRecord {
+                    id,
+                    tenant_id: ev.tenant_id,
+                    kind: ev.kind,
+                    category: ev.category,
+                    action: ev.action,
+                    idempotency_key: ev.idempotency_key.clone(),
+                    accepted_at_ms: now,
+                    state: EventState::Queued,
+                    attempts: 0,
+                    last_error: None,
+                    next_attempt_at_ms: None,
+                    delivered_at_ms: None,
+                    dead_reason: None,
+                    seq,
+                };
+                batch.insert(event_key(&id), to_json(&rec));
+                batch.insert(pending_key(&ev.tenant_id, seq), id.as_bytes().as_slice());
+                new_heads.push((ev.tenant_id, seq));
+                if let Some(k) = &ev.idempotency_key {
+                    let mut v = id.as_bytes().to_vec();
+                    v.extend_from_slice(&now.to_be_bytes());
+                    batch.insert(idem_key(k), v);
+                    batch.insert(idem_expiry_key(now, k), &[]);
+                    seen_in_batch.push((k.clone(), id));
+                }
+                let intended = match ev.kind {
+                    EventKind::Activation => Some(IntegrationState::Active),
+                    EventKind::Deactivation => Some(IntegrationState::Inactive),
+                    EventKind::Custom => None,
+                };
+                if let Some(intended) = intended {
+                    let state = self.tenant_entry(&mut tenant_updates, ev.tenant_id)?;
+                    state.intended = Some(intended);
+                    state.intended_at_ms = Some(now);
+                }
+                if !tenants_touched.contains(&ev.tenant_id) {
+                    tenants_touched.push(ev.tenant_id);
+                }
+                outs.push(Enqueued::Accepted(id));
+                added += 1;
+            }
+            outcomes.push(outs);
+        }
+        let mut removed = 0u64;
+        for ack in acks {
+            let mut reported = None;
+            for (seq, id, kind, attempts) in &ack.items {
+                match kind {
+                    EventKind::Activation => reported = Some(IntegrationState::Active),
+                    EventKind::Deactivation => reported = Some(IntegrationState::Inactive),
+                    EventKind::Custom => {}
+                }
+                batch.remove(pending_key(&ack.tenant, *seq));
+                batch.insert(
+                    delivered_marker_key(id),
+                    delivered_marker(now, attempts + 1),
+                );
+                batch.insert(delivered_key(now, id), &[]);
+            }
+            removed += ack.items.len() as u64;
+            if let Some(state) = reported {
+                let t = self.tenant_entry(&mut tenant_updates, ack.tenant)?;
+                t.last_reported = Some(state);
+                t.last_reported_at_ms = Some(now);
+            }
+        }
+        if added == 0 && removed == 0 {
+            return Ok((outcomes, tenants_touched));
+        }
+        for t in &tenant_updates {
+            batch.insert(tenant_key(&t.tenant_id), to_json(t));
+        }
+        let depth = (w.depth + added).saturating_sub(removed);
+        batch.insert(meta_key("seq"), &seq.to_be_bytes());
+        batch.insert(meta_key("depth"), &depth.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        w.seq = seq;
+        w.depth = depth;
+        for ack in acks {
+            let head = first_pending(&self.tree, &ack.tenant)?;
+            w.heads.set(ack.tenant, head);
+        }
+        for (tenant, seq) in new_heads {
+            w.heads.add(tenant, seq);
+        }
+        Ok((outcomes, tenants_touched))
+    }
+
+    /// The group's pending update of a tenant's state, loaded from the store the first time.
+    pub(super) fn tenant_entry<'a>(
+        &self,
+        updates: &'a mut Vec<TenantState>,
+        tenant: TenantId,
+    ) -> Result<&'a mut TenantState, StoreError> {
+        let pos = match updates.iter().position(|t| t.tenant_id == tenant) {
+            Some(i) => i,
+            None => {
+                let current = self.tenant_state(&tenant)?.unwrap_or(TenantState {
+                    tenant_id: tenant,
+                    ..Default::default()
+                });
+                updates.push(current);
+                updates.len() - 1
+            }
+        };
+        Ok(&mut updates[pos])
+    }
+}
+
+/// A written group on its way to the flusher, with everyone waiting for it.
+pub(super) struct Written {
+    pub(super) syncs: Vec<FlushWaiter>,
+    pub(super) replies: Vec<EnqueueReply>,
+    pub(super) ack_replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    /// Each enqueue's outcomes and the tenants that got events, or why the write failed.
+    pub(super) result: Result<GroupWritten, String>,
+}
+
+impl Written {
+    /// Answer everyone once the flush that covers the group has ended.
+    pub(super) fn settle(self, core: &Core, flushed: &Result<(), String>) {
+        let error = |flush: bool, message: &str| {
+            if flush {
+                StoreError::Flush(message.to_string())
+            } else {
+                StoreError::Write(message.to_string())
+            }
+        };
+        match (self.result, flushed) {
+            (Ok((outcomes, touched)), Ok(())) => {
+                core.wake_tenants(touched);
+                for (reply, out) in self.replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(out));
+                }
+                for reply in self.ack_replies {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            (result, flushed) => {
+                // Every caller of the group gets the error: the write's, or the flush's.
+                let (flush, message) = match (result, flushed) {
+                    (Err(e), _) => (false, e),
+                    (Ok(_), Err(e)) => (true, e.clone()),
+                    (Ok(_), Ok(())) => unreachable!("handled above"),
+                };
+                for reply in self.replies {
+                    let _ = reply.send(Err(error(flush, &message)));
+                }
+                for reply in self.ack_replies {
+                    let _ = reply.send(Err(error(flush, &message)));
+                }
+            }
+        }
+        for w in self.syncs {
+            let _ = w.send(flushed.clone());
+        }
+    }
+}
+
+/// The committer: takes every job waiting, writes the enqueues and acks of the group as one
+/// sled batch, and hands the group to the flusher. While the flusher makes one group durable,
+/// the committer writes the next (a two-stage group commit). Nobody is answered before the
+/// flush that covers their writes has ended, and tenants are woken for delivery only then.
+pub(super) fn committer(
+    core: Arc<Core>,
+    rx: mpsc::Receiver<Job>,
+    to_flusher: mpsc::Sender<Written>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut syncs = Vec::new();
+        let mut requests = Vec::new();
+        let mut replies = Vec::new();
+        let mut acks = Vec::new();
+        let mut ack_replies = Vec::new();
+        let mut events = 0;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Sync(w) => syncs.push(w),
+                Job::Enqueue(evs, reply) => {
+                    events += evs.len();
+                    requests.push(evs);
+                    replies.push(reply);
+                }
+                Job::Ack(ack, reply) => {
+                    events += ack.items.len();
+                    acks.push(ack);
+                    ack_replies.push(reply);
+                }
+            }
+            if events < MAX_GROUP_EVENTS {
+                next = rx.try_recv().ok();
+            }
+        }
+        let result = if requests.is_empty() && acks.is_empty() {
+            Ok((Vec::new(), Vec::new()))
+        } else {
+            core.write_group(requests, &acks).map_err(|e| e.to_string())
+        };
+        let written = Written {
+            syncs,
+            replies,
+            ack_replies,
+            result,
+        };
+        if let Err(mpsc::SendError(w)) = to_flusher.send(written) {
+            // The flusher is gone (it cannot be while the committer runs); answer with an error
+            // rather than leave callers waiting.
+            w.settle(&core, &Err("the store flusher stopped".into()));
+        }
+    }
+}
+
+/// The flusher: one sled flush for every group written since the last one, then the answers.
+pub(super) fn flusher(core: Arc<Core>, rx: mpsc::Receiver<Written>) {
+    while let Ok(first) = rx.recv() {
+        let mut groups = vec![first];
+        while let Ok(g) = rx.try_recv() {
+            groups.push(g);
+        }
+        let flushed = core.db.flush().map(|_| ()).map_err(|e| e.to_string());
+        if let Err(e) = &flushed {
+            tracing::error!(message = "store flush failed", error = %e);
+        }
+        core.flushes.fetch_add(1, Ordering::Relaxed);
+        let waiters: usize = groups
+            .iter()
+            .map(|g| g.syncs.len() + g.replies.len() + g.ack_replies.len())
+            .sum();
+        core.flush_waiters
+            .fetch_add(waiters as u64, Ordering::Relaxed);
+        for g in groups {
+            g.settle(&core, &flushed);
+        }
+    }
+}

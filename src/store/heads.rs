@@ -1,0 +1,69 @@
+//! Each tenant's oldest pending event, kept in memory.
+
+use super::*;
+
+/// The oldest pending event of each tenant with pending events, kept in memory (built on open
+/// from the pending keys) so the oldest pending event overall is found without an index that
+/// every enqueue and acknowledgement would have to write.
+#[derive(Default)]
+pub(super) struct Heads {
+    pub(super) by_seq: std::collections::BTreeSet<(u64, TenantId)>,
+    pub(super) by_tenant: std::collections::HashMap<TenantId, u64>,
+}
+
+impl Heads {
+    /// A tenant got a pending event with `seq`; it is the head if the tenant had none.
+    pub(super) fn add(&mut self, tenant: TenantId, seq: u64) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.by_tenant.entry(tenant) {
+            e.insert(seq);
+            self.by_seq.insert((seq, tenant));
+        }
+    }
+
+    /// The tenant's head is now `seq` (None: no pending events left).
+    pub(super) fn set(&mut self, tenant: TenantId, seq: Option<u64>) {
+        if let Some(old) = self.by_tenant.remove(&tenant) {
+            self.by_seq.remove(&(old, tenant));
+        }
+        if let Some(seq) = seq {
+            self.by_tenant.insert(tenant, seq);
+            self.by_seq.insert((seq, tenant));
+        }
+    }
+
+    pub(super) fn oldest(&self) -> Option<(u64, TenantId)> {
+        self.by_seq.first().copied()
+    }
+}
+
+/// The first pending key of each tenant: one seek per tenant with pending events.
+pub(super) fn read_heads(tree: &sled::Tree) -> Result<Heads, StoreError> {
+    let mut heads = Heads::default();
+    let mut from = vec![b'p'];
+    loop {
+        let mut range = tree.range(from.clone()..vec![b'q']);
+        let Some(item) = range.next() else { break };
+        let (k, _) = item?;
+        let (tenant, seq) = parse_pending_key(&k)?;
+        heads.add(tenant, seq);
+        let mut next = key(b'p', &[tenant.as_bytes()]);
+        next.extend_from_slice(&[0xff; 9]);
+        from = next;
+    }
+    Ok(heads)
+}
+
+/// The seq of the tenant's first pending event, if any.
+pub(super) fn first_pending(
+    tree: &sled::Tree,
+    tenant: &TenantId,
+) -> Result<Option<u64>, StoreError> {
+    match tree
+        .scan_prefix(key(b'p', &[tenant.as_bytes()]))
+        .keys()
+        .next()
+    {
+        Some(k) => Ok(Some(parse_pending_key(&k?)?.1)),
+        None => Ok(None),
+    }
+}

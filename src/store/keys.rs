@@ -1,0 +1,107 @@
+//! Key layout: one-byte prefixes, big-endian integers so keys sort by arrival (table in the
+//! module doc of `store`), and the encodings of values.
+
+use super::*;
+
+pub(super) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    k.push(prefix);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+pub(super) fn event_key(id: &Uuid) -> Vec<u8> {
+    key(b'e', &[id.as_bytes()])
+}
+
+pub(super) fn pending_key(tenant: &TenantId, seq: u64) -> Vec<u8> {
+    key(b'p', &[tenant.as_bytes(), &seq.to_be_bytes()])
+}
+
+pub(super) fn dead_key(id: &Uuid) -> Vec<u8> {
+    key(b'd', &[id.as_bytes()])
+}
+
+/// `x` + id: when an event was delivered and after how many attempts (a small value, so an
+/// acknowledgement does not rewrite the event's record).
+pub(super) fn delivered_marker_key(id: &Uuid) -> Vec<u8> {
+    key(b'x', &[id.as_bytes()])
+}
+
+pub(super) fn delivered_marker(at_ms: i64, attempts: u32) -> Vec<u8> {
+    let mut v = at_ms.to_be_bytes().to_vec();
+    v.extend_from_slice(&attempts.to_be_bytes());
+    v
+}
+
+pub(super) fn delivered_key(at_ms: i64, id: &Uuid) -> Vec<u8> {
+    key(b'c', &[&(at_ms.max(0) as u64).to_be_bytes(), id.as_bytes()])
+}
+
+pub(super) fn idem_key(k: &str) -> Vec<u8> {
+    key(b'i', &[k.as_bytes()])
+}
+
+pub(super) fn idem_expiry_key(at_ms: i64, k: &str) -> Vec<u8> {
+    key(b'j', &[&(at_ms.max(0) as u64).to_be_bytes(), k.as_bytes()])
+}
+
+pub(super) fn tenant_key(t: &TenantId) -> Vec<u8> {
+    key(b't', &[t.as_bytes()])
+}
+
+pub(super) fn inventory_key(t: &TenantId) -> Vec<u8> {
+    key(b'n', &[t.as_bytes()])
+}
+
+pub(super) fn meta_key(name: &str) -> Vec<u8> {
+    key(b'm', &[name.as_bytes()])
+}
+
+pub(super) fn uuid_from(bytes: &[u8]) -> Result<Uuid, StoreError> {
+    Uuid::from_slice(bytes)
+        .map_err(|_| StoreError::Corrupt(format!("bad uuid of {} bytes", bytes.len())))
+}
+
+pub(super) fn u64_from(bytes: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("bad integer".into()))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+pub(super) fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records serialize")
+}
+
+pub(super) fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) fn parse_pending_key(k: &[u8]) -> Result<(TenantId, u64), StoreError> {
+    if k.len() != 25 {
+        return Err(StoreError::Corrupt("bad pending key".into()));
+    }
+    Ok((uuid_from(&k[1..17])?, u64_from(&k[17..25])?))
+}
+
+/// The event an idempotency key points at (the first 16 bytes of its value; the accepted time
+/// follows). A short value is a damaged record, reported as such rather than sliced.
+pub(super) fn idem_target(value: &[u8]) -> Result<Uuid, StoreError> {
+    match value.get(..16) {
+        Some(id) => uuid_from(id),
+        None => Err(StoreError::Corrupt(format!(
+            "idempotency record of {} bytes (expected at least 16)",
+            value.len()
+        ))),
+    }
+}
+
+/// Lock a mutex of the store. A panic while one was held cannot leave the state half-changed
+/// (every critical section either completes its sled batch or changes nothing in memory), so a
+/// poisoned lock is taken over instead of turning every later call into a panic.
+pub(super) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

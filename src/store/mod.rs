@@ -1,0 +1,346 @@
+//! The durable store: pending events per tenant, event states, dead letters, tenant state,
+//! idempotency keys and the tenant inventory. **The only module that imports sled.**
+//!
+//! Promises:
+//! - `enqueue` (and `ack_delivered`) return only after a flush covering their writes has
+//!   completed. Concurrent calls are written together by one committer thread as one sled batch;
+//!   a flusher thread makes each group durable while the committer writes the next (group
+//!   commit in two stages). Each tenant's oldest pending event is kept in memory (rebuilt on
+//!   open) for the oldest-pending figure, so no global order index is written.
+//! - An event and every index pointing at it are written in one atomic sled batch, under one
+//!   writer lock, so a crash never leaves an event that is stored but not dispatchable.
+//! - Per tenant, events leave in acceptance order; a tenant has at most one batch in flight.
+//! - Being in flight is kept in memory: taking a batch writes nothing, and after a crash every
+//!   event that was in flight is simply `queued` again in its place (its pending key stays until
+//!   it is settled). Stores of layout 1 (with `o` and `f` keys) are migrated on open.
+//!
+//! Layout (one sled tree, one-byte key prefixes, big-endian integers so keys sort by arrival):
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `e` | event uuid | event record (JSON) |
+//! | `p` | tenant uuid + seq | event uuid (pending: queued or in flight) |
+//! | `d` | event uuid | (dead letters) |
+//! | `c` | delivered ms + event uuid | (delivered, for compaction) |
+//! | `x` | event uuid | delivered ms + attempts (the record itself is not rewritten) |
+//! | `i` | idempotency key | event uuid + accepted ms |
+//! | `j` | accepted ms + idempotency key | (expiry index) |
+//! | `t` | tenant uuid | tenant state (JSON) |
+//! | `n` | tenant uuid | inventory record (JSON) |
+//! | `m` | name | metadata: schema version, counters, reconciler documents |
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::sync::{oneshot, Notify};
+use uuid::Uuid;
+
+pub type TenantId = Uuid;
+
+/// The layout version written by this build; opening a store with a newer one is refused.
+/// Layout version. 2: no `o` (order) or `f` (in-flight) keys; version 1 stores are migrated
+/// on open.
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// How long idempotency keys are remembered at least.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store at {path} has schema version {found}; this statusd understands up to {SCHEMA_VERSION}")]
+    SchemaTooNew { path: String, found: u64 },
+    #[error("store flush failed: {0}")]
+    Flush(String),
+    #[error("store write failed: {0}")]
+    Write(String),
+    #[error("store is closed")]
+    Closed,
+    #[error("it is in use by another process (another statusd with the same store.path?)")]
+    Locked { path: String },
+}
+
+mod batches;
+mod commit;
+mod compact;
+mod dead;
+mod heads;
+mod keys;
+mod migrate;
+mod records;
+mod tenants;
+
+use commit::*;
+use heads::*;
+use keys::*;
+use migrate::*;
+pub use records::*;
+
+/// The store handle; cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Counters {
+    seq: u64,
+    depth: u64,
+    dead: u64,
+    heads: Heads,
+}
+/// Everything the committer thread shares with the handles.
+struct Core {
+    db: sled::Db,
+    tree: sled::Tree,
+    writer: Mutex<Counters>,
+    in_flight_tenants: Mutex<HashSet<TenantId>>,
+    /// Events taken and not yet settled. Being in flight is kept in memory only: after a crash
+    /// the pending keys (never removed while in flight) put every such event back in order.
+    in_flight_ids: Mutex<HashSet<Uuid>>,
+    flushes: AtomicU64,
+    flush_waiters: AtomicU64,
+    woken: Mutex<HashSet<TenantId>>,
+    wake: Notify,
+    options: StoreOptions,
+}
+
+struct Inner {
+    core: Arc<Core>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// The committer, then the flusher: joined in this order (the committer's end stops the
+    /// flusher).
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl std::ops::Deref for Inner {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        lock(&self.jobs).take();
+        for handle in lock(&self.threads).drain(..) {
+            let _ = handle.join();
+        }
+        let _ = self.core.db.flush();
+    }
+}
+
+impl Queue {
+    /// Open (or create) the store at `path`: migrate an older layout, rebuild each tenant's
+    /// oldest pending event, and start the committer and flusher threads.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Queue, StoreError> {
+        let config = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_capacity_mb.saturating_mul(1024 * 1024))
+            .mode(sled::Mode::HighThroughput);
+        // sled's own background flusher releases the directory lock shortly after the last
+        // handle is dropped; a reopen in the same process waits for it (briefly) rather than
+        // failing. Another process holding the store still fails after the wait.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked {
+                            path: path.display().to_string(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let tree = db.open_tree("statusd")?;
+        let read_u64 = |name: &str| -> Result<Option<u64>, StoreError> {
+            tree.get(meta_key(name))?.map(|v| u64_from(&v)).transpose()
+        };
+        match read_u64("schema")? {
+            Some(found) if found > SCHEMA_VERSION => {
+                return Err(StoreError::SchemaTooNew {
+                    path: path.display().to_string(),
+                    found,
+                })
+            }
+            Some(found) if found < SCHEMA_VERSION => {
+                migrate_to_2(&tree)?;
+                tree.insert(meta_key("schema"), &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+                tracing::info!(
+                    message = "store migrated",
+                    from = found,
+                    to = SCHEMA_VERSION
+                );
+            }
+            Some(_) => {}
+            None => {
+                tree.insert(meta_key("schema"), &SCHEMA_VERSION.to_be_bytes())?;
+            }
+        }
+        let counters = Counters {
+            heads: read_heads(&tree)?,
+            seq: read_u64("seq")?.unwrap_or(0),
+            depth: read_u64("depth")?.unwrap_or(0),
+            dead: read_u64("dead")?.unwrap_or(0),
+        };
+
+        let core = Arc::new(Core {
+            db,
+            tree,
+            writer: Mutex::new(counters),
+            in_flight_tenants: Mutex::new(HashSet::new()),
+            in_flight_ids: Mutex::new(HashSet::new()),
+            flushes: AtomicU64::new(0),
+            flush_waiters: AtomicU64::new(0),
+            woken: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+            options,
+        });
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (to_flusher, flush_rx) = mpsc::channel::<Written>();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| StoreError::Flush(format!("cannot start the {name} thread: {e}")))
+        };
+        let flush_thread = {
+            let core = core.clone();
+            spawn("statusd-flush", Box::new(move || flusher(core, flush_rx)))?
+        };
+        let commit_thread = {
+            let core = core.clone();
+            spawn(
+                "statusd-commit",
+                Box::new(move || committer(core, rx, to_flusher)),
+            )?
+        };
+        let queue = Queue {
+            inner: Arc::new(Inner {
+                core,
+                jobs: Mutex::new(Some(jobs)),
+                threads: Mutex::new(vec![commit_thread, flush_thread]),
+            }),
+        };
+        Ok(queue)
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        let guard = lock(&self.inner.jobs);
+        let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+        sender.send(job).map_err(|_| StoreError::Closed)
+    }
+
+    /// Wait for a flush that starts after this call (covers every write made before it).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Sync(tx))?;
+        rx.await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Flush)
+    }
+
+    /// Accept events: all are stored in one atomic batch, or none. Returns after they are
+    /// durable. Events with a known idempotency key are not stored again. Concurrent calls are
+    /// written together: one sled batch and one flush for the whole group.
+    pub async fn enqueue(&self, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Enqueue(events, tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Wait until events were accepted (or retried) for some tenant, and return those tenants.
+    pub async fn woken_tenants(&self) -> Vec<TenantId> {
+        loop {
+            let notified = self.inner.wake.notified();
+            {
+                let mut woken = lock(&self.inner.woken);
+                if !woken.is_empty() {
+                    return woken.drain().collect();
+                }
+            }
+            notified.await;
+        }
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        let (depth, dead, head) = {
+            let w = lock(&self.inner.writer);
+            (w.depth, w.dead, w.heads.oldest())
+        };
+        let oldest = head
+            .and_then(|(seq, tenant)| {
+                self.inner
+                    .tree
+                    .get(pending_key(&tenant, seq))
+                    .ok()
+                    .flatten()
+            })
+            .and_then(|v| uuid_from(&v).ok())
+            .and_then(|id| self.get_event_raw(&id).ok().flatten())
+            .map(|rec| rec.accepted_at_ms);
+        QueueStats {
+            depth,
+            in_flight: lock(&self.inner.in_flight_ids).len() as u64,
+            dead_letters: dead,
+            oldest_pending_accepted_ms: oldest,
+        }
+    }
+
+    pub fn flush_stats(&self) -> FlushStats {
+        FlushStats {
+            flushes: self.inner.flushes.load(Ordering::Relaxed),
+            waiters: self.inner.flush_waiters.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.inner.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// A cheap health probe of the store: the committer and flusher threads are running, and a
+    /// metadata key reads. False means no event can be accepted durably any more.
+    pub fn healthy(&self) -> bool {
+        let threads_running = lock(&self.inner.threads).iter().all(|t| !t.is_finished());
+        threads_running && self.inner.tree.get(meta_key("schema")).is_ok()
+    }
+
+    /// Recount the persisted counters from the indexes (tests and `statusd doctor`-style checks).
+    pub fn recount(&self) -> Result<(u64, u64), StoreError> {
+        let depth = self.inner.tree.scan_prefix([b'p']).count() as u64;
+        let dead = self.inner.tree.scan_prefix([b'd']).count() as u64;
+        Ok((depth, dead))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_committer_makes_the_store_unhealthy() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), StoreOptions::default()).unwrap();
+        assert!(q.healthy());
+        // Closing the job channel ends the committer (and with it the flusher), as a panic in
+        // either would.
+        q.inner.jobs.lock().unwrap().take();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while q.healthy() {
+            assert!(std::time::Instant::now() < deadline, "still healthy");
+            std::thread::yield_now();
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The store's records and the answers of its operations.
+
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Activation,
+    Deactivation,
+    Custom,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Activation => "activation",
+            EventKind::Deactivation => "deactivation",
+            EventKind::Custom => "custom",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventState {
+    Queued,
+    InFlight,
+    Delivered,
+    Dead,
+}
+
+/// The integration state of a tenant, as intended by the vendor or as last reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntegrationState {
+    Active,
+    Inactive,
+}
+
+/// An event as the API hands it to the store, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub tenant_id: TenantId,
+    pub kind: EventKind,
+    pub category: String,
+    pub action: String,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: Uuid,
+    pub tenant_id: TenantId,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub category: String,
+    pub action: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub idempotency_key: Option<String>,
+    /// Unix milliseconds.
+    pub accepted_at_ms: i64,
+    pub state: EventState,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next_attempt_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub delivered_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dead_reason: Option<String>,
+    /// Position in the tenant's queue (changes when a dead letter is retried).
+    pub seq: u64,
+}
+
+/// What happened to one event handed to `enqueue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored and durable.
+    Accepted(Uuid),
+    /// The idempotency key was seen before; nothing new was stored.
+    Duplicate(Uuid),
+}
+
+impl Enqueued {
+    pub fn id(self) -> Uuid {
+        match self {
+            Enqueued::Accepted(id) | Enqueued::Duplicate(id) => id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantState {
+    pub tenant_id: TenantId,
+    #[serde(default)]
+    pub intended: Option<IntegrationState>,
+    #[serde(default)]
+    pub intended_at_ms: Option<i64>,
+    #[serde(default)]
+    pub last_reported: Option<IntegrationState>,
+    #[serde(default)]
+    pub last_reported_at_ms: Option<i64>,
+}
+
+/// A tenant as the last tenant reconcile saw it on the platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryTenant {
+    pub id: TenantId,
+    pub parent_id: Option<TenantId>,
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub enabled: Option<bool>,
+    pub deleted: bool,
+    pub version: i64,
+}
+
+/// The oldest pending events of one tenant, taken for delivery.
+///
+/// The batch is a guard: while it lives its tenant is busy and its events are in flight. It is
+/// settled by `ack_delivered`, `mark_failed` or `dead_letter`; dropped unsettled (a lane that
+/// panicked, a send abandoned at shutdown) it gives the events back to the queue in their place,
+/// so no path can leak an in-flight batch.
+#[derive(Debug)]
+pub struct Batch {
+    pub tenant_id: TenantId,
+    pub events: Vec<EventRecord>,
+    pub(super) store: std::sync::Weak<Core>,
+    pub(super) released: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl Batch {
+    /// End the batch's time in flight (once; later calls do nothing).
+    pub(super) fn release(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(core) = self.store.upgrade() {
+            lock(&core.in_flight_tenants).remove(&self.tenant_id);
+            let mut ids = lock(&core.in_flight_ids);
+            for rec in &self.events {
+                ids.remove(&rec.id);
+            }
+        }
+    }
+
+    pub fn ids(&self) -> Vec<Uuid> {
+        self.events.iter().map(|e| e.id).collect()
+    }
+    /// When the oldest event of the batch was accepted.
+    pub fn oldest_accepted_ms(&self) -> i64 {
+        self.events
+            .iter()
+            .map(|e| e.accepted_at_ms)
+            .min()
+            .unwrap_or(0)
+    }
+    pub fn max_attempts(&self) -> u32 {
+        self.events.iter().map(|e| e.attempts).max().unwrap_or(0)
+    }
+}
+
+/// The answer of `take_batch`.
+#[derive(Debug)]
+pub enum Take {
+    Ready(Batch),
+    /// The head is in backoff until this Unix millisecond.
+    NotBefore(i64),
+    /// A batch of this tenant is already in flight.
+    Busy,
+    Empty,
+}
+
+/// Counters the rest needs cheaply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    pub depth: u64,
+    pub in_flight: u64,
+    pub dead_letters: u64,
+    pub oldest_pending_accepted_ms: Option<i64>,
+}
+
+/// Group-commit figures, for benchmarks and metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlushStats {
+    pub flushes: u64,
+    pub waiters: u64,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub cache_capacity_mb: u64,
+    pub delivered_retention: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_capacity_mb: 64,
+            delivered_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
