@@ -120,7 +120,8 @@ pub async fn start(
         queue.clone(),
         client.clone(),
         metrics.clone(),
-        DeliveryOptions::from_settings(&settings),
+        DeliveryOptions::from_settings(&settings)
+            .map_err(|e| AppError::Setup(format!("delivery.initial_backoff: {e}")))?,
     );
     let reconcilers = Reconcilers::new(
         queue.clone(),

@@ -107,6 +107,12 @@ impl PlatformError {
         self.class == ErrorClass::Retryable
     }
 
+    /// A failure that says the platform is unavailable (no answer, 5xx, 429) rather than that
+    /// this request was wrong: it counts towards the outage breaker.
+    pub fn is_outage(&self) -> bool {
+        self.class == ErrorClass::Retryable && self.status.is_none_or(|s| s >= 500 || s == 429)
+    }
+
     /// Did the platform answer at all? (For `statusd_platform_up`.)
     pub fn got_answer(&self) -> bool {
         self.status.is_some()

@@ -13,6 +13,7 @@ use sha2::Digest;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::config::{BrandingTarget, OnRemoved, Settings};
 use crate::metrics::{label, Metrics};
 use crate::platform::{ErrorClass, PlatformClient, PlatformError, Tenant, TenantSelector};
@@ -21,6 +22,9 @@ use crate::store::{
 };
 
 /// How often a brand write is retried after a version conflict.
+/// Backoff of one reconciled item that failed: from 30 s up to 6 h.
+const ITEM_BACKOFF: Backoff =
+    Backoff::fixed(Duration::from_secs(30), Duration::from_secs(6 * 3600));
 const MAX_CONFLICT_RETRIES: usize = 3;
 /// How long an on-demand run waits for a running one before answering "already running".
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(120);
@@ -572,12 +576,7 @@ impl Reconcilers {
                         let mut b = self.inner.backoff.lock().expect("backoff lock");
                         let e = b.entry((Kind::Branding, t)).or_default();
                         e.failures += 1;
-                        let delay = crate::delivery::backoff_delay(
-                            e.failures,
-                            Duration::from_secs(30),
-                            Duration::from_secs(6 * 3600),
-                            &mut rand::rng(),
-                        );
+                        let delay = ITEM_BACKOFF.delay(e.failures, &mut rand::rng());
                         e.not_before_ms = now_ms() + delay.as_millis() as i64;
                     }
                     report.errors.push(ItemNote {

@@ -1,0 +1,273 @@
+//! The delivery engine: one lane per tenant, each sending its oldest pending events as one
+//! report and nothing else until that report is settled; lanes run in parallel, bounded.
+//!
+//! Retry policy: exponential backoff with full jitter per lane, `Retry-After` honoured, and a
+//! platform-wide breaker: when reports fail for lack of an answer (connection errors, timeouts,
+//! 5xx) on consecutive lanes, the whole engine backs off and then probes with one lane at a time
+//! until a report succeeds, so an outage costs a bounded number of requests.
+//!
+//! Dead letters do not block their tenant: a report the platform refuses for good is parked
+//! and the tenant's later events go on. Integration status is level state (the latest
+//! activation or deactivation wins, and the status reconciler re-asserts it), so progress
+//! serves users better than holding every later event behind one the platform will never take.
+
+mod breaker;
+mod dispatcher;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::{Backoff, InvalidBackoff};
+use crate::metrics::{label, Metrics};
+use crate::platform::{ErrorClass, PlatformClient, PlatformError, ReportEvent};
+use crate::store::{now_ms, Batch, EventKind, Queue, Take, TenantId};
+
+pub use breaker::{Breaker, OUTAGE_THRESHOLD};
+use dispatcher::Dispatcher;
+
+/// A persisted next attempt further ahead than this is not trusted (a store restored on another
+/// host, or a clock corrected backwards): the tenant is tried again after this at most.
+const MAX_PERSISTED_WAIT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct DeliveryOptions {
+    pub max_batch_events: usize,
+    pub backoff: Backoff,
+    pub max_age: Duration,
+    pub shutdown_grace: Duration,
+    /// Lanes sending at once (the platform client also bounds requests of every kind).
+    pub lanes: usize,
+}
+
+impl DeliveryOptions {
+    pub fn from_settings(s: &crate::config::Settings) -> Result<Self, InvalidBackoff> {
+        Ok(DeliveryOptions {
+            max_batch_events: s.delivery.max_batch_events,
+            backoff: Backoff::try_new(s.delivery.initial_backoff, s.delivery.max_backoff)?,
+            max_age: s.delivery.max_age,
+            shutdown_grace: s.delivery.shutdown_grace,
+            lanes: s.platform.max_concurrency,
+        })
+    }
+}
+
+/// What the engine is doing, for `/v1/status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DeliverySnapshot {
+    pub lanes_running: usize,
+    pub lanes_waiting_backoff: usize,
+    /// Scheduled wake-ups (at most one per tenant in backoff).
+    pub timers: usize,
+    pub platform_backoff_until_ms: Option<i64>,
+    pub consecutive_outage_failures: u32,
+}
+
+/// How one lane ended.
+#[derive(Debug)]
+enum LaneOutcome {
+    /// A report was settled (delivered or dead-lettered); the tenant may have more.
+    Settled,
+    Empty,
+    Busy,
+    /// The tenant waits until then (its head is in backoff, or settling failed).
+    RetryAt(Instant),
+    /// Shutdown came before the report was settled; the batch went back to the queue.
+    Returned,
+}
+
+#[derive(Clone)]
+pub struct Delivery {
+    queue: Queue,
+    client: PlatformClient,
+    metrics: Arc<Metrics>,
+    opts: DeliveryOptions,
+    breaker: Arc<Mutex<Breaker>>,
+    snapshot: Arc<Mutex<DeliverySnapshot>>,
+}
+
+impl Delivery {
+    pub fn new(
+        queue: Queue,
+        client: PlatformClient,
+        metrics: Arc<Metrics>,
+        opts: DeliveryOptions,
+    ) -> Self {
+        Delivery {
+            queue,
+            client,
+            metrics,
+            opts,
+            breaker: Arc::new(Mutex::new(Breaker::default())),
+            snapshot: Arc::new(Mutex::new(DeliverySnapshot::default())),
+        }
+    }
+
+    pub fn snapshot(&self) -> DeliverySnapshot {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Run until `stop` fires; then let reports in flight finish within the grace period and
+    /// return the rest to the queue.
+    pub async fn run(self, stop: CancellationToken) {
+        Dispatcher::new(self).run(stop).await
+    }
+
+    /// When a tenant whose settling failed is tried again.
+    fn soon(&self) -> LaneOutcome {
+        LaneOutcome::RetryAt(Instant::now() + self.opts.backoff.initial())
+    }
+
+    /// One report of one tenant.
+    async fn lane(&self, tenant: TenantId, hard_stop: CancellationToken) -> LaneOutcome {
+        let batch = match self.queue.take_batch(&tenant, self.opts.max_batch_events) {
+            Ok(Take::Ready(b)) => b,
+            Ok(Take::Empty) => return LaneOutcome::Empty,
+            Ok(Take::Busy) => return LaneOutcome::Busy,
+            Ok(Take::NotBefore(at_ms)) => {
+                let wait = Duration::from_millis((at_ms - now_ms()).max(0) as u64);
+                return LaneOutcome::RetryAt(Instant::now() + wait.min(self.longest_wait()));
+            }
+            Err(e) => {
+                tracing::error!(message = "cannot take a batch", tenant_id = %tenant, error = %e);
+                return self.soon();
+            }
+        };
+        let events: Vec<ReportEvent> = batch
+            .events
+            .iter()
+            .map(|e| ReportEvent {
+                category: e.category.clone(),
+                action: e.action.clone(),
+                activation_event: e.kind == EventKind::Activation,
+                deactivation_event: e.kind == EventKind::Deactivation,
+            })
+            .collect();
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = self.client.report_status(tenant, &events) => r,
+            // Dropping the batch unsettled gives its events back in their place.
+            _ = hard_stop.cancelled() => return LaneOutcome::Returned,
+        };
+        self.metrics
+            .delivery_request_duration
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => self.on_success(&batch).await,
+            Err(e) => self.on_failure(&batch, e).await,
+        }
+    }
+
+    /// The longest a persisted next attempt is trusted for.
+    fn longest_wait(&self) -> Duration {
+        self.opts.backoff.max().max(MAX_PERSISTED_WAIT)
+    }
+
+    async fn on_success(&self, batch: &Batch) -> LaneOutcome {
+        self.breaker().on_success();
+        self.metrics
+            .delivery_attempts
+            .get_or_create(&label("outcome", "success"))
+            .inc();
+        if let Err(e) = self.queue.ack_delivered(batch).await {
+            // The report reached the platform; if the ack is lost it will be sent again, which
+            // the platform tolerates.
+            tracing::error!(message = "cannot record delivery", tenant_id = %batch.tenant_id, error = %e);
+            return self.soon();
+        }
+        let now = now_ms();
+        self.metrics
+            .events_delivered
+            .inc_by(batch.events.len() as u64);
+        for e in &batch.events {
+            self.metrics
+                .event_delivery_lag
+                .observe(((now - e.accepted_at_ms).max(0) as f64) / 1000.0);
+        }
+        tracing::debug!(message = "report delivered", tenant_id = %batch.tenant_id, events = batch.events.len());
+        LaneOutcome::Settled
+    }
+
+    async fn on_failure(&self, batch: &Batch, e: PlatformError) -> LaneOutcome {
+        let outcome = match e.class {
+            ErrorClass::Retryable => "retryable",
+            ErrorClass::Auth => "auth",
+            ErrorClass::Permanent | ErrorClass::Conflict => "permanent",
+        };
+        self.metrics
+            .delivery_attempts
+            .get_or_create(&label("outcome", outcome))
+            .inc();
+        if matches!(e.class, ErrorClass::Permanent | ErrorClass::Conflict) {
+            return self.park(batch, "permanent", &e.to_string()).await;
+        }
+        let age = Duration::from_millis((now_ms() - batch.oldest_accepted_ms()).max(0) as u64);
+        if age >= self.opts.max_age {
+            return self
+                .park(
+                    batch,
+                    "max_age",
+                    &format!(
+                        "retries exhausted after {}: {e}",
+                        humantime::format_duration(self.opts.max_age)
+                    ),
+                )
+                .await;
+        }
+        let mut rng = rand::rng();
+        let mut delay = self.opts.backoff.delay(batch.max_attempts(), &mut rng);
+        if let Some(ra) = e.retry_after {
+            delay = delay.max(ra);
+        }
+        let now = Instant::now();
+        {
+            let mut breaker = self.breaker();
+            if e.is_outage() {
+                breaker.on_outage(now, &self.opts.backoff, e.retry_after, &mut rng);
+            } else if let Some(ra) = e.retry_after {
+                breaker.on_throttle(now, ra);
+            }
+        }
+        tracing::warn!(
+            message = "report failed, will retry",
+            tenant_id = %batch.tenant_id,
+            events = batch.events.len(),
+            attempt = batch.max_attempts() + 1,
+            retry_in_ms = delay.as_millis() as u64,
+            error = %e
+        );
+        let at_ms = now_ms() + delay.as_millis() as i64;
+        if let Err(err) = self.queue.mark_failed(batch, &e.to_string(), at_ms) {
+            tracing::error!(message = "cannot record a failed attempt", tenant_id = %batch.tenant_id, error = %err);
+        }
+        LaneOutcome::RetryAt(now + delay)
+    }
+
+    async fn park(&self, batch: &Batch, reason: &'static str, message: &str) -> LaneOutcome {
+        tracing::error!(
+            message = "report dead-lettered",
+            tenant_id = %batch.tenant_id,
+            events = batch.events.len(),
+            reason,
+            error = %message
+        );
+        if let Err(e) = self.queue.dead_letter(batch, message).await {
+            tracing::error!(message = "cannot dead-letter a batch", tenant_id = %batch.tenant_id, error = %e);
+            return self.soon();
+        }
+        self.metrics
+            .events_dead_lettered
+            .get_or_create(&label("reason", reason))
+            .inc_by(batch.events.len() as u64);
+        LaneOutcome::Settled
+    }
+}
