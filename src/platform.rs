@@ -14,6 +14,7 @@ use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::config::{IntegrationSettings, Secret};
 use crate::metrics::{label, Metrics};
 
@@ -23,6 +24,9 @@ const RENEW_MARGIN: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// `Retry-After` values are capped so a hostile or broken header cannot park us for days.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// The wait before the one retry after a refused token.
+pub const AUTH_RETRY_BACKOFF: Backoff =
+    Backoff::fixed(Duration::from_millis(200), Duration::from_secs(1));
 /// The `uuids` selector takes at most this many ids per call.
 pub const UUIDS_PER_CALL: usize = 100;
 
@@ -624,6 +628,10 @@ impl PlatformClient {
             if status == StatusCode::UNAUTHORIZED && attempt == 0 {
                 tracing::info!(message = "token refused, issuing a new one", call);
                 self.invalidate(&token).await;
+                // Every retry waits, this one too: a platform that refuses every token must
+                // not see a burst of re-issues and retries.
+                let wait = AUTH_RETRY_BACKOFF.delay(0, &mut rand::rng());
+                tokio::time::sleep(wait).await;
                 continue;
             }
             if status.is_success() {

@@ -25,6 +25,9 @@ use crate::store::{
 /// Backoff of one reconciled item that failed: from 30 s up to 6 h.
 const ITEM_BACKOFF: Backoff =
     Backoff::fixed(Duration::from_secs(30), Duration::from_secs(6 * 3600));
+/// The wait before re-reading a brand after a version conflict.
+pub const CONFLICT_BACKOFF: Backoff =
+    Backoff::fixed(Duration::from_millis(500), Duration::from_secs(4));
 const MAX_CONFLICT_RETRIES: usize = 3;
 /// How long an on-demand run waits for a running one before answering "already running".
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(120);
@@ -618,6 +621,11 @@ impl Reconcilers {
             return Ok(out);
         }
         for attempt in 0..=MAX_CONFLICT_RETRIES {
+            if attempt > 0 {
+                // Every retry waits: another writer holds the brand; give it time to finish.
+                let wait = CONFLICT_BACKOFF.delay(attempt as u32 - 1, &mut rand::rng());
+                tokio::time::sleep(wait).await;
+            }
             let t = c.get_tenant(tenant).await.map_err(|e| e.to_string())?;
             if t.kind_is("customer") || t.kind_is("unit") {
                 out.skipped = Some(format!(

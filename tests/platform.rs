@@ -467,3 +467,18 @@ async fn the_sandbox_answers_invalid_reports_with_400_and_the_envelope() {
     let r = http.post(&url).json(&json!({})).send().await.unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test]
+async fn the_retry_after_a_refused_token_waits() {
+    let (sb, c) = sandbox(SandboxOptions::default()).await;
+    c.report_status(sb.root_tenant, &ev()).await.unwrap();
+    sb.expire_tokens();
+    let started = std::time::Instant::now();
+    c.report_status(sb.root_tenant, &ev()).await.unwrap();
+    assert_eq!(sb.stats().by_status.get(&401), Some(&1));
+    assert!(
+        started.elapsed() >= statusd::platform::AUTH_RETRY_BACKOFF.floor(),
+        "retried after {:?} without waiting",
+        started.elapsed()
+    );
+}

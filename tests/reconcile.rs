@@ -222,3 +222,45 @@ async fn cron_schedules_fire_and_never_overlap() {
     );
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brand_writes_wait_before_each_retry_after_a_conflict() {
+    let holder = statusd::sandbox::Sandbox::start(SandboxOptions::default())
+        .await
+        .unwrap();
+    let partner = holder.tenant_ids(Some("partner"))[0];
+    drop(holder);
+    let target = partner.to_string();
+    let h = harness(
+        SandboxOptions::default(),
+        &[
+            ("STATUSD__RECONCILE__BRANDING__TARGETS", target.as_str()),
+            ("STATUSD__BRANDING__COMPANY_NAME", "Demo Cloud"),
+        ],
+    )
+    .await;
+    h.sandbox.inject(Fault {
+        status: Some(409),
+        count: Some(3),
+        path_contains: Some("/brand".into()),
+        ..Default::default()
+    });
+    let started = std::time::Instant::now();
+    let apply = h
+        .running()
+        .reconcilers
+        .run_now(Kind::Branding, false)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(apply.outcome, "success", "{:?}", apply.errors);
+    assert_eq!(
+        h.sandbox.brand(partner).unwrap()["company_name"],
+        "Demo Cloud"
+    );
+    let floor = statusd::reconcile::CONFLICT_BACKOFF.floor();
+    assert!(
+        took >= floor * 3,
+        "three conflicts retried in {took:?}, less than three waits of at least {floor:?}"
+    );
+}
