@@ -154,7 +154,8 @@ struct Inner {
     settings: Arc<Settings>,
     locks: [tokio::sync::Mutex<()>; 3],
     last: Mutex<BTreeMap<Kind, LastRun>>,
-    next_runs: Mutex<HashMap<Kind, String>>,
+    /// The cron schedule of each reconciler that runs on one, to tell its next run.
+    schedules: Mutex<HashMap<Kind, crate::schedule::CronSchedule>>,
     backoff: Mutex<HashMap<(Kind, Uuid), ItemBackoff>>,
 }
 
@@ -179,27 +180,32 @@ impl Reconcilers {
                 settings,
                 locks: Default::default(),
                 last: Mutex::new(Kind::ALL.iter().map(|k| (*k, LastRun::default())).collect()),
-                next_runs: Mutex::new(HashMap::new()),
+                schedules: Mutex::new(HashMap::new()),
                 backoff: Mutex::new(HashMap::new()),
             }),
         }
     }
 
-    pub fn set_next_run(&self, kind: Kind, at: Option<chrono::DateTime<chrono::Utc>>) {
-        let mut n = self.inner.next_runs.lock().expect("next runs lock");
-        match at {
-            Some(t) => {
-                n.insert(kind, t.to_rfc3339());
-            }
-            None => {
-                n.remove(&kind);
-            }
-        }
+    /// The reconciler runs on this schedule (its next run is shown in the status).
+    pub fn set_schedule(&self, kind: Kind, schedule: crate::schedule::CronSchedule) {
+        self.inner
+            .schedules
+            .lock()
+            .expect("schedules lock")
+            .insert(kind, schedule);
     }
 
     pub async fn status_json(&self) -> Value {
         let last = self.inner.last.lock().expect("last lock").clone();
-        let next = self.inner.next_runs.lock().expect("next runs lock").clone();
+        let now = chrono::Utc::now();
+        let next: HashMap<Kind, String> = self
+            .inner
+            .schedules
+            .lock()
+            .expect("schedules lock")
+            .iter()
+            .filter_map(|(k, s)| Some((*k, s.next_after(now)?.to_rfc3339())))
+            .collect();
         let mut out = Map::new();
         for (k, mut v) in last {
             v.next_run_at = next.get(&k).cloned();

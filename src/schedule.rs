@@ -1,6 +1,7 @@
 //! Cron triggers for the reconcilers. tokio-cron-scheduler only *triggers*: each job calls
 //! [`Reconcilers::trigger`], which skips a run while the previous one is still going.
 
+use chrono::{DateTime, Utc};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::config::Settings;
@@ -8,8 +9,28 @@ use crate::reconcile::{Kind, Reconcilers};
 
 pub struct Schedules {
     scheduler: JobScheduler,
-    jobs: Vec<(Kind, uuid::Uuid)>,
-    reconcilers: Reconcilers,
+}
+
+/// A cron schedule parsed as the scheduler parses it (6 fields, seconds first, day-of-month and
+/// day-of-week combined with AND, UTC), to tell when it fires next.
+#[derive(Clone)]
+pub struct CronSchedule(croner::Cron);
+
+impl CronSchedule {
+    pub fn parse(text: &str) -> Result<CronSchedule, String> {
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(text)
+            .map(CronSchedule)
+            .map_err(|e| format!("not a cron schedule: {text:?} ({e})"))
+    }
+
+    /// The first time after `now` that the schedule fires.
+    pub fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.0.find_next_occurrence(&now, false).ok()
+    }
 }
 
 impl Schedules {
@@ -23,8 +44,12 @@ impl Schedules {
             (Kind::Status, settings.reconcile.status.schedule.clone()),
             (Kind::Branding, settings.reconcile.branding.schedule.clone()),
         ];
-        let mut jobs = Vec::new();
         for (kind, cron) in plan {
+            reconcilers.set_schedule(
+                kind,
+                CronSchedule::parse(&cron)
+                    .map_err(|e| format!("reconcile.{}.schedule: {e}", kind.as_str()))?,
+            );
             let r = reconcilers.clone();
             let job = Job::new_async(cron.as_str(), move |_, _| {
                 let r = r.clone();
@@ -34,32 +59,16 @@ impl Schedules {
                 })
             })
             .map_err(|e| format!("reconcile.{}.schedule: {e}", kind.as_str()))?;
-            let id = scheduler
+            scheduler
                 .add(job)
                 .await
                 .map_err(|e| format!("cannot schedule {}: {e}", kind.as_str()))?;
-            jobs.push((kind, id));
         }
         scheduler
             .start()
             .await
             .map_err(|e| format!("cannot start the scheduler: {e}"))?;
-        let s = Schedules {
-            scheduler,
-            jobs,
-            reconcilers,
-        };
-        s.refresh_next_runs().await;
-        Ok(s)
-    }
-
-    /// Publish each job's next fire time for `statusd status`.
-    pub async fn refresh_next_runs(&self) {
-        let mut scheduler = self.scheduler.clone();
-        for (kind, id) in &self.jobs {
-            let next = scheduler.next_tick_for_job(*id).await.ok().flatten();
-            self.reconcilers.set_next_run(*kind, next);
-        }
+        Ok(Schedules { scheduler })
     }
 
     pub async fn stop(mut self) {

@@ -264,3 +264,41 @@ async fn brand_writes_wait_before_each_retry_after_a_conflict() {
         "three conflicts retried in {took:?}, less than three waits of at least {floor:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_run_shown_in_the_status_moves_on_as_runs_go_by() {
+    let sb = statusd::sandbox::Sandbox::start(SandboxOptions::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings_for(
+        &sb,
+        dir.path(),
+        &[("STATUSD__RECONCILE__TENANTS__SCHEDULE", "* * * * * *")],
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = statusd::app::start(settings, Some(listener), true)
+        .await
+        .unwrap();
+    let next_run = |status: &serde_json::Value| {
+        let text = status["tenants"]["next_run_at"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no next run in {status}"))
+            .to_string();
+        chrono::DateTime::parse_from_rfc3339(&text).unwrap()
+    };
+    let first = next_run(&running.reconcilers.status_json().await);
+    wait_for(
+        Duration::from_secs(10),
+        "the first next run to pass",
+        || chrono::Utc::now() > first,
+    )
+    .await;
+    let second = next_run(&running.reconcilers.status_json().await);
+    assert!(
+        second > first,
+        "next run still {second} after {first} passed"
+    );
+    assert!(second > chrono::Utc::now() - chrono::Duration::seconds(1));
+    running.shutdown().await;
+}
