@@ -76,6 +76,9 @@ pub struct DemoArgs {
     /// Number of sample events to send.
     #[arg(long, default_value_t = 400)]
     pub events: usize,
+    /// Number of tenants in the sandbox's generated tree.
+    #[arg(long, default_value_t = 60)]
+    pub tenants: usize,
     /// Write the daemon's /metrics exposition to this file before exiting (for promtool).
     #[arg(long, value_name = "PATH", hide = true)]
     pub keep_metrics: Option<PathBuf>,
@@ -243,7 +246,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
             }
         }
         Command::Demo(args) => {
-            crate::demo::run(args.once, args.events, args.keep_metrics.clone()).await
+            crate::demo::run(crate::demo::DemoOptions {
+                once: args.once,
+                events: args.events,
+                tenants: args.tenants,
+                keep_metrics: args.keep_metrics.clone(),
+            })
+            .await
         }
         Command::Sandbox(args) => run_sandbox(args).await,
         _ => {

@@ -3,7 +3,7 @@
 //! one reconcile of each kind, and a summary of what the platform received.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,8 +15,21 @@ use crate::exit;
 use crate::reconcile::Kind;
 use crate::sandbox::{Fault, Sandbox, SandboxOptions};
 
-pub async fn run(once: bool, events: usize, keep_metrics: Option<std::path::PathBuf>) -> ExitCode {
-    match demo(once, events.max(1), keep_metrics).await {
+/// What `statusd demo` was asked for.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Exit once everything is delivered.
+    pub once: bool,
+    /// Sample events to send.
+    pub events: usize,
+    /// Tenants in the sandbox tree.
+    pub tenants: usize,
+    /// Write the daemon's /metrics exposition here before exiting.
+    pub keep_metrics: Option<std::path::PathBuf>,
+}
+
+pub async fn run(opts: DemoOptions) -> ExitCode {
+    match demo(opts).await {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             eprintln!("statusd demo: {e}");
@@ -25,13 +38,55 @@ pub async fn run(once: bool, events: usize, keep_metrics: Option<std::path::Path
     }
 }
 
-async fn demo(
-    once: bool,
-    events: usize,
-    keep_metrics: Option<std::path::PathBuf>,
-) -> Result<(), String> {
+/// The sandbox and the daemon, in one process, with the store in a temporary directory.
+struct Stage {
+    sandbox: Sandbox,
+    running: crate::app::Running,
+    api: String,
+    _store: tempfile::TempDir,
+}
+
+async fn demo(opts: DemoOptions) -> Result<(), String> {
+    let stage = start(opts.tenants).await?;
+    let api = stage.api.clone();
+    println!("statusd demo");
+    println!(
+        "  sandbox platform  {}   (credentials generated for this run)",
+        stage.sandbox.url
+    );
+    println!("  statusd local API {api}");
+    println!("  temporary store   {}", stage._store.path().display());
+
+    let tenants = sample_tenants(&stage.sandbox);
+    let refused = inject_faults(&stage.sandbox, &tenants);
+    println!(
+        "  faults injected   503+Retry-After x4, 15% 500s, dropped connections{}",
+        refused
+            .map(|t| format!(", tenant {t} refused (403)"))
+            .unwrap_or_default()
+    );
+    println!();
+
+    send_samples(&api, &tenants, opts.events.max(1)).await?;
+    wait_drained(&stage.running, Some(opts.events.max(1) as u64)).await;
+    run_reconcilers(&stage.running).await?;
+    // The status reconcile re-asserted every tenant's state: let those reports go out too.
+    wait_drained(&stage.running, None).await;
+    summary(&stage.sandbox, &stage.running);
+    if let Some(path) = &opts.keep_metrics {
+        keep_metrics(&api, path).await?;
+    }
+    if !opts.once {
+        print_try_it(&stage, &tenants);
+        crate::app::shutdown_signal().await;
+    }
+    stage.running.shutdown().await;
+    Ok(())
+}
+
+async fn start(tenants: usize) -> Result<Stage, String> {
     let sandbox = Sandbox::start(SandboxOptions {
-        tenants: 60,
+        tenants,
         token_ttl: Duration::from_secs(120),
         ..Default::default()
     })
@@ -81,18 +136,37 @@ support_url = "https://support.example.com"
         .await
         .map_err(|e| e.to_string())?;
     let api = format!("http://{}", running.api_addr);
-    println!("statusd demo");
-    println!(
-        "  sandbox platform  {}   (credentials generated for this run)",
-        sandbox.url
-    );
-    println!("  statusd local API {api}");
-    println!("  temporary store   {}", store.path().display());
+    Ok(Stage {
+        sandbox,
+        running,
+        api,
+        _store: store,
+    })
+}
 
-    // Faults so the retries show: a throttling burst, some server errors, dropped connections,
-    // and one tenant whose reports the platform refuses for good.
+/// The tenants that get sample events: the customers, else any tenant below the root, else the
+/// root itself (a tree of one).
+fn sample_tenants(sandbox: &Sandbox) -> Vec<uuid::Uuid> {
     let customers = sandbox.tenant_ids(Some("customer"));
-    let refused_tenant = customers.first().copied();
+    if !customers.is_empty() {
+        return customers;
+    }
+    let below_root: Vec<uuid::Uuid> = sandbox
+        .tenant_ids(None)
+        .into_iter()
+        .filter(|t| *t != sandbox.root_tenant)
+        .collect();
+    if below_root.is_empty() {
+        vec![sandbox.root_tenant]
+    } else {
+        below_root
+    }
+}
+
+/// Faults so the retries show: a throttling burst, some server errors, dropped connections,
+/// and (when there is more than one tenant) one tenant whose reports the platform refuses for
+/// good. Returns that tenant.
+fn inject_faults(sandbox: &Sandbox, tenants: &[uuid::Uuid]) -> Option<uuid::Uuid> {
     sandbox.inject(Fault {
         status: Some(503),
         retry_after: Some("1".into()),
@@ -114,29 +188,30 @@ support_url = "https://support.example.com"
         path_contains: Some("/status".into()),
         ..Default::default()
     });
-    if let Some(t) = refused_tenant {
-        sandbox.inject(Fault {
-            status: Some(403),
-            query_contains: Some(t.to_string()),
-            path_contains: Some("/status".into()),
-            ..Default::default()
-        });
-    }
-    println!("  faults injected   503+Retry-After x4, 15% 500s, dropped connections, tenant {} refused (403)", refused_tenant.map(|t| t.to_string()).unwrap_or_default());
-    println!();
+    let refused = tenants.first().copied().filter(|_| tenants.len() > 1)?;
+    sandbox.inject(Fault {
+        status: Some(403),
+        query_contains: Some(refused.to_string()),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
+    Some(refused)
+}
 
-    // Sample events through the real local API.
+/// Sample events through the real local API, in requests of 100.
+async fn send_samples(api: &str, tenants: &[uuid::Uuid], events: usize) -> Result<(), String> {
     let http = reqwest::Client::new();
-    let mut batch = Vec::new();
-    for i in 0..events {
-        let t = customers[i % customers.len().max(1)];
-        let kind = if i >= customers.len() && i % 5 == 0 {
-            "deactivation"
-        } else {
-            "activation"
-        };
-        batch.push(json!({"tenant_id": t, "type": kind}));
-    }
+    let batch: Vec<Value> = (0..events)
+        .map(|i| {
+            let t = tenants[i % tenants.len()];
+            let kind = if i >= tenants.len() && i % 5 == 0 {
+                "deactivation"
+            } else {
+                "activation"
+            };
+            json!({"tenant_id": t, "type": kind})
+        })
+        .collect();
     for chunk in batch.chunks(100) {
         let resp = http
             .post(format!("{api}/v1/events"))
@@ -151,8 +226,10 @@ support_url = "https://support.example.com"
             ));
         }
     }
-    wait_drained(&running, Some(events as u64)).await;
+    Ok(())
+}
 
+async fn run_reconcilers(running: &crate::app::Running) -> Result<(), String> {
     println!("\nreconcilers (one run of each):");
     for kind in Kind::ALL {
         let report = running
@@ -171,45 +248,41 @@ support_url = "https://support.example.com"
             report.duration_ms
         );
     }
-    // The status reconcile re-asserted every tenant's state: let those reports go out too.
-    wait_drained(&running, None).await;
+    Ok(())
+}
 
-    summary(&sandbox, &running);
-    if let Some(path) = keep_metrics {
-        let text = http
-            .get(format!("{api}/metrics"))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .text()
-            .await
-            .map_err(|e| e.to_string())?;
-        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    if once {
-        running.shutdown().await;
-        return Ok(());
-    }
+async fn keep_metrics(api: &str, path: &std::path::Path) -> Result<(), String> {
+    let text = reqwest::get(format!("{api}/metrics"))
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn print_try_it(stage: &Stage, tenants: &[uuid::Uuid]) {
+    let api = &stage.api;
     println!("\nstatusd keeps running; try:");
     println!("  curl {api}/metrics");
     println!("  curl {api}/v1/status");
     println!(
         "  curl -X POST {api}/v1/events -H 'Content-Type: application/json' -d '{{\"tenant_id\":\"{}\",\"type\":\"activation\"}}'",
-        customers.get(1).map(|t| t.to_string()).unwrap_or_default()
+        tenants.last().map(|t| t.to_string()).unwrap_or_default()
     );
-    println!("  curl {}/_sandbox/reports", sandbox.url);
+    println!("  curl {}/_sandbox/reports", stage.sandbox.url);
     println!("  cargo run -- status --api {api}");
     println!("Ctrl-C to stop.");
-    crate::app::shutdown_signal().await;
-    running.shutdown().await;
-    Ok(())
 }
 
-/// Show a live progress line until nothing is pending.
+/// Show progress until nothing is pending: one line redrawn in place on a terminal (log lines
+/// clear it first, and it is drawn again on the next tick), a line every few seconds otherwise.
 /// `accepted`: how many sample events were accepted (None after the reconcilers, whose
 /// re-assertions go straight to the queue).
 async fn wait_drained(running: &crate::app::Running, accepted: Option<u64>) {
     let mut stderr = std::io::stderr();
+    let on_terminal = stderr.is_terminal();
+    let mut last_plain = tokio::time::Instant::now();
     loop {
         let st = running.queue.stats();
         let delivered = running.metrics.events_delivered.get();
@@ -221,17 +294,24 @@ async fn wait_drained(running: &crate::app::Running, accepted: Option<u64>) {
         let accepted = accepted
             .map(|a| format!("accepted {a:>5}  "))
             .unwrap_or_default();
-        let _ = write!(
-            stderr,
-            "\r  {accepted}delivered {:>5}  pending {:>5}  retried reports {:>4}  dead letters {:>3}   ",
-            delivered,
-            st.depth,
-            retrying,
-            st.dead_letters
+        let line = format!(
+            "  {accepted}delivered {:>5}  pending {:>5}  retried reports {:>4}  dead letters {:>3}",
+            delivered, st.depth, retrying, st.dead_letters
         );
+        let done = st.depth == 0;
+        if on_terminal {
+            let _ = write!(stderr, "\r\x1b[2K{line}");
+            crate::telemetry::progress_drawn();
+            if done {
+                let _ = writeln!(stderr);
+                crate::telemetry::progress_ended();
+            }
+        } else if done || last_plain.elapsed() >= Duration::from_secs(2) {
+            let _ = writeln!(stderr, "{line}");
+            last_plain = tokio::time::Instant::now();
+        }
         let _ = stderr.flush();
-        if st.depth == 0 {
-            let _ = writeln!(stderr);
+        if done {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
