@@ -288,9 +288,7 @@ async fn wait_drained(running: &crate::app::Running, accepted: Option<u64>) {
         let delivered = running.metrics.events_delivered.get();
         let retrying = running
             .metrics
-            .delivery_attempts
-            .get_or_create(&crate::metrics::label("outcome", "retryable"))
-            .get();
+            .attempts(crate::metrics::AttemptOutcome::Retryable);
         let accepted = accepted
             .map(|a| format!("accepted {a:>5}  "))
             .unwrap_or_default();

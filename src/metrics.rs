@@ -41,6 +41,51 @@ pub fn label(key: &'static str, value: impl Into<String>) -> Label {
     [(key, value.into())]
 }
 
+/// Label values known in advance. Each family is created with all of them at zero, so it is
+/// exposed from the first scrape (`rate()` and "never happened" alerts see a healthy daemon).
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+    };
+}
+
+label_values! {
+    /// `outcome` of `statusd_delivery_attempts_total`.
+    AttemptOutcome {
+        Success => "success",
+        Retryable => "retryable",
+        Permanent => "permanent",
+        Auth => "auth",
+    }
+}
+
+label_values! {
+    /// `reason` of `statusd_events_dead_lettered_total`.
+    DeadLetterReason {
+        Permanent => "permanent",
+        MaxAge => "max_age",
+    }
+}
+
+label_values! {
+    /// `outcome` of `statusd_token_refreshes_total`.
+    TokenOutcome {
+        Success => "success",
+        Retryable => "retryable",
+        Failure => "failure",
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -161,11 +206,14 @@ impl Metrics {
         for t in ["activation", "deactivation", "custom"] {
             let _ = events_accepted.get_or_create(&label("type", t));
         }
-        for o in ["success", "retryable", "permanent", "auth"] {
-            let _ = delivery_attempts.get_or_create(&label("outcome", o));
+        for o in AttemptOutcome::ALL {
+            let _ = delivery_attempts.get_or_create(&label("outcome", o.as_str()));
         }
-        for r in ["tenants", "status", "branding"] {
-            let _ = reconcile_drift_items.get_or_create(&label("reconciler", r));
+        for r in DeadLetterReason::ALL {
+            let _ = events_dead_lettered.get_or_create(&label("reason", r.as_str()));
+        }
+        for o in TokenOutcome::ALL {
+            let _ = token_refreshes.get_or_create(&label("outcome", o.as_str()));
         }
         Metrics {
             registry: r,
@@ -187,6 +235,52 @@ impl Metrics {
             reconcile_last_success,
             build_info,
         }
+    }
+
+    /// Expose the reconciler families from the first scrape: every reconciler and outcome at
+    /// zero (a last success of 0 means "never").
+    pub fn expose_reconcilers(&self, reconcilers: &[&str], outcomes: &[&str]) {
+        for r in reconcilers {
+            for o in outcomes {
+                let _ = self
+                    .reconcile_runs
+                    .get_or_create(&[("reconciler", r.to_string()), ("outcome", o.to_string())]);
+            }
+            let _ = self
+                .reconcile_duration
+                .get_or_create(&label("reconciler", *r));
+            let _ = self
+                .reconcile_drift_items
+                .get_or_create(&label("reconciler", *r));
+            let _ = self
+                .reconcile_last_success
+                .get_or_create(&label("reconciler", *r));
+        }
+    }
+
+    pub fn count_attempt(&self, outcome: AttemptOutcome) {
+        self.delivery_attempts
+            .get_or_create(&label("outcome", outcome.as_str()))
+            .inc();
+    }
+
+    /// Reports sent so far with this outcome.
+    pub fn attempts(&self, outcome: AttemptOutcome) -> u64 {
+        self.delivery_attempts
+            .get_or_create(&label("outcome", outcome.as_str()))
+            .get()
+    }
+
+    pub fn count_dead_lettered(&self, reason: DeadLetterReason, events: u64) {
+        self.events_dead_lettered
+            .get_or_create(&label("reason", reason.as_str()))
+            .inc_by(events);
+    }
+
+    pub fn count_token_request(&self, outcome: TokenOutcome) {
+        self.token_refreshes
+            .get_or_create(&label("outcome", outcome.as_str()))
+            .inc();
     }
 
     /// OpenMetrics text (for scrapers that ask for it).

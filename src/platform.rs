@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::config::{IntegrationSettings, Secret};
-use crate::metrics::{label, Metrics};
+use crate::metrics::{Metrics, TokenOutcome};
 
 /// Renew a token when less than this is left (or half its lifetime, if that is shorter).
 const RENEW_MARGIN: Duration = Duration::from_secs(15 * 60);
@@ -492,16 +492,11 @@ impl PlatformClient {
             }
         }
         let fresh = self.issue_token().await;
-        let outcome = match &fresh {
-            Ok(_) => "success",
-            Err(e) if e.class == ErrorClass::Retryable => "retryable",
-            Err(_) => "failure",
-        };
-        self.inner
-            .metrics
-            .token_refreshes
-            .get_or_create(&label("outcome", outcome))
-            .inc();
+        self.inner.metrics.count_token_request(match &fresh {
+            Ok(_) => TokenOutcome::Success,
+            Err(e) if e.class == ErrorClass::Retryable => TokenOutcome::Retryable,
+            Err(_) => TokenOutcome::Failure,
+        });
         let token = fresh?;
         let access = token.access.clone();
         *guard = Some(token);

@@ -149,3 +149,48 @@ async fn alert_rules_and_dashboard_use_only_exposed_metrics() {
         }
     }
 }
+
+/// The families of the spec (§5), each exposed by a daemon that has done nothing yet, with the
+/// label values known in advance at zero, so `rate()` and "never happened" alerts work from the
+/// first scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_daemon_exposes_every_family_from_the_first_scrape() {
+    let h = harness(SandboxOptions::default(), &[]).await;
+    let exposed = h
+        .call(reqwest::Method::GET, "/metrics")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let names = metric_names(&exposed);
+    for family in [
+        "statusd_events_accepted",
+        "statusd_events_delivered",
+        "statusd_events_dead_lettered",
+        "statusd_delivery_attempts",
+        "statusd_delivery_request_duration_seconds",
+        "statusd_event_delivery_lag_seconds",
+        "statusd_queue_depth",
+        "statusd_queue_oldest_event_age_seconds",
+        "statusd_dead_letters",
+        "statusd_platform_up",
+        "statusd_token_refreshes",
+        "statusd_reconcile_runs",
+        "statusd_reconcile_duration_seconds",
+        "statusd_reconcile_drift_items",
+        "statusd_reconcile_last_success_timestamp_seconds",
+        "statusd_build_info",
+    ] {
+        assert!(names.contains(family), "{family} missing:\n{exposed}");
+    }
+    for sample in [
+        "statusd_events_dead_lettered_total{reason=\"permanent\"} 0",
+        "statusd_events_dead_lettered_total{reason=\"max_age\"} 0",
+        "statusd_token_refreshes_total{outcome=\"failure\"} 0",
+        "statusd_reconcile_runs_total{reconciler=\"branding\",outcome=\"error\"} 0",
+        "statusd_reconcile_duration_seconds_count{reconciler=\"tenants\"} 0",
+        "statusd_reconcile_last_success_timestamp_seconds{reconciler=\"status\"} 0",
+    ] {
+        assert!(exposed.contains(sample), "{sample} missing:\n{exposed}");
+    }
+}

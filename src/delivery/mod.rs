@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, InvalidBackoff};
-use crate::metrics::{label, Metrics};
+use crate::metrics::{AttemptOutcome, DeadLetterReason, Metrics};
 use crate::platform::{ErrorClass, PlatformClient, PlatformError, ReportEvent};
 use crate::store::{now_ms, Batch, EventKind, Queue, Take, TenantId};
 
@@ -174,10 +174,7 @@ impl Delivery {
 
     async fn on_success(&self, batch: &Batch) -> LaneOutcome {
         self.breaker().on_success();
-        self.metrics
-            .delivery_attempts
-            .get_or_create(&label("outcome", "success"))
-            .inc();
+        self.metrics.count_attempt(AttemptOutcome::Success);
         if let Err(e) = self.queue.ack_delivered(batch).await {
             // The report reached the platform; if the ack is lost it will be sent again, which
             // the platform tolerates.
@@ -198,24 +195,22 @@ impl Delivery {
     }
 
     async fn on_failure(&self, batch: &Batch, e: PlatformError) -> LaneOutcome {
-        let outcome = match e.class {
-            ErrorClass::Retryable => "retryable",
-            ErrorClass::Auth => "auth",
-            ErrorClass::Permanent | ErrorClass::Conflict => "permanent",
-        };
-        self.metrics
-            .delivery_attempts
-            .get_or_create(&label("outcome", outcome))
-            .inc();
+        self.metrics.count_attempt(match e.class {
+            ErrorClass::Retryable => AttemptOutcome::Retryable,
+            ErrorClass::Auth => AttemptOutcome::Auth,
+            ErrorClass::Permanent | ErrorClass::Conflict => AttemptOutcome::Permanent,
+        });
         if matches!(e.class, ErrorClass::Permanent | ErrorClass::Conflict) {
-            return self.park(batch, "permanent", &e.to_string()).await;
+            return self
+                .park(batch, DeadLetterReason::Permanent, &e.to_string())
+                .await;
         }
         let age = Duration::from_millis((now_ms() - batch.oldest_accepted_ms()).max(0) as u64);
         if age >= self.opts.max_age {
             return self
                 .park(
                     batch,
-                    "max_age",
+                    DeadLetterReason::MaxAge,
                     &format!(
                         "retries exhausted after {}: {e}",
                         humantime::format_duration(self.opts.max_age)
@@ -252,12 +247,12 @@ impl Delivery {
         LaneOutcome::RetryAt(now + delay)
     }
 
-    async fn park(&self, batch: &Batch, reason: &'static str, message: &str) -> LaneOutcome {
+    async fn park(&self, batch: &Batch, reason: DeadLetterReason, message: &str) -> LaneOutcome {
         tracing::error!(
             message = "report dead-lettered",
             tenant_id = %batch.tenant_id,
             events = batch.events.len(),
-            reason,
+            reason = reason.as_str(),
             error = %message
         );
         if let Err(e) = self.queue.dead_letter(batch, message).await {
@@ -265,9 +260,7 @@ impl Delivery {
             return self.soon();
         }
         self.metrics
-            .events_dead_lettered
-            .get_or_create(&label("reason", reason))
-            .inc_by(batch.events.len() as u64);
+            .count_dead_lettered(reason, batch.events.len() as u64);
         LaneOutcome::Settled
     }
 }

@@ -1,0 +1,357 @@
+//! Reconcilers: tenants, integration status and branding. Level-triggered and idempotent: each
+//! run compares what is intended with what the platform holds, acts on the difference (unless it
+//! is a dry run) and reports the drift. Cron only triggers them (see `schedule`); a reconciler
+//! never runs twice at once; an on-demand run follows a running one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use sha2::Digest;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::backoff::Backoff;
+use crate::config::{BrandingTarget, OnRemoved, Settings};
+use crate::metrics::{label, Metrics};
+use crate::platform::{ErrorClass, PlatformClient, Tenant, TenantSelector};
+use crate::store::{now_ms, EventKind, IntegrationState, InventoryTenant, NewEvent, Queue};
+
+mod branding;
+mod error;
+mod status;
+mod tenants;
+
+pub use error::ReconcileError;
+
+/// Backoff of one reconciled item that failed: from 30 s up to 6 h.
+const ITEM_BACKOFF: Backoff =
+    Backoff::fixed(Duration::from_secs(30), Duration::from_secs(6 * 3600));
+/// The wait before re-reading a brand after a version conflict.
+pub const CONFLICT_BACKOFF: Backoff =
+    Backoff::fixed(Duration::from_millis(500), Duration::from_secs(4));
+/// How often a brand write is retried after a version conflict.
+const MAX_CONFLICT_RETRIES: usize = 3;
+/// How long an on-demand run waits for a running one before answering "already running".
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Tenants,
+    Status,
+    Branding,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Tenants, Kind::Status, Kind::Branding];
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "tenants" => Some(Kind::Tenants),
+            "status" => Some(Kind::Status),
+            "branding" => Some(Kind::Branding),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tenants => "tenants",
+            Kind::Status => "status",
+            Kind::Branding => "branding",
+        }
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One difference between intent and the platform.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DriftItem {
+    pub tenant_id: Uuid,
+    pub field: String,
+    pub platform: Value,
+    pub intended: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ItemNote {
+    pub tenant_id: Uuid,
+    pub message: String,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    /// Some items failed; the others were reconciled.
+    Partial,
+    /// The run could not be done.
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Success, Outcome::Partial, Outcome::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Partial => "partial",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Outcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// The result of one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub reconciler: Kind,
+    pub dry_run: bool,
+    pub outcome: Outcome,
+    pub started_at: String,
+    pub duration_ms: u64,
+    pub drift: Vec<DriftItem>,
+    pub actions: Vec<String>,
+    pub skipped: Vec<ItemNote>,
+    pub errors: Vec<ItemNote>,
+    /// Reconciler-specific figures (tenants fetched, pages, mode, ...).
+    pub details: Map<String, Value>,
+}
+
+impl Report {
+    fn new(kind: Kind, dry_run: bool) -> Report {
+        Report {
+            reconciler: kind,
+            dry_run,
+            outcome: Outcome::Success,
+            started_at: chrono::Utc::now().to_rfc3339(),
+            duration_ms: 0,
+            drift: Vec::new(),
+            actions: Vec::new(),
+            skipped: Vec::new(),
+            errors: Vec::new(),
+            details: Map::new(),
+        }
+    }
+    fn fail(&mut self, error: &ReconcileError) {
+        self.outcome = Outcome::Error;
+        self.details
+            .insert("error_class".into(), json!(error.metric_label()));
+        self.errors.push(ItemNote {
+            tenant_id: Uuid::nil(),
+            message: error.to_string(),
+        });
+    }
+}
+
+#[derive(Debug)]
+pub enum RunError {
+    AlreadyRunning,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LastRun {
+    pub last_run_at: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub drift_items: usize,
+    pub errors: usize,
+    pub duration_ms: u64,
+    pub last_success_at: Option<String>,
+    pub next_run_at: Option<String>,
+    pub running: bool,
+}
+
+/// Per-item retry state: an item that failed is skipped by scheduled runs until its time.
+#[derive(Debug, Clone, Copy, Default)]
+struct ItemBackoff {
+    failures: u32,
+    not_before_ms: i64,
+}
+
+#[derive(Clone)]
+pub struct Reconcilers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue: Queue,
+    client: PlatformClient,
+    metrics: Arc<Metrics>,
+    settings: Arc<Settings>,
+    locks: [tokio::sync::Mutex<()>; 3],
+    last: Mutex<BTreeMap<Kind, LastRun>>,
+    /// The cron schedule of each reconciler that runs on one, to tell its next run.
+    schedules: Mutex<HashMap<Kind, crate::schedule::CronSchedule>>,
+    backoff: Mutex<HashMap<(Kind, Uuid), ItemBackoff>>,
+}
+
+impl Reconcilers {
+    pub fn new(
+        queue: Queue,
+        client: PlatformClient,
+        metrics: Arc<Metrics>,
+        settings: Arc<Settings>,
+    ) -> Self {
+        let names: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        let outcomes: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        metrics.expose_reconcilers(&names, &outcomes);
+        Reconcilers {
+            inner: Arc::new(Inner {
+                queue,
+                client,
+                metrics,
+                settings,
+                locks: Default::default(),
+                last: Mutex::new(Kind::ALL.iter().map(|k| (*k, LastRun::default())).collect()),
+                schedules: Mutex::new(HashMap::new()),
+                backoff: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The reconciler runs on this schedule (its next run is shown in the status).
+    pub fn set_schedule(&self, kind: Kind, schedule: crate::schedule::CronSchedule) {
+        self.inner
+            .schedules
+            .lock()
+            .expect("schedules lock")
+            .insert(kind, schedule);
+    }
+
+    pub async fn status_json(&self) -> Value {
+        let last = self.inner.last.lock().expect("last lock").clone();
+        let now = chrono::Utc::now();
+        let next: HashMap<Kind, String> = self
+            .inner
+            .schedules
+            .lock()
+            .expect("schedules lock")
+            .iter()
+            .filter_map(|(k, s)| Some((*k, s.next_after(now)?.to_rfc3339())))
+            .collect();
+        let mut out = Map::new();
+        for (k, mut v) in last {
+            v.next_run_at = next.get(&k).cloned();
+            v.running = self.inner.locks[k.index()].try_lock().is_err();
+            out.insert(
+                k.as_str().into(),
+                serde_json::to_value(v).unwrap_or(Value::Null),
+            );
+        }
+        Value::Object(out)
+    }
+
+    /// A scheduled trigger: runs unless a run is already going (then it is skipped, not queued,
+    /// so slow runs never pile up).
+    pub async fn trigger(&self, kind: Kind) {
+        let Ok(guard) = self.inner.locks[kind.index()].try_lock() else {
+            tracing::info!(
+                message = "reconciler still running; scheduled run skipped",
+                reconciler = kind.as_str()
+            );
+            return;
+        };
+        self.run_locked(kind, false, true).await;
+        drop(guard);
+    }
+
+    /// An on-demand run: follows a running one (waits for it to end, then runs).
+    pub async fn run_now(&self, kind: Kind, dry_run: bool) -> Result<Report, RunError> {
+        let guard = tokio::time::timeout(FOLLOW_TIMEOUT, self.inner.locks[kind.index()].lock())
+            .await
+            .map_err(|_| RunError::AlreadyRunning)?;
+        let report = self.run_locked(kind, dry_run, false).await;
+        drop(guard);
+        Ok(report)
+    }
+
+    async fn run_locked(&self, kind: Kind, dry_run: bool, scheduled: bool) -> Report {
+        let started = tokio::time::Instant::now();
+        let mut report = Report::new(kind, dry_run);
+        tracing::info!(
+            message = "reconcile started",
+            reconciler = kind.as_str(),
+            dry_run
+        );
+        let result = match kind {
+            Kind::Tenants => self.reconcile_tenants(&mut report).await,
+            Kind::Status => self.reconcile_status(&mut report).await,
+            Kind::Branding => self.reconcile_branding(&mut report, scheduled).await,
+        };
+        if let Err(e) = result {
+            report.fail(&e);
+        } else if !report.errors.is_empty() {
+            report.outcome = Outcome::Partial;
+        }
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        let m = &self.inner.metrics;
+        let r = kind.as_str();
+        m.reconcile_runs
+            .get_or_create(&[
+                ("reconciler", r.to_string()),
+                ("outcome", report.outcome.as_str().to_string()),
+            ])
+            .inc();
+        m.reconcile_duration
+            .get_or_create(&label("reconciler", r))
+            .observe(started.elapsed().as_secs_f64());
+        m.reconcile_drift_items
+            .get_or_create(&label("reconciler", r))
+            .set(report.drift.len() as i64);
+        if report.outcome != Outcome::Error {
+            m.reconcile_last_success
+                .get_or_create(&label("reconciler", r))
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
+        {
+            let mut last = self.inner.last.lock().expect("last lock");
+            let entry = last.entry(kind).or_default();
+            entry.last_run_at = Some(report.started_at.clone());
+            entry.outcome = Some(report.outcome);
+            entry.drift_items = report.drift.len();
+            entry.errors = report.errors.len();
+            entry.duration_ms = report.duration_ms;
+            if report.outcome != Outcome::Error {
+                entry.last_success_at = Some(chrono::Utc::now().to_rfc3339());
+            }
+        }
+        tracing::info!(
+            message = "reconcile finished",
+            reconciler = r,
+            dry_run,
+            outcome = %report.outcome,
+            drift = report.drift.len(),
+            actions = report.actions.len(),
+            errors = report.errors.len(),
+            duration_ms = report.duration_ms
+        );
+        report
+    }
+
+    async fn root(&self) -> Result<Uuid, ReconcileError> {
+        match self.inner.settings.reconcile.tenants.root_tenant_id {
+            Some(r) => Ok(r),
+            None => self
+                .inner
+                .client
+                .own_tenant_id()
+                .await
+                .map_err(ReconcileError::Root),
+        }
+    }
+}

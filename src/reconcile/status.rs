@@ -1,0 +1,59 @@
+//! The status reconciler: re-assert each tenant's intended state through the delivery path
+//! (the platform has no read-back of the integration status).
+
+use super::*;
+
+impl Reconcilers {
+    pub(super) async fn reconcile_status(&self, report: &mut Report) -> Result<(), ReconcileError> {
+        let q = &self.inner.queue;
+        let states = q.tenant_states()?;
+        let mut events = Vec::new();
+        for s in states {
+            let Some(intended) = s.intended else { continue };
+            if let Some(inv) = q.inventory(&s.tenant_id)? {
+                if inv.deleted {
+                    report.skipped.push(ItemNote {
+                        tenant_id: s.tenant_id,
+                        message: "deleted on the platform".into(),
+                    });
+                    continue;
+                }
+            }
+            if s.last_reported != Some(intended) {
+                report.drift.push(DriftItem {
+                    tenant_id: s.tenant_id,
+                    field: "integration".into(),
+                    platform: json!(s.last_reported),
+                    intended: json!(intended),
+                });
+            }
+            // A tenant with events still pending will report its latest state anyway.
+            if q.pending_count(&s.tenant_id) > 0 {
+                continue;
+            }
+            let (kind, action) = match intended {
+                IntegrationState::Active => (EventKind::Activation, "activated integration"),
+                IntegrationState::Inactive => (EventKind::Deactivation, "deactivated integration"),
+            };
+            events.push(NewEvent {
+                tenant_id: s.tenant_id,
+                kind,
+                category: "activation".into(),
+                action: action.into(),
+                idempotency_key: None,
+            });
+        }
+        report.details.insert("tenants".into(), json!(events.len()));
+        if report.dry_run || events.is_empty() {
+            return Ok(());
+        }
+        let n = events.len();
+        for chunk in events.chunks(1000) {
+            q.enqueue(chunk.to_vec()).await?;
+        }
+        report
+            .actions
+            .push(format!("re-asserted the intended state of {n} tenant(s)"));
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! The tenants reconciler: walk the tree under the root (in full, then by `updated_since`
+//! deltas), keep the inventory, and deactivate (or report) active tenants gone on the platform.
+
+use super::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TenantCursor {
+    root: Uuid,
+    updated_since: Option<String>,
+}
+
+impl Reconcilers {
+    pub(super) async fn reconcile_tenants(
+        &self,
+        report: &mut Report,
+    ) -> Result<(), ReconcileError> {
+        let q = &self.inner.queue;
+        let root = self.root().await?;
+        let cursor: Option<TenantCursor> = q.get_doc("tenants.cursor")?;
+        let since = cursor
+            .filter(|c| c.root == root)
+            .and_then(|c| c.updated_since);
+        let listing = self
+            .inner
+            .client
+            .list_tenants(&TenantSelector::SubtreeRoot(root), since.as_deref(), true)
+            .await?;
+        let mode = if since.is_some() { "delta" } else { "full" };
+        report.details.insert("mode".into(), json!(mode));
+        report.details.insert("root_tenant_id".into(), json!(root));
+        report
+            .details
+            .insert("fetched".into(), json!(listing.items.len()));
+        report.details.insert("pages".into(), json!(listing.pages));
+        let records: Vec<InventoryTenant> = listing.items.iter().map(inventory_record).collect();
+
+        // Active integrations on tenants that are gone or disabled.
+        let on_removed = self.inner.settings.reconcile.tenants.on_removed;
+        let mut deactivations = Vec::new();
+        for t in &listing.items {
+            let removed = t.is_deleted() || t.enabled == Some(false);
+            if !removed {
+                continue;
+            }
+            let state = q.tenant_state(&t.id)?;
+            if state.and_then(|s| s.intended) != Some(IntegrationState::Active) {
+                continue;
+            }
+            let field = if t.is_deleted() { "deleted" } else { "enabled" };
+            let platform = if t.is_deleted() {
+                json!(true)
+            } else {
+                json!(false)
+            };
+            report.drift.push(DriftItem {
+                tenant_id: t.id,
+                field: field.into(),
+                platform,
+                intended: json!("integration active"),
+            });
+            if on_removed == OnRemoved::Deactivate {
+                deactivations.push(NewEvent {
+                    tenant_id: t.id,
+                    kind: EventKind::Deactivation,
+                    category: "activation".into(),
+                    action: "deactivated integration".into(),
+                    idempotency_key: Some(format!("statusd:removed:{}:{}", t.id, t.version)),
+                });
+            } else {
+                report.skipped.push(ItemNote {
+                    tenant_id: t.id,
+                    message: format!(
+                        "tenant {field} on the platform; on_removed = report, so only reported"
+                    ),
+                });
+            }
+        }
+        if report.dry_run {
+            report
+                .details
+                .insert("would_store".into(), json!(records.len()));
+            return Ok(());
+        }
+        if !deactivations.is_empty() {
+            let n = deactivations.len();
+            q.enqueue(deactivations).await?;
+            report.actions.push(format!(
+                "enqueued {n} deactivation(s) for removed or disabled tenants"
+            ));
+        }
+        if since.is_some() {
+            q.put_inventory(&records).await?;
+        } else {
+            q.replace_inventory(&records).await?;
+        }
+        report.actions.push(format!(
+            "inventory {mode} sync: {} tenant(s) stored",
+            records.len()
+        ));
+        q.put_doc(
+            "tenants.cursor",
+            &TenantCursor {
+                root,
+                updated_since: listing.timestamp.or(since),
+            },
+        )
+        .await?;
+        report
+            .details
+            .insert("inventory_size".into(), json!(q.inventory_len()));
+        Ok(())
+    }
+}
+
+fn inventory_record(t: &Tenant) -> InventoryTenant {
+    InventoryTenant {
+        id: t.id,
+        parent_id: (t.parent_id != t.id).then_some(t.parent_id),
+        name: t.name.clone(),
+        kind: t.kind.clone(),
+        enabled: t.enabled,
+        deleted: t.is_deleted(),
+        version: t.version,
+    }
+}
