@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use statusd::sandbox::SandboxOptions;
+use statusd::sandbox::{Fault, SandboxOptions};
 
 async fn refused(h: &Harness, body: Vec<u8>, ct: &str) -> (u16, Value) {
     let resp = h
@@ -351,21 +351,43 @@ async fn dead_letter_endpoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_refuses_intake_and_readiness() {
     let mut h = harness(SandboxOptions::default(), &[]).await;
+    // A report held at the platform keeps the daemon draining (the API still answers) while
+    // the test looks at it.
+    h.sandbox.inject(Fault {
+        delay_ms: Some(1500),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
+    let t = h.sandbox.tenant_ids(Some("customer"))[0];
+    assert_eq!(
+        h.post_events(json!({"tenant_id": t, "type": "activation"}))
+            .await
+            .status(),
+        202
+    );
+    let q = h.running().queue.clone();
+    wait_for(Duration::from_secs(10), "a report in flight", || {
+        q.stats().in_flight == 1
+    })
+    .await;
     let running = h.running.take().unwrap();
-    let api = h.api.clone();
-    // Hold a clone of the API's view: after shutdown begins, intake answers 503.
-    let client = h.http.clone();
     let shutdown = tokio::spawn(running.shutdown());
-    // Either the server is already gone or it answers 503: never 202.
-    let r = client
-        .post(format!("{api}/v1/events"))
-        .json(&json!({"tenant_id": uuid::Uuid::new_v4(), "type": "activation"}))
-        .send()
+    wait_for_async(Duration::from_secs(10), "/readyz to answer 503", || async {
+        h.call(reqwest::Method::GET, "/readyz").await.status() == 503
+    })
+    .await;
+    let r = h
+        .post_events(json!({"tenant_id": uuid::Uuid::new_v4(), "type": "activation"}))
         .await;
-    if let Ok(r) = r {
-        assert_eq!(r.status(), 503);
-    }
+    assert_eq!(r.status(), 503, "intake during shutdown");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].is_string(), "{body}");
     shutdown.await.unwrap();
+    assert_eq!(
+        h.sandbox.reports().len(),
+        1,
+        "the report in flight finished within the grace"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
