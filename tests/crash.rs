@@ -100,17 +100,42 @@ fn test_rng(test: &str) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
 
+/// What the crash tests posted across kills.
+struct Posted {
+    /// The last posting number of each tenant.
+    next: HashMap<Uuid, usize>,
+    /// (tenant, posting number, event id) of each acknowledged event, in order.
+    acked: Vec<(Uuid, usize, String)>,
+    /// `tenant-n` of events whose answer was lost at a kill.
+    in_doubt: std::collections::HashSet<String>,
+    rng: StdRng,
+}
+
+impl Posted {
+    fn new(test: &str) -> Posted {
+        Posted {
+            next: HashMap::new(),
+            acked: Vec::new(),
+            in_doubt: Default::default(),
+            rng: test_rng(test),
+        }
+    }
+}
+
 /// Post events one request at a time until the daemon dies; returns what was acknowledged.
 async fn post_until_dead(
     http: &reqwest::Client,
     port: u16,
     tenants: &[Uuid],
-    next: &mut HashMap<Uuid, usize>,
-    acked: &mut Vec<(Uuid, usize, String)>,
-    in_doubt: &mut std::collections::HashSet<String>,
+    posted: &mut Posted,
     budget: usize,
-    rng: &mut StdRng,
 ) {
+    let Posted {
+        next,
+        acked,
+        in_doubt,
+        rng,
+    } = posted;
     for _ in 0..budget {
         let batch: Vec<(Uuid, usize)> = (0..rng.random_range(1..6))
             .map(|_| {
@@ -151,33 +176,21 @@ async fn acknowledged_events_survive_kill_9_in_order_exactly_once() {
     let dead_platform = format!("http://127.0.0.1:{}", free_port());
     let http = reqwest::Client::new();
     let tenants: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
-    let mut next = HashMap::new();
-    let mut acked = Vec::new();
-    let mut in_doubt = std::collections::HashSet::new();
-    let mut rng = test_rng("acknowledged_events_survive_kill_9_in_order_exactly_once");
+    let mut posted = Posted::new("acknowledged_events_survive_kill_9_in_order_exactly_once");
     for _round in 0..20 {
         let port = free_port();
         let mut child = spawn_daemon(&dead_platform, "id", "secret", dir.path(), port);
         wait_ready(&http, port).await;
         // Kill at a random point while requests are in flight.
-        let delay = Duration::from_millis(rng.random_range(5..60));
+        let delay = Duration::from_millis(posted.rng.random_range(5..60));
         let killer = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             kill9(&mut child);
         });
-        post_until_dead(
-            &http,
-            port,
-            &tenants,
-            &mut next,
-            &mut acked,
-            &mut in_doubt,
-            10_000,
-            &mut rng,
-        )
-        .await;
+        post_until_dead(&http, port, &tenants, &mut posted, 10_000).await;
         killer.await.unwrap();
     }
+    let acked = posted.acked;
     assert!(
         acked.len() > 100,
         "only {} events acknowledged over 20 kills",
@@ -244,38 +257,26 @@ async fn kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_report
     });
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let mut next = HashMap::new();
-    let mut acked = Vec::new();
-    let mut in_doubt = std::collections::HashSet::new();
-    let mut rng =
-        test_rng("kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_reports");
+    let mut posted =
+        Posted::new("kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_reports");
     let kills = 8;
     for _ in 0..kills {
         let port = free_port();
         let mut child = spawn_daemon(&sb.url, &sb.client_id, &sb.client_secret, dir.path(), port);
         wait_ready(&http, port).await;
-        let delay = Duration::from_millis(rng.random_range(50..250));
+        let delay = Duration::from_millis(posted.rng.random_range(50..250));
         let killer = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             kill9(&mut child);
         });
-        post_until_dead(
-            &http,
-            port,
-            &tenants,
-            &mut next,
-            &mut acked,
-            &mut in_doubt,
-            10_000,
-            &mut rng,
-        )
-        .await;
+        post_until_dead(&http, port, &tenants, &mut posted, 10_000).await;
         killer.await.unwrap();
     }
     // Final run: let it drain, then stop it.
     let port = free_port();
     let mut child = spawn_daemon(&sb.url, &sb.client_id, &sb.client_secret, dir.path(), port);
     wait_ready(&http, port).await;
+    let (acked, in_doubt) = (posted.acked, posted.in_doubt);
     let expected: Vec<String> = acked.iter().map(|(t, n, _)| format!("{t}-{n}")).collect();
     wait_for(
         Duration::from_secs(60),
