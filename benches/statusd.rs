@@ -831,7 +831,7 @@ async fn footprint(dir: &Path, big: usize) {
     let acked = t.elapsed();
     let after_delivery = q.size_on_disk();
     let t = Instant::now();
-    let removed = q.compact(statusd::store::now_ms() + 1).unwrap();
+    let removed = q.compact(statusd::store::now_ms() + 1).await.unwrap();
     q.sync().await.unwrap();
     let compact_took = t.elapsed();
     let after_compaction = q.size_on_disk();
@@ -863,7 +863,7 @@ async fn footprint(dir: &Path, big: usize) {
     fill(&store, big, &tenants).await;
     let q = open_compacting_at_once(&store);
     deliver_all(&q, &tenants, 32, big).await;
-    q.compact(statusd::store::now_ms() + 1).unwrap();
+    q.compact(statusd::store::now_ms() + 1).await.unwrap();
     q.sync().await.unwrap();
     row(
         "store size after a second round (enqueue, deliver, compact)",

@@ -233,13 +233,10 @@ impl Running {
 
 async fn compaction_loop(queue: Queue, stop: CancellationToken) {
     loop {
-        let q = queue.clone();
-        match tokio::task::spawn_blocking(move || q.compact(crate::store::now_ms())).await {
-            Ok(Ok(n)) if n > 0 => {
-                tracing::info!(message = "compacted delivered events", removed = n)
-            }
-            Ok(Err(e)) => tracing::error!(message = "compaction failed", error = %e),
-            _ => {}
+        match queue.compact(crate::store::now_ms()).await {
+            Ok(n) if n > 0 => tracing::info!(message = "compacted delivered events", removed = n),
+            Ok(_) => {}
+            Err(e) => tracing::error!(message = "compaction failed", error = %e),
         }
         tokio::select! {
             _ = stop.cancelled() => return,

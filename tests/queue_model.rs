@@ -164,7 +164,10 @@ fn run_case(ops: Vec<Op>) {
                 }
                 Op::Fail { tenant } => {
                     if let Some(batch) = in_flight.remove(&tenant) {
-                        queue.mark_failed(&batch, "boom", now_ms() - 1).unwrap();
+                        queue
+                            .mark_failed(&batch, "boom", now_ms() - 1)
+                            .await
+                            .unwrap();
                     }
                 }
                 Op::Dead { tenant } => {
@@ -333,15 +336,15 @@ async fn compaction_removes_delivered_after_retention_and_keeps_pending() {
     };
     q.ack_delivered(&batch).await.unwrap();
     // Within retention nothing goes.
-    assert_eq!(q.compact(now_ms()).unwrap(), 0);
+    assert_eq!(q.compact(now_ms()).await.unwrap(), 0);
     // Past retention the delivered event goes, the pending one stays; keys live 24h.
-    assert_eq!(q.compact(now_ms() + 61_000).unwrap(), 1);
+    assert_eq!(q.compact(now_ms() + 61_000).await.unwrap(), 1);
     assert!(q.event(&first[0].id()).unwrap().is_none());
     assert!(q.event(&first[1].id()).unwrap().is_some());
     let again = q.enqueue(vec![ev("a")]).await.unwrap();
     assert_eq!(again[0], statusd::store::Enqueued::Duplicate(first[0].id()));
     // After the idempotency window the key is forgotten.
-    q.compact(now_ms() + 25 * 3600 * 1000).unwrap();
+    q.compact(now_ms() + 25 * 3600 * 1000).await.unwrap();
     let fresh = q.enqueue(vec![ev("a")]).await.unwrap();
     assert!(matches!(fresh[0], statusd::store::Enqueued::Accepted(_)));
 }
@@ -365,6 +368,7 @@ async fn backoff_hides_the_head_until_its_time() {
     };
     let later = now_ms() + 60_000;
     q.mark_failed(&batch, "503 Service Unavailable", later)
+        .await
         .unwrap();
     match q.take_batch(&tenant, 10).unwrap() {
         Take::NotBefore(at) => assert_eq!(at, later),

@@ -218,20 +218,18 @@ impl Delivery {
                 )
                 .await;
         }
-        let mut rng = rand::rng();
-        let mut delay = self.opts.backoff.delay(batch.max_attempts(), &mut rng);
-        if let Some(ra) = e.retry_after {
-            delay = delay.max(ra);
-        }
         let now = Instant::now();
-        {
+        let delay = {
+            let mut rng = rand::rng();
             let mut breaker = self.breaker();
             if e.is_outage() {
                 breaker.on_outage(now, &self.opts.backoff, e.retry_after, &mut rng);
             } else if let Some(ra) = e.retry_after {
                 breaker.on_throttle(now, ra);
             }
-        }
+            let delay = self.opts.backoff.delay(batch.max_attempts(), &mut rng);
+            delay.max(e.retry_after.unwrap_or_default())
+        };
         tracing::warn!(
             message = "report failed, will retry",
             tenant_id = %batch.tenant_id,
@@ -241,7 +239,7 @@ impl Delivery {
             error = %e
         );
         let at_ms = now_ms() + delay.as_millis() as i64;
-        if let Err(err) = self.queue.mark_failed(batch, &e.to_string(), at_ms) {
+        if let Err(err) = self.queue.mark_failed(batch, &e.to_string(), at_ms).await {
             tracing::error!(message = "cannot record a failed attempt", tenant_id = %batch.tenant_id, error = %err);
         }
         LaneOutcome::RetryAt(now + delay)

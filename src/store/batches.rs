@@ -36,12 +36,9 @@ impl Queue {
         out
     }
 
-    /// Number of pending events of a tenant.
+    /// Number of pending events of a tenant (kept in memory, no scan).
     pub fn pending_count(&self, tenant: &TenantId) -> usize {
-        self.inner
-            .tree
-            .scan_prefix(key(b'p', &[tenant.as_bytes()]))
-            .count()
+        lock(&self.inner.writer).heads.count(tenant) as usize
     }
 
     /// The tenant's pending events in delivery order, up to `limit` (read only).
@@ -149,28 +146,38 @@ impl Queue {
         result
     }
 
-    /// The report failed and will be retried at `next_attempt_at_ms`. The events keep their place.
-    pub fn mark_failed(
+    /// The report failed and will be retried at `next_attempt_at_ms`. The events keep their
+    /// place. Durable before it returns.
+    pub async fn mark_failed(
         &self,
         batch: &Batch,
         error: &str,
         next_attempt_at_ms: i64,
     ) -> Result<(), StoreError> {
-        {
-            let _w = lock(&self.inner.writer);
-            let mut b = sled::Batch::default();
-            for rec in &batch.events {
+        let records: Vec<EventRecord> = batch
+            .events
+            .iter()
+            .map(|rec| {
                 let mut rec = rec.clone();
                 rec.state = EventState::Queued;
                 rec.attempts += 1;
                 rec.last_error = Some(error.to_string());
                 rec.next_attempt_at_ms = Some(next_attempt_at_ms);
-                b.insert(event_key(&rec.id), to_json(&rec));
-            }
-            self.inner.tree.apply_batch(b)?;
-        }
+                rec
+            })
+            .collect();
+        let result = self
+            .write(move |core, _| {
+                let mut b = sled::Batch::default();
+                for rec in &records {
+                    b.insert(event_key(&rec.id), to_json(rec));
+                }
+                core.tree.apply_batch(b)?;
+                Ok(Wrote::default())
+            })
+            .await;
         batch.release();
-        Ok(())
+        result.map(|_| ())
     }
 
     /// Give the batch back untouched (shutdown before it was sent, or a send abandoned).
@@ -182,32 +189,41 @@ impl Queue {
 
     /// Park the batch in the dead-letter store with its reason. Durable before it returns.
     pub async fn dead_letter(&self, batch: &Batch, reason: &str) -> Result<(), StoreError> {
-        {
-            let mut w = lock(&self.inner.writer);
-            let mut b = sled::Batch::default();
-            for rec in &batch.events {
+        let tenant = batch.tenant_id;
+        let records: Vec<EventRecord> = batch
+            .events
+            .iter()
+            .map(|rec| {
                 let mut rec = rec.clone();
                 rec.state = EventState::Dead;
                 rec.attempts += 1;
                 rec.dead_reason = Some(reason.to_string());
                 rec.last_error = Some(reason.to_string());
                 rec.next_attempt_at_ms = None;
-                b.insert(event_key(&rec.id), to_json(&rec));
-                b.remove(pending_key(&batch.tenant_id, rec.seq));
-                b.insert(dead_key(&rec.id), &[]);
-            }
-            let n = batch.events.len() as u64;
-            let depth = w.depth.saturating_sub(n);
-            let dead = w.dead + n;
-            b.insert(meta_key("depth"), &depth.to_be_bytes());
-            b.insert(meta_key("dead"), &dead.to_be_bytes());
-            self.inner.tree.apply_batch(b)?;
-            w.depth = depth;
-            w.dead = dead;
-            let head = first_pending(&self.inner.tree, &batch.tenant_id)?;
-            w.heads.set(batch.tenant_id, head);
-        }
+                rec
+            })
+            .collect();
+        let result = self
+            .write(move |core, w| {
+                let mut b = sled::Batch::default();
+                for rec in &records {
+                    b.insert(event_key(&rec.id), to_json(rec));
+                    b.remove(pending_key(&tenant, rec.seq));
+                    b.insert(dead_key(&rec.id), &[]);
+                }
+                let n = records.len() as u64;
+                let depth = w.depth.saturating_sub(n);
+                let dead = w.dead + n;
+                b.insert(meta_key("depth"), &depth.to_be_bytes());
+                b.insert(meta_key("dead"), &dead.to_be_bytes());
+                core.tree.apply_batch(b)?;
+                w.depth = depth;
+                w.dead = dead;
+                w.heads.settled(&core.tree, tenant, n)?;
+                Ok(Wrote::default())
+            })
+            .await;
         batch.release();
-        self.sync().await
+        result.map(|_| ())
     }
 }

@@ -14,6 +14,21 @@ pub(super) enum Job {
     Enqueue(Vec<NewEvent>, EnqueueReply),
     /// Record a delivered batch, flush, then answer.
     Ack(AckJob, oneshot::Sender<Result<(), StoreError>>),
+    /// Any other write (a failed attempt, dead letters, inventory, documents, compaction): run
+    /// by the committer with the counters in hand, flushed with its group, then answered.
+    Write(WriteFn, WriteReply),
+}
+
+/// A write run on the committer thread. It applies its own sled batch and updates the counters
+/// only once that batch is applied.
+pub(super) type WriteFn = Box<dyn FnOnce(&Core, &mut Counters) -> Result<Wrote, StoreError> + Send>;
+pub(super) type WriteReply = oneshot::Sender<Result<usize, StoreError>>;
+
+/// What a write did: how many items it touched, and the tenants to wake once it is durable.
+#[derive(Debug, Default)]
+pub(super) struct Wrote {
+    pub(super) count: usize,
+    pub(super) wake: Vec<TenantId>,
 }
 
 /// What a written group gives back: each enqueue's outcomes, and the tenants that got events.
@@ -163,8 +178,8 @@ impl Core {
         w.seq = seq;
         w.depth = depth;
         for ack in acks {
-            let head = first_pending(&self.tree, &ack.tenant)?;
-            w.heads.set(ack.tenant, head);
+            w.heads
+                .settled(&self.tree, ack.tenant, ack.items.len() as u64)?;
         }
         for (tenant, seq) in new_heads {
             w.heads.add(tenant, seq);
@@ -200,6 +215,8 @@ pub(super) struct Written {
     pub(super) ack_replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
     /// Each enqueue's outcomes and the tenants that got events, or why the write failed.
     pub(super) result: Result<GroupWritten, String>,
+    /// The other writes of the group, each with its own result.
+    pub(super) writes: Vec<(Result<Wrote, StoreError>, WriteReply)>,
 }
 
 impl Written {
@@ -237,9 +254,23 @@ impl Written {
                 }
             }
         }
+        for (result, reply) in self.writes {
+            let _ = reply.send(match (result, flushed) {
+                (Ok(wrote), Ok(())) => {
+                    core.wake_tenants(wrote.wake);
+                    Ok(wrote.count)
+                }
+                (Ok(_), Err(e)) => Err(StoreError::Flush(e.clone())),
+                (Err(e), _) => Err(e),
+            });
+        }
         for w in self.syncs {
             let _ = w.send(flushed.clone());
         }
+    }
+
+    fn waiters(&self) -> usize {
+        self.syncs.len() + self.replies.len() + self.ack_replies.len() + self.writes.len()
     }
 }
 
@@ -258,6 +289,7 @@ pub(super) fn committer(
         let mut replies = Vec::new();
         let mut acks = Vec::new();
         let mut ack_replies = Vec::new();
+        let mut writes = Vec::new();
         let mut events = 0;
         let mut next = Some(first);
         while let Some(job) = next.take() {
@@ -273,6 +305,10 @@ pub(super) fn committer(
                     acks.push(ack);
                     ack_replies.push(reply);
                 }
+                Job::Write(f, reply) => {
+                    events += 1;
+                    writes.push((f, reply));
+                }
             }
             if events < MAX_GROUP_EVENTS {
                 next = rx.try_recv().ok();
@@ -283,11 +319,16 @@ pub(super) fn committer(
         } else {
             core.write_group(requests, &acks).map_err(|e| e.to_string())
         };
+        let writes = writes
+            .into_iter()
+            .map(|(f, reply)| (f(&core, &mut lock(&core.writer)), reply))
+            .collect();
         let written = Written {
             syncs,
             replies,
             ack_replies,
             result,
+            writes,
         };
         if let Err(mpsc::SendError(w)) = to_flusher.send(written) {
             // The flusher is gone (it cannot be while the committer runs); answer with an error
@@ -309,10 +350,7 @@ pub(super) fn flusher(core: Arc<Core>, rx: mpsc::Receiver<Written>) {
             tracing::error!(message = "store flush failed", error = %e);
         }
         core.flushes.fetch_add(1, Ordering::Relaxed);
-        let waiters: usize = groups
-            .iter()
-            .map(|g| g.syncs.len() + g.replies.len() + g.ack_replies.len())
-            .sum();
+        let waiters: usize = groups.iter().map(Written::waiters).sum();
         core.flush_waiters
             .fetch_add(waiters as u64, Ordering::Relaxed);
         for g in groups {

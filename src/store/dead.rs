@@ -19,85 +19,98 @@ impl Queue {
     /// Put a dead letter back at the tail of its tenant's queue. `Ok(false)` if it is not a
     /// dead letter.
     pub async fn retry_dead(&self, id: &Uuid) -> Result<bool, StoreError> {
-        let tenant = self.retry_dead_unsynced(id)?;
-        match tenant {
-            Some(t) => {
-                self.sync().await?;
-                self.inner.wake_tenants([t]);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    pub(super) fn retry_dead_unsynced(&self, id: &Uuid) -> Result<Option<TenantId>, StoreError> {
-        let mut w = lock(&self.inner.writer);
-        if self.inner.tree.get(dead_key(id))?.is_none() {
-            return Ok(None);
-        }
-        let Some(mut rec) = self.get_event_raw(id)? else {
-            return Ok(None);
-        };
-        let seq = w.seq + 1;
-        rec.state = EventState::Queued;
-        rec.attempts = 0;
-        rec.next_attempt_at_ms = None;
-        rec.dead_reason = None;
-        rec.seq = seq;
-        let mut b = sled::Batch::default();
-        b.insert(event_key(id), to_json(&rec));
-        b.remove(dead_key(id));
-        b.insert(pending_key(&rec.tenant_id, seq), id.as_bytes().as_slice());
-        let depth = w.depth + 1;
-        let dead = w.dead.saturating_sub(1);
-        b.insert(meta_key("seq"), &seq.to_be_bytes());
-        b.insert(meta_key("depth"), &depth.to_be_bytes());
-        b.insert(meta_key("dead"), &dead.to_be_bytes());
-        self.inner.tree.apply_batch(b)?;
-        w.seq = seq;
-        w.depth = depth;
-        w.dead = dead;
-        w.heads.add(rec.tenant_id, seq);
-        Ok(Some(rec.tenant_id))
+        let id = *id;
+        let n = self
+            .write(move |core, w| core.requeue_dead(w, &[id]))
+            .await?;
+        Ok(n == 1)
     }
 
     /// Retry every dead letter; returns how many went back to their queues.
     pub async fn retry_all_dead(&self) -> Result<usize, StoreError> {
-        let ids: Vec<Uuid> = self
-            .inner
-            .tree
-            .scan_prefix([b'd'])
-            .keys()
-            .map(|k| k.map_err(StoreError::from).and_then(|k| uuid_from(&k[1..])))
-            .collect::<Result<_, _>>()?;
-        let mut tenants = Vec::new();
-        for id in &ids {
-            if let Some(t) = self.retry_dead_unsynced(id)? {
-                tenants.push(t);
-            }
-        }
-        self.sync().await?;
-        let n = tenants.len();
-        self.inner.wake_tenants(tenants);
-        Ok(n)
+        self.write(|core, w| {
+            let ids: Vec<Uuid> = core
+                .tree
+                .scan_prefix([b'd'])
+                .keys()
+                .map(|k| k.map_err(StoreError::from).and_then(|k| uuid_from(&k[1..])))
+                .collect::<Result<_, _>>()?;
+            core.requeue_dead(w, &ids)
+        })
+        .await
     }
 
     /// Delete a dead letter for good. `Ok(false)` if it is not a dead letter.
     pub async fn purge_dead(&self, id: &Uuid) -> Result<bool, StoreError> {
-        {
-            let mut w = lock(&self.inner.writer);
-            if self.inner.tree.get(dead_key(id))?.is_none() {
-                return Ok(false);
+        let id = *id;
+        let n = self
+            .write(move |core, w| {
+                if core.tree.get(dead_key(&id))?.is_none() {
+                    return Ok(Wrote::default());
+                }
+                let dead = w.dead.saturating_sub(1);
+                let mut b = sled::Batch::default();
+                b.remove(dead_key(&id));
+                b.remove(event_key(&id));
+                b.insert(meta_key("dead"), &dead.to_be_bytes());
+                core.tree.apply_batch(b)?;
+                w.dead = dead;
+                Ok(Wrote {
+                    count: 1,
+                    wake: Vec::new(),
+                })
+            })
+            .await?;
+        Ok(n == 1)
+    }
+}
+
+impl Core {
+    /// Put these dead letters (those that still are) at the tail of their tenants' queues, in
+    /// one batch.
+    fn requeue_dead(&self, w: &mut Counters, ids: &[Uuid]) -> Result<Wrote, StoreError> {
+        let mut b = sled::Batch::default();
+        let mut seq = w.seq;
+        let mut requeued: Vec<(TenantId, u64)> = Vec::new();
+        for id in ids {
+            if self.tree.get(dead_key(id))?.is_none() {
+                continue;
             }
-            let dead = w.dead.saturating_sub(1);
-            let mut b = sled::Batch::default();
+            let Some(mut rec) = self.get_json::<EventRecord>(event_key(id))? else {
+                continue;
+            };
+            seq += 1;
+            rec.state = EventState::Queued;
+            rec.attempts = 0;
+            rec.next_attempt_at_ms = None;
+            rec.dead_reason = None;
+            rec.seq = seq;
+            b.insert(event_key(id), to_json(&rec));
             b.remove(dead_key(id));
-            b.remove(event_key(id));
-            b.insert(meta_key("dead"), &dead.to_be_bytes());
-            self.inner.tree.apply_batch(b)?;
-            w.dead = dead;
+            b.insert(pending_key(&rec.tenant_id, seq), id.as_bytes().as_slice());
+            requeued.push((rec.tenant_id, seq));
         }
-        self.sync().await?;
-        Ok(true)
+        if requeued.is_empty() {
+            return Ok(Wrote::default());
+        }
+        let n = requeued.len() as u64;
+        let depth = w.depth + n;
+        let dead = w.dead.saturating_sub(n);
+        b.insert(meta_key("seq"), &seq.to_be_bytes());
+        b.insert(meta_key("depth"), &depth.to_be_bytes());
+        b.insert(meta_key("dead"), &dead.to_be_bytes());
+        self.tree.apply_batch(b)?;
+        w.seq = seq;
+        w.depth = depth;
+        w.dead = dead;
+        for (tenant, seq) in &requeued {
+            w.heads.add(*tenant, *seq);
+        }
+        let mut wake: Vec<TenantId> = requeued.iter().map(|(t, _)| *t).collect();
+        wake.dedup();
+        Ok(Wrote {
+            count: requeued.len(),
+            wake,
+        })
     }
 }

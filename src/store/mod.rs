@@ -251,6 +251,17 @@ impl Queue {
             .map_err(StoreError::Flush)
     }
 
+    /// Run a write on the committer thread, in its turn with enqueues and acknowledgements, and
+    /// answer once the flush that covers it has ended: the one write path of the store.
+    async fn write(
+        &self,
+        f: impl FnOnce(&Core, &mut Counters) -> Result<Wrote, StoreError> + Send + 'static,
+    ) -> Result<usize, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Write(Box::new(f), tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Accept events: all are stored in one atomic batch, or none. Returns after they are
     /// durable. Events with a known idempotency key are not stored again. Concurrent calls are
     /// written together: one sled batch and one flush for the whole group.

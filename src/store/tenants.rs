@@ -35,31 +35,44 @@ impl Queue {
         self.inner.tree.scan_prefix([b'n']).count()
     }
 
-    /// Insert or replace inventory records (one atomic batch), then flush.
+    /// Insert or replace inventory records (one atomic batch), durable when it returns.
     pub async fn put_inventory(&self, tenants: &[InventoryTenant]) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        for t in tenants {
-            b.insert(inventory_key(&t.id), to_json(t));
-        }
-        self.inner.tree.apply_batch(b)?;
-        self.sync().await
+        self.write_inventory(tenants, false).await
     }
 
     /// Replace the whole inventory (after a full walk).
     pub async fn replace_inventory(&self, tenants: &[InventoryTenant]) -> Result<(), StoreError> {
-        let keep: HashSet<TenantId> = tenants.iter().map(|t| t.id).collect();
-        let mut b = sled::Batch::default();
-        for k in self.inner.tree.scan_prefix([b'n']).keys() {
-            let k = k?;
-            if !keep.contains(&uuid_from(&k[1..])?) {
-                b.remove(k);
+        self.write_inventory(tenants, true).await
+    }
+
+    async fn write_inventory(
+        &self,
+        tenants: &[InventoryTenant],
+        replace: bool,
+    ) -> Result<(), StoreError> {
+        let records: Vec<(Vec<u8>, Vec<u8>)> = tenants
+            .iter()
+            .map(|t| (inventory_key(&t.id), to_json(t)))
+            .collect();
+        self.write(move |core, _| {
+            let mut b = sled::Batch::default();
+            if replace {
+                let keep: HashSet<&[u8]> = records.iter().map(|(k, _)| k.as_slice()).collect();
+                for k in core.tree.scan_prefix([b'n']).keys() {
+                    let k = k?;
+                    if !keep.contains(k.as_ref()) {
+                        b.remove(k);
+                    }
+                }
             }
-        }
-        for t in tenants {
-            b.insert(inventory_key(&t.id), to_json(t));
-        }
-        self.inner.tree.apply_batch(b)?;
-        self.sync().await
+            for (k, v) in records {
+                b.insert(k, v);
+            }
+            core.tree.apply_batch(b)?;
+            Ok(Wrote::default())
+        })
+        .await
+        .map(|_| ())
     }
 
     /// A small named document (reconciler cursors, logo hash, ...).
@@ -68,9 +81,12 @@ impl Queue {
     }
 
     pub async fn put_doc<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
-        self.inner
-            .tree
-            .insert(meta_key(&format!("doc/{name}")), to_json(value))?;
-        self.sync().await
+        let (k, v) = (meta_key(&format!("doc/{name}")), to_json(value));
+        self.write(move |core, _| {
+            core.tree.insert(k, v)?;
+            Ok(Wrote::default())
+        })
+        .await
+        .map(|_| ())
     }
 }
