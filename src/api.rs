@@ -19,15 +19,15 @@ use crate::delivery::Delivery;
 use crate::metrics::{label, Metrics};
 use crate::platform::PlatformClient;
 use crate::reconcile::Reconcilers;
-use crate::store::{Enqueued, EventKind, NewEvent, Queue};
+use crate::store::{Enqueued, EventKind, Queue};
 
-/// Largest accepted request body.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Most events in one array.
-pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
-const MAX_CATEGORY: usize = 150;
-const MAX_ACTION: usize = 500;
-const MAX_IDEMPOTENCY_KEY: usize = 256;
+use crate::event::{clip, limits, parse_event, FieldError};
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> ApiError {
+        ApiError::invalid(e.field, e.message)
+    }
+}
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -156,131 +156,6 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
 
 // Intake ----------------------------------------------------------------------------------------
 
-/// Validate one event object; `at` prefixes field names inside arrays (`[3].tenant_id`).
-pub fn parse_event(v: &Value, at: &str, header_key: Option<&str>) -> Result<NewEvent, ApiError> {
-    let f = |name: &str| format!("{at}{name}");
-    let obj = v.as_object().ok_or_else(|| {
-        ApiError::invalid(
-            if at.is_empty() {
-                "body".into()
-            } else {
-                at.trim_end_matches('.').to_string()
-            },
-            "an event must be a JSON object",
-        )
-    })?;
-    for k in obj.keys() {
-        if !matches!(
-            k.as_str(),
-            "tenant_id" | "type" | "category" | "action" | "idempotency_key"
-        ) {
-            return Err(ApiError::invalid(
-                f(k),
-                format!("unknown field {k:?} (expected tenant_id, type, category, action, idempotency_key)"),
-            ));
-        }
-    }
-    let tenant_id = match obj.get("tenant_id") {
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid(f("tenant_id"), "tenant_id is required"))
-        }
-        Some(Value::String(s)) => Uuid::parse_str(s).map_err(|_| {
-            ApiError::invalid(
-                f("tenant_id"),
-                format!("tenant_id is not a UUID: {}", clip(s)),
-            )
-        })?,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                f("tenant_id"),
-                "tenant_id must be a UUID string",
-            ))
-        }
-    };
-    let kind = match obj.get("type").and_then(Value::as_str) {
-        Some("activation") => EventKind::Activation,
-        Some("deactivation") => EventKind::Deactivation,
-        Some("custom") => EventKind::Custom,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                f("type"),
-                format!(
-                    "unknown type {:?} (expected activation, deactivation or custom)",
-                    clip(other)
-                ),
-            ))
-        }
-        None => {
-            return Err(ApiError::invalid(
-                f("type"),
-                "type is required: activation, deactivation or custom",
-            ))
-        }
-    };
-    let text = |name: &str, max: usize| -> Result<Option<String>, ApiError> {
-        match obj.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => {
-                let n = s.chars().count();
-                if n == 0 || n > max {
-                    Err(ApiError::invalid(
-                        f(name),
-                        format!("{name} must be 1 to {max} characters, got {n}"),
-                    ))
-                } else {
-                    Ok(Some(s.clone()))
-                }
-            }
-            Some(_) => Err(ApiError::invalid(
-                f(name),
-                format!("{name} must be a string"),
-            )),
-        }
-    };
-    let category = text("category", MAX_CATEGORY)?;
-    let action = text("action", MAX_ACTION)?;
-    let mut idempotency_key = text("idempotency_key", MAX_IDEMPOTENCY_KEY)?;
-    if let Some(h) = header_key {
-        match &idempotency_key {
-            Some(k) if k != h => {
-                return Err(ApiError::invalid(
-                    "Idempotency-Key",
-                    "the Idempotency-Key header and the idempotency_key field differ",
-                ))
-            }
-            _ => idempotency_key = Some(h.to_string()),
-        }
-    }
-    if kind == EventKind::Custom && (category.is_none() || action.is_none()) {
-        let missing = if category.is_none() {
-            "category"
-        } else {
-            "action"
-        };
-        return Err(ApiError::invalid(
-            f(missing),
-            format!("a custom event needs both category and action; {missing} is missing"),
-        ));
-    }
-    Ok(NewEvent {
-        tenant_id,
-        kind,
-        category: category.unwrap_or_else(|| "activation".into()),
-        action: action.unwrap_or_else(|| {
-            match kind {
-                EventKind::Deactivation => "deactivated integration",
-                _ => "activated integration",
-            }
-            .into()
-        }),
-        idempotency_key,
-    })
-}
-
-fn clip(s: &str) -> String {
-    s.chars().take(64).collect()
-}
-
 async fn post_events(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -306,13 +181,13 @@ async fn post_events(
         )
         .field("Content-Type"));
     }
-    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+    let bytes: Bytes = axum::body::to_bytes(body, limits::BODY_BYTES)
         .await
         .map_err(|_| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
-                format!("the body is over {MAX_BODY_BYTES} bytes"),
+                format!("the body is over {} bytes", limits::BODY_BYTES),
             )
             .field("body")
         })?;
@@ -324,10 +199,10 @@ async fn post_events(
             let k = v
                 .to_str()
                 .map_err(|_| ApiError::invalid("Idempotency-Key", "not visible ASCII"))?;
-            if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY {
+            if k.is_empty() || k.len() > limits::IDEMPOTENCY_KEY {
                 return Err(ApiError::invalid(
                     "Idempotency-Key",
-                    format!("must be 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+                    format!("must be 1 to {} characters", limits::IDEMPOTENCY_KEY),
                 ));
             }
             Some(k.to_string())
@@ -338,11 +213,12 @@ async fn post_events(
             if items.is_empty() {
                 return Err(ApiError::invalid("body", "the array is empty"));
             }
-            if items.len() > MAX_EVENTS_PER_REQUEST {
+            if items.len() > limits::EVENTS_PER_REQUEST {
                 return Err(ApiError::invalid(
                     "body",
                     format!(
-                        "at most {MAX_EVENTS_PER_REQUEST} events per request, got {}",
+                        "at most {} events per request, got {}",
+                        limits::EVENTS_PER_REQUEST,
                         items.len()
                     ),
                 ));

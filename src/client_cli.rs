@@ -3,11 +3,13 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::cli::{ApiArgs, Command, DeadLetterCommand, EventArgs, ReconcilerName};
 use crate::config::Settings;
+use crate::event::IncomingEvent;
 use crate::exit;
+use crate::store::EventKind;
 
 /// The local API of a running daemon.
 pub struct LocalApi {
@@ -138,8 +140,8 @@ pub async fn run(cmd: &Command, settings: &Settings) -> ExitCode {
                 }
             }
         }
-        Command::Activate(a) => send_event(settings, a, "activation").await,
-        Command::Deactivate(a) => send_event(settings, a, "deactivation").await,
+        Command::Activate(a) => send_event(settings, a, EventKind::Activation).await,
+        Command::Deactivate(a) => send_event(settings, a, EventKind::Deactivation).await,
         Command::Status(args) => {
             let api = LocalApi::new(&args.api, settings);
             match api.call(Method::GET, "/v1/status", None).await {
@@ -236,17 +238,15 @@ pub fn reconcile_exit(report: &Value, dry_run: bool) -> ExitCode {
     ExitCode::from(exit::OK)
 }
 
-async fn send_event(settings: &Settings, a: &EventArgs, kind: &str) -> ExitCode {
-    let mut ev = json!({"tenant_id": a.tenant_id, "type": kind});
-    if let Some(c) = &a.category {
-        ev["category"] = json!(c);
-    }
-    if let Some(x) = &a.action {
-        ev["action"] = json!(x);
-    }
-    if let Some(k) = &a.idempotency_key {
-        ev["idempotency_key"] = json!(k);
-    }
+async fn send_event(settings: &Settings, a: &EventArgs, kind: EventKind) -> ExitCode {
+    let ev = IncomingEvent {
+        tenant_id: a.tenant_id.clone(),
+        kind,
+        category: a.category.clone(),
+        action: a.action.clone(),
+        idempotency_key: a.idempotency_key.clone(),
+    };
+    let ev = serde_json::to_value(ev).expect("an event serializes");
     let api = LocalApi::new(&a.api, settings);
     match api
         .call(reqwest::Method::POST, "/v1/events", Some(ev))

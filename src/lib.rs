@@ -9,6 +9,7 @@ pub mod client_cli;
 pub mod config;
 pub mod delivery;
 pub mod demo;
+pub mod event;
 pub mod metrics;
 pub mod platform;
 pub mod reconcile;

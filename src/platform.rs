@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::config::{IntegrationSettings, Secret};
+use crate::event::limits;
 use crate::metrics::{Metrics, TokenOutcome};
 
 /// Renew a token when less than this is left (or half its lifetime, if that is shorter).
@@ -932,20 +933,32 @@ pub fn validate_report(i: &IntegrationSettings, events: &[ReportEvent]) -> Resul
     match (&i.application_code, &i.application_id) {
         (Some(_), Some(_)) => return Err("both application_code and application_id are set".into()),
         (None, None) => return Err("neither application_code nor application_id is set".into()),
-        (Some(c), None) if len(c) == 0 || len(c) > 1000 => {
-            return Err("application_code must be 1 to 1000 characters".into())
+        (Some(c), None) if len(c) == 0 || len(c) > limits::APPLICATION_CODE => {
+            return Err(format!(
+                "application_code must be 1 to {} characters",
+                limits::APPLICATION_CODE
+            ))
         }
         _ => {}
     }
-    if len(&i.module_name) == 0 || len(&i.module_name) > 255 {
-        return Err("module.name must be 1 to 255 characters".into());
+    if len(&i.module_name) == 0 || len(&i.module_name) > limits::NAME {
+        return Err(format!(
+            "module.name must be 1 to {} characters",
+            limits::NAME
+        ));
     }
     for (n, e) in events.iter().enumerate() {
-        if len(&e.category) == 0 || len(&e.category) > 150 {
-            return Err(format!("events[{n}].category must be 1 to 150 characters"));
+        if len(&e.category) == 0 || len(&e.category) > limits::CATEGORY {
+            return Err(format!(
+                "events[{n}].category must be 1 to {} characters",
+                limits::CATEGORY
+            ));
         }
-        if len(&e.action) == 0 || len(&e.action) > 500 {
-            return Err(format!("events[{n}].action must be 1 to 500 characters"));
+        if len(&e.action) == 0 || len(&e.action) > limits::ACTION {
+            return Err(format!(
+                "events[{n}].action must be 1 to {} characters",
+                limits::ACTION
+            ));
         }
         if e.activation_event && e.deactivation_event {
             return Err(format!(

@@ -27,6 +27,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::event::limits;
+
 #[derive(Debug, Clone)]
 pub struct SandboxOptions {
     pub client_id: String,
@@ -877,7 +879,14 @@ pub fn validate_status_body(body: &Value) -> Result<(), String> {
             return Err("send exactly one of application_code and application_id".into())
         }
         (None, None) => return Err("application_code or application_id is required".into()),
-        (Some(_), None) => check_len(obj, "application_code", "", 1, 1000, true)?,
+        (Some(_), None) => check_len(
+            obj,
+            "application_code",
+            "",
+            1,
+            limits::APPLICATION_CODE,
+            true,
+        )?,
         (None, Some(v)) => {
             if v.as_str().is_none_or(|s| Uuid::parse_str(s).is_err()) {
                 return Err("application_id must be a UUID".into());
@@ -888,13 +897,13 @@ pub fn validate_status_body(body: &Value) -> Result<(), String> {
         .get("module")
         .and_then(Value::as_object)
         .ok_or("module is required and must be an object")?;
-    check_len(module, "name", "module.", 1, 255, true)?;
-    check_len(module, "version", "module.", 0, 255, false)?;
+    check_len(module, "name", "module.", 1, limits::NAME, true)?;
+    check_len(module, "version", "module.", 0, limits::NAME, false)?;
     match obj.get("vendor_system") {
         None | Some(Value::Null) => {}
         Some(Value::Object(vs)) => {
-            check_len(vs, "name", "vendor_system.", 1, 255, true)?;
-            check_len(vs, "version", "vendor_system.", 0, 255, false)?;
+            check_len(vs, "name", "vendor_system.", 1, limits::NAME, true)?;
+            check_len(vs, "version", "vendor_system.", 0, limits::NAME, false)?;
         }
         Some(_) => return Err("vendor_system must be an object".into()),
     }
@@ -915,8 +924,8 @@ pub fn validate_status_body(body: &Value) -> Result<(), String> {
                 let e = e
                     .as_object()
                     .ok_or(format!("events[{i}] must be an object"))?;
-                check_len(e, "category", &path, 1, 150, true)?;
-                check_len(e, "action", &path, 1, 500, true)?;
+                check_len(e, "category", &path, 1, limits::CATEGORY, true)?;
+                check_len(e, "action", &path, 1, limits::ACTION, true)?;
                 let a = check_bool(e, "activation_event", &path)?;
                 let d = check_bool(e, "deactivation_event", &path)?;
                 if a && d {

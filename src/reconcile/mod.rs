@@ -17,7 +17,7 @@ use crate::backoff::Backoff;
 use crate::config::{BrandingTarget, OnRemoved, Settings};
 use crate::metrics::{label, Metrics};
 use crate::platform::{ErrorClass, PlatformClient, Tenant, TenantSelector};
-use crate::store::{now_ms, EventKind, IntegrationState, InventoryTenant, NewEvent, Queue};
+use crate::store::{now_ms, IntegrationState, InventoryTenant, NewEvent, Queue};
 
 mod branding;
 mod error;

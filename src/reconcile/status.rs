@@ -31,17 +31,7 @@ impl Reconcilers {
             if q.pending_count(&s.tenant_id) > 0 {
                 continue;
             }
-            let (kind, action) = match intended {
-                IntegrationState::Active => (EventKind::Activation, "activated integration"),
-                IntegrationState::Inactive => (EventKind::Deactivation, "deactivated integration"),
-            };
-            events.push(NewEvent {
-                tenant_id: s.tenant_id,
-                kind,
-                category: "activation".into(),
-                action: action.into(),
-                idempotency_key: None,
-            });
+            events.push(NewEvent::state_change(s.tenant_id, intended, None));
         }
         report.details.insert("tenants".into(), json!(events.len()));
         if report.dry_run || events.is_empty() {

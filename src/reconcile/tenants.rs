@@ -59,13 +59,11 @@ impl Reconcilers {
                 intended: json!("integration active"),
             });
             if on_removed == OnRemoved::Deactivate {
-                deactivations.push(NewEvent {
-                    tenant_id: t.id,
-                    kind: EventKind::Deactivation,
-                    category: "activation".into(),
-                    action: "deactivated integration".into(),
-                    idempotency_key: Some(format!("statusd:removed:{}:{}", t.id, t.version)),
-                });
+                deactivations.push(NewEvent::state_change(
+                    t.id,
+                    IntegrationState::Inactive,
+                    Some(format!("statusd:removed:{}:{}", t.id, t.version)),
+                ));
             } else {
                 report.skipped.push(ItemNote {
                     tenant_id: t.id,

@@ -124,12 +124,7 @@ impl Core {
                     batch.insert(idem_expiry_key(now, k), &[]);
                     seen_in_batch.push((k.clone(), id));
                 }
-                let intended = match ev.kind {
-                    EventKind::Activation => Some(IntegrationState::Active),
-                    EventKind::Deactivation => Some(IntegrationState::Inactive),
-                    EventKind::Custom => None,
-                };
-                if let Some(intended) = intended {
+                if let Some(intended) = ev.kind.intended_state() {
                     let state = self.tenant_entry(&mut tenant_updates, ev.tenant_id)?;
                     state.intended = Some(intended);
                     state.intended_at_ms = Some(now);
@@ -146,10 +141,8 @@ impl Core {
         for ack in acks {
             let mut reported = None;
             for (seq, id, kind, attempts) in &ack.items {
-                match kind {
-                    EventKind::Activation => reported = Some(IntegrationState::Active),
-                    EventKind::Deactivation => reported = Some(IntegrationState::Inactive),
-                    EventKind::Custom => {}
+                if let Some(state) = kind.intended_state() {
+                    reported = Some(state);
                 }
                 batch.remove(pending_key(&ack.tenant, *seq));
                 batch.insert(

@@ -211,3 +211,55 @@ impl Default for StoreOptions {
         }
     }
 }
+
+// The meaning of each kind of event: its one home.
+
+/// The category of activation and deactivation events when none is given.
+pub const DEFAULT_CATEGORY: &str = "activation";
+
+impl EventKind {
+    /// The integration state an event of this kind asks for (custom events change none).
+    pub fn intended_state(self) -> Option<IntegrationState> {
+        match self {
+            EventKind::Activation => Some(IntegrationState::Active),
+            EventKind::Deactivation => Some(IntegrationState::Inactive),
+            EventKind::Custom => None,
+        }
+    }
+
+    /// The action text when none is given.
+    pub fn default_action(self) -> &'static str {
+        match self {
+            EventKind::Deactivation => "deactivated integration",
+            _ => "activated integration",
+        }
+    }
+}
+
+impl IntegrationState {
+    /// The kind of event that reports this state.
+    pub fn event_kind(self) -> EventKind {
+        match self {
+            IntegrationState::Active => EventKind::Activation,
+            IntegrationState::Inactive => EventKind::Deactivation,
+        }
+    }
+}
+
+impl NewEvent {
+    /// An activation or deactivation with the default texts.
+    pub fn state_change(
+        tenant_id: TenantId,
+        state: IntegrationState,
+        idempotency_key: Option<String>,
+    ) -> NewEvent {
+        let kind = state.event_kind();
+        NewEvent {
+            tenant_id,
+            kind,
+            category: DEFAULT_CATEGORY.into(),
+            action: kind.default_action().into(),
+            idempotency_key,
+        }
+    }
+}
