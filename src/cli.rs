@@ -42,9 +42,11 @@ pub struct ApiArgs {
 pub enum Command {
     /// Run the daemon in the foreground (what systemd and containers start).
     Run,
+    #[cfg(feature = "sandbox")]
     /// Try statusd out with no credentials: a sandbox platform and the daemon on loopback,
     /// sample events with injected faults, live progress and a summary.
     Demo(DemoArgs),
+    #[cfg(feature = "sandbox")]
     /// Run only the sandbox platform, for developing an integration without platform credentials.
     Sandbox(SandboxArgs),
     /// Probe the local API's /livez; exit 0 when healthy, 1 when not (for container HEALTHCHECK).
@@ -202,7 +204,11 @@ pub fn main(cli: Cli) -> ExitCode {
     // with them unless RUST_LOG asks for more. The scheduler crate logs its own bookkeeping at
     // info ("Job creator created"); that is noise in an operator's journal, so it starts at
     // warn unless RUST_LOG says otherwise.
-    let default_filter = if matches!(cli.command, Command::Demo(_)) {
+    #[cfg(feature = "sandbox")]
+    let is_demo = matches!(cli.command, Command::Demo(_));
+    #[cfg(not(feature = "sandbox"))]
+    let is_demo = false;
+    let default_filter = if is_demo {
         "error"
     } else {
         "info,tokio_cron_scheduler=warn"
@@ -245,6 +251,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "sandbox")]
         Command::Demo(args) => {
             crate::demo::run(crate::demo::DemoOptions {
                 once: args.once,
@@ -254,6 +261,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             })
             .await
         }
+        #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => run_sandbox(args).await,
         _ => {
             let settings = match load_settings(&cli, Purpose::Local) {
@@ -265,6 +273,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
     }
 }
 
+#[cfg(feature = "sandbox")]
 async fn run_sandbox(args: &SandboxArgs) -> ExitCode {
     use crate::sandbox::{Sandbox, SandboxOptions};
     let defaults = SandboxOptions::default();

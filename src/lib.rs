@@ -8,11 +8,13 @@ pub mod cli;
 pub mod client_cli;
 pub mod config;
 pub mod delivery;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod event;
 pub mod metrics;
 pub mod platform;
 pub mod reconcile;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod schedule;
 pub mod store;

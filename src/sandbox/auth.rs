@@ -1,0 +1,145 @@
+//! Client-credentials tokens and the API client's own record.
+
+use super::*;
+
+#[derive(Deserialize)]
+pub(super) struct TokenForm {
+    #[serde(default)]
+    pub(super) grant_type: Option<String>,
+    #[serde(default)]
+    pub(super) client_id: Option<String>,
+    #[serde(default)]
+    pub(super) client_secret: Option<String>,
+}
+
+pub(super) fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+pub(super) async fn token(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Content-Type must be application/x-www-form-urlencoded",
+        );
+    }
+    let form: TokenForm = match serde_urlencoded_parse(&body) {
+        Some(f) => f,
+        None => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "malformed form body",
+            )
+        }
+    };
+    if form.grant_type.as_deref() != Some("client_credentials") {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "grant_type must be client_credentials",
+        );
+    }
+    let creds = basic_credentials(&headers).or(match (form.client_id, form.client_secret) {
+        (Some(i), Some(s)) => Some((i, s)),
+        _ => None,
+    });
+    let mut s = state.lock().expect("sandbox lock");
+    let ok = creds
+        .as_ref()
+        .is_some_and(|(i, p)| *i == s.opts.client_id && *p == s.opts.client_secret);
+    if !ok {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        );
+    }
+    let token: String = (0..4)
+        .map(|_| format!("{:016x}", s.rng.random::<u64>()))
+        .collect();
+    let ttl = s.opts.token_ttl.as_secs() as i64;
+    let expires_on = chrono::Utc::now().timestamp() + ttl;
+    s.tokens.insert(token.clone(), expires_on);
+    s.issued.push(token.clone());
+    s.stats.tokens_issued += 1;
+    Json(json!({
+        "access_token": token,
+        "token_type": "bearer",
+        "id_token": "sandbox-id-token",
+        "expires_on": expires_on,
+    }))
+    .into_response()
+}
+
+pub(super) fn serde_urlencoded_parse(body: &[u8]) -> Option<TokenForm> {
+    std::str::from_utf8(body).ok()?;
+    let mut map = Map::new();
+    for (k, v) in url::form_urlencoded::parse(body) {
+        map.insert(k.into_owned(), Value::String(v.into_owned()));
+    }
+    serde_json::from_value(Value::Object(map)).ok()
+}
+
+pub(super) fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    let encoded = v.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    Some((id.to_string(), secret.to_string()))
+}
+
+/// Check the bearer token; `Err` is the 401 answer.
+pub(super) fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let s = state.lock().expect("sandbox lock");
+    let now = chrono::Utc::now().timestamp();
+    match token.and_then(|t| s.tokens.get(t)) {
+        Some(exp) if *exp > now => Ok(()),
+        Some(_) => Err(envelope(
+            StatusCode::UNAUTHORIZED,
+            json!("unauthorized"),
+            "access token expired",
+        )),
+        None => Err(envelope(
+            StatusCode::UNAUTHORIZED,
+            json!("unauthorized"),
+            "missing or unknown access token",
+        )),
+    }
+}
+
+pub(super) async fn client_info(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    let s = state.lock().expect("sandbox lock");
+    if id != s.opts.client_id {
+        return envelope(StatusCode::NOT_FOUND, json!(1003), "client not found");
+    }
+    Json(json!({"id": id, "tenant_id": s.root, "status": "enabled", "type": "api_client"}))
+        .into_response()
+}

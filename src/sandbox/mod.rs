@@ -1,0 +1,253 @@
+//! The sandbox platform: a strict emulation of the platform endpoints statusd uses, for the
+//! tests, `statusd demo` and integration developers without platform credentials.
+//!
+//! It validates what it receives as the platform documents it, keeps what it received for
+//! inspection under `/_sandbox/`, and takes fault injection there. It knows nothing of the
+//! daemon's internals: it is a separate HTTP server that only speaks the wire protocol.
+
+// Handlers return early with a ready answer; the size of `Response` on that cold path is fine.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::event::limits;
+
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    pub client_id: String,
+    pub client_secret: String,
+    pub token_ttl: Duration,
+    pub tenants: usize,
+    pub page_limit: usize,
+    pub seed: u64,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            client_id: Uuid::new_v4().to_string(),
+            client_secret: Uuid::new_v4().simple().to_string(),
+            token_ttl: Duration::from_secs(7200),
+            tenants: 50,
+            page_limit: 100,
+            seed: 42,
+        }
+    }
+}
+
+/// A fault to inject into the next matching requests.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Fault {
+    /// Answer with this status (with the error envelope) instead of handling the request.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// `Retry-After` header to send with `status` (seconds, or an HTTP date as text).
+    #[serde(default)]
+    pub retry_after: Option<String>,
+    /// Wait this long before answering (or before dropping).
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// Close the connection without an answer.
+    #[serde(default)]
+    pub drop_connection: bool,
+    /// Invalidate every issued token before handling the request.
+    #[serde(default)]
+    pub expire_tokens: bool,
+    /// Apply to this many matching requests (default: unlimited until cleared).
+    #[serde(default)]
+    pub count: Option<u64>,
+    /// Apply to this fraction (0..1) of matching requests (default: all).
+    #[serde(default)]
+    pub fraction: Option<f64>,
+    /// Only requests whose path contains this text.
+    #[serde(default)]
+    pub path_contains: Option<String>,
+    /// Only requests whose query contains this text (e.g. a tenant id).
+    #[serde(default)]
+    pub query_contains: Option<String>,
+}
+
+/// One status report the sandbox accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReceivedReport {
+    pub seq: u64,
+    pub tenant_id: Uuid,
+    pub body: Value,
+    pub received_at: String,
+}
+
+mod auth;
+mod branding;
+mod inspect;
+mod serve;
+mod state;
+mod status;
+mod tenants;
+
+use auth::*;
+use branding::*;
+use inspect::*;
+use serve::*;
+use state::*;
+pub use status::validate_status_body;
+use status::*;
+use tenants::*;
+
+/// A running sandbox. Dropping it stops the server.
+pub struct Sandbox {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub client_id: String,
+    pub client_secret: String,
+    pub root_tenant: Uuid,
+    state: Shared,
+    stop: CancellationToken,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Sandbox {
+    /// Start on 127.0.0.1 with a free port.
+    pub async fn start(opts: SandboxOptions) -> std::io::Result<Sandbox> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(listener, opts).await
+    }
+
+    pub async fn start_on(listener: TcpListener, opts: SandboxOptions) -> std::io::Result<Sandbox> {
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(SbState::new(opts.clone())));
+        let root = state.lock().expect("sandbox lock").root;
+        let stop = CancellationToken::new();
+        let router = router(state.clone());
+        tokio::spawn(serve(listener, router, state.clone(), stop.clone()));
+        Ok(Sandbox {
+            url: format!("http://{addr}"),
+            addr,
+            client_id: opts.client_id,
+            client_secret: opts.client_secret,
+            root_tenant: root,
+            state,
+            stop,
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut SbState) -> T) -> T {
+        f(&mut self.state.lock().expect("sandbox lock"))
+    }
+
+    pub fn reports(&self) -> Vec<ReceivedReport> {
+        self.with(|s| s.reports.clone())
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.with(|s| s.faults.push_back(fault));
+    }
+
+    pub fn clear_faults(&self) {
+        self.with(|s| s.faults.clear());
+    }
+
+    pub fn stats(&self) -> SandboxStats {
+        self.with(|s| s.stats.clone())
+    }
+
+    /// Requests whose endpoint name contains `what` (e.g. "status", "token", "tenants").
+    pub fn requests_to(&self, what: &str) -> u64 {
+        self.with(|s| {
+            s.stats
+                .by_endpoint
+                .iter()
+                .filter(|(k, _)| k.contains(what))
+                .map(|(_, v)| v)
+                .sum()
+        })
+    }
+
+    /// Every access token issued so far, expired ones included.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.with(|s| s.issued.clone())
+    }
+
+    pub fn expire_tokens(&self) {
+        self.with(|s| s.tokens.clear());
+    }
+
+    /// Every tenant id, with its kind, live or deleted.
+    pub fn tenant_ids(&self, kind: Option<&str>) -> Vec<Uuid> {
+        self.with(|s| {
+            s.tenants
+                .iter()
+                .filter(|t| t.deleted_at.is_none())
+                .filter(|t| kind.is_none_or(|k| t.kind == k))
+                .map(|t| t.id)
+                .collect()
+        })
+    }
+
+    pub fn brand(&self, tenant: Uuid) -> Option<Map<String, Value>> {
+        self.with(|s| s.brands.get(&tenant).cloned())
+    }
+
+    pub fn logo(&self, tenant: Uuid) -> Option<Vec<u8>> {
+        self.with(|s| s.logos.get(&tenant).cloned())
+    }
+
+    pub fn tenant_version(&self, tenant: Uuid) -> Option<i64> {
+        self.with(|s| s.index.get(&tenant).map(|i| s.tenants[*i].version))
+    }
+
+    /// Times a brand write carried `smtp_password` (a client must never send the empty read-back).
+    pub fn smtp_password_writes(&self) -> u64 {
+        self.with(|s| s.smtp_password_writes)
+    }
+
+    /// Change a tenant as an operator would on the platform (bumps version and updated_at).
+    pub fn mutate_tenant(&self, tenant: Uuid, change: TenantChange) -> bool {
+        self.with(|s| s.mutate(tenant, change))
+    }
+
+    /// Add a child tenant under `parent`.
+    pub fn add_tenant(&self, parent: Uuid, kind: &str, name: &str) -> Uuid {
+        self.with(|s| {
+            let id = Uuid::from_u128(s.rng.random());
+            s.push_tenant(id, parent, kind, name.to_string());
+            id
+        })
+    }
+}
+
+/// A change made through `/_sandbox/tenants/{id}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TenantChange {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub deleted: Option<bool>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
