@@ -287,6 +287,25 @@ async fn bearer_token_guards_v1_but_not_health() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
+    // The scheme is case-insensitive (RFC 9110).
+    for scheme in ["bearer", "BEARER"] {
+        let r = h
+            .http
+            .get(format!("{}/v1/status", h.api))
+            .header("Authorization", format!("{scheme} s3cret-api-token"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "scheme {scheme}");
+    }
+    let other = h
+        .http
+        .get(format!("{}/v1/status", h.api))
+        .header("Authorization", "Basic s3cret-api-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 401, "another scheme is no bearer token");
     assert_eq!(h.call(reqwest::Method::GET, "/livez").await.status(), 200);
     assert_eq!(h.call(reqwest::Method::GET, "/metrics").await.status(), 200);
 }

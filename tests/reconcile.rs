@@ -280,21 +280,21 @@ async fn the_next_run_shown_in_the_status_moves_on_as_runs_go_by() {
     let running = statusd::app::start(settings, Some(listener), true)
         .await
         .unwrap();
-    let next_run = |status: &serde_json::Value| {
-        let text = status["tenants"]["next_run_at"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no next run in {status}"))
-            .to_string();
+    let next_run = |status: &std::collections::BTreeMap<String, statusd::reconcile::LastRun>| {
+        let text = status["tenants"]
+            .next_run_at
+            .clone()
+            .unwrap_or_else(|| panic!("no next run in {status:?}"));
         chrono::DateTime::parse_from_rfc3339(&text).unwrap()
     };
-    let first = next_run(&running.reconcilers.status_json().await);
+    let first = next_run(&running.reconcilers.status().await);
     wait_for(
         Duration::from_secs(10),
         "the first next run to pass",
         || chrono::Utc::now() > first,
     )
     .await;
-    let second = next_run(&running.reconcilers.status_json().await);
+    let second = next_run(&running.reconcilers.status().await);
     assert!(
         second > first,
         "next run still {second} after {first} passed"

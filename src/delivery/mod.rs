@@ -55,7 +55,7 @@ impl DeliveryOptions {
 }
 
 /// What the engine is doing, for `/v1/status`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct DeliverySnapshot {
     pub lanes_running: usize,
     pub lanes_waiting_backoff: usize,

@@ -164,7 +164,7 @@ pub enum RunError {
     AlreadyRunning,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LastRun {
     pub last_run_at: Option<String>,
     pub outcome: Option<Outcome>,
@@ -233,7 +233,8 @@ impl Reconcilers {
             .insert(kind, schedule);
     }
 
-    pub async fn status_json(&self) -> Value {
+    /// Each reconciler's last run, whether it is running, and its next scheduled run.
+    pub async fn status(&self) -> BTreeMap<String, LastRun> {
         let last = self.inner.last.lock().expect("last lock").clone();
         let now = chrono::Utc::now();
         let next: HashMap<Kind, String> = self
@@ -244,16 +245,13 @@ impl Reconcilers {
             .iter()
             .filter_map(|(k, s)| Some((*k, s.next_after(now)?.to_rfc3339())))
             .collect();
-        let mut out = Map::new();
-        for (k, mut v) in last {
-            v.next_run_at = next.get(&k).cloned();
-            v.running = self.inner.locks[k.index()].try_lock().is_err();
-            out.insert(
-                k.as_str().into(),
-                serde_json::to_value(v).unwrap_or(Value::Null),
-            );
-        }
-        Value::Object(out)
+        last.into_iter()
+            .map(|(k, mut v)| {
+                v.next_run_at = next.get(&k).cloned();
+                v.running = self.inner.locks[k.index()].try_lock().is_err();
+                (k.as_str().to_string(), v)
+            })
+            .collect()
     }
 
     /// A scheduled trigger: runs unless a run is already going (then it is skipped, not queued,

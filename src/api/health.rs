@@ -1,0 +1,72 @@
+//! `/readyz`, `/metrics` and the API's own description.
+
+use super::*;
+
+pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
+    if !state.accepting.load(Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unready", "failing": "shutting_down"})),
+        )
+            .into_response();
+    }
+    if !state.queue.healthy() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unready", "failing": "store"})),
+        )
+            .into_response();
+    }
+    (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+}
+
+/// Refresh the gauges that are read from the store, then encode.
+pub fn refresh_gauges(state: &ApiState) {
+    let q = state.queue.stats();
+    state.metrics.queue_depth.set(q.depth as i64);
+    state.metrics.dead_letters.set(q.dead_letters as i64);
+    let age = q
+        .oldest_pending_accepted_ms
+        .map(|t| ((crate::store::now_ms() - t).max(0) as f64) / 1000.0)
+        .unwrap_or(0.0);
+    state.metrics.queue_oldest_event_age.set(age);
+    state
+        .metrics
+        .store_size
+        .set(i64::try_from(state.queue.size_on_disk()).unwrap_or(i64::MAX));
+}
+
+pub(super) async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    refresh_gauges(&state);
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            state.metrics.encode_openmetrics(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            state.metrics.encode_classic(),
+        )
+            .into_response()
+    }
+}
+
+pub(super) async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/yaml")],
+        include_str!("../../docs/openapi.yaml"),
+    )
+        .into_response()
+}

@@ -1,0 +1,152 @@
+//! `POST /v1/events`: read the request, store the events durably, answer.
+
+use super::answers::{Accepted, AcceptedMany};
+use super::*;
+use crate::event::parse_event;
+use crate::store::{EventState, NewEvent};
+
+pub(super) async fn post_events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if !state.accepting.load(Ordering::Acquire) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "statusd is shutting down; retry against the next instance",
+        ));
+    }
+    require_json_body(&headers)?;
+    let value = read_json(body).await?;
+    let header_key = idempotency_header(&headers)?;
+    let (events, is_array) = events_of(&value, header_key.as_deref())?;
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    let outcomes = state.queue.enqueue(events).await.map_err(store_error)?;
+    for (o, k) in outcomes.iter().zip(&kinds) {
+        if matches!(o, Enqueued::Accepted(_)) {
+            state
+                .metrics
+                .events_accepted
+                .get_or_create(&label("type", k.as_str()))
+                .inc();
+        }
+    }
+    if is_array {
+        let ids = outcomes.iter().map(|o| o.id()).collect();
+        let answer = AcceptedMany {
+            ids,
+            status: EventState::Queued,
+        };
+        return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());
+    }
+    Ok(match outcomes[0] {
+        Enqueued::Accepted(id) => {
+            let answer = Accepted {
+                id,
+                status: EventState::Queued,
+                duplicate: false,
+            };
+            (StatusCode::ACCEPTED, Json(answer)).into_response()
+        }
+        Enqueued::Duplicate(id) => {
+            // The first event's state; compacted away long after its delivery.
+            let status = state
+                .queue
+                .event(&id)
+                .ok()
+                .flatten()
+                .map_or(EventState::Delivered, |e| e.state);
+            let answer = Accepted {
+                id,
+                status,
+                duplicate: true,
+            };
+            (StatusCode::OK, Json(answer)).into_response()
+        }
+    })
+}
+
+fn require_json_body(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!("Content-Type must be application/json, got {:?}", clip(ct)),
+    )
+    .field("Content-Type"))
+}
+
+async fn read_json(body: Body) -> Result<Value, ApiError> {
+    let bytes: Bytes = axum::body::to_bytes(body, limits::BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is over {} bytes", limits::BODY_BYTES),
+            )
+            .field("body")
+        })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))
+}
+
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let k = v
+        .to_str()
+        .map_err(|_| ApiError::invalid("Idempotency-Key", "not visible ASCII"))?;
+    if k.is_empty() || k.len() > limits::IDEMPOTENCY_KEY {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            format!("must be 1 to {} characters", limits::IDEMPOTENCY_KEY),
+        ));
+    }
+    Ok(Some(k.to_string()))
+}
+
+/// The events of a body (one object, or an array of them: all valid or none taken), and
+/// whether it was an array.
+fn events_of(value: &Value, header_key: Option<&str>) -> Result<(Vec<NewEvent>, bool), ApiError> {
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(ApiError::invalid("body", "the array is empty"));
+            }
+            if items.len() > limits::EVENTS_PER_REQUEST {
+                return Err(ApiError::invalid(
+                    "body",
+                    format!(
+                        "at most {} events per request, got {}",
+                        limits::EVENTS_PER_REQUEST,
+                        items.len()
+                    ),
+                ));
+            }
+            if header_key.is_some() {
+                return Err(ApiError::invalid("Idempotency-Key", "the header is for single events; give each array element its own idempotency_key"));
+            }
+            let events = items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| parse_event(v, &format!("[{i}]."), None))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((events, true))
+        }
+        Value::Object(_) => Ok((vec![parse_event(value, "", header_key)?], false)),
+        _ => Err(ApiError::invalid(
+            "body",
+            "expected an event object or an array of events",
+        )),
+    }
+}

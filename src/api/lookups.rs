@@ -1,0 +1,109 @@
+//! Events, tenants and the daemon's status.
+
+use super::answers::{EventView, PlatformStatus, QueueStatus, Status, TenantView, Tenants};
+use super::*;
+
+pub(super) fn parse_id(s: &str, field: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(s)
+        .map_err(|_| ApiError::invalid(field, format!("{field} is not a UUID: {}", clip(s))))
+}
+
+pub(super) async fn get_event(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<EventView>, ApiError> {
+    let id = parse_id(&id, "id")?;
+    match state.queue.event(&id).map_err(store_error)? {
+        Some(e) => Ok(Json(EventView::from(&e))),
+        None => Err(ApiError::not_found("event")),
+    }
+}
+
+pub(super) async fn get_tenant(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    let id = parse_id(&id, "tenant_id")?;
+    let st = state.queue.tenant_state(&id).map_err(store_error)?;
+    let inv = state.queue.inventory(&id).map_err(store_error)?;
+    let pending = state.queue.pending_count(&id);
+    if st.is_none() && inv.is_none() && pending == 0 {
+        return Err(ApiError::not_found("tenant"));
+    }
+    Ok(Json(TenantView::new(id, st, inv, pending)))
+}
+
+pub(super) async fn list_tenants(State(state): State<ApiState>) -> Result<Json<Tenants>, ApiError> {
+    let q = state.queue.clone();
+    let items = tokio::task::spawn_blocking(move || q.inventory_all())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(store_error)?;
+    Ok(Json(Tenants {
+        count: items.len(),
+        items,
+    }))
+}
+
+/// What `statusd status` prints.
+pub async fn status_report(state: &ApiState) -> Status {
+    let q = state.queue.stats();
+    let now = crate::store::now_ms();
+    let reconcilers = match &state.reconcilers {
+        Some(r) => r.status().await,
+        None => Default::default(),
+    };
+    // The inventory check reads every tenant state: off the async workers.
+    let unknown = match &state.reconcilers {
+        Some(_) => {
+            let queue = state.queue.clone();
+            tokio::task::spawn_blocking(move || unknown_tenants(&queue))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        accepting: state.accepting.load(Ordering::Acquire),
+        queue: QueueStatus {
+            depth: q.depth,
+            in_flight: q.in_flight,
+            oldest_pending_age_seconds: q
+                .oldest_pending_accepted_ms
+                .map(|t| ((now - t).max(0) as f64) / 1000.0),
+            dead_letters: q.dead_letters,
+        },
+        delivery: state.delivery.as_ref().map(|d| d.snapshot()),
+        platform: PlatformStatus {
+            base_url: state.client.as_ref().map(|c| c.base_url().to_string()),
+            reachable: state.client.as_ref().map(|c| c.is_up()),
+        },
+        reconcilers,
+        unknown_tenants: answers::UnknownTenants {
+            count: unknown.len(),
+            sample: unknown.into_iter().take(20).collect(),
+        },
+    }
+}
+
+/// Tenants with a recorded state that the last inventory does not know (only once an inventory
+/// exists).
+fn unknown_tenants(queue: &Queue) -> Result<Vec<Uuid>, crate::store::StoreError> {
+    if queue.inventory_len() == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for t in queue.tenant_states()? {
+        if queue.inventory(&t.tenant_id)?.is_none() {
+            out.push(t.tenant_id);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) async fn get_status(State(state): State<ApiState>) -> Json<Status> {
+    Json(status_report(&state).await)
+}
