@@ -5,11 +5,8 @@ pub mod api;
 pub mod app;
 pub mod backoff;
 pub mod cli;
-pub mod client_cli;
 pub mod config;
 pub mod delivery;
-#[cfg(feature = "sandbox")]
-pub mod demo;
 pub mod event;
 pub mod metrics;
 pub mod platform;

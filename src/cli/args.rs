@@ -1,13 +1,10 @@
-//! The command line: argument definitions and what each command does.
+//! The command line's arguments (clap).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Purpose, Settings, Sources};
-use crate::exit;
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -168,6 +165,16 @@ pub enum ReconcilerName {
     Branding,
 }
 
+impl ReconcilerName {
+    pub fn kind(self) -> crate::reconcile::Kind {
+        match self {
+            ReconcilerName::Tenants => crate::reconcile::Kind::Tenants,
+            ReconcilerName::Status => crate::reconcile::Kind::Status,
+            ReconcilerName::Branding => crate::reconcile::Kind::Branding,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
     /// Which reconciler to run.
@@ -185,134 +192,4 @@ pub struct ReconcileArgs {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("not a duration: {s:?} ({e})"))
-}
-
-/// Load settings for a purpose; on problems print them and return exit code 78.
-pub fn load_settings(cli: &Cli, purpose: Purpose) -> Result<Settings, ExitCode> {
-    match config::load(&Sources::from_process(cli.config.clone()), purpose) {
-        Ok(s) => Ok(s),
-        Err(e) => {
-            eprint!("statusd: {e}");
-            Err(ExitCode::from(exit::CONFIG))
-        }
-    }
-}
-
-/// Entry point of the binary after parsing.
-pub fn main(cli: Cli) -> ExitCode {
-    // The demo shows its own progress and summary (retries included), so only errors interleave
-    // with them unless RUST_LOG asks for more. The scheduler crate logs its own bookkeeping at
-    // info ("Job creator created"); that is noise in an operator's journal, so it starts at
-    // warn unless RUST_LOG says otherwise.
-    #[cfg(feature = "sandbox")]
-    let is_demo = matches!(cli.command, Command::Demo(_));
-    #[cfg(not(feature = "sandbox"))]
-    let is_demo = false;
-    let default_filter = if is_demo {
-        "error"
-    } else {
-        "info,tokio_cron_scheduler=warn"
-    };
-    telemetry::init(cli.log_format, default_filter);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("statusd: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
-    runtime.block_on(dispatch(cli))
-}
-
-async fn dispatch(cli: Cli) -> ExitCode {
-    match &cli.command {
-        Command::CheckConfig => match load_settings(&cli, Purpose::Run) {
-            Ok(settings) => {
-                print!("{}", settings.to_redacted_toml());
-                eprintln!("configuration is valid");
-                ExitCode::from(exit::OK)
-            }
-            Err(code) => code,
-        },
-        Command::Run => {
-            let settings = match load_settings(&cli, Purpose::Run) {
-                Ok(s) => s,
-                Err(code) => return code,
-            };
-            match crate::app::run(settings, crate::app::shutdown_signal()).await {
-                Ok(()) => ExitCode::from(exit::OK),
-                Err(e) => {
-                    tracing::error!(message = "statusd cannot run", error = %e);
-                    eprintln!("statusd: {e}");
-                    ExitCode::from(exit::FAILURE)
-                }
-            }
-        }
-        #[cfg(feature = "sandbox")]
-        Command::Demo(args) => {
-            crate::demo::run(crate::demo::DemoOptions {
-                once: args.once,
-                events: args.events,
-                tenants: args.tenants,
-                keep_metrics: args.keep_metrics.clone(),
-            })
-            .await
-        }
-        #[cfg(feature = "sandbox")]
-        Command::Sandbox(args) => run_sandbox(args).await,
-        _ => {
-            let settings = match load_settings(&cli, Purpose::Local) {
-                Ok(s) => s,
-                Err(code) => return code,
-            };
-            crate::client_cli::run(&cli.command, &settings).await
-        }
-    }
-}
-
-#[cfg(feature = "sandbox")]
-async fn run_sandbox(args: &SandboxArgs) -> ExitCode {
-    use crate::sandbox::{Sandbox, SandboxOptions};
-    let defaults = SandboxOptions::default();
-    let opts = SandboxOptions {
-        client_id: args.client_id.clone().unwrap_or(defaults.client_id),
-        client_secret: args.client_secret.clone().unwrap_or(defaults.client_secret),
-        token_ttl: args.token_ttl,
-        tenants: args.tenants,
-        page_limit: args.page_limit.max(1),
-        seed: defaults.seed,
-    };
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("statusd sandbox: cannot listen on {}: {e}", args.listen);
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
-    let sb = match Sandbox::start_on(listener, opts).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("statusd sandbox: {e}");
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
-    // The sandbox's credentials are throwaway test values; printing them is its purpose.
-    println!("sandbox platform listening on {}", sb.url);
-    println!("  client_id:      {}", sb.client_id);
-    println!("  client_secret:  {}", sb.client_secret);
-    println!("  root tenant:    {}", sb.root_tenant);
-    println!(
-        "  token lifetime: {}",
-        humantime::format_duration(args.token_ttl)
-    );
-    println!(
-        "inspect: {0}/_sandbox/reports  {0}/_sandbox/stats  {0}/_sandbox/tenants",
-        sb.url
-    );
-    println!("faults:  curl -X POST {}/_sandbox/faults -d '{{\"status\":503,\"retry_after\":\"5\",\"count\":3}}'", sb.url);
-    crate::app::shutdown_signal().await;
-    ExitCode::from(exit::OK)
 }

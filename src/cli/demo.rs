@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::client_cli::print_table;
+use super::table::print_table;
 use crate::config::{self, Purpose};
 use crate::exit;
 use crate::reconcile::Kind;

@@ -1,0 +1,109 @@
+//! The operator commands through the real binary against a running daemon: what they print
+//! and their exit codes.
+
+mod common;
+
+use std::process::Output;
+
+use common::*;
+use statusd::sandbox::SandboxOptions;
+
+async fn statusd(api: &str, args: &[&str]) -> Output {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    all.extend(["--api".to_string(), api.to_string()]);
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_statusd"))
+            .args(&all)
+            .env_clear()
+            .env("STATUSD_API_TOKEN", "cli-token")
+            .output()
+            .expect("statusd runs")
+    })
+    .await
+    .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_print_what_the_daemon_answers() {
+    let h = harness(
+        SandboxOptions::default(),
+        &[("STATUSD__API__TOKEN", "cli-token")],
+    )
+    .await;
+    let t = h.sandbox.tenant_ids(Some("customer"))[0].to_string();
+
+    let out = statusd(&h.api, &["activate", &t, "--idempotency-key", "k1"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(" queued"),
+        "{}",
+        text(&out.stdout)
+    );
+    let again = statusd(&h.api, &["activate", &t, "--idempotency-key", "k1"]).await;
+    assert_eq!(again.status.code(), Some(0));
+    assert!(
+        text(&again.stdout).contains("repeated idempotency key"),
+        "{}",
+        text(&again.stdout)
+    );
+
+    let bad = statusd(&h.api, &["deactivate", "not-a-uuid"]).await;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("tenant_id"),
+        "{}",
+        text(&bad.stderr)
+    );
+
+    h.drained(std::time::Duration::from_secs(10)).await;
+    let status = statusd(&h.api, &["status"]).await;
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    let shown = text(&status.stdout);
+    assert!(shown.contains("accepting: true"), "{shown}");
+    assert!(shown.contains("RECONCILER"), "{shown}");
+    assert!(shown.contains("branding"), "{shown}");
+
+    let json = statusd(&h.api, &["status", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["queue"]["depth"], 0);
+    assert_eq!(v["accepting"], true);
+
+    let dry = statusd(&h.api, &["reconcile", "tenants", "--dry-run"]).await;
+    assert!(
+        matches!(dry.status.code(), Some(0) | Some(1)),
+        "{}",
+        text(&dry.stderr)
+    );
+    assert!(
+        text(&dry.stdout).contains("tenants reconcile (dry run)"),
+        "{}",
+        text(&dry.stdout)
+    );
+    let applied = statusd(&h.api, &["reconcile", "tenants"]).await;
+    assert_eq!(applied.status.code(), Some(0), "{}", text(&applied.stdout));
+    let tenants = statusd(&h.api, &["tenants", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&tenants.stdout).unwrap();
+    assert!(v["count"].as_u64().unwrap() > 10, "{v}");
+
+    let dead = statusd(&h.api, &["dead-letters", "list"]).await;
+    assert_eq!(dead.status.code(), Some(0));
+    assert!(text(&dead.stdout).contains("0 dead letter(s)"));
+    let missing = statusd(
+        &h.api,
+        &["dead-letters", "show", &uuid::Uuid::new_v4().to_string()],
+    )
+    .await;
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_does_not_answer_is_exit_69() {
+    let api = format!("http://127.0.0.1:{}", free_port());
+    let out = statusd(&api, &["status"]).await;
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not reachable"));
+}
