@@ -492,12 +492,7 @@ async fn metrics_expose_every_spec_family_without_tenant_ids_or_secrets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_description_lists_every_route() {
     let h = harness(SandboxOptions::default(), &[]).await;
-    let doc = h
-        .call(reqwest::Method::GET, "/v1/openapi.json")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let doc = h.get_text("/v1/openapi.json").await;
     for path in [
         "/v1/events:",
         "/v1/events/{id}:",

@@ -156,12 +156,7 @@ async fn alert_rules_and_dashboard_use_only_exposed_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_daemon_exposes_every_family_from_the_first_scrape() {
     let h = harness(SandboxOptions::default(), &[]).await;
-    let exposed = h
-        .call(reqwest::Method::GET, "/metrics")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let exposed = h.get_text("/metrics").await;
     let names = metric_names(&exposed);
     for family in [
         "statusd_events_accepted",

@@ -194,24 +194,21 @@ async fn cron_schedules_fire_and_never_overlap() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let settings = settings_for(
-        &sb,
-        dir.path(),
-        &[
-            ("STATUSD__RECONCILE__TENANTS__SCHEDULE", "* * * * * *"),
-            ("STATUSD__RECONCILE__STATUS__SCHEDULE", "0 0 0 1 1 *"),
-        ],
-    );
     // Each tenant listing takes 1.5 s, longer than the 1 s schedule.
     sb.inject(Fault {
         delay_ms: Some(1500),
         path_contains: Some("/api/2/tenants".into()),
         ..Default::default()
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let running = statusd::app::start(settings, Some(listener), true)
-        .await
-        .unwrap();
+    let running = start_scheduled(
+        &sb,
+        dir.path(),
+        &[
+            ("STATUSD__RECONCILE__TENANTS__SCHEDULE", "* * * * * *"),
+            ("STATUSD__RECONCILE__STATUS__SCHEDULE", "0 0 0 1 1 *"),
+        ],
+    )
+    .await;
     wait_for(Duration::from_secs(15), "two scheduled tenant runs", || {
         sb.requests_to("tenants_list") >= 2
     })
@@ -271,15 +268,12 @@ async fn the_next_run_shown_in_the_status_moves_on_as_runs_go_by() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let settings = settings_for(
+    let running = start_scheduled(
         &sb,
         dir.path(),
         &[("STATUSD__RECONCILE__TENANTS__SCHEDULE", "* * * * * *")],
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let running = statusd::app::start(settings, Some(listener), true)
-        .await
-        .unwrap();
+    )
+    .await;
     let next_run = |status: &std::collections::BTreeMap<String, statusd::reconcile::LastRun>| {
         let text = status["tenants"]
             .next_run_at

@@ -81,6 +81,15 @@ impl Harness {
             .unwrap()
     }
 
+    /// The body of a GET, as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.call(reqwest::Method::GET, path)
+            .await
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn post_events(&self, body: serde_json::Value) -> reqwest::Response {
         self.http
             .post(format!("{}/v1/events", self.api))
@@ -93,6 +102,19 @@ impl Harness {
         let q = self.running().queue.clone();
         wait_for(within, "queue drained", || q.stats().depth == 0).await;
     }
+}
+
+/// A daemon with its cron schedules on, against `sb`, with its store in `store`.
+pub async fn start_scheduled(
+    sb: &Sandbox,
+    store: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Running {
+    let settings = settings_for(sb, store, env);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    statusd::app::start(settings, Some(listener), true)
+        .await
+        .unwrap()
 }
 
 /// Poll until `cond` holds, failing the test after `within`.
