@@ -1,0 +1,240 @@
+//! The one place that decodes the platform's errors and classifies them: retryable, auth,
+//! conflict or permanent.
+
+use super::*;
+
+/// How a failure should be handled. Decided in one place: [`classify_status`] and
+/// [`PlatformError::from_transport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// 408, 429, 5xx, timeouts, connection errors: try again later.
+    Retryable,
+    /// 401 after one re-issued token, or the token endpoint refusing the credentials.
+    Auth,
+    /// 409: stale version or already exists.
+    Conflict,
+    /// Other 4xx, or a request statusd refuses to send: retrying cannot help.
+    Permanent,
+}
+
+impl ErrorClass {
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            ErrorClass::Retryable => "retryable",
+            ErrorClass::Auth => "auth",
+            ErrorClass::Conflict => "conflict",
+            ErrorClass::Permanent => "permanent",
+        }
+    }
+}
+
+/// The decoded error envelope `{"error": {"code", "message", "domain", ...}}`, every field optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct ErrorBody {
+    #[serde(default)]
+    pub code: Option<ErrorCode>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub details: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum ErrorCode {
+    Int(i64),
+    Str(String),
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorCode::Int(i) => write!(f, "{i}"),
+            ErrorCode::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlatformError {
+    pub class: ErrorClass,
+    /// HTTP status, if an answer came.
+    pub status: Option<u16>,
+    /// What was called, e.g. `POST /api/integration_management/v2/status`.
+    pub call: String,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl std::fmt::Display for PlatformError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            Some(s) => write!(f, "{}: HTTP {}: {}", self.call, s, self.message),
+            None => write!(f, "{}: {}", self.call, self.message),
+        }
+    }
+}
+
+impl std::error::Error for PlatformError {}
+
+impl PlatformError {
+    pub fn is_retryable(&self) -> bool {
+        self.class == ErrorClass::Retryable
+    }
+
+    /// A failure that says the platform is unavailable (no answer, 5xx, 429) rather than that
+    /// this request was wrong: it counts towards the outage breaker.
+    pub fn is_outage(&self) -> bool {
+        self.class == ErrorClass::Retryable && self.status.is_none_or(|s| s >= 500 || s == 429)
+    }
+
+    /// Did the platform answer at all? (For `statusd_platform_up`.)
+    pub fn got_answer(&self) -> bool {
+        self.status.is_some()
+    }
+
+    pub(super) fn local(call: &str, class: ErrorClass, message: impl Into<String>) -> Self {
+        PlatformError {
+            class,
+            status: None,
+            call: call.to_string(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Timeouts and connection errors are retryable; anything else from the transport is too
+    /// (it is not the platform refusing us).
+    pub fn from_transport(call: &str, e: &reqwest::Error) -> Self {
+        let kind = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "connection failed"
+        } else if e.is_body() || e.is_decode() {
+            "response body unreadable"
+        } else {
+            "request failed"
+        };
+        // reqwest errors carry no headers or bodies, so no secret can leak through them. The
+        // innermost cause says most ("connection refused", "operation timed out").
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            detail = s.to_string();
+            source = s.source();
+        }
+        Self::local(call, ErrorClass::Retryable, format!("{kind}: {detail}"))
+    }
+
+    /// Decode a non-success answer.
+    pub fn from_response(
+        call: &str,
+        status: StatusCode,
+        retry_after: Option<&str>,
+        body: &[u8],
+    ) -> Self {
+        PlatformError {
+            class: classify_status(status),
+            status: Some(status.as_u16()),
+            call: call.to_string(),
+            message: describe_error_body(body),
+            retry_after: retry_after.and_then(parse_retry_after),
+        }
+    }
+}
+
+/// The one decision of what a status code means.
+pub fn classify_status(status: StatusCode) -> ErrorClass {
+    match status.as_u16() {
+        401 => ErrorClass::Auth,
+        409 => ErrorClass::Conflict,
+        408 | 429 => ErrorClass::Retryable,
+        500..=599 => ErrorClass::Retryable,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// A readable message from an error body: the envelope, the OAuth form, or the raw text.
+pub fn describe_error_body(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: EnvelopeInner,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum EnvelopeInner {
+        Object(ErrorBody),
+        OAuth(String),
+    }
+    #[derive(Deserialize)]
+    struct OAuthDesc {
+        #[serde(default)]
+        error_description: Option<String>,
+    }
+    if let Ok(env) = serde_json::from_slice::<Envelope>(body) {
+        match env.error {
+            EnvelopeInner::Object(e) => {
+                let mut parts = Vec::new();
+                if let Some(c) = &e.code {
+                    parts.push(format!("code {c}"));
+                }
+                if let Some(d) = &e.domain {
+                    parts.push(format!("({d})"));
+                }
+                let head = parts.join(" ");
+                let msg = e.message.unwrap_or_default();
+                let mut s = match (head.is_empty(), msg.is_empty()) {
+                    (true, true) => "error without details".to_string(),
+                    (true, false) => msg,
+                    (false, true) => head,
+                    (false, false) => format!("{head}: {msg}"),
+                };
+                if let Some(details) = e.details.filter(|d| !d.is_null()) {
+                    s.push_str(&format!(" details={}", truncate(&details.to_string(), 300)));
+                }
+                return s;
+            }
+            EnvelopeInner::OAuth(error) => {
+                let desc = serde_json::from_slice::<OAuthDesc>(body)
+                    .ok()
+                    .and_then(|d| d.error_description);
+                return match desc {
+                    Some(d) => format!("{error}: {d}"),
+                    None => error,
+                };
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        "empty response body".into()
+    } else {
+        format!("non-JSON body: {}", truncate(text, 300))
+    }
+}
+
+pub(super) fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let cut: String = s.chars().take(max).collect();
+        format!("{cut}…")
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date, capped.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let d = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let at = DateTime::parse_from_rfc2822(value)
+            .ok()?
+            .with_timezone(&Utc);
+        (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+    };
+    Some(d.min(MAX_RETRY_AFTER))
+}

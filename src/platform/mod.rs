@@ -1,0 +1,320 @@
+//! The platform client: token lifecycle, status reports, tenants, branding, and the one place
+//! that decodes and classifies the platform's errors. Wire types live here. Knows nothing of
+//! sled or axum.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::{Mutex, OnceCell, Semaphore};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::backoff::Backoff;
+use crate::config::{IntegrationSettings, Secret};
+use crate::event::limits;
+use crate::metrics::{Metrics, TokenOutcome};
+
+/// Renew a token when less than this is left (or half its lifetime, if that is shorter).
+const RENEW_MARGIN: Duration = Duration::from_secs(15 * 60);
+/// Lifetime assumed when the token response names none.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// `Retry-After` values are capped so a hostile or broken header cannot park us for days.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// The wait before the one retry after a refused token.
+pub const AUTH_RETRY_BACKOFF: Backoff =
+    Backoff::fixed(Duration::from_millis(200), Duration::from_secs(1));
+/// The `uuids` selector takes at most this many ids per call.
+pub const UUIDS_PER_CALL: usize = 100;
+
+mod branding;
+mod errors;
+mod status;
+mod tenants;
+mod wire;
+
+pub use errors::*;
+pub use status::validate_report;
+pub use wire::*;
+
+// The client ------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+pub struct ClientOptions {
+    pub base_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub request_timeout: Duration,
+    pub max_concurrency: usize,
+    pub integration: IntegrationSettings,
+}
+
+struct CachedToken {
+    access: Secret,
+    renew_at: Instant,
+}
+
+/// One shared client for every platform call. Cheap to clone.
+#[derive(Clone)]
+pub struct PlatformClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    http: reqwest::Client,
+    base: String,
+    client_id: String,
+    secret: Secret,
+    integration: IntegrationSettings,
+    token: Mutex<Option<CachedToken>>,
+    own_tenant: OnceCell<Uuid>,
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    up: AtomicBool,
+}
+
+/// Install the ring provider for rustls once per process (reqwest is built without one).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl PlatformClient {
+    pub fn new(opts: ClientOptions, metrics: Arc<Metrics>) -> Result<PlatformClient, String> {
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .user_agent(crate::USER_AGENT)
+            .connect_timeout(Duration::from_secs(10).min(opts.request_timeout))
+            .timeout(opts.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(PlatformClient {
+            inner: Arc::new(ClientInner {
+                http,
+                base: opts.base_url.trim_end_matches('/').to_string(),
+                client_id: opts.client_id,
+                secret: opts.client_secret,
+                integration: opts.integration,
+                token: Mutex::new(None),
+                own_tenant: OnceCell::new(),
+                permits: Arc::new(Semaphore::new(opts.max_concurrency.max(1))),
+                metrics,
+                up: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// True when the last platform call got an answer.
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Relaxed)
+    }
+
+    fn set_up(&self, up: bool) {
+        self.inner.up.store(up, Ordering::Relaxed);
+        self.inner.metrics.platform_up.set(up as i64);
+    }
+
+    /// A valid access token: the cached one, or one renewal shared by every concurrent caller.
+    async fn token(&self) -> Result<Secret, PlatformError> {
+        let mut guard = self.inner.token.lock().await;
+        if let Some(t) = guard.as_ref() {
+            if Instant::now() < t.renew_at {
+                return Ok(t.access.clone());
+            }
+        }
+        let fresh = self.issue_token().await;
+        self.inner.metrics.count_token_request(match &fresh {
+            Ok(_) => TokenOutcome::Success,
+            Err(e) if e.class == ErrorClass::Retryable => TokenOutcome::Retryable,
+            Err(_) => TokenOutcome::Failure,
+        });
+        let token = fresh?;
+        let access = token.access.clone();
+        *guard = Some(token);
+        Ok(access)
+    }
+
+    /// Forget the token if it is still the one that was refused.
+    async fn invalidate(&self, refused: &Secret) {
+        let mut guard = self.inner.token.lock().await;
+        if guard
+            .as_ref()
+            .is_some_and(|t| t.access.expose() == refused.expose())
+        {
+            *guard = None;
+        }
+    }
+
+    async fn issue_token(&self) -> Result<CachedToken, PlatformError> {
+        const CALL: &str = "POST /api/2/idp/token";
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        let resp = self
+            .inner
+            .http
+            .post(format!("{}/api/2/idp/token", self.inner.base))
+            .basic_auth(&self.inner.client_id, Some(self.inner.secret.expose()))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                self.set_up(false);
+                return Err(PlatformError::from_transport(CALL, &e));
+            }
+        };
+        self.set_up(true);
+        let status = resp.status();
+        let retry_after = header_string(&resp, "retry-after");
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| PlatformError::from_transport(CALL, &e))?;
+        if !status.is_success() {
+            let mut err = PlatformError::from_response(CALL, status, retry_after.as_deref(), &body);
+            // The token endpoint refusing credentials is a configuration fault, not a bad request.
+            if matches!(status.as_u16(), 400 | 401 | 403) {
+                err.class = ErrorClass::Auth;
+            }
+            tracing::error!(message = "token request refused", status = status.as_u16(), error = %err.message);
+            return Err(err);
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            PlatformError::local(
+                CALL,
+                ErrorClass::Retryable,
+                format!("token response not understood: {e}"),
+            )
+        })?;
+        let now_unix = Utc::now().timestamp();
+        let lifetime = match (parsed.expires_on, parsed.expires_in) {
+            (Some(on), _) => Duration::from_secs((on - now_unix).max(0) as u64),
+            (None, Some(secs)) => Duration::from_secs(secs.max(0) as u64),
+            (None, None) => DEFAULT_TOKEN_LIFETIME,
+        };
+        let margin = RENEW_MARGIN.min(lifetime / 2);
+        tracing::debug!(
+            message = "access token issued",
+            lifetime_s = lifetime.as_secs()
+        );
+        Ok(CachedToken {
+            access: Secret::new(parsed.access_token),
+            renew_at: Instant::now() + lifetime.saturating_sub(margin),
+        })
+    }
+
+    /// Send an authorised request: one permit, the shared token, and on 401 one re-issue and
+    /// one retry. `build` is called per attempt so bodies are never lost on the retry.
+    async fn send<F>(
+        &self,
+        call: &str,
+        build: F,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, bytes::Bytes), PlatformError>
+    where
+        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    {
+        for attempt in 0..2 {
+            let token = self.token().await?;
+            let result = {
+                let _permit = self
+                    .inner
+                    .permits
+                    .acquire()
+                    .await
+                    .expect("semaphore never closed");
+                let resp = build(&self.inner.http)
+                    .bearer_auth(token.expose())
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) => {
+                        let status = r.status();
+                        let headers = r.headers().clone();
+                        match r.bytes().await {
+                            Ok(b) => Ok((status, headers, b)),
+                            Err(e) => Err(PlatformError::from_transport(call, &e)),
+                        }
+                    }
+                    Err(e) => Err(PlatformError::from_transport(call, &e)),
+                }
+            };
+            let (status, headers, body) = match result {
+                Ok(v) => v,
+                Err(e) => {
+                    self.set_up(false);
+                    return Err(e);
+                }
+            };
+            self.set_up(!status.is_server_error());
+            if status == StatusCode::UNAUTHORIZED && attempt == 0 {
+                tracing::info!(message = "token refused, issuing a new one", call);
+                self.invalidate(&token).await;
+                // Every retry waits, this one too: a platform that refuses every token must
+                // not see a burst of re-issues and retries.
+                let wait = AUTH_RETRY_BACKOFF.delay(0, &mut rand::rng());
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if status.is_success() {
+                return Ok((status, headers, body));
+            }
+            let retry_after = headers
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok());
+            let err = PlatformError::from_response(call, status, retry_after, &body);
+            tracing::debug!(message = "platform refused a call", call, status = status.as_u16(), error = %err.message);
+            return Err(err);
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.inner.base, path)
+    }
+
+    /// The API client's own tenant (cached after the first answer).
+    pub async fn own_tenant_id(&self) -> Result<Uuid, PlatformError> {
+        self.inner
+            .own_tenant
+            .get_or_try_init(|| async {
+                #[derive(Deserialize)]
+                struct ClientInfo {
+                    tenant_id: Uuid,
+                }
+                let path = format!("/api/2/clients/{}", self.inner.client_id);
+                let call = format!("GET {path}");
+                let url = self.url(&path);
+                let (_, _, body) = self.send(&call, |h| h.get(&url)).await?;
+                let info: ClientInfo = serde_json::from_slice(&body).map_err(|e| {
+                    PlatformError::local(
+                        &call,
+                        ErrorClass::Permanent,
+                        format!("answer not understood: {e}"),
+                    )
+                })?;
+                Ok(info.tenant_id)
+            })
+            .await
+            .copied()
+    }
+}
+
+fn header_string(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
