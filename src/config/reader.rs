@@ -1,324 +1,10 @@
-//! Settings: the TOML file layered under `STATUSD__SECTION__KEY` environment variables,
-//! secrets read from `_file` variants, and validation that reports every problem at once.
-//!
-//! Loading is a pure function of (file contents, environment map) so tests never touch the
-//! process environment. The raw layered tree is walked key by key: a wrong type, an unknown key
-//! or a bad value each become one [`Problem`] naming the key and what was expected.
+//! The walk of the raw layered tree: each known key taken and checked, each problem recorded
+//! with its key.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use serde::Serialize;
-use serde_json::Value;
-use uuid::Uuid;
-
-/// Where the configuration file is looked for when `--config` is not given.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/statusd/statusd.toml";
-
-/// A secret value (client secret, API token). `Debug`, `Display` and `Serialize` never show it.
-#[derive(Clone)]
-pub struct Secret(secrecy::SecretString);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(secrecy::SecretString::from(value.into()))
-    }
-    /// The only way to read the value; grep for it to audit every use.
-    pub fn expose(&self) -> &str {
-        use secrecy::ExposeSecret;
-        self.0.expose_secret()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("[redacted]")
-    }
-}
-
-/// Durations print the way they are written in the file ("30s", "5m").
-mod duration_text {
-    use serde::Serializer;
-    use std::time::Duration;
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Settings {
-    pub platform: PlatformSettings,
-    pub integration: IntegrationSettings,
-    pub store: StoreSettings,
-    pub delivery: DeliverySettings,
-    pub api: ApiSettings,
-    pub reconcile: ReconcileSettings,
-    pub branding: BrandingSettings,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PlatformSettings {
-    /// Data-center URL without a trailing slash. `None` only when not configured (demo, sandbox).
-    pub base_url: Option<String>,
-    pub client_id: Option<String>,
-    pub client_secret: Option<Secret>,
-    #[serde(with = "duration_text")]
-    pub request_timeout: Duration,
-    pub max_concurrency: usize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct IntegrationSettings {
-    pub application_code: Option<String>,
-    pub application_id: Option<String>,
-    pub module_name: String,
-    pub module_version: String,
-    pub vendor_system_name: Option<String>,
-    pub vendor_system_version: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StoreSettings {
-    pub path: PathBuf,
-    pub cache_capacity_mb: u64,
-    #[serde(with = "duration_text")]
-    pub delivered_retention: Duration,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliverySettings {
-    pub max_batch_events: usize,
-    #[serde(with = "duration_text")]
-    pub initial_backoff: Duration,
-    #[serde(with = "duration_text")]
-    pub max_backoff: Duration,
-    #[serde(with = "duration_text")]
-    pub max_age: Duration,
-    #[serde(with = "duration_text")]
-    pub shutdown_grace: Duration,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ApiSettings {
-    pub listen: SocketAddr,
-    pub token: Option<Secret>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ReconcileSettings {
-    pub tenants: TenantsReconcileSettings,
-    pub status: StatusReconcileSettings,
-    pub branding: BrandingReconcileSettings,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnRemoved {
-    Deactivate,
-    Report,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TenantsReconcileSettings {
-    pub schedule: String,
-    pub root_tenant_id: Option<Uuid>,
-    pub on_removed: OnRemoved,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusReconcileSettings {
-    pub schedule: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BrandingTarget {
-    Partners,
-    #[serde(untagged)]
-    Tenant(Uuid),
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct BrandingReconcileSettings {
-    pub schedule: String,
-    pub targets: Vec<BrandingTarget>,
-    pub enable: bool,
-}
-
-/// Intended brand: only the fields named here are managed.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct BrandingSettings {
-    pub fields: BTreeMap<String, Value>,
-    pub logo_file: Option<PathBuf>,
-    pub tenants: BTreeMap<Uuid, BTreeMap<String, Value>>,
-}
-
-/// Brand fields statusd can manage, with the kind of value each takes.
-pub const BRAND_FIELDS: &[(&str, BrandFieldKind)] = &[
-    ("company_name", BrandFieldKind::Text),
-    ("service_name", BrandFieldKind::Text),
-    ("color", BrandFieldKind::Color),
-    ("color_scheme", BrandFieldKind::Text),
-    ("upsell_url", BrandFieldKind::Url),
-    ("home_url", BrandFieldKind::Url),
-    ("support_url", BrandFieldKind::Url),
-    ("support_phone", BrandFieldKind::Text),
-    ("knowledgebase_url", BrandFieldKind::Url),
-    ("help_url", BrandFieldKind::Url),
-    ("user_guide_url", BrandFieldKind::Url),
-    ("mobile_app_android_download_url", BrandFieldKind::Url),
-    ("mobile_app_ios_download_url", BrandFieldKind::Url),
-    ("terms_url", BrandFieldKind::Url),
-    ("platform_terms_url", BrandFieldKind::Url),
-    ("privacy_policy_url", BrandFieldKind::Url),
-    ("owns_custom_legal_docs", BrandFieldKind::Bool),
-    ("account_server_url", BrandFieldKind::Url),
-    ("backup_console_url", BrandFieldKind::Url),
-    ("router_url", BrandFieldKind::Url),
-    ("reg_server_url", BrandFieldKind::Url),
-    ("agent_gateway_url", BrandFieldKind::Url),
-    ("white_labeled_agent", BrandFieldKind::Bool),
-];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BrandFieldKind {
-    Text,
-    Url,
-    Color,
-    Bool,
-}
-
-/// One thing wrong with the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
-/// Every problem found, in key order of discovery.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigError {
-    pub problems: Vec<Problem>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "invalid configuration ({} problem(s)):",
-            self.problems.len()
-        )?;
-        for p in &self.problems {
-            writeln!(f, "  - {p}")?;
-        }
-        Ok(())
-    }
-}
-
-/// What the settings are for: `run` needs platform credentials, the demo and sandbox do not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    Run,
-    Local,
-}
-
-/// Inputs of a load: the file (if any) and the environment (a map, so tests stay pure).
-#[derive(Debug, Default, Clone)]
-pub struct Sources {
-    pub file: Option<PathBuf>,
-    /// TOML text used instead of a file (tests, the demo).
-    pub inline: Option<String>,
-    pub env: HashMap<String, String>,
-}
-
-impl Sources {
-    /// The file given on the command line, else the default path when it exists; the process
-    /// environment.
-    pub fn from_process(explicit: Option<PathBuf>) -> Self {
-        let file = explicit.or_else(|| {
-            let p = PathBuf::from(DEFAULT_CONFIG_PATH);
-            p.exists().then_some(p)
-        });
-        Sources {
-            file,
-            inline: None,
-            env: std::env::vars().collect(),
-        }
-    }
-}
-
-/// Load and validate. Every problem is reported at once.
-pub fn load(sources: &Sources, purpose: Purpose) -> Result<Settings, ConfigError> {
-    let mut builder = config::Config::builder();
-    if let Some(path) = &sources.file {
-        if !path.exists() {
-            return Err(ConfigError {
-                problems: vec![Problem {
-                    key: "--config".into(),
-                    message: format!("file not found: {}", path.display()),
-                }],
-            });
-        }
-        builder =
-            builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
-    }
-    if let Some(text) = &sources.inline {
-        builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
-    }
-    let env: HashMap<String, String> = sources
-        .env
-        .iter()
-        .filter(|(k, _)| k.starts_with("STATUSD__"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    builder = builder.add_source(
-        config::Environment::with_prefix("STATUSD")
-            .separator("__")
-            .source(Some(env)),
-    );
-    let tree: Value = builder
-        .build()
-        .and_then(|c| c.try_deserialize::<Value>())
-        .map_err(|e| ConfigError {
-            problems: vec![Problem {
-                key: sources
-                    .file
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "environment".into()),
-                message: format!("cannot be read: {e}"),
-            }],
-        })?;
-    let credentials_dir = sources.env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-    let mut r = Reader::new(tree, credentials_dir);
-    let settings = r.settings(purpose);
-    r.finish()?;
-    Ok(settings)
-}
+use super::*;
 
 /// Walks the raw tree, taking each known key and recording problems.
-struct Reader {
+pub(super) struct Reader {
     root: Value,
     problems: Vec<Problem>,
     taken: Vec<String>,
@@ -326,7 +12,7 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(root: Value, credentials_dir: Option<PathBuf>) -> Self {
+    pub(super) fn new(root: Value, credentials_dir: Option<PathBuf>) -> Self {
         Reader {
             root,
             problems: Vec::new(),
@@ -335,14 +21,14 @@ impl Reader {
         }
     }
 
-    fn problem(&mut self, key: &str, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, key: &str, message: impl Into<String>) {
         self.problems.push(Problem {
             key: key.to_string(),
             message: message.into(),
         });
     }
 
-    fn raw(&mut self, key: &str) -> Option<Value> {
+    pub(super) fn raw(&mut self, key: &str) -> Option<Value> {
         self.taken.push(key.to_string());
         let mut cur = &self.root;
         for part in key.split('.') {
@@ -355,7 +41,7 @@ impl Reader {
         }
     }
 
-    fn string(&mut self, key: &str) -> Option<String> {
+    pub(super) fn string(&mut self, key: &str) -> Option<String> {
         match self.raw(key)? {
             Value::String(s) => Some(s),
             Value::Number(n) => Some(n.to_string()),
@@ -367,7 +53,7 @@ impl Reader {
         }
     }
 
-    fn u64_in(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
+    pub(super) fn u64_in(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
         let value = match self.raw(key) {
             None => return default,
             Some(Value::Number(n)) => n.as_u64(),
@@ -383,7 +69,7 @@ impl Reader {
         }
     }
 
-    fn bool(&mut self, key: &str, default: bool) -> bool {
+    pub(super) fn bool(&mut self, key: &str, default: bool) -> bool {
         match self.raw(key) {
             None => default,
             Some(Value::Bool(b)) => b,
@@ -396,7 +82,7 @@ impl Reader {
         }
     }
 
-    fn duration(&mut self, key: &str, default: &str) -> Duration {
+    pub(super) fn duration(&mut self, key: &str, default: &str) -> Duration {
         let fallback = humantime::parse_duration(default).expect("built-in default parses");
         let Some(text) = self.string(key) else {
             return fallback;
@@ -419,7 +105,7 @@ impl Reader {
 
     /// A secret given inline (`key`) or through a file (`key_file`); the file wins over nothing,
     /// both at once is a problem. `credential` names a systemd credential to fall back on.
-    fn secret(&mut self, key: &str, credential: Option<&str>) -> Option<Secret> {
+    pub(super) fn secret(&mut self, key: &str, credential: Option<&str>) -> Option<Secret> {
         let file_key = format!("{key}_file");
         let inline = self.string(key);
         let file = self.string(&file_key);
@@ -440,7 +126,7 @@ impl Reader {
         }
     }
 
-    fn secret_from_file(&mut self, key: &str, path: &Path) -> Option<Secret> {
+    pub(super) fn secret_from_file(&mut self, key: &str, path: &Path) -> Option<Secret> {
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 let trimmed = text.trim_end_matches(['\n', '\r']);
@@ -458,7 +144,7 @@ impl Reader {
         }
     }
 
-    fn schedule(&mut self, key: &str, default: &str) -> String {
+    pub(super) fn schedule(&mut self, key: &str, default: &str) -> String {
         let text = self.string(key).unwrap_or_else(|| default.to_string());
         if let Err(message) = validate_cron(&text) {
             self.problem(key, message);
@@ -466,7 +152,7 @@ impl Reader {
         text
     }
 
-    fn uuid(&mut self, key: &str) -> Option<Uuid> {
+    pub(super) fn uuid(&mut self, key: &str) -> Option<Uuid> {
         let text = self.string(key)?;
         match Uuid::parse_str(text.trim()) {
             Ok(u) => Some(u),
@@ -477,7 +163,7 @@ impl Reader {
         }
     }
 
-    fn text_len(&mut self, key: &str, value: &str, min: usize, max: usize) {
+    pub(super) fn text_len(&mut self, key: &str, value: &str, min: usize, max: usize) {
         let n = value.chars().count();
         if n < min || n > max {
             self.problem(
@@ -487,7 +173,7 @@ impl Reader {
         }
     }
 
-    fn settings(&mut self, purpose: Purpose) -> Settings {
+    pub(super) fn settings(&mut self, purpose: Purpose) -> Settings {
         let platform = self.platform(purpose);
         let integration = self.integration(purpose);
         let store = StoreSettings {
@@ -513,7 +199,7 @@ impl Reader {
         }
     }
 
-    fn platform(&mut self, purpose: Purpose) -> PlatformSettings {
+    pub(super) fn platform(&mut self, purpose: Purpose) -> PlatformSettings {
         let base_url = self.string("platform.base_url").and_then(|raw| {
             let trimmed = raw.trim().trim_end_matches('/').to_string();
             match url::Url::parse(&trimmed) {
@@ -559,15 +245,15 @@ impl Reader {
         }
     }
 
-    fn has_problem(&self, key: &str) -> bool {
+    pub(super) fn has_problem(&self, key: &str) -> bool {
         self.problems.iter().any(|p| p.key == key)
     }
 
-    fn has_problem_prefix(&self, key: &str) -> bool {
+    pub(super) fn has_problem_prefix(&self, key: &str) -> bool {
         self.problems.iter().any(|p| p.key.starts_with(key))
     }
 
-    fn integration(&mut self, purpose: Purpose) -> IntegrationSettings {
+    pub(super) fn integration(&mut self, purpose: Purpose) -> IntegrationSettings {
         let code = self.string("integration.application_code");
         let id = self.string("integration.application_id");
         match (&code, &id) {
@@ -621,7 +307,7 @@ impl Reader {
         }
     }
 
-    fn delivery(&mut self) -> DeliverySettings {
+    pub(super) fn delivery(&mut self) -> DeliverySettings {
         let d = DeliverySettings {
             max_batch_events: self.u64_in("delivery.max_batch_events", 100, 1, 1000) as usize,
             initial_backoff: self.duration("delivery.initial_backoff", "1s"),
@@ -641,7 +327,7 @@ impl Reader {
         d
     }
 
-    fn api(&mut self) -> ApiSettings {
+    pub(super) fn api(&mut self) -> ApiSettings {
         let listen = match self.string("api.listen") {
             None => SocketAddr::from(([127, 0, 0, 1], 8750)),
             Some(text) => match text.trim().parse::<SocketAddr>() {
@@ -667,7 +353,7 @@ impl Reader {
         ApiSettings { listen, token }
     }
 
-    fn reconcile(&mut self) -> ReconcileSettings {
+    pub(super) fn reconcile(&mut self) -> ReconcileSettings {
         let on_removed = match self.string("reconcile.tenants.on_removed").as_deref() {
             None | Some("deactivate") => OnRemoved::Deactivate,
             Some("report") => OnRemoved::Report,
@@ -700,7 +386,7 @@ impl Reader {
         }
     }
 
-    fn branding_targets(&mut self) -> Vec<BrandingTarget> {
+    pub(super) fn branding_targets(&mut self) -> Vec<BrandingTarget> {
         let key = "reconcile.branding.targets";
         let items: Vec<String> = match self.raw(key) {
             None => return Vec::new(),
@@ -738,7 +424,7 @@ impl Reader {
         out
     }
 
-    fn branding(&mut self) -> BrandingSettings {
+    pub(super) fn branding(&mut self) -> BrandingSettings {
         self.taken.push("branding".into());
         let Some(Value::Object(section)) = self.root.get("branding").cloned() else {
             return BrandingSettings::default();
@@ -801,7 +487,7 @@ impl Reader {
         settings
     }
 
-    fn brand_field(&mut self, key: &str, name: &str, value: Value) -> Option<Value> {
+    pub(super) fn brand_field(&mut self, key: &str, name: &str, value: Value) -> Option<Value> {
         let Some((_, kind)) = BRAND_FIELDS.iter().find(|(n, _)| *n == name) else {
             let known: Vec<&str> = BRAND_FIELDS.iter().map(|(n, _)| *n).collect();
             self.problem(
@@ -820,7 +506,7 @@ impl Reader {
     }
 
     /// Report keys present in the tree that nothing took (typos, stray environment variables).
-    fn finish(mut self) -> Result<(), ConfigError> {
+    pub(super) fn finish(mut self) -> Result<(), ConfigError> {
         let mut unknown = Vec::new();
         collect_leaves(&self.root, "", &mut unknown);
         for leaf in unknown {
@@ -845,7 +531,7 @@ impl Reader {
     }
 }
 
-fn collect_leaves(v: &Value, prefix: &str, out: &mut Vec<String>) {
+pub(super) fn collect_leaves(v: &Value, prefix: &str, out: &mut Vec<String>) {
     match v {
         Value::Object(map) => {
             for (k, child) in map {
@@ -861,7 +547,7 @@ fn collect_leaves(v: &Value, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
+pub(super) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "nothing",
         Value::Bool(_) => "a boolean",
@@ -921,80 +607,4 @@ pub fn validate_cron(text: &str) -> Result<(), String> {
     tokio_cron_scheduler::Job::new_async(text, |_, _| Box::pin(async {}))
         .map(|_| ())
         .map_err(|e| format!("not a cron schedule: {text:?} ({e})"))
-}
-
-impl Settings {
-    /// Built-in defaults for local use (demo, tests); never fails.
-    pub fn local_defaults() -> Settings {
-        load(&Sources::default(), Purpose::Local).expect("built-in defaults are valid")
-    }
-
-    /// The effective settings as TOML, secrets redacted.
-    pub fn to_redacted_toml(&self) -> String {
-        let value = serde_json::to_value(self).expect("settings serialize");
-        let mut out = String::new();
-        write_toml(&value, &mut Vec::new(), &mut out);
-        out
-    }
-}
-
-fn write_toml(v: &Value, path: &mut Vec<String>, out: &mut String) {
-    let Value::Object(map) = v else { return };
-    let (tables, leaves): (Vec<_>, Vec<_>) = map.iter().partition(|(_, v)| v.is_object());
-    if !path.is_empty() && (!leaves.is_empty() || tables.is_empty()) {
-        out.push_str(&format!("\n[{}]\n", path.join(".")));
-    }
-    for (k, v) in leaves {
-        match v {
-            Value::Null => out.push_str(&format!("# {} = (unset)\n", toml_key(k))),
-            other => out.push_str(&format!("{} = {}\n", toml_key(k), toml_value(other))),
-        }
-    }
-    for (k, v) in tables {
-        path.push(toml_key(k));
-        write_toml(v, path, out);
-        path.pop();
-    }
-}
-
-fn toml_key(k: &str) -> String {
-    if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        k.to_string()
-    } else {
-        format!("{k:?}")
-    }
-}
-
-fn toml_value(v: &Value) -> String {
-    match v {
-        Value::Array(items) => {
-            let inner: Vec<String> = items.iter().map(toml_value).collect();
-            format!("[{}]", inner.join(", "))
-        }
-        Value::Object(m) => {
-            let inner: Vec<String> = m
-                .iter()
-                .map(|(k, v)| format!("{} = {}", toml_key(k), toml_value(v)))
-                .collect();
-            format!("{{ {} }}", inner.join(", "))
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Settings from a TOML string and an environment map (tests, the demo).
-pub fn load_from_str(
-    toml_text: &str,
-    env: &[(&str, &str)],
-    purpose: Purpose,
-) -> Result<Settings, ConfigError> {
-    let sources = Sources {
-        file: None,
-        inline: Some(toml_text.to_string()),
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    };
-    load(&sources, purpose)
 }

@@ -1,0 +1,160 @@
+//! Settings: the TOML file layered under `STATUSD__SECTION__KEY` environment variables,
+//! secrets read from `_file` variants, and validation that reports every problem at once.
+//!
+//! Loading is a pure function of (file contents, environment map) so tests never touch the
+//! process environment. The raw layered tree is walked key by key: a wrong type, an unknown key
+//! or a bad value each become one [`Problem`] naming the key and what was expected.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Where the configuration file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/statusd/statusd.toml";
+
+mod reader;
+mod render;
+mod secret;
+mod settings;
+
+use reader::*;
+pub use reader::{validate_brand_value, validate_cron};
+pub use secret::Secret;
+pub use settings::*;
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found, in key order of discovery.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem(s)):",
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the settings are for: `run` needs platform credentials, the demo and sandbox do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Run,
+    Local,
+}
+
+/// Inputs of a load: the file (if any) and the environment (a map, so tests stay pure).
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub file: Option<PathBuf>,
+    /// TOML text used instead of a file (tests, the demo).
+    pub inline: Option<String>,
+    pub env: HashMap<String, String>,
+}
+
+impl Sources {
+    /// The file given on the command line, else the default path when it exists; the process
+    /// environment.
+    pub fn from_process(explicit: Option<PathBuf>) -> Self {
+        let file = explicit.or_else(|| {
+            let p = PathBuf::from(DEFAULT_CONFIG_PATH);
+            p.exists().then_some(p)
+        });
+        Sources {
+            file,
+            inline: None,
+            env: std::env::vars().collect(),
+        }
+    }
+}
+
+/// Load and validate. Every problem is reported at once.
+pub fn load(sources: &Sources, purpose: Purpose) -> Result<Settings, ConfigError> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = &sources.file {
+        if !path.exists() {
+            return Err(ConfigError {
+                problems: vec![Problem {
+                    key: "--config".into(),
+                    message: format!("file not found: {}", path.display()),
+                }],
+            });
+        }
+        builder =
+            builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
+    }
+    if let Some(text) = &sources.inline {
+        builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
+    }
+    let env: HashMap<String, String> = sources
+        .env
+        .iter()
+        .filter(|(k, _)| k.starts_with("STATUSD__"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    builder = builder.add_source(
+        config::Environment::with_prefix("STATUSD")
+            .separator("__")
+            .source(Some(env)),
+    );
+    let tree: Value = builder
+        .build()
+        .and_then(|c| c.try_deserialize::<Value>())
+        .map_err(|e| ConfigError {
+            problems: vec![Problem {
+                key: sources
+                    .file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "environment".into()),
+                message: format!("cannot be read: {e}"),
+            }],
+        })?;
+    let credentials_dir = sources.env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let mut r = Reader::new(tree, credentials_dir);
+    let settings = r.settings(purpose);
+    r.finish()?;
+    Ok(settings)
+}
+
+/// Settings from a TOML string and an environment map (tests, the demo).
+pub fn load_from_str(
+    toml_text: &str,
+    env: &[(&str, &str)],
+    purpose: Purpose,
+) -> Result<Settings, ConfigError> {
+    let sources = Sources {
+        file: None,
+        inline: Some(toml_text.to_string()),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    load(&sources, purpose)
+}

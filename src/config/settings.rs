@@ -1,0 +1,155 @@
+//! The validated settings, as the rest of statusd reads them.
+
+use super::*;
+
+/// Durations print the way they are written in the file ("30s", "5m").
+pub(super) mod duration_text {
+    use serde::Serializer;
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub platform: PlatformSettings,
+    pub integration: IntegrationSettings,
+    pub store: StoreSettings,
+    pub delivery: DeliverySettings,
+    pub api: ApiSettings,
+    pub reconcile: ReconcileSettings,
+    pub branding: BrandingSettings,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformSettings {
+    /// Data-center URL without a trailing slash. `None` only when not configured (demo, sandbox).
+    pub base_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    #[serde(with = "duration_text")]
+    pub request_timeout: Duration,
+    pub max_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IntegrationSettings {
+    pub application_code: Option<String>,
+    pub application_id: Option<String>,
+    pub module_name: String,
+    pub module_version: String,
+    pub vendor_system_name: Option<String>,
+    pub vendor_system_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreSettings {
+    pub path: PathBuf,
+    pub cache_capacity_mb: u64,
+    #[serde(with = "duration_text")]
+    pub delivered_retention: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliverySettings {
+    pub max_batch_events: usize,
+    #[serde(with = "duration_text")]
+    pub initial_backoff: Duration,
+    #[serde(with = "duration_text")]
+    pub max_backoff: Duration,
+    #[serde(with = "duration_text")]
+    pub max_age: Duration,
+    #[serde(with = "duration_text")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiSettings {
+    pub listen: SocketAddr,
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileSettings {
+    pub tenants: TenantsReconcileSettings,
+    pub status: StatusReconcileSettings,
+    pub branding: BrandingReconcileSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRemoved {
+    Deactivate,
+    Report,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantsReconcileSettings {
+    pub schedule: String,
+    pub root_tenant_id: Option<Uuid>,
+    pub on_removed: OnRemoved,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReconcileSettings {
+    pub schedule: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrandingTarget {
+    Partners,
+    #[serde(untagged)]
+    Tenant(Uuid),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BrandingReconcileSettings {
+    pub schedule: String,
+    pub targets: Vec<BrandingTarget>,
+    pub enable: bool,
+}
+
+/// Intended brand: only the fields named here are managed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BrandingSettings {
+    pub fields: BTreeMap<String, Value>,
+    pub logo_file: Option<PathBuf>,
+    pub tenants: BTreeMap<Uuid, BTreeMap<String, Value>>,
+}
+
+/// Brand fields statusd can manage, with the kind of value each takes.
+pub const BRAND_FIELDS: &[(&str, BrandFieldKind)] = &[
+    ("company_name", BrandFieldKind::Text),
+    ("service_name", BrandFieldKind::Text),
+    ("color", BrandFieldKind::Color),
+    ("color_scheme", BrandFieldKind::Text),
+    ("upsell_url", BrandFieldKind::Url),
+    ("home_url", BrandFieldKind::Url),
+    ("support_url", BrandFieldKind::Url),
+    ("support_phone", BrandFieldKind::Text),
+    ("knowledgebase_url", BrandFieldKind::Url),
+    ("help_url", BrandFieldKind::Url),
+    ("user_guide_url", BrandFieldKind::Url),
+    ("mobile_app_android_download_url", BrandFieldKind::Url),
+    ("mobile_app_ios_download_url", BrandFieldKind::Url),
+    ("terms_url", BrandFieldKind::Url),
+    ("platform_terms_url", BrandFieldKind::Url),
+    ("privacy_policy_url", BrandFieldKind::Url),
+    ("owns_custom_legal_docs", BrandFieldKind::Bool),
+    ("account_server_url", BrandFieldKind::Url),
+    ("backup_console_url", BrandFieldKind::Url),
+    ("router_url", BrandFieldKind::Url),
+    ("reg_server_url", BrandFieldKind::Url),
+    ("agent_gateway_url", BrandFieldKind::Url),
+    ("white_labeled_agent", BrandFieldKind::Bool),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrandFieldKind {
+    Text,
+    Url,
+    Color,
+    Bool,
+}
