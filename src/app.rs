@@ -79,43 +79,9 @@ pub async fn start(
 ) -> Result<Running, AppError> {
     let settings = Arc::new(settings);
     let metrics = Arc::new(Metrics::new());
-    let store_path = settings.store.path.clone();
-    let queue = {
-        let path = store_path.clone();
-        let opts = StoreOptions {
-            cache_capacity_mb: settings.store.cache_capacity_mb,
-            delivered_retention: settings.store.delivered_retention,
-        };
-        tokio::task::spawn_blocking(move || Queue::open(&path, opts))
-            .await
-            .map_err(|e| AppError::Setup(format!("store open task failed: {e}")))?
-            .map_err(|source| AppError::Store {
-                path: store_path.display().to_string(),
-                source,
-            })?
-    };
-    let p = &settings.platform;
-    let client = PlatformClient::new(
-        ClientOptions {
-            base_url: p
-                .base_url
-                .clone()
-                .ok_or_else(|| AppError::Setup("platform.base_url is not set".into()))?,
-            client_id: p
-                .client_id
-                .clone()
-                .ok_or_else(|| AppError::Setup("platform.client_id is not set".into()))?,
-            client_secret: p
-                .client_secret
-                .clone()
-                .ok_or_else(|| AppError::Setup("platform.client_secret is not set".into()))?,
-            request_timeout: p.request_timeout,
-            max_concurrency: p.max_concurrency,
-            integration: settings.integration.clone(),
-        },
-        metrics.clone(),
-    )
-    .map_err(AppError::Setup)?;
+    let queue = open_store(&settings).await?;
+    let client = PlatformClient::new(client_options(&settings)?, metrics.clone())
+        .map_err(AppError::Setup)?;
     let delivery = Delivery::new(
         queue.clone(),
         client.clone(),
@@ -130,7 +96,6 @@ pub async fn start(
         settings.clone(),
     );
     let accepting = Arc::new(AtomicBool::new(true));
-
     let listener = match listener {
         Some(l) => l,
         None => TcpListener::bind(settings.api.listen)
@@ -143,50 +108,27 @@ pub async fn start(
     let api_addr = listener
         .local_addr()
         .map_err(|e| AppError::Setup(e.to_string()))?;
-    let state = ApiState {
-        queue: queue.clone(),
-        metrics: metrics.clone(),
-        token: settings.api.token.clone(),
-        accepting: accepting.clone(),
-        delivery: Some(delivery.clone()),
-        client: Some(client.clone()),
-        reconcilers: Some(reconcilers.clone()),
-    };
-    let stop_api = CancellationToken::new();
-    let api_task = {
-        let stop = stop_api.clone();
-        let router = api::router(state);
-        tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(message = "local API stopped with an error", error = %e);
-            }
-        })
-    };
-
+    let (stop_api, api_task) = serve_api(
+        listener,
+        ApiState {
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+            token: settings.api.token.clone(),
+            accepting: accepting.clone(),
+            delivery: Some(delivery.clone()),
+            client: Some(client.clone()),
+            reconcilers: Some(reconcilers.clone()),
+        },
+    );
     let stop_delivery = CancellationToken::new();
     let delivery_task = tokio::spawn(delivery.clone().run(stop_delivery.clone()));
-
-    let stop_background = CancellationToken::new();
-    let mut background = Vec::new();
-    background.push(tokio::spawn(compaction_loop(
-        queue.clone(),
-        stop_background.clone(),
-    )));
-    if let Some(interval) = systemd::watchdog_interval() {
-        background.push(tokio::spawn(systemd::watchdog_loop(
-            interval,
-            queue.clone(),
-            stop_background.clone(),
-        )));
-    }
+    let (stop_background, background) = start_background(&queue);
     let schedules = if schedules {
-        let s = Schedules::start(&settings, reconcilers.clone())
-            .await
-            .map_err(AppError::Setup)?;
-        Some(s)
+        Some(
+            Schedules::start(&settings, reconcilers.clone())
+                .await
+                .map_err(AppError::Setup)?,
+        )
     } else {
         None
     };
@@ -206,6 +148,74 @@ pub async fn start(
         background,
         schedules,
     })
+}
+
+/// Open the store off the async workers (it reads every pending key).
+async fn open_store(settings: &Settings) -> Result<Queue, AppError> {
+    let path = settings.store.path.clone();
+    let opts = StoreOptions {
+        cache_capacity_mb: settings.store.cache_capacity_mb,
+        delivered_retention: settings.store.delivered_retention,
+    };
+    let shown = path.display().to_string();
+    tokio::task::spawn_blocking(move || Queue::open(&path, opts))
+        .await
+        .map_err(|e| AppError::Setup(format!("store open task failed: {e}")))?
+        .map_err(|source| AppError::Store {
+            path: shown,
+            source,
+        })
+}
+
+/// The platform client's options; the credentials are required for `run` (checked when the
+/// settings were loaded, so a missing one here is a wiring fault named by its key).
+fn client_options(settings: &Settings) -> Result<ClientOptions, AppError> {
+    let p = &settings.platform;
+    let required = |v: &Option<String>, key: &str| {
+        v.clone()
+            .ok_or_else(|| AppError::Setup(format!("{key} is not set")))
+    };
+    Ok(ClientOptions {
+        base_url: required(&p.base_url, "platform.base_url")?,
+        client_id: required(&p.client_id, "platform.client_id")?,
+        client_secret: p
+            .client_secret
+            .clone()
+            .ok_or_else(|| AppError::Setup("platform.client_secret is not set".into()))?,
+        request_timeout: p.request_timeout,
+        max_concurrency: p.max_concurrency,
+        integration: settings.integration.clone(),
+    })
+}
+
+/// Serve the local API on `listener` until the returned token is cancelled.
+fn serve_api(listener: TcpListener, state: ApiState) -> (CancellationToken, JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let router = api::router(state);
+    let stopped = stop.clone();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stopped.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(message = "local API stopped with an error", error = %e);
+        }
+    });
+    (stop, task)
+}
+
+/// Compaction and, under systemd with a watchdog, its pings.
+fn start_background(queue: &Queue) -> (CancellationToken, Vec<JoinHandle<()>>) {
+    let stop = CancellationToken::new();
+    let mut tasks = vec![tokio::spawn(compaction_loop(queue.clone(), stop.clone()))];
+    if let Some(interval) = systemd::watchdog_interval() {
+        tasks.push(tokio::spawn(systemd::watchdog_loop(
+            interval,
+            queue.clone(),
+            stop.clone(),
+        )));
+    }
+    (stop, tasks)
 }
 
 impl Running {

@@ -67,117 +67,38 @@ impl Core {
     }
 
     /// Write a group of enqueue requests as one sled batch (not yet flushed). Each request's
-    /// outcome is returned in order, with the tenants that got new events.
+    /// Write a group of enqueue requests and acknowledgements as one sled batch (not yet
+    /// flushed). Each request's outcome is returned in order, with the tenants that got events.
     pub(super) fn write_group(
         &self,
         requests: Vec<Vec<NewEvent>>,
         acks: &[AckJob],
     ) -> Result<GroupWritten, StoreError> {
-        let now = now_ms();
-        let mut outcomes = Vec::with_capacity(requests.len());
-        let mut tenants_touched = Vec::new();
         let mut w = lock(&self.writer);
-        let mut batch = sled::Batch::default();
-        let mut seen_in_batch: Vec<(String, Uuid)> = Vec::new();
-        let mut tenant_updates: Vec<TenantState> = Vec::new();
-        let mut seq = w.seq;
-        let mut added = 0u64;
-        let mut new_heads: Vec<(TenantId, u64)> = Vec::new();
+        let mut group = Group::new(w.seq);
+        let mut outcomes = Vec::with_capacity(requests.len());
         for events in requests {
-            let mut outs = Vec::with_capacity(events.len());
-            for ev in events {
-                if let Some(k) = &ev.idempotency_key {
-                    if let Some((_, id)) = seen_in_batch.iter().find(|(s, _)| s == k) {
-                        outs.push(Enqueued::Duplicate(*id));
-                        continue;
-                    }
-                    if let Some(v) = self.tree.get(idem_key(k))? {
-                        outs.push(Enqueued::Duplicate(idem_target(&v)?));
-                        continue;
-                    }
-                }
-                seq += 1;
-                let id = Uuid::now_v7();
-                let rec = EventRecord {
-                    id,
-                    tenant_id: ev.tenant_id,
-                    kind: ev.kind,
-                    category: ev.category,
-                    action: ev.action,
-                    idempotency_key: ev.idempotency_key.clone(),
-                    accepted_at_ms: now,
-                    state: EventState::Queued,
-                    attempts: 0,
-                    last_error: None,
-                    next_attempt_at_ms: None,
-                    delivered_at_ms: None,
-                    dead_reason: None,
-                    seq,
-                };
-                batch.insert(event_key(&id), to_json(&rec));
-                batch.insert(pending_key(&ev.tenant_id, seq), id.as_bytes().as_slice());
-                new_heads.push((ev.tenant_id, seq));
-                if let Some(k) = &ev.idempotency_key {
-                    let mut v = id.as_bytes().to_vec();
-                    v.extend_from_slice(&now.to_be_bytes());
-                    batch.insert(idem_key(k), v);
-                    batch.insert(idem_expiry_key(now, k), &[]);
-                    seen_in_batch.push((k.clone(), id));
-                }
-                if let Some(intended) = ev.kind.intended_state() {
-                    let state = self.tenant_entry(&mut tenant_updates, ev.tenant_id)?;
-                    state.intended = Some(intended);
-                    state.intended_at_ms = Some(now);
-                }
-                if !tenants_touched.contains(&ev.tenant_id) {
-                    tenants_touched.push(ev.tenant_id);
-                }
-                outs.push(Enqueued::Accepted(id));
-                added += 1;
-            }
+            let outs = events
+                .into_iter()
+                .map(|ev| group.enqueue(self, ev))
+                .collect::<Result<Vec<_>, _>>()?;
             outcomes.push(outs);
         }
-        let mut removed = 0u64;
         for ack in acks {
-            let mut reported = None;
-            for (seq, id, kind, attempts) in &ack.items {
-                if let Some(state) = kind.intended_state() {
-                    reported = Some(state);
-                }
-                batch.remove(pending_key(&ack.tenant, *seq));
-                batch.insert(
-                    delivered_marker_key(id),
-                    delivered_marker(now, attempts + 1),
-                );
-                batch.insert(delivered_key(now, id), &[]);
-            }
-            removed += ack.items.len() as u64;
-            if let Some(state) = reported {
-                let t = self.tenant_entry(&mut tenant_updates, ack.tenant)?;
-                t.last_reported = Some(state);
-                t.last_reported_at_ms = Some(now);
-            }
+            group.ack(self, ack)?;
         }
-        if added == 0 && removed == 0 {
-            return Ok((outcomes, tenants_touched));
+        if group.added == 0 && group.removed == 0 {
+            return Ok((outcomes, group.touched));
         }
-        for t in &tenant_updates {
-            batch.insert(tenant_key(&t.tenant_id), to_json(t));
-        }
-        let depth = (w.depth + added).saturating_sub(removed);
-        batch.insert(meta_key("seq"), &seq.to_be_bytes());
-        batch.insert(meta_key("depth"), &depth.to_be_bytes());
-        self.tree.apply_batch(batch)?;
-        w.seq = seq;
-        w.depth = depth;
+        group.apply(self, &mut w)?;
         for ack in acks {
             w.heads
                 .settled(&self.tree, ack.tenant, ack.items.len() as u64)?;
         }
-        for (tenant, seq) in new_heads {
-            w.heads.add(tenant, seq);
+        for (tenant, seq) in &group.new_pending {
+            w.heads.add(*tenant, *seq);
         }
-        Ok((outcomes, tenants_touched))
+        Ok((outcomes, group.touched))
     }
 
     /// The group's pending update of a tenant's state, loaded from the store the first time.
@@ -198,6 +119,132 @@ impl Core {
             }
         };
         Ok(&mut updates[pos])
+    }
+}
+
+/// One group's writes as they are gathered: a sled batch, the sequence it reaches, and what the
+/// in-memory state learns once the batch is applied.
+struct Group {
+    now: i64,
+    batch: sled::Batch,
+    seq: u64,
+    added: u64,
+    removed: u64,
+    /// Idempotency keys first seen in this group.
+    keys: Vec<(String, Uuid)>,
+    tenant_updates: Vec<TenantState>,
+    new_pending: Vec<(TenantId, u64)>,
+    /// Tenants that got events, to wake once durable.
+    touched: Vec<TenantId>,
+}
+
+impl Group {
+    fn new(seq: u64) -> Group {
+        Group {
+            now: now_ms(),
+            batch: sled::Batch::default(),
+            seq,
+            added: 0,
+            removed: 0,
+            keys: Vec::new(),
+            tenant_updates: Vec::new(),
+            new_pending: Vec::new(),
+            touched: Vec::new(),
+        }
+    }
+
+    /// An event with its pending key and idempotency key, or the event its key names already.
+    fn enqueue(&mut self, core: &Core, ev: NewEvent) -> Result<Enqueued, StoreError> {
+        if let Some(k) = &ev.idempotency_key {
+            if let Some((_, id)) = self.keys.iter().find(|(s, _)| s == k) {
+                return Ok(Enqueued::Duplicate(*id));
+            }
+            if let Some(v) = core.tree.get(idem_key(k))? {
+                return Ok(Enqueued::Duplicate(idem_target(&v)?));
+            }
+        }
+        let now = self.now;
+        self.seq += 1;
+        let seq = self.seq;
+        let id = Uuid::now_v7();
+        let tenant = ev.tenant_id;
+        if let Some(k) = &ev.idempotency_key {
+            let mut v = id.as_bytes().to_vec();
+            v.extend_from_slice(&now.to_be_bytes());
+            self.batch.insert(idem_key(k), v);
+            self.batch.insert(idem_expiry_key(now, k), &[]);
+            self.keys.push((k.clone(), id));
+        }
+        if let Some(intended) = ev.kind.intended_state() {
+            let state = core.tenant_entry(&mut self.tenant_updates, tenant)?;
+            state.intended = Some(intended);
+            state.intended_at_ms = Some(now);
+        }
+        let rec = EventRecord {
+            id,
+            tenant_id: tenant,
+            kind: ev.kind,
+            category: ev.category,
+            action: ev.action,
+            idempotency_key: ev.idempotency_key,
+            accepted_at_ms: now,
+            state: EventState::Queued,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at_ms: None,
+            delivered_at_ms: None,
+            dead_reason: None,
+            seq,
+        };
+        self.batch.insert(event_key(&id), to_json(&rec));
+        self.batch
+            .insert(pending_key(&tenant, seq), id.as_bytes().as_slice());
+        self.new_pending.push((tenant, seq));
+        if !self.touched.contains(&tenant) {
+            self.touched.push(tenant);
+        }
+        self.added += 1;
+        Ok(Enqueued::Accepted(id))
+    }
+
+    /// A delivered batch: its pending keys go, delivery markers come, and the tenant's last
+    /// reported state is the newest activation or deactivation in it.
+    fn ack(&mut self, core: &Core, ack: &AckJob) -> Result<(), StoreError> {
+        let now = self.now;
+        let mut reported = None;
+        for (seq, id, kind, attempts) in &ack.items {
+            if let Some(state) = kind.intended_state() {
+                reported = Some(state);
+            }
+            self.batch.remove(pending_key(&ack.tenant, *seq));
+            self.batch.insert(
+                delivered_marker_key(id),
+                delivered_marker(now, attempts + 1),
+            );
+            self.batch.insert(delivered_key(now, id), &[]);
+        }
+        self.removed += ack.items.len() as u64;
+        if let Some(state) = reported {
+            let t = core.tenant_entry(&mut self.tenant_updates, ack.tenant)?;
+            t.last_reported = Some(state);
+            t.last_reported_at_ms = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Apply the batch with the tenant states and counters, then move the counters on.
+    fn apply(&mut self, core: &Core, w: &mut Counters) -> Result<(), StoreError> {
+        let mut batch = std::mem::take(&mut self.batch);
+        for t in &self.tenant_updates {
+            batch.insert(tenant_key(&t.tenant_id), to_json(t));
+        }
+        let depth = (w.depth + self.added).saturating_sub(self.removed);
+        batch.insert(meta_key("seq"), &self.seq.to_be_bytes());
+        batch.insert(meta_key("depth"), &depth.to_be_bytes());
+        core.tree.apply_batch(batch)?;
+        w.seq = self.seq;
+        w.depth = depth;
+        Ok(())
     }
 }
 
