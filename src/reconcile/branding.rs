@@ -3,6 +3,7 @@
 //! hash changes.
 
 use super::*;
+use crate::platform::PlatformError;
 
 impl Reconcilers {
     async fn branding_targets(&self) -> Result<Vec<Uuid>, ReconcileError> {
@@ -147,19 +148,18 @@ impl Reconcilers {
         }
         m
     }
-
     async fn brand_one(
         &self,
         tenant: Uuid,
         dry_run: bool,
         logo: Option<Arc<(Vec<u8>, String)>>,
     ) -> Result<BrandOutcome, ReconcileError> {
-        let c = &self.inner.client;
-        let mut out = BrandOutcome::default();
         let intended = self.intended_brand(tenant);
         if intended.is_empty() && logo.is_none() {
-            out.skipped = Some("no brand fields or logo configured".into());
-            return Ok(out);
+            return Ok(BrandOutcome {
+                skipped: Some("no brand fields or logo configured".into()),
+                ..Default::default()
+            });
         }
         for attempt in 0..=MAX_CONFLICT_RETRIES {
             if attempt > 0 {
@@ -167,120 +167,148 @@ impl Reconcilers {
                 let wait = CONFLICT_BACKOFF.delay(attempt as u32 - 1, &mut rand::rng());
                 tokio::time::sleep(wait).await;
             }
-            let t = c.get_tenant(tenant).await?;
-            if t.kind_is("customer") || t.kind_is("unit") {
-                out.skipped = Some(format!(
-                    "{} tenant: the platform allows custom branding only on partner and folder tenants",
-                    t.kind.as_deref().unwrap_or("?")
-                ));
-                return Ok(out);
-            }
-            out.drift.clear();
-            out.actions.clear();
-            let mut version = t.version;
-            if t.brand_enabled != Some(true) {
-                if !self.inner.settings.reconcile.branding.enable {
-                    out.skipped =
-                        Some("custom branding is off and reconcile.branding.enable = false".into());
-                    return Ok(out);
+            match self
+                .brand_attempt(tenant, dry_run, &intended, logo.as_deref())
+                .await?
+            {
+                BrandAttempt::Done(out) => return Ok(out),
+                BrandAttempt::Conflict(e) if attempt == MAX_CONFLICT_RETRIES => {
+                    return Err(ReconcileError::from_write(e, MAX_CONFLICT_RETRIES))
                 }
-                out.drift.push(DriftItem {
-                    tenant_id: tenant,
-                    field: "brand_enabled".into(),
-                    platform: json!(false),
-                    intended: json!(true),
-                });
-                if dry_run {
-                    // Nothing more can be read until branding is on: every managed field is drift.
-                    for (k, v) in &intended {
-                        out.drift.push(DriftItem {
-                            tenant_id: tenant,
-                            field: k.clone(),
-                            platform: Value::Null,
-                            intended: v.clone(),
-                        });
-                    }
-                    return Ok(out);
-                }
-                match c.enable_brand(tenant, version).await {
-                    Ok(()) => out
-                        .actions
-                        .push(format!("{tenant}: enabled custom branding")),
-                    Err(e) if e.class == ErrorClass::Conflict && attempt < MAX_CONFLICT_RETRIES => {
-                        continue
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                version = c.get_tenant(tenant).await?.version;
-            }
-            let brand = c.get_brand(tenant).await?;
-            let mut changes = Map::new();
-            for (k, want) in &intended {
-                let have = brand.get(k).cloned().unwrap_or(Value::Null);
-                if !brand_equal(&have, want) {
-                    out.drift.push(DriftItem {
-                        tenant_id: tenant,
-                        field: k.clone(),
-                        platform: have,
-                        intended: want.clone(),
-                    });
-                    changes.insert(k.clone(), want.clone());
+                BrandAttempt::Conflict(_) => {
+                    tracing::info!(message = "brand version conflict; re-reading", tenant_id = %tenant, attempt);
                 }
             }
-            let logo_key = format!("branding.logo.{tenant}");
-            let uploaded: Option<String> = self.inner.queue.get_doc(&logo_key)?;
-            let logo_drift = logo
-                .as_ref()
-                .filter(|l| uploaded.as_deref() != Some(l.1.as_str()));
-            if let Some(l) = logo_drift {
-                out.drift.push(DriftItem {
-                    tenant_id: tenant,
-                    field: "logo".into(),
-                    platform: json!(uploaded),
-                    intended: json!(l.1),
-                });
-            }
-            if dry_run {
-                return Ok(out);
-            }
-            if !changes.is_empty() {
-                match c.update_brand(tenant, version, &changes).await {
-                    Ok(()) => {
-                        let fields: Vec<&String> = changes.keys().collect();
-                        out.actions.push(format!(
-                            "{tenant}: updated {}",
-                            fields
-                                .iter()
-                                .map(|s| s.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ));
-                    }
-                    Err(e) if e.class == ErrorClass::Conflict && attempt < MAX_CONFLICT_RETRIES => {
-                        tracing::info!(message = "brand version conflict; re-reading", tenant_id = %tenant, attempt);
-                        continue;
-                    }
-                    Err(e) => return Err(ReconcileError::from_write(e, MAX_CONFLICT_RETRIES)),
-                }
-            }
-            if let Some(l) = logo_drift {
-                let v = c.get_tenant(tenant).await?.version;
-                match c.upload_logo(tenant, v, l.0.clone()).await {
-                    Ok(()) => {
-                        self.inner.queue.put_doc(&logo_key, &l.1).await?;
-                        out.actions.push(format!("{tenant}: uploaded logo"));
-                    }
-                    Err(e) if e.class == ErrorClass::Conflict && attempt < MAX_CONFLICT_RETRIES => {
-                        continue
-                    }
-                    Err(e) => return Err(ReconcileError::from_write(e, MAX_CONFLICT_RETRIES)),
-                }
-            }
-            return Ok(out);
         }
         Err(ReconcileError::TooManyConflicts {
             retries: MAX_CONFLICT_RETRIES,
         })
+    }
+
+    /// Read the tenant and its brand, report the drift, and (unless a dry run) enable branding,
+    /// write the changed fields and upload the logo, each at the version just read.
+    async fn brand_attempt(
+        &self,
+        tenant: Uuid,
+        dry_run: bool,
+        intended: &Map<String, Value>,
+        logo: Option<&(Vec<u8>, String)>,
+    ) -> Result<BrandAttempt, ReconcileError> {
+        let c = &self.inner.client;
+        let mut out = BrandOutcome::default();
+        let t = c.get_tenant(tenant).await?;
+        if t.kind_is("customer") || t.kind_is("unit") {
+            out.skipped = Some(format!(
+                "{} tenant: the platform allows custom branding only on partner and folder tenants",
+                t.kind.as_deref().unwrap_or("?")
+            ));
+            return Ok(BrandAttempt::Done(out));
+        }
+        let mut version = t.version;
+        if t.brand_enabled != Some(true) {
+            if !self.inner.settings.reconcile.branding.enable {
+                out.skipped =
+                    Some("custom branding is off and reconcile.branding.enable = false".into());
+                return Ok(BrandAttempt::Done(out));
+            }
+            out.drift.push(DriftItem {
+                tenant_id: tenant,
+                field: "brand_enabled".into(),
+                platform: json!(false),
+                intended: json!(true),
+            });
+            if dry_run {
+                // Nothing more can be read until branding is on: every managed field is drift.
+                for (k, v) in intended {
+                    out.drift.push(DriftItem {
+                        tenant_id: tenant,
+                        field: k.clone(),
+                        platform: Value::Null,
+                        intended: v.clone(),
+                    });
+                }
+                return Ok(BrandAttempt::Done(out));
+            }
+            if let Some(e) = conflict(c.enable_brand(tenant, version).await)? {
+                return Ok(BrandAttempt::Conflict(e));
+            }
+            out.actions
+                .push(format!("{tenant}: enabled custom branding"));
+            version = c.get_tenant(tenant).await?.version;
+        }
+        let changes = self.brand_drift(tenant, intended, &mut out).await?;
+        let logo_key = format!("branding.logo.{tenant}");
+        let uploaded: Option<String> = self.inner.queue.get_doc(&logo_key)?;
+        let logo_drift = logo.filter(|l| uploaded.as_deref() != Some(l.1.as_str()));
+        if let Some(l) = logo_drift {
+            out.drift.push(DriftItem {
+                tenant_id: tenant,
+                field: "logo".into(),
+                platform: json!(uploaded),
+                intended: json!(l.1),
+            });
+        }
+        if dry_run {
+            return Ok(BrandAttempt::Done(out));
+        }
+        if !changes.is_empty() {
+            if let Some(e) = conflict(c.update_brand(tenant, version, &changes).await)? {
+                return Ok(BrandAttempt::Conflict(e));
+            }
+            let fields: Vec<&str> = changes.keys().map(String::as_str).collect();
+            out.actions
+                .push(format!("{tenant}: updated {}", fields.join(", ")));
+        }
+        if let Some(l) = logo_drift {
+            let v = c.get_tenant(tenant).await?.version;
+            if let Some(e) = conflict(c.upload_logo(tenant, v, l.0.clone()).await)? {
+                return Ok(BrandAttempt::Conflict(e));
+            }
+            self.inner.queue.put_doc(&logo_key, &l.1).await?;
+            out.actions.push(format!("{tenant}: uploaded logo"));
+        }
+        Ok(BrandAttempt::Done(out))
+    }
+
+    /// The managed fields whose platform value differs from the intent, each also reported as
+    /// drift (`null == ""`; fields not managed are left alone).
+    async fn brand_drift(
+        &self,
+        tenant: Uuid,
+        intended: &Map<String, Value>,
+        out: &mut BrandOutcome,
+    ) -> Result<Map<String, Value>, ReconcileError> {
+        let brand = self.inner.client.get_brand(tenant).await?;
+        let mut changes = Map::new();
+        for (k, want) in intended {
+            let have = brand.get(k).cloned().unwrap_or(Value::Null);
+            if !brand_equal(&have, want) {
+                out.drift.push(DriftItem {
+                    tenant_id: tenant,
+                    field: k.clone(),
+                    platform: have,
+                    intended: want.clone(),
+                });
+                changes.insert(k.clone(), want.clone());
+            }
+        }
+        Ok(changes)
+    }
+}
+
+/// What one attempt at a tenant's brand ended with.
+enum BrandAttempt {
+    Done(BrandOutcome),
+    /// A versioned write lost to another writer: read again and retry.
+    Conflict(PlatformError),
+}
+
+/// A write's result: `None` done, `Some` a version conflict to retry after a wait.
+fn conflict(r: Result<(), PlatformError>) -> Result<Option<PlatformError>, ReconcileError> {
+    match r {
+        Ok(()) => Ok(None),
+        Err(e) if e.class == ErrorClass::Conflict => Ok(Some(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
