@@ -64,106 +64,33 @@ pub fn clip(s: &str) -> String {
 
 /// Validate one event object; `at` prefixes field names inside arrays (`[3].tenant_id`).
 pub fn parse_event(v: &Value, at: &str, header_key: Option<&str>) -> Result<NewEvent, FieldError> {
-    let f = |name: &str| format!("{at}{name}");
     let obj = v.as_object().ok_or_else(|| {
-        FieldError::new(
-            if at.is_empty() {
-                "body".into()
-            } else {
-                at.trim_end_matches('.').to_string()
-            },
-            "an event must be a JSON object",
-        )
-    })?;
-    for k in obj.keys() {
-        if !matches!(
-            k.as_str(),
-            "tenant_id" | "type" | "category" | "action" | "idempotency_key"
-        ) {
-            return Err(FieldError::new(
-                f(k),
-                format!("unknown field {k:?} (expected tenant_id, type, category, action, idempotency_key)"),
-            ));
-        }
-    }
-    let tenant_id = match obj.get("tenant_id") {
-        None | Some(Value::Null) => {
-            return Err(FieldError::new(f("tenant_id"), "tenant_id is required"))
-        }
-        Some(Value::String(s)) => Uuid::parse_str(s).map_err(|_| {
-            FieldError::new(
-                f("tenant_id"),
-                format!("tenant_id is not a UUID: {}", clip(s)),
-            )
-        })?,
-        Some(_) => {
-            return Err(FieldError::new(
-                f("tenant_id"),
-                "tenant_id must be a UUID string",
-            ))
-        }
-    };
-    let kind = match obj.get("type").and_then(Value::as_str) {
-        Some("activation") => EventKind::Activation,
-        Some("deactivation") => EventKind::Deactivation,
-        Some("custom") => EventKind::Custom,
-        Some(other) => {
-            return Err(FieldError::new(
-                f("type"),
-                format!(
-                    "unknown type {:?} (expected activation, deactivation or custom)",
-                    clip(other)
-                ),
-            ))
-        }
-        None => {
-            return Err(FieldError::new(
-                f("type"),
-                "type is required: activation, deactivation or custom",
-            ))
-        }
-    };
-    let text = |name: &str, max: usize| -> Result<Option<String>, FieldError> {
-        match obj.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => {
-                let n = s.chars().count();
-                if n == 0 || n > max {
-                    Err(FieldError::new(
-                        f(name),
-                        format!("{name} must be 1 to {max} characters, got {n}"),
-                    ))
-                } else {
-                    Ok(Some(s.clone()))
-                }
-            }
-            Some(_) => Err(FieldError::new(f(name), format!("{name} must be a string"))),
-        }
-    };
-    let category = text("category", limits::CATEGORY)?;
-    let action = text("action", limits::ACTION)?;
-    let mut idempotency_key = text("idempotency_key", limits::IDEMPOTENCY_KEY)?;
-    if let Some(h) = header_key {
-        match &idempotency_key {
-            Some(k) if k != h => {
-                return Err(FieldError::new(
-                    "Idempotency-Key",
-                    "the Idempotency-Key header and the idempotency_key field differ",
-                ))
-            }
-            _ => idempotency_key = Some(h.to_string()),
-        }
-    }
-    if kind == EventKind::Custom && (category.is_none() || action.is_none()) {
-        let missing = if category.is_none() {
-            "category"
+        let field = if at.is_empty() {
+            "body"
         } else {
-            "action"
+            at.trim_end_matches('.')
         };
-        return Err(FieldError::new(
-            f(missing),
-            format!("a custom event needs both category and action; {missing} is missing"),
-        ));
+        FieldError::new(field, "an event must be a JSON object")
+    })?;
+    let fields = Fields { obj, at };
+    fields.only_known()?;
+    let tenant_id = fields.tenant_id()?;
+    let kind = fields.kind()?;
+    let category = fields.text("category", limits::CATEGORY)?;
+    let action = fields.text("action", limits::ACTION)?;
+    let idempotency_key = one_idempotency_key(
+        fields.text("idempotency_key", limits::IDEMPOTENCY_KEY)?,
+        header_key,
+    )?;
+    if kind == EventKind::Custom {
+        for (name, value) in [("category", &category), ("action", &action)] {
+            if value.is_none() {
+                return Err(FieldError::new(
+                    fields.name(name),
+                    format!("a custom event needs both category and action; {name} is missing"),
+                ));
+            }
+        }
     }
     Ok(NewEvent {
         tenant_id,
@@ -172,4 +99,99 @@ pub fn parse_event(v: &Value, at: &str, header_key: Option<&str>) -> Result<NewE
         action: action.unwrap_or_else(|| kind.default_action().into()),
         idempotency_key,
     })
+}
+
+/// The field and the `Idempotency-Key` header name one key, if any.
+fn one_idempotency_key(
+    field: Option<String>,
+    header: Option<&str>,
+) -> Result<Option<String>, FieldError> {
+    match (field, header) {
+        (Some(k), Some(h)) if k != h => Err(FieldError::new(
+            "Idempotency-Key",
+            "the Idempotency-Key header and the idempotency_key field differ",
+        )),
+        (_, Some(h)) => Ok(Some(h.to_string())),
+        (field, None) => Ok(field),
+    }
+}
+
+/// The fields of one event object, each read with its full name for errors.
+struct Fields<'a> {
+    obj: &'a serde_json::Map<String, Value>,
+    at: &'a str,
+}
+
+impl Fields<'_> {
+    fn name(&self, field: &str) -> String {
+        format!("{}{field}", self.at)
+    }
+
+    fn only_known(&self) -> Result<(), FieldError> {
+        match self.obj.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "tenant_id" | "type" | "category" | "action" | "idempotency_key"
+            )
+        }) {
+            Some(k) => Err(FieldError::new(
+                self.name(k),
+                format!("unknown field {k:?} (expected tenant_id, type, category, action, idempotency_key)"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn tenant_id(&self) -> Result<Uuid, FieldError> {
+        let field = self.name("tenant_id");
+        match self.obj.get("tenant_id") {
+            None | Some(Value::Null) => Err(FieldError::new(field, "tenant_id is required")),
+            Some(Value::String(s)) => Uuid::parse_str(s).map_err(|_| {
+                FieldError::new(field, format!("tenant_id is not a UUID: {}", clip(s)))
+            }),
+            Some(_) => Err(FieldError::new(field, "tenant_id must be a UUID string")),
+        }
+    }
+
+    fn kind(&self) -> Result<EventKind, FieldError> {
+        let field = self.name("type");
+        match self.obj.get("type").and_then(Value::as_str) {
+            Some("activation") => Ok(EventKind::Activation),
+            Some("deactivation") => Ok(EventKind::Deactivation),
+            Some("custom") => Ok(EventKind::Custom),
+            Some(other) => Err(FieldError::new(
+                field,
+                format!(
+                    "unknown type {:?} (expected activation, deactivation or custom)",
+                    clip(other)
+                ),
+            )),
+            None => Err(FieldError::new(
+                field,
+                "type is required: activation, deactivation or custom",
+            )),
+        }
+    }
+
+    /// An optional text of 1 to `max` characters.
+    fn text(&self, name: &str, max: usize) -> Result<Option<String>, FieldError> {
+        match self.obj.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => {
+                let n = s.chars().count();
+                if n == 0 || n > max {
+                    Err(FieldError::new(
+                        self.name(name),
+                        format!("{name} must be 1 to {max} characters, got {n}"),
+                    ))
+                } else {
+                    Ok(Some(s.clone()))
+                }
+            }
+            Some(_) => Err(FieldError::new(
+                self.name(name),
+                format!("{name} must be a string"),
+            )),
+        }
+    }
 }
