@@ -34,45 +34,7 @@ impl Reconcilers {
         report.details.insert("pages".into(), json!(listing.pages));
         let records: Vec<InventoryTenant> = listing.items.iter().map(inventory_record).collect();
 
-        // Active integrations on tenants that are gone or disabled.
-        let on_removed = self.inner.settings.reconcile.tenants.on_removed;
-        let mut deactivations = Vec::new();
-        for t in &listing.items {
-            let removed = t.is_deleted() || t.enabled == Some(false);
-            if !removed {
-                continue;
-            }
-            let state = q.tenant_state(&t.id)?;
-            if state.and_then(|s| s.intended) != Some(IntegrationState::Active) {
-                continue;
-            }
-            let field = if t.is_deleted() { "deleted" } else { "enabled" };
-            let platform = if t.is_deleted() {
-                json!(true)
-            } else {
-                json!(false)
-            };
-            report.drift.push(DriftItem {
-                tenant_id: t.id,
-                field: field.into(),
-                platform,
-                intended: json!("integration active"),
-            });
-            if on_removed == OnRemoved::Deactivate {
-                deactivations.push(NewEvent::state_change(
-                    t.id,
-                    IntegrationState::Inactive,
-                    Some(format!("statusd:removed:{}:{}", t.id, t.version)),
-                ));
-            } else {
-                report.skipped.push(ItemNote {
-                    tenant_id: t.id,
-                    message: format!(
-                        "tenant {field} on the platform; on_removed = report, so only reported"
-                    ),
-                });
-            }
-        }
+        let deactivations = self.removed_tenants(&listing.items, report)?;
         if report.dry_run {
             report
                 .details
@@ -107,6 +69,52 @@ impl Reconcilers {
             .details
             .insert("inventory_size".into(), json!(q.inventory_len()));
         Ok(())
+    }
+
+    /// Tenants gone or disabled on the platform whose integration is active: each is drift, and
+    /// gets a deactivation (`on_removed = "deactivate"`) or is only reported.
+    fn removed_tenants(
+        &self,
+        listing: &[Tenant],
+        report: &mut Report,
+    ) -> Result<Vec<NewEvent>, ReconcileError> {
+        let on_removed = self.inner.settings.reconcile.tenants.on_removed;
+        let mut deactivations = Vec::new();
+        for t in listing {
+            if !(t.is_deleted() || t.enabled == Some(false)) {
+                continue;
+            }
+            let state = self.inner.queue.tenant_state(&t.id)?;
+            if state.and_then(|s| s.intended) != Some(IntegrationState::Active) {
+                continue;
+            }
+            let (field, platform) = if t.is_deleted() {
+                ("deleted", json!(true))
+            } else {
+                ("enabled", json!(false))
+            };
+            report.drift.push(DriftItem {
+                tenant_id: t.id,
+                field: field.into(),
+                platform,
+                intended: json!("integration active"),
+            });
+            if on_removed == OnRemoved::Deactivate {
+                deactivations.push(NewEvent::state_change(
+                    t.id,
+                    IntegrationState::Inactive,
+                    Some(format!("statusd:removed:{}:{}", t.id, t.version)),
+                ));
+            } else {
+                report.skipped.push(ItemNote {
+                    tenant_id: t.id,
+                    message: format!(
+                        "tenant {field} on the platform; on_removed = report, so only reported"
+                    ),
+                });
+            }
+        }
+        Ok(deactivations)
     }
 }
 
