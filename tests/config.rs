@@ -290,3 +290,40 @@ fn the_example_config_is_valid_once_the_required_keys_are_set() {
     );
     assert!(s.is_ok(), "{:?}", s.err());
 }
+
+#[test]
+fn plain_http_is_for_loopback_only() {
+    for (url, refused) in [
+        ("http://eu2-cloud.acronis.com", true),
+        ("http://10.1.2.3:8080", true),
+        ("https://eu2-cloud.acronis.com", false),
+        ("http://127.0.0.1:8780", false),
+        ("http://localhost:8780", false),
+        ("http://[::1]:8780", false),
+    ] {
+        let p = problems(
+            &format!(
+                "[platform]\nbase_url = \"{url}\"\nclient_id = \"c\"\nclient_secret = \"s\"\n[integration]\napplication_code = \"vendor.app\"\n"
+            ),
+            &[],
+        );
+        assert_eq!(
+            has(&p, "platform.base_url", "loopback"),
+            refused,
+            "{url}: {p:?}"
+        );
+    }
+}
+
+#[test]
+fn a_blank_api_token_is_refused_naming_it() {
+    for token in ["", "   "] {
+        let p = problems(
+            &format!(
+                "[platform]\nbase_url = \"https://eu2-cloud.acronis.com\"\nclient_id = \"c\"\nclient_secret = \"s\"\n[integration]\napplication_code = \"vendor.app\"\n[api]\ntoken = \"{token}\"\n"
+            ),
+            &[],
+        );
+        assert!(has(&p, "api.token", "blank"), "{token:?}: {p:?}");
+    }
+}

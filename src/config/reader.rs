@@ -114,6 +114,13 @@ impl Reader {
                 self.problem(key, format!("set either {key} or {file_key}, not both"));
                 None
             }
+            (Some(v), None) if v.trim().is_empty() => {
+                self.problem(
+                    key,
+                    "is empty or blank: no client could present it (remove the key to leave it unset)",
+                );
+                None
+            }
             (Some(v), None) => Some(Secret::new(v)),
             (None, Some(path)) => self.secret_from_file(&file_key, Path::new(&path)),
             (None, None) => {
@@ -130,8 +137,8 @@ impl Reader {
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 let trimmed = text.trim_end_matches(['\n', '\r']);
-                if trimmed.is_empty() {
-                    self.problem(key, format!("file {} is empty", path.display()));
+                if trimmed.trim().is_empty() {
+                    self.problem(key, format!("file {} is empty or blank", path.display()));
                     None
                 } else {
                     Some(Secret::new(trimmed))
@@ -183,6 +190,7 @@ impl Reader {
                 .unwrap_or_else(|| PathBuf::from("/var/lib/statusd")),
             cache_capacity_mb: self.u64_in("store.cache_capacity_mb", 64, 1, 1 << 20),
             delivered_retention: self.duration("store.delivered_retention", "24h"),
+            accept_damaged: false,
         };
         let delivery = self.delivery();
         let api = self.api();
@@ -203,6 +211,15 @@ impl Reader {
         let base_url = self.string("platform.base_url").and_then(|raw| {
             let trimmed = raw.trim().trim_end_matches('/').to_string();
             match url::Url::parse(&trimmed) {
+                Ok(u) if u.scheme() == "http" && u.host().is_some() && !is_loopback(&u) => {
+                    self.problem(
+                        "platform.base_url",
+                        format!(
+                            "http:// is allowed only for a loopback address (the client secret would cross the network in clear): {raw:?}; use https://"
+                        ),
+                    );
+                    None
+                }
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
                     Some(trimmed)
                 }
@@ -607,4 +624,14 @@ pub fn validate_cron(text: &str) -> Result<(), String> {
     tokio_cron_scheduler::Job::new_async(text, |_, _| Box::pin(async {}))
         .map(|_| ())
         .map_err(|e| format!("not a cron schedule: {text:?} ({e})"))
+}
+
+/// A URL whose host is this machine: `localhost`, 127.0.0.0/8 or ::1.
+fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }

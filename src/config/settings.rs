@@ -49,6 +49,9 @@ pub struct StoreSettings {
     pub cache_capacity_mb: u64,
     #[serde(with = "duration_text")]
     pub delivered_retention: Duration,
+    /// `statusd run --accept-damaged-store`: not a setting of the file, a decision per start.
+    #[serde(skip)]
+    pub accept_damaged: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
