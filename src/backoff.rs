@@ -67,6 +67,20 @@ impl Backoff {
         self.initial / 10
     }
 
+    /// A delay for retry number `attempt` of at least half its ceiling, uniform in
+    /// `[ceiling/2, ceiling]`: for a shared endpoint whose callers must add up to a known
+    /// number of requests per minute, whatever the draw.
+    pub fn delay_at_least_half(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+        let ceiling = self.ceiling(attempt);
+        let half = ceiling / 2;
+        let span = ceiling.saturating_sub(half).as_millis() as u64;
+        half + Duration::from_millis(if span == 0 {
+            0
+        } else {
+            rng.random_range(0..=span)
+        })
+    }
+
     /// A delay for retry number `attempt`, uniform in `[floor, ceiling(attempt)]`.
     pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
         let ceiling = self.ceiling(attempt);
@@ -117,6 +131,8 @@ mod tests {
             prop_assert!(d <= b.ceiling(attempt), "{d:?} above the ceiling");
             prop_assert!(d <= max, "{d:?} above the maximum");
             prop_assert!(!d.is_zero(), "a zero delay is a hot loop");
+            let half = b.delay_at_least_half(attempt, &mut rng);
+            prop_assert!(half >= b.ceiling(attempt) / 2 && half <= b.ceiling(attempt));
             // The ceiling never shrinks as attempts grow.
             prop_assert!(b.ceiling(attempt) <= b.ceiling(attempt.saturating_add(1)));
         }

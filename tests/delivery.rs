@@ -400,3 +400,76 @@ async fn intake_for_a_tenant_in_backoff_adds_no_work_until_its_time() {
     );
     assert_eq!(h.running().queue.stats().depth, 201);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_secret_leaves_the_token_endpoint_alone_and_says_so() {
+    let h = harness(
+        SandboxOptions {
+            tenants: 120,
+            ..Default::default()
+        },
+        &[("STATUSD__PLATFORM__CLIENT_SECRET", "not-the-secret")],
+    )
+    .await;
+    let tenants: Vec<Uuid> = h.sandbox.tenant_ids(None).into_iter().take(100).collect();
+    assert_eq!(
+        h.post_events(json!(custom_events(&tenants, 1)))
+            .await
+            .status(),
+        202
+    );
+    // Every lane fails at once; the refusal is asked once, then remembered.
+    let q = h.running().queue.clone();
+    wait_for(Duration::from_secs(10), "lanes waiting in backoff", || {
+        h.running().delivery.snapshot().lanes_waiting_backoff >= 50
+    })
+    .await;
+    let status: serde_json::Value = serde_json::from_str(&h.get_text("/v1/status").await).unwrap();
+    let failing = &status["platform"]["authentication_failing"];
+    assert!(
+        failing["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_client"),
+        "{status}"
+    );
+    let ready = h.call(reqwest::Method::GET, "/readyz").await;
+    assert_eq!(
+        ready.status(),
+        200,
+        "refused credentials do not stop intake"
+    );
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert!(
+        body["authentication"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("failing")),
+        "{body}"
+    );
+    // The first wait is at least 5 s: within it, one token request for 100 tenants.
+    assert_eq!(h.sandbox.requests_to("token"), 1);
+    assert_eq!(q.stats().depth, 100, "nothing lost, nothing delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_token_lifetime_is_clamped_not_a_panic() {
+    let h = harness(SandboxOptions::default(), &[]).await;
+    // One token answer that would overflow any deadline; the token itself is unknown, so the
+    // status call gets a 401 and a proper token is issued.
+    h.sandbox.inject(Fault {
+        body: Some(json!({"access_token": "odd", "token_type": "bearer", "expires_in": i64::MAX})),
+        count: Some(1),
+        path_contains: Some("/idp/token".into()),
+        ..Default::default()
+    });
+    let tenants: Vec<Uuid> = customers(&h.sandbox, 3);
+    assert_eq!(
+        h.post_events(json!(custom_events(&tenants, 2)))
+            .await
+            .status(),
+        202
+    );
+    h.drained(Duration::from_secs(20)).await;
+    assert_complete_and_ordered(&h, &tenants, 2, &[]);
+    assert_eq!(h.running().delivery.snapshot().lanes_running, 0);
+}

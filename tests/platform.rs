@@ -482,3 +482,29 @@ async fn the_retry_after_a_refused_token_waits() {
         started.elapsed()
     );
 }
+
+#[test]
+fn token_lifetime_prefers_expires_in_and_stays_within_a_day() {
+    let now = 1_800_000_000;
+    // expires_in does not depend on the two clocks agreeing: a host 3 h ahead of the platform
+    // still keeps a 2 h token for 2 h.
+    assert_eq!(
+        token_lifetime(Some(7200), Some(now - 3600), now),
+        Duration::from_secs(7200)
+    );
+    assert_eq!(
+        token_lifetime(None, Some(now + 600), now),
+        Duration::from_secs(600)
+    );
+    assert_eq!(token_lifetime(None, Some(now - 5), now), Duration::ZERO);
+    assert_eq!(token_lifetime(Some(-1), None, now), Duration::ZERO);
+    assert_eq!(
+        token_lifetime(Some(i64::MAX), None, now),
+        Duration::from_secs(24 * 3600)
+    );
+    assert_eq!(
+        token_lifetime(None, Some(i64::MAX), i64::MIN),
+        Duration::from_secs(24 * 3600)
+    );
+    assert_eq!(token_lifetime(None, None, now), Duration::from_secs(3600));
+}

@@ -149,6 +149,9 @@ pub struct QueueStatus {
 pub struct PlatformStatus {
     pub base_url: Option<String>,
     pub reachable: Option<bool>,
+    /// Set while the token endpoint refuses the credentials ("authentication failing").
+    #[serde(default)]
+    pub authentication_failing: Option<crate::platform::AuthFailure>,
 }
 
 /// Tenants with a recorded state that the last inventory does not know.

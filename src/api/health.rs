@@ -17,7 +17,15 @@ pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
         )
             .into_response();
     }
-    (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    // Refused credentials do not make the daemon unready (it still accepts events durably),
+    // but the probe says so.
+    let mut body = json!({"status": "ready"});
+    if let Some(client) = &state.client {
+        if let Some(f) = client.auth_failure().await {
+            body["authentication"] = json!(format!("failing: {}", f.error));
+        }
+    }
+    (StatusCode::OK, Json(body)).into_response()
 }
 
 /// Refresh the gauges that are read from the store, then encode.

@@ -80,6 +80,10 @@ pub async fn status_report(state: &ApiState) -> Status {
         platform: PlatformStatus {
             base_url: state.client.as_ref().map(|c| c.base_url().to_string()),
             reachable: state.client.as_ref().map(|c| c.is_up()),
+            authentication_failing: match &state.client {
+                Some(c) => c.auth_failure().await,
+                None => None,
+            },
         },
         reconcilers,
         unknown_tenants: answers::UnknownTenants {

@@ -57,6 +57,12 @@ pub fn print_status(v: &Status) {
         cell(v.platform.base_url.as_deref()),
         cell(v.platform.reachable)
     );
+    if let Some(f) = &v.platform.authentication_failing {
+        println!(
+            "           authentication failing since {} ({} refusals): {}",
+            f.since, f.failures, f.error
+        );
+    }
     if let Some(d) = &v.delivery {
         println!(
             "delivery   lanes running {}  lanes in backoff {}  platform backoff until {}",

@@ -230,14 +230,20 @@ impl Delivery {
             let delay = self.opts.backoff.delay(batch.max_attempts(), &mut rng);
             delay.max(e.retry_after.unwrap_or_default())
         };
-        tracing::warn!(
-            message = "report failed, will retry",
-            tenant_id = %batch.tenant_id,
-            events = batch.events.len(),
-            attempt = batch.max_attempts() + 1,
-            retry_in_ms = delay.as_millis() as u64,
-            error = %e
-        );
+        if e.class == ErrorClass::Auth {
+            // The platform client logs a refusal of the credentials once per wait; each lane
+            // waiting on it is no news.
+            tracing::debug!(message = "report waits for the credentials to be accepted", tenant_id = %batch.tenant_id, retry_in_ms = delay.as_millis() as u64);
+        } else {
+            tracing::warn!(
+                message = "report failed, will retry",
+                tenant_id = %batch.tenant_id,
+                events = batch.events.len(),
+                attempt = batch.max_attempts() + 1,
+                retry_in_ms = delay.as_millis() as u64,
+                error = %e
+            );
+        }
         let at_ms = now_ms() + delay.as_millis() as i64;
         if let Err(err) = self.queue.mark_failed(batch, &e.to_string(), at_ms).await {
             tracing::error!(message = "cannot record a failed attempt", tenant_id = %batch.tenant_id, error = %err);

@@ -129,6 +129,19 @@ impl PlatformError {
     }
 
     /// Decode a non-success answer.
+    /// A refusal of the token endpoint (see [`classify_token_status`]).
+    pub fn from_token_response(
+        call: &str,
+        status: StatusCode,
+        retry_after: Option<&str>,
+        body: &[u8],
+    ) -> Self {
+        PlatformError {
+            class: classify_token_status(status),
+            ..PlatformError::from_response(call, status, retry_after, body)
+        }
+    }
+
     pub fn from_response(
         call: &str,
         status: StatusCode,
@@ -153,6 +166,15 @@ pub fn classify_status(status: StatusCode) -> ErrorClass {
         408 | 429 => ErrorClass::Retryable,
         500..=599 => ErrorClass::Retryable,
         _ => ErrorClass::Permanent,
+    }
+}
+
+/// What an answer of the token endpoint means: refused credentials (400, 401, 403) are a
+/// configuration fault to report as `auth`, not a bad request; anything else as for any call.
+pub fn classify_token_status(status: StatusCode) -> ErrorClass {
+    match status.as_u16() {
+        400 | 401 | 403 => ErrorClass::Auth,
+        _ => classify_status(status),
     }
 }
 

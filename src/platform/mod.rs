@@ -23,6 +23,15 @@ use crate::metrics::{Metrics, TokenOutcome};
 const RENEW_MARGIN: Duration = Duration::from_secs(15 * 60);
 /// Lifetime assumed when the token response names none.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// The longest token lifetime believed; a longer one (or an absurd `expires_in`) is taken as
+/// this, so no answer can overflow a deadline.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How long the token endpoint is left alone after it refused the credentials: growing from
+/// 10 s to 30 min, at least half of each step, so that a wrong secret costs at most a handful of
+/// token requests a minute whatever the number of lanes (the endpoint is shared and
+/// rate-limited).
+pub const TOKEN_REFUSAL_BACKOFF: Backoff =
+    Backoff::fixed(Duration::from_secs(10), Duration::from_secs(30 * 60));
 /// `Retry-After` values are capped so a hostile or broken header cannot park us for days.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// The wait before the one retry after a refused token.
@@ -58,6 +67,44 @@ struct CachedToken {
     renew_at: Instant,
 }
 
+/// The token state every caller shares: the token in use, or the endpoint's last refusal of
+/// the credentials and when it may be asked again.
+#[derive(Default)]
+struct TokenState {
+    cached: Option<CachedToken>,
+    refused: Option<Refusal>,
+}
+
+struct Refusal {
+    error: PlatformError,
+    at: chrono::DateTime<Utc>,
+    failures: u32,
+    until: Instant,
+}
+
+/// The credentials as the token endpoint last judged them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuthFailure {
+    /// The platform's answer.
+    pub error: String,
+    /// When it last refused them (RFC 3339).
+    pub since: String,
+    /// Refusals in a row.
+    pub failures: u32,
+}
+
+/// A token's lifetime from its answer: `expires_in` when present (it does not depend on the
+/// clocks agreeing), else `expires_on` against this host's clock, else an hour; never more than
+/// a day.
+pub fn token_lifetime(expires_in: Option<i64>, expires_on: Option<i64>, now_unix: i64) -> Duration {
+    let secs = match (expires_in, expires_on) {
+        (Some(secs), _) => secs,
+        (None, Some(on)) => on.saturating_sub(now_unix),
+        (None, None) => return DEFAULT_TOKEN_LIFETIME,
+    };
+    Duration::from_secs(secs.clamp(0, MAX_TOKEN_LIFETIME.as_secs() as i64) as u64)
+}
+
 /// One shared client for every platform call. Cheap to clone.
 #[derive(Clone)]
 pub struct PlatformClient {
@@ -70,7 +117,7 @@ struct ClientInner {
     client_id: String,
     secret: Secret,
     integration: IntegrationSettings,
-    token: Mutex<Option<CachedToken>>,
+    token: Mutex<TokenState>,
     own_tenant: OnceCell<Uuid>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -99,7 +146,7 @@ impl PlatformClient {
                 client_id: opts.client_id,
                 secret: opts.client_secret,
                 integration: opts.integration,
-                token: Mutex::new(None),
+                token: Mutex::new(TokenState::default()),
                 own_tenant: OnceCell::new(),
                 permits: Arc::new(Semaphore::new(opts.max_concurrency.max(1))),
                 metrics,
@@ -123,11 +170,18 @@ impl PlatformClient {
     }
 
     /// A valid access token: the cached one, or one renewal shared by every concurrent caller.
+    /// While the endpoint's last refusal of the credentials is recent, that refusal is the
+    /// answer, without a request.
     async fn token(&self) -> Result<Secret, PlatformError> {
-        let mut guard = self.inner.token.lock().await;
-        if let Some(t) = guard.as_ref() {
+        let mut state = self.inner.token.lock().await;
+        if let Some(t) = state.cached.as_ref() {
             if Instant::now() < t.renew_at {
                 return Ok(t.access.clone());
+            }
+        }
+        if let Some(r) = state.refused.as_ref() {
+            if Instant::now() < r.until {
+                return Err(r.error.clone());
             }
         }
         let fresh = self.issue_token().await;
@@ -136,20 +190,57 @@ impl PlatformClient {
             Err(e) if e.class == ErrorClass::Retryable => TokenOutcome::Retryable,
             Err(_) => TokenOutcome::Failure,
         });
-        let token = fresh?;
-        let access = token.access.clone();
-        *guard = Some(token);
-        Ok(access)
+        match fresh {
+            Ok(token) => {
+                if state.refused.take().is_some() {
+                    tracing::info!(message = "the token endpoint accepts the credentials again");
+                }
+                let access = token.access.clone();
+                state.cached = Some(token);
+                Ok(access)
+            }
+            Err(e) if e.class == ErrorClass::Auth => {
+                let failures = state.refused.as_ref().map_or(0, |r| r.failures) + 1;
+                let wait =
+                    TOKEN_REFUSAL_BACKOFF.delay_at_least_half(failures - 1, &mut rand::rng());
+                tracing::error!(
+                    message = "the token endpoint refused the credentials; not asking again before the wait is over",
+                    status = e.status,
+                    failures,
+                    retry_in_s = wait.as_secs(),
+                    error = %e.message
+                );
+                state.refused = Some(Refusal {
+                    error: e.clone(),
+                    at: Utc::now(),
+                    failures,
+                    until: Instant::now() + wait,
+                });
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The credentials' refusal by the token endpoint, while it stands.
+    pub async fn auth_failure(&self) -> Option<AuthFailure> {
+        let state = self.inner.token.lock().await;
+        state.refused.as_ref().map(|r| AuthFailure {
+            error: r.error.to_string(),
+            since: r.at.to_rfc3339(),
+            failures: r.failures,
+        })
     }
 
     /// Forget the token if it is still the one that was refused.
     async fn invalidate(&self, refused: &Secret) {
-        let mut guard = self.inner.token.lock().await;
-        if guard
+        let mut state = self.inner.token.lock().await;
+        if state
+            .cached
             .as_ref()
             .is_some_and(|t| t.access.expose() == refused.expose())
         {
-            *guard = None;
+            state.cached = None;
         }
     }
 
@@ -184,12 +275,11 @@ impl PlatformClient {
             .await
             .map_err(|e| PlatformError::from_transport(CALL, &e))?;
         if !status.is_success() {
-            let mut err = PlatformError::from_response(CALL, status, retry_after.as_deref(), &body);
-            // The token endpoint refusing credentials is a configuration fault, not a bad request.
-            if matches!(status.as_u16(), 400 | 401 | 403) {
-                err.class = ErrorClass::Auth;
+            let err =
+                PlatformError::from_token_response(CALL, status, retry_after.as_deref(), &body);
+            if err.class != ErrorClass::Auth {
+                tracing::warn!(message = "token request failed", status = status.as_u16(), error = %err.message);
             }
-            tracing::error!(message = "token request refused", status = status.as_u16(), error = %err.message);
             return Err(err);
         }
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
@@ -199,12 +289,7 @@ impl PlatformClient {
                 format!("token response not understood: {e}"),
             )
         })?;
-        let now_unix = Utc::now().timestamp();
-        let lifetime = match (parsed.expires_on, parsed.expires_in) {
-            (Some(on), _) => Duration::from_secs((on - now_unix).max(0) as u64),
-            (None, Some(secs)) => Duration::from_secs(secs.max(0) as u64),
-            (None, None) => DEFAULT_TOKEN_LIFETIME,
-        };
+        let lifetime = token_lifetime(parsed.expires_in, parsed.expires_on, Utc::now().timestamp());
         let margin = RENEW_MARGIN.min(lifetime / 2);
         tracing::debug!(
             message = "access token issued",

@@ -82,6 +82,10 @@ pub struct Fault {
     /// Only requests whose query contains this text (e.g. a tenant id).
     #[serde(default)]
     pub query_contains: Option<String>,
+    /// Answer with this JSON body (status 200, or `status` when given) instead of handling the
+    /// request: an odd answer of the platform, e.g. a token with an absurd lifetime.
+    #[serde(default)]
+    pub body: Option<Value>,
 }
 
 /// One status report the sandbox accepted.

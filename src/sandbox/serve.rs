@@ -172,6 +172,13 @@ pub(super) async fn apply_faults(
     if f.drop_connection {
         return FaultAction::Drop;
     }
+    if let Some(body) = f.body {
+        let status = f
+            .status
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::OK);
+        return FaultAction::Respond((status, Json(body)).into_response());
+    }
     if let Some(code) = f.status {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         let mut resp = envelope(status, json!(code), "injected fault");
