@@ -156,6 +156,7 @@ async fn open_store(settings: &Settings) -> Result<Queue, AppError> {
     let opts = StoreOptions {
         cache_capacity_mb: settings.store.cache_capacity_mb,
         delivered_retention: settings.store.delivered_retention,
+        accept_damaged: settings.store.accept_damaged,
     };
     let shown = path.display().to_string();
     tokio::task::spawn_blocking(move || Queue::open(&path, opts))

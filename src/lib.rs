@@ -26,6 +26,8 @@ pub mod exit {
     pub const OK: u8 = 0;
     pub const FAILURE: u8 = 1;
     pub const ERROR: u8 = 2;
+    /// The store is damaged (EX_DATAERR): a restart cannot help.
+    pub const DATAERR: u8 = 65;
     pub const UNAVAILABLE: u8 = 69;
     pub const CONFIG: u8 = 78;
 }

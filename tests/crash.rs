@@ -447,3 +447,163 @@ async fn sigterm_during_delivery_exits_0_within_the_grace_and_loses_nothing() {
         assert_eq!(have, want, "tenant {t}: lost or reordered");
     }
 }
+
+/// A way to damage a copy of a store.
+type Damage = Box<dyn Fn(&std::path::Path)>;
+
+/// Copy a store directory (sled's files and the control file).
+fn copy_store(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_store(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// `statusd run` on `store` until it exits by itself (or 30 s pass): its exit code and stderr.
+async fn run_until_exit(store: &std::path::Path, extra: &[&str]) -> (Option<i32>, String) {
+    let dead_platform = format!("http://127.0.0.1:{}", free_port());
+    let mut cmd = daemon_command(&dead_platform, "id", "secret", store, free_port());
+    cmd.args(extra).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("statusd binary starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.code(), err);
+        }
+        if std::time::Instant::now() > deadline {
+            kill9(&mut child);
+            return (None, "still running after 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_refused_with_exit_65_unless_accepted() {
+    statusd::platform::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let http = reqwest::Client::new();
+    // 2 000 accepted, undelivered events (the platform is unreachable), then a clean stop.
+    {
+        let port = free_port();
+        let dead_platform = format!("http://127.0.0.1:{}", free_port());
+        let child = spawn_daemon(&dead_platform, "id", "secret", &store, port);
+        wait_ready(&http, port).await;
+        for batch in 0..20 {
+            let body: Vec<_> = (0..100)
+                .map(|i| json!({"tenant_id": Uuid::from_u128(1 + (batch * 100 + i) % 200), "type": "activation"}))
+                .collect();
+            let r = http
+                .post(format!("http://127.0.0.1:{port}/v1/events"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+        }
+        assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
+    }
+    let db_len = std::fs::metadata(store.join("db")).unwrap().len();
+    let damages: [(&str, Damage); 4] = [
+        (
+            "db truncated to 60 %",
+            Box::new(move |s| {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(s.join("db"))
+                    .unwrap();
+                f.set_len(db_len * 6 / 10).unwrap();
+            }),
+        ),
+        (
+            "sled's files gone, the control file left",
+            Box::new(|s| {
+                for entry in std::fs::read_dir(s).unwrap() {
+                    let entry = entry.unwrap();
+                    if entry.file_name() == "statusd.control" {
+                        continue;
+                    }
+                    if entry.file_type().unwrap().is_dir() {
+                        std::fs::remove_dir_all(entry.path()).unwrap();
+                    } else {
+                        std::fs::remove_file(entry.path()).unwrap();
+                    }
+                }
+            }),
+        ),
+        (
+            "16 bytes overwritten at 10 % of db",
+            Box::new(move |s| {
+                use std::io::{Seek, SeekFrom, Write};
+                let mut f = std::fs::OpenOptions::new().write(true).open(s.join("db")).unwrap();
+                f.seek(SeekFrom::Start(db_len / 10)).unwrap();
+                f.write_all(&[0x5A; 16]).unwrap();
+            }),
+        ),
+        (
+            "the first bytes of db overwritten",
+            Box::new(|s| {
+                use std::io::{Seek, SeekFrom, Write};
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(s.join("db"))
+                    .unwrap();
+                f.seek(SeekFrom::Start(0)).unwrap();
+                f.write_all(&[0xA5; 64]).unwrap();
+            }),
+        ),
+    ];
+    for (what, damage) in damages {
+        let copy = dir.path().join(what.replace(' ', "_"));
+        copy_store(&store, &copy);
+        damage(&copy);
+        let (code, stderr) = run_until_exit(&copy, &[]).await;
+        assert_eq!(code, Some(65), "{what}: {stderr}");
+        assert!(stderr.contains("damaged"), "{what}: {stderr}");
+        assert!(
+            stderr.contains(&copy.display().to_string()),
+            "{what}: the message names the store: {stderr}"
+        );
+        assert!(
+            stderr.contains("--accept-damaged-store"),
+            "{what}: {stderr}"
+        );
+    }
+    // Told to, it starts on what is left and says what is missing.
+    let copy = dir.path().join("accepted");
+    copy_store(&store, &copy);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(copy.join("db"))
+        .unwrap()
+        .set_len(db_len * 6 / 10)
+        .unwrap();
+    let port = free_port();
+    let dead_platform = format!("http://127.0.0.1:{}", free_port());
+    let child = daemon_command(&dead_platform, "id", "secret", &copy, port)
+        .arg("--accept-damaged-store")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(&http, port).await;
+    assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
+    // And the undamaged store still opens with every event.
+    let q = Queue::open(&store, Default::default()).unwrap();
+    assert_eq!(q.stats().depth, 2000);
+}

@@ -319,6 +319,7 @@ async fn compaction_removes_delivered_after_retention_and_keeps_pending() {
         StoreOptions {
             cache_capacity_mb: 8,
             delivered_retention: std::time::Duration::from_secs(60),
+            ..Default::default()
         },
     )
     .unwrap();

@@ -38,7 +38,7 @@ pub struct ApiArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon in the foreground (what systemd and containers start).
-    Run,
+    Run(RunArgs),
     #[cfg(feature = "sandbox")]
     /// Try statusd out with no credentials: a sandbox platform and the daemon on loopback,
     /// sample events with injected faults, live progress and a summary.
@@ -65,6 +65,14 @@ pub enum Command {
     /// Run one reconcile now; --dry-run prints the drift without changing anything
     /// (exit 0 no drift or applied, 1 drift found in a dry run, 2 error).
     Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Start on a store found damaged (exit 65 otherwise), with what is left of it; what is
+    /// missing is logged.
+    #[arg(long)]
+    pub accept_damaged_store: bool,
 }
 
 #[derive(Debug, Args)]

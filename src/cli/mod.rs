@@ -61,7 +61,7 @@ pub fn main(cli: Cli) -> ExitCode {
 async fn dispatch(cli: Cli) -> ExitCode {
     match &cli.command {
         Command::CheckConfig => check_config(&cli),
-        Command::Run => run(&cli).await,
+        Command::Run(args) => run(&cli, args).await,
         #[cfg(feature = "sandbox")]
         Command::Demo(args) => {
             demo::run(demo::DemoOptions {
@@ -114,17 +114,29 @@ fn check_config(cli: &Cli) -> ExitCode {
     }
 }
 
-async fn run(cli: &Cli) -> ExitCode {
-    let settings = match load_settings(cli, Purpose::Run) {
+async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
+    let mut settings = match load_settings(cli, Purpose::Run) {
         Ok(s) => s,
         Err(code) => return code,
     };
+    settings.store.accept_damaged = args.accept_damaged_store;
     match crate::app::run(settings, crate::app::shutdown_signal()).await {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             tracing::error!(message = "statusd cannot run", error = %e);
             eprintln!("statusd: {e}");
-            ExitCode::from(exit::FAILURE)
+            let damaged = matches!(
+                e,
+                crate::app::AppError::Store {
+                    source: crate::store::StoreError::Damaged { .. },
+                    ..
+                }
+            );
+            ExitCode::from(if damaged {
+                exit::DATAERR
+            } else {
+                exit::FAILURE
+            })
         }
     }
 }

@@ -28,7 +28,7 @@ impl Reconcilers {
                 });
             }
             // A tenant with events still pending will report its latest state anyway.
-            if q.pending_count(&s.tenant_id) > 0 {
+            if q.has_pending(&s.tenant_id) {
                 continue;
             }
             events.push(NewEvent::state_change(s.tenant_id, intended, None));

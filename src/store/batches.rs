@@ -36,9 +36,17 @@ impl Queue {
         out
     }
 
-    /// Number of pending events of a tenant (kept in memory, no scan).
+    /// Number of pending events of a tenant (a scan of that tenant's pending keys).
     pub fn pending_count(&self, tenant: &TenantId) -> usize {
-        lock(&self.inner.writer).heads.count(tenant) as usize
+        self.inner
+            .tree
+            .scan_prefix(key(b'p', &[tenant.as_bytes()]))
+            .count()
+    }
+
+    /// Whether a tenant has pending events (from memory, no scan).
+    pub fn has_pending(&self, tenant: &TenantId) -> bool {
+        lock(&self.inner.writer).heads.has_pending(tenant)
     }
 
     /// The tenant's pending events in delivery order, up to `limit` (read only).
@@ -219,7 +227,7 @@ impl Queue {
                 core.tree.apply_batch(b)?;
                 w.depth = depth;
                 w.dead = dead;
-                w.heads.settled(&core.tree, tenant, n)?;
+                w.heads.settled(&core.tree, tenant)?;
                 Ok(Wrote::default())
             })
             .await;

@@ -92,8 +92,7 @@ impl Core {
         }
         group.apply(self, &mut w)?;
         for ack in acks {
-            w.heads
-                .settled(&self.tree, ack.tenant, ack.items.len() as u64)?;
+            w.heads.settled(&self.tree, ack.tenant)?;
         }
         for (tenant, seq) in &group.new_pending {
             w.heads.add(*tenant, *seq);
@@ -257,6 +256,8 @@ pub(super) struct Written {
     pub(super) result: Result<GroupWritten, String>,
     /// The other writes of the group, each with its own result.
     pub(super) writes: Vec<(Result<Wrote, StoreError>, WriteReply)>,
+    /// The store's sequence once the group was written: durable with its flush.
+    pub(super) seq: u64,
 }
 
 impl Written {
@@ -369,6 +370,7 @@ pub(super) fn committer(
             ack_replies,
             result,
             writes,
+            seq: lock(&core.writer).seq,
         };
         if let Err(mpsc::SendError(w)) = to_flusher.send(written) {
             // The flusher is gone (it cannot be while the committer runs); answer with an error
@@ -380,7 +382,17 @@ pub(super) fn committer(
 
 /// The flusher: one sled flush for every group written since the last one, then the answers.
 pub(super) fn flusher(core: Arc<Core>, rx: mpsc::Receiver<Written>) {
-    while let Ok(first) = rx.recv() {
+    let mut control = ControlWriter::new(&core);
+    loop {
+        let first = match rx.recv_timeout(control::CONTROL_INTERVAL) {
+            Ok(g) => g,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Idle: record what the last groups made durable.
+                control.write_if_behind(&core);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut groups = vec![first];
         while let Ok(g) = rx.try_recv() {
             groups.push(g);
@@ -393,8 +405,57 @@ pub(super) fn flusher(core: Arc<Core>, rx: mpsc::Receiver<Written>) {
         let waiters: usize = groups.iter().map(Written::waiters).sum();
         core.flush_waiters
             .fetch_add(waiters as u64, Ordering::Relaxed);
+        if flushed.is_ok() {
+            control.durable(groups.iter().map(|g| g.seq).max().unwrap_or(0));
+        }
         for g in groups {
             g.settle(&core, &flushed);
+        }
+        if control.due() {
+            control.write_if_behind(&core);
+        }
+    }
+}
+
+/// The flusher's record of the highest durable sequence, written to the control file at most
+/// once per interval and when idle.
+struct ControlWriter {
+    durable: u64,
+    written: u64,
+    at: std::time::Instant,
+}
+
+impl ControlWriter {
+    fn new(core: &Core) -> ControlWriter {
+        let seq = lock(&core.writer).seq;
+        ControlWriter {
+            durable: seq,
+            written: seq,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    fn durable(&mut self, seq: u64) {
+        self.durable = self.durable.max(seq);
+    }
+
+    fn due(&self) -> bool {
+        self.at.elapsed() >= control::CONTROL_INTERVAL
+    }
+
+    fn write_if_behind(&mut self, core: &Core) {
+        if self.durable == self.written {
+            return;
+        }
+        self.at = std::time::Instant::now();
+        match control::write(
+            &core.path,
+            &control::Control::new(core.store_id, self.durable, false),
+        ) {
+            Ok(()) => self.written = self.durable,
+            Err(e) => {
+                tracing::error!(message = "cannot write the store's control file", error = %e)
+            }
         }
     }
 }

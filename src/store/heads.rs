@@ -1,67 +1,39 @@
-//! Each tenant's pending events in memory: its oldest (head) and how many.
+//! Each tenant's oldest pending event (its head), kept in memory.
 
 use super::*;
 
-/// What is known of a tenant with pending events.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Pending {
-    /// The seq of its oldest pending event.
-    pub(super) head: u64,
-    pub(super) count: u64,
-}
-
-/// The pending events of each tenant that has some, kept in memory (built on open from the
-/// pending keys) so the oldest pending event overall and a tenant's pending count are found
-/// without an index that every enqueue and acknowledgement would have to write, and without a
-/// scan.
+/// The oldest pending event of each tenant with pending events, kept in memory (built on open
+/// with one seek per tenant) so the oldest pending event overall, and whether a tenant has
+/// pending events, are known without an index that every enqueue and acknowledgement would
+/// have to write, and without a scan.
 #[derive(Default)]
 pub(super) struct Heads {
     pub(super) by_seq: std::collections::BTreeSet<(u64, TenantId)>,
-    pub(super) by_tenant: std::collections::HashMap<TenantId, Pending>,
+    pub(super) by_tenant: std::collections::HashMap<TenantId, u64>,
 }
 
 impl Heads {
-    /// A tenant got a pending event with `seq` (seqs only grow, so it is the head only if the
-    /// tenant had none).
+    /// A tenant got a pending event with `seq`; it is the head if the tenant had none.
     pub(super) fn add(&mut self, tenant: TenantId, seq: u64) {
-        match self.by_tenant.entry(tenant) {
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(Pending {
-                    head: seq,
-                    count: 1,
-                });
-                self.by_seq.insert((seq, tenant));
-            }
-            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().count += 1,
+        if let std::collections::hash_map::Entry::Vacant(e) = self.by_tenant.entry(tenant) {
+            e.insert(seq);
+            self.by_seq.insert((seq, tenant));
         }
     }
 
-    /// `n` of the tenant's pending events were settled (delivered or dead-lettered); the new
-    /// head is read from the store only when some are left.
+    /// Some of the tenant's pending events were settled (delivered or dead-lettered): its head
+    /// is read again from the store.
     pub(super) fn settled(
         &mut self,
         tree: &sled::Tree,
         tenant: TenantId,
-        n: u64,
     ) -> Result<(), StoreError> {
-        let Some(p) = self.by_tenant.get(&tenant).copied() else {
-            return Ok(());
-        };
-        self.by_seq.remove(&(p.head, tenant));
-        let count = p.count.saturating_sub(n);
-        let head = if count == 0 {
-            None
-        } else {
-            first_pending(tree, &tenant)?
-        };
-        match head {
-            Some(head) => {
-                self.by_tenant.insert(tenant, Pending { head, count });
-                self.by_seq.insert((head, tenant));
-            }
-            None => {
-                self.by_tenant.remove(&tenant);
-            }
+        if let Some(old) = self.by_tenant.remove(&tenant) {
+            self.by_seq.remove(&(old, tenant));
+        }
+        if let Some(seq) = first_pending(tree, &tenant)? {
+            self.by_tenant.insert(tenant, seq);
+            self.by_seq.insert((seq, tenant));
         }
         Ok(())
     }
@@ -70,17 +42,24 @@ impl Heads {
         self.by_seq.first().copied()
     }
 
-    pub(super) fn count(&self, tenant: &TenantId) -> u64 {
-        self.by_tenant.get(tenant).map_or(0, |p| p.count)
+    pub(super) fn has_pending(&self, tenant: &TenantId) -> bool {
+        self.by_tenant.contains_key(tenant)
     }
 }
 
-/// Every pending key, in key order: each tenant's head and count.
+/// The first pending key of each tenant: one seek per tenant with pending events.
 pub(super) fn read_heads(tree: &sled::Tree) -> Result<Heads, StoreError> {
     let mut heads = Heads::default();
-    for k in tree.scan_prefix([b'p']).keys() {
-        let (tenant, seq) = parse_pending_key(&k?)?;
+    let mut from = vec![b'p'];
+    loop {
+        let mut range = tree.range(from.clone()..vec![b'q']);
+        let Some(item) = range.next() else { break };
+        let (k, _) = item?;
+        let (tenant, seq) = parse_pending_key(&k)?;
         heads.add(tenant, seq);
+        let mut next = key(b'p', &[tenant.as_bytes()]);
+        next.extend_from_slice(&[0xff; 9]);
+        from = next;
     }
     Ok(heads)
 }

@@ -63,6 +63,8 @@ pub enum StoreError {
     Write(String),
     #[error("store is closed")]
     Closed,
+    #[error("the store at {path} is damaged: {reason}. A restart cannot repair it: restore the store from a backup, or start with `statusd run --accept-damaged-store` to run on what is left (what is missing is logged)")]
+    Damaged { path: String, reason: String },
     #[error("it is in use by another process (another statusd with the same store.path?)")]
     Locked { path: String },
 }
@@ -70,6 +72,7 @@ pub enum StoreError {
 mod batches;
 mod commit;
 mod compact;
+mod control;
 mod dead;
 mod heads;
 mod keys;
@@ -99,6 +102,9 @@ struct Counters {
 struct Core {
     db: sled::Db,
     tree: sled::Tree,
+    /// The store's directory, where the control file lives.
+    path: std::path::PathBuf,
+    store_id: Uuid,
     writer: Mutex<Counters>,
     in_flight_tenants: Mutex<HashSet<TenantId>>,
     /// Events taken and not yet settled. Being in flight is kept in memory only: after a crash
@@ -132,8 +138,39 @@ impl Drop for Inner {
         for handle in lock(&self.threads).drain(..) {
             let _ = handle.join();
         }
-        let _ = self.core.db.flush();
+        if self.core.db.flush().is_ok() {
+            let seq = lock(&self.core.writer).seq;
+            if let Err(e) = control::write(
+                &self.core.path,
+                &control::Control::new(self.core.store_id, seq, true),
+            ) {
+                tracing::error!(message = "cannot write the store's control file", error = %e);
+            }
+        }
     }
+}
+
+/// Open sled at `path`. sled's own background flusher releases the directory lock shortly after
+/// the last handle is dropped; a reopen in the same process waits for it (briefly) rather than
+/// failing. Another process holding the store still fails after the wait.
+fn open_sled(config: &sled::Config, path: &Path) -> Result<(sled::Db, sled::Tree), StoreError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let db = loop {
+        match config.open() {
+            Ok(db) => break db,
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Locked {
+                        path: path.display().to_string(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let tree = db.open_tree("statusd")?;
+    Ok((db, tree))
 }
 
 impl Queue {
@@ -144,29 +181,27 @@ impl Queue {
             .path(path)
             .cache_capacity(options.cache_capacity_mb.saturating_mul(1024 * 1024))
             .mode(sled::Mode::HighThroughput);
-        // sled's own background flusher releases the directory lock shortly after the last
-        // handle is dropped; a reopen in the same process waits for it (briefly) rather than
-        // failing. Another process holding the store still fails after the wait.
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                    if std::time::Instant::now() >= deadline {
-                        return Err(StoreError::Locked {
-                            path: path.display().to_string(),
-                        });
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let control = control::read(path)?;
+        let damaged = |reason: String| StoreError::Damaged {
+            path: path.display().to_string(),
+            reason,
         };
-        let tree = db.open_tree("statusd")?;
+        // sled panics on some damage; that is a damaged store, not a crash of statusd.
+        let (db, tree) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_sled(&config, path)))
+                .map_err(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                damaged(format!("sled failed while opening it: {what}"))
+            })??;
         let read_u64 = |name: &str| -> Result<Option<u64>, StoreError> {
             tree.get(meta_key(name))?.map(|v| u64_from(&v)).transpose()
         };
-        match read_u64("schema")? {
+        let schema = read_u64("schema")?;
+        match schema {
             Some(found) if found > SCHEMA_VERSION => {
                 return Err(StoreError::SchemaTooNew {
                     path: path.display().to_string(),
@@ -183,21 +218,73 @@ impl Queue {
                     to = SCHEMA_VERSION
                 );
             }
-            Some(_) => {}
-            None => {
-                tree.insert(meta_key("schema"), &SCHEMA_VERSION.to_be_bytes())?;
-            }
+            _ => {}
         }
-        let counters = Counters {
+        // After a clean close the counters are trusted; after anything else, recounted.
+        let recount = match &control {
+            Some(c) if c.clean => None,
+            _ => Some((
+                tree.scan_prefix([b'p']).count() as u64,
+                tree.scan_prefix([b'd']).count() as u64,
+            )),
+        };
+        let mut counters = Counters {
             heads: read_heads(&tree)?,
             seq: read_u64("seq")?.unwrap_or(0),
             depth: read_u64("depth")?.unwrap_or(0),
             dead: read_u64("dead")?.unwrap_or(0),
         };
+        let stored_id = tree
+            .get(meta_key("store_id"))?
+            .map(|v| uuid_from(&v))
+            .transpose()?;
+        let findings = control::check(
+            control.as_ref(),
+            stored_id,
+            schema.is_some(),
+            &counters,
+            recount,
+        );
+        if !findings.problems.is_empty() {
+            let reason = findings.problems.join("; ");
+            if !options.accept_damaged {
+                return Err(damaged(reason));
+            }
+            tracing::error!(
+                message = "store damaged; starting on what is left, as asked",
+                path = %path.display(),
+                what_is_missing = %reason
+            );
+            if let Some((depth, dead)) = recount {
+                counters.depth = depth;
+                counters.dead = dead;
+            }
+            counters.seq = counters
+                .seq
+                .max(control.as_ref().map_or(0, |c| c.durable_seq));
+            tree.insert(meta_key("seq"), &counters.seq.to_be_bytes())?;
+            tree.insert(meta_key("depth"), &counters.depth.to_be_bytes())?;
+            tree.insert(meta_key("dead"), &counters.dead.to_be_bytes())?;
+        }
+        if schema.is_none() {
+            tree.insert(meta_key("schema"), &SCHEMA_VERSION.to_be_bytes())?;
+        }
+        let store_id = stored_id
+            .or(control.as_ref().map(|c| c.store_id))
+            .unwrap_or_else(Uuid::new_v4);
+        if stored_id != Some(store_id) {
+            tree.insert(meta_key("store_id"), store_id.as_bytes().as_slice())?;
+        }
+        db.flush()?;
+        // Running: until a clean close says otherwise, the next open recounts.
+        control::write(path, &control::Control::new(store_id, counters.seq, false))
+            .map_err(|e| StoreError::Write(format!("cannot write the control file: {e}")))?;
 
         let core = Arc::new(Core {
             db,
             tree,
+            path: path.to_path_buf(),
+            store_id,
             writer: Mutex::new(counters),
             in_flight_tenants: Mutex::new(HashSet::new()),
             in_flight_ids: Mutex::new(HashSet::new()),

@@ -201,6 +201,8 @@ pub fn now_ms() -> i64 {
 pub struct StoreOptions {
     pub cache_capacity_mb: u64,
     pub delivered_retention: Duration,
+    /// Open a store found damaged anyway (on what is left), logging what is missing.
+    pub accept_damaged: bool,
 }
 
 impl Default for StoreOptions {
@@ -208,6 +210,7 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_capacity_mb: 64,
             delivered_retention: Duration::from_secs(24 * 3600),
+            accept_damaged: false,
         }
     }
 }
