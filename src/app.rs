@@ -39,6 +39,22 @@ pub enum AppError {
     },
     #[error("{0}")]
     Setup(String),
+    #[error("the store could not write ({0}) and writing works again: exiting so that the supervisor starts statusd again on the store opened afresh (sled keeps a write error until then)")]
+    StoreReopen(String),
+}
+
+impl AppError {
+    /// The exit code of `statusd run` that ends with this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Store {
+                source: crate::store::StoreError::Damaged { .. },
+                ..
+            } => crate::exit::DATAERR,
+            AppError::StoreReopen(_) => crate::exit::TEMPFAIL,
+            _ => crate::exit::FAILURE,
+        }
+    }
 }
 
 /// A started daemon.
@@ -57,6 +73,9 @@ pub struct Running {
     api_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     schedules: Option<Schedules>,
+    /// Cancelled when the store could not write and writing works again: `run` then stops so
+    /// the supervisor starts statusd again (sled keeps a write error until it is reopened).
+    pub reopen: CancellationToken,
 }
 
 /// Run the daemon until `shutdown` resolves, then stop gracefully.
@@ -64,9 +83,17 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let running = start(settings, None, true).await?;
     systemd::notify_ready();
     tracing::info!(message = "statusd ready", api = %running.api_addr, version = env!("CARGO_PKG_VERSION"));
-    shutdown.await;
+    let reopen = running.reopen.clone();
+    let reopen_needed = tokio::select! {
+        _ = shutdown => false,
+        _ = reopen.cancelled() => true,
+    };
+    let write_error = running.queue.write_error().unwrap_or_default();
     systemd::notify_stopping();
     running.shutdown().await;
+    if reopen_needed {
+        return Err(AppError::StoreReopen(write_error));
+    }
     Ok(())
 }
 
@@ -118,11 +145,17 @@ pub async fn start(
             delivery: Some(delivery.clone()),
             client: Some(client.clone()),
             reconcilers: Some(reconcilers.clone()),
+            read_timeout: settings.api.read_timeout,
+        },
+        api::ServeLimits {
+            max_connections: settings.api.max_connections,
+            read_timeout: settings.api.read_timeout,
         },
     );
     let stop_delivery = CancellationToken::new();
     let delivery_task = tokio::spawn(delivery.clone().run(stop_delivery.clone()));
-    let (stop_background, background) = start_background(&queue);
+    let reopen = CancellationToken::new();
+    let (stop_background, background) = start_background(&queue, &settings.store.path, &reopen);
     let schedules = if schedules {
         Some(
             Schedules::start(&settings, reconcilers.clone())
@@ -147,6 +180,7 @@ pub async fn start(
         api_task,
         background,
         schedules,
+        reopen,
     })
 }
 
@@ -190,25 +224,37 @@ fn client_options(settings: &Settings) -> Result<ClientOptions, AppError> {
 }
 
 /// Serve the local API on `listener` until the returned token is cancelled.
-fn serve_api(listener: TcpListener, state: ApiState) -> (CancellationToken, JoinHandle<()>) {
+fn serve_api(
+    listener: TcpListener,
+    state: ApiState,
+    limits: api::ServeLimits,
+) -> (CancellationToken, JoinHandle<()>) {
     let stop = CancellationToken::new();
-    let router = api::router(state);
-    let stopped = stop.clone();
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stopped.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(message = "local API stopped with an error", error = %e);
-        }
-    });
+    let task = tokio::spawn(api::serve(
+        listener,
+        api::router(state),
+        limits,
+        stop.clone(),
+    ));
     (stop, task)
 }
 
-/// Compaction and, under systemd with a watchdog, its pings.
-fn start_background(queue: &Queue) -> (CancellationToken, Vec<JoinHandle<()>>) {
+/// Compaction, the store's write monitor and, under systemd with a watchdog, its pings.
+fn start_background(
+    queue: &Queue,
+    store_path: &std::path::Path,
+    reopen: &CancellationToken,
+) -> (CancellationToken, Vec<JoinHandle<()>>) {
     let stop = CancellationToken::new();
-    let mut tasks = vec![tokio::spawn(compaction_loop(queue.clone(), stop.clone()))];
+    let mut tasks = vec![
+        tokio::spawn(compaction_loop(queue.clone(), stop.clone())),
+        tokio::spawn(store_write_monitor(
+            queue.clone(),
+            store_path.to_path_buf(),
+            reopen.clone(),
+            stop.clone(),
+        )),
+    ];
     if let Some(interval) = systemd::watchdog_interval() {
         tasks.push(tokio::spawn(systemd::watchdog_loop(
             interval,
@@ -254,6 +300,43 @@ async fn compaction_loop(queue: Queue, stop: CancellationToken) {
             _ = tokio::time::sleep(COMPACTION_INTERVAL) => {}
         }
     }
+}
+
+/// While the store cannot write, try a write of 1 MiB (with fsync) in its directory every
+/// second; once one works (space is back), ask for a restart through `reopen`.
+async fn store_write_monitor(
+    queue: Queue,
+    dir: std::path::PathBuf,
+    reopen: CancellationToken,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if queue.write_error().is_none() {
+            continue;
+        }
+        let probe_dir = dir.clone();
+        if let Ok(Ok(())) = tokio::task::spawn_blocking(move || probe_write(&probe_dir)).await {
+            tracing::warn!(message = "the store's directory takes writes again; stopping so that the store is opened afresh");
+            reopen.cancel();
+            return;
+        }
+    }
+}
+
+fn probe_write(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(".statusd-write-probe");
+    let result = (|| {
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(&vec![0u8; 1 << 20])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -29,5 +29,7 @@ pub mod exit {
     /// The store is damaged (EX_DATAERR): a restart cannot help.
     pub const DATAERR: u8 = 65;
     pub const UNAVAILABLE: u8 = 69;
+    /// Stopped to open the store afresh after it could not write (EX_TEMPFAIL): start again.
+    pub const TEMPFAIL: u8 = 75;
     pub const CONFIG: u8 = 78;
 }

@@ -28,6 +28,9 @@ pub struct Metrics {
     /// Not in the spec's list: the store's files on disk, since sled reuses freed space but
     /// never shrinks them, so the volume's size is worth watching.
     pub store_size: Gauge,
+    /// Not in the spec's list: 0 while the store cannot write (a full disk), until it is
+    /// opened again.
+    pub store_writable: Gauge,
     pub platform_up: Gauge,
     pub token_refreshes: Family<Label, Counter>,
     pub reconcile_runs: Family<Labels2, Counter>,
@@ -155,6 +158,13 @@ impl Metrics {
             "Bytes the store's files take on disk",
             store_size.clone(),
         );
+        let store_writable = Gauge::default();
+        store_writable.set(1);
+        r.register(
+            "statusd_store_writable",
+            "1 while the store takes writes, 0 once a write or flush failed (a full disk)",
+            store_writable.clone(),
+        );
         let platform_up = Gauge::default();
         r.register(
             "statusd_platform_up",
@@ -227,6 +237,7 @@ impl Metrics {
             queue_oldest_event_age,
             dead_letters,
             store_size,
+            store_writable,
             platform_up,
             token_refreshes,
             reconcile_runs,

@@ -29,11 +29,24 @@ pub fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
-/// Ping only while healthy: the runtime is scheduling this task and the store answers. A wedged
-/// process stops pinging and systemd restarts it.
+/// How long the store may be unable to write before the watchdog ping is withheld (statusd
+/// restarts by itself once writing works again; this is the last resort).
+const STORE_WRITE_GRACE: Duration = Duration::from_secs(300);
+
+/// Ping only while healthy: the runtime is scheduling this task, the store answers, and it has
+/// not been unable to write for longer than a grace. A wedged process stops pinging and systemd
+/// restarts it.
 pub async fn watchdog_loop(interval: Duration, queue: Queue, stop: CancellationToken) {
+    let mut cannot_write_since: Option<tokio::time::Instant> = None;
     loop {
-        let healthy = queue.healthy();
+        let writes = queue.write_error().is_none();
+        if writes {
+            cannot_write_since = None;
+        } else {
+            cannot_write_since.get_or_insert_with(tokio::time::Instant::now);
+        }
+        let healthy = queue.healthy()
+            && cannot_write_since.is_none_or(|since| since.elapsed() < STORE_WRITE_GRACE);
         if healthy {
             let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
         } else {

@@ -572,3 +572,69 @@ fn arbitrary_bytes_and_json_never_cause_a_5xx() {
         })
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_clients_are_cut_off_and_health_answers_past_the_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let h = harness(
+        SandboxOptions::default(),
+        &[
+            ("STATUSD__API__MAX_CONNECTIONS", "8"),
+            ("STATUSD__API__READ_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    let addr = h.api.trim_start_matches("http://").to_string();
+    // More idle connections than the cap.
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    // Health answers past the cap, each probe on a fresh connection.
+    for path in ["/livez", "/readyz"] {
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let r = fresh.get(format!("{}{path}", h.api)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path} past the cap");
+    }
+    // A header sent too slowly, and a body that never completes.
+    let mut slow_header = TcpStream::connect(&addr).await.unwrap();
+    slow_header
+        .write_all(b"GET /livez HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let mut slow_body = TcpStream::connect(&addr).await.unwrap();
+    slow_body
+        .write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    // Every idle or slow connection is closed by the daemon (a read sees the end).
+    async fn closed_within(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(within, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .expect("the daemon closed the connection in time");
+        got
+    }
+    for s in &mut idle {
+        closed_within(s, Duration::from_secs(10)).await;
+    }
+    closed_within(&mut slow_header, Duration::from_secs(10)).await;
+    let answer = closed_within(&mut slow_body, Duration::from_secs(10)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // And the daemon serves as before.
+    assert_eq!(h.call(reqwest::Method::GET, "/livez").await.status(), 200);
+}

@@ -79,6 +79,36 @@ async fn wait_ready(http: &reqwest::Client, port: u16) {
     .await;
 }
 
+/// Start a daemon with `spawn(port)` and wait until it is ready; a daemon that exits first (its
+/// port taken by another test in the meantime) is started again on another port.
+async fn start_ready(http: &reqwest::Client, spawn: impl Fn(u16) -> Child) -> (Child, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = spawn(port);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if http
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return (child, port);
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                eprintln!("daemon on port {port} exited before it was ready: {status}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon not ready in 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    panic!("the daemon exited before it was ready, five times");
+}
+
 fn kill9(child: &mut Child) {
     // SIGKILL: no chance to flush or clean up.
     unsafe_kill(child.id());
@@ -465,6 +495,21 @@ fn copy_store(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Remove sled's files from a store, leaving its control file.
+fn keep_only_the_control_file(store: &std::path::Path) {
+    for entry in std::fs::read_dir(store).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() == "statusd.control" {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+        } else {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+}
+
 /// `statusd run` on `store` until it exits by itself (or 30 s pass): its exit code and stderr.
 async fn run_until_exit(store: &std::path::Path, extra: &[&str]) -> (Option<i32>, String) {
     let dead_platform = format!("http://127.0.0.1:{}", free_port());
@@ -500,10 +545,11 @@ async fn a_damaged_store_is_refused_with_exit_65_unless_accepted() {
     let http = reqwest::Client::new();
     // 2 000 accepted, undelivered events (the platform is unreachable), then a clean stop.
     {
-        let port = free_port();
         let dead_platform = format!("http://127.0.0.1:{}", free_port());
-        let child = spawn_daemon(&dead_platform, "id", "secret", &store, port);
-        wait_ready(&http, port).await;
+        let (child, port) = start_ready(&http, |port| {
+            spawn_daemon(&dead_platform, "id", "secret", &store, port)
+        })
+        .await;
         for batch in 0..20 {
             let body: Vec<_> = (0..100)
                 .map(|i| json!({"tenant_id": Uuid::from_u128(1 + (batch * 100 + i) % 200), "type": "activation"}))
@@ -532,25 +578,16 @@ async fn a_damaged_store_is_refused_with_exit_65_unless_accepted() {
         ),
         (
             "sled's files gone, the control file left",
-            Box::new(|s| {
-                for entry in std::fs::read_dir(s).unwrap() {
-                    let entry = entry.unwrap();
-                    if entry.file_name() == "statusd.control" {
-                        continue;
-                    }
-                    if entry.file_type().unwrap().is_dir() {
-                        std::fs::remove_dir_all(entry.path()).unwrap();
-                    } else {
-                        std::fs::remove_file(entry.path()).unwrap();
-                    }
-                }
-            }),
+            Box::new(keep_only_the_control_file),
         ),
         (
             "16 bytes overwritten at 10 % of db",
             Box::new(move |s| {
                 use std::io::{Seek, SeekFrom, Write};
-                let mut f = std::fs::OpenOptions::new().write(true).open(s.join("db")).unwrap();
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(s.join("db"))
+                    .unwrap();
                 f.seek(SeekFrom::Start(db_len / 10)).unwrap();
                 f.write_all(&[0x5A; 16]).unwrap();
             }),
@@ -584,24 +621,21 @@ async fn a_damaged_store_is_refused_with_exit_65_unless_accepted() {
             "{what}: {stderr}"
         );
     }
-    // Told to, it starts on what is left and says what is missing.
+    // Told to, it starts on what is left and says what is missing (here: nothing is left but
+    // the control file; a store sled cannot open at all stays refused).
     let copy = dir.path().join("accepted");
     copy_store(&store, &copy);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(copy.join("db"))
-        .unwrap()
-        .set_len(db_len * 6 / 10)
-        .unwrap();
-    let port = free_port();
+    keep_only_the_control_file(&copy);
     let dead_platform = format!("http://127.0.0.1:{}", free_port());
-    let child = daemon_command(&dead_platform, "id", "secret", &copy, port)
-        .arg("--accept-damaged-store")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(&http, port).await;
+    let (child, _) = start_ready(&http, |port| {
+        daemon_command(&dead_platform, "id", "secret", &copy, port)
+            .arg("--accept-damaged-store")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    })
+    .await;
     assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
     // And the undamaged store still opens with every event.
     let q = Queue::open(&store, Default::default()).unwrap();

@@ -530,3 +530,13 @@ async fn a_batch_dropped_unsettled_goes_back_to_its_place() {
     };
     assert_eq!(again.ids(), ids);
 }
+
+#[tokio::test]
+async fn a_new_store_directory_is_for_statusd_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("var").join("statusd");
+    let _q = Queue::open(&path, StoreOptions::default()).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{mode:o}");
+}

@@ -130,6 +130,9 @@ pub struct Retried {
 pub struct Status {
     pub version: String,
     pub accepting: bool,
+    /// Why the store cannot write, while it cannot (intake answers 503, delivery pauses).
+    #[serde(default)]
+    pub store_write_error: Option<String>,
     pub queue: QueueStatus,
     pub delivery: Option<DeliverySnapshot>,
     pub platform: PlatformStatus,

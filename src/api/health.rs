@@ -10,6 +10,13 @@ pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
         )
             .into_response();
     }
+    if let Some(error) = state.queue.write_error() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unready", "failing": "store", "error": error})),
+        )
+            .into_response();
+    }
     if !state.queue.healthy() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -38,6 +45,10 @@ pub fn refresh_gauges(state: &ApiState) {
         .map(|t| ((crate::store::now_ms() - t).max(0) as f64) / 1000.0)
         .unwrap_or(0.0);
     state.metrics.queue_oldest_event_age.set(age);
+    state
+        .metrics
+        .store_writable
+        .set(i64::from(state.queue.write_error().is_none()));
     state
         .metrics
         .store_size

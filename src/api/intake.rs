@@ -18,7 +18,19 @@ pub(super) async fn post_events(
         ));
     }
     require_json_body(&headers)?;
-    let value = read_json(body).await?;
+    let value = tokio::time::timeout(state.read_timeout, read_json(body))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the body did not arrive within {} (api.read_timeout)",
+                    humantime::format_duration(state.read_timeout)
+                ),
+            )
+            .field("body")
+        })??;
     let header_key = idempotency_header(&headers)?;
     let (events, is_array) = events_of(&value, header_key.as_deref())?;
     let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();

@@ -67,7 +67,8 @@ pub async fn status_report(state: &ApiState) -> Status {
     };
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        accepting: state.accepting.load(Ordering::Acquire),
+        accepting: state.accepting.load(Ordering::Acquire) && state.queue.write_error().is_none(),
+        store_write_error: state.queue.write_error(),
         queue: QueueStatus {
             depth: q.depth,
             in_flight: q.in_flight,

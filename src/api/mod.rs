@@ -29,6 +29,7 @@ mod health;
 mod intake;
 mod lookups;
 mod reconcile;
+mod serve;
 
 use dead::*;
 pub use health::refresh_gauges;
@@ -37,6 +38,7 @@ use intake::*;
 pub use lookups::status_report;
 use lookups::*;
 use reconcile::*;
+pub use serve::{serve, ServeLimits};
 
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> ApiError {
@@ -54,6 +56,8 @@ pub struct ApiState {
     pub delivery: Option<Delivery>,
     pub client: Option<PlatformClient>,
     pub reconcilers: Option<Reconcilers>,
+    /// How long a client may take to send a request body.
+    pub read_timeout: std::time::Duration,
 }
 
 /// A refusal: `{"error": {"code", "message", "field"}}`.

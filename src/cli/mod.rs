@@ -125,18 +125,7 @@ async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
         Err(e) => {
             tracing::error!(message = "statusd cannot run", error = %e);
             eprintln!("statusd: {e}");
-            let damaged = matches!(
-                e,
-                crate::app::AppError::Store {
-                    source: crate::store::StoreError::Damaged { .. },
-                    ..
-                }
-            );
-            ExitCode::from(if damaged {
-                exit::DATAERR
-            } else {
-                exit::FAILURE
-            })
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -45,6 +45,9 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 pub fn print_status(v: &Status) {
     let q = &v.queue;
     println!("statusd {}  accepting: {}", v.version, v.accepting);
+    if let Some(e) = &v.store_write_error {
+        println!("store      cannot write: {e}");
+    }
     println!(
         "queue      depth {}  in flight {}  oldest pending {}  dead letters {}",
         q.depth,

@@ -367,7 +367,12 @@ impl Reader {
                 ),
             );
         }
-        ApiSettings { listen, token }
+        ApiSettings {
+            listen,
+            token,
+            max_connections: self.u64_in("api.max_connections", 512, 4, 65_536) as usize,
+            read_timeout: self.duration("api.read_timeout", "10s"),
+        }
     }
 
     pub(super) fn reconcile(&mut self) -> ReconcileSettings {

@@ -71,6 +71,11 @@ pub struct DeliverySettings {
 pub struct ApiSettings {
     pub listen: SocketAddr,
     pub token: Option<Secret>,
+    /// Connections served at once; past it, a connection gets one answer and is closed.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers or its body.
+    #[serde(with = "duration_text")]
+    pub read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]

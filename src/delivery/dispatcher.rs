@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Delivery, LaneOutcome};
 use crate::store::{now_ms, TenantId};
 
+/// How often a dispatcher paused by a store that cannot write looks again.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) struct Dispatcher {
     delivery: Delivery,
     /// Cancels lanes still sending when the shutdown grace has run out.
@@ -94,6 +97,10 @@ impl Dispatcher {
     /// Start lanes while there is room and the breaker allows (one probing lane after an
     /// outage, none while its window is open).
     fn start_lanes(&mut self) {
+        if self.delivery.queue.write_error().is_some() {
+            // A result that cannot be recorded would be sent again and again: pause.
+            return;
+        }
         let (open, probing) = {
             let b = self.delivery.breaker();
             (b.open_until(Instant::now()).is_some(), b.probing())
@@ -148,6 +155,9 @@ impl Dispatcher {
     /// The next time something is due: a tenant's timer, or the end of the breaker's window
     /// while tenants are waiting for it.
     fn next_wake(&self) -> Option<Instant> {
+        if self.delivery.queue.write_error().is_some() {
+            return Some(Instant::now() + STORE_RETRY);
+        }
         let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
         let window = self
             .delivery

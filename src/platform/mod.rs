@@ -37,6 +37,9 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// The wait before the one retry after a refused token.
 pub const AUTH_RETRY_BACKOFF: Backoff =
     Backoff::fixed(Duration::from_millis(200), Duration::from_secs(1));
+/// The most of one answer statusd reads; a larger one is an error of that request, so a broken
+/// or hostile endpoint cannot fill the memory.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 /// The `uuids` selector takes at most this many ids per call.
 pub const UUIDS_PER_CALL: usize = 100;
 
@@ -270,10 +273,7 @@ impl PlatformClient {
         self.set_up(true);
         let status = resp.status();
         let retry_after = header_string(&resp, "retry-after");
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| PlatformError::from_transport(CALL, &e))?;
+        let body = read_capped(resp, CALL).await?;
         if !status.is_success() {
             let err =
                 PlatformError::from_token_response(CALL, status, retry_after.as_deref(), &body);
@@ -328,10 +328,7 @@ impl PlatformClient {
                     Ok(r) => {
                         let status = r.status();
                         let headers = r.headers().clone();
-                        match r.bytes().await {
-                            Ok(b) => Ok((status, headers, b)),
-                            Err(e) => Err(PlatformError::from_transport(call, &e)),
-                        }
+                        read_capped(r, call).await.map(|b| (status, headers, b))
                     }
                     Err(e) => Err(PlatformError::from_transport(call, &e)),
                 }
@@ -402,4 +399,39 @@ fn header_string(resp: &reqwest::Response, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
+}
+
+/// An answer's body, refused past [`MAX_ANSWER_BYTES`].
+async fn read_capped(
+    mut resp: reqwest::Response,
+    call: &str,
+) -> Result<bytes::Bytes, PlatformError> {
+    let too_large = || {
+        PlatformError::local(
+            call,
+            ErrorClass::Retryable,
+            format!(
+                "the answer is larger than {} MiB; not read",
+                MAX_ANSWER_BYTES >> 20
+            ),
+        )
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| PlatformError::from_transport(call, &e))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }

@@ -45,6 +45,15 @@ pub(super) struct AckJob {
 pub(super) const MAX_GROUP_EVENTS: usize = 8192;
 
 impl Core {
+    /// Remember the first failed write: the store must be opened again to write once more.
+    pub(super) fn note_write_error(&self, error: &str) {
+        let mut first = lock(&self.write_error);
+        if first.is_none() {
+            tracing::error!(message = "the store cannot write; intake answers 503 and delivery pauses until it is opened again", error = %error);
+            *first = Some(error.to_string());
+        }
+    }
+
     pub(super) fn get_json<T: DeserializeOwned>(
         &self,
         key: Vec<u8>,
@@ -358,11 +367,22 @@ pub(super) fn committer(
         let result = if requests.is_empty() && acks.is_empty() {
             Ok((Vec::new(), Vec::new()))
         } else {
-            core.write_group(requests, &acks).map_err(|e| e.to_string())
+            core.write_group(requests, &acks).map_err(|e| {
+                if matches!(e, StoreError::Sled(_)) {
+                    core.note_write_error(&e.to_string());
+                }
+                e.to_string()
+            })
         };
         let writes = writes
             .into_iter()
-            .map(|(f, reply)| (f(&core, &mut lock(&core.writer)), reply))
+            .map(|(f, reply)| {
+                let result = f(&core, &mut lock(&core.writer));
+                if let Err(e @ StoreError::Sled(_)) = &result {
+                    core.note_write_error(&e.to_string());
+                }
+                (result, reply)
+            })
             .collect();
         let written = Written {
             syncs,
@@ -399,7 +419,7 @@ pub(super) fn flusher(core: Arc<Core>, rx: mpsc::Receiver<Written>) {
         }
         let flushed = core.db.flush().map(|_| ()).map_err(|e| e.to_string());
         if let Err(e) = &flushed {
-            tracing::error!(message = "store flush failed", error = %e);
+            core.note_write_error(e);
         }
         core.flushes.fetch_add(1, Ordering::Relaxed);
         let waiters: usize = groups.iter().map(Written::waiters).sum();

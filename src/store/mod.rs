@@ -111,6 +111,9 @@ struct Core {
     /// the pending keys (never removed while in flight) put every such event back in order.
     in_flight_ids: Mutex<HashSet<Uuid>>,
     flushes: AtomicU64,
+    /// The first write or flush that failed. sled keeps an I/O error for good, so from then on
+    /// nothing can be written until the store is opened again.
+    write_error: Mutex<Option<String>>,
     flush_waiters: AtomicU64,
     woken: Mutex<HashSet<TenantId>>,
     wake: Notify,
@@ -181,6 +184,15 @@ impl Queue {
             .path(path)
             .cache_capacity(options.cache_capacity_mb.saturating_mul(1024 * 1024))
             .mode(sled::Mode::HighThroughput);
+        // Readable by statusd alone: it holds the events and, later, credentials.
+        if !path.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|e| StoreError::Write(format!("cannot create {}: {e}", path.display())))?;
+        }
         let control = control::read(path)?;
         let damaged = |reason: String| StoreError::Damaged {
             path: path.display().to_string(),
@@ -289,6 +301,7 @@ impl Queue {
             in_flight_tenants: Mutex::new(HashSet::new()),
             in_flight_ids: Mutex::new(HashSet::new()),
             flushes: AtomicU64::new(0),
+            write_error: Mutex::new(None),
             flush_waiters: AtomicU64::new(0),
             woken: Mutex::new(HashSet::new()),
             wake: Notify::new(),
@@ -413,6 +426,11 @@ impl Queue {
     pub fn healthy(&self) -> bool {
         let threads_running = lock(&self.inner.threads).iter().all(|t| !t.is_finished());
         threads_running && self.inner.tree.get(meta_key("schema")).is_ok()
+    }
+
+    /// Why the store cannot write any more (a full disk, an I/O error), if it cannot.
+    pub fn write_error(&self) -> Option<String> {
+        lock(&self.inner.write_error).clone()
     }
 
     /// Recount the persisted counters from the indexes (tests and `statusd doctor`-style checks).

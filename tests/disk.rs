@@ -1,0 +1,211 @@
+//! A full disk through the real binary: the store on a small tmpfs that the test fills. Needs
+//! root to mount it (CI runs as root); elsewhere the test says why it is skipped.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use statusd::sandbox::{Sandbox, SandboxOptions};
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Result<SmallDisk, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("fs");
+        std::fs::create_dir(&path).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot mount a tmpfs (root is needed): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(SmallDisk { path, _dir: dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+fn daemon(sb: &Sandbox, store: &std::path::Path, port: u16, log: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_statusd"))
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env("STATUSD__PLATFORM__BASE_URL", &sb.url)
+        .env("STATUSD__PLATFORM__CLIENT_ID", &sb.client_id)
+        .env("STATUSD__PLATFORM__CLIENT_SECRET", &sb.client_secret)
+        .env("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.disk")
+        .env("STATUSD__STORE__PATH", store)
+        .env("STATUSD__STORE__CACHE_CAPACITY_MB", "8")
+        .env("STATUSD__DELIVERY__INITIAL_BACKOFF", "50ms")
+        .env("STATUSD__DELIVERY__MAX_BACKOFF", "300ms")
+        .env("STATUSD__API__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("statusd binary starts")
+}
+
+/// Write to `dir` until the file system is full; returns the filler's path.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_intake_pauses_delivery_and_recovers_when_space_is_back() {
+    let disk = match SmallDisk::mount("24m") {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    statusd::platform::install_crypto_provider();
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    // Reports wait at the platform so that events are still pending when the disk fills.
+    sb.inject(statusd::sandbox::Fault {
+        status: Some(503),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
+    let tenants = customers(&sb, 10);
+    let store = disk.path.join("store");
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let log = disk._dir.path().join("first.log");
+    let mut child = daemon(&sb, &store, port, &log);
+    let api = format!("http://127.0.0.1:{port}");
+    wait_for_async(Duration::from_secs(20), "daemon ready", || async {
+        http.get(format!("{api}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let post = |n: usize| {
+        let t = tenants[n % tenants.len()];
+        http.post(format!("{api}/v1/events"))
+            .json(&json!({"tenant_id": t, "type": "custom", "category": "disk", "action": format!("{t}-{n}")}))
+            .send()
+    };
+    let mut accepted = Vec::new();
+    for n in 0..20 {
+        assert_eq!(post(n).await.unwrap().status(), 202);
+        accepted.push(n);
+    }
+    let filler = fill(&disk.path);
+    // Intake is refused once a write fails; nothing refused is kept.
+    let mut n = 20;
+    let mut refused = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while refused < 3 {
+        assert!(std::time::Instant::now() < deadline, "intake never refused");
+        match post(n).await.unwrap().status().as_u16() {
+            202 => accepted.push(n),
+            503 => refused += 1,
+            other => panic!("intake answered {other}"),
+        }
+        n += 1;
+    }
+    let ready = http.get(format!("{api}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["failing"], "store", "{body}");
+    let status: serde_json::Value = http
+        .get(format!("{api}/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["accepting"], false, "{status}");
+    assert!(status["store_write_error"].is_string(), "{status}");
+    // Delivery pauses: with the platform back, nothing is sent while the store cannot write
+    // (a report whose result could not be recorded would otherwise go out again and again).
+    sb.clear_faults();
+    let before = sb.requests_to("status");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        sb.requests_to("status") <= before + 1,
+        "reports sent while the store cannot write"
+    );
+    // Space comes back: statusd stops with 75 for its supervisor, which starts it again.
+    std::fs::remove_file(&filler).unwrap();
+    let code = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running 30 s after space came back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(
+        code,
+        Some(75),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let port = free_port();
+    let child = daemon(&sb, &store, port, &disk._dir.path().join("second.log"));
+    let api = format!("http://127.0.0.1:{port}");
+    wait_for_async(Duration::from_secs(20), "daemon ready again", || async {
+        http.get(format!("{api}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let r = http
+        .post(format!("{api}/v1/events"))
+        .json(&json!({"tenant_id": tenants[0], "type": "activation"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "intake works again");
+    // Every event answered 202 arrives.
+    let expected: Vec<String> = accepted
+        .iter()
+        .map(|n| format!("{}-{n}", tenants[n % tenants.len()]))
+        .collect();
+    wait_for(
+        Duration::from_secs(30),
+        "every acknowledged event delivered",
+        || {
+            let got = actions_by_tenant(&sb);
+            expected
+                .iter()
+                .all(|a| got.values().flatten().any(|g| g == a))
+        },
+    )
+    .await;
+    assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
+}
