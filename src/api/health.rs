@@ -40,10 +40,7 @@ pub fn refresh_gauges(state: &ApiState) {
     let q = state.queue.stats();
     state.metrics.queue_depth.set(q.depth as i64);
     state.metrics.dead_letters.set(q.dead_letters as i64);
-    let age = q
-        .oldest_pending_accepted_ms
-        .map(|t| ((crate::store::now_ms() - t).max(0) as f64) / 1000.0)
-        .unwrap_or(0.0);
+    let age = q.oldest_pending_age_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
     state.metrics.queue_oldest_event_age.set(age);
     state
         .metrics

@@ -48,7 +48,6 @@ pub(super) async fn list_tenants(State(state): State<ApiState>) -> Result<Json<T
 /// What `statusd status` prints.
 pub async fn status_report(state: &ApiState) -> Status {
     let q = state.queue.stats();
-    let now = crate::store::now_ms();
     let reconcilers = match &state.reconcilers {
         Some(r) => r.status().await,
         None => Default::default(),
@@ -72,9 +71,7 @@ pub async fn status_report(state: &ApiState) -> Status {
         queue: QueueStatus {
             depth: q.depth,
             in_flight: q.in_flight,
-            oldest_pending_age_seconds: q
-                .oldest_pending_accepted_ms
-                .map(|t| ((now - t).max(0) as f64) / 1000.0),
+            oldest_pending_age_seconds: q.oldest_pending_age_ms.map(|ms| ms as f64 / 1000.0),
             dead_letters: q.dead_letters,
         },
         delivery: state.delivery.as_ref().map(|d| d.snapshot()),

@@ -86,6 +86,26 @@ pub struct Delivery {
     opts: DeliveryOptions,
     breaker: Arc<Mutex<Breaker>>,
     snapshot: Arc<Mutex<DeliverySnapshot>>,
+    /// Per tenant in failure, when this process first failed its oldest report.
+    failing_since: Arc<Mutex<std::collections::HashMap<TenantId, FirstFailure>>>,
+}
+
+/// When a tenant's oldest report first failed in this process, and its wall-clock age then.
+#[derive(Debug, Clone, Copy)]
+struct FirstFailure {
+    head: u64,
+    at: Instant,
+    age: Duration,
+}
+
+impl FirstFailure {
+    fn now(head: u64, age: Duration) -> FirstFailure {
+        FirstFailure {
+            head,
+            at: Instant::now(),
+            age,
+        }
+    }
 }
 
 impl Delivery {
@@ -102,6 +122,7 @@ impl Delivery {
             opts,
             breaker: Arc::new(Mutex::new(Breaker::default())),
             snapshot: Arc::new(Mutex::new(DeliverySnapshot::default())),
+            failing_since: Default::default(),
         }
     }
 
@@ -167,6 +188,36 @@ impl Delivery {
         }
     }
 
+    /// How long a report has waited, for `delivery.max_age`: its age on the wall clock when
+    /// this process first failed to send it, then on the monotonic clock, and never more than
+    /// the wall clock says. A clock jumped forward cannot dead-letter it early; one set back
+    /// only makes it younger.
+    fn report_age(&self, batch: &Batch) -> Duration {
+        let wall = Duration::from_millis((now_ms() - batch.oldest_accepted_ms()).max(0) as u64);
+        let head = batch.events.first().map_or(0, |e| e.seq);
+        let mut failing = self
+            .failing_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let first = failing
+            .entry(batch.tenant_id)
+            .and_modify(|f| {
+                if f.head != head {
+                    *f = FirstFailure::now(head, wall);
+                }
+            })
+            .or_insert_with(|| FirstFailure::now(head, wall));
+        wall.min(first.age + first.at.elapsed())
+    }
+
+    /// The report was settled: forget when it first failed.
+    fn settled(&self, batch: &Batch) {
+        self.failing_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&batch.tenant_id);
+    }
+
     /// The longest a persisted next attempt is trusted for.
     fn longest_wait(&self) -> Duration {
         self.opts.backoff.max().max(MAX_PERSISTED_WAIT)
@@ -181,6 +232,7 @@ impl Delivery {
             tracing::error!(message = "cannot record delivery", tenant_id = %batch.tenant_id, error = %e);
             return self.soon();
         }
+        self.settled(batch);
         let now = now_ms();
         self.metrics
             .events_delivered
@@ -205,7 +257,7 @@ impl Delivery {
                 .park(batch, DeadLetterReason::Permanent, &e.to_string())
                 .await;
         }
-        let age = Duration::from_millis((now_ms() - batch.oldest_accepted_ms()).max(0) as u64);
+        let age = self.report_age(batch);
         if age >= self.opts.max_age {
             return self
                 .park(
@@ -263,6 +315,7 @@ impl Delivery {
             tracing::error!(message = "cannot dead-letter a batch", tenant_id = %batch.tenant_id, error = %e);
             return self.soon();
         }
+        self.settled(batch);
         self.metrics
             .count_dead_lettered(reason, batch.events.len() as u64);
         LaneOutcome::Settled

@@ -97,8 +97,8 @@ pub struct AuthFailure {
 }
 
 /// A token's lifetime from its answer: `expires_in` when present (it does not depend on the
-/// clocks agreeing), else `expires_on` against this host's clock, else an hour; never more than
-/// a day.
+/// clocks agreeing), else `expires_on` against `now_unix` (the platform's `Date` when it sent
+/// one, else this host's clock), else an hour; never more than a day.
 pub fn token_lifetime(expires_in: Option<i64>, expires_on: Option<i64>, now_unix: i64) -> Duration {
     let secs = match (expires_in, expires_on) {
         (Some(secs), _) => secs,
@@ -273,6 +273,10 @@ impl PlatformClient {
         self.set_up(true);
         let status = resp.status();
         let retry_after = header_string(&resp, "retry-after");
+        // The platform's own time, so that `expires_on` is read against the clock that set it.
+        let platform_now = header_string(&resp, "date")
+            .and_then(|d| DateTime::parse_from_rfc2822(&d).ok())
+            .map(|d| d.timestamp());
         let body = read_capped(resp, CALL).await?;
         if !status.is_success() {
             let err =
@@ -289,7 +293,11 @@ impl PlatformClient {
                 format!("token response not understood: {e}"),
             )
         })?;
-        let lifetime = token_lifetime(parsed.expires_in, parsed.expires_on, Utc::now().timestamp());
+        let lifetime = token_lifetime(
+            parsed.expires_in,
+            parsed.expires_on,
+            platform_now.unwrap_or_else(|| Utc::now().timestamp()),
+        );
         let margin = RENEW_MARGIN.min(lifetime / 2);
         tracing::debug!(
             message = "access token issued",

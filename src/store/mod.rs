@@ -86,6 +86,14 @@ use keys::*;
 use migrate::*;
 pub use records::*;
 
+#[derive(Debug, Clone, Copy)]
+struct OldestSeen {
+    seq: u64,
+    tenant: TenantId,
+    at: std::time::Instant,
+    age: Duration,
+}
+
 /// The store handle; cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
@@ -111,6 +119,8 @@ struct Core {
     /// the pending keys (never removed while in flight) put every such event back in order.
     in_flight_ids: Mutex<HashSet<Uuid>>,
     flushes: AtomicU64,
+    /// When `stats` first saw the current oldest pending event, and its age then.
+    oldest_seen: Mutex<Option<OldestSeen>>,
     /// The first write or flush that failed. sled keeps an I/O error for good, so from then on
     /// nothing can be written until the store is opened again.
     write_error: Mutex<Option<String>>,
@@ -302,6 +312,7 @@ impl Queue {
             in_flight_ids: Mutex::new(HashSet::new()),
             flushes: AtomicU64::new(0),
             write_error: Mutex::new(None),
+            oldest_seen: Mutex::new(None),
             flush_waiters: AtomicU64::new(0),
             woken: Mutex::new(HashSet::new()),
             wake: Notify::new(),
@@ -401,11 +412,32 @@ impl Queue {
             .and_then(|v| uuid_from(&v).ok())
             .and_then(|id| self.get_event_raw(&id).ok().flatten())
             .map(|rec| rec.accepted_at_ms);
+        let age = match (head, oldest) {
+            (Some((seq, tenant)), Some(accepted_ms)) => {
+                let mut seen = lock(&self.inner.oldest_seen);
+                let first = match *seen {
+                    Some(s) if s.seq == seq && s.tenant == tenant => s,
+                    _ => {
+                        let s = OldestSeen {
+                            seq,
+                            tenant,
+                            at: std::time::Instant::now(),
+                            age: Duration::from_millis((now_ms() - accepted_ms).max(0) as u64),
+                        };
+                        *seen = Some(s);
+                        s
+                    }
+                };
+                Some((first.age + first.at.elapsed()).as_millis() as u64)
+            }
+            _ => None,
+        };
         QueueStats {
             depth,
             in_flight: lock(&self.inner.in_flight_ids).len() as u64,
             dead_letters: dead,
             oldest_pending_accepted_ms: oldest,
+            oldest_pending_age_ms: age,
         }
     }
 

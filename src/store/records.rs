@@ -184,6 +184,10 @@ pub struct QueueStats {
     pub in_flight: u64,
     pub dead_letters: u64,
     pub oldest_pending_accepted_ms: Option<i64>,
+    /// How long the oldest pending event has waited: from the wall clock when this process
+    /// first saw it as the oldest, then on the monotonic clock, so a clock set back (or
+    /// forward) later neither hides a stale event nor ages one.
+    pub oldest_pending_age_ms: Option<u64>,
 }
 
 /// Group-commit figures, for benchmarks and metrics.

@@ -1,0 +1,164 @@
+//! The wall clock moved under the real binary with libfaketime (Debian package `faketime`;
+//! the tests say why they are skipped where it is missing): deadlines run on the monotonic
+//! clock, so a jump neither dead-letters a report early nor renews the token for every report.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use statusd::sandbox::{Fault, Sandbox, SandboxOptions};
+
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The daemon with its wall clock at the offset written in `offset_file` (re-read on every
+/// call, so the test can move it); the monotonic clock is left alone.
+fn daemon(
+    sb: &Sandbox,
+    store: &std::path::Path,
+    port: u16,
+    offset_file: &std::path::Path,
+) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_statusd"))
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME_TIMESTAMP_FILE", offset_file)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("DONT_FAKE_MONOTONIC", "1")
+        .env("RUST_LOG", "warn")
+        .env("STATUSD__PLATFORM__BASE_URL", &sb.url)
+        .env("STATUSD__PLATFORM__CLIENT_ID", &sb.client_id)
+        .env("STATUSD__PLATFORM__CLIENT_SECRET", &sb.client_secret)
+        .env("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.clock")
+        .env("STATUSD__STORE__PATH", store)
+        .env("STATUSD__DELIVERY__INITIAL_BACKOFF", "50ms")
+        .env("STATUSD__DELIVERY__MAX_BACKOFF", "200ms")
+        .env("STATUSD__DELIVERY__MAX_AGE", "1h")
+        .env("STATUSD__API__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("statusd binary starts")
+}
+
+async fn ready(http: &reqwest::Client, api: &str) {
+    wait_for_async(Duration::from_secs(20), "daemon ready", || async {
+        http.get(format!("{api}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+fn faketime_missing() -> bool {
+    if std::path::Path::new(LIBFAKETIME).exists() {
+        return false;
+    }
+    eprintln!("skipped: {LIBFAKETIME} is missing (apt-get install faketime)");
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_jumped_forward_does_not_dead_letter_a_report_early() {
+    if faketime_missing() {
+        return;
+    }
+    statusd::platform::install_crypto_provider();
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.inject(Fault {
+        status: Some(503),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("offset");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let child = daemon(&sb, &dir.path().join("store"), port, &offset);
+    let http = reqwest::Client::new();
+    ready(&http, &api).await;
+    let t = customers(&sb, 1)[0];
+    let r = http
+        .post(format!("{api}/v1/events"))
+        .json(&json!({"tenant_id": t, "type": "activation"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    wait_for(Duration::from_secs(10), "the report failing", || {
+        sb.requests_to("status") >= 2
+    })
+    .await;
+    // Four days pass on the wall clock in an instant: far past delivery.max_age (1 h).
+    std::fs::write(&offset, "+4d\n").unwrap();
+    let before = sb.requests_to("status");
+    wait_for(
+        Duration::from_secs(10),
+        "more retries after the jump",
+        || sb.requests_to("status") >= before + 4,
+    )
+    .await;
+    let status: serde_json::Value = http
+        .get(format!("{api}/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["queue"]["dead_letters"], 0,
+        "dead-lettered by a clock jump: {status}"
+    );
+    // The platform comes back: the report is delivered.
+    sb.clear_faults();
+    wait_for(Duration::from_secs(10), "the report delivered", || {
+        sb.reports().iter().any(|r| r.tenant_id == t)
+    })
+    .await;
+    assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_hours_ahead_of_the_platform_keeps_its_token() {
+    if faketime_missing() {
+        return;
+    }
+    statusd::platform::install_crypto_provider();
+    // Tokens live 2 h on the platform's clock; this host is 3 h ahead.
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("offset");
+    std::fs::write(&offset, "+3h\n").unwrap();
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let child = daemon(&sb, &dir.path().join("store"), port, &offset);
+    let http = reqwest::Client::new();
+    ready(&http, &api).await;
+    let tenants = customers(&sb, 10);
+    for (n, t) in tenants.iter().enumerate() {
+        let r = http
+            .post(format!("{api}/v1/events"))
+            .json(&json!({"tenant_id": t, "type": "custom", "category": "clock", "action": format!("a{n}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        wait_for(Duration::from_secs(10), "the report delivered", || {
+            sb.reports().len() > n
+        })
+        .await;
+    }
+    assert_eq!(
+        sb.stats().tokens_issued,
+        1,
+        "one token for ten reports, whatever this host's clock says"
+    );
+    assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
+}
