@@ -101,19 +101,13 @@ pub fn parse_event(v: &Value, at: &str, header_key: Option<&str>) -> Result<NewE
     })
 }
 
-/// The field and the `Idempotency-Key` header name one key, if any.
+/// The event's key: its own `idempotency_key` field, else the request's `Idempotency-Key`
+/// header (the field is the more specific of the two, as for the elements of an array).
 fn one_idempotency_key(
     field: Option<String>,
     header: Option<&str>,
 ) -> Result<Option<String>, FieldError> {
-    match (field, header) {
-        (Some(k), Some(h)) if k != h => Err(FieldError::new(
-            "Idempotency-Key",
-            "the Idempotency-Key header and the idempotency_key field differ",
-        )),
-        (_, Some(h)) => Ok(Some(h.to_string())),
-        (field, None) => Ok(field),
-    }
+    Ok(field.or_else(|| header.map(str::to_string)))
 }
 
 /// The fields of one event object, each read with its full name for errors.

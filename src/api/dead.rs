@@ -12,9 +12,18 @@ pub(super) struct ListQuery {
 
 pub(super) async fn list_dead(
     State(state): State<ApiState>,
-    Query(q): Query<ListQuery>,
+    JsonQuery(q): JsonQuery<ListQuery>,
 ) -> Result<Json<DeadLetters>, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = match q.limit {
+        None => 100,
+        Some(n @ 1..=10_000) => n,
+        Some(n) => {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("must be 1 to 10000, got {n}"),
+            ))
+        }
+    };
     let items: Vec<EventView> = state
         .queue
         .dead_letters(limit)

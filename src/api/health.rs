@@ -81,8 +81,8 @@ pub(super) async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -
 
 pub(super) async fn openapi() -> Response {
     (
-        [(header::CONTENT_TYPE, "application/yaml")],
-        include_str!("../../docs/openapi.yaml"),
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../../docs/openapi.json"),
     )
         .into_response()
 }

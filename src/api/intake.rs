@@ -145,13 +145,18 @@ fn events_of(value: &Value, header_key: Option<&str>) -> Result<(Vec<NewEvent>, 
                     ),
                 ));
             }
-            if header_key.is_some() {
-                return Err(ApiError::invalid("Idempotency-Key", "the header is for single events; give each array element its own idempotency_key"));
-            }
             let events = items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| parse_event(v, &format!("[{i}]."), None))
+                .map(|(i, v)| {
+                    let mut ev = parse_event(v, &format!("[{i}]."), None)?;
+                    // The header keys the whole request: each element without a key of its own
+                    // gets one derived from it, so the same request sent again stores nothing.
+                    if let (None, Some(h)) = (&ev.idempotency_key, header_key) {
+                        ev.idempotency_key = Some(format!("{h}#{i}"));
+                    }
+                    Ok::<_, ApiError>(ev)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((events, true))
         }

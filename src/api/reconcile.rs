@@ -11,7 +11,7 @@ pub(super) struct ReconcileQuery {
 pub(super) async fn run_reconcile(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-    Query(q): Query<ReconcileQuery>,
+    JsonQuery(q): JsonQuery<ReconcileQuery>,
 ) -> Result<Response, ApiError> {
     let kind = crate::reconcile::Kind::parse(&name).ok_or_else(|| {
         ApiError::invalid(
@@ -24,7 +24,7 @@ pub(super) async fn run_reconcile(
     })?;
     let dry_run = match q.dry_run.as_deref() {
         None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") | Some("") => true,
+        Some("true") | Some("1") => true,
         Some(other) => {
             return Err(ApiError::invalid(
                 "dry_run",
