@@ -95,119 +95,130 @@ impl Default for Metrics {
     }
 }
 
+/// Register `metric` under `name` and hand it back.
+fn reg<M: prometheus_client::registry::Metric + Clone>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut r = Registry::default();
-        let events_accepted = Family::<Label, Counter>::default();
-        r.register(
+        let events_accepted = reg(
+            &mut r,
             "statusd_events_accepted",
             "Events accepted durably, by type",
-            events_accepted.clone(),
+            Family::<Label, Counter>::default(),
         );
-        let events_delivered = Counter::default();
-        r.register(
+        let events_delivered = reg(
+            &mut r,
             "statusd_events_delivered",
             "Events the platform acknowledged",
-            events_delivered.clone(),
+            Counter::default(),
         );
-        let events_dead_lettered = Family::<Label, Counter>::default();
-        r.register(
+        let events_dead_lettered = reg(
+            &mut r,
             "statusd_events_dead_lettered",
             "Events moved to the dead-letter store, by reason",
-            events_dead_lettered.clone(),
+            Family::<Label, Counter>::default(),
         );
-        let delivery_attempts = Family::<Label, Counter>::default();
-        r.register(
+        let delivery_attempts = reg(
+            &mut r,
             "statusd_delivery_attempts",
             "Status reports sent, by outcome (success, retryable, permanent, auth)",
-            delivery_attempts.clone(),
+            Family::<Label, Counter>::default(),
         );
-        let delivery_request_duration = Histogram::new(exponential_buckets(0.001, 2.5, 14));
-        r.register(
+        let delivery_request_duration = reg(
+            &mut r,
             "statusd_delivery_request_duration_seconds",
             "Duration of status report requests",
-            delivery_request_duration.clone(),
+            Histogram::new(exponential_buckets(0.001, 2.5, 14)),
         );
-        let event_delivery_lag = Histogram::new(exponential_buckets(0.01, 3.0, 16));
-        r.register(
+        let event_delivery_lag = reg(
+            &mut r,
             "statusd_event_delivery_lag_seconds",
             "Time from acceptance to delivery of each event",
-            event_delivery_lag.clone(),
+            Histogram::new(exponential_buckets(0.01, 3.0, 16)),
         );
-        let queue_depth = Gauge::default();
-        r.register(
+        let queue_depth = reg(
+            &mut r,
             "statusd_queue_depth",
             "Events waiting for delivery (queued or in flight)",
-            queue_depth.clone(),
+            Gauge::default(),
         );
-        let queue_oldest_event_age = FloatGauge::default();
-        r.register(
+        let queue_oldest_event_age = reg(
+            &mut r,
             "statusd_queue_oldest_event_age_seconds",
             "Age of the oldest pending event (0 when none)",
-            queue_oldest_event_age.clone(),
+            FloatGauge::default(),
         );
-        let dead_letters = Gauge::default();
-        r.register(
+        let dead_letters = reg(
+            &mut r,
             "statusd_dead_letters",
             "Events in the dead-letter store",
-            dead_letters.clone(),
+            Gauge::default(),
         );
-        let store_size = Gauge::default();
-        r.register(
+        let store_size = reg(
+            &mut r,
             "statusd_store_size_bytes",
             "Bytes the store's files take on disk",
-            store_size.clone(),
+            Gauge::default(),
         );
-        let store_writable = Gauge::default();
-        store_writable.set(1);
-        r.register(
+        let store_writable = reg(
+            &mut r,
             "statusd_store_writable",
             "1 while the store takes writes, 0 once a write or flush failed (a full disk)",
-            store_writable.clone(),
+            Gauge::default(),
         );
-        let platform_up = Gauge::default();
-        r.register(
+        store_writable.set(1);
+        let platform_up = reg(
+            &mut r,
             "statusd_platform_up",
             "1 when the last platform call got an answer, 0 when it did not",
-            platform_up.clone(),
+            Gauge::default(),
         );
-        let token_refreshes = Family::<Label, Counter>::default();
-        r.register(
+        let token_refreshes = reg(
+            &mut r,
             "statusd_token_refreshes",
             "Access token requests, by outcome",
-            token_refreshes.clone(),
+            Family::<Label, Counter>::default(),
         );
-        let reconcile_runs = Family::<Labels2, Counter>::default();
-        r.register(
+        let reconcile_runs = reg(
+            &mut r,
             "statusd_reconcile_runs",
             "Reconciler runs, by reconciler and outcome",
-            reconcile_runs.clone(),
+            Family::<Labels2, Counter>::default(),
         );
-        let reconcile_duration = Family::<Label, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.01, 3.0, 12))
-        });
-        r.register(
+        let reconcile_duration = reg(
+            &mut r,
             "statusd_reconcile_duration_seconds",
             "Duration of reconciler runs",
-            reconcile_duration.clone(),
+            Family::<Label, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 3.0, 12))
+            }),
         );
-        let reconcile_drift_items = Family::<Label, Gauge>::default();
-        r.register(
+        let reconcile_drift_items = reg(
+            &mut r,
             "statusd_reconcile_drift_items",
             "Drift items found by the last run of each reconciler",
-            reconcile_drift_items.clone(),
+            Family::<Label, Gauge>::default(),
         );
-        let reconcile_last_success = Family::<Label, FloatGauge>::default();
-        r.register(
+        let reconcile_last_success = reg(
+            &mut r,
             "statusd_reconcile_last_success_timestamp_seconds",
             "Unix time of the last successful run of each reconciler",
-            reconcile_last_success.clone(),
+            Family::<Label, FloatGauge>::default(),
         );
-        let build_info = Family::<Label, Gauge>::default();
-        r.register(
+        let build_info = reg(
+            &mut r,
             "statusd_build_info",
             "Build information; always 1",
-            build_info.clone(),
+            Family::<Label, Gauge>::default(),
         );
         build_info
             .get_or_create(&label("version", env!("CARGO_PKG_VERSION")))

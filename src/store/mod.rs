@@ -77,6 +77,7 @@ mod dead;
 mod heads;
 mod keys;
 mod migrate;
+mod open;
 mod records;
 mod tenants;
 
@@ -84,6 +85,7 @@ use commit::*;
 use heads::*;
 use keys::*;
 use migrate::*;
+use open::*;
 pub use records::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -163,146 +165,24 @@ impl Drop for Inner {
     }
 }
 
-/// Open sled at `path`. sled's own background flusher releases the directory lock shortly after
-/// the last handle is dropped; a reopen in the same process waits for it (briefly) rather than
-/// failing. Another process holding the store still fails after the wait.
-fn open_sled(config: &sled::Config, path: &Path) -> Result<(sled::Db, sled::Tree), StoreError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    let db = loop {
-        match config.open() {
-            Ok(db) => break db,
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                if std::time::Instant::now() >= deadline {
-                    return Err(StoreError::Locked {
-                        path: path.display().to_string(),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let tree = db.open_tree("statusd")?;
-    Ok((db, tree))
-}
-
 impl Queue {
     /// Open (or create) the store at `path`: migrate an older layout, rebuild each tenant's
     /// oldest pending event, and start the committer and flusher threads.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Queue, StoreError> {
-        let config = sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_capacity_mb.saturating_mul(1024 * 1024))
-            .mode(sled::Mode::HighThroughput);
-        // Readable by statusd alone: it holds the events and, later, credentials.
-        if !path.exists() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(path)
-                .map_err(|e| StoreError::Write(format!("cannot create {}: {e}", path.display())))?;
-        }
+        create_private_dir(path)?;
         let control = control::read(path)?;
-        let damaged = |reason: String| StoreError::Damaged {
-            path: path.display().to_string(),
-            reason,
-        };
-        // sled panics on some damage; that is a damaged store, not a crash of statusd.
-        let (db, tree) =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_sled(&config, path)))
-                .map_err(|panic| {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("a panic");
-                damaged(format!("sled failed while opening it: {what}"))
-            })??;
-        let read_u64 = |name: &str| -> Result<Option<u64>, StoreError> {
-            tree.get(meta_key(name))?.map(|v| u64_from(&v)).transpose()
-        };
-        let schema = read_u64("schema")?;
-        match schema {
-            Some(found) if found > SCHEMA_VERSION => {
-                return Err(StoreError::SchemaTooNew {
-                    path: path.display().to_string(),
-                    found,
-                })
-            }
-            Some(found) if found < SCHEMA_VERSION => {
-                migrate_to_2(&tree)?;
-                tree.insert(meta_key("schema"), &SCHEMA_VERSION.to_be_bytes())?;
-                db.flush()?;
-                tracing::info!(
-                    message = "store migrated",
-                    from = found,
-                    to = SCHEMA_VERSION
-                );
-            }
-            _ => {}
-        }
-        // After a clean close the counters are trusted; after anything else, recounted.
-        let recount = match &control {
-            Some(c) if c.clean => None,
-            _ => Some((
-                tree.scan_prefix([b'p']).count() as u64,
-                tree.scan_prefix([b'd']).count() as u64,
-            )),
-        };
-        let mut counters = Counters {
-            heads: read_heads(&tree)?,
-            seq: read_u64("seq")?.unwrap_or(0),
-            depth: read_u64("depth")?.unwrap_or(0),
-            dead: read_u64("dead")?.unwrap_or(0),
-        };
-        let stored_id = tree
-            .get(meta_key("store_id"))?
-            .map(|v| uuid_from(&v))
-            .transpose()?;
-        let findings = control::check(
-            control.as_ref(),
-            stored_id,
-            schema.is_some(),
-            &counters,
-            recount,
-        );
-        if !findings.problems.is_empty() {
-            let reason = findings.problems.join("; ");
-            if !options.accept_damaged {
-                return Err(damaged(reason));
-            }
-            tracing::error!(
-                message = "store damaged; starting on what is left, as asked",
-                path = %path.display(),
-                what_is_missing = %reason
-            );
-            if let Some((depth, dead)) = recount {
-                counters.depth = depth;
-                counters.dead = dead;
-            }
-            counters.seq = counters
-                .seq
-                .max(control.as_ref().map_or(0, |c| c.durable_seq));
-            tree.insert(meta_key("seq"), &counters.seq.to_be_bytes())?;
-            tree.insert(meta_key("depth"), &counters.depth.to_be_bytes())?;
-            tree.insert(meta_key("dead"), &counters.dead.to_be_bytes())?;
-        }
+        let (db, tree) = open_sled_checked(path, &options)?;
+        let schema = migrate_schema(&db, &tree, path)?;
+        let (counters, store_id) =
+            read_checked_counters(&tree, path, control.as_ref(), schema, &options)?;
         if schema.is_none() {
             tree.insert(meta_key("schema"), &SCHEMA_VERSION.to_be_bytes())?;
-        }
-        let store_id = stored_id
-            .or(control.as_ref().map(|c| c.store_id))
-            .unwrap_or_else(Uuid::new_v4);
-        if stored_id != Some(store_id) {
-            tree.insert(meta_key("store_id"), store_id.as_bytes().as_slice())?;
         }
         db.flush()?;
         // Running: until a clean close says otherwise, the next open recounts.
         control::write(path, &control::Control::new(store_id, counters.seq, false))
             .map_err(|e| StoreError::Write(format!("cannot write the control file: {e}")))?;
-
-        let core = Arc::new(Core {
+        Queue::start(Core {
             db,
             tree,
             path: path.to_path_buf(),
@@ -317,7 +197,12 @@ impl Queue {
             woken: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             options,
-        });
+        })
+    }
+
+    /// Start the committer and flusher threads on an opened store.
+    fn start(core: Core) -> Result<Queue, StoreError> {
+        let core = Arc::new(core);
         let (jobs, rx) = mpsc::channel::<Job>();
         let (to_flusher, flush_rx) = mpsc::channel::<Written>();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -337,14 +222,13 @@ impl Queue {
                 Box::new(move || committer(core, rx, to_flusher)),
             )?
         };
-        let queue = Queue {
+        Ok(Queue {
             inner: Arc::new(Inner {
                 core,
                 jobs: Mutex::new(Some(jobs)),
                 threads: Mutex::new(vec![commit_thread, flush_thread]),
             }),
-        };
-        Ok(queue)
+        })
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
