@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -21,38 +21,17 @@ fn daemon(
     port: u16,
     offset_file: &std::path::Path,
 ) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_statusd"))
-        .arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
+    daemon_command(&sb.url, &sb.client_id, &sb.client_secret, store, port)
         .env("LD_PRELOAD", LIBFAKETIME)
         .env("FAKETIME_TIMESTAMP_FILE", offset_file)
         .env("FAKETIME_NO_CACHE", "1")
         .env("DONT_FAKE_MONOTONIC", "1")
-        .env("RUST_LOG", "warn")
-        .env("STATUSD__PLATFORM__BASE_URL", &sb.url)
-        .env("STATUSD__PLATFORM__CLIENT_ID", &sb.client_id)
-        .env("STATUSD__PLATFORM__CLIENT_SECRET", &sb.client_secret)
-        .env("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.clock")
-        .env("STATUSD__STORE__PATH", store)
-        .env("STATUSD__DELIVERY__INITIAL_BACKOFF", "50ms")
         .env("STATUSD__DELIVERY__MAX_BACKOFF", "200ms")
         .env("STATUSD__DELIVERY__MAX_AGE", "1h")
-        .env("STATUSD__API__LISTEN", format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("statusd binary starts")
-}
-
-async fn ready(http: &reqwest::Client, api: &str) {
-    wait_for_async(Duration::from_secs(20), "daemon ready", || async {
-        http.get(format!("{api}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
 }
 
 fn faketime_missing() -> bool {
@@ -82,7 +61,7 @@ async fn a_clock_jumped_forward_does_not_dead_letter_a_report_early() {
     let api = format!("http://127.0.0.1:{port}");
     let child = daemon(&sb, &dir.path().join("store"), port, &offset);
     let http = reqwest::Client::new();
-    ready(&http, &api).await;
+    wait_ready(&http, port).await;
     let t = customers(&sb, 1)[0];
     let r = http
         .post(format!("{api}/v1/events"))
@@ -104,14 +83,7 @@ async fn a_clock_jumped_forward_does_not_dead_letter_a_report_early() {
         || sb.requests_to("status") >= before + 4,
     )
     .await;
-    let status: serde_json::Value = http
-        .get(format!("{api}/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = get_json(&http, &format!("{api}/v1/status")).await;
     assert_eq!(
         status["queue"]["dead_letters"], 0,
         "dead-lettered by a clock jump: {status}"
@@ -140,7 +112,7 @@ async fn a_host_hours_ahead_of_the_platform_keeps_its_token() {
     let api = format!("http://127.0.0.1:{port}");
     let child = daemon(&sb, &dir.path().join("store"), port, &offset);
     let http = reqwest::Client::new();
-    ready(&http, &api).await;
+    wait_ready(&http, port).await;
     let tenants = customers(&sb, 10);
     for (n, t) in tenants.iter().enumerate() {
         let r = http

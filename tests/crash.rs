@@ -42,43 +42,6 @@ fn spawn_daemon_with(
         .expect("statusd binary starts")
 }
 
-/// `statusd run` on `store`, listening on `port`, with short backoffs and small batches.
-fn daemon_command(
-    base_url: &str,
-    client_id: &str,
-    secret: &str,
-    store: &std::path::Path,
-    port: u16,
-) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_statusd"));
-    cmd.arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
-        .env("STATUSD__PLATFORM__BASE_URL", base_url)
-        .env("STATUSD__PLATFORM__CLIENT_ID", client_id)
-        .env("STATUSD__PLATFORM__CLIENT_SECRET", secret)
-        .env("STATUSD__PLATFORM__REQUEST_TIMEOUT", "2s")
-        .env("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.crash")
-        .env("STATUSD__STORE__PATH", store)
-        .env("STATUSD__STORE__CACHE_CAPACITY_MB", "16")
-        .env("STATUSD__DELIVERY__INITIAL_BACKOFF", "50ms")
-        .env("STATUSD__DELIVERY__MAX_BACKOFF", "300ms")
-        .env("STATUSD__DELIVERY__MAX_BATCH_EVENTS", "10")
-        .env("STATUSD__API__LISTEN", format!("127.0.0.1:{port}"));
-    cmd
-}
-
-async fn wait_ready(http: &reqwest::Client, port: u16) {
-    wait_for_async(Duration::from_secs(20), "daemon ready", || async {
-        http.get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-}
-
 /// Start a daemon with `spawn(port)` and wait until it is ready; a daemon that exits first (its
 /// port taken by another test in the meantime) is started again on another port.
 async fn start_ready(http: &reqwest::Client, spawn: impl Fn(u16) -> Child) -> (Child, u16) {
@@ -640,14 +603,7 @@ async fn a_damaged_store_is_refused_with_exit_65_unless_accepted() {
             Start::Ready(child, port) => {
                 // Started: then nothing may be missing.
                 assert!(!always_loses, "{what}: started on a damaged store");
-                let status: serde_json::Value = http
-                    .get(format!("http://127.0.0.1:{port}/v1/status"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let status = get_json(&http, &format!("http://127.0.0.1:{port}/v1/status")).await;
                 assert_eq!(
                     status["queue"]["depth"], 2000,
                     "{what}: started with events missing"

@@ -43,20 +43,8 @@ impl Drop for SmallDisk {
 }
 
 fn daemon(sb: &Sandbox, store: &std::path::Path, port: u16, log: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_statusd"))
-        .arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
-        .env("STATUSD__PLATFORM__BASE_URL", &sb.url)
-        .env("STATUSD__PLATFORM__CLIENT_ID", &sb.client_id)
-        .env("STATUSD__PLATFORM__CLIENT_SECRET", &sb.client_secret)
-        .env("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.disk")
-        .env("STATUSD__STORE__PATH", store)
+    daemon_command(&sb.url, &sb.client_id, &sb.client_secret, store, port)
         .env("STATUSD__STORE__CACHE_CAPACITY_MB", "8")
-        .env("STATUSD__DELIVERY__INITIAL_BACKOFF", "50ms")
-        .env("STATUSD__DELIVERY__MAX_BACKOFF", "300ms")
-        .env("STATUSD__API__LISTEN", format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -98,13 +86,7 @@ async fn a_full_disk_refuses_intake_pauses_delivery_and_recovers_when_space_is_b
     let log = disk._dir.path().join("first.log");
     let mut child = daemon(&sb, &store, port, &log);
     let api = format!("http://127.0.0.1:{port}");
-    wait_for_async(Duration::from_secs(20), "daemon ready", || async {
-        http.get(format!("{api}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    wait_ready(&http, port).await;
     let post = |n: usize| {
         let t = tenants[n % tenants.len()];
         http.post(format!("{api}/v1/events"))
@@ -134,14 +116,7 @@ async fn a_full_disk_refuses_intake_pauses_delivery_and_recovers_when_space_is_b
     assert_eq!(ready.status(), 503);
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["failing"], "store", "{body}");
-    let status: serde_json::Value = http
-        .get(format!("{api}/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = get_json(&http, &format!("{api}/v1/status")).await;
     assert_eq!(status["accepting"], false, "{status}");
     assert!(status["store_write_error"].is_string(), "{status}");
     // Delivery pauses: with the platform back, nothing is sent while the store cannot write
@@ -177,13 +152,7 @@ async fn a_full_disk_refuses_intake_pauses_delivery_and_recovers_when_space_is_b
     let port = free_port();
     let child = daemon(&sb, &store, port, &disk._dir.path().join("second.log"));
     let api = format!("http://127.0.0.1:{port}");
-    wait_for_async(Duration::from_secs(20), "daemon ready again", || async {
-        http.get(format!("{api}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    wait_ready(&http, port).await;
     let r = http
         .post(format!("{api}/v1/events"))
         .json(&json!({"tenant_id": tenants[0], "type": "activation"}))

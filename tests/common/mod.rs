@@ -182,3 +182,47 @@ pub fn customers(sb: &Sandbox, n: usize) -> Vec<uuid::Uuid> {
         .take(n)
         .collect()
 }
+
+/// `statusd run` (the real binary) against `base_url`, on `store`, listening on `port`, with
+/// short backoffs and small batches; add `.env(...)` for more.
+pub fn daemon_command(
+    base_url: &str,
+    client_id: &str,
+    secret: &str,
+    store: &std::path::Path,
+    port: u16,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_statusd"));
+    cmd.arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env("STATUSD__PLATFORM__BASE_URL", base_url)
+        .env("STATUSD__PLATFORM__CLIENT_ID", client_id)
+        .env("STATUSD__PLATFORM__CLIENT_SECRET", secret)
+        .env("STATUSD__PLATFORM__REQUEST_TIMEOUT", "2s")
+        .env("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.tests")
+        .env("STATUSD__STORE__PATH", store)
+        .env("STATUSD__STORE__CACHE_CAPACITY_MB", "16")
+        .env("STATUSD__DELIVERY__INITIAL_BACKOFF", "50ms")
+        .env("STATUSD__DELIVERY__MAX_BACKOFF", "300ms")
+        .env("STATUSD__DELIVERY__MAX_BATCH_EVENTS", "10")
+        .env("STATUSD__API__LISTEN", format!("127.0.0.1:{port}"));
+    cmd
+}
+
+/// Wait until the daemon on `port` answers `/readyz` with 200.
+pub async fn wait_ready(http: &reqwest::Client, port: u16) {
+    wait_for_async(Duration::from_secs(20), "daemon ready", || async {
+        http.get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+/// A GET answered with JSON.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
