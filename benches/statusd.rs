@@ -28,6 +28,7 @@ fn ev(t: Uuid, n: usize) -> NewEvent {
         category: "bench".into(),
         action: format!("event {n}"),
         idempotency_key: None,
+        occurred_at_ms: None,
     }
 }
 

@@ -20,6 +20,9 @@ pub mod limits {
     pub const ACTION: usize = 500;
     /// An idempotency key, in the field or the `Idempotency-Key` header.
     pub const IDEMPOTENCY_KEY: usize = 256;
+    /// How far in the future an event's `occurred_at` may lie (clock skew between the vendor's
+    /// backend and statusd).
+    pub const OCCURRED_AT_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
     /// `application_code` of a report.
     pub const APPLICATION_CODE: usize = 1000;
     /// `module.name`, `module.version`, `vendor_system.name` and `.version` of a report.
@@ -39,6 +42,9 @@ pub struct IncomingEvent {
     pub action: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub idempotency_key: Option<String>,
+    /// When the change happened, RFC 3339 with an offset (default: when statusd accepts it).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub occurred_at: Option<String>,
 }
 
 /// A problem with one field of a request.
@@ -82,6 +88,7 @@ pub fn parse_event(v: &Value, at: &str, header_key: Option<&str>) -> Result<NewE
         fields.text("idempotency_key", limits::IDEMPOTENCY_KEY)?,
         header_key,
     )?;
+    let occurred_at_ms = fields.occurred_at()?;
     if kind == EventKind::Custom {
         for (name, value) in [("category", &category), ("action", &action)] {
             if value.is_none() {
@@ -98,6 +105,7 @@ pub fn parse_event(v: &Value, at: &str, header_key: Option<&str>) -> Result<NewE
         category: category.unwrap_or_else(|| DEFAULT_CATEGORY.into()),
         action: action.unwrap_or_else(|| kind.default_action().into()),
         idempotency_key,
+        occurred_at_ms,
     })
 }
 
@@ -125,12 +133,12 @@ impl Fields<'_> {
         match self.obj.keys().find(|k| {
             !matches!(
                 k.as_str(),
-                "tenant_id" | "type" | "category" | "action" | "idempotency_key"
+                "tenant_id" | "type" | "category" | "action" | "idempotency_key" | "occurred_at"
             )
         }) {
             Some(k) => Err(FieldError::new(
                 self.name(k),
-                format!("unknown field {k:?} (expected tenant_id, type, category, action, idempotency_key)"),
+                format!("unknown field {k:?} (expected tenant_id, type, category, action, idempotency_key, occurred_at)"),
             )),
             None => Ok(()),
         }
@@ -165,6 +173,36 @@ impl Fields<'_> {
                 "type is required: activation, deactivation or custom",
             )),
         }
+    }
+
+    /// When the change happened (Unix milliseconds): RFC 3339 with an offset, not further in
+    /// the future than the clock skew allowed.
+    fn occurred_at(&self) -> Result<Option<i64>, FieldError> {
+        let Some(text) = self.text("occurred_at", 64)? else {
+            return Ok(None);
+        };
+        let at = chrono::DateTime::parse_from_rfc3339(&text).map_err(|e| {
+            FieldError::new(
+                self.name("occurred_at"),
+                format!(
+                    "occurred_at is not an RFC 3339 time with an offset (e.g. 2026-11-28T09:30:00Z): {} ({e})",
+                    clip(&text)
+                ),
+            )
+        })?;
+        let ms = at.timestamp_millis();
+        let latest = crate::store::now_ms() + limits::OCCURRED_AT_SKEW.as_millis() as i64;
+        if ms > latest {
+            return Err(FieldError::new(
+                self.name("occurred_at"),
+                format!(
+                    "occurred_at {} is in the future (more than {} s ahead of this host's clock)",
+                    clip(&text),
+                    limits::OCCURRED_AT_SKEW.as_secs()
+                ),
+            ));
+        }
+        Ok(Some(ms))
     }
 
     /// An optional text of 1 to `max` characters.

@@ -104,6 +104,24 @@ async fn bad_input_is_refused_naming_the_field_and_stores_nothing() {
             "action",
         ),
         (
+            "occurred_at in the future",
+            json!({"tenant_id": t, "type": "activation", "occurred_at": "2999-01-01T00:00:00Z"})
+                .to_string()
+                .into_bytes(),
+            "application/json",
+            400,
+            "occurred_at",
+        ),
+        (
+            "occurred_at without an offset",
+            json!({"tenant_id": t, "type": "activation", "occurred_at": "2026-11-27 10:00:00"})
+                .to_string()
+                .into_bytes(),
+            "application/json",
+            400,
+            "occurred_at",
+        ),
+        (
             "array over 1000",
             json!(many).to_string().into_bytes(),
             "application/json",

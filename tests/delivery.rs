@@ -484,3 +484,49 @@ async fn an_absurd_token_lifetime_is_clamped_not_a_panic() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_carry_when_the_change_happened_not_when_they_arrived() {
+    let h = harness(SandboxOptions::default(), &[]).await;
+    let ts = customers(&h.sandbox, 2);
+    // The platform is down for the first reports: they arrive late.
+    h.sandbox.inject(Fault {
+        status: Some(503),
+        count: Some(3),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
+    let r = h
+        .post_events(json!({"tenant_id": ts[0], "type": "activation"}))
+        .await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let said = "2026-11-27T10:00:00Z";
+    let r = h
+        .post_events(json!({"tenant_id": ts[1], "type": "deactivation", "occurred_at": said}))
+        .await;
+    assert_eq!(r.status(), 202);
+    h.drained(Duration::from_secs(20)).await;
+    let ev: serde_json::Value =
+        serde_json::from_str(&h.get_text(&format!("/v1/events/{id}")).await).unwrap();
+    let accepted =
+        chrono::DateTime::parse_from_rfc3339(ev["accepted_at"].as_str().unwrap()).unwrap();
+    let reports = h.sandbox.reports();
+    let activation = reports.iter().rfind(|r| r.tenant_id == ts[0]).unwrap();
+    let at =
+        chrono::DateTime::parse_from_rfc3339(activation.body["activated_at"].as_str().unwrap())
+            .unwrap();
+    assert_eq!(
+        at, accepted,
+        "the activation is dated when statusd accepted it"
+    );
+    assert!(activation.body.get("deactivated_at").is_none());
+    let deactivation = reports.iter().rfind(|r| r.tenant_id == ts[1]).unwrap();
+    let at =
+        chrono::DateTime::parse_from_rfc3339(deactivation.body["deactivated_at"].as_str().unwrap())
+            .unwrap();
+    assert_eq!(at, chrono::DateTime::parse_from_rfc3339(said).unwrap());
+}

@@ -104,6 +104,7 @@ fn run_case(ops: Vec<Op>) {
                             } else {
                                 None
                             },
+                            occurred_at_ms: None,
                         })
                         .collect();
                     let out = queue.enqueue(events).await.unwrap();
@@ -286,6 +287,7 @@ async fn in_flight_events_return_to_queued_in_order_after_reopen() {
                         category: "activation".into(),
                         action: format!("action {i}"),
                         idempotency_key: None,
+                        occurred_at_ms: None,
                     })
                     .collect(),
             )
@@ -330,6 +332,7 @@ async fn compaction_removes_delivered_after_retention_and_keeps_pending() {
         category: "activation".into(),
         action: "activated integration".into(),
         idempotency_key: Some(k.into()),
+        occurred_at_ms: None,
     };
     let first = q.enqueue(vec![ev("a"), ev("b")]).await.unwrap();
     let Take::Ready(batch) = q.take_batch(&tenant, 1).unwrap() else {
@@ -361,6 +364,7 @@ async fn backoff_hides_the_head_until_its_time() {
         category: "usage".into(),
         action: "synced".into(),
         idempotency_key: None,
+        occurred_at_ms: None,
     }])
     .await
     .unwrap();
@@ -412,6 +416,7 @@ async fn layout_1_store_is_migrated_in_place() {
                         category: "usage".into(),
                         action: format!("a{i}"),
                         idempotency_key: None,
+                        occurred_at_ms: None,
                     })
                     .collect(),
             )
@@ -471,6 +476,7 @@ fn one_event(tenant: Uuid, key: Option<&str>) -> NewEvent {
         category: "activation".into(),
         action: "activated integration".into(),
         idempotency_key: key.map(str::to_string),
+        occurred_at_ms: None,
     }
 }
 

@@ -29,6 +29,9 @@ pub struct EventView {
     pub attempts: u32,
     pub last_error: Option<String>,
     pub accepted_at: Option<String>,
+    /// When the vendor said it happened, if it said.
+    #[serde(default)]
+    pub occurred_at: Option<String>,
     pub next_attempt_at: Option<String>,
     pub delivered_at: Option<String>,
     pub dead_reason: Option<String>,
@@ -47,6 +50,7 @@ impl From<&EventRecord> for EventView {
             attempts: e.attempts,
             last_error: e.last_error.clone(),
             accepted_at: rfc3339(Some(e.accepted_at_ms)),
+            occurred_at: rfc3339(e.occurred_at_ms),
             next_attempt_at: rfc3339(e.next_attempt_at_ms),
             delivered_at: rfc3339(e.delivered_at_ms),
             dead_reason: e.dead_reason.clone(),

@@ -126,6 +126,10 @@ pub struct EventArgs {
     /// Idempotency key: a repeated key is accepted once.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// When the change happened, RFC 3339 (default: when statusd accepts it); reported as the
+    /// activation or deactivation time.
+    #[arg(long, value_name = "TIME")]
+    pub occurred_at: Option<String>,
     #[command(flatten)]
     pub api: ApiArgs,
 }

@@ -49,6 +49,7 @@ pub async fn send_event(settings: Settings, a: &EventArgs, kind: EventKind) -> E
         category: a.category.clone(),
         action: a.action.clone(),
         idempotency_key: a.idempotency_key.clone(),
+        occurred_at: a.occurred_at.clone(),
     };
     let body = serde_json::to_value(ev).expect("an event serializes");
     let api = LocalApi::new(&a.api, &settings);

@@ -306,6 +306,7 @@ mod tests {
                 category: "activation".into(),
                 action: "activated integration".into(),
                 idempotency_key: None,
+                occurred_at_ms: None,
             }])
             .await
             .unwrap();

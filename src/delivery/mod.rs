@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, InvalidBackoff};
 use crate::metrics::{AttemptOutcome, DeadLetterReason, Metrics};
-use crate::platform::{ErrorClass, PlatformClient, PlatformError, ReportEvent};
+use crate::platform::{ErrorClass, PlatformClient, PlatformError, ReportEvent, ReportTimes};
 use crate::store::{now_ms, Batch, EventKind, Queue, Take, TenantId};
 
 pub use breaker::{Breaker, OUTAGE_THRESHOLD};
@@ -173,9 +173,10 @@ impl Delivery {
                 deactivation_event: e.kind == EventKind::Deactivation,
             })
             .collect();
+        let times = report_times(&batch);
         let started = Instant::now();
         let result = tokio::select! {
-            r = self.client.report_status(tenant, &events) => r,
+            r = self.client.report_status_at(tenant, &events, &times) => r,
             // Dropping the batch unsettled gives its events back in their place.
             _ = hard_stop.cancelled() => return LaneOutcome::Returned,
         };
@@ -320,4 +321,23 @@ impl Delivery {
             .count_dead_lettered(reason, batch.events.len() as u64);
         LaneOutcome::Settled
     }
+}
+
+/// The times a report carries: when its newest activation and newest deactivation happened,
+/// as the vendor said (`occurred_at`) or else when statusd accepted them.
+fn report_times(batch: &Batch) -> ReportTimes {
+    let text = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    };
+    let mut times = ReportTimes::default();
+    for e in &batch.events {
+        let at = text(e.occurred_at_ms.unwrap_or(e.accepted_at_ms));
+        match e.kind {
+            EventKind::Activation => times.activated_at = at,
+            EventKind::Deactivation => times.deactivated_at = at,
+            EventKind::Custom => {}
+        }
+    }
+    times
 }

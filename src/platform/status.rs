@@ -5,6 +5,11 @@ use super::*;
 impl PlatformClient {
     /// The body statusd sends for a batch of events (exposed for tests and the sandbox docs).
     pub fn status_body(&self, events: &[ReportEvent]) -> Value {
+        self.status_body_at(events, &ReportTimes::default())
+    }
+
+    /// The body with the report's activation and deactivation times.
+    pub fn status_body_at(&self, events: &[ReportEvent], times: &ReportTimes) -> Value {
         let i = &self.inner.integration;
         let report = StatusReport {
             application_code: i.application_code.as_deref(),
@@ -18,6 +23,8 @@ impl PlatformClient {
                 version: i.vendor_system_version.clone(),
             }),
             events,
+            activated_at: times.activated_at.as_deref(),
+            deactivated_at: times.deactivated_at.as_deref(),
         };
         serde_json::to_value(report).expect("report serializes")
     }
@@ -29,10 +36,22 @@ impl PlatformClient {
         tenant: Uuid,
         events: &[ReportEvent],
     ) -> Result<(), PlatformError> {
+        self.report_status_at(tenant, events, &ReportTimes::default())
+            .await
+    }
+
+    /// Report a batch of events with the report's activation and deactivation times.
+    pub async fn report_status_at(
+        &self,
+        tenant: Uuid,
+        events: &[ReportEvent],
+        times: &ReportTimes,
+    ) -> Result<(), PlatformError> {
         const CALL: &str = "POST /api/integration_management/v2/status";
         validate_report(&self.inner.integration, events)
             .map_err(|m| PlatformError::local(CALL, ErrorClass::Permanent, m))?;
-        let body = serde_json::to_vec(&self.status_body(events)).expect("report serializes");
+        let body =
+            serde_json::to_vec(&self.status_body_at(events, times)).expect("report serializes");
         let url = self.url("/api/integration_management/v2/status");
         let tenant = tenant.to_string();
         self.send(CALL, |h| {

@@ -131,6 +131,19 @@ pub(super) struct StatusReport<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) vendor_system: Option<NameVersion>,
     pub(super) events: &'a [ReportEvent],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) activated_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) deactivated_at: Option<&'a str>,
+}
+
+/// The report's own times: when the newest activation and deactivation it carries happened
+/// (RFC 3339, UTC). Without them the platform stamps the time it receives the report, which
+/// would date a change held back by an outage days late.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportTimes {
+    pub activated_at: Option<String>,
+    pub deactivated_at: Option<String>,
 }
 
 /// A brand as read: every field kept, known or not, so nothing is lost when it is shown.

@@ -196,6 +196,7 @@ impl Group {
             action: ev.action,
             idempotency_key: ev.idempotency_key,
             accepted_at_ms: now,
+            occurred_at_ms: ev.occurred_at_ms,
             state: EventState::Queued,
             attempts: 0,
             last_error: None,

@@ -45,6 +45,8 @@ pub struct NewEvent {
     pub category: String,
     pub action: String,
     pub idempotency_key: Option<String>,
+    /// When the vendor says the event happened (Unix milliseconds), if it said.
+    pub occurred_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +61,9 @@ pub struct EventRecord {
     pub idempotency_key: Option<String>,
     /// Unix milliseconds.
     pub accepted_at_ms: i64,
+    /// When the vendor says it happened (Unix milliseconds), if it said.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub occurred_at_ms: Option<i64>,
     pub state: EventState,
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -267,6 +272,7 @@ impl NewEvent {
             category: DEFAULT_CATEGORY.into(),
             action: kind.default_action().into(),
             idempotency_key,
+            occurred_at_ms: None,
         }
     }
 }
