@@ -191,6 +191,11 @@ async fn open_store(settings: &Settings) -> Result<Queue, AppError> {
         cache_capacity_mb: settings.store.cache_capacity_mb,
         delivered_retention: settings.store.delivered_retention,
         accept_damaged: settings.store.accept_damaged,
+        // Retries wait at most max_backoff, or a Retry-After up to its cap.
+        max_retry_delay: settings
+            .delivery
+            .max_backoff
+            .max(crate::platform::MAX_RETRY_AFTER),
     };
     let shown = path.display().to_string();
     tokio::task::spawn_blocking(move || Queue::open(&path, opts))

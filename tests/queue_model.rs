@@ -546,3 +546,37 @@ async fn a_new_store_directory_is_for_statusd_alone() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "{mode:o}");
 }
+
+#[tokio::test]
+async fn a_next_attempt_persisted_far_ahead_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(
+        dir.path(),
+        StoreOptions {
+            max_retry_delay: std::time::Duration::from_secs(300),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let soon = now_ms() + 60_000;
+    // Ten days ahead: a clock that ran ahead, or a store restored from another host.
+    let far = now_ms() + 10 * 24 * 3600 * 1000;
+    let (near_tenant, far_tenant) = (Uuid::from_u128(21), Uuid::from_u128(22));
+    for (tenant, at) in [(near_tenant, soon), (far_tenant, far)] {
+        q.enqueue(vec![one_event(tenant, None)]).await.unwrap();
+        let Take::Ready(batch) = q.take_batch(&tenant, 10).unwrap() else {
+            panic!("expected a batch")
+        };
+        q.mark_failed(&batch, "503", at).await.unwrap();
+    }
+    // Within the longest retry wait: trusted.
+    assert!(matches!(
+        q.take_batch(&near_tenant, 10).unwrap(),
+        Take::NotBefore(at) if at == soon
+    ));
+    // Beyond it: tried now.
+    assert!(matches!(
+        q.take_batch(&far_tenant, 10).unwrap(),
+        Take::Ready(_)
+    ));
+}

@@ -26,7 +26,8 @@ pub(super) async fn list_dead(
     };
     let items: Vec<EventView> = state
         .queue
-        .dead_letters(limit)
+        .scan(move |q| q.dead_letters(limit))
+        .await
         .map_err(store_error)?
         .iter()
         .map(EventView::from)

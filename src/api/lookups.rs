@@ -34,10 +34,10 @@ pub(super) async fn get_tenant(
 }
 
 pub(super) async fn list_tenants(State(state): State<ApiState>) -> Result<Json<Tenants>, ApiError> {
-    let q = state.queue.clone();
-    let items = tokio::task::spawn_blocking(move || q.inventory_all())
+    let items = state
+        .queue
+        .scan(|q| q.inventory_all())
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .map_err(store_error)?;
     Ok(Json(Tenants {
         count: items.len(),
@@ -54,14 +54,7 @@ pub async fn status_report(state: &ApiState) -> Status {
     };
     // The inventory check reads every tenant state: off the async workers.
     let unknown = match &state.reconcilers {
-        Some(_) => {
-            let queue = state.queue.clone();
-            tokio::task::spawn_blocking(move || unknown_tenants(&queue))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default()
-        }
+        Some(_) => state.queue.scan(unknown_tenants).await.unwrap_or_default(),
         None => Vec::new(),
     };
     Status {

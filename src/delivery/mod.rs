@@ -28,10 +28,6 @@ use crate::store::{now_ms, Batch, EventKind, Queue, Take, TenantId};
 pub use breaker::{Breaker, OUTAGE_THRESHOLD};
 use dispatcher::Dispatcher;
 
-/// A persisted next attempt further ahead than this is not trusted (a store restored on another
-/// host, or a clock corrected backwards): the tenant is tried again after this at most.
-const MAX_PERSISTED_WAIT: Duration = Duration::from_secs(300);
-
 #[derive(Debug, Clone)]
 pub struct DeliveryOptions {
     pub max_batch_events: usize,
@@ -156,7 +152,8 @@ impl Delivery {
             Ok(Take::Busy) => return LaneOutcome::Busy,
             Ok(Take::NotBefore(at_ms)) => {
                 let wait = Duration::from_millis((at_ms - now_ms()).max(0) as u64);
-                return LaneOutcome::RetryAt(Instant::now() + wait.min(self.longest_wait()));
+                // The store trusts a persisted time only up to the longest retry wait.
+                return LaneOutcome::RetryAt(Instant::now() + wait);
             }
             Err(e) => {
                 tracing::error!(message = "cannot take a batch", tenant_id = %tenant, error = %e);
@@ -217,11 +214,6 @@ impl Delivery {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&batch.tenant_id);
-    }
-
-    /// The longest a persisted next attempt is trusted for.
-    fn longest_wait(&self) -> Duration {
-        self.opts.backoff.max().max(MAX_PERSISTED_WAIT)
     }
 
     async fn on_success(&self, batch: &Batch) -> LaneOutcome {

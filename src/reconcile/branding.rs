@@ -12,7 +12,7 @@ impl Reconcilers {
             match t {
                 BrandingTarget::Tenant(id) => out.push(*id),
                 BrandingTarget::Partners => {
-                    let inv = self.inner.queue.inventory_all()?;
+                    let inv = self.inner.queue.scan(|q| q.inventory_all()).await?;
                     if inv.is_empty() {
                         let root = self.root().await?;
                         let listing = self

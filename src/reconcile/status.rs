@@ -6,7 +6,7 @@ use super::*;
 impl Reconcilers {
     pub(super) async fn reconcile_status(&self, report: &mut Report) -> Result<(), ReconcileError> {
         let q = &self.inner.queue;
-        let states = q.tenant_states()?;
+        let states = q.scan(|q| q.tenant_states()).await?;
         let mut events = Vec::new();
         for s in states {
             let Some(intended) = s.intended else { continue };

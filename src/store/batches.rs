@@ -109,7 +109,15 @@ impl Queue {
                 .ok_or_else(|| StoreError::Corrupt(format!("pending event {id} has no record")))?;
             if events.is_empty() {
                 if let Some(at) = rec.next_attempt_at_ms {
-                    if at > now {
+                    let horizon = self.inner.options.max_retry_delay.as_millis() as i64;
+                    if at > now + horizon {
+                        // Set by a clock that ran ahead, or on another host: not trusted.
+                        tracing::warn!(
+                            message = "a persisted next attempt lies further ahead than any retry waits; trying now",
+                            tenant_id = %tenant,
+                            next_attempt_at_ms = at
+                        );
+                    } else if at > now {
                         return Ok(Take::NotBefore(at));
                     }
                 }

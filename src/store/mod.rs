@@ -344,6 +344,17 @@ impl Queue {
         threads_running && self.inner.tree.get(meta_key("schema")).is_ok()
     }
 
+    /// Run a read that scans many keys off the async workers.
+    pub async fn scan<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Queue) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let queue = self.clone();
+        tokio::task::spawn_blocking(move || read(&queue))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("a store read failed: {e}")))?
+    }
+
     /// Why the store cannot write any more (a full disk, an I/O error), if it cannot.
     pub fn write_error(&self) -> Option<String> {
         lock(&self.inner.write_error).clone()

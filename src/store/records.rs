@@ -212,6 +212,9 @@ pub struct StoreOptions {
     pub delivered_retention: Duration,
     /// Open a store found damaged anyway (on what is left), logging what is missing.
     pub accept_damaged: bool,
+    /// The longest any retry waits; a persisted next attempt further ahead than this (a clock
+    /// that ran ahead, a store restored on another host) is not trusted.
+    pub max_retry_delay: Duration,
 }
 
 impl Default for StoreOptions {
@@ -220,6 +223,7 @@ impl Default for StoreOptions {
             cache_capacity_mb: 64,
             delivered_retention: Duration::from_secs(24 * 3600),
             accept_damaged: false,
+            max_retry_delay: Duration::from_secs(300),
         }
     }
 }
