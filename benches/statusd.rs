@@ -101,6 +101,7 @@ fn client(sb: &Sandbox, concurrency: usize) -> PlatformClient {
     PlatformClient::new(
         ClientOptions {
             base_url: sb.url.clone(),
+            credentials: Default::default(),
             client_id: sb.client_id.clone(),
             client_secret: Secret::new(sb.client_secret.clone()),
             request_timeout: Duration::from_secs(10),

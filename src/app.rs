@@ -222,6 +222,7 @@ fn client_options(settings: &Settings) -> Result<ClientOptions, AppError> {
             .client_secret
             .clone()
             .ok_or_else(|| AppError::Setup("platform.client_secret is not set".into()))?,
+        credentials: p.credentials,
         request_timeout: p.request_timeout,
         max_concurrency: p.max_concurrency,
         integration: settings.integration.clone(),

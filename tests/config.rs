@@ -327,3 +327,16 @@ fn a_blank_api_token_is_refused_naming_it() {
         assert!(has(&p, "api.token", "blank"), "{token:?}: {p:?}");
     }
 }
+
+#[test]
+fn credentials_are_an_api_client_or_a_cyberapp() {
+    let toml = |kind: &str| {
+        format!(
+            "[platform]\nbase_url = \"https://eu2-cloud.acronis.com\"\nclient_id = \"c\"\nclient_secret = \"s\"\ncredentials = \"{kind}\"\n[integration]\napplication_code = \"vendor.app\"\n"
+        )
+    };
+    assert!(problems(&toml("cyberapp"), &[]).is_empty());
+    assert!(problems(&toml("api_client"), &[]).is_empty());
+    let p = problems(&toml("oauth"), &[]);
+    assert!(has(&p, "platform.credentials", "cyberapp"), "{p:?}");
+}

@@ -530,3 +530,27 @@ async fn reports_carry_when_the_change_happened_not_when_they_arrived() {
             .unwrap();
     assert_eq!(at, chrono::DateTime::parse_from_rfc3339(said).unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cyberapp_credentials_take_their_tokens_from_the_cyberapp_endpoint() {
+    let h = harness(
+        SandboxOptions::default(),
+        &[("STATUSD__PLATFORM__CREDENTIALS", "cyberapp")],
+    )
+    .await;
+    let tenants = customers(&h.sandbox, 2);
+    assert_eq!(
+        h.post_events(json!(custom_events(&tenants, 2)))
+            .await
+            .status(),
+        202
+    );
+    h.drained(Duration::from_secs(10)).await;
+    assert_complete_and_ordered(&h, &tenants, 2, &[]);
+    assert_eq!(h.sandbox.requests_to("cyberapp_token"), 1);
+    assert_eq!(
+        h.sandbox.requests_to("token"),
+        1,
+        "no token from the API-client endpoint"
+    );
+}

@@ -28,6 +28,7 @@ fn client_for(url: &str, id: &str, secret: &str, concurrency: usize) -> Platform
     PlatformClient::new(
         ClientOptions {
             base_url: url.to_string(),
+            credentials: Default::default(),
             client_id: id.to_string(),
             client_secret: Secret::new(secret),
             request_timeout: Duration::from_secs(2),

@@ -253,10 +253,22 @@ impl Reader {
                 );
             }
         }
+        let credentials = match self.string("platform.credentials").as_deref() {
+            None | Some("api_client") => Credentials::ApiClient,
+            Some("cyberapp") => Credentials::Cyberapp,
+            Some(other) => {
+                self.problem(
+                    "platform.credentials",
+                    format!("expected \"api_client\" (the default) or \"cyberapp\", got {other:?}"),
+                );
+                Credentials::ApiClient
+            }
+        };
         PlatformSettings {
             base_url,
             client_id,
             client_secret,
+            credentials,
             request_timeout: self.duration("platform.request_timeout", "30s"),
             max_concurrency: self.u64_in("platform.max_concurrency", 8, 1, 256) as usize,
         }

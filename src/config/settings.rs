@@ -28,9 +28,31 @@ pub struct PlatformSettings {
     pub base_url: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<Secret>,
+    /// Which token endpoint the client id and secret are for.
+    pub credentials: Credentials,
     #[serde(with = "duration_text")]
     pub request_timeout: Duration,
     pub max_concurrency: usize,
+}
+
+/// What kind of credentials the client id and secret are, which decides the token endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Credentials {
+    /// An API client of the platform: tokens from `/api/2/idp/token`.
+    #[default]
+    ApiClient,
+    /// A CyberApp's API key ("Connection to Acronis API"): tokens from `/bc/idp/token`.
+    Cyberapp,
+}
+
+impl Credentials {
+    pub fn token_path(self) -> &'static str {
+        match self {
+            Credentials::ApiClient => "/api/2/idp/token",
+            Credentials::Cyberapp => "/bc/idp/token",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

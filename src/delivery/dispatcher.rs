@@ -273,6 +273,7 @@ mod tests {
                 base_url: "http://127.0.0.1:9".into(),
                 client_id: "id".into(),
                 client_secret: crate::config::Secret::new("secret"),
+                credentials: Default::default(),
                 request_timeout: Duration::from_secs(1),
                 max_concurrency: 2,
                 integration: crate::config::Settings::local_defaults().integration,

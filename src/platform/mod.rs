@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
-use crate::config::{IntegrationSettings, Secret};
+use crate::config::{Credentials, IntegrationSettings, Secret};
 use crate::event::limits;
 use crate::metrics::{Metrics, TokenOutcome};
 
@@ -60,6 +60,8 @@ pub struct ClientOptions {
     pub base_url: String,
     pub client_id: String,
     pub client_secret: Secret,
+    /// Which token endpoint the id and secret are for.
+    pub credentials: Credentials,
     pub request_timeout: Duration,
     pub max_concurrency: usize,
     pub integration: IntegrationSettings,
@@ -119,6 +121,7 @@ struct ClientInner {
     base: String,
     client_id: String,
     secret: Secret,
+    credentials: Credentials,
     integration: IntegrationSettings,
     token: Mutex<TokenState>,
     own_tenant: OnceCell<Uuid>,
@@ -148,6 +151,7 @@ impl PlatformClient {
                 base: opts.base_url.trim_end_matches('/').to_string(),
                 client_id: opts.client_id,
                 secret: opts.client_secret,
+                credentials: opts.credentials,
                 integration: opts.integration,
                 token: Mutex::new(TokenState::default()),
                 own_tenant: OnceCell::new(),
@@ -248,7 +252,9 @@ impl PlatformClient {
     }
 
     async fn issue_token(&self) -> Result<CachedToken, PlatformError> {
-        const CALL: &str = "POST /api/2/idp/token";
+        let path = self.inner.credentials.token_path();
+        let call = format!("POST {path}");
+        let call = call.as_str();
         let _permit = self
             .inner
             .permits
@@ -258,7 +264,7 @@ impl PlatformClient {
         let resp = self
             .inner
             .http
-            .post(format!("{}/api/2/idp/token", self.inner.base))
+            .post(format!("{}{path}", self.inner.base))
             .basic_auth(&self.inner.client_id, Some(self.inner.secret.expose()))
             .form(&[("grant_type", "client_credentials")])
             .send()
@@ -267,7 +273,7 @@ impl PlatformClient {
             Ok(r) => r,
             Err(e) => {
                 self.set_up(false);
-                return Err(PlatformError::from_transport(CALL, &e));
+                return Err(PlatformError::from_transport(call, &e));
             }
         };
         self.set_up(true);
@@ -277,10 +283,10 @@ impl PlatformClient {
         let platform_now = header_string(&resp, "date")
             .and_then(|d| DateTime::parse_from_rfc2822(&d).ok())
             .map(|d| d.timestamp());
-        let body = read_capped(resp, CALL).await?;
+        let body = read_capped(resp, call).await?;
         if !status.is_success() {
             let err =
-                PlatformError::from_token_response(CALL, status, retry_after.as_deref(), &body);
+                PlatformError::from_token_response(call, status, retry_after.as_deref(), &body);
             if err.class != ErrorClass::Auth {
                 tracing::warn!(message = "token request failed", status = status.as_u16(), error = %err.message);
             }
@@ -288,7 +294,7 @@ impl PlatformClient {
         }
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
             PlatformError::local(
-                CALL,
+                call,
                 ErrorClass::Retryable,
                 format!("token response not understood: {e}"),
             )

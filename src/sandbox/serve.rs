@@ -41,6 +41,8 @@ pub(super) fn bad_request(message: &str) -> Response {
 pub(super) fn router(state: Shared) -> Router {
     Router::new()
         .route("/api/2/idp/token", post(token))
+        // A CyberApp's API key gets its tokens here, with the same form.
+        .route("/bc/idp/token", post(token))
         .route("/api/2/clients/{id}", get(client_info))
         .route("/api/integration_management/v2/status", post(status_report))
         .route("/api/2/tenants", get(list_tenants))
@@ -89,7 +91,9 @@ pub(super) fn endpoint_name(method: &str, path: &str) -> String {
         })
         .collect();
     let shape = shape.join("/");
-    let name = if shape.ends_with("/idp/token") {
+    let name = if shape.ends_with("/bc/idp/token") {
+        "cyberapp_token"
+    } else if shape.ends_with("/idp/token") {
         "token"
     } else if shape.contains("/integration_management/v2/status") {
         "status"
