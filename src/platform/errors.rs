@@ -128,7 +128,6 @@ impl PlatformError {
         Self::local(call, ErrorClass::Retryable, format!("{kind}: {detail}"))
     }
 
-    /// Decode a non-success answer.
     /// A refusal of the token endpoint (see [`classify_token_status`]).
     pub fn from_token_response(
         call: &str,
@@ -142,6 +141,7 @@ impl PlatformError {
         }
     }
 
+    /// Decode a non-success answer.
     pub fn from_response(
         call: &str,
         status: StatusCode,

@@ -251,16 +251,20 @@ impl PlatformClient {
         }
     }
 
+    /// One of the permits that bound the requests in flight, of every kind together.
+    async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.inner
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
     async fn issue_token(&self) -> Result<CachedToken, PlatformError> {
         let path = self.inner.credentials.token_path();
         let call = format!("POST {path}");
         let call = call.as_str();
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .expect("semaphore never closed");
+        let _permit = self.permit().await;
         let resp = self
             .inner
             .http
@@ -328,12 +332,7 @@ impl PlatformClient {
         for attempt in 0..2 {
             let token = self.token().await?;
             let result = {
-                let _permit = self
-                    .inner
-                    .permits
-                    .acquire()
-                    .await
-                    .expect("semaphore never closed");
+                let _permit = self.permit().await;
                 let resp = build(&self.inner.http)
                     .bearer_auth(token.expose())
                     .send()
