@@ -29,6 +29,7 @@ fn ev(t: Uuid, n: usize) -> NewEvent {
         action: format!("event {n}"),
         idempotency_key: None,
         occurred_at_ms: None,
+        account: None,
     }
 }
 

@@ -12,11 +12,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::accounts::Accounts;
 use crate::api::{self, ApiState};
 use crate::config::Settings;
 use crate::delivery::{Delivery, DeliveryOptions};
 use crate::metrics::Metrics;
-use crate::platform::{ClientOptions, PlatformClient};
+use crate::platform::PlatformClient;
 use crate::reconcile::Reconcilers;
 use crate::schedule::Schedules;
 use crate::store::{Queue, StoreOptions};
@@ -107,21 +108,20 @@ pub async fn start(
     let settings = Arc::new(settings);
     let metrics = Arc::new(Metrics::new());
     let queue = open_store(&settings).await?;
-    let client = PlatformClient::new(client_options(&settings)?, metrics.clone())
-        .map_err(AppError::Setup)?;
+    let accounts = Accounts::new(&settings, metrics.clone()).map_err(AppError::Setup)?;
+    // Loaded for `run`, the settings have at least one account (a wiring fault otherwise).
+    let first = accounts.first().cloned().ok_or_else(|| {
+        AppError::Setup("no account is configured ([platform] or [accounts.<id>])".into())
+    })?;
+    let client = first.client.clone();
     let delivery = Delivery::new(
         queue.clone(),
-        client.clone(),
+        accounts.clone(),
         metrics.clone(),
         DeliveryOptions::from_settings(&settings)
             .map_err(|e| AppError::Setup(format!("delivery.initial_backoff: {e}")))?,
     );
-    let reconcilers = Reconcilers::new(
-        queue.clone(),
-        client.clone(),
-        metrics.clone(),
-        settings.clone(),
-    );
+    let reconcilers = Reconcilers::new(queue.clone(), first, metrics.clone(), settings.clone());
     let accepting = Arc::new(AtomicBool::new(true));
     let listener = match listener {
         Some(l) => l,
@@ -144,6 +144,7 @@ pub async fn start(
             accepting: accepting.clone(),
             delivery: Some(delivery.clone()),
             client: Some(client.clone()),
+            accounts: accounts.clone(),
             reconcilers: Some(reconcilers.clone()),
             read_timeout: settings.api.read_timeout,
         },
@@ -205,28 +206,6 @@ async fn open_store(settings: &Settings) -> Result<Queue, AppError> {
             path: shown,
             source,
         })
-}
-
-/// The platform client's options; the credentials are required for `run` (checked when the
-/// settings were loaded, so a missing one here is a wiring fault named by its key).
-fn client_options(settings: &Settings) -> Result<ClientOptions, AppError> {
-    let p = &settings.platform;
-    let required = |v: &Option<String>, key: &str| {
-        v.clone()
-            .ok_or_else(|| AppError::Setup(format!("{key} is not set")))
-    };
-    Ok(ClientOptions {
-        base_url: required(&p.base_url, "platform.base_url")?,
-        client_id: required(&p.client_id, "platform.client_id")?,
-        client_secret: p
-            .client_secret
-            .clone()
-            .ok_or_else(|| AppError::Setup("platform.client_secret is not set".into()))?,
-        credentials: p.credentials,
-        request_timeout: p.request_timeout,
-        max_concurrency: p.max_concurrency,
-        integration: settings.integration.clone(),
-    })
 }
 
 /// Serve the local API on `listener` until the returned token is cancelled.

@@ -45,6 +45,9 @@ pub struct IncomingEvent {
     /// When the change happened, RFC 3339 with an offset (default: when statusd accepts it).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub occurred_at: Option<String>,
+    /// The partner account (default: the only one, or the one whose inventory has the tenant).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub account: Option<String>,
 }
 
 /// A problem with one field of a request.
@@ -106,6 +109,7 @@ pub fn parse_event(v: &Value, at: &str, header_key: Option<&str>) -> Result<NewE
         action: action.unwrap_or_else(|| kind.default_action().into()),
         idempotency_key,
         occurred_at_ms,
+        account: fields.account()?,
     })
 }
 
@@ -133,12 +137,18 @@ impl Fields<'_> {
         match self.obj.keys().find(|k| {
             !matches!(
                 k.as_str(),
-                "tenant_id" | "type" | "category" | "action" | "idempotency_key" | "occurred_at"
+                "tenant_id"
+                    | "type"
+                    | "category"
+                    | "action"
+                    | "idempotency_key"
+                    | "occurred_at"
+                    | "account"
             )
         }) {
             Some(k) => Err(FieldError::new(
                 self.name(k),
-                format!("unknown field {k:?} (expected tenant_id, type, category, action, idempotency_key, occurred_at)"),
+                format!("unknown field {k:?} (expected tenant_id, type, category, action, idempotency_key, occurred_at, account)"),
             )),
             None => Ok(()),
         }
@@ -172,6 +182,21 @@ impl Fields<'_> {
                 field,
                 "type is required: activation, deactivation or custom",
             )),
+        }
+    }
+
+    /// The partner account named, if any (whether it is configured is the API's check).
+    fn account(&self) -> Result<Option<String>, FieldError> {
+        let account = self.text("account", 63)?;
+        match account {
+            Some(id) if !crate::config::valid_account_id(&id) => Err(FieldError::new(
+                self.name("account"),
+                format!(
+                    "account {:?} is not an account id (1 to 63 of a-z, 0-9, '.', '_', '-')",
+                    clip(&id)
+                ),
+            )),
+            other => Ok(other),
         }
     }
 

@@ -1,6 +1,7 @@
 //! statusd: durable integration-status reporting and reconciliation for the Acronis Cyber
 //! Platform. See `ARCHITECTURE.md` for the map of modules and their invariants.
 
+pub mod accounts;
 pub mod api;
 pub mod app;
 pub mod backoff;

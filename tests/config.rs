@@ -340,3 +340,71 @@ fn credentials_are_an_api_client_or_a_cyberapp() {
     let p = problems(&toml("oauth"), &[]);
     assert!(has(&p, "platform.credentials", "cyberapp"), "{p:?}");
 }
+
+fn load(toml: &str) -> Result<statusd::config::Settings, statusd::config::ConfigError> {
+    statusd::config::load_from_str(toml, &[], statusd::config::Purpose::Run)
+}
+
+#[test]
+fn accounts_are_tables_and_the_platform_credentials_are_the_default_account() {
+    let s = load(
+        r#"
+[platform]
+base_url = "https://eu2-cloud.acronis.com"
+client_id = "legacy"
+client_secret = "secret-zero"
+[accounts.us1]
+datacenter_url = "https://us1-cloud.acronis.com/"
+client_id = "partner-us"
+client_secret = "secret-one"
+credentials = "cyberapp"
+root_tenant_id = "0b1d6a4e-8a7b-4c1e-9a55-6f0e8f3f2a11"
+[integration]
+application_code = "vendor.app"
+"#,
+    )
+    .unwrap();
+    let ids: Vec<&str> = s.accounts.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["default", "us1"]);
+    let us1 = &s.accounts[1];
+    assert_eq!(us1.datacenter_url, "https://us1-cloud.acronis.com");
+    assert_eq!(us1.credentials, statusd::config::Credentials::Cyberapp);
+    assert!(us1.root_tenant_id.is_some());
+    assert_eq!(
+        s.accounts[0].datacenter_url,
+        "https://eu2-cloud.acronis.com"
+    );
+    // check-config lists them with the secrets redacted.
+    let shown = s.to_redacted_toml();
+    assert!(
+        shown.contains("partner-us") && shown.contains("us1-cloud"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("secret-one") && !shown.contains("secret-zero"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn account_problems_name_the_account_key() {
+    let p = problems(
+        r#"
+[accounts.eu2]
+datacenter_url = "http://eu2-cloud.acronis.com"
+client_id = "c"
+[accounts."Bad Id"]
+datacenter_url = "https://eu2-cloud.acronis.com"
+client_id = "c"
+client_secret = "s"
+[integration]
+application_code = "vendor.app"
+"#,
+        &[],
+    );
+    assert!(has(&p, "accounts.eu2.datacenter_url", "loopback"), "{p:?}");
+    assert!(has(&p, "accounts.eu2.client_secret", "required"), "{p:?}");
+    assert!(has(&p, "accounts.Bad Id", "account id"), "{p:?}");
+    // With accounts, [platform] credentials are not required.
+    assert!(!p.iter().any(|(k, _)| k.starts_with("platform.")), "{p:?}");
+}

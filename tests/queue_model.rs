@@ -105,6 +105,7 @@ fn run_case(ops: Vec<Op>) {
                                 None
                             },
                             occurred_at_ms: None,
+                            account: None,
                         })
                         .collect();
                     let out = queue.enqueue(events).await.unwrap();
@@ -288,6 +289,7 @@ async fn in_flight_events_return_to_queued_in_order_after_reopen() {
                         action: format!("action {i}"),
                         idempotency_key: None,
                         occurred_at_ms: None,
+                        account: None,
                     })
                     .collect(),
             )
@@ -333,6 +335,7 @@ async fn compaction_removes_delivered_after_retention_and_keeps_pending() {
         action: "activated integration".into(),
         idempotency_key: Some(k.into()),
         occurred_at_ms: None,
+        account: None,
     };
     let first = q.enqueue(vec![ev("a"), ev("b")]).await.unwrap();
     let Take::Ready(batch) = q.take_batch(&tenant, 1).unwrap() else {
@@ -365,6 +368,7 @@ async fn backoff_hides_the_head_until_its_time() {
         action: "synced".into(),
         idempotency_key: None,
         occurred_at_ms: None,
+        account: None,
     }])
     .await
     .unwrap();
@@ -417,6 +421,7 @@ async fn layout_1_store_is_migrated_in_place() {
                         action: format!("a{i}"),
                         idempotency_key: None,
                         occurred_at_ms: None,
+                        account: None,
                     })
                     .collect(),
             )
@@ -477,6 +482,7 @@ fn one_event(tenant: Uuid, key: Option<&str>) -> NewEvent {
         action: "activated integration".into(),
         idempotency_key: key.map(str::to_string),
         occurred_at_ms: None,
+        account: None,
     }
 }
 

@@ -32,7 +32,8 @@ pub(super) async fn post_events(
             .field("body")
         })??;
     let header_key = idempotency_header(&headers)?;
-    let (events, is_array) = events_of(&value, header_key.as_deref())?;
+    let (mut events, is_array) = events_of(&value, header_key.as_deref())?;
+    route(&state, &mut events, is_array)?;
     let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
     let outcomes = state.queue.enqueue(events).await.map_err(store_error)?;
     for (o, k) in outcomes.iter().zip(&kinds) {
@@ -77,6 +78,60 @@ pub(super) async fn post_events(
             (StatusCode::OK, Json(answer)).into_response()
         }
     })
+}
+
+/// The account each event is reported for: the one it names (which must be configured), else
+/// the only account, else the account whose tenant inventory holds the tenant; refused otherwise
+/// (nothing is stored).
+fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<(), ApiError> {
+    let configured = || {
+        state
+            .accounts
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (i, ev) in events.iter_mut().enumerate() {
+        let field = if is_array {
+            format!("[{i}].account")
+        } else {
+            "account".to_string()
+        };
+        if let Some(id) = &ev.account {
+            if state.accounts.get(id).is_none() {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("unknown account {id:?} (configured: {})", configured()),
+                ));
+            }
+            continue;
+        }
+        if let Some(only) = state.accounts.only() {
+            ev.account = Some(only.id.clone());
+            continue;
+        }
+        let known = state
+            .queue
+            .inventory(&ev.tenant_id)
+            .map_err(store_error)?
+            .and_then(|t| t.account)
+            .filter(|id| state.accounts.get(id).is_some());
+        match known {
+            Some(id) => ev.account = Some(id),
+            None => {
+                return Err(ApiError::invalid(
+                    field,
+                    format!(
+                        "name the account: several are configured ({}) and no tenant inventory holds tenant {}",
+                        configured(),
+                        ev.tenant_id
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn require_json_body(headers: &HeaderMap) -> Result<(), ApiError> {

@@ -54,7 +54,9 @@ pub struct ApiState {
     /// False while shutting down: intake answers 503 and `/readyz` fails.
     pub accepting: Arc<AtomicBool>,
     pub delivery: Option<Delivery>,
+    /// The first account's client (the status page's platform).
     pub client: Option<PlatformClient>,
+    pub accounts: crate::accounts::Accounts,
     pub reconcilers: Option<Reconcilers>,
     /// How long a client may take to send a request body.
     pub read_timeout: std::time::Duration,

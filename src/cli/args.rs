@@ -126,6 +126,9 @@ pub struct EventArgs {
     /// Idempotency key: a repeated key is accepted once.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// The partner account (default: the only one, or the one whose inventory has the tenant).
+    #[arg(long, value_name = "ID")]
+    pub account: Option<String>,
     /// When the change happened, RFC 3339 (default: when statusd accepts it); reported as the
     /// activation or deactivation time.
     #[arg(long, value_name = "TIME")]

@@ -50,6 +50,7 @@ pub async fn send_event(settings: Settings, a: &EventArgs, kind: EventKind) -> E
         action: a.action.clone(),
         idempotency_key: a.idempotency_key.clone(),
         occurred_at: a.occurred_at.clone(),
+        account: a.account.clone(),
     };
     let body = serde_json::to_value(ev).expect("an event serializes");
     let api = LocalApi::new(&a.api, &settings);

@@ -18,11 +18,13 @@ use uuid::Uuid;
 /// Where the configuration file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/statusd/statusd.toml";
 
+mod accounts;
 mod reader;
 mod render;
 mod secret;
 mod settings;
 
+pub use accounts::{valid_account_id, AccountSettings, DEFAULT_ACCOUNT};
 use reader::*;
 pub use reader::{validate_brand_value, validate_cron};
 pub use secret::Secret;

@@ -181,7 +181,7 @@ impl Reader {
     }
 
     pub(super) fn settings(&mut self, purpose: Purpose) -> Settings {
-        let platform = self.platform(purpose);
+        let platform = self.platform();
         let integration = self.integration(purpose);
         let store = StoreSettings {
             path: self
@@ -195,8 +195,10 @@ impl Reader {
         let delivery = self.delivery();
         let api = self.api();
         let reconcile = self.reconcile();
+        let accounts = self.accounts(&platform, reconcile.tenants.root_tenant_id, purpose);
         let branding = self.branding();
         Settings {
+            accounts,
             platform,
             integration,
             store,
@@ -207,63 +209,13 @@ impl Reader {
         }
     }
 
-    pub(super) fn platform(&mut self, purpose: Purpose) -> PlatformSettings {
-        let base_url = self.string("platform.base_url").and_then(|raw| {
-            let trimmed = raw.trim().trim_end_matches('/').to_string();
-            match url::Url::parse(&trimmed) {
-                Ok(u) if u.scheme() == "http" && u.host().is_some() && !is_loopback(&u) => {
-                    self.problem(
-                        "platform.base_url",
-                        format!(
-                            "http:// is allowed only for a loopback address (the client secret would cross the network in clear): {raw:?}; use https://"
-                        ),
-                    );
-                    None
-                }
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                    Some(trimmed)
-                }
-                _ => {
-                    self.problem(
-                        "platform.base_url",
-                        format!("not a URL: {raw:?} (expected e.g. https://eu2-cloud.acronis.com)"),
-                    );
-                    None
-                }
-            }
-        });
+    pub(super) fn platform(&mut self) -> PlatformSettings {
+        let base_url = self.datacenter_url("platform.base_url");
         let client_id = self
             .string("platform.client_id")
             .filter(|s| !s.trim().is_empty());
         let client_secret = self.secret("platform.client_secret", Some("client_secret"));
-        if purpose == Purpose::Run {
-            if base_url.is_none() && !self.has_problem("platform.base_url") {
-                self.problem(
-                    "platform.base_url",
-                    "required (the data-center URL, e.g. https://eu2-cloud.acronis.com)",
-                );
-            }
-            if client_id.is_none() {
-                self.problem("platform.client_id", "required (the API client's id)");
-            }
-            if client_secret.is_none() && !self.has_problem_prefix("platform.client_secret") {
-                self.problem(
-                    "platform.client_secret",
-                    "required: set platform.client_secret_file (preferred) or platform.client_secret",
-                );
-            }
-        }
-        let credentials = match self.string("platform.credentials").as_deref() {
-            None | Some("api_client") => Credentials::ApiClient,
-            Some("cyberapp") => Credentials::Cyberapp,
-            Some(other) => {
-                self.problem(
-                    "platform.credentials",
-                    format!("expected \"api_client\" (the default) or \"cyberapp\", got {other:?}"),
-                );
-                Credentials::ApiClient
-            }
-        };
+        let credentials = self.credentials("platform.credentials");
         PlatformSettings {
             base_url,
             client_id,
@@ -271,6 +223,65 @@ impl Reader {
             credentials,
             request_timeout: self.duration("platform.request_timeout", "30s"),
             max_concurrency: self.u64_in("platform.max_concurrency", 8, 1, 256) as usize,
+        }
+    }
+
+    /// `run` needs an account: without `[accounts.*]`, the `[platform]` credentials.
+    pub(super) fn require_platform_credentials(&mut self, platform: &PlatformSettings) {
+        if platform.base_url.is_none() && !self.has_problem("platform.base_url") {
+            self.problem(
+                "platform.base_url",
+                "required (the data-center URL, e.g. https://eu2-cloud.acronis.com), or [accounts.<id>] tables",
+            );
+        }
+        if platform.client_id.is_none() {
+            self.problem("platform.client_id", "required (the API client's id)");
+        }
+        if platform.client_secret.is_none() && !self.has_problem_prefix("platform.client_secret") {
+            self.problem(
+                "platform.client_secret",
+                "required: set platform.client_secret_file (preferred) or platform.client_secret",
+            );
+        }
+    }
+
+    /// A data center's URL: https (http only for a loopback address, since the client secret
+    /// would cross the network in clear), without a trailing slash.
+    pub(super) fn datacenter_url(&mut self, key: &str) -> Option<String> {
+        let raw = self.string(key)?;
+        let trimmed = raw.trim().trim_end_matches('/').to_string();
+        match url::Url::parse(&trimmed) {
+            Ok(u) if u.scheme() == "http" && u.host().is_some() && !is_loopback(&u) => {
+                self.problem(
+                    key,
+                    format!(
+                        "http:// is allowed only for a loopback address (the client secret would cross the network in clear): {raw:?}; use https://"
+                    ),
+                );
+                None
+            }
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(trimmed),
+            _ => {
+                self.problem(
+                    key,
+                    format!("not a URL: {raw:?} (expected e.g. https://eu2-cloud.acronis.com)"),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn credentials(&mut self, key: &str) -> Credentials {
+        match self.string(key).as_deref() {
+            None | Some("api_client") => Credentials::ApiClient,
+            Some("cyberapp") => Credentials::Cyberapp,
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!("expected \"api_client\" (the default) or \"cyberapp\", got {other:?}"),
+                );
+                Credentials::ApiClient
+            }
         }
     }
 

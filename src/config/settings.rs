@@ -13,6 +13,8 @@ pub(super) mod duration_text {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
+    /// The partner accounts, sorted by id (`default` from `[platform]` in older configurations).
+    pub accounts: Vec<AccountSettings>,
     pub platform: PlatformSettings,
     pub integration: IntegrationSettings,
     pub store: StoreSettings,

@@ -1,4 +1,4 @@
-//! The platform-wide outage breaker shared by the lanes.
+//! The outage breaker of one data center, shared by the lanes that report there.
 //!
 //! Reports that fail for lack of an answer (connection errors, timeouts, 5xx, 429) on
 //! consecutive lanes open it: no lane starts until its window ends, and afterwards one lane
@@ -20,6 +20,8 @@ pub const OUTAGE_THRESHOLD: u32 = 2;
 pub struct Breaker {
     consecutive_outages: u32,
     open_until: Option<Instant>,
+    /// While probing, whether the one probing report is out.
+    probe_out: bool,
 }
 
 impl Breaker {
@@ -38,9 +40,29 @@ impl Breaker {
         self.open_until.filter(|until| *until > now)
     }
 
+    /// May a report go out now? Not while the window is open (the answer is when it ends);
+    /// while probing, only one at a time (the others wait `retry`).
+    pub fn admit(&mut self, now: Instant, retry: Duration) -> Result<(), Instant> {
+        if let Some(until) = self.open_until(now) {
+            return Err(until);
+        }
+        if self.probing() {
+            if self.probe_out {
+                return Err(now + retry);
+            }
+            self.probe_out = true;
+        }
+        Ok(())
+    }
+
     /// A report got through: the platform is back.
     pub fn on_success(&mut self) {
         *self = Breaker::default();
+    }
+
+    /// A report admitted while probing ended without a success.
+    pub fn probe_ended(&mut self) {
+        self.probe_out = false;
     }
 
     /// A report got no usable answer. From the threshold on, the window grows with the
@@ -123,5 +145,32 @@ mod tests {
         throttled.on_throttle(Instant::now(), Duration::from_secs(5));
         assert!(!throttled.probing(), "a throttle is not an outage");
         assert!(throttled.open_until(Instant::now()).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_probing_one_report_goes_out_at_a_time() {
+        let mut b = Breaker::default();
+        let mut rng = rand::rng();
+        for _ in 0..OUTAGE_THRESHOLD {
+            b.on_outage(Instant::now(), &backoff(), None, &mut rng);
+        }
+        let retry = Duration::from_millis(100);
+        let until = b
+            .admit(Instant::now(), retry)
+            .expect_err("closed while open");
+        tokio::time::advance(until - Instant::now()).await;
+        assert!(b.admit(Instant::now(), retry).is_ok(), "the probe");
+        assert!(
+            b.admit(Instant::now(), retry).is_err(),
+            "a second one waits"
+        );
+        b.probe_ended();
+        assert!(b.admit(Instant::now(), retry).is_ok(), "the next probe");
+        b.on_success();
+        assert!(b.admit(Instant::now(), retry).is_ok());
+        assert!(
+            b.admit(Instant::now(), retry).is_ok(),
+            "all go once it is closed"
+        );
     }
 }

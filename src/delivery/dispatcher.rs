@@ -101,18 +101,8 @@ impl Dispatcher {
             // A result that cannot be recorded would be sent again and again: pause.
             return;
         }
-        let (open, probing) = {
-            let b = self.delivery.breaker();
-            (b.open_until(Instant::now()).is_some(), b.probing())
-        };
-        if open {
-            return;
-        }
-        let limit = if probing {
-            1
-        } else {
-            self.delivery.opts.lanes.max(1)
-        };
+        // Each lane asks its data center's breaker before it sends.
+        let limit = self.delivery.opts.lanes.max(1);
         while self.running.len() < limit {
             let Some(t) = self.ready.pop_front() else {
                 break;
@@ -136,10 +126,8 @@ impl Dispatcher {
 
     fn publish_snapshot(&self) {
         let now = Instant::now();
-        let b = self.delivery.breaker();
-        let until_ms = b
-            .open_until(now)
-            .map(|until| now_ms() + (until - now).as_millis() as i64);
+        let (until, outages) = self.delivery.breakers_summary(now);
+        let until_ms = until.map(|until| now_ms() + (until - now).as_millis() as i64);
         let mut snap = self
             .delivery
             .snapshot
@@ -149,25 +137,16 @@ impl Dispatcher {
         snap.lanes_waiting_backoff = self.backoff.len();
         snap.timers = self.timers.len();
         snap.platform_backoff_until_ms = until_ms;
-        snap.consecutive_outage_failures = b.consecutive_outages();
+        snap.consecutive_outage_failures = outages;
     }
 
-    /// The next time something is due: a tenant's timer, or the end of the breaker's window
-    /// while tenants are waiting for it.
+    /// The next time something is due: a tenant's timer (lanes that met an open breaker wait
+    /// on theirs).
     fn next_wake(&self) -> Option<Instant> {
         if self.delivery.queue.write_error().is_some() {
             return Some(Instant::now() + STORE_RETRY);
         }
-        let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
-        let window = self
-            .delivery
-            .breaker()
-            .open_until(Instant::now())
-            .filter(|_| !self.ready.is_empty());
-        match (next_timer, window) {
-            (Some(t), Some(w)) => Some(t.min(w)),
-            (t, w) => t.or(w),
-        }
+        self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
     fn on_woken(&mut self, woken: Vec<TenantId>) {
@@ -292,7 +271,19 @@ mod tests {
             shutdown_grace: Duration::from_secs(1),
             lanes: 2,
         };
-        Delivery::new(queue, client, metrics, opts)
+        let account = crate::accounts::Account {
+            id: "default".into(),
+            datacenter_url: "http://127.0.0.1:9".into(),
+            datacenter: "127.0.0.1:9".into(),
+            client,
+            root_tenant_id: None,
+        };
+        Delivery::new(
+            queue,
+            crate::accounts::Accounts::from_accounts([account]),
+            metrics,
+            opts,
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -308,6 +299,7 @@ mod tests {
                 action: "activated integration".into(),
                 idempotency_key: None,
                 occurred_at_ms: None,
+                account: None,
             }])
             .await
             .unwrap();

@@ -1,10 +1,13 @@
 //! The delivery engine: one lane per tenant, each sending its oldest pending events as one
 //! report and nothing else until that report is settled; lanes run in parallel, bounded.
 //!
+//! Each report goes to the data center of its account, with that account's client and token.
+//!
 //! Retry policy: exponential backoff with full jitter per lane, `Retry-After` honoured, and a
-//! platform-wide breaker: when reports fail for lack of an answer (connection errors, timeouts,
-//! 5xx) on consecutive lanes, the whole engine backs off and then probes with one lane at a time
-//! until a report succeeds, so an outage costs a bounded number of requests.
+//! breaker per data center: when reports fail for lack of an answer (connection errors,
+//! timeouts, 5xx) on consecutive lanes, every report to that data center waits, and then one at a
+//! time probes until one succeeds, so an outage costs a bounded number of requests and one data
+//! center down does not slow the others.
 //!
 //! Dead letters do not block their tenant: a report the platform refuses for good is parked
 //! and the tenant's later events go on. Integration status is level state (the latest
@@ -20,9 +23,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::accounts::{Account, Accounts};
 use crate::backoff::{Backoff, InvalidBackoff};
 use crate::metrics::{AttemptOutcome, DeadLetterReason, Metrics};
-use crate::platform::{ErrorClass, PlatformClient, PlatformError, ReportEvent, ReportTimes};
+use crate::platform::{ErrorClass, PlatformError, ReportEvent, ReportTimes};
 use crate::store::{now_ms, Batch, EventKind, Queue, Take, TenantId};
 
 pub use breaker::{Breaker, OUTAGE_THRESHOLD};
@@ -77,10 +81,11 @@ enum LaneOutcome {
 #[derive(Clone)]
 pub struct Delivery {
     queue: Queue,
-    client: PlatformClient,
+    accounts: Accounts,
     metrics: Arc<Metrics>,
     opts: DeliveryOptions,
-    breaker: Arc<Mutex<Breaker>>,
+    /// One breaker per data center (host of its URL).
+    breakers: Arc<Mutex<std::collections::HashMap<String, Breaker>>>,
     snapshot: Arc<Mutex<DeliverySnapshot>>,
     /// Per tenant in failure, when this process first failed its oldest report.
     failing_since: Arc<Mutex<std::collections::HashMap<TenantId, FirstFailure>>>,
@@ -107,16 +112,16 @@ impl FirstFailure {
 impl Delivery {
     pub fn new(
         queue: Queue,
-        client: PlatformClient,
+        accounts: Accounts,
         metrics: Arc<Metrics>,
         opts: DeliveryOptions,
     ) -> Self {
         Delivery {
             queue,
-            client,
+            accounts,
             metrics,
             opts,
-            breaker: Arc::new(Mutex::new(Breaker::default())),
+            breakers: Default::default(),
             snapshot: Arc::new(Mutex::new(DeliverySnapshot::default())),
             failing_since: Default::default(),
         }
@@ -129,8 +134,22 @@ impl Delivery {
             .clone()
     }
 
-    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
-        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Work on the breaker of a data center.
+    fn breaker<T>(&self, datacenter: &str, f: impl FnOnce(&mut Breaker) -> T) -> T {
+        let mut all = self.breakers.lock().unwrap_or_else(PoisonError::into_inner);
+        f(all.entry(datacenter.to_string()).or_default())
+    }
+
+    /// The latest end of any data center's window, and the most outage failures in a row.
+    fn breakers_summary(&self, now: Instant) -> (Option<Instant>, u32) {
+        let all = self.breakers.lock().unwrap_or_else(PoisonError::into_inner);
+        let until = all.values().filter_map(|b| b.open_until(now)).max();
+        let outages = all
+            .values()
+            .map(Breaker::consecutive_outages)
+            .max()
+            .unwrap_or(0);
+        (until, outages)
     }
 
     /// Run until `stop` fires; then let reports in flight finish within the grace period and
@@ -160,6 +179,26 @@ impl Delivery {
                 return self.soon();
             }
         };
+        let Some(account) = self
+            .accounts
+            .of_event(batch.events[0].account.as_deref())
+            .cloned()
+        else {
+            let id = batch.events[0].account.as_deref().unwrap_or("default");
+            let message =
+                format!("account {id:?} is not configured (statusd has no credentials for it)");
+            return self
+                .park(&batch, DeadLetterReason::Permanent, &message)
+                .await;
+        };
+        // The data center's breaker: no report while its window is open, one while probing.
+        let admitted = self.breaker(&account.datacenter, |b| {
+            b.admit(Instant::now(), self.opts.backoff.initial())
+        });
+        if let Err(until) = admitted {
+            // The batch goes back untouched when dropped here.
+            return LaneOutcome::RetryAt(until);
+        }
         let events: Vec<ReportEvent> = batch
             .events
             .iter()
@@ -173,16 +212,19 @@ impl Delivery {
         let times = report_times(&batch);
         let started = Instant::now();
         let result = tokio::select! {
-            r = self.client.report_status_at(tenant, &events, &times) => r,
+            r = account.client.report_status_at(tenant, &events, &times) => r,
             // Dropping the batch unsettled gives its events back in their place.
-            _ = hard_stop.cancelled() => return LaneOutcome::Returned,
+            _ = hard_stop.cancelled() => {
+                self.breaker(&account.datacenter, Breaker::probe_ended);
+                return LaneOutcome::Returned;
+            }
         };
         self.metrics
             .delivery_request_duration
             .observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(()) => self.on_success(&batch).await,
-            Err(e) => self.on_failure(&batch, e).await,
+            Ok(()) => self.on_success(&batch, &account).await,
+            Err(e) => self.on_failure(&batch, &account, e).await,
         }
     }
 
@@ -216,8 +258,8 @@ impl Delivery {
             .remove(&batch.tenant_id);
     }
 
-    async fn on_success(&self, batch: &Batch) -> LaneOutcome {
-        self.breaker().on_success();
+    async fn on_success(&self, batch: &Batch, account: &Account) -> LaneOutcome {
+        self.breaker(&account.datacenter, Breaker::on_success);
         self.metrics.count_attempt(AttemptOutcome::Success);
         if let Err(e) = self.queue.ack_delivered(batch).await {
             // The report reached the platform; if the ack is lost it will be sent again, which
@@ -239,7 +281,8 @@ impl Delivery {
         LaneOutcome::Settled
     }
 
-    async fn on_failure(&self, batch: &Batch, e: PlatformError) -> LaneOutcome {
+    async fn on_failure(&self, batch: &Batch, account: &Account, e: PlatformError) -> LaneOutcome {
+        self.breaker(&account.datacenter, Breaker::probe_ended);
         self.metrics.count_attempt(match e.class {
             ErrorClass::Retryable => AttemptOutcome::Retryable,
             ErrorClass::Auth => AttemptOutcome::Auth,
@@ -264,9 +307,8 @@ impl Delivery {
                 .await;
         }
         let now = Instant::now();
-        let delay = {
+        let delay = self.breaker(&account.datacenter, |breaker| {
             let mut rng = rand::rng();
-            let mut breaker = self.breaker();
             if e.is_outage() {
                 breaker.on_outage(now, &self.opts.backoff, e.retry_after, &mut rng);
             } else if let Some(ra) = e.retry_after {
@@ -274,7 +316,7 @@ impl Delivery {
             }
             let delay = self.opts.backoff.delay(batch.max_attempts(), &mut rng);
             delay.max(e.retry_after.unwrap_or_default())
-        };
+        });
         if e.class == ErrorClass::Auth {
             // The platform client logs a refusal of the credentials once per wait; each lane
             // waiting on it is no news.

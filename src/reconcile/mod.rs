@@ -13,6 +13,7 @@ use sha2::Digest;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::accounts::Account;
 use crate::backoff::Backoff;
 use crate::config::{BrandingTarget, OnRemoved, Settings};
 use crate::metrics::{label, Metrics};
@@ -191,6 +192,7 @@ pub struct Reconcilers {
 struct Inner {
     queue: Queue,
     client: PlatformClient,
+    account: Account,
     metrics: Arc<Metrics>,
     settings: Arc<Settings>,
     locks: [tokio::sync::Mutex<()>; 3],
@@ -201,9 +203,11 @@ struct Inner {
 }
 
 impl Reconcilers {
+    /// The reconcilers of `account` (the first configured account: they do not run per account
+    /// yet).
     pub fn new(
         queue: Queue,
-        client: PlatformClient,
+        account: Account,
         metrics: Arc<Metrics>,
         settings: Arc<Settings>,
     ) -> Self {
@@ -213,7 +217,8 @@ impl Reconcilers {
         Reconcilers {
             inner: Arc::new(Inner {
                 queue,
-                client,
+                client: account.client.clone(),
+                account,
                 metrics,
                 settings,
                 locks: Default::default(),
@@ -342,7 +347,7 @@ impl Reconcilers {
     }
 
     async fn root(&self) -> Result<Uuid, ReconcileError> {
-        match self.inner.settings.reconcile.tenants.root_tenant_id {
+        match self.inner.account.root_tenant_id {
             Some(r) => Ok(r),
             None => self
                 .inner

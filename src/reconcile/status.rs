@@ -31,7 +31,10 @@ impl Reconcilers {
             if q.has_pending(&s.tenant_id) {
                 continue;
             }
-            events.push(NewEvent::state_change(s.tenant_id, intended, None));
+            let mut ev = NewEvent::state_change(s.tenant_id, intended, None);
+            // Re-asserted through the account of the tenant's latest decision.
+            ev.account = s.account.clone();
+            events.push(ev);
         }
         report.details.insert("tenants".into(), json!(events.len()));
         if report.dry_run || events.is_empty() {

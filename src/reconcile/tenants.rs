@@ -32,7 +32,11 @@ impl Reconcilers {
             .details
             .insert("fetched".into(), json!(listing.items.len()));
         report.details.insert("pages".into(), json!(listing.pages));
-        let records: Vec<InventoryTenant> = listing.items.iter().map(inventory_record).collect();
+        let records: Vec<InventoryTenant> = listing
+            .items
+            .iter()
+            .map(|t| inventory_record(t, &self.inner.account.id))
+            .collect();
 
         let deactivations = self.removed_tenants(&listing.items, report)?;
         if report.dry_run {
@@ -100,11 +104,13 @@ impl Reconcilers {
                 intended: json!("integration active"),
             });
             if on_removed == OnRemoved::Deactivate {
-                deactivations.push(NewEvent::state_change(
+                let mut ev = NewEvent::state_change(
                     t.id,
                     IntegrationState::Inactive,
                     Some(format!("statusd:removed:{}:{}", t.id, t.version)),
-                ));
+                );
+                ev.account = Some(self.inner.account.id.clone());
+                deactivations.push(ev);
             } else {
                 report.skipped.push(ItemNote {
                     tenant_id: t.id,
@@ -118,9 +124,10 @@ impl Reconcilers {
     }
 }
 
-fn inventory_record(t: &Tenant) -> InventoryTenant {
+fn inventory_record(t: &Tenant, account: &str) -> InventoryTenant {
     InventoryTenant {
         id: t.id,
+        account: Some(account.to_string()),
         parent_id: (t.parent_id != t.id).then_some(t.parent_id),
         name: t.name.clone(),
         kind: t.kind.clone(),

@@ -122,6 +122,13 @@ impl Queue {
                     }
                 }
             }
+            // A report is for one account: the batch ends where the account changes.
+            if events
+                .first()
+                .is_some_and(|first: &EventRecord| first.account != rec.account)
+            {
+                break;
+            }
             events.push(rec);
         }
         if events.is_empty() {

@@ -187,6 +187,7 @@ impl Group {
             let state = core.tenant_entry(&mut self.tenant_updates, tenant)?;
             state.intended = Some(intended);
             state.intended_at_ms = Some(now);
+            state.account = ev.account.clone();
         }
         let rec = EventRecord {
             id,
@@ -197,6 +198,7 @@ impl Group {
             idempotency_key: ev.idempotency_key,
             accepted_at_ms: now,
             occurred_at_ms: ev.occurred_at_ms,
+            account: ev.account.clone(),
             state: EventState::Queued,
             attempts: 0,
             last_error: None,

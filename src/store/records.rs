@@ -47,6 +47,8 @@ pub struct NewEvent {
     pub idempotency_key: Option<String>,
     /// When the vendor says the event happened (Unix milliseconds), if it said.
     pub occurred_at_ms: Option<i64>,
+    /// The partner account it is reported for (None: `default`).
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +66,9 @@ pub struct EventRecord {
     /// When the vendor says it happened (Unix milliseconds), if it said.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub occurred_at_ms: Option<i64>,
+    /// The partner account it is reported for (None, as stored by older versions: `default`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub account: Option<String>,
     pub state: EventState,
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -98,6 +103,9 @@ impl Enqueued {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantState {
     pub tenant_id: TenantId,
+    /// The account of its latest activation or deactivation (None: `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     #[serde(default)]
     pub intended: Option<IntegrationState>,
     #[serde(default)]
@@ -112,6 +120,9 @@ pub struct TenantState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryTenant {
     pub id: TenantId,
+    /// The account whose tree it was found in (None: `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     pub parent_id: Option<TenantId>,
     pub name: Option<String>,
     pub kind: Option<String>,
@@ -277,6 +288,7 @@ impl NewEvent {
             action: kind.default_action().into(),
             idempotency_key,
             occurred_at_ms: None,
+            account: None,
         }
     }
 }

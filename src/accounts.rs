@@ -1,0 +1,121 @@
+//! The partner accounts at run time: each with its own platform client (so its own token,
+//! renewed and refused on its own) and its data center.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::config::{AccountSettings, Settings, DEFAULT_ACCOUNT};
+use crate::metrics::Metrics;
+use crate::platform::{ClientOptions, PlatformClient};
+
+/// One account as delivery and the reconcilers use it.
+#[derive(Clone)]
+pub struct Account {
+    pub id: String,
+    pub datacenter_url: String,
+    /// The data center's host: the breaker's key, and what status pages show.
+    pub datacenter: String,
+    pub client: PlatformClient,
+    pub root_tenant_id: Option<Uuid>,
+}
+
+/// Every configured account; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Accounts {
+    by_id: Arc<BTreeMap<String, Account>>,
+}
+
+/// The host of a data-center URL.
+pub fn datacenter_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.host_str().map(|h| match u.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_string(),
+            })
+        })
+        .unwrap_or_else(|| url.to_string())
+}
+
+impl Accounts {
+    /// A client for every account of the settings.
+    pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Accounts, String> {
+        let mut by_id = BTreeMap::new();
+        for a in &settings.accounts {
+            by_id.insert(a.id.clone(), Self::account(settings, a, metrics.clone())?);
+        }
+        Ok(Accounts {
+            by_id: Arc::new(by_id),
+        })
+    }
+
+    fn account(
+        settings: &Settings,
+        a: &AccountSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Account, String> {
+        let client = PlatformClient::new(
+            ClientOptions {
+                base_url: a.datacenter_url.clone(),
+                client_id: a.client_id.clone(),
+                client_secret: a.client_secret.clone(),
+                credentials: a.credentials,
+                request_timeout: settings.platform.request_timeout,
+                max_concurrency: settings.platform.max_concurrency,
+                integration: settings.integration.clone(),
+            },
+            metrics,
+        )
+        .map_err(|e| format!("accounts.{}: {e}", a.id))?;
+        Ok(Account {
+            id: a.id.clone(),
+            datacenter_url: a.datacenter_url.clone(),
+            datacenter: datacenter_of(&a.datacenter_url),
+            client,
+            root_tenant_id: a.root_tenant_id,
+        })
+    }
+
+    /// Accounts already built (tests, tools).
+    pub fn from_accounts(accounts: impl IntoIterator<Item = Account>) -> Accounts {
+        Accounts {
+            by_id: Arc::new(accounts.into_iter().map(|a| (a.id.clone(), a)).collect()),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Account> {
+        self.by_id.get(id)
+    }
+
+    /// The account of an event stored without one (by an older statusd): `default`.
+    pub fn of_event(&self, account: Option<&str>) -> Option<&Account> {
+        self.get(account.unwrap_or(DEFAULT_ACCOUNT))
+    }
+
+    /// The account when exactly one is configured.
+    pub fn only(&self) -> Option<&Account> {
+        (self.by_id.len() == 1)
+            .then(|| self.by_id.values().next())
+            .flatten()
+    }
+
+    /// The first account by id (the reconcilers' account until they run per account).
+    pub fn first(&self) -> Option<&Account> {
+        self.by_id.values().next()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Account> {
+        self.by_id.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}

@@ -1,0 +1,226 @@
+//! Several partner accounts in several data centers (each a sandbox of its own): events are
+//! routed to their account, each arrives only at its own data center, and one data center
+//! failing does not hold back another.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use statusd::app::Running;
+use statusd::sandbox::{Fault, Sandbox, SandboxOptions};
+use uuid::Uuid;
+
+struct TwoDataCenters {
+    eu: Sandbox,
+    us: Sandbox,
+    running: Running,
+    api: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// Accounts `eu` and `us`, each in a sandbox data center of its own (`eu_secret` overrides the
+/// eu account's secret).
+async fn two_data_centers(eu_secret: Option<&str>) -> TwoDataCenters {
+    statusd::platform::install_crypto_provider();
+    let eu = Sandbox::start(SandboxOptions {
+        seed: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let us = Sandbox::start(SandboxOptions {
+        seed: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[accounts.eu]
+datacenter_url = "{}"
+client_id = "{}"
+client_secret = "{}"
+[accounts.us]
+datacenter_url = "{}"
+client_id = "{}"
+client_secret = "{}"
+[platform]
+request_timeout = "2s"
+[integration]
+application_code = "vendor.tests"
+[store]
+path = "{}"
+[delivery]
+initial_backoff = "50ms"
+max_backoff = "300ms"
+"#,
+        eu.url,
+        eu.client_id,
+        eu_secret.unwrap_or(&eu.client_secret),
+        us.url,
+        us.client_id,
+        us.client_secret,
+        dir.path().display()
+    );
+    let settings =
+        statusd::config::load_from_str(&toml, &[], statusd::config::Purpose::Run).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = statusd::app::start(settings, Some(listener), false)
+        .await
+        .unwrap();
+    let api = format!("http://{}", running.api_addr);
+    TwoDataCenters {
+        eu,
+        us,
+        running,
+        api,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl TwoDataCenters {
+    async fn post(&self, body: serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/events", self.api))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+fn events(tenants: &[Uuid], account: &str, per_tenant: usize) -> serde_json::Value {
+    let mut out = Vec::new();
+    for n in 0..per_tenant {
+        for t in tenants {
+            out.push(json!({"tenant_id": t, "type": "custom", "category": "test", "action": format!("{t}-{n}"), "account": account}));
+        }
+    }
+    json!(out)
+}
+
+fn tenants_reported(sb: &Sandbox) -> std::collections::HashSet<Uuid> {
+    sb.reports().iter().map(|r| r.tenant_id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_routed_to_their_account_and_refused_when_they_cannot_be() {
+    let dc = two_data_centers(None).await;
+    let eu_tenants = customers(&dc.eu, 3);
+    let us_tenants = customers(&dc.us, 3);
+    // Named.
+    assert_eq!(dc.post(events(&eu_tenants, "eu", 1)).await.status(), 202);
+    assert_eq!(dc.post(events(&us_tenants, "us", 1)).await.status(), 202);
+    // Unknown, or not named while several accounts could take it: 400, nothing stored.
+    let depth = dc.running.queue.stats().depth;
+    let r = dc
+        .post(json!({"tenant_id": eu_tenants[0], "type": "activation", "account": "apac"}))
+        .await;
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "account", "{body}");
+    let r = dc
+        .post(json!([
+            {"tenant_id": eu_tenants[0], "type": "activation", "account": "eu"},
+            {"tenant_id": us_tenants[0], "type": "activation"},
+        ]))
+        .await;
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "[1].account", "{body}");
+    let stored = dc.running.queue.stats().depth;
+    assert!(stored <= depth, "refused events were stored");
+    let q = dc.running.queue.clone();
+    wait_for(Duration::from_secs(10), "delivered", || {
+        q.stats().depth == 0
+    })
+    .await;
+    // Each data center got its own account's tenants, and only those.
+    assert_eq!(
+        tenants_reported(&dc.eu),
+        eu_tenants.iter().copied().collect()
+    );
+    assert_eq!(
+        tenants_reported(&dc.us),
+        us_tenants.iter().copied().collect()
+    );
+    // Inferred from the inventory: the tenant reconcile (of the first account, eu) knows
+    // eu's tenants.
+    dc.running
+        .reconcilers
+        .run_now(statusd::reconcile::Kind::Tenants, false)
+        .await
+        .unwrap();
+    let t = customers(&dc.eu, 5)[4];
+    let r = dc.post(json!({"tenant_id": t, "type": "activation"})).await;
+    assert_eq!(r.status(), 202);
+    wait_for(
+        Duration::from_secs(10),
+        "the inferred event delivered",
+        || tenants_reported(&dc.eu).contains(&t),
+    )
+    .await;
+    assert!(!tenants_reported(&dc.us).contains(&t));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_data_center_down_does_not_hold_back_another() {
+    let dc = two_data_centers(None).await;
+    dc.eu.inject(Fault {
+        status: Some(503),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
+    let eu_tenants = customers(&dc.eu, 10);
+    let us_tenants = customers(&dc.us, 10);
+    assert_eq!(dc.post(events(&eu_tenants, "eu", 3)).await.status(), 202);
+    assert_eq!(dc.post(events(&us_tenants, "us", 3)).await.status(), 202);
+    // us is delivered in full while eu is still down.
+    wait_for(Duration::from_secs(15), "us delivered", || {
+        dc.us
+            .reports()
+            .iter()
+            .map(|r| r.body["events"].as_array().unwrap().len())
+            .sum::<usize>()
+            == 30
+    })
+    .await;
+    assert!(dc.eu.reports().is_empty(), "eu accepted nothing while down");
+    assert_eq!(dc.running.queue.stats().depth, 30, "eu's events wait");
+    dc.eu.clear_faults();
+    let q = dc.running.queue.clone();
+    wait_for(
+        Duration::from_secs(15),
+        "eu delivered after its outage",
+        || q.stats().depth == 0,
+    )
+    .await;
+    assert_eq!(
+        tenants_reported(&dc.eu),
+        eu_tenants.iter().copied().collect()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_in_one_account_does_not_hold_back_another() {
+    let dc = two_data_centers(Some("not-the-secret")).await;
+    let eu_tenants = customers(&dc.eu, 5);
+    let us_tenants = customers(&dc.us, 5);
+    assert_eq!(dc.post(events(&eu_tenants, "eu", 2)).await.status(), 202);
+    assert_eq!(dc.post(events(&us_tenants, "us", 2)).await.status(), 202);
+    wait_for(Duration::from_secs(15), "us delivered", || {
+        dc.running.queue.stats().depth == 10
+    })
+    .await;
+    assert_eq!(
+        tenants_reported(&dc.us),
+        us_tenants.iter().copied().collect()
+    );
+    assert!(dc.eu.reports().is_empty());
+    assert_eq!(dc.eu.requests_to("token"), 1, "the refusal is remembered");
+}
