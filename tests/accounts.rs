@@ -224,3 +224,56 @@ async fn a_wrong_secret_in_one_account_does_not_hold_back_another() {
     assert!(dc.eu.reports().is_empty());
     assert_eq!(dc.eu.requests_to("token"), 1, "the refusal is remembered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accounts_show_their_data_center_token_and_events() {
+    let dc = two_data_centers(Some("not-the-secret")).await;
+    let eu_tenants = customers(&dc.eu, 2);
+    let us_tenants = customers(&dc.us, 2);
+    assert_eq!(dc.post(events(&eu_tenants, "eu", 1)).await.status(), 202);
+    assert_eq!(dc.post(events(&us_tenants, "us", 1)).await.status(), 202);
+    let q = dc.running.queue.clone();
+    wait_for(Duration::from_secs(15), "us delivered", || {
+        q.stats().depth == 2
+    })
+    .await;
+    let list = get_json(&dc.http, &format!("{}/v1/accounts", dc.api)).await;
+    assert_eq!(list["count"], 2, "{list}");
+    let eu = &list["items"][0];
+    assert_eq!(eu["id"], "eu");
+    assert_eq!(eu["token"], "failing", "{eu}");
+    assert!(eu["token_error"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("invalid_client"));
+    assert_eq!(eu["pending_events"], 2);
+    assert_eq!(eu["datacenter_url"], dc.eu.url.as_str());
+    let us = get_json(&dc.http, &format!("{}/v1/accounts/us", dc.api)).await;
+    assert_eq!(us["token"], "ok", "{us}");
+    assert_eq!(us["pending_events"], 0);
+    let missing = dc
+        .http
+        .get(format!("{}/v1/accounts/apac", dc.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    // The same through the CLI.
+    let api = dc.api.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_statusd"))
+            .args(["accounts", "--api", &api])
+            .env_clear()
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("failing: ") && shown.contains("2 account(s)"),
+        "{shown}"
+    );
+    assert!(!shown.contains("not-the-secret"), "{shown}");
+}

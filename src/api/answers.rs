@@ -129,6 +129,28 @@ pub struct Retried {
     pub retried: usize,
 }
 
+/// `GET /v1/accounts/{id}`, and each item of `GET /v1/accounts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountView {
+    pub id: String,
+    pub datacenter_url: String,
+    pub datacenter: String,
+    pub root_tenant_id: Option<Uuid>,
+    /// `ok`, `failing` (with `token_error`) or `unknown` (not used yet).
+    pub token: String,
+    pub token_error: Option<crate::platform::AuthFailure>,
+    pub pending_events: u64,
+    pub dead_letters: u64,
+    pub tenants_known: u64,
+}
+
+/// `GET /v1/accounts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountsList {
+    pub count: usize,
+    pub items: Vec<AccountView>,
+}
+
 /// `GET /v1/status`: what `statusd status` prints.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {

@@ -79,10 +79,26 @@ pub(super) async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -
     }
 }
 
-pub(super) async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        include_str!("../../docs/openapi.json"),
-    )
-        .into_response()
+/// The API's description, as deployed: the accounts an event may name are this daemon's.
+pub(super) async fn openapi(State(state): State<ApiState>) -> Response {
+    let mut doc: Value = serde_json::from_str(include_str!("../../docs/openapi.json"))
+        .expect("docs/openapi.json is JSON");
+    let ids: Vec<Value> = state.accounts.iter().map(|a| json!(a.id)).collect();
+    // An event may leave its account out (null): nullable with an enum needs null listed too.
+    let nullable_ids: Vec<Value> = ids.iter().cloned().chain([Value::Null]).collect();
+    if !ids.is_empty() {
+        if let Some(shapes) = doc
+            .pointer_mut("/components/schemas/Event/oneOf")
+            .and_then(Value::as_array_mut)
+        {
+            for shape in shapes {
+                shape["properties"]["account"]["enum"] = json!(nullable_ids);
+            }
+        }
+        if let Some(param) = doc.pointer_mut("/paths/~1v1~1accounts~1{id}/get/parameters/0/schema")
+        {
+            param["enum"] = json!(ids);
+        }
+    }
+    Json(doc).into_response()
 }

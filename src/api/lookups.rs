@@ -8,6 +8,18 @@ pub(super) fn parse_id(s: &str, field: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::invalid(field, format!("{field} is not a UUID: {}", clip(s))))
 }
 
+/// An account id from a path.
+pub(super) fn parse_id_text(s: &str) -> Result<String, ApiError> {
+    if crate::config::valid_account_id(s) {
+        Ok(s.to_string())
+    } else {
+        Err(ApiError::invalid(
+            "id",
+            format!("not an account id: {}", clip(s)),
+        ))
+    }
+}
+
 pub(super) async fn get_event(
     State(state): State<ApiState>,
     Path(id): Path<String>,

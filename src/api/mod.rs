@@ -23,6 +23,7 @@ use crate::store::{Enqueued, EventKind, Queue};
 
 use crate::event::{clip, limits, FieldError};
 
+mod accounts;
 pub mod answers;
 mod dead;
 mod health;
@@ -31,6 +32,7 @@ mod lookups;
 mod reconcile;
 mod serve;
 
+use accounts::*;
 use dead::*;
 pub use health::refresh_gauges;
 use health::*;
@@ -138,6 +140,8 @@ pub(super) fn store_error(e: crate::store::StoreError) -> ApiError {
 
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
+        .route("/accounts", get(list_accounts))
+        .route("/accounts/{id}", get(get_account))
         .route("/events", post(post_events))
         .route("/events/{id}", get(get_event))
         .route("/tenants/{id}", get(get_tenant))

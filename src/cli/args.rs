@@ -62,6 +62,8 @@ pub enum Command {
     DeadLetters(DeadLetterCommand),
     /// Show the tenant inventory from the last tenant reconcile.
     Tenants(StatusArgs),
+    /// Show the partner accounts: data center, token state, pending and dead events, tenants.
+    Accounts(StatusArgs),
     /// Run one reconcile now; --dry-run prints the drift without changing anything
     /// (exit 0 no drift or applied, 1 drift found in a dry run, 2 error).
     Reconcile(ReconcileArgs),

@@ -7,7 +7,9 @@ use reqwest::Method;
 use super::args::{ApiArgs, DeadLetterCommand, EventArgs, ReconcileArgs, StatusArgs};
 use super::client::{CallError, LocalApi};
 use super::table::{cell, clip, print_json, print_reconcile, print_status, print_table};
-use crate::api::answers::{Accepted, DeadLetters, EventView, Retried, Status, Tenants};
+use crate::api::answers::{
+    Accepted, AccountsList, DeadLetters, EventView, Retried, Status, Tenants,
+};
 use crate::config::Settings;
 use crate::event::IncomingEvent;
 use crate::exit;
@@ -116,6 +118,52 @@ pub async fn tenants(settings: Settings, args: &StatusArgs) -> ExitCode {
         &rows,
     );
     println!("{} tenant(s)", rows.len());
+    ExitCode::from(exit::OK)
+}
+
+pub async fn accounts(settings: Settings, args: &StatusArgs) -> ExitCode {
+    let api = LocalApi::new(&args.api, &settings);
+    let v = match api
+        .call::<AccountsList>(Method::GET, "/v1/accounts", None)
+        .await
+    {
+        Ok((_, v)) => v,
+        Err(e) => return fail(e),
+    };
+    if args.json {
+        print_json(&v);
+        return ExitCode::from(exit::OK);
+    }
+    let rows: Vec<Vec<String>> = v
+        .items
+        .iter()
+        .map(|a| {
+            let token = match &a.token_error {
+                Some(f) => format!("failing: {}", clip(&f.error, 60)),
+                None => a.token.clone(),
+            };
+            vec![
+                a.id.clone(),
+                a.datacenter.clone(),
+                token,
+                a.pending_events.to_string(),
+                a.dead_letters.to_string(),
+                a.tenants_known.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ACCOUNT",
+            "DATA CENTER",
+            "TOKEN",
+            "PENDING",
+            "DEAD",
+            "TENANTS",
+        ],
+        &rows,
+    );
+    println!("{} account(s)", rows.len());
     ExitCode::from(exit::OK)
 }
 

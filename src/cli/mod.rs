@@ -87,6 +87,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Status(args) => with_local(&cli, |s| commands::status(s, args)).await,
         Command::DeadLetters(dl) => with_local(&cli, |s| commands::dead_letters(s, dl)).await,
         Command::Tenants(args) => with_local(&cli, |s| commands::tenants(s, args)).await,
+        Command::Accounts(args) => with_local(&cli, |s| commands::accounts(s, args)).await,
         Command::Reconcile(r) => with_local(&cli, |s| commands::reconcile(s, r)).await,
     }
 }

@@ -239,6 +239,19 @@ impl PlatformClient {
         })
     }
 
+    /// The token as the status pages show it: `ok` with a token in hand, `failing` while the
+    /// credentials are refused, `unknown` before the first use.
+    pub async fn token_state(&self) -> &'static str {
+        let state = self.inner.token.lock().await;
+        if state.refused.is_some() {
+            "failing"
+        } else if state.cached.is_some() {
+            "ok"
+        } else {
+            "unknown"
+        }
+    }
+
     /// Forget the token if it is still the one that was refused.
     async fn invalidate(&self, refused: &Secret) {
         let mut state = self.inner.token.lock().await;

@@ -49,6 +49,18 @@ impl Queue {
         lock(&self.inner.writer).heads.has_pending(tenant)
     }
 
+    /// Every pending event's record (a scan of the whole queue: run it with `scan`).
+    pub fn pending_records(&self) -> Result<Vec<EventRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix([b'p']) {
+            let (_, v) = item?;
+            if let Some(rec) = self.get_event_raw(&uuid_from(&v)?)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
     /// The tenant's pending events in delivery order, up to `limit` (read only).
     pub fn pending_events(
         &self,
