@@ -121,7 +121,12 @@ pub async fn start(
         DeliveryOptions::from_settings(&settings)
             .map_err(|e| AppError::Setup(format!("delivery.initial_backoff: {e}")))?,
     );
-    let reconcilers = Reconcilers::new(queue.clone(), first, metrics.clone(), settings.clone());
+    let reconcilers = Reconcilers::new(
+        queue.clone(),
+        accounts.clone(),
+        metrics.clone(),
+        settings.clone(),
+    );
     let accepting = Arc::new(AtomicBool::new(true));
     let listener = match listener {
         Some(l) => l,

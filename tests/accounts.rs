@@ -149,8 +149,7 @@ async fn events_are_routed_to_their_account_and_refused_when_they_cannot_be() {
         tenants_reported(&dc.us),
         us_tenants.iter().copied().collect()
     );
-    // Inferred from the inventory: the tenant reconcile (of the first account, eu) knows
-    // eu's tenants.
+    // Inferred from the inventory: the tenant reconcile walks every account's tree.
     dc.running
         .reconcilers
         .run_now(statusd::reconcile::Kind::Tenants, false)
@@ -276,4 +275,41 @@ async fn the_accounts_show_their_data_center_token_and_events() {
         "{shown}"
     );
     assert!(!shown.contains("not-the-secret"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenant_reconcile_walks_every_account_and_one_failing_fails_only_its_part() {
+    let dc = two_data_centers(Some("not-the-secret")).await;
+    let report = dc
+        .running
+        .reconcilers
+        .run_now(statusd::reconcile::Kind::Tenants, false)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, "partial", "{:?}", report.errors);
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.message.starts_with("account eu:")),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(
+        report.details["accounts"]["us"]["fetched"], 51,
+        "{:?}",
+        report.details
+    );
+    // The us inventory routes events for its tenants, with no account named.
+    let t = customers(&dc.us, 4)[3];
+    let r = dc.post(json!({"tenant_id": t, "type": "activation"})).await;
+    assert_eq!(r.status(), 202);
+    wait_for(Duration::from_secs(10), "routed to us", || {
+        tenants_reported(&dc.us).contains(&t)
+    })
+    .await;
+    let us = get_json(&dc.http, &format!("{}/v1/accounts/us", dc.api)).await;
+    assert_eq!(us["tenants_known"], 51, "{us}");
+    let eu = get_json(&dc.http, &format!("{}/v1/accounts/eu", dc.api)).await;
+    assert_eq!(eu["tenants_known"], 0, "{eu}");
 }

@@ -6,17 +6,38 @@ use super::*;
 use crate::platform::PlatformError;
 
 impl Reconcilers {
-    async fn branding_targets(&self) -> Result<Vec<Uuid>, ReconcileError> {
+    /// The account's targets: its partners, and the tenants named whose inventory record is
+    /// its own (a tenant not in any inventory counts for the first account).
+    async fn branding_targets(&self, account: &Account) -> Result<Vec<Uuid>, ReconcileError> {
+        let all = self.inner.queue.scan(|q| q.inventory_all()).await?;
+        let default = crate::config::DEFAULT_ACCOUNT;
+        let is_first = self
+            .inner
+            .accounts
+            .first()
+            .is_some_and(|f| f.id == account.id);
+        let inv: Vec<InventoryTenant> = all
+            .into_iter()
+            .filter(|t| t.account.as_deref().unwrap_or(default) == account.id)
+            .collect();
         let mut out = Vec::new();
         for t in &self.inner.settings.reconcile.branding.targets {
             match t {
-                BrandingTarget::Tenant(id) => out.push(*id),
+                BrandingTarget::Tenant(id) => {
+                    let known = self.inner.queue.inventory(id)?;
+                    let mine = match known.as_ref().and_then(|k| k.account.as_deref()) {
+                        Some(owner) => owner == account.id,
+                        None if known.is_some() => account.id == default,
+                        None => is_first,
+                    };
+                    if mine {
+                        out.push(*id);
+                    }
+                }
                 BrandingTarget::Partners => {
-                    let inv = self.inner.queue.scan(|q| q.inventory_all()).await?;
                     if inv.is_empty() {
-                        let root = self.root().await?;
-                        let listing = self
-                            .inner
+                        let root = self.root(account).await?;
+                        let listing = account
                             .client
                             .list_tenants(&TenantSelector::SubtreeRoot(root), None, false)
                             .await?;
@@ -45,9 +66,10 @@ impl Reconcilers {
     pub(super) async fn reconcile_branding(
         &self,
         report: &mut Report,
+        account: &Account,
         scheduled: bool,
     ) -> Result<(), ReconcileError> {
-        let targets = self.branding_targets().await?;
+        let targets = self.branding_targets(account).await?;
         report
             .details
             .insert("targets".into(), json!(targets.len()));
@@ -94,7 +116,8 @@ impl Reconcilers {
                 }
                 let this = self.clone();
                 let logo = logo.clone();
-                set.spawn(async move { (t, this.brand_one(t, dry_run, logo).await) });
+                let account = account.clone();
+                set.spawn(async move { (t, this.brand_one(&account, t, dry_run, logo).await) });
             }
             let Some(joined) = set.join_next().await else {
                 break;
@@ -150,6 +173,7 @@ impl Reconcilers {
     }
     async fn brand_one(
         &self,
+        account: &Account,
         tenant: Uuid,
         dry_run: bool,
         logo: Option<Arc<(Vec<u8>, String)>>,
@@ -168,7 +192,7 @@ impl Reconcilers {
                 tokio::time::sleep(wait).await;
             }
             match self
-                .brand_attempt(tenant, dry_run, &intended, logo.as_deref())
+                .brand_attempt(account, tenant, dry_run, &intended, logo.as_deref())
                 .await?
             {
                 BrandAttempt::Done(out) => return Ok(out),
@@ -189,12 +213,13 @@ impl Reconcilers {
     /// write the changed fields and upload the logo, each at the version just read.
     async fn brand_attempt(
         &self,
+        account: &Account,
         tenant: Uuid,
         dry_run: bool,
         intended: &Map<String, Value>,
         logo: Option<&(Vec<u8>, String)>,
     ) -> Result<BrandAttempt, ReconcileError> {
-        let c = &self.inner.client;
+        let c = &account.client;
         let mut out = BrandOutcome::default();
         let t = c.get_tenant(tenant).await?;
         if t.kind_is("customer") || t.kind_is("unit") {
@@ -236,7 +261,9 @@ impl Reconcilers {
                 .push(format!("{tenant}: enabled custom branding"));
             version = c.get_tenant(tenant).await?.version;
         }
-        let changes = self.brand_drift(tenant, intended, &mut out).await?;
+        let changes = self
+            .brand_drift(account, tenant, intended, &mut out)
+            .await?;
         let logo_key = format!("branding.logo.{tenant}");
         let uploaded: Option<String> = self.inner.queue.get_doc(&logo_key)?;
         let logo_drift = logo.filter(|l| uploaded.as_deref() != Some(l.1.as_str()));
@@ -274,11 +301,12 @@ impl Reconcilers {
     /// drift (`null == ""`; fields not managed are left alone).
     async fn brand_drift(
         &self,
+        account: &Account,
         tenant: Uuid,
         intended: &Map<String, Value>,
         out: &mut BrandOutcome,
     ) -> Result<Map<String, Value>, ReconcileError> {
-        let brand = self.inner.client.get_brand(tenant).await?;
+        let brand = account.client.get_brand(tenant).await?;
         let mut changes = Map::new();
         for (k, want) in intended {
             let have = brand.get(k).cloned().unwrap_or(Value::Null);

@@ -13,11 +13,11 @@ use sha2::Digest;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::accounts::Account;
+use crate::accounts::{Account, Accounts};
 use crate::backoff::Backoff;
 use crate::config::{BrandingTarget, OnRemoved, Settings};
 use crate::metrics::{label, Metrics};
-use crate::platform::{ErrorClass, PlatformClient, Tenant, TenantSelector};
+use crate::platform::{ErrorClass, Tenant, TenantSelector};
 use crate::store::{now_ms, IntegrationState, InventoryTenant, NewEvent, Queue};
 
 mod branding;
@@ -191,8 +191,7 @@ pub struct Reconcilers {
 
 struct Inner {
     queue: Queue,
-    client: PlatformClient,
-    account: Account,
+    accounts: Accounts,
     metrics: Arc<Metrics>,
     settings: Arc<Settings>,
     locks: [tokio::sync::Mutex<()>; 3],
@@ -203,11 +202,11 @@ struct Inner {
 }
 
 impl Reconcilers {
-    /// The reconcilers of `account` (the first configured account: they do not run per account
-    /// yet).
+    /// The reconcilers of every account: tenants and branding walk each account's tree with its
+    /// client; status re-asserts each tenant through its own account.
     pub fn new(
         queue: Queue,
-        account: Account,
+        accounts: Accounts,
         metrics: Arc<Metrics>,
         settings: Arc<Settings>,
     ) -> Self {
@@ -217,8 +216,7 @@ impl Reconcilers {
         Reconcilers {
             inner: Arc::new(Inner {
                 queue,
-                client: account.client.clone(),
-                account,
+                accounts,
                 metrics,
                 settings,
                 locks: Default::default(),
@@ -292,9 +290,8 @@ impl Reconcilers {
             dry_run
         );
         let result = match kind {
-            Kind::Tenants => self.reconcile_tenants(&mut report).await,
             Kind::Status => self.reconcile_status(&mut report).await,
-            Kind::Branding => self.reconcile_branding(&mut report, scheduled).await,
+            Kind::Tenants | Kind::Branding => self.per_account(&mut report, kind, scheduled).await,
         };
         if let Err(e) = result {
             report.fail(&e);
@@ -346,11 +343,59 @@ impl Reconcilers {
         report
     }
 
-    async fn root(&self) -> Result<Uuid, ReconcileError> {
-        match self.inner.account.root_tenant_id {
+    /// Run a reconciler once per account. An account that fails fails only its own part (an
+    /// error of the report, naming it); the run is an error when every account failed. With
+    /// several accounts, each account's figures are under `details.accounts.<id>`.
+    async fn per_account(
+        &self,
+        report: &mut Report,
+        kind: Kind,
+        scheduled: bool,
+    ) -> Result<(), ReconcileError> {
+        let accounts: Vec<Account> = self.inner.accounts.iter().cloned().collect();
+        let several = accounts.len() > 1;
+        let mut failures = Vec::new();
+        let mut per_account = Map::new();
+        for account in &accounts {
+            let saved = std::mem::take(&mut report.details);
+            let result = match kind {
+                Kind::Tenants => self.reconcile_tenants(report, account).await,
+                _ => self.reconcile_branding(report, account, scheduled).await,
+            };
+            let details = std::mem::replace(&mut report.details, saved);
+            if several {
+                per_account.insert(account.id.clone(), Value::Object(details));
+            } else {
+                report.details = details;
+            }
+            if let Err(e) = result {
+                failures.push((account.id.clone(), e));
+            }
+        }
+        if several {
+            report
+                .details
+                .insert("accounts".into(), Value::Object(per_account));
+        }
+        if failures.len() == accounts.len() && !several {
+            return Err(failures.pop().expect("one account failed").1);
+        }
+        for (id, e) in &failures {
+            report.errors.push(ItemNote {
+                tenant_id: Uuid::nil(),
+                message: format!("account {id}: {e}"),
+            });
+        }
+        if !failures.is_empty() && failures.len() == accounts.len() {
+            report.outcome = Outcome::Error;
+        }
+        Ok(())
+    }
+
+    async fn root(&self, account: &Account) -> Result<Uuid, ReconcileError> {
+        match account.root_tenant_id {
             Some(r) => Ok(r),
-            None => self
-                .inner
+            None => account
                 .client
                 .own_tenant_id()
                 .await

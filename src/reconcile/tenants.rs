@@ -13,15 +13,16 @@ impl Reconcilers {
     pub(super) async fn reconcile_tenants(
         &self,
         report: &mut Report,
+        account: &Account,
     ) -> Result<(), ReconcileError> {
         let q = &self.inner.queue;
-        let root = self.root().await?;
-        let cursor: Option<TenantCursor> = q.get_doc("tenants.cursor")?;
+        let root = self.root(account).await?;
+        let cursor_doc = cursor_doc(&account.id);
+        let cursor: Option<TenantCursor> = q.get_doc(&cursor_doc)?;
         let since = cursor
             .filter(|c| c.root == root)
             .and_then(|c| c.updated_since);
-        let listing = self
-            .inner
+        let listing = account
             .client
             .list_tenants(&TenantSelector::SubtreeRoot(root), since.as_deref(), true)
             .await?;
@@ -35,10 +36,10 @@ impl Reconcilers {
         let records: Vec<InventoryTenant> = listing
             .items
             .iter()
-            .map(|t| inventory_record(t, &self.inner.account.id))
+            .map(|t| inventory_record(t, &account.id))
             .collect();
 
-        let deactivations = self.removed_tenants(&listing.items, report)?;
+        let deactivations = self.removed_tenants(&listing.items, report, account)?;
         if report.dry_run {
             report
                 .details
@@ -55,14 +56,14 @@ impl Reconcilers {
         if since.is_some() {
             q.put_inventory(&records).await?;
         } else {
-            q.replace_inventory(&records).await?;
+            q.replace_inventory(&account.id, &records).await?;
         }
         report.actions.push(format!(
             "inventory {mode} sync: {} tenant(s) stored",
             records.len()
         ));
         q.put_doc(
-            "tenants.cursor",
+            &cursor_doc,
             &TenantCursor {
                 root,
                 updated_since: listing.timestamp.or(since),
@@ -81,6 +82,7 @@ impl Reconcilers {
         &self,
         listing: &[Tenant],
         report: &mut Report,
+        account: &Account,
     ) -> Result<Vec<NewEvent>, ReconcileError> {
         let on_removed = self.inner.settings.reconcile.tenants.on_removed;
         let mut deactivations = Vec::new();
@@ -109,7 +111,7 @@ impl Reconcilers {
                     IntegrationState::Inactive,
                     Some(format!("statusd:removed:{}:{}", t.id, t.version)),
                 );
-                ev.account = Some(self.inner.account.id.clone());
+                ev.account = Some(account.id.clone());
                 deactivations.push(ev);
             } else {
                 report.skipped.push(ItemNote {
@@ -121,6 +123,15 @@ impl Reconcilers {
             }
         }
         Ok(deactivations)
+    }
+}
+
+/// Where an account's tenant walk resumes (the account `default` keeps the older name).
+fn cursor_doc(account: &str) -> String {
+    if account == crate::config::DEFAULT_ACCOUNT {
+        "tenants.cursor".into()
+    } else {
+        format!("tenants.cursor.{account}")
     }
 }
 

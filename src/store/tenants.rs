@@ -37,18 +37,26 @@ impl Queue {
 
     /// Insert or replace inventory records (one atomic batch), durable when it returns.
     pub async fn put_inventory(&self, tenants: &[InventoryTenant]) -> Result<(), StoreError> {
-        self.write_inventory(tenants, false).await
+        self.write_inventory(tenants, None).await
     }
 
-    /// Replace the whole inventory (after a full walk).
-    pub async fn replace_inventory(&self, tenants: &[InventoryTenant]) -> Result<(), StoreError> {
-        self.write_inventory(tenants, true).await
+    /// Replace an account's whole inventory (after a full walk of its tree); other accounts'
+    /// records stay.
+    pub async fn replace_inventory(
+        &self,
+        account: &str,
+        tenants: &[InventoryTenant],
+    ) -> Result<(), StoreError> {
+        self.write_inventory(tenants, Some(account.to_string()))
+            .await
     }
 
+    /// Write inventory records; with `replace`, first remove that account's records that are
+    /// not among them (records stored without an account belong to `default`).
     async fn write_inventory(
         &self,
         tenants: &[InventoryTenant],
-        replace: bool,
+        replace: Option<String>,
     ) -> Result<(), StoreError> {
         let records: Vec<(Vec<u8>, Vec<u8>)> = tenants
             .iter()
@@ -56,11 +64,16 @@ impl Queue {
             .collect();
         self.write(move |core, _| {
             let mut b = sled::Batch::default();
-            if replace {
+            if let Some(account) = replace {
                 let keep: HashSet<&[u8]> = records.iter().map(|(k, _)| k.as_slice()).collect();
-                for k in core.tree.scan_prefix([b'n']).keys() {
-                    let k = k?;
-                    if !keep.contains(k.as_ref()) {
+                for item in core.tree.scan_prefix([b'n']) {
+                    let (k, v) = item?;
+                    if keep.contains(k.as_ref()) {
+                        continue;
+                    }
+                    let record: InventoryTenant = from_json(&v)?;
+                    let owner = record.account.as_deref().unwrap_or("default");
+                    if owner == account {
                         b.remove(k);
                     }
                 }
