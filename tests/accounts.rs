@@ -313,3 +313,67 @@ async fn the_tenant_reconcile_walks_every_account_and_one_failing_fails_only_its
     let eu = get_json(&dc.http, &format!("{}/v1/accounts/eu", dc.api)).await;
     assert_eq!(eu["tenants_known"], 0, "{eu}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_can_run_for_one_account() {
+    let dc = two_data_centers(None).await;
+    let r = dc
+        .http
+        .post(format!("{}/v1/reconcile/tenants?account=us", dc.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let report: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(report["outcome"], "success", "{report}");
+    assert_eq!(report["details"]["fetched"], 51, "{report}");
+    assert_eq!(dc.us.requests_to("tenants_list"), 1);
+    assert_eq!(dc.eu.requests_to("tenants_list"), 0, "eu left alone");
+    let r = dc
+        .http
+        .post(format!("{}/v1/reconcile/tenants?account=apac", dc.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_and_configuration_from_before_accounts_keep_working() {
+    statusd::platform::install_crypto_provider();
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = customers(&sb, 3);
+    // Events as the single-platform statusd stored them: no account.
+    {
+        let q = statusd::store::Queue::open(dir.path(), Default::default()).unwrap();
+        let events = tenants
+            .iter()
+            .map(|t| statusd::store::NewEvent {
+                tenant_id: *t,
+                kind: statusd::store::EventKind::Activation,
+                category: "activation".into(),
+                action: "activated integration".into(),
+                idempotency_key: None,
+                occurred_at_ms: None,
+                account: None,
+            })
+            .collect();
+        q.enqueue(events).await.unwrap();
+    }
+    // The [platform] credentials: the account "default".
+    let settings = settings_for(&sb, dir.path(), &[]);
+    assert_eq!(settings.accounts.len(), 1);
+    assert_eq!(settings.accounts[0].id, "default");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = statusd::app::start(settings, Some(listener), false)
+        .await
+        .unwrap();
+    let q = running.queue.clone();
+    wait_for(Duration::from_secs(10), "the old events delivered", || {
+        q.stats().depth == 0
+    })
+    .await;
+    assert_eq!(tenants_reported(&sb), tenants.iter().copied().collect());
+    running.shutdown().await;
+}

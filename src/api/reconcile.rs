@@ -6,6 +6,9 @@ use super::*;
 pub(super) struct ReconcileQuery {
     #[serde(default)]
     dry_run: Option<String>,
+    /// Run for this account only.
+    #[serde(default)]
+    account: Option<String>,
 }
 
 pub(super) async fn run_reconcile(
@@ -39,7 +42,17 @@ pub(super) async fn run_reconcile(
             "reconcilers are not running",
         ));
     };
-    match r.run_now(kind, dry_run).await {
+    if let Some(id) = &q.account {
+        if state.accounts.get(id).is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("account {:?} is not configured", clip(id)),
+            )
+            .field("account"));
+        }
+    }
+    match r.run_now_for(kind, dry_run, q.account.as_deref()).await {
         Ok(report) => Ok((StatusCode::OK, Json(serde_json::to_value(report).unwrap_or(json!({}))))
             .into_response()),
         Err(crate::reconcile::RunError::AlreadyRunning) => Err(ApiError::new(

@@ -200,6 +200,9 @@ pub struct ReconcileArgs {
     /// Print the drift without changing anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run for this partner account only (default: every account).
+    #[arg(long, value_name = "ID")]
+    pub account: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -226,11 +226,14 @@ fn print_dead_letters(v: &DeadLetters) {
 
 pub async fn reconcile(settings: Settings, r: &ReconcileArgs) -> ExitCode {
     let api = LocalApi::new(&r.api, &settings);
-    let path = format!(
+    let mut path = format!(
         "/v1/reconcile/{}?dry_run={}",
         r.reconciler.kind().as_str(),
         r.dry_run
     );
+    if let Some(id) = &r.account {
+        path.push_str(&format!("&account={id}"));
+    }
     match api.call::<Report>(Method::POST, &path, None).await {
         Ok((_, report)) => {
             if r.json {

@@ -267,21 +267,37 @@ impl Reconcilers {
             );
             return;
         };
-        self.run_locked(kind, false, true).await;
+        self.run_locked(kind, false, true, None).await;
         drop(guard);
     }
 
     /// An on-demand run: follows a running one (waits for it to end, then runs).
     pub async fn run_now(&self, kind: Kind, dry_run: bool) -> Result<Report, RunError> {
+        self.run_now_for(kind, dry_run, None).await
+    }
+
+    /// An on-demand run for one account (`None`: every account).
+    pub async fn run_now_for(
+        &self,
+        kind: Kind,
+        dry_run: bool,
+        account: Option<&str>,
+    ) -> Result<Report, RunError> {
         let guard = tokio::time::timeout(FOLLOW_TIMEOUT, self.inner.locks[kind.index()].lock())
             .await
             .map_err(|_| RunError::AlreadyRunning)?;
-        let report = self.run_locked(kind, dry_run, false).await;
+        let report = self.run_locked(kind, dry_run, false, account).await;
         drop(guard);
         Ok(report)
     }
 
-    async fn run_locked(&self, kind: Kind, dry_run: bool, scheduled: bool) -> Report {
+    async fn run_locked(
+        &self,
+        kind: Kind,
+        dry_run: bool,
+        scheduled: bool,
+        only: Option<&str>,
+    ) -> Report {
         let started = tokio::time::Instant::now();
         let mut report = Report::new(kind, dry_run);
         tracing::info!(
@@ -290,8 +306,10 @@ impl Reconcilers {
             dry_run
         );
         let result = match kind {
-            Kind::Status => self.reconcile_status(&mut report).await,
-            Kind::Tenants | Kind::Branding => self.per_account(&mut report, kind, scheduled).await,
+            Kind::Status => self.reconcile_status(&mut report, only).await,
+            Kind::Tenants | Kind::Branding => {
+                self.per_account(&mut report, kind, scheduled, only).await
+            }
         };
         if let Err(e) = result {
             report.fail(&e);
@@ -351,8 +369,15 @@ impl Reconcilers {
         report: &mut Report,
         kind: Kind,
         scheduled: bool,
+        only: Option<&str>,
     ) -> Result<(), ReconcileError> {
-        let accounts: Vec<Account> = self.inner.accounts.iter().cloned().collect();
+        let accounts: Vec<Account> = self
+            .inner
+            .accounts
+            .iter()
+            .filter(|a| only.is_none_or(|id| id == a.id))
+            .cloned()
+            .collect();
         let several = accounts.len() > 1;
         let mut failures = Vec::new();
         let mut per_account = Map::new();

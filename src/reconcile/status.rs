@@ -4,12 +4,20 @@
 use super::*;
 
 impl Reconcilers {
-    pub(super) async fn reconcile_status(&self, report: &mut Report) -> Result<(), ReconcileError> {
+    pub(super) async fn reconcile_status(
+        &self,
+        report: &mut Report,
+        only: Option<&str>,
+    ) -> Result<(), ReconcileError> {
         let q = &self.inner.queue;
         let states = q.scan(|q| q.tenant_states()).await?;
         let mut events = Vec::new();
+        let default = crate::config::DEFAULT_ACCOUNT;
         for s in states {
             let Some(intended) = s.intended else { continue };
+            if only.is_some_and(|id| id != s.account.as_deref().unwrap_or(default)) {
+                continue;
+            }
             if let Some(inv) = q.inventory(&s.tenant_id)? {
                 if inv.deleted {
                     report.skipped.push(ItemNote {
