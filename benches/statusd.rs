@@ -514,14 +514,19 @@ async fn ingest(dir: &Path) {
 }
 
 /// Sum and count of a histogram in a classic-format exposition.
+/// The mean of a histogram over all its label sets (e.g. every data center).
 fn histogram_mean(metrics: &str, name: &str) -> f64 {
     let value = |suffix: &str| {
+        let series = format!("{name}_{suffix}");
         metrics
             .lines()
-            .find(|l| l.starts_with(&format!("{name}_{suffix} ")))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
+            .filter(|l| {
+                l.strip_prefix(&series)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next())
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum::<f64>()
     };
     value("sum") / value("count").max(1.0)
 }

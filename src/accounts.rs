@@ -27,18 +27,7 @@ pub struct Accounts {
     by_id: Arc<BTreeMap<String, Account>>,
 }
 
-/// The host of a data-center URL.
-pub fn datacenter_of(url: &str) -> String {
-    url::Url::parse(url)
-        .ok()
-        .and_then(|u| {
-            u.host_str().map(|h| match u.port() {
-                Some(p) => format!("{h}:{p}"),
-                None => h.to_string(),
-            })
-        })
-        .unwrap_or_else(|| url.to_string())
-}
+pub use crate::platform::datacenter_of;
 
 impl Accounts {
     /// A client for every account of the settings.
@@ -47,6 +36,7 @@ impl Accounts {
         for a in &settings.accounts {
             by_id.insert(a.id.clone(), Self::account(settings, a, metrics.clone())?);
         }
+        metrics.expose_datacenters(by_id.values().map(|a: &Account| a.datacenter.as_str()));
         Ok(Accounts {
             by_id: Arc::new(by_id),
         })

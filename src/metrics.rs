@@ -1,7 +1,7 @@
 //! The Prometheus registry and every metric of spec §5. An explicit registry, no globals.
 //! No label ever carries a tenant id.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -17,10 +17,13 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 pub struct Metrics {
     registry: Registry,
     pub events_accepted: Family<Label, Counter>,
-    pub events_delivered: Counter,
+    /// By `datacenter` (the host of the account's data-center URL).
+    pub events_delivered: Family<Label, Counter>,
     pub events_dead_lettered: Family<Label, Counter>,
-    pub delivery_attempts: Family<Label, Counter>,
-    pub delivery_request_duration: Histogram,
+    /// By `outcome` and `datacenter`.
+    pub delivery_attempts: Family<Labels2, Counter>,
+    /// By `datacenter`.
+    pub delivery_request_duration: Family<Label, Histogram>,
     pub event_delivery_lag: Histogram,
     pub queue_depth: Gauge,
     pub queue_oldest_event_age: FloatGauge,
@@ -31,8 +34,15 @@ pub struct Metrics {
     /// Not in the spec's list: 0 while the store cannot write (a full disk), until it is
     /// opened again.
     pub store_writable: Gauge,
-    pub platform_up: Gauge,
-    pub token_refreshes: Family<Label, Counter>,
+    /// By `datacenter`.
+    pub platform_up: Family<Label, Gauge>,
+    /// By `outcome` and `datacenter`.
+    pub token_refreshes: Family<Labels2, Counter>,
+    /// Accounts by the `state` of their token (`ok`, `failing`, `unknown`).
+    pub accounts: Family<Label, Gauge>,
+    /// Totals over every data center, for the demo's progress and the tests.
+    delivered_total: AtomicU64,
+    attempts_total: [AtomicU64; 4],
     pub reconcile_runs: Family<Labels2, Counter>,
     pub reconcile_duration: Family<Label, Histogram>,
     pub reconcile_drift_items: Family<Label, Gauge>,
@@ -42,6 +52,14 @@ pub struct Metrics {
 
 pub fn label(key: &'static str, value: impl Into<String>) -> Label {
     [(key, value.into())]
+}
+
+/// The labels of an outcome at a data center.
+fn outcome_at(outcome: &str, datacenter: &str) -> Labels2 {
+    [
+        ("outcome", outcome.to_string()),
+        ("datacenter", datacenter.to_string()),
+    ]
 }
 
 /// Label values known in advance. Each family is created with all of them at zero, so it is
@@ -118,8 +136,8 @@ impl Metrics {
         let events_delivered = reg(
             &mut r,
             "statusd_events_delivered",
-            "Events the platform acknowledged",
-            Counter::default(),
+            "Events the platform acknowledged, by data center",
+            Family::<Label, Counter>::default(),
         );
         let events_dead_lettered = reg(
             &mut r,
@@ -130,14 +148,16 @@ impl Metrics {
         let delivery_attempts = reg(
             &mut r,
             "statusd_delivery_attempts",
-            "Status reports sent, by outcome (success, retryable, permanent, auth)",
-            Family::<Label, Counter>::default(),
+            "Status reports sent, by outcome (success, retryable, permanent, auth) and data center",
+            Family::<Labels2, Counter>::default(),
         );
         let delivery_request_duration = reg(
             &mut r,
             "statusd_delivery_request_duration_seconds",
-            "Duration of status report requests",
-            Histogram::new(exponential_buckets(0.001, 2.5, 14)),
+            "Duration of status report requests, by data center",
+            Family::<Label, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.5, 14))
+            }),
         );
         let event_delivery_lag = reg(
             &mut r,
@@ -179,14 +199,20 @@ impl Metrics {
         let platform_up = reg(
             &mut r,
             "statusd_platform_up",
-            "1 when the last platform call got an answer, 0 when it did not",
-            Gauge::default(),
+            "1 when the last call to the data center got an answer, 0 when it did not",
+            Family::<Label, Gauge>::default(),
         );
         let token_refreshes = reg(
             &mut r,
             "statusd_token_refreshes",
-            "Access token requests, by outcome",
-            Family::<Label, Counter>::default(),
+            "Access token requests, by outcome and data center",
+            Family::<Labels2, Counter>::default(),
+        );
+        let accounts = reg(
+            &mut r,
+            "statusd_accounts",
+            "Partner accounts, by the state of their token (ok, failing, unknown)",
+            Family::<Label, Gauge>::default(),
         );
         let reconcile_runs = reg(
             &mut r,
@@ -227,14 +253,11 @@ impl Metrics {
         for t in ["activation", "deactivation", "custom"] {
             let _ = events_accepted.get_or_create(&label("type", t));
         }
-        for o in AttemptOutcome::ALL {
-            let _ = delivery_attempts.get_or_create(&label("outcome", o.as_str()));
-        }
         for r in DeadLetterReason::ALL {
             let _ = events_dead_lettered.get_or_create(&label("reason", r.as_str()));
         }
-        for o in TokenOutcome::ALL {
-            let _ = token_refreshes.get_or_create(&label("outcome", o.as_str()));
+        for state in ["ok", "failing", "unknown"] {
+            let _ = accounts.get_or_create(&label("state", state));
         }
         Metrics {
             registry: r,
@@ -251,6 +274,9 @@ impl Metrics {
             store_writable,
             platform_up,
             token_refreshes,
+            accounts,
+            delivered_total: AtomicU64::new(0),
+            attempts_total: Default::default(),
             reconcile_runs,
             reconcile_duration,
             reconcile_drift_items,
@@ -280,17 +306,60 @@ impl Metrics {
         }
     }
 
-    pub fn count_attempt(&self, outcome: AttemptOutcome) {
-        self.delivery_attempts
-            .get_or_create(&label("outcome", outcome.as_str()))
-            .inc();
+    /// Expose the data-center families from the first scrape: every data center of the
+    /// configured accounts, each outcome at zero.
+    pub fn expose_datacenters<'a>(&self, datacenters: impl IntoIterator<Item = &'a str>) {
+        for dc in datacenters {
+            for o in AttemptOutcome::ALL {
+                let _ = self
+                    .delivery_attempts
+                    .get_or_create(&outcome_at(o.as_str(), dc));
+            }
+            for o in TokenOutcome::ALL {
+                let _ = self
+                    .token_refreshes
+                    .get_or_create(&outcome_at(o.as_str(), dc));
+            }
+            let _ = self
+                .events_delivered
+                .get_or_create(&label("datacenter", dc));
+            let _ = self
+                .delivery_request_duration
+                .get_or_create(&label("datacenter", dc));
+            let _ = self.platform_up.get_or_create(&label("datacenter", dc));
+        }
     }
 
-    /// Reports sent so far with this outcome.
-    pub fn attempts(&self, outcome: AttemptOutcome) -> u64 {
+    pub fn count_attempt(&self, outcome: AttemptOutcome, datacenter: &str) {
         self.delivery_attempts
-            .get_or_create(&label("outcome", outcome.as_str()))
-            .get()
+            .get_or_create(&outcome_at(outcome.as_str(), datacenter))
+            .inc();
+        let i = AttemptOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .expect("a known outcome");
+        self.attempts_total[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reports sent so far with this outcome, to every data center.
+    pub fn attempts(&self, outcome: AttemptOutcome) -> u64 {
+        let i = AttemptOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .expect("a known outcome");
+        self.attempts_total[i].load(Ordering::Relaxed)
+    }
+
+    pub fn count_delivered(&self, events: u64, datacenter: &str) {
+        self.events_delivered
+            .get_or_create(&label("datacenter", datacenter))
+            .inc_by(events);
+        self.delivered_total.fetch_add(events, Ordering::Relaxed);
+    }
+
+    /// Events delivered so far, to every data center.
+    pub fn delivered(&self) -> u64 {
+        self.delivered_total.load(Ordering::Relaxed)
     }
 
     pub fn count_dead_lettered(&self, reason: DeadLetterReason, events: u64) {
@@ -299,9 +368,9 @@ impl Metrics {
             .inc_by(events);
     }
 
-    pub fn count_token_request(&self, outcome: TokenOutcome) {
+    pub fn count_token_request(&self, outcome: TokenOutcome, datacenter: &str) {
         self.token_refreshes
-            .get_or_create(&label("outcome", outcome.as_str()))
+            .get_or_create(&outcome_at(outcome.as_str(), datacenter))
             .inc();
     }
 

@@ -70,7 +70,7 @@ async fn thousands_of_events_over_many_tenants_arrive_complete_and_in_order() {
         stats.by_status.get(&204).copied().unwrap_or(0) as usize,
         reports.len()
     );
-    assert_eq!(h.running().metrics.events_delivered.get(), 3200);
+    assert_eq!(h.running().metrics.delivered(), 3200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,12 +195,7 @@ async fn server_errors_slow_answers_and_dropped_connections_are_retried() {
     }
     assert_eq!(h.sandbox.stats().faults_applied, 12);
     let m = &h.running().metrics;
-    assert!(
-        m.delivery_attempts
-            .get_or_create(&statusd::metrics::label("outcome", "retryable"))
-            .get()
-            >= 12
-    );
+    assert!(m.attempts(statusd::metrics::AttemptOutcome::Retryable) >= 12);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

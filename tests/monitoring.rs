@@ -181,7 +181,8 @@ async fn a_fresh_daemon_exposes_every_family_from_the_first_scrape() {
     for sample in [
         "statusd_events_dead_lettered_total{reason=\"permanent\"} 0",
         "statusd_events_dead_lettered_total{reason=\"max_age\"} 0",
-        "statusd_token_refreshes_total{outcome=\"failure\"} 0",
+        "statusd_token_refreshes_total{outcome=\"failure\",datacenter=\"127.0.0.1:",
+        "statusd_accounts{state=\"failing\"} 0",
         "statusd_reconcile_runs_total{reconciler=\"branding\",outcome=\"error\"} 0",
         "statusd_reconcile_duration_seconds_count{reconciler=\"tenants\"} 0",
         "statusd_reconcile_last_success_timestamp_seconds{reconciler=\"status\"} 0",

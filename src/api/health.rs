@@ -52,8 +52,24 @@ pub fn refresh_gauges(state: &ApiState) {
         .set(i64::try_from(state.queue.size_on_disk()).unwrap_or(i64::MAX));
 }
 
+/// Count the accounts by the state of their token.
+async fn refresh_accounts(state: &ApiState) {
+    let mut counts = std::collections::HashMap::new();
+    for a in state.accounts.iter() {
+        *counts.entry(a.client.token_state().await).or_insert(0i64) += 1;
+    }
+    for s in ["ok", "failing", "unknown"] {
+        state
+            .metrics
+            .accounts
+            .get_or_create(&label("state", s))
+            .set(counts.get(s).copied().unwrap_or(0));
+    }
+}
+
 pub(super) async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     refresh_gauges(&state);
+    refresh_accounts(&state).await;
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

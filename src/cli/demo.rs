@@ -285,7 +285,7 @@ async fn wait_drained(running: &crate::app::Running, accepted: Option<u64>) {
     let mut last_plain = tokio::time::Instant::now();
     loop {
         let st = running.queue.stats();
-        let delivered = running.metrics.events_delivered.get();
+        let delivered = running.metrics.delivered();
         let retrying = running
             .metrics
             .attempts(crate::metrics::AttemptOutcome::Retryable);

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounts::{Account, Accounts};
 use crate::backoff::{Backoff, InvalidBackoff};
-use crate::metrics::{AttemptOutcome, DeadLetterReason, Metrics};
+use crate::metrics::{label, AttemptOutcome, DeadLetterReason, Metrics};
 use crate::platform::{ErrorClass, PlatformError, ReportEvent, ReportTimes};
 use crate::store::{now_ms, Batch, EventKind, Queue, Take, TenantId};
 
@@ -221,6 +221,7 @@ impl Delivery {
         };
         self.metrics
             .delivery_request_duration
+            .get_or_create(&label("datacenter", account.datacenter.as_str()))
             .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => self.on_success(&batch, &account).await,
@@ -260,7 +261,8 @@ impl Delivery {
 
     async fn on_success(&self, batch: &Batch, account: &Account) -> LaneOutcome {
         self.breaker(&account.datacenter, Breaker::on_success);
-        self.metrics.count_attempt(AttemptOutcome::Success);
+        self.metrics
+            .count_attempt(AttemptOutcome::Success, &account.datacenter);
         if let Err(e) = self.queue.ack_delivered(batch).await {
             // The report reached the platform; if the ack is lost it will be sent again, which
             // the platform tolerates.
@@ -270,8 +272,7 @@ impl Delivery {
         self.settled(batch);
         let now = now_ms();
         self.metrics
-            .events_delivered
-            .inc_by(batch.events.len() as u64);
+            .count_delivered(batch.events.len() as u64, &account.datacenter);
         for e in &batch.events {
             self.metrics
                 .event_delivery_lag
@@ -283,11 +284,12 @@ impl Delivery {
 
     async fn on_failure(&self, batch: &Batch, account: &Account, e: PlatformError) -> LaneOutcome {
         self.breaker(&account.datacenter, Breaker::probe_ended);
-        self.metrics.count_attempt(match e.class {
+        let outcome = match e.class {
             ErrorClass::Retryable => AttemptOutcome::Retryable,
             ErrorClass::Auth => AttemptOutcome::Auth,
             ErrorClass::Permanent | ErrorClass::Conflict => AttemptOutcome::Permanent,
-        });
+        };
+        self.metrics.count_attempt(outcome, &account.datacenter);
         if matches!(e.class, ErrorClass::Permanent | ErrorClass::Conflict) {
             return self
                 .park(batch, DeadLetterReason::Permanent, &e.to_string())

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::backoff::Backoff;
 use crate::config::{Credentials, IntegrationSettings, Secret};
 use crate::event::limits;
-use crate::metrics::{Metrics, TokenOutcome};
+use crate::metrics::{label, Metrics, TokenOutcome};
 
 /// Renew a token when less than this is left (or half its lifetime, if that is shorter).
 const RENEW_MARGIN: Duration = Duration::from_secs(15 * 60);
@@ -122,12 +122,27 @@ struct ClientInner {
     client_id: String,
     secret: Secret,
     credentials: Credentials,
+    /// The host of the data-center URL: the `datacenter` label of its metrics.
+    datacenter: String,
     integration: IntegrationSettings,
     token: Mutex<TokenState>,
     own_tenant: OnceCell<Uuid>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     up: AtomicBool,
+}
+
+/// The host (and port, when given) of a data-center URL: how metrics and status pages name it.
+pub fn datacenter_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.host_str().map(|h| match u.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_string(),
+            })
+        })
+        .unwrap_or_else(|| url.to_string())
 }
 
 /// Install the ring provider for rustls once per process (reqwest is built without one).
@@ -152,6 +167,7 @@ impl PlatformClient {
                 client_id: opts.client_id,
                 secret: opts.client_secret,
                 credentials: opts.credentials,
+                datacenter: datacenter_of(&opts.base_url),
                 integration: opts.integration,
                 token: Mutex::new(TokenState::default()),
                 own_tenant: OnceCell::new(),
@@ -160,6 +176,10 @@ impl PlatformClient {
                 up: AtomicBool::new(false),
             }),
         })
+    }
+
+    pub fn datacenter(&self) -> &str {
+        &self.inner.datacenter
     }
 
     pub fn base_url(&self) -> &str {
@@ -173,7 +193,11 @@ impl PlatformClient {
 
     fn set_up(&self, up: bool) {
         self.inner.up.store(up, Ordering::Relaxed);
-        self.inner.metrics.platform_up.set(up as i64);
+        self.inner
+            .metrics
+            .platform_up
+            .get_or_create(&label("datacenter", self.inner.datacenter.as_str()))
+            .set(up as i64);
     }
 
     /// A valid access token: the cached one, or one renewal shared by every concurrent caller.
@@ -192,11 +216,14 @@ impl PlatformClient {
             }
         }
         let fresh = self.issue_token().await;
-        self.inner.metrics.count_token_request(match &fresh {
+        let outcome = match &fresh {
             Ok(_) => TokenOutcome::Success,
             Err(e) if e.class == ErrorClass::Retryable => TokenOutcome::Retryable,
             Err(_) => TokenOutcome::Failure,
-        });
+        };
+        self.inner
+            .metrics
+            .count_token_request(outcome, &self.inner.datacenter);
         match fresh {
             Ok(token) => {
                 if state.refused.take().is_some() {
