@@ -249,6 +249,14 @@ async fn the_accounts_show_their_data_center_token_and_events() {
     assert_eq!(eu["datacenter_url"], dc.eu.url.as_str());
     let us = get_json(&dc.http, &format!("{}/v1/accounts/us", dc.api)).await;
     assert_eq!(us["token"], "ok", "{us}");
+    let status = get_json(&dc.http, &format!("{}/v1/status", dc.api)).await;
+    let dcs = status["datacenters"].as_array().unwrap();
+    assert_eq!(dcs.len(), 2, "{status}");
+    let failing: u64 = dcs
+        .iter()
+        .map(|d| d["accounts_failing"].as_u64().unwrap())
+        .sum();
+    assert_eq!(failing, 1, "{status}");
     assert_eq!(us["pending_events"], 0);
     let missing = dc
         .http

@@ -162,6 +162,9 @@ pub struct Status {
     pub queue: QueueStatus,
     pub delivery: Option<DeliverySnapshot>,
     pub platform: PlatformStatus,
+    /// Each data center of the configured accounts.
+    #[serde(default)]
+    pub datacenters: Vec<DatacenterStatus>,
     pub reconcilers: BTreeMap<String, LastRun>,
     pub unknown_tenants: UnknownTenants,
 }
@@ -181,6 +184,17 @@ pub struct PlatformStatus {
     /// Set while the token endpoint refuses the credentials ("authentication failing").
     #[serde(default)]
     pub authentication_failing: Option<crate::platform::AuthFailure>,
+}
+
+/// One data center as `statusd status` summarises it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatacenterStatus {
+    pub datacenter: String,
+    pub accounts: usize,
+    /// Accounts whose credentials the data center refuses.
+    pub accounts_failing: usize,
+    /// Whether the last call of any of its accounts got an answer.
+    pub reachable: bool,
 }
 
 /// Tenants with a recorded state that the last inventory does not know.

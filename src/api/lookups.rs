@@ -1,6 +1,8 @@
 //! Events, tenants and the daemon's status.
 
-use super::answers::{EventView, PlatformStatus, QueueStatus, Status, TenantView, Tenants};
+use super::answers::{
+    DatacenterStatus, EventView, PlatformStatus, QueueStatus, Status, TenantView, Tenants,
+};
 use super::*;
 
 pub(super) fn parse_id(s: &str, field: &str) -> Result<Uuid, ApiError> {
@@ -88,12 +90,36 @@ pub async fn status_report(state: &ApiState) -> Status {
                 None => None,
             },
         },
+        datacenters: datacenters(state).await,
         reconcilers,
         unknown_tenants: answers::UnknownTenants {
             count: unknown.len(),
             sample: unknown.into_iter().take(20).collect(),
         },
     }
+}
+
+/// The configured accounts grouped by data center.
+async fn datacenters(state: &ApiState) -> Vec<DatacenterStatus> {
+    let mut out: Vec<DatacenterStatus> = Vec::new();
+    for a in state.accounts.iter() {
+        let failing = a.client.token_state().await == "failing";
+        let up = a.client.is_up();
+        match out.iter_mut().find(|d| d.datacenter == a.datacenter) {
+            Some(d) => {
+                d.accounts += 1;
+                d.accounts_failing += usize::from(failing);
+                d.reachable |= up;
+            }
+            None => out.push(DatacenterStatus {
+                datacenter: a.datacenter.clone(),
+                accounts: 1,
+                accounts_failing: usize::from(failing),
+                reachable: up,
+            }),
+        }
+    }
+    out
 }
 
 /// Tenants with a recorded state that the last inventory does not know (only once an inventory

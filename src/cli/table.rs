@@ -66,6 +66,14 @@ pub fn print_status(v: &Status) {
             f.since, f.failures, f.error
         );
     }
+    if v.datacenters.len() > 1 {
+        for d in &v.datacenters {
+            println!(
+                "           {}  {} account(s), {} failing  reachable: {}",
+                d.datacenter, d.accounts, d.accounts_failing, d.reachable
+            );
+        }
+    }
     if let Some(d) = &v.delivery {
         println!(
             "delivery   lanes running {}  lanes in backoff {}  platform backoff until {}",
