@@ -107,3 +107,41 @@ async fn a_daemon_that_does_not_answer_is_exit_69() {
     assert_eq!(out.status.code(), Some(69), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("not reachable"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_serves_several_data_centers() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_statusd"))
+        .args(["sandbox", "--listen", "127.0.0.1:0", "--datacenters", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let urls = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| {
+                l.strip_prefix("data center ")
+                    .and_then(|rest| rest.split_once(": "))
+                    .map(|(_, url)| url.to_string())
+            })
+            .take(3)
+            .collect::<Vec<String>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(urls.len(), 3, "{urls:?}");
+    let http = reqwest::Client::new();
+    let mut roots = std::collections::HashSet::new();
+    for url in &urls {
+        let stats = get_json(&http, &format!("{url}/_sandbox/stats")).await;
+        roots.insert(stats["root_tenant_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(roots.len(), 3, "each data center has a tree of its own");
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}

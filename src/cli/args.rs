@@ -113,6 +113,10 @@ pub struct SandboxArgs {
     /// Maximum items per page of GET /api/2/tenants.
     #[arg(long, default_value_t = 100)]
     pub page_limit: usize,
+    /// Serve this many data centers, each with its own API client, tenant tree, inspection and
+    /// faults, on consecutive ports from --listen (port 0: any free port for each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub datacenters: u16,
 }
 
 #[derive(Debug, Args)]

@@ -133,44 +133,59 @@ async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
 
 #[cfg(feature = "sandbox")]
 async fn run_sandbox(args: &SandboxArgs) -> ExitCode {
-    use crate::sandbox::{Sandbox, SandboxOptions};
-    let defaults = SandboxOptions::default();
-    let opts = SandboxOptions {
-        client_id: args.client_id.clone().unwrap_or(defaults.client_id),
-        client_secret: args.client_secret.clone().unwrap_or(defaults.client_secret),
-        token_ttl: args.token_ttl,
-        tenants: args.tenants,
-        page_limit: args.page_limit.max(1),
-        seed: defaults.seed,
-    };
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("statusd sandbox: cannot listen on {}: {e}", args.listen);
-            return ExitCode::from(exit::FAILURE);
+    let mut running = Vec::new();
+    for n in 0..args.datacenters {
+        match start_datacenter(args, n).await {
+            Ok(sb) => running.push(sb),
+            Err(e) => {
+                eprintln!("statusd sandbox: {e}");
+                return ExitCode::from(exit::FAILURE);
+            }
         }
-    };
-    let sb = match Sandbox::start_on(listener, opts).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("statusd sandbox: {e}");
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
-    // The sandbox's credentials are throwaway test values; printing them is its purpose.
-    println!("sandbox platform listening on {}", sb.url);
-    println!("  client_id:      {}", sb.client_id);
-    println!("  client_secret:  {}", sb.client_secret);
-    println!("  root tenant:    {}", sb.root_tenant);
+    }
     println!(
-        "  token lifetime: {}",
+        "token lifetime {}; inspect each at <url>/_sandbox/reports, /_sandbox/stats, /_sandbox/tenants",
         humantime::format_duration(args.token_ttl)
     );
     println!(
-        "inspect: {0}/_sandbox/reports  {0}/_sandbox/stats  {0}/_sandbox/tenants",
-        sb.url
+        "faults:  curl -X POST {}/_sandbox/faults -d '{{\"status\":503,\"retry_after\":\"5\",\"count\":3}}'",
+        running[0].url
     );
-    println!("faults:  curl -X POST {}/_sandbox/faults -d '{{\"status\":503,\"retry_after\":\"5\",\"count\":3}}'", sb.url);
     crate::app::shutdown_signal().await;
     ExitCode::from(exit::OK)
+}
+
+/// Data center `n` of the sandbox: on --listen's port + n, with its own tree and client.
+#[cfg(feature = "sandbox")]
+async fn start_datacenter(args: &SandboxArgs, n: u16) -> Result<crate::sandbox::Sandbox, String> {
+    use crate::sandbox::{Sandbox, SandboxOptions};
+    let defaults = SandboxOptions::default();
+    let named = |v: &Option<String>| {
+        v.clone()
+            .map(|v| if n == 0 { v } else { format!("{v}-{n}") })
+    };
+    let opts = SandboxOptions {
+        client_id: named(&args.client_id).unwrap_or(defaults.client_id),
+        client_secret: named(&args.client_secret).unwrap_or(defaults.client_secret),
+        token_ttl: args.token_ttl,
+        tenants: args.tenants,
+        page_limit: args.page_limit.max(1),
+        seed: defaults.seed + u64::from(n),
+    };
+    let mut addr = args.listen;
+    if addr.port() != 0 {
+        addr.set_port(addr.port().saturating_add(n));
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let sb = Sandbox::start_on(listener, opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    // The sandbox's credentials are throwaway test values; printing them is its purpose.
+    println!("data center {n}: {}", sb.url);
+    println!("  client_id:      {}", sb.client_id);
+    println!("  client_secret:  {}", sb.client_secret);
+    println!("  root tenant:    {}", sb.root_tenant);
+    Ok(sb)
 }
