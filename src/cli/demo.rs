@@ -1,6 +1,8 @@
-//! `statusd demo`: the sandbox platform and the daemon in one process on loopback, a temporary
-//! store, sample events sent through the real local API with faults injected, live progress,
-//! one reconcile of each kind, and a summary of what the platform received.
+//! `statusd demo`: partner accounts in three sandbox data centers and the daemon in one process
+//! on loopback, a temporary store, sample events for every account sent through the real local
+//! API, faults injected (one data center down for a while, the others delivering meanwhile),
+//! live progress per data center, one reconcile of each kind, and a summary of what each data
+//! center received.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -22,11 +24,18 @@ pub struct DemoOptions {
     pub once: bool,
     /// Sample events to send.
     pub events: usize,
-    /// Tenants in the sandbox tree.
+    /// Tenants in each sandbox data center's tree.
     pub tenants: usize,
     /// Write the daemon's /metrics exposition here before exiting.
     pub keep_metrics: Option<std::path::PathBuf>,
 }
+
+/// The partner accounts of the demo, one per data center.
+const ACCOUNTS: [&str; 3] = ["eu", "us", "apac"];
+
+/// How many reports the `us` data center refuses (503) before it comes back: a few seconds
+/// with the breaker's waits.
+const OUTAGE_REPORTS: u64 = 5;
 
 pub async fn run(opts: DemoOptions) -> ExitCode {
     match demo(opts).await {
@@ -38,9 +47,16 @@ pub async fn run(opts: DemoOptions) -> ExitCode {
     }
 }
 
-/// The sandbox and the daemon, in one process, with the store in a temporary directory.
-struct Stage {
+/// One sandbox data center and its partner account.
+struct DataCenter {
+    account: &'static str,
     sandbox: Sandbox,
+    tenants: Vec<uuid::Uuid>,
+}
+
+/// The data centers and the daemon, in one process, with the store in a temporary directory.
+struct Stage {
+    datacenters: Vec<DataCenter>,
     running: crate::app::Running,
     api: String,
     _store: tempfile::TempDir,
@@ -50,34 +66,35 @@ async fn demo(opts: DemoOptions) -> Result<(), String> {
     let stage = start(opts.tenants).await?;
     let api = stage.api.clone();
     println!("statusd demo");
-    println!(
-        "  sandbox platform  {}   (credentials generated for this run)",
-        stage.sandbox.url
-    );
+    for dc in &stage.datacenters {
+        println!(
+            "  account {:<5} data center {}   (credentials generated for this run)",
+            dc.account, dc.sandbox.url
+        );
+    }
     println!("  statusd local API {api}");
     println!("  temporary store   {}", stage._store.path().display());
-
-    let tenants = sample_tenants(&stage.sandbox);
-    let refused = inject_faults(&stage.sandbox, &tenants);
+    let refused = inject_faults(&stage.datacenters[0]);
     println!(
-        "  faults injected   503+Retry-After x4, 15% 500s, dropped connections{}",
+        "  faults injected   eu: 503+Retry-After x4, 15% 500s, dropped connections{}; us: down for its next {OUTAGE_REPORTS} reports",
         refused
             .map(|t| format!(", tenant {t} refused (403)"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
     );
+    take_down(&stage.datacenters[1]);
     println!();
 
-    send_samples(&api, &tenants, opts.events.max(1)).await?;
-    wait_drained(&stage.running, Some(opts.events.max(1) as u64)).await;
+    send_samples(&api, &stage.datacenters, opts.events.max(1)).await?;
+    wait_drained(&stage, Some(opts.events.max(1) as u64)).await;
     run_reconcilers(&stage.running).await?;
     // The status reconcile re-asserted every tenant's state: let those reports go out too.
-    wait_drained(&stage.running, None).await;
-    summary(&stage.sandbox, &stage.running);
+    wait_drained(&stage, None).await;
+    summary(&stage);
     if let Some(path) = &opts.keep_metrics {
         keep_metrics(&api, path).await?;
     }
     if !opts.once {
-        print_try_it(&stage, &tenants);
+        print_try_it(&stage);
         crate::app::shutdown_signal().await;
     }
     stage.running.shutdown().await;
@@ -85,19 +102,41 @@ async fn demo(opts: DemoOptions) -> Result<(), String> {
 }
 
 async fn start(tenants: usize) -> Result<Stage, String> {
-    let sandbox = Sandbox::start(SandboxOptions {
-        tenants,
-        token_ttl: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("cannot start the sandbox: {e}"))?;
     let store = tempfile::tempdir().map_err(|e| format!("cannot create a temporary store: {e}"))?;
+    let mut datacenters = Vec::new();
+    let mut accounts_toml = String::new();
+    let mut secrets = Vec::new();
+    for (n, account) in ACCOUNTS.iter().enumerate() {
+        let sandbox = Sandbox::start(SandboxOptions {
+            tenants,
+            token_ttl: Duration::from_secs(120),
+            seed: 42 + n as u64,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("cannot start a sandbox data center: {e}"))?;
+        accounts_toml.push_str(&format!(
+            "[accounts.{account}]\ndatacenter_url = \"{}\"\nclient_id = \"{}\"\n",
+            sandbox.url, sandbox.client_id
+        ));
+        secrets.push((
+            format!(
+                "STATUSD__ACCOUNTS__{}__CLIENT_SECRET",
+                account.to_uppercase()
+            ),
+            sandbox.client_secret.clone(),
+        ));
+        let tenants = sample_tenants(&sandbox);
+        datacenters.push(DataCenter {
+            account,
+            sandbox,
+            tenants,
+        });
+    }
     let toml = format!(
         r#"
+{accounts_toml}
 [platform]
-base_url = "{url}"
-client_id = "{id}"
 request_timeout = "2s"
 max_concurrency = 8
 [integration]
@@ -118,17 +157,13 @@ color = "1A6FB0"
 upsell_url = "https://shop.example.com/buy"
 support_url = "https://support.example.com"
 "#,
-        url = sandbox.url,
-        id = sandbox.client_id,
         store = store.path().display(),
     );
-    let secret = sandbox.client_secret.clone();
-    let settings = config::load_from_str(
-        &toml,
-        &[("STATUSD__PLATFORM__CLIENT_SECRET", secret.as_str())],
-        Purpose::Run,
-    )
-    .map_err(|e| e.to_string())?;
+    let env: Vec<(&str, &str)> = secrets
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let settings = config::load_from_str(&toml, &env, Purpose::Run).map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -137,7 +172,7 @@ support_url = "https://support.example.com"
         .map_err(|e| e.to_string())?;
     let api = format!("http://{}", running.api_addr);
     Ok(Stage {
-        sandbox,
+        datacenters,
         running,
         api,
         _store: store,
@@ -166,7 +201,8 @@ fn sample_tenants(sandbox: &Sandbox) -> Vec<uuid::Uuid> {
 /// Faults so the retries show: a throttling burst, some server errors, dropped connections,
 /// and (when there is more than one tenant) one tenant whose reports the platform refuses for
 /// good. Returns that tenant.
-fn inject_faults(sandbox: &Sandbox, tenants: &[uuid::Uuid]) -> Option<uuid::Uuid> {
+fn inject_faults(dc: &DataCenter) -> Option<uuid::Uuid> {
+    let sandbox = &dc.sandbox;
     sandbox.inject(Fault {
         status: Some(503),
         retry_after: Some("1".into()),
@@ -188,7 +224,11 @@ fn inject_faults(sandbox: &Sandbox, tenants: &[uuid::Uuid]) -> Option<uuid::Uuid
         path_contains: Some("/status".into()),
         ..Default::default()
     });
-    let refused = tenants.first().copied().filter(|_| tenants.len() > 1)?;
+    let refused = dc
+        .tenants
+        .first()
+        .copied()
+        .filter(|_| dc.tenants.len() > 1)?;
     sandbox.inject(Fault {
         status: Some(403),
         query_contains: Some(refused.to_string()),
@@ -198,18 +238,32 @@ fn inject_faults(sandbox: &Sandbox, tenants: &[uuid::Uuid]) -> Option<uuid::Uuid
     Some(refused)
 }
 
-/// Sample events through the real local API, in requests of 100.
-async fn send_samples(api: &str, tenants: &[uuid::Uuid], events: usize) -> Result<(), String> {
+/// The data center answers reports with 503 for a while (the others deliver meanwhile), then
+/// comes back.
+fn take_down(dc: &DataCenter) {
+    dc.sandbox.inject(Fault {
+        status: Some(503),
+        count: Some(OUTAGE_REPORTS),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
+}
+
+/// Sample events through the real local API, in requests of 100, spread over the accounts,
+/// each naming its own.
+async fn send_samples(api: &str, datacenters: &[DataCenter], events: usize) -> Result<(), String> {
     let http = reqwest::Client::new();
     let batch: Vec<Value> = (0..events)
         .map(|i| {
-            let t = tenants[i % tenants.len()];
-            let kind = if i >= tenants.len() && i % 5 == 0 {
+            let dc = &datacenters[i % datacenters.len()];
+            let n = i / datacenters.len();
+            let t = dc.tenants[n % dc.tenants.len()];
+            let kind = if n >= dc.tenants.len() && n % 5 == 0 {
                 "deactivation"
             } else {
                 "activation"
             };
-            json!({"tenant_id": t, "type": kind})
+            json!({"tenant_id": t, "type": kind, "account": dc.account})
         })
         .collect();
     for chunk in batch.chunks(100) {
@@ -261,40 +315,60 @@ async fn keep_metrics(api: &str, path: &std::path::Path) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-fn print_try_it(stage: &Stage, tenants: &[uuid::Uuid]) {
+fn print_try_it(stage: &Stage) {
     let api = &stage.api;
+    let dc = &stage.datacenters[0];
     println!("\nstatusd keeps running; try:");
     println!("  curl {api}/metrics");
     println!("  curl {api}/v1/status");
+    println!("  curl {api}/v1/accounts");
     println!(
-        "  curl -X POST {api}/v1/events -H 'Content-Type: application/json' -d '{{\"tenant_id\":\"{}\",\"type\":\"activation\"}}'",
-        tenants.last().map(|t| t.to_string()).unwrap_or_default()
+        "  curl -X POST {api}/v1/events -H 'Content-Type: application/json' -d '{{\"tenant_id\":\"{}\",\"type\":\"activation\",\"account\":\"{}\"}}'",
+        dc.tenants.last().map(|t| t.to_string()).unwrap_or_default(),
+        dc.account
     );
-    println!("  curl {}/_sandbox/reports", stage.sandbox.url);
-    println!("  cargo run -- status --api {api}");
+    println!("  curl {}/_sandbox/reports", dc.sandbox.url);
+    println!("  cargo run -- accounts --api {api}");
     println!("Ctrl-C to stop.");
+}
+
+/// Events a data center has received.
+fn received(sandbox: &Sandbox) -> usize {
+    sandbox
+        .reports()
+        .iter()
+        .map(|r| r.body["events"].as_array().map_or(0, Vec::len))
+        .sum()
 }
 
 /// Show progress until nothing is pending: one line redrawn in place on a terminal (log lines
 /// clear it first, and it is drawn again on the next tick), a line every few seconds otherwise.
 /// `accepted`: how many sample events were accepted (None after the reconcilers, whose
 /// re-assertions go straight to the queue).
-async fn wait_drained(running: &crate::app::Running, accepted: Option<u64>) {
+async fn wait_drained(stage: &Stage, accepted: Option<u64>) {
+    let running = &stage.running;
     let mut stderr = std::io::stderr();
     let on_terminal = stderr.is_terminal();
     let mut last_plain = tokio::time::Instant::now();
     loop {
         let st = running.queue.stats();
-        let delivered = running.metrics.delivered();
         let retrying = running
             .metrics
             .attempts(crate::metrics::AttemptOutcome::Retryable);
         let accepted = accepted
-            .map(|a| format!("accepted {a:>5}  "))
+            .map(|a| format!("accepted {a:>4}  "))
             .unwrap_or_default();
+        let per_dc: Vec<String> = stage
+            .datacenters
+            .iter()
+            .map(|dc| format!("{} {:>4}", dc.account, received(&dc.sandbox)))
+            .collect();
         let line = format!(
-            "  {accepted}delivered {:>5}  pending {:>5}  retried reports {:>4}  dead letters {:>3}",
-            delivered, st.depth, retrying, st.dead_letters
+            "  {accepted}delivered: {}  pending {:>4}  retried {:>3}  dead {:>2}",
+            per_dc.join("  "),
+            st.depth,
+            retrying,
+            st.dead_letters
         );
         let done = st.depth == 0;
         if on_terminal {
@@ -316,43 +390,63 @@ async fn wait_drained(running: &crate::app::Running, accepted: Option<u64>) {
     }
 }
 
-fn summary(sandbox: &Sandbox, running: &crate::app::Running) {
-    let reports = sandbox.reports();
-    let mut per_tenant: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
-    for r in &reports {
-        let e = per_tenant.entry(r.tenant_id.to_string()).or_default();
-        e.0 += 1;
-        for ev in r.body["events"].as_array().into_iter().flatten() {
-            if ev["activation_event"] == Value::Bool(true) {
-                e.1 += 1;
-            }
-            if ev["deactivation_event"] == Value::Bool(true) {
-                e.2 += 1;
+fn summary(stage: &Stage) {
+    println!("\nwhat each data center received:");
+    let mut rows = Vec::new();
+    let (mut reports, mut requests, mut tenants) = (0, 0, 0);
+    for dc in &stage.datacenters {
+        let got = dc.sandbox.reports();
+        let mut per_tenant: BTreeMap<uuid::Uuid, (usize, usize)> = BTreeMap::new();
+        for r in &got {
+            let e = per_tenant.entry(r.tenant_id).or_default();
+            for ev in r.body["events"].as_array().into_iter().flatten() {
+                if ev["activation_event"] == Value::Bool(true) {
+                    e.0 += 1;
+                }
+                if ev["deactivation_event"] == Value::Bool(true) {
+                    e.1 += 1;
+                }
             }
         }
+        let stats = dc.sandbox.stats();
+        let mut by_status: Vec<(u16, u64)> =
+            stats.by_status.iter().map(|(k, v)| (*k, *v)).collect();
+        by_status.sort();
+        rows.push(vec![
+            dc.account.to_string(),
+            dc.sandbox.url.clone(),
+            got.len().to_string(),
+            per_tenant.len().to_string(),
+            per_tenant.values().map(|v| v.0).sum::<usize>().to_string(),
+            per_tenant.values().map(|v| v.1).sum::<usize>().to_string(),
+            by_status
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            stats.tokens_issued.to_string(),
+        ]);
+        reports += got.len();
+        requests += stats.requests;
+        tenants += per_tenant.len();
     }
-    println!("\nwhat the platform received (first 12 tenants):");
-    let rows: Vec<Vec<String>> = per_tenant
-        .iter()
-        .take(12)
-        .map(|(t, (r, a, d))| vec![t.clone(), r.to_string(), a.to_string(), d.to_string()])
-        .collect();
     print_table(
-        &["TENANT", "REPORTS", "ACTIVATIONS", "DEACTIVATIONS"],
+        &[
+            "ACCOUNT",
+            "DATA CENTER",
+            "REPORTS",
+            "TENANTS",
+            "ACTIVATIONS",
+            "DEACTIVATIONS",
+            "REQUESTS BY STATUS",
+            "TOKENS",
+        ],
         &rows,
     );
-    let stats = sandbox.stats();
-    let mut by_status: Vec<(u16, u64)> = stats.by_status.iter().map(|(k, v)| (*k, *v)).collect();
-    by_status.sort();
-    let st = running.queue.stats();
+    let st = stage.running.queue.stats();
     println!(
-        "\ntotals: {} reports for {} tenants; {} platform requests (by status: {}); {} faults applied; {} token(s) issued; {} event(s) dead-lettered",
-        reports.len(),
-        per_tenant.len(),
-        stats.requests,
-        by_status.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
-        stats.faults_applied,
-        stats.tokens_issued,
+        "\ntotals: {reports} reports for {tenants} tenants in {} data centers; {requests} platform requests; {} event(s) dead-lettered",
+        stage.datacenters.len(),
         st.dead_letters
     );
 }
