@@ -2,7 +2,7 @@
 //! event, plain sled insert+flush, a plain sequential one-event-per-request client, what the
 //! sandbox itself absorbs). Figures are printed as tables; BENCHMARKS.md records them.
 //!
-//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint` runs some sections only;
+//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint,accounts` runs some sections only;
 //! `BENCH_BIG=N` sets the size of the large store (default 1 000 000 events).
 
 use std::io::Write;
@@ -303,6 +303,11 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(dir: &Path, store: &Path, env: &[(&str, String)]) -> Daemon {
+        Daemon::spawn_with(dir, store, env, &[])
+    }
+
+    /// With more arguments for `statusd run` (e.g. `--config PATH`).
+    fn spawn_with(dir: &Path, store: &Path, env: &[(&str, String)], args: &[&str]) -> Daemon {
         let sock_path = dir.join(format!("notify-{}.sock", Uuid::new_v4().simple()));
         let notify = UnixDatagram::bind(&sock_path).unwrap();
         notify
@@ -316,6 +321,7 @@ impl Daemon {
         let started = Instant::now();
         let child = Command::new(BIN)
             .arg("run")
+            .args(args)
             .env("NOTIFY_SOCKET", &sock_path)
             .env("RUST_LOG", "warn")
             .env("STATUSD__STORE__PATH", store)
@@ -983,4 +989,172 @@ async fn main() {
     if want("footprint") {
         footprint(dir, big).await;
     }
+    if want("accounts") {
+        accounts(dir).await;
+    }
+}
+
+/// A store filled with `n` events over `tenants`, each event for the account of its tenant.
+async fn fill_accounts(store: &Path, n: usize, tenants: &[(Uuid, String)]) {
+    let q = Queue::open(store, StoreOptions::default()).unwrap();
+    let mut done = 0;
+    while done < n {
+        let chunk: Vec<NewEvent> = (done..(done + 1000).min(n))
+            .map(|i| {
+                let (t, account) = &tenants[i % tenants.len()];
+                NewEvent {
+                    account: Some(account.clone()),
+                    ..ev(*t, i)
+                }
+            })
+            .collect();
+        done += chunk.len();
+        q.enqueue(chunk).await.unwrap();
+    }
+}
+
+/// Drain a filled store with the daemon in-process; events per second.
+async fn drain_with(toml: String, env: Vec<(String, String)>, n: usize) -> f64 {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let settings =
+        statusd::config::load_from_str(&toml, &env, statusd::config::Purpose::Run).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let t = Instant::now();
+    let running = statusd::app::start(settings, Some(listener), false)
+        .await
+        .unwrap();
+    while running.queue.stats().depth > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    running.shutdown().await;
+    rate
+}
+
+/// Section 7, several accounts: delivery with 100 accounts over 5 data centers against one
+/// account (same events, same number of tenants, same run), and the memory of 1000 idle
+/// accounts.
+async fn accounts(dir: &Path) {
+    println!("\n7. accounts: 20 000 events over 200 tenants, one account against 100 accounts in 5 data centers");
+    let mut dcs = Vec::new();
+    for n in 0..5u64 {
+        dcs.push(
+            Sandbox::start(SandboxOptions {
+                tenants: 60,
+                seed: 100 + n,
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    let n = 20_000;
+    // One account: 200 tenants in one data center.
+    let single = Sandbox::start(SandboxOptions {
+        tenants: 260,
+        seed: 99,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let single_tenants: Vec<(Uuid, String)> = single
+        .tenant_ids(None)
+        .into_iter()
+        .take(200)
+        .map(|t| (t, "default".to_string()))
+        .collect();
+    let store = dir.join("accounts-one");
+    let _ = std::fs::remove_dir_all(&store);
+    fill_accounts(&store, n, &single_tenants).await;
+    let toml = format!(
+        "[platform]\nbase_url = \"{}\"\nclient_id = \"{}\"\n[integration]\napplication_code = \"vendor.bench\"\n[store]\npath = \"{}\"\n",
+        single.url,
+        single.client_id,
+        store.display()
+    );
+    let one = drain_with(
+        toml,
+        vec![(
+            "STATUSD__PLATFORM__CLIENT_SECRET".into(),
+            single.client_secret.clone(),
+        )],
+        n,
+    )
+    .await;
+    rate("statusd drain, 1 account", one, "");
+    // 100 accounts, 20 per data center, 2 tenants each.
+    let mut toml = String::new();
+    let mut env = Vec::new();
+    let mut tenants = Vec::new();
+    for a in 0..100 {
+        let dc = &dcs[a % 5];
+        let id = format!("partner-{a:03}");
+        toml.push_str(&format!(
+            "[accounts.{id}]\ndatacenter_url = \"{}\"\nclient_id = \"{}\"\n",
+            dc.url, dc.client_id
+        ));
+        env.push((
+            format!("STATUSD__ACCOUNTS__{}__CLIENT_SECRET", id.to_uppercase()),
+            dc.client_secret.clone(),
+        ));
+        let ids = dc.tenant_ids(None);
+        for k in 0..2 {
+            tenants.push((ids[(a / 5) * 2 + k], id.clone()));
+        }
+    }
+    let store = dir.join("accounts-many");
+    let _ = std::fs::remove_dir_all(&store);
+    fill_accounts(&store, n, &tenants).await;
+    toml.push_str(&format!(
+        "[integration]\napplication_code = \"vendor.bench\"\n[store]\npath = \"{}\"\n",
+        store.display()
+    ));
+    let many = drain_with(toml, env, n).await;
+    rate(
+        "statusd drain, 100 accounts in 5 data centers",
+        many,
+        &format!("{:.2} of one account", many / one),
+    );
+    // 1000 idle accounts in the real binary: RSS against one account.
+    let idle = |count: usize| {
+        let mut toml = format!(
+            "[integration]\napplication_code = \"vendor.bench\"\n[store]\npath = \"{}\"\n",
+            dir.join(format!("idle-{count}")).display()
+        );
+        for a in 0..count {
+            toml.push_str(&format!(
+                "[accounts.idle-{a:04}]\ndatacenter_url = \"{}\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+                single.url
+            ));
+        }
+        let path = dir.join(format!("idle-{count}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        path
+    };
+    let http = reqwest::Client::new();
+    let mut rss_of = Vec::new();
+    for count in [1usize, 1000] {
+        let config = idle(count);
+        let store = dir.join(format!("idle-{count}"));
+        let _ = std::fs::remove_dir_all(&store);
+        let config_arg = config.display().to_string();
+        let d = Daemon::spawn_with(dir, &store, &[], &["--config", &config_arg]);
+        let ready = d.readyz(&http).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (now, _) = d.rss();
+        rss_of.push((count, now, ready));
+        d.stop();
+    }
+    let (_, one, one_ready) = rss_of[0];
+    let (_, thousand, thousand_ready) = rss_of[1];
+    row(
+        "RSS with 1 account / 1000 idle accounts",
+        format!("{} / {}", mb(one), mb(thousand)),
+        &format!(
+            "{} per 1000 accounts; ready in {} / {}",
+            mb(thousand.saturating_sub(one)),
+            ms(one_ready),
+            ms(thousand_ready)
+        ),
+    );
 }
