@@ -32,9 +32,13 @@ pub use crate::platform::datacenter_of;
 impl Accounts {
     /// A client for every account of the settings.
     pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Accounts, String> {
+        let http = crate::platform::http_client(settings.platform.request_timeout)?;
         let mut by_id = BTreeMap::new();
         for a in &settings.accounts {
-            by_id.insert(a.id.clone(), Self::account(settings, a, metrics.clone())?);
+            by_id.insert(
+                a.id.clone(),
+                Self::account(settings, a, http.clone(), metrics.clone()),
+            );
         }
         metrics.expose_datacenters(by_id.values().map(|a: &Account| a.datacenter.as_str()));
         Ok(Accounts {
@@ -45,9 +49,10 @@ impl Accounts {
     fn account(
         settings: &Settings,
         a: &AccountSettings,
+        http: reqwest::Client,
         metrics: Arc<Metrics>,
-    ) -> Result<Account, String> {
-        let client = PlatformClient::new(
+    ) -> Account {
+        let client = PlatformClient::with_http(
             ClientOptions {
                 base_url: a.datacenter_url.clone(),
                 client_id: a.client_id.clone(),
@@ -57,16 +62,16 @@ impl Accounts {
                 max_concurrency: settings.platform.max_concurrency,
                 integration: settings.integration.clone(),
             },
+            http,
             metrics,
-        )
-        .map_err(|e| format!("accounts.{}: {e}", a.id))?;
-        Ok(Account {
+        );
+        Account {
             id: a.id.clone(),
             datacenter_url: a.datacenter_url.clone(),
             datacenter: datacenter_of(&a.datacenter_url),
             client,
             root_tenant_id: a.root_tenant_id,
-        })
+        }
     }
 
     /// Accounts already built (tests, tools).

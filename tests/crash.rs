@@ -632,3 +632,113 @@ async fn a_damaged_store_is_refused_with_exit_65_unless_accepted() {
     let q = Queue::open(&store, Default::default()).unwrap();
     assert_eq!(q.stats().depth, 2000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_several_accounts_delivers_every_acknowledged_event_to_its_own_data_center() {
+    statusd::platform::install_crypto_provider();
+    let eu = Sandbox::start(SandboxOptions {
+        seed: 11,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let us = Sandbox::start(SandboxOptions {
+        seed: 12,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for sb in [&eu, &us] {
+        sb.inject(statusd::sandbox::Fault {
+            delay_ms: Some(10),
+            path_contains: Some("/status".into()),
+            ..Default::default()
+        });
+    }
+    let targets: Vec<(Uuid, &str)> = customers(&eu, 4)
+        .into_iter()
+        .map(|t| (t, "eu"))
+        .chain(customers(&us, 4).into_iter().map(|t| (t, "us")))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let spawn = |port: u16| {
+        daemon_command(&eu.url, "unused", "unused", dir.path(), port)
+            .env_remove("STATUSD__PLATFORM__BASE_URL")
+            .env_remove("STATUSD__PLATFORM__CLIENT_ID")
+            .env_remove("STATUSD__PLATFORM__CLIENT_SECRET")
+            .env("STATUSD__ACCOUNTS__EU__DATACENTER_URL", &eu.url)
+            .env("STATUSD__ACCOUNTS__EU__CLIENT_ID", &eu.client_id)
+            .env("STATUSD__ACCOUNTS__EU__CLIENT_SECRET", &eu.client_secret)
+            .env("STATUSD__ACCOUNTS__US__DATACENTER_URL", &us.url)
+            .env("STATUSD__ACCOUNTS__US__CLIENT_ID", &us.client_id)
+            .env("STATUSD__ACCOUNTS__US__CLIENT_SECRET", &us.client_secret)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut rng = test_rng("kill_9_with_several_accounts");
+    let mut acked: Vec<(Uuid, &str, usize)> = Vec::new();
+    let mut n = 0;
+    for _ in 0..5 {
+        let (mut child, port) = start_ready(&http, spawn).await;
+        let delay = Duration::from_millis(rng.random_range(50..200));
+        let killer = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            kill9(&mut child);
+        });
+        loop {
+            let (t, account) = targets[n % targets.len()];
+            n += 1;
+            let r = http
+                .post(format!("http://127.0.0.1:{port}/v1/events"))
+                .json(&json!({"tenant_id": t, "type": "custom", "category": "crash", "action": format!("{t}-{n}"), "account": account}))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == 202 => acked.push((t, account, n)),
+                _ => break,
+            }
+        }
+        killer.await.unwrap();
+    }
+    assert!(acked.len() > 20, "only {} acknowledged", acked.len());
+    let (child, _) = start_ready(&http, spawn).await;
+    let delivered_at = |sb: &Sandbox| actions_by_tenant(sb);
+    wait_for(
+        Duration::from_secs(60),
+        "every acknowledged event delivered",
+        || {
+            let (e, u) = (delivered_at(&eu), delivered_at(&us));
+            acked.iter().all(|(t, account, n)| {
+                let got = if *account == "eu" { &e } else { &u };
+                got.get(t).is_some_and(|a| a.contains(&format!("{t}-{n}")))
+            })
+        },
+    )
+    .await;
+    kill9(&mut { child });
+    for (sb, account, other) in [(&eu, "eu", &us), (&us, "us", &eu)] {
+        let got = delivered_at(sb);
+        let wrong = delivered_at(other);
+        for (t, _) in targets.iter().filter(|(_, a)| *a == account) {
+            assert!(
+                !wrong.contains_key(t),
+                "{t} of {account} reached the other data center"
+            );
+            let order: Vec<usize> = got
+                .get(t)
+                .into_iter()
+                .flatten()
+                .map(|a| a.rsplit('-').next().unwrap().parse().unwrap())
+                .collect();
+            let mut seen = std::collections::HashSet::new();
+            let firsts: Vec<usize> = order.into_iter().filter(|n| seen.insert(*n)).collect();
+            assert!(
+                firsts.windows(2).all(|w| w[0] < w[1]),
+                "{t}: out of order {firsts:?}"
+            );
+        }
+    }
+}

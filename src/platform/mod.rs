@@ -145,6 +145,18 @@ pub fn datacenter_of(url: &str) -> String {
         .unwrap_or_else(|| url.to_string())
 }
 
+/// The HTTP client for platform calls: rustls with ring, the request timeout, keep-alive.
+pub fn http_client(request_timeout: Duration) -> Result<reqwest::Client, String> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .user_agent(crate::USER_AGENT)
+        .connect_timeout(Duration::from_secs(10).min(request_timeout))
+        .timeout(request_timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
 /// Install the ring provider for rustls once per process (reqwest is built without one).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -152,15 +164,18 @@ pub fn install_crypto_provider() {
 
 impl PlatformClient {
     pub fn new(opts: ClientOptions, metrics: Arc<Metrics>) -> Result<PlatformClient, String> {
-        install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .user_agent(crate::USER_AGENT)
-            .connect_timeout(Duration::from_secs(10).min(opts.request_timeout))
-            .timeout(opts.request_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(PlatformClient {
+        let http = http_client(opts.request_timeout)?;
+        Ok(PlatformClient::with_http(opts, http, metrics))
+    }
+
+    /// A client on a shared HTTP client (its connection pool and TLS set-up): what every
+    /// account of a daemon uses, so an account costs its token and little else.
+    pub fn with_http(
+        opts: ClientOptions,
+        http: reqwest::Client,
+        metrics: Arc<Metrics>,
+    ) -> PlatformClient {
+        PlatformClient {
             inner: Arc::new(ClientInner {
                 http,
                 base: opts.base_url.trim_end_matches('/').to_string(),
@@ -175,7 +190,7 @@ impl PlatformClient {
                 metrics,
                 up: AtomicBool::new(false),
             }),
-        })
+        }
     }
 
     pub fn datacenter(&self) -> &str {
