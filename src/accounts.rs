@@ -33,11 +33,22 @@ impl Accounts {
     /// A client for every account of the settings.
     pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Accounts, String> {
         let http = crate::platform::http_client(settings.platform.request_timeout)?;
+        // platform.max_concurrency requests in flight per data center, whatever the number of
+        // accounts there.
+        let mut permits: BTreeMap<String, Arc<tokio::sync::Semaphore>> = BTreeMap::new();
         let mut by_id = BTreeMap::new();
         for a in &settings.accounts {
+            let dc_permits = permits
+                .entry(datacenter_of(&a.datacenter_url))
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Semaphore::new(
+                        settings.platform.max_concurrency.max(1),
+                    ))
+                })
+                .clone();
             by_id.insert(
                 a.id.clone(),
-                Self::account(settings, a, http.clone(), metrics.clone()),
+                Self::account(settings, a, http.clone(), dc_permits, metrics.clone()),
             );
         }
         metrics.expose_datacenters(by_id.values().map(|a: &Account| a.datacenter.as_str()));
@@ -50,6 +61,7 @@ impl Accounts {
         settings: &Settings,
         a: &AccountSettings,
         http: reqwest::Client,
+        permits: Arc<tokio::sync::Semaphore>,
         metrics: Arc<Metrics>,
     ) -> Account {
         let client = PlatformClient::with_http(
@@ -63,6 +75,7 @@ impl Accounts {
                 integration: settings.integration.clone(),
             },
             http,
+            permits,
             metrics,
         );
         Account {

@@ -385,3 +385,31 @@ async fn a_store_and_configuration_from_before_accounts_keep_working() {
     assert_eq!(tenants_reported(&sb), tenants.iter().copied().collect());
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_with_many_pending_tenants_does_not_hold_back_one_with_few() {
+    let dc = two_data_centers(None).await;
+    // eu answers slowly, and has a report pending for each of its customers.
+    dc.eu.inject(Fault {
+        delay_ms: Some(40),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
+    let eu_tenants = customers(&dc.eu, 40);
+    assert!(eu_tenants.len() >= 30, "{}", eu_tenants.len());
+    assert_eq!(dc.post(events(&eu_tenants, "eu", 1)).await.status(), 202);
+    // Then one event for us.
+    let us_tenant = customers(&dc.us, 1);
+    assert_eq!(dc.post(events(&us_tenant, "us", 1)).await.status(), 202);
+    wait_for(Duration::from_secs(15), "the us report", || {
+        !dc.us.reports().is_empty()
+    })
+    .await;
+    // Served in turn with eu, not behind every eu tenant.
+    let eu_done = dc.eu.reports().len();
+    assert!(
+        eu_done < eu_tenants.len() / 2,
+        "us waited for {eu_done} of {} eu reports",
+        eu_tenants.len()
+    );
+}

@@ -18,11 +18,53 @@ use crate::store::{now_ms, TenantId};
 /// How often a dispatcher paused by a store that cannot write looks again.
 const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Ready tenants by account: each account's queue in order, the accounts in turn.
+#[derive(Default)]
+struct Ready {
+    by_account: HashMap<Option<String>, VecDeque<TenantId>>,
+    turns: VecDeque<Option<String>>,
+}
+
+impl Ready {
+    fn push(&mut self, account: Option<String>, t: TenantId) {
+        let queue = self.by_account.entry(account.clone()).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(account);
+        }
+        queue.push_back(t);
+    }
+
+    /// The next tenant: the head of the account whose turn it is.
+    fn pop(&mut self) -> Option<TenantId> {
+        let account = self.turns.pop_front()?;
+        let queue = self.by_account.get_mut(&account)?;
+        let t = queue.pop_front();
+        if queue.is_empty() {
+            self.by_account.remove(&account);
+        } else {
+            self.turns.push_back(account);
+        }
+        t
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.turns.is_empty()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_account.values().map(VecDeque::len).sum()
+    }
+}
+
 pub(super) struct Dispatcher {
     delivery: Delivery,
     /// Cancels lanes still sending when the shutdown grace has run out.
     hard_stop: CancellationToken,
-    ready: VecDeque<TenantId>,
+    /// Ready tenants, one queue per account, served in turn so that an account with many
+    /// pending tenants cannot hold back one with few.
+    ready: Ready,
     in_ready: HashSet<TenantId>,
     timers: BinaryHeap<Reverse<(Instant, TenantId)>>,
     /// Tenants in backoff and when they may go again (a timer whose time differs is stale).
@@ -39,7 +81,7 @@ impl Dispatcher {
         let mut d = Dispatcher {
             delivery,
             hard_stop: CancellationToken::new(),
-            ready: VecDeque::new(),
+            ready: Ready::default(),
             in_ready: HashSet::new(),
             timers: BinaryHeap::new(),
             backoff: HashMap::new(),
@@ -85,7 +127,8 @@ impl Dispatcher {
 
     fn make_ready(&mut self, t: TenantId) {
         if self.in_ready.insert(t) {
-            self.ready.push_back(t);
+            let account = self.delivery.queue.head_account(&t);
+            self.ready.push(account, t);
         }
     }
 
@@ -104,7 +147,7 @@ impl Dispatcher {
         // Each lane asks its data center's breaker before it sends.
         let limit = self.delivery.opts.lanes.max(1);
         while self.running.len() < limit {
-            let Some(t) = self.ready.pop_front() else {
+            let Some(t) = self.ready.pop() else {
                 break;
             };
             self.in_ready.remove(&t);
@@ -304,7 +347,7 @@ mod tests {
             .await
             .unwrap();
         let mut d = Dispatcher::new(delivery(queue.clone()));
-        assert_eq!(d.ready.pop_front(), Some(tenant));
+        assert_eq!(d.ready.pop(), Some(tenant));
         d.in_ready.remove(&tenant);
         let q = queue.clone();
         d.spawn_lane(tenant, async move {
@@ -322,7 +365,7 @@ mod tests {
         assert!(d.ready.is_empty());
         tokio::time::advance(Duration::from_secs(1)).await;
         d.on_timers_due();
-        assert_eq!(d.ready.front(), Some(&tenant));
+        assert_eq!(d.ready.pop(), Some(tenant));
     }
 
     #[tokio::test(start_paused = true)]

@@ -165,14 +165,17 @@ pub fn install_crypto_provider() {
 impl PlatformClient {
     pub fn new(opts: ClientOptions, metrics: Arc<Metrics>) -> Result<PlatformClient, String> {
         let http = http_client(opts.request_timeout)?;
-        Ok(PlatformClient::with_http(opts, http, metrics))
+        let permits = Arc::new(Semaphore::new(opts.max_concurrency.max(1)));
+        Ok(PlatformClient::with_http(opts, http, permits, metrics))
     }
 
-    /// A client on a shared HTTP client (its connection pool and TLS set-up): what every
-    /// account of a daemon uses, so an account costs its token and little else.
+    /// A client on a shared HTTP client (its connection pool and TLS set-up) and shared
+    /// permits (the requests in flight to its data center): what every account of a daemon
+    /// uses, so an account costs its token and little else.
     pub fn with_http(
         opts: ClientOptions,
         http: reqwest::Client,
+        permits: Arc<Semaphore>,
         metrics: Arc<Metrics>,
     ) -> PlatformClient {
         PlatformClient {
@@ -186,7 +189,7 @@ impl PlatformClient {
                 integration: opts.integration,
                 token: Mutex::new(TokenState::default()),
                 own_tenant: OnceCell::new(),
-                permits: Arc::new(Semaphore::new(opts.max_concurrency.max(1))),
+                permits,
                 metrics,
                 up: AtomicBool::new(false),
             }),

@@ -44,6 +44,14 @@ impl Queue {
             .count()
     }
 
+    /// The account of a tenant's oldest pending event (`None`: the tenant has none, or it was
+    /// stored without an account).
+    pub fn head_account(&self, tenant: &TenantId) -> Option<String> {
+        let head = *lock(&self.inner.writer).heads.by_tenant.get(tenant)?;
+        let id = self.inner.tree.get(pending_key(tenant, head)).ok()??;
+        self.get_event_raw(&uuid_from(&id).ok()?).ok()??.account
+    }
+
     /// Whether a tenant has pending events (from memory, no scan).
     pub fn has_pending(&self, tenant: &TenantId) -> bool {
         lock(&self.inner.writer).heads.has_pending(tenant)
