@@ -19,6 +19,9 @@ pub struct Account {
     pub datacenter: String,
     pub client: PlatformClient,
     pub root_tenant_id: Option<Uuid>,
+    /// The account's own brand intent and targets, if it has them (else the global ones).
+    pub branding: Option<crate::config::BrandingSettings>,
+    pub branding_targets: Option<Vec<crate::config::BrandingTarget>>,
 }
 
 /// Every configured account; cheap to clone.
@@ -84,6 +87,8 @@ impl Accounts {
             datacenter: datacenter_of(&a.datacenter_url),
             client,
             root_tenant_id: a.root_tenant_id,
+            branding: a.branding.clone(),
+            branding_targets: a.branding_targets.clone(),
         }
     }
 

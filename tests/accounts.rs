@@ -24,6 +24,11 @@ struct TwoDataCenters {
 /// Accounts `eu` and `us`, each in a sandbox data center of its own (`eu_secret` overrides the
 /// eu account's secret).
 async fn two_data_centers(eu_secret: Option<&str>) -> TwoDataCenters {
+    two_data_centers_with(eu_secret, "").await
+}
+
+/// The same, with more configuration (TOML tables).
+async fn two_data_centers_with(eu_secret: Option<&str>, extra: &str) -> TwoDataCenters {
     statusd::platform::install_crypto_provider();
     let eu = Sandbox::start(SandboxOptions {
         seed: 1,
@@ -57,6 +62,7 @@ path = "{}"
 [delivery]
 initial_backoff = "50ms"
 max_backoff = "300ms"
+{}
 "#,
         eu.url,
         eu.client_id,
@@ -64,7 +70,8 @@ max_backoff = "300ms"
         us.url,
         us.client_id,
         us.client_secret,
-        dir.path().display()
+        dir.path().display(),
+        extra
     );
     let settings =
         statusd::config::load_from_str(&toml, &[], statusd::config::Purpose::Run).unwrap();
@@ -412,4 +419,35 @@ async fn an_account_with_many_pending_tenants_does_not_hold_back_one_with_few() 
         "us waited for {eu_done} of {} eu reports",
         eu_tenants.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_may_have_its_own_brand_intent() {
+    let dc = two_data_centers_with(
+        None,
+        r#"
+[reconcile.branding]
+targets = ["partners"]
+[branding]
+company_name = "Global Cloud"
+[accounts.us.branding]
+company_name = "US Cloud"
+targets = ["partners"]
+"#,
+    )
+    .await;
+    let report = dc
+        .running
+        .reconcilers
+        .run_now(statusd::reconcile::Kind::Branding, false)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, "success", "{:?}", report.errors);
+    for (sb, name) in [(&dc.eu, "Global Cloud"), (&dc.us, "US Cloud")] {
+        let partners = sb.tenant_ids(Some("partner"));
+        assert!(!partners.is_empty());
+        for p in partners {
+            assert_eq!(sb.brand(p).unwrap()["company_name"], name);
+        }
+    }
 }

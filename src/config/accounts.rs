@@ -16,6 +16,11 @@ pub struct AccountSettings {
     pub credentials: Credentials,
     /// Top of the tenant tree walked for this account (default: the API client's own tenant).
     pub root_tenant_id: Option<Uuid>,
+    /// The account's own brand intent (`[accounts.<id>.branding]`), in place of `[branding]`.
+    pub branding: Option<BrandingSettings>,
+    /// The account's own branding targets (`targets` in that table), in place of
+    /// `reconcile.branding.targets`.
+    pub branding_targets: Option<Vec<BrandingTarget>>,
 }
 
 /// The id of the account that the `[platform]` credentials stand for.
@@ -78,6 +83,8 @@ impl Reader {
                 client_secret: secret.clone(),
                 credentials: platform.credentials,
                 root_tenant_id: legacy_root,
+                branding: None,
+                branding_targets: None,
             });
         }
         if purpose == Purpose::Run && accounts.is_empty() {
@@ -102,6 +109,11 @@ impl Reader {
         let secret = self.secret(&key("client_secret"), None);
         let credentials = self.credentials(&key("credentials"));
         let root_tenant_id = self.uuid(&key("root_tenant_id"));
+        let branding = self.branding_at(&key("branding"), &["targets"]);
+        let branding_targets = self
+            .raw(&key("branding.targets"))
+            .is_some()
+            .then(|| self.targets_at(&key("branding.targets")));
         if url.is_none() && !self.has_problem(&key("datacenter_url")) {
             self.problem(
                 &key("datacenter_url"),
@@ -128,6 +140,8 @@ impl Reader {
             client_secret: secret?,
             credentials,
             root_tenant_id,
+            branding,
+            branding_targets,
         })
     }
 }

@@ -432,7 +432,11 @@ impl Reader {
     }
 
     pub(super) fn branding_targets(&mut self) -> Vec<BrandingTarget> {
-        let key = "reconcile.branding.targets";
+        self.targets_at("reconcile.branding.targets")
+    }
+
+    /// Branding targets at `key`: tenant UUIDs, or "partners".
+    pub(super) fn targets_at(&mut self, key: &str) -> Vec<BrandingTarget> {
         let items: Vec<String> = match self.raw(key) {
             None => return Vec::new(),
             Some(Value::Array(items)) => items
@@ -470,13 +474,22 @@ impl Reader {
     }
 
     pub(super) fn branding(&mut self) -> BrandingSettings {
-        self.taken.push("branding".into());
-        let Some(Value::Object(section)) = self.root.get("branding").cloned() else {
-            return BrandingSettings::default();
+        self.branding_at("branding", &[]).unwrap_or_default()
+    }
+
+    /// The brand intent of a table (`branding`, or `accounts.<id>.branding`), if it is there;
+    /// `also` names keys of the table that are not brand fields (read by the caller).
+    pub(super) fn branding_at(&mut self, at: &str, also: &[&str]) -> Option<BrandingSettings> {
+        let Value::Object(section) = self.raw(at)? else {
+            self.problem(at, "expected a table of brand fields");
+            return None;
         };
         let mut settings = BrandingSettings::default();
         for (name, value) in section {
-            let key = format!("branding.{name}");
+            if also.contains(&name.as_str()) {
+                continue;
+            }
+            let key = format!("{at}.{name}");
             match name.as_str() {
                 "logo_file" => {
                     let path = match value {
@@ -504,7 +517,7 @@ impl Reader {
                         continue;
                     };
                     for (tenant, fields) in tenants {
-                        let tkey = format!("branding.tenants.\"{tenant}\"");
+                        let tkey = format!("{at}.tenants.\"{tenant}\"");
                         let Ok(id) = Uuid::parse_str(&tenant) else {
                             self.problem(&tkey, "not a tenant UUID");
                             continue;
@@ -529,7 +542,7 @@ impl Reader {
                 }
             }
         }
-        settings
+        Some(settings)
     }
 
     pub(super) fn brand_field(&mut self, key: &str, name: &str, value: Value) -> Option<Value> {

@@ -320,6 +320,8 @@ mod tests {
             datacenter: "127.0.0.1:9".into(),
             client,
             root_tenant_id: None,
+            branding: None,
+            branding_targets: None,
         };
         Delivery::new(
             queue,

@@ -21,7 +21,11 @@ impl Reconcilers {
             .filter(|t| t.account.as_deref().unwrap_or(default) == account.id)
             .collect();
         let mut out = Vec::new();
-        for t in &self.inner.settings.reconcile.branding.targets {
+        let targets = account
+            .branding_targets
+            .as_ref()
+            .unwrap_or(&self.inner.settings.reconcile.branding.targets);
+        for t in targets {
             match t {
                 BrandingTarget::Tenant(id) => {
                     let known = self.inner.queue.inventory(id)?;
@@ -73,7 +77,7 @@ impl Reconcilers {
         report
             .details
             .insert("targets".into(), json!(targets.len()));
-        let logo = match &self.inner.settings.branding.logo_file {
+        let logo = match &self.branding_of(account).logo_file {
             Some(p) => {
                 let bytes = tokio::fs::read(p)
                     .await
@@ -157,8 +161,18 @@ impl Reconcilers {
         Ok(())
     }
 
-    fn intended_brand(&self, tenant: Uuid) -> Map<String, Value> {
-        let b = &self.inner.settings.branding;
+    /// The account's brand intent, or the global one.
+    fn branding_of<'a>(&'a self, account: &'a Account) -> &'a crate::config::BrandingSettings {
+        account
+            .branding
+            .as_ref()
+            .unwrap_or(&self.inner.settings.branding)
+    }
+
+    /// The brand intent of an account's tenant: the account's own `[accounts.<id>.branding]`,
+    /// else the global `[branding]`, with the tenant's overrides.
+    fn intended_brand(&self, account: &Account, tenant: Uuid) -> Map<String, Value> {
+        let b = self.branding_of(account);
         let mut m: Map<String, Value> = b
             .fields
             .iter()
@@ -178,7 +192,7 @@ impl Reconcilers {
         dry_run: bool,
         logo: Option<Arc<(Vec<u8>, String)>>,
     ) -> Result<BrandOutcome, ReconcileError> {
-        let intended = self.intended_brand(tenant);
+        let intended = self.intended_brand(account, tenant);
         if intended.is_empty() && logo.is_none() {
             return Ok(BrandOutcome {
                 skipped: Some("no brand fields or logo configured".into()),
