@@ -89,9 +89,20 @@ pub async fn status(settings: Settings, args: &StatusArgs) -> ExitCode {
     }
 }
 
-pub async fn tenants(settings: Settings, args: &StatusArgs) -> ExitCode {
+/// A listing: GET `path`; with `--json` the answer as is, else a table of `rows` and a count.
+async fn listing<T>(
+    settings: Settings,
+    args: &StatusArgs,
+    path: &str,
+    headers: &[&str],
+    rows: impl Fn(&T) -> Vec<Vec<String>>,
+    noun: &str,
+) -> ExitCode
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
     let api = LocalApi::new(&args.api, &settings);
-    let v = match api.call::<Tenants>(Method::GET, "/v1/tenants", None).await {
+    let v = match api.call::<T>(Method::GET, path, None).await {
         Ok((_, v)) => v,
         Err(e) => return fail(e),
     };
@@ -99,72 +110,61 @@ pub async fn tenants(settings: Settings, args: &StatusArgs) -> ExitCode {
         print_json(&v);
         return ExitCode::from(exit::OK);
     }
-    let rows: Vec<Vec<String>> = v
-        .items
-        .iter()
-        .map(|t| {
-            vec![
-                t.id.to_string(),
-                cell(t.kind.as_deref()),
-                cell(t.name.as_deref()),
-                cell(t.enabled),
-                t.deleted.to_string(),
-                t.version.to_string(),
-            ]
-        })
-        .collect();
-    print_table(
-        &["TENANT", "KIND", "NAME", "ENABLED", "DELETED", "VERSION"],
-        &rows,
-    );
-    println!("{} tenant(s)", rows.len());
+    let rows = rows(&v);
+    print_table(headers, &rows);
+    println!("{} {noun}", rows.len());
     ExitCode::from(exit::OK)
 }
 
-pub async fn accounts(settings: Settings, args: &StatusArgs) -> ExitCode {
-    let api = LocalApi::new(&args.api, &settings);
-    let v = match api
-        .call::<AccountsList>(Method::GET, "/v1/accounts", None)
-        .await
-    {
-        Ok((_, v)) => v,
-        Err(e) => return fail(e),
+pub async fn tenants(settings: Settings, args: &StatusArgs) -> ExitCode {
+    let rows = |v: &Tenants| {
+        v.items
+            .iter()
+            .map(|t| {
+                vec![
+                    t.id.to_string(),
+                    cell(t.kind.as_deref()),
+                    cell(t.name.as_deref()),
+                    cell(t.enabled),
+                    t.deleted.to_string(),
+                    t.version.to_string(),
+                ]
+            })
+            .collect()
     };
-    if args.json {
-        print_json(&v);
-        return ExitCode::from(exit::OK);
-    }
-    let rows: Vec<Vec<String>> = v
-        .items
-        .iter()
-        .map(|a| {
-            let token = match &a.token_error {
-                Some(f) => format!("failing: {}", clip(&f.error, 60)),
-                None => a.token.clone(),
-            };
-            vec![
-                a.id.clone(),
-                a.datacenter.clone(),
-                token,
-                a.pending_events.to_string(),
-                a.dead_letters.to_string(),
-                a.tenants_known.to_string(),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "ACCOUNT",
-            "DATA CENTER",
-            "TOKEN",
-            "PENDING",
-            "DEAD",
-            "TENANTS",
-        ],
-        &rows,
-    );
-    println!("{} account(s)", rows.len());
-    ExitCode::from(exit::OK)
+    let headers = ["TENANT", "KIND", "NAME", "ENABLED", "DELETED", "VERSION"];
+    listing(settings, args, "/v1/tenants", &headers, rows, "tenant(s)").await
+}
+
+pub async fn accounts(settings: Settings, args: &StatusArgs) -> ExitCode {
+    let rows = |v: &AccountsList| {
+        v.items
+            .iter()
+            .map(|a| {
+                let token = match &a.token_error {
+                    Some(f) => format!("failing: {}", clip(&f.error, 60)),
+                    None => a.token.clone(),
+                };
+                vec![
+                    a.id.clone(),
+                    a.datacenter.clone(),
+                    token,
+                    a.pending_events.to_string(),
+                    a.dead_letters.to_string(),
+                    a.tenants_known.to_string(),
+                ]
+            })
+            .collect()
+    };
+    let headers = [
+        "ACCOUNT",
+        "DATA CENTER",
+        "TOKEN",
+        "PENDING",
+        "DEAD",
+        "TENANTS",
+    ];
+    listing(settings, args, "/v1/accounts", &headers, rows, "account(s)").await
 }
 
 pub async fn dead_letters(settings: Settings, cmd: &DeadLetterCommand) -> ExitCode {
