@@ -106,7 +106,21 @@ pub(super) fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)>
 }
 
 /// Check the bearer token; `Err` is the 401 answer.
-pub(super) fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+/// A request that carried a live bearer token; handlers that take it answer 401 otherwise.
+pub(super) struct Authorized;
+
+impl axum::extract::FromRequestParts<Shared> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Shared,
+    ) -> Result<Self, Response> {
+        authorize(state, &parts.headers).map(|()| Authorized)
+    }
+}
+
+fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -129,13 +143,10 @@ pub(super) fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(), Respo
 }
 
 pub(super) async fn client_info(
+    _auth: Authorized,
     State(state): State<Shared>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
     let s = state.lock().expect("sandbox lock");
     if id != s.opts.client_id {
         return envelope(StatusCode::NOT_FOUND, json!(1003), "client not found");

@@ -97,13 +97,10 @@ pub(super) fn check_version(
 }
 
 pub(super) async fn get_brand(
+    _auth: Authorized,
     State(state): State<Shared>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
     let s = state.lock().expect("sandbox lock");
     let idx = match tenant_index(&s, &id) {
         Ok(i) => i,
@@ -121,14 +118,11 @@ pub(super) async fn get_brand(
 }
 
 pub(super) async fn enable_brand(
+    _auth: Authorized,
     State(state): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
     let mut s = state.lock().expect("sandbox lock");
     let idx = match brand_target(&s, &id, &q, false) {
         Ok(i) => i,
@@ -152,15 +146,13 @@ pub(super) async fn enable_brand(
 }
 
 pub(super) async fn put_brand(
+    _auth: Authorized,
     State(state): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
     if let Err(r) = require_json(&headers) {
         return r;
     }
@@ -203,14 +195,11 @@ pub(super) async fn put_brand(
 }
 
 pub(super) async fn delete_brand(
+    _auth: Authorized,
     State(state): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
     let mut s = state.lock().expect("sandbox lock");
     let idx = match brand_target(&s, &id, &q, true) {
         Ok(i) => i,
@@ -222,13 +211,10 @@ pub(super) async fn delete_brand(
 }
 
 pub(super) async fn get_logo(
+    _auth: Authorized,
     State(state): State<Shared>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
     let s = state.lock().expect("sandbox lock");
     let idx = match tenant_index(&s, &id) {
         Ok(i) => i,
@@ -248,15 +234,13 @@ pub(super) async fn get_logo(
 }
 
 pub(super) async fn post_logo(
+    _auth: Authorized,
     State(state): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
     let ct = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())

@@ -111,14 +111,12 @@ pub fn validate_status_body(body: &Value) -> Result<(), String> {
 }
 
 pub(super) async fn status_report(
+    _auth: Authorized,
     State(state): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
     if let Err(r) = require_json(&headers) {
         return r;
     }

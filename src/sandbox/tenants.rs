@@ -3,13 +3,10 @@
 use super::*;
 
 pub(super) async fn list_tenants(
+    _auth: Authorized,
     State(state): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
     let mut s = state.lock().expect("sandbox lock");
     let selectors: Vec<&str> = ["uuids", "parent_id", "subtree_root_id", "after"]
         .into_iter()
@@ -111,13 +108,10 @@ pub(super) fn tenant_index(s: &SbState, id: &str) -> Result<usize, Response> {
 }
 
 pub(super) async fn get_tenant(
+    _auth: Authorized,
     State(state): State<Shared>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
     let s = state.lock().expect("sandbox lock");
     match tenant_index(&s, &id) {
         Ok(i) if s.tenants[i].deleted_at.is_none() => Json(s.tenant_json(i)).into_response(),
