@@ -258,7 +258,8 @@ fn check_config_command_exits_78_on_problems_and_0_when_valid() {
     assert_eq!(ok.status.code(), Some(0));
     let out = String::from_utf8_lossy(&ok.stdout);
     assert!(
-        out.contains("base_url = \"https://eu2-cloud.acronis.com\""),
+        out.contains("[accounts.default]\n")
+            && out.contains("datacenter_url = \"https://eu2-cloud.acronis.com\""),
         "{out}"
     );
     assert!(
@@ -359,6 +360,10 @@ client_id = "partner-us"
 client_secret = "secret-one"
 credentials = "cyberapp"
 root_tenant_id = "0b1d6a4e-8a7b-4c1e-9a55-6f0e8f3f2a11"
+[accounts.us1.branding]
+company_name = "Partner US"
+[branding]
+company_name = "Everyone"
 [integration]
 application_code = "vendor.app"
 "#,
@@ -384,6 +389,25 @@ application_code = "vendor.app"
         !shown.contains("secret-one") && !shown.contains("secret-zero"),
         "{shown}"
     );
+    // ... as the tables they are written as, so the output reads back as the same accounts.
+    assert!(shown.contains("\n[accounts.us1]\n"), "{shown}");
+    let again = load(&shown).unwrap_or_else(|e| panic!("{e}\n{shown}"));
+    let same = |a: &statusd::config::AccountSettings| {
+        (
+            a.id.clone(),
+            a.datacenter_url.clone(),
+            a.client_id.clone(),
+            a.credentials,
+            a.root_tenant_id,
+            a.branding.as_ref().map(|b| b.fields.clone()),
+        )
+    };
+    assert_eq!(
+        again.accounts.iter().map(same).collect::<Vec<_>>(),
+        s.accounts.iter().map(same).collect::<Vec<_>>()
+    );
+    assert_eq!(again.branding.fields, s.branding.fields);
+    assert_eq!(s.branding.fields["company_name"], "Everyone");
 }
 
 #[test]
