@@ -115,8 +115,7 @@ async fn the_sandbox_serves_several_data_centers() {
         .args(["sandbox", "--listen", "127.0.0.1:0", "--datacenters", "3"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_daemon();
     let stdout = child.stdout.take().unwrap();
     let urls = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -20,7 +20,7 @@ fn daemon(
     store: &std::path::Path,
     port: u16,
     offset_file: &std::path::Path,
-) -> Child {
+) -> Daemon {
     daemon_command(&sb.url, &sb.client_id, &sb.client_secret, store, port)
         .env("LD_PRELOAD", LIBFAKETIME)
         .env("FAKETIME_TIMESTAMP_FILE", offset_file)
@@ -30,8 +30,7 @@ fn daemon(
         .env("STATUSD__DELIVERY__MAX_AGE", "1h")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .expect("statusd binary starts")
+        .spawn_daemon()
 }
 
 fn faketime_missing() -> bool {

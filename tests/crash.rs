@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -22,7 +22,7 @@ fn spawn_daemon(
     secret: &str,
     store: &std::path::Path,
     port: u16,
-) -> Child {
+) -> Daemon {
     spawn_daemon_with(base_url, client_id, secret, store, port, &[])
 }
 
@@ -33,18 +33,17 @@ fn spawn_daemon_with(
     store: &std::path::Path,
     port: u16,
     extra: &[(&str, &str)],
-) -> Child {
+) -> Daemon {
     daemon_command(base_url, client_id, secret, store, port)
         .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .expect("statusd binary starts")
+        .spawn_daemon()
 }
 
 /// Start a daemon with `spawn(port)` and wait until it is ready; a daemon that exits first (its
 /// port taken by another test in the meantime) is started again on another port.
-async fn start_ready(http: &reqwest::Client, spawn: impl Fn(u16) -> Child) -> (Child, u16) {
+async fn start_ready(http: &reqwest::Client, spawn: impl Fn(u16) -> Daemon) -> (Daemon, u16) {
     for _ in 0..5 {
         let port = free_port();
         let mut child = spawn(port);
@@ -72,7 +71,7 @@ async fn start_ready(http: &reqwest::Client, spawn: impl Fn(u16) -> Child) -> (C
     panic!("the daemon exited before it was ready, five times");
 }
 
-fn kill9(child: &mut Child) {
+fn kill9(child: &mut Daemon) {
     // SIGKILL: no chance to flush or clean up.
     unsafe_kill(child.id());
     let _ = child.wait();
@@ -476,7 +475,7 @@ fn keep_only_the_control_file(store: &std::path::Path) {
 /// How `statusd run` on a store ended up: refused (its exit code and stderr), or ready.
 enum Start {
     Refused(Option<i32>, String),
-    Ready(Child, u16),
+    Ready(Daemon, u16),
 }
 
 /// `statusd run` on `store` until it exits by itself or is ready.
@@ -487,8 +486,7 @@ async fn start_or_refuse(http: &reqwest::Client, store: &std::path::Path) -> Sta
     let mut child = daemon_command(&dead_platform, "id", "secret", store, port)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("statusd binary starts");
+        .spawn_daemon();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -623,8 +621,7 @@ async fn a_damaged_store_is_refused_with_exit_65_unless_accepted() {
             .arg("--accept-damaged-store")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+            .spawn_daemon()
     })
     .await;
     assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
@@ -675,8 +672,7 @@ async fn kill_9_with_several_accounts_delivers_every_acknowledged_event_to_its_o
             .env("STATUSD__ACCOUNTS__US__CLIENT_SECRET", &us.client_secret)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+            .spawn_daemon()
     };
     let mut rng = test_rng("kill_9_with_several_accounts");
     let mut acked: Vec<(Uuid, &str, usize)> = Vec::new();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -42,13 +42,12 @@ impl Drop for SmallDisk {
     }
 }
 
-fn daemon(sb: &Sandbox, store: &std::path::Path, port: u16, log: &std::path::Path) -> Child {
+fn daemon(sb: &Sandbox, store: &std::path::Path, port: u16, log: &std::path::Path) -> Daemon {
     daemon_command(&sb.url, &sb.client_id, &sb.client_secret, store, port)
         .env("STATUSD__STORE__CACHE_CAPACITY_MB", "8")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("statusd binary starts")
+        .spawn_daemon()
 }
 
 /// Write to `dir` until the file system is full; returns the filler's path.

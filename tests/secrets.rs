@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, sigterm_and_wait, wait_for, wait_for_async};
+use common::{free_port, sigterm_and_wait, wait_for, wait_for_async, SpawnDaemon};
 use statusd::sandbox::{Fault, Sandbox, SandboxOptions};
 
 const API_TOKEN: &str = "api-token-never-shown-7f3a";
@@ -48,8 +48,7 @@ async fn exercise(sb: &Sandbox, log_format: &str) -> String {
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
+        .spawn_daemon();
     let api = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     wait_for_async(Duration::from_secs(20), "the daemon is ready", || async {

@@ -1,9 +1,13 @@
 //! The real binary speaks sd_notify: READY once the store is open and the API listens, WATCHDOG
 //! at half of WATCHDOG_USEC, STOPPING on SIGTERM, then a clean exit 0.
 
+mod common;
+
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::SpawnDaemon;
 
 #[test]
 fn ready_watchdog_and_stopping_over_notify_socket() {
@@ -30,8 +34,7 @@ fn ready_watchdog_and_stopping_over_notify_socket() {
         .env("STATUSD__API__LISTEN", format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_daemon();
     let mut seen: Vec<String> = Vec::new();
     let mut buf = [0u8; 512];
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -165,7 +165,8 @@ pub fn free_port() -> u16 {
 }
 
 /// SIGTERM a child process and wait for it to exit.
-pub async fn sigterm_and_wait(mut child: std::process::Child) -> std::process::ExitStatus {
+pub async fn sigterm_and_wait(mut daemon: Daemon) -> std::process::ExitStatus {
+    let mut child = daemon.0.take().expect("a running daemon");
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -225,4 +226,43 @@ pub async fn wait_ready(http: &reqwest::Client, port: u16) {
 /// A GET answered with JSON.
 pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// A daemon started by a test. It is killed and reaped when dropped, so a test that fails
+/// half-way leaves no process behind.
+pub struct Daemon(Option<std::process::Child>);
+
+impl std::ops::Deref for Daemon {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        self.0.as_ref().expect("a running daemon")
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("a running daemon")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Start a command as a [`Daemon`].
+pub trait SpawnDaemon {
+    fn spawn_daemon(&mut self) -> Daemon;
+}
+
+impl SpawnDaemon for std::process::Command {
+    fn spawn_daemon(&mut self) -> Daemon {
+        Daemon(Some(self.spawn().expect("start statusd")))
+    }
 }
