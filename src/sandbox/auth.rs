@@ -25,10 +25,7 @@ pub(super) async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let ct = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let ct = content_type(&headers);
     if !ct.starts_with("application/x-www-form-urlencoded") {
         return oauth_error(
             StatusCode::BAD_REQUEST,

@@ -241,10 +241,7 @@ pub(super) async fn post_logo(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let ct = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let ct = content_type(&headers);
     if ct != "image/png" {
         return bad_request("Content-Type must be image/png");
     }

@@ -3,13 +3,17 @@
 
 use super::*;
 
-/// 415 with the envelope unless the body is declared as JSON.
-pub(super) fn require_json(headers: &HeaderMap) -> Result<(), Response> {
-    let ct = headers
+/// The request's declared content type ("" without one).
+pub(super) fn content_type(headers: &HeaderMap) -> &str {
+    headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if ct.starts_with("application/json") {
+        .unwrap_or("")
+}
+
+/// 415 with the envelope unless the body is declared as JSON.
+pub(super) fn require_json(headers: &HeaderMap) -> Result<(), Response> {
+    if content_type(headers).starts_with("application/json") {
         Ok(())
     } else {
         Err(envelope(
