@@ -92,16 +92,19 @@ fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<()
             .collect::<Vec<_>>()
             .join(", ")
     };
-    for (i, ev) in events.iter_mut().enumerate() {
-        let field = if is_array {
+    // The field named by a refusal (built only when one is refused).
+    let field = |i: usize| {
+        if is_array {
             format!("[{i}].account")
         } else {
             "account".to_string()
-        };
+        }
+    };
+    for (i, ev) in events.iter_mut().enumerate() {
         if let Some(id) = &ev.account {
             if state.accounts.get(id).is_none() {
                 return Err(ApiError::invalid(
-                    field,
+                    field(i),
                     format!("unknown account {id:?} (configured: {})", configured()),
                 ));
             }
@@ -121,7 +124,7 @@ fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<()
             Some(id) => ev.account = Some(id),
             None => {
                 return Err(ApiError::invalid(
-                    field,
+                    field(i),
                     format!(
                         "name the account: several are configured ({}) and no tenant inventory holds tenant {}",
                         configured(),
