@@ -1,14 +1,34 @@
 //! The partner accounts at run time: each with its own platform client (so its own token,
-//! renewed and refused on its own) and its data center.
+//! renewed and refused on its own) and its data center. Accounts of the configuration file are
+//! fixed for the life of the process; accounts added through the API come and go while it
+//! runs (the map is swapped whole, so a reader holds a consistent copy).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::config::{AccountSettings, Settings, DEFAULT_ACCOUNT};
+use crate::config::{Credentials, IntegrationSettings, Secret, Settings, DEFAULT_ACCOUNT};
 use crate::metrics::Metrics;
 use crate::platform::{ClientOptions, PlatformClient};
+
+/// Where an account comes from: the configuration file (fixed), or the store (added through
+/// the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountSource {
+    File,
+    Store,
+}
+
+impl AccountSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountSource::File => "file",
+            AccountSource::Store => "api",
+        }
+    }
+}
 
 /// One account as delivery and the reconcilers use it.
 #[derive(Clone)]
@@ -17,17 +37,47 @@ pub struct Account {
     pub datacenter_url: String,
     /// The data center's host: the breaker's key, and what status pages show.
     pub datacenter: String,
+    pub client_id: String,
+    pub credentials: Credentials,
     pub client: PlatformClient,
     pub root_tenant_id: Option<Uuid>,
     /// The account's own brand intent and targets, if it has them (else the global ones).
     pub branding: Option<crate::config::BrandingSettings>,
     pub branding_targets: Option<Vec<crate::config::BrandingTarget>>,
+    pub source: AccountSource,
+    /// The API client's tenant and its name, as validated (accounts added through the API).
+    pub tenant_id: Option<Uuid>,
+    pub tenant_name: Option<String>,
+    /// A deactivation asked for it to go once its events are settled.
+    pub retiring: bool,
 }
 
-/// Every configured account; cheap to clone.
+/// What builds a client for an account: the shared HTTP client and, per data center, the
+/// permits that bound the requests in flight there.
+struct Builder {
+    http: reqwest::Client,
+    permits: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Semaphore>>>,
+    metrics: Arc<Metrics>,
+    request_timeout: Duration,
+    max_concurrency: usize,
+    integration: IntegrationSettings,
+}
+
+/// What an account is, before it has a client.
+pub struct AccountSpec {
+    pub id: String,
+    pub datacenter_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub credentials: Credentials,
+    pub root_tenant_id: Option<Uuid>,
+}
+
+/// Every account; cheap to clone, shared by every part.
 #[derive(Clone, Default)]
 pub struct Accounts {
-    by_id: Arc<BTreeMap<String, Account>>,
+    by_id: Arc<RwLock<Arc<BTreeMap<String, Arc<Account>>>>>,
+    builder: Option<Arc<Builder>>,
 }
 
 pub use crate::platform::datacenter_of;
@@ -35,100 +85,257 @@ pub use crate::platform::datacenter_of;
 impl Accounts {
     /// A client for every account of the settings.
     pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Accounts, String> {
-        let http = crate::platform::http_client(settings.platform.request_timeout)?;
-        // platform.max_concurrency requests in flight per data center, whatever the number of
-        // accounts there.
-        let mut permits: BTreeMap<String, Arc<tokio::sync::Semaphore>> = BTreeMap::new();
+        let builder = Arc::new(Builder {
+            http: crate::platform::http_client(settings.platform.request_timeout)?,
+            permits: Default::default(),
+            metrics: metrics.clone(),
+            request_timeout: settings.platform.request_timeout,
+            max_concurrency: settings.platform.max_concurrency.max(1),
+            integration: settings.integration.clone(),
+        });
         let mut by_id = BTreeMap::new();
         for a in &settings.accounts {
-            let dc_permits = permits
-                .entry(datacenter_of(&a.datacenter_url))
-                .or_insert_with(|| {
-                    Arc::new(tokio::sync::Semaphore::new(
-                        settings.platform.max_concurrency.max(1),
-                    ))
-                })
-                .clone();
-            by_id.insert(
-                a.id.clone(),
-                Self::account(settings, a, http.clone(), dc_permits, metrics.clone()),
-            );
-        }
-        metrics.expose_datacenters(by_id.values().map(|a: &Account| a.datacenter.as_str()));
-        Ok(Accounts {
-            by_id: Arc::new(by_id),
-        })
-    }
-
-    fn account(
-        settings: &Settings,
-        a: &AccountSettings,
-        http: reqwest::Client,
-        permits: Arc<tokio::sync::Semaphore>,
-        metrics: Arc<Metrics>,
-    ) -> Account {
-        let client = PlatformClient::with_http(
-            ClientOptions {
-                base_url: a.datacenter_url.clone(),
+            let mut account = builder.account(AccountSpec {
+                id: a.id.clone(),
+                datacenter_url: a.datacenter_url.clone(),
                 client_id: a.client_id.clone(),
                 client_secret: a.client_secret.clone(),
                 credentials: a.credentials,
-                request_timeout: settings.platform.request_timeout,
-                max_concurrency: settings.platform.max_concurrency,
-                integration: settings.integration.clone(),
-            },
-            http,
-            permits,
-            metrics,
-        );
-        Account {
-            id: a.id.clone(),
-            datacenter_url: a.datacenter_url.clone(),
-            datacenter: datacenter_of(&a.datacenter_url),
-            client,
-            root_tenant_id: a.root_tenant_id,
-            branding: a.branding.clone(),
-            branding_targets: a.branding_targets.clone(),
+                root_tenant_id: a.root_tenant_id,
+            });
+            account.branding = a.branding.clone();
+            account.branding_targets = a.branding_targets.clone();
+            by_id.insert(a.id.clone(), Arc::new(account));
         }
+        metrics.expose_datacenters(by_id.values().map(|a| a.datacenter.as_str()));
+        Ok(Accounts {
+            by_id: Arc::new(RwLock::new(Arc::new(by_id))),
+            builder: Some(builder),
+        })
+    }
+
+    /// An account with a client of this daemon (its data center's permits shared), not yet in
+    /// the map: what validation uses, and what `insert` takes.
+    pub fn build(&self, spec: AccountSpec) -> Result<Account, String> {
+        let builder = self
+            .builder
+            .as_ref()
+            .ok_or("these accounts cannot build clients")?;
+        let account = builder.account(spec);
+        builder
+            .metrics
+            .expose_datacenters(std::iter::once(account.datacenter.as_str()));
+        Ok(account)
     }
 
     /// Accounts already built (tests, tools).
     pub fn from_accounts(accounts: impl IntoIterator<Item = Account>) -> Accounts {
         Accounts {
-            by_id: Arc::new(accounts.into_iter().map(|a| (a.id.clone(), a)).collect()),
+            by_id: Arc::new(RwLock::new(Arc::new(
+                accounts
+                    .into_iter()
+                    .map(|a| (a.id.clone(), Arc::new(a)))
+                    .collect(),
+            ))),
+            builder: None,
         }
     }
 
-    pub fn get(&self, id: &str) -> Option<&Account> {
-        self.by_id.get(id)
+    fn snapshot(&self) -> Arc<BTreeMap<String, Arc<Account>>> {
+        self.by_id
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn change(&self, f: impl FnOnce(&mut BTreeMap<String, Arc<Account>>)) {
+        let mut guard = self
+            .by_id
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = (**guard).clone();
+        f(&mut map);
+        *guard = Arc::new(map);
+    }
+
+    /// Put an account in use (added, or its credentials replaced); returns the one it replaced.
+    pub fn insert(&self, account: Account) -> Option<Arc<Account>> {
+        let mut old = None;
+        self.change(|m| old = m.insert(account.id.clone(), Arc::new(account)));
+        old
+    }
+
+    /// Put back what `insert` replaced (`None`: remove the id), when the write it preceded
+    /// failed.
+    pub fn restore(&self, id: &str, previous: Option<Arc<Account>>) {
+        self.change(|m| match previous {
+            Some(a) => {
+                m.insert(id.to_string(), a);
+            }
+            None => {
+                m.remove(id);
+            }
+        });
+    }
+
+    pub fn remove(&self, id: &str) -> Option<Arc<Account>> {
+        let mut old = None;
+        self.change(|m| old = m.remove(id));
+        old
+    }
+
+    /// Mark an account retiring in memory (its store record already says so).
+    pub fn mark_retiring(&self, id: &str) {
+        self.change(|m| {
+            if let Some(a) = m.get(id) {
+                let mut a = (**a).clone();
+                a.retiring = true;
+                m.insert(id.to_string(), Arc::new(a));
+            }
+        });
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Account>> {
+        self.snapshot().get(id).cloned()
     }
 
     /// The account of an event stored without one (by an older statusd): `default`.
-    pub fn of_event(&self, account: Option<&str>) -> Option<&Account> {
+    pub fn of_event(&self, account: Option<&str>) -> Option<Arc<Account>> {
         self.get(account.unwrap_or(DEFAULT_ACCOUNT))
     }
 
     /// The account when exactly one is configured.
-    pub fn only(&self) -> Option<&Account> {
-        (self.by_id.len() == 1)
-            .then(|| self.by_id.values().next())
-            .flatten()
+    pub fn only(&self) -> Option<Arc<Account>> {
+        let map = self.snapshot();
+        (map.len() == 1).then(|| map.values().next().cloned()).flatten()
     }
 
-    /// The first account by id (the reconcilers' account until they run per account).
-    pub fn first(&self) -> Option<&Account> {
-        self.by_id.values().next()
+    /// The first account by id.
+    pub fn first(&self) -> Option<Arc<Account>> {
+        self.snapshot().values().next().cloned()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Account> {
-        self.by_id.values()
+    /// The accounts in use now, by id.
+    pub fn iter(&self) -> impl Iterator<Item = Arc<Account>> {
+        let map = self.snapshot();
+        map.values().cloned().collect::<Vec<_>>().into_iter()
     }
 
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.snapshot().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.snapshot().is_empty()
     }
+}
+
+impl Builder {
+    fn account(&self, spec: AccountSpec) -> Account {
+        let datacenter = datacenter_of(&spec.datacenter_url);
+        let permits = self
+            .permits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(datacenter.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.max_concurrency)))
+            .clone();
+        let client = PlatformClient::with_http(
+            ClientOptions {
+                base_url: spec.datacenter_url.clone(),
+                client_id: spec.client_id.clone(),
+                client_secret: spec.client_secret,
+                credentials: spec.credentials,
+                request_timeout: self.request_timeout,
+                max_concurrency: self.max_concurrency,
+                integration: self.integration.clone(),
+            },
+            self.http.clone(),
+            permits,
+            self.metrics.clone(),
+        );
+        Account {
+            id: spec.id,
+            datacenter_url: spec.datacenter_url,
+            datacenter,
+            client_id: spec.client_id,
+            credentials: spec.credentials,
+            client,
+            root_tenant_id: spec.root_tenant_id,
+            branding: None,
+            branding_targets: None,
+            source: AccountSource::File,
+            tenant_id: None,
+            tenant_name: None,
+            retiring: false,
+        }
+    }
+}
+
+impl Accounts {
+    /// Put the accounts stored through the API in use, their secrets opened with `key`: every
+    /// one of them, or none (an error that names the setting and each account that failed).
+    pub fn load_stored(
+        &self,
+        stored: Vec<crate::store::StoredAccount>,
+        key: Option<&crate::vault::SecretKey>,
+    ) -> Result<usize, String> {
+        if stored.is_empty() {
+            return Ok(0);
+        }
+        let Some(key) = key else {
+            return Err(format!(
+                "the store holds {} account(s) added through the API ({}) whose secrets are sealed, and store.secret_key_file is not set: set it to the key they were sealed with (no account was dropped)",
+                stored.len(),
+                ids_of(&stored)
+            ));
+        };
+        let mut ready = Vec::new();
+        let mut failed = Vec::new();
+        for s in &stored {
+            if self.get(&s.id).is_some() {
+                return Err(format!(
+                    "account {:?} is both in the configuration file and in the store (added through the API): remove it from one of the two (accounts.{})",
+                    s.id, s.id
+                ));
+            }
+            match key.open(&s.id, &s.client_secret_sealed) {
+                Ok(secret) => ready.push((s, secret)),
+                Err(e) => failed.push(format!("{} ({e})", s.id)),
+            }
+        }
+        if !failed.is_empty() {
+            return Err(format!(
+                "store.secret_key_file cannot open the secrets of {} of {} stored account(s): {}. Set it to the key they were sealed with (no account was dropped)",
+                failed.len(),
+                stored.len(),
+                failed.join(", ")
+            ));
+        }
+        let n = ready.len();
+        for (s, secret) in ready {
+            let mut account = self.build(AccountSpec {
+                id: s.id.clone(),
+                datacenter_url: s.datacenter_url.clone(),
+                client_id: s.client_id.clone(),
+                client_secret: secret,
+                credentials: Credentials::parse(&s.credentials).unwrap_or_default(),
+                root_tenant_id: s.root_tenant_id,
+            })?;
+            account.source = AccountSource::Store;
+            account.tenant_id = s.tenant_id;
+            account.tenant_name = s.tenant_name.clone();
+            account.retiring = s.retiring;
+            self.insert(account);
+        }
+        Ok(n)
+    }
+}
+
+fn ids_of(stored: &[crate::store::StoredAccount]) -> String {
+    let mut ids: Vec<&str> = stored.iter().take(10).map(|s| s.id.as_str()).collect();
+    if stored.len() > 10 {
+        ids.push("...");
+    }
+    ids.join(", ")
 }

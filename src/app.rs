@@ -40,6 +40,9 @@ pub enum AppError {
     },
     #[error("{0}")]
     Setup(String),
+    /// The settings cannot serve this store (exit 78).
+    #[error("{0}")]
+    Config(String),
     #[error("the store could not write ({0}) and writing works again: exiting so that the supervisor starts statusd again on the store opened afresh (sled keeps a write error until then)")]
     StoreReopen(String),
 }
@@ -53,6 +56,7 @@ impl AppError {
                 ..
             } => crate::exit::DATAERR,
             AppError::StoreReopen(_) => crate::exit::TEMPFAIL,
+            AppError::Config(_) => crate::exit::CONFIG,
             _ => crate::exit::FAILURE,
         }
     }
@@ -63,7 +67,8 @@ pub struct Running {
     pub queue: Queue,
     pub metrics: Arc<Metrics>,
     pub api_addr: SocketAddr,
-    pub client: PlatformClient,
+    /// The first account's client, if there is an account.
+    pub client: Option<PlatformClient>,
     pub reconcilers: Reconcilers,
     pub delivery: Delivery,
     accepting: Arc<AtomicBool>,
@@ -109,11 +114,21 @@ pub async fn start(
     let metrics = Arc::new(Metrics::new());
     let queue = open_store(&settings).await?;
     let accounts = Accounts::new(&settings, metrics.clone()).map_err(AppError::Setup)?;
-    // Loaded for `run`, the settings have at least one account (a wiring fault otherwise).
-    let first = accounts.first().cloned().ok_or_else(|| {
-        AppError::Setup("no account is configured ([platform] or [accounts.<id>])".into())
+    let stored = {
+        let queue = queue.clone();
+        queue.scan(|q| q.stored_accounts()).await
+    }
+    .map_err(|source| AppError::Store {
+        path: settings.store.path.display().to_string(),
+        source,
     })?;
-    let client = first.client.clone();
+    let n = accounts
+        .load_stored(stored, settings.store.secret_key.as_ref())
+        .map_err(AppError::Config)?;
+    if n > 0 {
+        tracing::info!(message = "accounts added through the API taken in", accounts = n);
+    }
+    let client = accounts.first().map(|a| a.client.clone());
     let delivery = Delivery::new(
         queue.clone(),
         accounts.clone(),
@@ -148,10 +163,12 @@ pub async fn start(
             token: settings.api.token.clone(),
             accepting: accepting.clone(),
             delivery: Some(delivery.clone()),
-            client: Some(client.clone()),
+            client: client.clone(),
             accounts: accounts.clone(),
             reconcilers: Some(reconcilers.clone()),
             read_timeout: settings.api.read_timeout,
+            secret_key: settings.store.secret_key.clone(),
+            account_changes: Default::default(),
         },
         api::ServeLimits {
             max_connections: settings.api.max_connections,

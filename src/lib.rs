@@ -18,6 +18,7 @@ pub mod schedule;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
+pub mod vault;
 
 /// `statusd/<version>`, sent as the User-Agent of every platform call.
 pub const USER_AGENT: &str = concat!("statusd/", env!("CARGO_PKG_VERSION"));

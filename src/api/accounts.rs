@@ -36,6 +36,11 @@ async fn view(a: &Account, c: Counts) -> AccountView {
         id: a.id.clone(),
         datacenter_url: a.datacenter_url.clone(),
         datacenter: a.datacenter.clone(),
+        source: a.source.as_str().into(),
+        client_id: a.client_id.clone(),
+        tenant_id: a.tenant_id,
+        tenant_name: a.tenant_name.clone(),
+        retiring: a.retiring,
         root_tenant_id: a.root_tenant_id,
         token: a.client.token_state().await.to_string(),
         token_error: a.client.auth_failure().await,
@@ -51,7 +56,7 @@ pub(super) async fn list_accounts(
     let counts = state.queue.scan(counts).await.map_err(store_error)?;
     let mut items = Vec::new();
     for a in state.accounts.iter() {
-        items.push(view(a, counts.get(&a.id).copied().unwrap_or_default()).await);
+        items.push(view(&a, counts.get(&a.id).copied().unwrap_or_default()).await);
     }
     Ok(Json(AccountsList {
         count: items.len(),
@@ -69,6 +74,468 @@ pub(super) async fn get_account(
     };
     let counts = state.queue.scan(counts).await.map_err(store_error)?;
     Ok(Json(
-        view(a, counts.get(&a.id).copied().unwrap_or_default()).await,
+        view(&a, counts.get(&a.id).copied().unwrap_or_default()).await,
     ))
+}
+
+// Accounts at run time ---------------------------------------------------------------------------
+
+use super::answers::{Accepted, AccountChanged, AccountRemoved};
+use super::intake::{read_json, require_json_body};
+use crate::accounts::{AccountSource, AccountSpec};
+use crate::config::{Credentials, Secret};
+use crate::platform::Invalid;
+use crate::store::{AccountWrite, EventState, NewEvent, Removal, StoredAccount};
+
+/// `?activate=true` (the account's own tenant) or `?activate=<tenant uuid>`.
+#[derive(serde::Deserialize, Default)]
+pub(super) struct AddQuery {
+    #[serde(default)]
+    activate: Option<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+pub(super) struct RemoveQuery {
+    #[serde(default)]
+    force: Option<String>,
+}
+
+enum Activate {
+    No,
+    OwnTenant,
+    Tenant(Uuid),
+}
+
+fn activate_of(q: &AddQuery) -> Result<Activate, ApiError> {
+    match q.activate.as_deref() {
+        None | Some("false") => Ok(Activate::No),
+        Some("true") => Ok(Activate::OwnTenant),
+        Some(t) => Uuid::parse_str(t).map(Activate::Tenant).map_err(|_| {
+            ApiError::invalid(
+                "activate",
+                format!(
+                    "expected true, false or a tenant UUID, got {:?}",
+                    clip(t)
+                ),
+            )
+        }),
+    }
+}
+
+fn flag(value: Option<&str>, field: &str) -> Result<bool, ApiError> {
+    match value {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => Err(ApiError::invalid(
+            field,
+            format!("expected true or false, got {:?}", clip(v)),
+        )),
+    }
+}
+
+/// The fields of an account body, each checked with its name.
+struct Body<'a>(&'a serde_json::Map<String, Value>);
+
+impl Body<'_> {
+    fn only(&self, known: &[&str]) -> Result<(), ApiError> {
+        match self.0.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(ApiError::invalid(
+                k.clone(),
+                format!("unknown field (known: {})", known.join(", ")),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn text(&self, name: &str, max: usize) -> Result<Option<String>, ApiError> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                Err(ApiError::invalid(name, "is empty or blank"))
+            }
+            Some(Value::String(s)) if s.chars().count() > max => Err(ApiError::invalid(
+                name,
+                format!("at most {max} characters"),
+            )),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::invalid(name, "expected a string")),
+        }
+    }
+
+    fn required(&self, name: &str, max: usize, what: &str) -> Result<String, ApiError> {
+        self.text(name, max)?
+            .ok_or_else(|| ApiError::invalid(name, format!("required ({what})")))
+    }
+}
+
+async fn body_object(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    require_json_body(headers)?;
+    let value = tokio::time::timeout(state.read_timeout, read_json(body))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the body did not arrive within api.read_timeout",
+            )
+            .field("body")
+        })??;
+    match value {
+        Value::Object(m) => Ok(m),
+        _ => Err(ApiError::invalid("body", "expected a JSON object")),
+    }
+}
+
+fn key_of(state: &ApiState) -> Result<&crate::vault::SecretKey, ApiError> {
+    state.secret_key.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_secret_key",
+            "accounts added at run time keep their client secret in the store, sealed with a key, and none is configured: create one with `statusd keygen /etc/statusd/secret.key`, set store.secret_key_file to it (or pass it as the systemd credential secret_key), and restart statusd",
+        )
+        .field("store.secret_key_file")
+    })
+}
+
+fn exists(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "exists",
+        format!("an account {id:?} exists already; rotate its credentials with PUT /v1/accounts/{id}/credentials"),
+    )
+    .field("id")
+}
+
+fn configured_in_file(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "configured_in_file",
+        format!("account {id:?} is set in the configuration file; change it there (and restart statusd), not through the API"),
+    )
+    .field("id")
+}
+
+/// A validation's failure as the API answers it.
+fn invalid(e: Invalid) -> ApiError {
+    match e {
+        Invalid::Refused { field, message } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_credentials", message)
+                .field(field)
+        }
+        Invalid::NotDatacenter(m) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_a_datacenter", m)
+                .field("datacenter_url")
+        }
+        Invalid::Timeout(m) => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "datacenter_timeout", m)
+                .field("datacenter_url")
+        }
+        Invalid::Unavailable(m) => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "datacenter_unavailable", m)
+                .field("datacenter_url")
+        }
+    }
+}
+
+/// A store refusal of an account change (it raced with another) as the API answers it.
+fn account_store_error(e: crate::store::StoreError) -> ApiError {
+    match e {
+        crate::store::StoreError::Account(id, why) => ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("account {id:?}: {why}"),
+        )
+        .field("id"),
+        other => store_error(other),
+    }
+}
+
+fn credentials_of(b: &Body) -> Result<Credentials, ApiError> {
+    match b.text("credentials", 32)?.as_deref() {
+        None => Ok(Credentials::ApiClient),
+        Some(text) => Credentials::parse(text).ok_or_else(|| {
+            ApiError::invalid(
+                "credentials",
+                format!(
+                    "expected \"api_client\" (the default) or \"cyberapp\", got {:?}",
+                    clip(text)
+                ),
+            )
+        }),
+    }
+}
+
+/// A new account's spec from its body (nothing is asked of the data center yet).
+fn spec_of(b: &Body) -> Result<AccountSpec, ApiError> {
+    b.only(&[
+        "id",
+        "datacenter_url",
+        "client_id",
+        "client_secret",
+        "credentials",
+        "root_tenant_id",
+    ])?;
+    let id = match b.text("id", 63)? {
+        Some(id) if crate::config::valid_account_id(&id) => id,
+        Some(id) => {
+            return Err(ApiError::invalid(
+                "id",
+                format!("{:?}: an account id is 1 to 63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit", clip(&id)),
+            ))
+        }
+        None => format!("acct-{}", &Uuid::new_v4().simple().to_string()[..12]),
+    };
+    let url = b.required(
+        "datacenter_url",
+        2048,
+        "the partner's data-center URL, e.g. https://eu2-cloud.acronis.com",
+    )?;
+    let datacenter_url = crate::config::check_datacenter_url(&url).map_err(|m| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_a_datacenter", m).field("datacenter_url")
+    })?;
+    let client_id = b.required("client_id", 256, "the partner's API client id")?;
+    let client_secret = Secret::new(b.required("client_secret", 4096, "the API client's secret")?);
+    let root_tenant_id = match b.text("root_tenant_id", 64)? {
+        None => None,
+        Some(t) => Some(Uuid::parse_str(&t).map_err(|_| {
+            ApiError::invalid("root_tenant_id", format!("not a UUID: {:?}", clip(&t)))
+        })?),
+    };
+    Ok(AccountSpec {
+        id,
+        datacenter_url,
+        client_id,
+        client_secret,
+        credentials: credentials_of(b)?,
+        root_tenant_id,
+    })
+}
+
+async fn changed_view(a: &Account, activation: Option<Accepted>) -> AccountChanged {
+    AccountChanged {
+        account: view(a, Counts::default()).await,
+        activation,
+    }
+}
+
+fn refuse_while_stopping(state: &ApiState) -> Result<(), ApiError> {
+    if state.accepting.load(Ordering::Acquire) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "statusd is shutting down; retry against the next instance",
+        ))
+    }
+}
+
+/// `POST /v1/accounts[?activate=true|<tenant>]`: validate with the data center, then store
+/// the account (and its activation) in one durable write.
+pub(super) async fn add_account(
+    State(state): State<ApiState>,
+    JsonQuery(q): JsonQuery<AddQuery>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    refuse_while_stopping(&state)?;
+    let activate = activate_of(&q)?;
+    let obj = body_object(&state, &headers, body).await?;
+    let spec = spec_of(&Body(&obj))?;
+    let key = key_of(&state)?.clone();
+    let id = spec.id.clone();
+    let taken = |state: &ApiState| -> Result<bool, ApiError> {
+        Ok(state.accounts.get(&id).is_some()
+            || state.queue.stored_account(&id).map_err(store_error)?.is_some())
+    };
+    if taken(&state)? {
+        return Err(exists(&id));
+    }
+    let secret = spec.client_secret.clone();
+    let mut account = state.accounts.build(spec).map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)
+    })?;
+    // One attempt, answered: the partner is waiting for the verdict.
+    let validated = account.client.validate().await.map_err(invalid)?;
+    account.source = AccountSource::Store;
+    account.tenant_id = Some(validated.tenant_id);
+    account.tenant_name = validated.tenant_name.clone();
+    let now = crate::store::now_ms();
+    let record = StoredAccount {
+        id: id.clone(),
+        datacenter_url: account.datacenter_url.clone(),
+        client_id: account.client_id.clone(),
+        client_secret_sealed: key.seal(&id, secret.expose()),
+        credentials: account.credentials.as_str().into(),
+        root_tenant_id: account.root_tenant_id,
+        tenant_id: Some(validated.tenant_id),
+        tenant_name: validated.tenant_name,
+        created_at_ms: now,
+        updated_at_ms: now,
+        retiring: false,
+    };
+    let events = match activate {
+        Activate::No => Vec::new(),
+        Activate::OwnTenant => vec![validated.tenant_id],
+        Activate::Tenant(t) => vec![t],
+    }
+    .into_iter()
+    .map(|t| {
+        let mut ev = NewEvent::state_change(t, crate::store::IntegrationState::Active, None);
+        ev.account = Some(id.clone());
+        ev
+    })
+    .collect::<Vec<_>>();
+    let _change = state.account_changes.lock().await;
+    if taken(&state)? {
+        return Err(exists(&id));
+    }
+    // In use before the write, so its activation is never taken for an unknown account.
+    let shown = account.clone();
+    let previous = state.accounts.insert(account);
+    let outcomes = match state.queue.write_account(AccountWrite::Add(record), events).await {
+        Ok(o) => o,
+        Err(e) => {
+            state.accounts.restore(&id, previous);
+            return Err(account_store_error(e));
+        }
+    };
+    let activation = outcomes.first().map(|o| {
+        state
+            .metrics
+            .events_accepted
+            .get_or_create(&label("type", EventKind::Activation.as_str()))
+            .inc();
+        Accepted {
+            id: o.id(),
+            status: EventState::Queued,
+            duplicate: false,
+        }
+    });
+    tracing::info!(message = "account added", account = %id, datacenter = %shown.datacenter, activation = activation.is_some());
+    Ok((
+        StatusCode::CREATED,
+        Json(changed_view(&shown, activation).await),
+    )
+        .into_response())
+}
+
+/// `PUT /v1/accounts/{id}/credentials`: validate the new credentials, then use them for
+/// every later request, those of events already queued too.
+pub(super) async fn rotate_credentials(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    refuse_while_stopping(&state)?;
+    let id = parse_id_text(&id)?;
+    let current = state
+        .accounts
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found("account"))?;
+    if current.source == AccountSource::File {
+        return Err(configured_in_file(&id));
+    }
+    let obj = body_object(&state, &headers, body).await?;
+    let b = Body(&obj);
+    b.only(&["client_id", "client_secret"])?;
+    let client_id = b.text("client_id", 256)?.unwrap_or_else(|| current.client_id.clone());
+    let secret = Secret::new(b.required("client_secret", 4096, "the API client's new secret")?);
+    let key = key_of(&state)?.clone();
+    let mut account = state
+        .accounts
+        .build(AccountSpec {
+            id: id.clone(),
+            datacenter_url: current.datacenter_url.clone(),
+            client_id,
+            client_secret: secret.clone(),
+            credentials: current.credentials,
+            root_tenant_id: current.root_tenant_id,
+        })
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    let validated = account.client.validate().await.map_err(invalid)?;
+    let _change = state.account_changes.lock().await;
+    let Some(stored) = state.queue.stored_account(&id).map_err(store_error)? else {
+        return Err(ApiError::not_found("account"));
+    };
+    account.source = AccountSource::Store;
+    account.tenant_id = Some(validated.tenant_id);
+    account.tenant_name = validated.tenant_name.clone();
+    account.retiring = stored.retiring;
+    let record = StoredAccount {
+        client_id: account.client_id.clone(),
+        client_secret_sealed: key.seal(&id, secret.expose()),
+        tenant_id: Some(validated.tenant_id),
+        tenant_name: validated.tenant_name,
+        updated_at_ms: crate::store::now_ms(),
+        ..stored
+    };
+    let shown = account.clone();
+    let previous = state.accounts.insert(account);
+    if let Err(e) = state
+        .queue
+        .write_account(AccountWrite::Replace(record), Vec::new())
+        .await
+    {
+        state.accounts.restore(&id, previous);
+        return Err(account_store_error(e));
+    }
+    tracing::info!(message = "account credentials replaced", account = %id);
+    Ok(Json(changed_view(&shown, None).await).into_response())
+}
+
+/// `DELETE /v1/accounts/{id}[?force=true]`.
+pub(super) async fn remove_account(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    JsonQuery(q): JsonQuery<RemoveQuery>,
+) -> Result<Response, ApiError> {
+    let id = parse_id_text(&id)?;
+    let force = flag(q.force.as_deref(), "force")?;
+    let Some(current) = state.accounts.get(&id) else {
+        return Err(ApiError::not_found("account"));
+    };
+    if current.source == AccountSource::File {
+        return Err(configured_in_file(&id));
+    }
+    let _change = state.account_changes.lock().await;
+    // Out of use first, so no event is accepted for it while it goes.
+    let previous = state.accounts.remove(&id);
+    let removal = state.queue.remove_account(&id, force).await;
+    match removal {
+        Ok(Removal::Removed(dropped)) => {
+            tracing::info!(message = "account removed", account = %id, pending_dropped = dropped.pending_events, dead_dropped = dropped.dead_letters);
+            Ok(Json(AccountRemoved {
+                id,
+                removed: true,
+                dropped,
+            })
+            .into_response())
+        }
+        Ok(Removal::HasEvents(n)) => {
+            state.accounts.restore(&id, previous);
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "has_events",
+                format!(
+                    "account {id:?} has {} pending event(s) and {} dead letter(s); let them be delivered, retry or purge the dead letters, or remove it with ?force=true (which drops them)",
+                    n.pending, n.dead
+                ),
+            )
+            .field("force"))
+        }
+        Ok(Removal::NotStored) => {
+            state.accounts.restore(&id, previous);
+            Err(ApiError::not_found("account"))
+        }
+        Err(e) => {
+            state.accounts.restore(&id, previous);
+            Err(account_store_error(e))
+        }
+    }
 }

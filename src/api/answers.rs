@@ -135,6 +135,19 @@ pub struct AccountView {
     pub id: String,
     pub datacenter_url: String,
     pub datacenter: String,
+    /// `file` (the configuration file: fixed) or `api` (added at run time, kept in the store).
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub client_id: String,
+    /// The API client's tenant and its name, as the data center answered when it was added.
+    #[serde(default)]
+    pub tenant_id: Option<Uuid>,
+    #[serde(default)]
+    pub tenant_name: Option<String>,
+    /// A deactivation asked for it to go once its events are settled.
+    #[serde(default)]
+    pub retiring: bool,
     pub root_tenant_id: Option<Uuid>,
     /// `ok`, `failing` (with `token_error`) or `unknown` (not used yet).
     pub token: String,
@@ -142,6 +155,24 @@ pub struct AccountView {
     pub pending_events: u64,
     pub dead_letters: u64,
     pub tenants_known: u64,
+}
+
+/// `POST /v1/accounts` and `PUT /v1/accounts/{id}/credentials`: the account, and the
+/// activation stored with it (`?activate`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountChanged {
+    #[serde(flatten)]
+    pub account: AccountView,
+    #[serde(default)]
+    pub activation: Option<Accepted>,
+}
+
+/// `DELETE /v1/accounts/{id}`: what went with the account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountRemoved {
+    pub id: String,
+    pub removed: bool,
+    pub dropped: crate::store::AccountDropped,
 }
 
 /// `GET /v1/accounts`.

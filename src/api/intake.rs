@@ -88,7 +88,7 @@ fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<()
         state
             .accounts
             .iter()
-            .map(|a| a.id.as_str())
+            .map(|a| a.id.clone())
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -137,7 +137,7 @@ fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<()
     Ok(())
 }
 
-fn require_json_body(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn require_json_body(headers: &HeaderMap) -> Result<(), ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -154,7 +154,7 @@ fn require_json_body(headers: &HeaderMap) -> Result<(), ApiError> {
     .field("Content-Type"))
 }
 
-async fn read_json(body: Body) -> Result<Value, ApiError> {
+pub(super) async fn read_json(body: Body) -> Result<Value, ApiError> {
     let bytes: Bytes = axum::body::to_bytes(body, limits::BODY_BYTES)
         .await
         .map_err(|_| {

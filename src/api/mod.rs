@@ -62,6 +62,11 @@ pub struct ApiState {
     pub reconcilers: Option<Reconcilers>,
     /// How long a client may take to send a request body.
     pub read_timeout: std::time::Duration,
+    /// The key that seals the secrets of accounts added here (none: adding is refused).
+    pub secret_key: Option<crate::vault::SecretKey>,
+    /// Taken while an account change is checked and written (never while a data center is
+    /// asked), so two changes of one id cannot interleave.
+    pub account_changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A refusal: `{"error": {"code", "message", "field"}}`.
@@ -140,8 +145,15 @@ pub(super) fn store_error(e: crate::store::StoreError) -> ApiError {
 
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
-        .route("/accounts", get(list_accounts))
-        .route("/accounts/{id}", get(get_account))
+        .route("/accounts", get(list_accounts).post(add_account))
+        .route(
+            "/accounts/{id}",
+            get(get_account).delete(remove_account),
+        )
+        .route(
+            "/accounts/{id}/credentials",
+            axum::routing::put(rotate_credentials),
+        )
         .route("/events", post(post_events))
         .route("/events/{id}", get(get_event))
         .route("/tenants/{id}", get(get_tenant))

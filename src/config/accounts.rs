@@ -45,6 +45,7 @@ impl Reader {
         platform: &PlatformSettings,
         legacy_root: Option<Uuid>,
         purpose: Purpose,
+        keyed: bool,
     ) -> Vec<AccountSettings> {
         let mut accounts = Vec::new();
         let ids: Vec<String> = match self.raw("accounts") {
@@ -87,7 +88,8 @@ impl Reader {
                 branding_targets: None,
             });
         }
-        if purpose == Purpose::Run && accounts.is_empty() {
+        // With a key, accounts may all come through the API (kept in the store).
+        if purpose == Purpose::Run && accounts.is_empty() && !keyed {
             self.require_platform_credentials(platform);
         }
         accounts.sort_by(|a, b| a.id.cmp(&b.id));

@@ -26,7 +26,7 @@ mod settings;
 
 pub use accounts::{valid_account_id, AccountSettings, DEFAULT_ACCOUNT};
 use reader::*;
-pub use reader::{validate_brand_value, validate_cron};
+pub use reader::{check_datacenter_url, validate_brand_value, validate_cron};
 pub use secret::Secret;
 pub use settings::*;
 

@@ -133,6 +133,35 @@ impl Reader {
         }
     }
 
+    /// The key of `store.secret_key_file`, or of the systemd credential `secret_key`.
+    fn secret_key(&mut self) -> (Option<PathBuf>, Option<crate::vault::SecretKey>) {
+        const KEY: &str = "store.secret_key_file";
+        let path = match self.string(KEY) {
+            Some(p) if p.trim().is_empty() => {
+                self.problem(KEY, "is empty (remove the key to leave it unset)");
+                return (None, None);
+            }
+            Some(p) => PathBuf::from(p),
+            None => match self.credentials_dir.as_ref().map(|d| d.join("secret_key")) {
+                Some(p) if p.exists() => p,
+                _ => return (None, None),
+            },
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match crate::vault::SecretKey::from_text(&text) {
+                Ok(k) => (Some(path), Some(k)),
+                Err(e) => {
+                    self.problem(KEY, format!("{}: {e}", path.display()));
+                    (Some(path), None)
+                }
+            },
+            Err(e) => {
+                self.problem(KEY, format!("cannot read {}: {e}", path.display()));
+                (Some(path), None)
+            }
+        }
+    }
+
     pub(super) fn secret_from_file(&mut self, key: &str, path: &Path) -> Option<Secret> {
         match std::fs::read_to_string(path) {
             Ok(text) => {
@@ -191,11 +220,24 @@ impl Reader {
             cache_capacity_mb: self.u64_in("store.cache_capacity_mb", 64, 1, 1 << 20),
             delivered_retention: self.duration("store.delivered_retention", "24h"),
             accept_damaged: false,
+            secret_key_file: None,
+            secret_key: None,
+        };
+        let (secret_key_file, secret_key) = self.secret_key();
+        let store = StoreSettings {
+            secret_key_file,
+            secret_key,
+            ..store
         };
         let delivery = self.delivery();
         let api = self.api();
         let reconcile = self.reconcile();
-        let accounts = self.accounts(&platform, reconcile.tenants.root_tenant_id, purpose);
+        let accounts = self.accounts(
+            &platform,
+            reconcile.tenants.root_tenant_id,
+            purpose,
+            store.secret_key.is_some(),
+        );
         let branding = self.branding();
         Settings {
             accounts,
@@ -249,23 +291,10 @@ impl Reader {
     /// would cross the network in clear), without a trailing slash.
     pub(super) fn datacenter_url(&mut self, key: &str) -> Option<String> {
         let raw = self.string(key)?;
-        let trimmed = raw.trim().trim_end_matches('/').to_string();
-        match url::Url::parse(&trimmed) {
-            Ok(u) if u.scheme() == "http" && u.host().is_some() && !is_loopback(&u) => {
-                self.problem(
-                    key,
-                    format!(
-                        "http:// is allowed only for a loopback address (the client secret would cross the network in clear): {raw:?}; use https://"
-                    ),
-                );
-                None
-            }
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(trimmed),
-            _ => {
-                self.problem(
-                    key,
-                    format!("not a URL: {raw:?} (expected e.g. https://eu2-cloud.acronis.com)"),
-                );
+        match check_datacenter_url(&raw) {
+            Ok(url) => Some(url),
+            Err(message) => {
+                self.problem(key, message);
                 None
             }
         }
@@ -665,6 +694,21 @@ pub fn validate_cron(text: &str) -> Result<(), String> {
     tokio_cron_scheduler::Job::new_async(text, |_, _| Box::pin(async {}))
         .map(|_| ())
         .map_err(|e| format!("not a cron schedule: {text:?} ({e})"))
+}
+
+/// A data center's URL as statusd uses it: https (http only for a loopback address, since the
+/// client secret would cross the network in clear), without a trailing slash.
+pub fn check_datacenter_url(raw: &str) -> Result<String, String> {
+    let trimmed = raw.trim().trim_end_matches('/').to_string();
+    match url::Url::parse(&trimmed) {
+        Ok(u) if u.scheme() == "http" && u.host().is_some() && !is_loopback(&u) => Err(format!(
+            "http:// is allowed only for a loopback address (the client secret would cross the network in clear): {raw:?}; use https://"
+        )),
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(trimmed),
+        _ => Err(format!(
+            "not a URL: {raw:?} (expected e.g. https://eu2-cloud.acronis.com)"
+        )),
+    }
 }
 
 /// A URL whose host is this machine: `localhost`, 127.0.0.0/8 or ::1.

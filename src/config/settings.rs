@@ -49,6 +49,22 @@ pub enum Credentials {
 }
 
 impl Credentials {
+    /// The name of the kind, as settings and stored accounts write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Credentials::ApiClient => "api_client",
+            Credentials::Cyberapp => "cyberapp",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Credentials> {
+        match text {
+            "api_client" => Some(Credentials::ApiClient),
+            "cyberapp" => Some(Credentials::Cyberapp),
+            _ => None,
+        }
+    }
+
     pub fn token_path(self) -> &'static str {
         match self {
             Credentials::ApiClient => "/api/2/idp/token",
@@ -76,6 +92,12 @@ pub struct StoreSettings {
     /// `statusd run --accept-damaged-store`: not a setting of the file, a decision per start.
     #[serde(skip)]
     pub accept_damaged: bool,
+    /// Where the key that seals secrets kept in the store was read from (the file, or the
+    /// systemd credential `secret_key`).
+    pub secret_key_file: Option<PathBuf>,
+    /// That key, read and checked when the settings were loaded.
+    #[serde(skip)]
+    pub secret_key: Option<crate::vault::SecretKey>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -182,7 +182,6 @@ impl Delivery {
         let Some(account) = self
             .accounts
             .of_event(batch.events[0].account.as_deref())
-            .cloned()
         else {
             let id = batch.events[0].account.as_deref().unwrap_or("default");
             let message =

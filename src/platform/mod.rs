@@ -47,10 +47,12 @@ mod branding;
 mod errors;
 mod status;
 mod tenants;
+mod validate;
 mod wire;
 
 pub use errors::*;
 pub use status::validate_report;
+pub use validate::{Invalid, Validated};
 pub use wire::*;
 
 // The client ------------------------------------------------------------------------------------

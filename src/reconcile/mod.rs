@@ -376,7 +376,7 @@ impl Reconcilers {
             .accounts
             .iter()
             .filter(|a| only.is_none_or(|id| id == a.id))
-            .cloned()
+            .map(|a| (*a).clone())
             .collect();
         let several = accounts.len() > 1;
         let mut failures = Vec::new();

@@ -109,6 +109,33 @@ impl Core {
         Ok((outcomes, group.touched))
     }
 
+    /// Write events with other keys (`None`: removed) in one sled batch, from a `Write` job:
+    /// the events are stored exactly as `enqueue` stores them. Returns each event's outcome and
+    /// the tenants to wake once durable.
+    pub(super) fn write_events_with(
+        &self,
+        w: &mut Counters,
+        events: Vec<NewEvent>,
+        extra: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(Vec<Enqueued>, Vec<TenantId>), StoreError> {
+        let mut group = Group::new(w.seq);
+        let outcomes = events
+            .into_iter()
+            .map(|ev| group.enqueue(self, ev))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (k, v) in extra {
+            match v {
+                Some(v) => group.batch.insert(k, v),
+                None => group.batch.remove(k),
+            }
+        }
+        group.apply(self, w)?;
+        for (tenant, seq) in &group.new_pending {
+            w.heads.add(*tenant, *seq);
+        }
+        Ok((outcomes, group.touched))
+    }
+
     /// The group's pending update of a tenant's state, loaded from the store the first time.
     pub(super) fn tenant_entry<'a>(
         &self,

@@ -27,6 +27,7 @@
 //! | `j` | accepted ms + idempotency key | (expiry index) |
 //! | `t` | tenant uuid | tenant state (JSON) |
 //! | `n` | tenant uuid | inventory record (JSON) |
+//! | `a` | account id | an account added at run time (JSON; its secret sealed) |
 //! | `m` | name | metadata: schema version, counters, reconciler documents |
 
 use std::collections::HashSet;
@@ -65,10 +66,14 @@ pub enum StoreError {
     Closed,
     #[error("the store at {path} is damaged: {reason}. A restart cannot repair it: restore the store from a backup, or start with `statusd run --accept-damaged-store` to run on what is left (what is missing is logged)")]
     Damaged { path: String, reason: String },
+    /// An account change that does not apply: the id, and why.
+    #[error("account {0:?}: {1}")]
+    Account(String, &'static str),
     #[error("it is in use by another process (another statusd with the same store.path?)")]
     Locked { path: String },
 }
 
+mod accounts;
 mod batches;
 mod commit;
 mod compact;
@@ -86,6 +91,7 @@ use heads::*;
 use keys::*;
 use migrate::*;
 use open::*;
+pub use accounts::{AccountDropped, AccountEvents, AccountWrite, Removal, StoredAccount};
 pub use records::*;
 
 #[derive(Debug, Clone, Copy)]

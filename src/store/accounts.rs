@@ -1,0 +1,264 @@
+//! Accounts added at run time: their records (the client secret sealed by `vault`, never in
+//! clear), written together with the events that come with them, marked retiring by a
+//! deactivation, and removed with (or after) their events.
+
+use super::*;
+
+/// An account added through the API, as stored. The secret is sealed; the store never sees it
+/// in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAccount {
+    pub id: String,
+    pub datacenter_url: String,
+    pub client_id: String,
+    /// The client secret sealed with the store's key (base64 of nonce, ciphertext and tag).
+    pub client_secret_sealed: String,
+    /// `api_client` or `cyberapp`.
+    pub credentials: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_tenant_id: Option<Uuid>,
+    /// The API client's tenant and its name, as the data center answered at validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_name: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// A deactivation asked for the account to go once its events are settled.
+    #[serde(default)]
+    pub retiring: bool,
+}
+
+/// How a write changes an account record.
+#[derive(Debug, Clone)]
+pub enum AccountWrite {
+    /// Add the account; refused with `AccountConflict::Exists` when its id is taken.
+    Add(StoredAccount),
+    /// Replace the record of an account that exists; `AccountConflict::Missing` otherwise.
+    Replace(StoredAccount),
+    /// Mark a stored account retiring; `AccountConflict::Missing` when it is not stored.
+    Retire(String),
+}
+
+/// What an account removal dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountDropped {
+    pub pending_events: u64,
+    pub dead_letters: u64,
+    pub tenant_states: u64,
+    pub inventory: u64,
+}
+
+/// An account's events still to settle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AccountEvents {
+    pub pending: u64,
+    pub dead: u64,
+}
+
+/// The outcome of a removal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    Removed(AccountDropped),
+    /// Not removed: it still has events (only without `force`).
+    HasEvents(AccountEvents),
+    NotStored,
+}
+
+pub(super) fn account_key(id: &str) -> Vec<u8> {
+    key(b'a', &[id.as_bytes()])
+}
+
+impl Queue {
+    /// Every account stored through the API, by id.
+    pub fn stored_accounts(&self) -> Result<Vec<StoredAccount>, StoreError> {
+        self.scan_json(b'a')
+    }
+
+    pub fn stored_account(&self, id: &str) -> Result<Option<StoredAccount>, StoreError> {
+        self.inner.get_json(account_key(id))
+    }
+
+    /// Write an account change and these events in one atomic batch, durable when it returns:
+    /// both are stored, or neither. `Err(StoreError::Account)` when the change does not apply
+    /// (nothing is written then).
+    pub async fn write_account(
+        &self,
+        change: AccountWrite,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.write(move |core, w| {
+            let mut extra = Vec::new();
+            let (id, record) = match &change {
+                AccountWrite::Add(a) | AccountWrite::Replace(a) => (a.id.clone(), Some(a.clone())),
+                AccountWrite::Retire(id) => (id.clone(), None),
+            };
+            let current: Option<StoredAccount> = core.get_json(account_key(&id))?;
+            let record = match (&change, current) {
+                (AccountWrite::Add(_), Some(_)) => return Err(StoreError::Account(id, "exists")),
+                (AccountWrite::Add(_), None) => record.expect("given"),
+                (AccountWrite::Replace(_), Some(_)) => record.expect("given"),
+                (AccountWrite::Retire(_), Some(mut a)) => {
+                    a.retiring = true;
+                    a.updated_at_ms = now_ms();
+                    a
+                }
+                (_, None) => return Err(StoreError::Account(id, "not stored")),
+            };
+            extra.push((account_key(&id), Some(to_json(&record))));
+            let (outcomes, wake) = core.write_events_with(w, events, extra)?;
+            let _ = tx.send(outcomes);
+            Ok(Wrote {
+                count: 1,
+                wake,
+            })
+        })
+        .await?;
+        rx.try_recv()
+            .map_err(|_| StoreError::Corrupt("an account write gave no answer".into()))
+    }
+
+    /// An account's pending events and dead letters (a scan of both: run it with `scan`).
+    pub fn account_events(&self, id: &str) -> Result<AccountEvents, StoreError> {
+        let core = &self.inner.core;
+        let mut out = AccountEvents::default();
+        for item in core.tree.scan_prefix([b'p']) {
+            let (_, v) = item?;
+            if core.event_account(&uuid_from(&v)?)?.as_deref() == Some(id) {
+                out.pending += 1;
+            }
+        }
+        for k in core.tree.scan_prefix([b'd']).keys() {
+            let k = k?;
+            if core.event_account(&uuid_from(&k[1..])?)?.as_deref() == Some(id) {
+                out.dead += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove a stored account. Without `force` it must have no pending event nor dead letter;
+    /// with it, those go too, with its tenant states and inventory, in the same atomic batch.
+    pub async fn remove_account(&self, id: &str, force: bool) -> Result<Removal, StoreError> {
+        let id = id.to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.write(move |core, w| {
+            let removal = core.remove_account(w, &id, force)?;
+            let _ = tx.send(removal);
+            Ok(Wrote::default())
+        })
+        .await?;
+        rx.try_recv()
+            .map_err(|_| StoreError::Corrupt("an account removal gave no answer".into()))
+    }
+
+    /// Is any in-flight event one of this account's? (Removal waits for it to settle.)
+    pub fn account_in_flight(&self, id: &str) -> Result<bool, StoreError> {
+        let ids: Vec<Uuid> = lock(&self.inner.in_flight_ids).iter().copied().collect();
+        for e in ids {
+            if self.inner.event_account(&e)?.as_deref() == Some(id) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+impl Core {
+    /// The account an event is reported for (`default` when stored without one).
+    pub(super) fn event_account(&self, id: &Uuid) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .get_json::<EventRecord>(event_key(id))?
+            .map(|r| r.account.unwrap_or_else(|| "default".into())))
+    }
+
+    fn remove_account(
+        &self,
+        w: &mut Counters,
+        id: &str,
+        force: bool,
+    ) -> Result<Removal, StoreError> {
+        if self.tree.get(account_key(id))?.is_none() {
+            return Ok(Removal::NotStored);
+        }
+        let mine = |account: &Option<String>| account.as_deref().unwrap_or("default") == id;
+        let mut pending = Vec::new();
+        for item in self.tree.scan_prefix([b'p']) {
+            let (k, v) = item?;
+            let eid = uuid_from(&v)?;
+            if let Some(rec) = self.get_json::<EventRecord>(event_key(&eid))? {
+                if mine(&rec.account) {
+                    pending.push((k, eid, rec.tenant_id));
+                }
+            }
+        }
+        let in_flight = lock(&self.in_flight_ids).clone();
+        if pending.iter().any(|(_, e, _)| in_flight.contains(e)) {
+            return Err(StoreError::Account(
+                id.to_string(),
+                "a report of it is in flight; try again in a moment",
+            ));
+        }
+        let mut dead = Vec::new();
+        for k in self.tree.scan_prefix([b'd']).keys() {
+            let k = k?;
+            let eid = uuid_from(&k[1..])?;
+            if self.event_account(&eid)?.as_deref() == Some(id) {
+                dead.push(eid);
+            }
+        }
+        if !force && (!pending.is_empty() || !dead.is_empty()) {
+            return Ok(Removal::HasEvents(AccountEvents {
+                pending: pending.len() as u64,
+                dead: dead.len() as u64,
+            }));
+        }
+        let mut b = sled::Batch::default();
+        let mut dropped = AccountDropped {
+            pending_events: pending.len() as u64,
+            dead_letters: dead.len() as u64,
+            ..Default::default()
+        };
+        let mut tenants: Vec<TenantId> = Vec::new();
+        for (k, eid, tenant) in &pending {
+            b.remove(k.clone());
+            b.remove(event_key(eid));
+            if !tenants.contains(tenant) {
+                tenants.push(*tenant);
+            }
+        }
+        for eid in &dead {
+            b.remove(dead_key(eid));
+            b.remove(event_key(eid));
+        }
+        for item in self.tree.scan_prefix([b't']) {
+            let (k, v) = item?;
+            let t: TenantState = from_json(&v)?;
+            if mine(&t.account) {
+                b.remove(k);
+                dropped.tenant_states += 1;
+            }
+        }
+        for item in self.tree.scan_prefix([b'n']) {
+            let (k, v) = item?;
+            let t: InventoryTenant = from_json(&v)?;
+            if mine(&t.account) {
+                b.remove(k);
+                dropped.inventory += 1;
+            }
+        }
+        b.remove(account_key(id));
+        let depth = w.depth.saturating_sub(dropped.pending_events);
+        let dead_n = w.dead.saturating_sub(dropped.dead_letters);
+        b.insert(meta_key("depth"), &depth.to_be_bytes());
+        b.insert(meta_key("dead"), &dead_n.to_be_bytes());
+        self.tree.apply_batch(b)?;
+        w.depth = depth;
+        w.dead = dead_n;
+        for t in tenants {
+            w.heads.settled(&self.tree, t)?;
+        }
+        Ok(Removal::Removed(dropped))
+    }
+}
