@@ -339,3 +339,51 @@ fn ids_of(stored: &[crate::store::StoredAccount]) -> String {
     }
     ids.join(", ")
 }
+
+/// How often retiring accounts are checked for events still to settle.
+pub const RETIREMENT_CHECK: Duration = Duration::from_secs(1);
+
+/// Remove each retiring account once none of its events is pending or dead (a dead letter keeps
+/// it, visible as retiring, until it is purged, or retried and delivered).
+pub async fn retirement_loop(
+    queue: crate::store::Queue,
+    accounts: Accounts,
+    changes: Arc<tokio::sync::Mutex<()>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RETIREMENT_CHECK) => {}
+        }
+        let retiring: Vec<String> = accounts
+            .iter()
+            .filter(|a| a.retiring && a.source == AccountSource::Store)
+            .map(|a| a.id.clone())
+            .collect();
+        for id in retiring {
+            let q = queue.clone();
+            let check = id.clone();
+            match queue.scan(move |_| q.account_events(&check)).await {
+                Ok(n) if n.pending == 0 && n.dead == 0 => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(message = "cannot check a retiring account", account = %id, error = %e);
+                    continue;
+                }
+            }
+            let _change = changes.lock().await;
+            let previous = accounts.remove(&id);
+            match queue.remove_account(&id, false).await {
+                Ok(crate::store::Removal::Removed(_)) => {
+                    tracing::info!(message = "retired account removed: its events are settled", account = %id);
+                }
+                Ok(_) => accounts.restore(&id, previous),
+                Err(e) => {
+                    accounts.restore(&id, previous);
+                    tracing::warn!(message = "cannot remove a retiring account", account = %id, error = %e);
+                }
+            }
+        }
+    }
+}

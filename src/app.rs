@@ -143,6 +143,7 @@ pub async fn start(
         settings.clone(),
     );
     let accepting = Arc::new(AtomicBool::new(true));
+    let account_changes: Arc<tokio::sync::Mutex<()>> = Default::default();
     let listener = match listener {
         Some(l) => l,
         None => TcpListener::bind(settings.api.listen)
@@ -168,7 +169,7 @@ pub async fn start(
             reconcilers: Some(reconcilers.clone()),
             read_timeout: settings.api.read_timeout,
             secret_key: settings.store.secret_key.clone(),
-            account_changes: Default::default(),
+            account_changes: account_changes.clone(),
         },
         api::ServeLimits {
             max_connections: settings.api.max_connections,
@@ -178,7 +179,14 @@ pub async fn start(
     let stop_delivery = CancellationToken::new();
     let delivery_task = tokio::spawn(delivery.clone().run(stop_delivery.clone()));
     let reopen = CancellationToken::new();
-    let (stop_background, background) = start_background(&queue, &settings.store.path, &reopen);
+    let (stop_background, mut background) =
+        start_background(&queue, &settings.store.path, &reopen);
+    background.push(tokio::spawn(crate::accounts::retirement_loop(
+        queue.clone(),
+        accounts.clone(),
+        account_changes.clone(),
+        stop_background.clone(),
+    )));
     let schedules = if schedules {
         Some(
             Schedules::start(&settings, reconcilers.clone())

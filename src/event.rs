@@ -48,6 +48,9 @@ pub struct IncomingEvent {
     /// The partner account (default: the only one, or the one whose inventory has the tenant).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub account: Option<String>,
+    /// A deactivation that retires its account once the account's events are settled.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub retire_account: bool,
 }
 
 /// A problem with one field of a request.
@@ -113,6 +116,23 @@ pub fn parse_event(v: &Value, at: &str, header_key: Option<&str>) -> Result<NewE
     })
 }
 
+/// An event's `retire_account` flag: a deactivation that asks for its account (one added
+/// through the API) to be removed once the account's events are settled.
+pub fn retire_flag(v: &Value, at: &str) -> Result<bool, FieldError> {
+    let field = format!("{at}retire_account");
+    match v.get("retire_account") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(false),
+        Some(Value::Bool(true)) => match v.get("type").and_then(Value::as_str) {
+            Some("deactivation") => Ok(true),
+            _ => Err(FieldError::new(
+                field,
+                "only a deactivation can retire its account",
+            )),
+        },
+        Some(_) => Err(FieldError::new(field, "expected true or false")),
+    }
+}
+
 /// The event's key: its own `idempotency_key` field, else the request's `Idempotency-Key`
 /// header (the field is the more specific of the two, as for the elements of an array).
 fn one_idempotency_key(
@@ -144,11 +164,12 @@ impl Fields<'_> {
                     | "idempotency_key"
                     | "occurred_at"
                     | "account"
+                    | "retire_account"
             )
         }) {
             Some(k) => Err(FieldError::new(
                 self.name(k),
-                format!("unknown field {k:?} (expected tenant_id, type, category, action, idempotency_key, occurred_at, account)"),
+                format!("unknown field {k:?} (expected tenant_id, type, category, action, idempotency_key, occurred_at, account, retire_account)"),
             )),
             None => Ok(()),
         }

@@ -34,8 +34,30 @@ pub(super) async fn post_events(
     let header_key = idempotency_header(&headers)?;
     let (mut events, is_array) = events_of(&value, header_key.as_deref())?;
     route(&state, &mut events, is_array)?;
+    let retire = retiring(&state, &value, &events, is_array)?;
     let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
-    let outcomes = state.queue.enqueue(events).await.map_err(store_error)?;
+    let outcomes = match &retire {
+        None => state.queue.enqueue(events).await.map_err(store_error)?,
+        Some(id) => {
+            // The mark and the deactivation are one write: both, or neither.
+            let outcomes = state
+                .queue
+                .write_account(crate::store::AccountWrite::Retire(id.clone()), events)
+                .await
+                .map_err(|e| match e {
+                    crate::store::StoreError::Account(id, why) => ApiError::new(
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        format!("account {id:?}: {why}"),
+                    )
+                    .field("retire_account"),
+                    other => store_error(other),
+                })?;
+            state.accounts.mark_retiring(id);
+            tracing::info!(message = "account retiring: removed once its events are settled", account = %id);
+            outcomes
+        }
+    };
     for (o, k) in outcomes.iter().zip(&kinds) {
         if matches!(o, Enqueued::Accepted(_)) {
             state
@@ -102,11 +124,22 @@ fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<()
     };
     for (i, ev) in events.iter_mut().enumerate() {
         if let Some(id) = &ev.account {
-            if state.accounts.get(id).is_none() {
-                return Err(ApiError::invalid(
-                    field(i),
-                    format!("unknown account {id:?} (configured: {})", configured()),
-                ));
+            match state.accounts.get(id) {
+                None => {
+                    return Err(ApiError::invalid(
+                        field(i),
+                        format!("unknown account {id:?} (configured: {})", configured()),
+                    ))
+                }
+                Some(a) if a.retiring => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "retiring",
+                        format!("account {id:?} is retiring (a deactivation asked for it to go once its events are settled); add it again to report for it"),
+                    )
+                    .field(field(i)))
+                }
+                Some(_) => {}
             }
             continue;
         }
@@ -135,6 +168,48 @@ fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The account the request retires, if an event asks for it: one added through the API, the
+/// same for every event of the request that asks.
+fn retiring(
+    state: &ApiState,
+    value: &Value,
+    events: &[NewEvent],
+    is_array: bool,
+) -> Result<Option<String>, ApiError> {
+    let items: Vec<&Value> = match value {
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    let mut account: Option<String> = None;
+    for (i, (v, ev)) in items.iter().zip(events).enumerate() {
+        let at = if is_array { format!("[{i}].") } else { String::new() };
+        if !crate::event::retire_flag(v, &at)? {
+            continue;
+        }
+        let field = format!("{at}retire_account");
+        let id = ev.account.clone().unwrap_or_else(|| "default".into());
+        match state.accounts.get(&id) {
+            Some(a) if a.source == crate::accounts::AccountSource::File => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "configured_in_file",
+                    format!("account {id:?} is set in the configuration file; remove it there, not with retire_account"),
+                )
+                .field(field))
+            }
+            _ => {}
+        }
+        if account.as_ref().is_some_and(|a| *a != id) {
+            return Err(ApiError::invalid(
+                field,
+                "one request can retire one account only",
+            ));
+        }
+        account = Some(id);
+    }
+    Ok(account)
 }
 
 pub(super) fn require_json_body(headers: &HeaderMap) -> Result<(), ApiError> {

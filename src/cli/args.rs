@@ -62,8 +62,15 @@ pub enum Command {
     DeadLetters(DeadLetterCommand),
     /// Show the tenant inventory from the last tenant reconcile.
     Tenants(StatusArgs),
-    /// Show the partner accounts: data center, token state, pending and dead events, tenants.
-    Accounts(StatusArgs),
+    /// The partner accounts: list them (the default), show one, add one at run time (checked
+    /// with its data center first), rotate its credentials, remove it.
+    Accounts(AccountsArgs),
+    /// Write a new key for the secrets kept in the store (store.secret_key_file): 32 random
+    /// bytes as base64, mode 0600; an existing file is never overwritten.
+    Keygen {
+        /// Where to write the key.
+        file: PathBuf,
+    },
     /// Run one reconcile now; --dry-run prints the drift without changing anything
     /// (exit 0 no drift or applied, 1 drift found in a dry run, 2 error).
     Reconcile(ReconcileArgs),
@@ -139,6 +146,10 @@ pub struct EventArgs {
     /// activation or deactivation time.
     #[arg(long, value_name = "TIME")]
     pub occurred_at: Option<String>,
+    /// With deactivate: remove the account (one added through the API) once this deactivation
+    /// and the account's other events are delivered.
+    #[arg(long)]
+    pub retire_account: bool,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -150,6 +161,83 @@ pub struct StatusArgs {
     pub json: bool,
     #[command(flatten)]
     pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AccountsArgs {
+    #[command(subcommand)]
+    pub command: Option<AccountCommand>,
+    #[command(flatten)]
+    pub list: StatusArgs,
+}
+
+/// Where a client secret is read from: a file, or standard input (never an argument, which
+/// other users of the machine can read).
+#[derive(Debug, Args, Clone)]
+pub struct SecretSource {
+    /// Read the client secret from this file (default: standard input, one line).
+    #[arg(long, value_name = "PATH")]
+    pub client_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// List the accounts: data center, token state, pending and dead events, tenants.
+    List(StatusArgs),
+    /// Show one account.
+    Show {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Add a partner's account: its data center and API client are checked before it is
+    /// stored (the secret sealed with store.secret_key_file).
+    Add {
+        /// The partner's data-center URL, e.g. https://eu2-cloud.acronis.com.
+        #[arg(long, value_name = "URL")]
+        datacenter_url: String,
+        /// The API client id.
+        #[arg(long)]
+        client_id: String,
+        #[command(flatten)]
+        secret: SecretSource,
+        /// The account id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+        /// `api_client` (default) or `cyberapp`.
+        #[arg(long)]
+        credentials: Option<String>,
+        /// Top of the tenant tree walked for it (default: the API client's own tenant).
+        #[arg(long, value_name = "UUID")]
+        root_tenant_id: Option<String>,
+        /// Also report the integration active: for the account's own tenant (`--activate`),
+        /// or for the tenant given (`--activate UUID`), in the same durable write.
+        #[arg(long, value_name = "TENANT", num_args = 0..=1, default_missing_value = "true")]
+        activate: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Replace an account's API client secret (and id): checked before it is used.
+    Rotate {
+        id: String,
+        /// A new API client id (default: the current one).
+        #[arg(long)]
+        client_id: Option<String>,
+        #[command(flatten)]
+        secret: SecretSource,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove an account added at run time; refused while it has pending or dead events,
+    /// unless --force (which drops them).
+    Remove {
+        id: String,
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,11 +4,14 @@ use std::process::ExitCode;
 
 use reqwest::Method;
 
-use super::args::{ApiArgs, DeadLetterCommand, EventArgs, ReconcileArgs, StatusArgs};
+use super::args::{
+    AccountCommand, AccountsArgs, ApiArgs, DeadLetterCommand, EventArgs, ReconcileArgs,
+    SecretSource, StatusArgs,
+};
 use super::client::{CallError, LocalApi};
 use super::table::{cell, clip, print_json, print_reconcile, print_status, print_table};
 use crate::api::answers::{
-    Accepted, AccountsList, DeadLetters, EventView, Retried, Status, Tenants,
+    Accepted, AccountChanged, AccountRemoved, AccountsList, DeadLetters, EventView, Retried, Status, Tenants,
 };
 use crate::config::Settings;
 use crate::event::IncomingEvent;
@@ -53,6 +56,7 @@ pub async fn send_event(settings: Settings, a: &EventArgs, kind: EventKind) -> E
         idempotency_key: a.idempotency_key.clone(),
         occurred_at: a.occurred_at.clone(),
         account: a.account.clone(),
+        retire_account: a.retire_account,
     };
     let body = serde_json::to_value(ev).expect("an event serializes");
     let api = LocalApi::new(&a.api, &settings);
@@ -136,7 +140,151 @@ pub async fn tenants(settings: Settings, args: &StatusArgs) -> ExitCode {
     listing(settings, args, "/v1/tenants", &headers, rows, "tenant(s)").await
 }
 
-pub async fn accounts(settings: Settings, args: &StatusArgs) -> ExitCode {
+pub async fn accounts(settings: Settings, args: &AccountsArgs) -> ExitCode {
+    match &args.command {
+        None => list_accounts(settings, &args.list).await,
+        Some(AccountCommand::List(a)) => list_accounts(settings, a).await,
+        Some(AccountCommand::Show { id, api }) => {
+            let api = LocalApi::new(api, &settings);
+            match api
+                .call::<serde_json::Value>(Method::GET, &format!("/v1/accounts/{id}"), None)
+                .await
+            {
+                Ok((_, v)) => {
+                    print_json(&v);
+                    ExitCode::from(exit::OK)
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Some(AccountCommand::Add {
+            datacenter_url,
+            client_id,
+            secret,
+            id,
+            credentials,
+            root_tenant_id,
+            activate,
+            api,
+        }) => {
+            let client_secret = match read_client_secret(secret) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let mut body = serde_json::json!({
+                "datacenter_url": datacenter_url,
+                "client_id": client_id,
+                "client_secret": client_secret.expose(),
+            });
+            for (k, v) in [
+                ("id", id),
+                ("credentials", credentials),
+                ("root_tenant_id", root_tenant_id),
+            ] {
+                if let Some(v) = v {
+                    body[k] = serde_json::json!(v);
+                }
+            }
+            let path = match activate {
+                Some(t) => format!("/v1/accounts?activate={t}"),
+                None => "/v1/accounts".to_string(),
+            };
+            account_change(&settings, api, Method::POST, &path, body, "added").await
+        }
+        Some(AccountCommand::Rotate {
+            id,
+            client_id,
+            secret,
+            api,
+        }) => {
+            let client_secret = match read_client_secret(secret) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let mut body = serde_json::json!({"client_secret": client_secret.expose()});
+            if let Some(c) = client_id {
+                body["client_id"] = serde_json::json!(c);
+            }
+            let path = format!("/v1/accounts/{id}/credentials");
+            account_change(&settings, api, Method::PUT, &path, body, "credentials replaced").await
+        }
+        Some(AccountCommand::Remove { id, force, api }) => {
+            let api = LocalApi::new(api, &settings);
+            let path = format!("/v1/accounts/{id}{}", if *force { "?force=true" } else { "" });
+            match api.call::<AccountRemoved>(Method::DELETE, &path, None).await {
+                Ok((_, r)) => {
+                    println!(
+                        "account {} removed (dropped: {} pending event(s), {} dead letter(s), {} tenant state(s), {} inventory record(s))",
+                        r.id,
+                        r.dropped.pending_events,
+                        r.dropped.dead_letters,
+                        r.dropped.tenant_states,
+                        r.dropped.inventory
+                    );
+                    ExitCode::from(exit::OK)
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+/// The client secret from its file, else one line of standard input.
+fn read_client_secret(source: &SecretSource) -> Result<crate::config::Secret, ExitCode> {
+    let text = match &source.client_secret_file {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            eprintln!("statusd: --client-secret-file {}: {e}", path.display());
+            ExitCode::from(exit::FAILURE)
+        })?,
+        None => {
+            use std::io::IsTerminal;
+            if std::io::stdin().is_terminal() {
+                eprint!("client secret (not echoed to the log; end with Enter): ");
+            }
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(|e| {
+                eprintln!("statusd: cannot read the client secret from standard input: {e}");
+                ExitCode::from(exit::FAILURE)
+            })?;
+            line
+        }
+    };
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.trim().is_empty() {
+        eprintln!("statusd: the client secret is empty (give it with --client-secret-file PATH or on standard input)");
+        return Err(ExitCode::from(exit::FAILURE));
+    }
+    Ok(crate::config::Secret::new(secret))
+}
+
+async fn account_change(
+    settings: &Settings,
+    api: &ApiArgs,
+    method: Method,
+    path: &str,
+    body: serde_json::Value,
+    done: &str,
+) -> ExitCode {
+    let api = LocalApi::new(api, settings);
+    match api.call::<AccountChanged>(method, path, Some(body)).await {
+        Ok((_, a)) => {
+            println!(
+                "account {} {done}: data center {}, tenant {} ({})",
+                a.account.id,
+                a.account.datacenter,
+                cell(a.account.tenant_id),
+                a.account.tenant_name.as_deref().unwrap_or("name not readable")
+            );
+            if let Some(act) = a.activation {
+                println!("activation queued: event {}", act.id);
+            }
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn list_accounts(settings: Settings, args: &StatusArgs) -> ExitCode {
     let rows = |v: &AccountsList| {
         v.items
             .iter()

@@ -88,6 +88,20 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::DeadLetters(dl) => with_local(&cli, |s| commands::dead_letters(s, dl)).await,
         Command::Tenants(args) => with_local(&cli, |s| commands::tenants(s, args)).await,
         Command::Accounts(args) => with_local(&cli, |s| commands::accounts(s, args)).await,
+        Command::Keygen { file } => match crate::vault::write_new_key(file) {
+            Ok(()) => {
+                eprintln!(
+                    "wrote a new key to {}; set store.secret_key_file = {:?} (keep a copy: the secrets it seals cannot be opened without it)",
+                    file.display(),
+                    file.display().to_string()
+                );
+                ExitCode::from(exit::OK)
+            }
+            Err(e) => {
+                eprintln!("statusd keygen: {e}");
+                ExitCode::from(exit::FAILURE)
+            }
+        },
         Command::Reconcile(r) => with_local(&cli, |s| commands::reconcile(s, r)).await,
     }
 }

@@ -55,22 +55,25 @@ pub(super) async fn token(
         _ => None,
     });
     let mut s = state.lock().expect("sandbox lock");
-    let ok = creds
-        .as_ref()
-        .is_some_and(|(i, p)| *i == s.opts.client_id && *p == s.opts.client_secret);
-    if !ok {
+    let client = creds.as_ref().and_then(|(i, p)| {
+        s.clients
+            .get(i)
+            .filter(|c| c.secret == *p)
+            .map(|_| i.clone())
+    });
+    let Some(client) = client else {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "client authentication failed",
         );
-    }
+    };
     let token: String = (0..4)
         .map(|_| format!("{:016x}", s.rng.random::<u64>()))
         .collect();
     let ttl = s.opts.token_ttl.as_secs() as i64;
     let expires_on = chrono::Utc::now().timestamp() + ttl;
-    s.tokens.insert(token.clone(), expires_on);
+    s.tokens.insert(token.clone(), (expires_on, client));
     s.issued.push(token.clone());
     s.stats.tokens_issued += 1;
     Json(json!({
@@ -125,7 +128,7 @@ fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     let s = state.lock().expect("sandbox lock");
     let now = chrono::Utc::now().timestamp();
     match token.and_then(|t| s.tokens.get(t)) {
-        Some(exp) if *exp > now => Ok(()),
+        Some((exp, _)) if *exp > now => Ok(()),
         Some(_) => Err(envelope(
             StatusCode::UNAUTHORIZED,
             json!("unauthorized"),
@@ -145,9 +148,78 @@ pub(super) async fn client_info(
     Path(id): Path<String>,
 ) -> Response {
     let s = state.lock().expect("sandbox lock");
-    if id != s.opts.client_id {
+    let Some(c) = s.clients.get(&id) else {
+        return envelope(StatusCode::NOT_FOUND, json!(1003), "client not found");
+    };
+    Json(json!({"id": id, "tenant_id": c.tenant_id, "status": "enabled", "type": "api_client"}))
+        .into_response()
+}
+
+/// `POST /_sandbox/clients` `{"client_id"?, "tenant_id"?}`: an API client created in a tenant
+/// (the root by default), as a partner creates one in its portal. Answers its secret once.
+pub(super) async fn sb_create_client(State(state): State<Shared>, body: Bytes) -> Response {
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Create {
+        #[serde(default)]
+        client_id: Option<String>,
+        #[serde(default)]
+        tenant_id: Option<Uuid>,
+    }
+    let req: Create = if body.is_empty() {
+        Create::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return bad_request(&format!("expected {{client_id?, tenant_id?}}: {e}")),
+        }
+    };
+    let mut s = state.lock().expect("sandbox lock");
+    let tenant_id = req.tenant_id.unwrap_or(s.root);
+    if !s.index.contains_key(&tenant_id) {
+        return envelope(StatusCode::NOT_FOUND, json!(1003), "tenant not found");
+    }
+    let id = req
+        .client_id
+        .unwrap_or_else(|| Uuid::from_u128(s.rng.random()).to_string());
+    if s.clients.contains_key(&id) {
+        return envelope(StatusCode::CONFLICT, json!(1009), "client exists");
+    }
+    let secret = new_secret(&mut s);
+    s.clients.insert(
+        id.clone(),
+        super::state::SbClient {
+            secret: secret.clone(),
+            tenant_id,
+        },
+    );
+    (
+        StatusCode::CREATED,
+        Json(json!({"client_id": id, "client_secret": secret, "tenant_id": tenant_id})),
+    )
+        .into_response()
+}
+
+/// `POST /_sandbox/clients/{id}/reset-secret`: a new secret; the old one and every token
+/// issued to the client stop working.
+pub(super) async fn sb_reset_client(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Response {
+    let mut s = state.lock().expect("sandbox lock");
+    if !s.clients.contains_key(&id) {
         return envelope(StatusCode::NOT_FOUND, json!(1003), "client not found");
     }
-    Json(json!({"id": id, "tenant_id": s.root, "status": "enabled", "type": "api_client"}))
-        .into_response()
+    let secret = new_secret(&mut s);
+    if let Some(c) = s.clients.get_mut(&id) {
+        c.secret = secret.clone();
+    }
+    s.tokens.retain(|_, (_, owner)| *owner != id);
+    Json(json!({"client_id": id, "client_secret": secret})).into_response()
+}
+
+fn new_secret(s: &mut SbState) -> String {
+    (0..2)
+        .map(|_| format!("{:016x}", s.rng.random::<u64>()))
+        .collect()
 }

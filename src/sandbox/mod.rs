@@ -201,6 +201,17 @@ impl Sandbox {
         self.with(|s| s.tokens.clear());
     }
 
+    /// Tokens issued to a client that still work.
+    pub fn live_tokens_of(&self, client_id: &str) -> usize {
+        let now = chrono::Utc::now().timestamp();
+        self.with(|s| {
+            s.tokens
+                .values()
+                .filter(|(exp, c)| *exp > now && c == client_id)
+                .count()
+        })
+    }
+
     /// Every tenant id, with its kind, live or deleted.
     pub fn tenant_ids(&self, kind: Option<&str>) -> Vec<Uuid> {
         self.with(|s| {

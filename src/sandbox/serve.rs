@@ -68,6 +68,8 @@ pub(super) fn router(state: Shared) -> Router {
             "/_sandbox/faults",
             post(sb_add_fault).delete(sb_clear_faults).get(sb_faults),
         )
+        .route("/_sandbox/clients", post(sb_create_client))
+        .route("/_sandbox/clients/{id}/reset-secret", post(sb_reset_client))
         .route("/_sandbox/tenants", get(sb_tenants))
         .route("/_sandbox/tenants/{id}", post(sb_mutate_tenant))
         .route("/_sandbox/tenants/{id}/brand", get(sb_brand))

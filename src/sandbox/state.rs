@@ -37,10 +37,20 @@ pub struct SandboxStats {
     pub max_in_flight: u64,
 }
 
+/// An API client of the sandbox: its secret and the tenant it was created in.
+#[derive(Debug, Clone)]
+pub(super) struct SbClient {
+    pub(super) secret: String,
+    pub(super) tenant_id: Uuid,
+}
+
 pub(super) struct SbState {
     pub(super) opts: SandboxOptions,
     pub(super) root: Uuid,
-    pub(super) tokens: HashMap<String, i64>,
+    /// Access tokens: when each expires, and the client it was issued to.
+    pub(super) tokens: HashMap<String, (i64, String)>,
+    /// API clients by id; the configured one first.
+    pub(super) clients: HashMap<String, SbClient>,
     pub(super) issued: Vec<String>,
     pub(super) tenants: Vec<SbTenant>,
     pub(super) index: HashMap<Uuid, usize>,
@@ -64,6 +74,13 @@ impl SbState {
             opts: opts.clone(),
             root,
             tokens: HashMap::new(),
+            clients: HashMap::from([(
+                opts.client_id.clone(),
+                SbClient {
+                    secret: opts.client_secret.clone(),
+                    tenant_id: root,
+                },
+            )]),
             issued: Vec::new(),
             tenants: Vec::new(),
             index: HashMap::new(),

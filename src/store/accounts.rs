@@ -193,13 +193,6 @@ impl Core {
                 }
             }
         }
-        let in_flight = lock(&self.in_flight_ids).clone();
-        if pending.iter().any(|(_, e, _)| in_flight.contains(e)) {
-            return Err(StoreError::Account(
-                id.to_string(),
-                "a report of it is in flight; try again in a moment",
-            ));
-        }
         let mut dead = Vec::new();
         for k in self.tree.scan_prefix([b'd']).keys() {
             let k = k?;
@@ -213,6 +206,13 @@ impl Core {
                 pending: pending.len() as u64,
                 dead: dead.len() as u64,
             }));
+        }
+        let in_flight = lock(&self.in_flight_ids).clone();
+        if pending.iter().any(|(_, e, _)| in_flight.contains(e)) {
+            return Err(StoreError::Account(
+                id.to_string(),
+                "a report of it is in flight; try again in a moment",
+            ));
         }
         let mut b = sled::Batch::default();
         let mut dropped = AccountDropped {
