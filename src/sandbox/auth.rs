@@ -215,10 +215,11 @@ pub(super) async fn sb_reset_client(
         c.secret = secret.clone();
     }
     s.tokens.retain(|_, (_, owner)| *owner != id);
+    drop(s);
     Json(json!({"client_id": id, "client_secret": secret})).into_response()
 }
 
-fn new_secret(s: &mut SbState) -> String {
+pub(super) fn new_secret(s: &mut SbState) -> String {
     (0..2)
         .map(|_| format!("{:016x}", s.rng.random::<u64>()))
         .collect()
