@@ -73,10 +73,13 @@ pub struct AccountSpec {
     pub root_tenant_id: Option<Uuid>,
 }
 
+/// The accounts in use, by id: replaced whole on each change.
+type AccountMap = Arc<BTreeMap<String, Arc<Account>>>;
+
 /// Every account; cheap to clone, shared by every part.
 #[derive(Clone, Default)]
 pub struct Accounts {
-    by_id: Arc<RwLock<Arc<BTreeMap<String, Arc<Account>>>>>,
+    by_id: Arc<RwLock<AccountMap>>,
     builder: Option<Arc<Builder>>,
 }
 
@@ -141,7 +144,7 @@ impl Accounts {
         }
     }
 
-    fn snapshot(&self) -> Arc<BTreeMap<String, Arc<Account>>> {
+    fn snapshot(&self) -> AccountMap {
         self.by_id
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -207,7 +210,9 @@ impl Accounts {
     /// The account when exactly one is configured.
     pub fn only(&self) -> Option<Arc<Account>> {
         let map = self.snapshot();
-        (map.len() == 1).then(|| map.values().next().cloned()).flatten()
+        (map.len() == 1)
+            .then(|| map.values().next().cloned())
+            .flatten()
     }
 
     /// The first account by id.

@@ -126,7 +126,10 @@ pub async fn start(
         .load_stored(stored, settings.store.secret_key.as_ref())
         .map_err(AppError::Config)?;
     if n > 0 {
-        tracing::info!(message = "accounts added through the API taken in", accounts = n);
+        tracing::info!(
+            message = "accounts added through the API taken in",
+            accounts = n
+        );
     }
     let client = accounts.first().map(|a| a.client.clone());
     let delivery = Delivery::new(
@@ -179,8 +182,7 @@ pub async fn start(
     let stop_delivery = CancellationToken::new();
     let delivery_task = tokio::spawn(delivery.clone().run(stop_delivery.clone()));
     let reopen = CancellationToken::new();
-    let (stop_background, mut background) =
-        start_background(&queue, &settings.store.path, &reopen);
+    let (stop_background, mut background) = start_background(&queue, &settings.store.path, &reopen);
     background.push(tokio::spawn(crate::accounts::retirement_loop(
         queue.clone(),
         accounts.clone(),

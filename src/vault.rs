@@ -161,7 +161,10 @@ mod tests {
         assert!(!sealed.contains("s3cr3t"));
         assert_eq!(k.open("acme", &sealed).unwrap().expose(), "s3cr3t-value");
         assert_eq!(k.open("other", &sealed).unwrap_err(), VaultError::WrongKey);
-        assert_eq!(key().open("acme", &sealed).unwrap_err(), VaultError::WrongKey);
+        assert_eq!(
+            key().open("acme", &sealed).unwrap_err(),
+            VaultError::WrongKey
+        );
         assert_eq!(k.open("acme", "!!").unwrap_err(), VaultError::Malformed);
         // A fresh nonce each time: the same secret never seals the same way twice.
         assert_ne!(k.seal("acme", "x"), k.seal("acme", "x"));
@@ -182,7 +185,9 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         let before = std::fs::read_to_string(&path).unwrap();
-        assert!(write_new_key(&path).unwrap_err().contains("never overwrites"));
+        assert!(write_new_key(&path)
+            .unwrap_err()
+            .contains("never overwrites"));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
         assert!(SecretKey::from_text(&before).is_ok());
     }

@@ -17,19 +17,12 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Node {
     daemon: Daemon,
     port: u16,
-    log: PathBuf,
 }
 
 /// The vendor's daemon: the file account `default` on `home`, the key of `key` (if any).
 fn start(home: &Sandbox, store: &Path, key: Option<&Path>, log: &Path) -> Node {
     let port = free_port();
-    let mut cmd = daemon_command(
-        &home.url,
-        &home.client_id,
-        &home.client_secret,
-        store,
-        port,
-    );
+    let mut cmd = daemon_command(&home.url, &home.client_id, &home.client_secret, store, port);
     cmd.env("RUST_LOG", "trace")
         .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
         .stderr(std::fs::File::create(log).unwrap());
@@ -39,7 +32,6 @@ fn start(home: &Sandbox, store: &Path, key: Option<&Path>, log: &Path) -> Node {
     Node {
         daemon: cmd.spawn_daemon(),
         port,
-        log: log.to_path_buf(),
     }
 }
 
@@ -55,7 +47,11 @@ fn keygen(path: &Path) {
         .arg(path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 async fn send(
@@ -85,7 +81,13 @@ async fn account_ids(http: &reqwest::Client, node: &Node) -> Vec<String> {
 }
 
 async fn post_account(http: &reqwest::Client, node: &Node, body: Value) -> (u16, Value) {
-    send(http, reqwest::Method::POST, node.url("/v1/accounts"), Some(body)).await
+    send(
+        http,
+        reqwest::Method::POST,
+        node.url("/v1/accounts"),
+        Some(body),
+    )
+    .await
 }
 
 fn add_body(dc: &Sandbox, id: &str, client: &(String, String)) -> Value {
@@ -136,7 +138,12 @@ async fn each_refusal_answers_once_and_stores_nothing() {
 
     // A wrong secret: the data center refuses it; one token request, no retry.
     let tokens_before = partner.requests_to("token");
-    let (s, v) = post_account(&http, &node, add_body(&partner, "p1", &(client.0.clone(), "wrong".into()))).await;
+    let (s, v) = post_account(
+        &http,
+        &node,
+        add_body(&partner, "p1", &(client.0.clone(), "wrong".into())),
+    )
+    .await;
     assert_eq!(s, 422, "{v}");
     assert_eq!(v["error"]["field"], "client_secret", "{v}");
     assert_eq!(partner.requests_to("token"), tokens_before + 1);
@@ -145,13 +152,25 @@ async fn each_refusal_answers_once_and_stores_nothing() {
     let mut body = add_body(&partner, "p1", &client);
     body["datacenter_url"] = json!("http://eu2-cloud.example.com");
     let (s, v) = post_account(&http, &node, body.clone()).await;
-    assert_eq!((s, v["error"]["field"].clone()), (422, json!("datacenter_url")), "{v}");
+    assert_eq!(
+        (s, v["error"]["field"].clone()),
+        (422, json!("datacenter_url")),
+        "{v}"
+    );
     body["datacenter_url"] = json!(format!("http://127.0.0.1:{}", free_port()));
     let (s, v) = post_account(&http, &node, body.clone()).await;
-    assert_eq!((s, v["error"]["field"].clone()), (422, json!("datacenter_url")), "{v}");
+    assert_eq!(
+        (s, v["error"]["field"].clone()),
+        (422, json!("datacenter_url")),
+        "{v}"
+    );
     body["datacenter_url"] = json!(node.url(""));
     let (s, v) = post_account(&http, &node, body.clone()).await;
-    assert_eq!((s, v["error"]["code"].clone()), (422, json!("not_a_datacenter")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (422, json!("not_a_datacenter")),
+        "{v}"
+    );
 
     // No answer within platform.request_timeout (2 s here): 504.
     partner.inject(Fault {
@@ -176,20 +195,72 @@ async fn each_refusal_answers_once_and_stores_nothing() {
     partner.clear_faults();
 
     // Bad input is named before anything is asked.
-    let (s, v) = post_account(&http, &node, json!({"datacenter_url": partner.url, "client_id": client.0})).await;
-    assert_eq!((s, v["error"]["field"].clone()), (400, json!("client_secret")), "{v}");
-    let (s, v) = post_account(&http, &node, json!({"datacenter_url": partner.url, "client_id": "x", "client_secret": "y", "colour": 1})).await;
-    assert_eq!((s, v["error"]["field"].clone()), (400, json!("colour")), "{v}");
-    let (s, v) = send(&http, reqwest::Method::POST, node.url("/v1/accounts?activate=maybe"), Some(add_body(&partner, "p1", &client))).await;
-    assert_eq!((s, v["error"]["field"].clone()), (400, json!("activate")), "{v}");
+    let (s, v) = post_account(
+        &http,
+        &node,
+        json!({"datacenter_url": partner.url, "client_id": client.0}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["field"].clone()),
+        (400, json!("client_secret")),
+        "{v}"
+    );
+    let (s, v) = post_account(
+        &http,
+        &node,
+        json!({"datacenter_url": partner.url, "client_id": "x", "client_secret": "y", "colour": 1}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["field"].clone()),
+        (400, json!("colour")),
+        "{v}"
+    );
+    let (s, v) = send(
+        &http,
+        reqwest::Method::POST,
+        node.url("/v1/accounts?activate=maybe"),
+        Some(add_body(&partner, "p1", &client)),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["field"].clone()),
+        (400, json!("activate")),
+        "{v}"
+    );
 
     // The file's account cannot be changed or removed here.
-    let (s, v) = send(&http, reqwest::Method::DELETE, node.url("/v1/accounts/default"), None).await;
-    assert_eq!((s, v["error"]["code"].clone()), (409, json!("configured_in_file")), "{v}");
-    let (s, v) = send(&http, reqwest::Method::PUT, node.url("/v1/accounts/default/credentials"), Some(json!({"client_secret": "z"}))).await;
-    assert_eq!((s, v["error"]["code"].clone()), (409, json!("configured_in_file")), "{v}");
+    let (s, v) = send(
+        &http,
+        reqwest::Method::DELETE,
+        node.url("/v1/accounts/default"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (409, json!("configured_in_file")),
+        "{v}"
+    );
+    let (s, v) = send(
+        &http,
+        reqwest::Method::PUT,
+        node.url("/v1/accounts/default/credentials"),
+        Some(json!({"client_secret": "z"})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (409, json!("configured_in_file")),
+        "{v}"
+    );
     let (s, v) = post_account(&http, &node, add_body(&partner, "default", &client)).await;
-    assert_eq!((s, v["error"]["code"].clone()), (409, json!("exists")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (409, json!("exists")),
+        "{v}"
+    );
 
     assert_eq!(account_ids(&http, &node).await, ["default"]);
     // Nothing was stored: a restart finds nothing either.
@@ -209,7 +280,12 @@ async fn each_refusal_answers_once_and_stores_nothing() {
     assert_eq!(s, 409);
     // Without an id, one is made up.
     let other = partner.create_client(partner.root_tenant);
-    let (s, v) = post_account(&http, &node, json!({"datacenter_url": partner.url, "client_id": other.0, "client_secret": other.1})).await;
+    let (s, v) = post_account(
+        &http,
+        &node,
+        json!({"datacenter_url": partner.url, "client_id": other.0, "client_secret": other.1}),
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
     assert!(v["id"].as_str().unwrap().starts_with("acct-"));
 }
@@ -277,12 +353,24 @@ async fn an_account_added_at_run_time_survives_kill_9_and_its_events_arrive() {
     assert!(status.success());
     let secret = client.1.as_bytes();
     for (path, bytes) in files_under(&store) {
-        assert!(!contains(&bytes, secret), "the secret is in {}", path.display());
+        assert!(
+            !contains(&bytes, secret),
+            "the secret is in {}",
+            path.display()
+        );
     }
-    for path in [log.clone(), dir.path().join("d2.log"), log.with_extension("out")] {
+    for path in [
+        log.clone(),
+        dir.path().join("d2.log"),
+        log.with_extension("out"),
+    ] {
         let bytes = std::fs::read(&path).unwrap();
         assert!(!bytes.is_empty() || path.extension().unwrap() == "out");
-        assert!(!contains(&bytes, secret), "the secret is in {}", path.display());
+        assert!(
+            !contains(&bytes, secret),
+            "the secret is in {}",
+            path.display()
+        );
     }
     // The trace log did record the account's work (it is not an empty log passing by luck).
     let text = std::fs::read_to_string(&log).unwrap();
@@ -299,16 +387,30 @@ async fn rotation_reaches_events_already_queued() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("secret.key");
     keygen(&key);
-    let node = start(&home, &dir.path().join("store"), Some(&key), &dir.path().join("d.log"));
+    let node = start(
+        &home,
+        &dir.path().join("store"),
+        Some(&key),
+        &dir.path().join("d.log"),
+    );
     let http = reqwest::Client::new();
     wait_ready(&http, node.port).await;
     let client = partner.create_client(partner.root_tenant);
-    let (s, v) = send(&http, reqwest::Method::POST, node.url("/v1/accounts"), Some(add_body(&partner, "acme", &client))).await;
+    let (s, v) = send(
+        &http,
+        reqwest::Method::POST,
+        node.url("/v1/accounts"),
+        Some(add_body(&partner, "acme", &client)),
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
     // The partner resets the secret in its portal (through the sandbox's own API, as a partner
     // would): the old secret and its tokens stop working, so queued events cannot go out.
     let reset: Value = http
-        .post(format!("{}/_sandbox/clients/{}/reset-secret", partner.url, client.0))
+        .post(format!(
+            "{}/_sandbox/clients/{}/reset-secret",
+            partner.url, client.0
+        ))
         .send()
         .await
         .unwrap()
@@ -319,7 +421,13 @@ async fn rotation_reaches_events_already_queued() {
     assert_eq!(partner.live_tokens_of(&client.0), 0);
     let tenants = customers(&partner, 3);
     for t in &tenants {
-        let (s, _) = send(&http, reqwest::Method::POST, node.url("/v1/events"), Some(json!({"tenant_id": t, "type": "activation", "account": "acme"}))).await;
+        let (s, _) = send(
+            &http,
+            reqwest::Method::POST,
+            node.url("/v1/events"),
+            Some(json!({"tenant_id": t, "type": "activation", "account": "acme"})),
+        )
+        .await;
         assert_eq!(s, 202);
     }
     wait_for_async(WAIT, "the account's token failing", || async {
@@ -329,10 +437,19 @@ async fn rotation_reaches_events_already_queued() {
     assert!(partner.reports().is_empty());
     // A wrong new secret changes nothing.
     let rotate = |secret: &str| {
-        send(&http, reqwest::Method::PUT, node.url("/v1/accounts/acme/credentials"), Some(json!({"client_secret": secret})))
+        send(
+            &http,
+            reqwest::Method::PUT,
+            node.url("/v1/accounts/acme/credentials"),
+            Some(json!({"client_secret": secret})),
+        )
     };
     let (s, v) = rotate("still-wrong").await;
-    assert_eq!((s, v["error"]["field"].clone()), (422, json!("client_secret")), "{v}");
+    assert_eq!(
+        (s, v["error"]["field"].clone()),
+        (422, json!("client_secret")),
+        "{v}"
+    );
     // The right one: the queued events go out with it.
     let (s, v) = rotate(&new_secret).await;
     assert_eq!(s, 200, "{v}");
@@ -344,10 +461,21 @@ async fn rotation_reaches_events_already_queued() {
     // And after a restart, the stored (new) secret is the one used.
     let status = sigterm_and_wait(node.daemon).await;
     assert!(status.success());
-    let node = start(&home, &dir.path().join("store"), Some(&key), &dir.path().join("d2.log"));
+    let node = start(
+        &home,
+        &dir.path().join("store"),
+        Some(&key),
+        &dir.path().join("d2.log"),
+    );
     wait_ready(&http, node.port).await;
     let t = customers(&partner, 4)[3];
-    let (s, _) = send(&http, reqwest::Method::POST, node.url("/v1/events"), Some(json!({"tenant_id": t, "type": "activation", "account": "acme"}))).await;
+    let (s, _) = send(
+        &http,
+        reqwest::Method::POST,
+        node.url("/v1/events"),
+        Some(json!({"tenant_id": t, "type": "activation", "account": "acme"})),
+    )
+    .await;
     assert_eq!(s, 202);
     wait_for(WAIT, "delivered after the restart", || {
         partner.reports().iter().any(|r| r.tenant_id == t)
@@ -361,7 +489,12 @@ async fn removal_is_refused_with_events_and_forced_drops_them_and_retirement_wai
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("secret.key");
     keygen(&key);
-    let node = start(&home, &dir.path().join("store"), Some(&key), &dir.path().join("d.log"));
+    let node = start(
+        &home,
+        &dir.path().join("store"),
+        Some(&key),
+        &dir.path().join("d.log"),
+    );
     let http = reqwest::Client::new();
     wait_ready(&http, node.port).await;
     let tenants = customers(&partner, 3);
@@ -372,7 +505,14 @@ async fn removal_is_refused_with_events_and_forced_drops_them_and_retirement_wai
         let url = node.url("/v1/accounts");
         async move { send(&http, reqwest::Method::POST, url, Some(body)).await }
     };
-    let event = |body: Value| send(&http, reqwest::Method::POST, node.url("/v1/events"), Some(body));
+    let event = |body: Value| {
+        send(
+            &http,
+            reqwest::Method::POST,
+            node.url("/v1/events"),
+            Some(body),
+        )
+    };
 
     // Forced removal: events queued behind an outage are dropped, and said so.
     assert_eq!(add("gone").await.0, 201);
@@ -382,17 +522,48 @@ async fn removal_is_refused_with_events_and_forced_drops_them_and_retirement_wai
         ..Default::default()
     });
     for t in &tenants {
-        assert_eq!(event(json!({"tenant_id": t, "type": "activation", "account": "gone"})).await.0, 202);
+        assert_eq!(
+            event(json!({"tenant_id": t, "type": "activation", "account": "gone"}))
+                .await
+                .0,
+            202
+        );
     }
-    let (s, v) = send(&http, reqwest::Method::DELETE, node.url("/v1/accounts/gone"), None).await;
-    assert_eq!((s, v["error"]["code"].clone()), (409, json!("has_events")), "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("3 pending"), "{v}");
-    let (s, v) = send(&http, reqwest::Method::DELETE, node.url("/v1/accounts/gone?force=true"), None).await;
+    let (s, v) = send(
+        &http,
+        reqwest::Method::DELETE,
+        node.url("/v1/accounts/gone"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (409, json!("has_events")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 pending"),
+        "{v}"
+    );
+    let (s, v) = send(
+        &http,
+        reqwest::Method::DELETE,
+        node.url("/v1/accounts/gone?force=true"),
+        None,
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["dropped"]["pending_events"], 3, "{v}");
-    assert_eq!(get_json(&http, &node.url("/v1/status")).await["queue"]["depth"], 0);
+    assert_eq!(
+        get_json(&http, &node.url("/v1/status")).await["queue"]["depth"],
+        0
+    );
     assert_eq!(account_ids(&http, &node).await, ["default"]);
-    let (s, v) = event(json!({"tenant_id": tenants[0], "type": "activation", "account": "gone"})).await;
+    let (s, v) =
+        event(json!({"tenant_id": tenants[0], "type": "activation", "account": "gone"})).await;
     assert_eq!(s, 400, "{v}");
     partner.clear_faults();
 
@@ -421,25 +592,53 @@ async fn removal_is_refused_with_events_and_forced_drops_them_and_retirement_wai
     })
     .await;
     let a = get_json(&http, &node.url("/v1/accounts/parked")).await;
-    assert_eq!((a["retiring"].clone(), a["dead_letters"].clone()), (json!(true), json!(1)), "{a}");
+    assert_eq!(
+        (a["retiring"].clone(), a["dead_letters"].clone()),
+        (json!(true), json!(1)),
+        "{a}"
+    );
     // A retiring account takes no new events.
-    let (s, v) = event(json!({"tenant_id": tenants[2], "type": "activation", "account": "parked"})).await;
-    assert_eq!((s, v["error"]["code"].clone()), (409, json!("retiring")), "{v}");
+    let (s, v) =
+        event(json!({"tenant_id": tenants[2], "type": "activation", "account": "parked"})).await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (409, json!("retiring")),
+        "{v}"
+    );
     // Still there a while later; gone once the dead letter is purged.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(account_ids(&http, &node).await.contains(&"parked".to_string()));
-    let (s, _) = send(&http, reqwest::Method::DELETE, node.url(&format!("/v1/dead-letters/{id}")), None).await;
+    assert!(account_ids(&http, &node)
+        .await
+        .contains(&"parked".to_string()));
+    let (s, _) = send(
+        &http,
+        reqwest::Method::DELETE,
+        node.url(&format!("/v1/dead-letters/{id}")),
+        None,
+    )
+    .await;
     assert!(s == 200 || s == 204, "{s}");
-    wait_for_async(WAIT, "the parked account removed after the purge", || async {
-        account_ids(&http, &node).await == ["default"]
-    })
+    wait_for_async(
+        WAIT,
+        "the parked account removed after the purge",
+        || async { account_ids(&http, &node).await == ["default"] },
+    )
     .await;
     partner.clear_faults();
     // retire_account on the file's account, or on an activation, is refused.
     let (s, v) = event(json!({"tenant_id": tenants[2], "type": "deactivation", "account": "default", "retire_account": true})).await;
-    assert_eq!((s, v["error"]["code"].clone()), (409, json!("configured_in_file")), "{v}");
-    let (s, v) = event(json!({"tenant_id": tenants[2], "type": "activation", "retire_account": true})).await;
-    assert_eq!((s, v["error"]["field"].clone()), (400, json!("retire_account")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (409, json!("configured_in_file")),
+        "{v}"
+    );
+    let (s, v) =
+        event(json!({"tenant_id": tenants[2], "type": "activation", "retire_account": true})).await;
+    assert_eq!(
+        (s, v["error"]["field"].clone()),
+        (400, json!("retire_account")),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -457,16 +656,35 @@ async fn the_wrong_key_or_none_refuses_to_start_and_the_right_one_keeps_every_ac
         let node = start(&home, &store, None, &dir.path().join("d0.log"));
         wait_ready(&http, node.port).await;
         let client = partner.create_client(partner.root_tenant);
-        let (s, v) = send(&http, reqwest::Method::POST, node.url("/v1/accounts"), Some(add_body(&partner, "a", &client))).await;
-        assert_eq!((s, v["error"]["field"].clone()), (409, json!("store.secret_key_file")), "{v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains("statusd keygen"));
+        let (s, v) = send(
+            &http,
+            reqwest::Method::POST,
+            node.url("/v1/accounts"),
+            Some(add_body(&partner, "a", &client)),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["field"].clone()),
+            (409, json!("store.secret_key_file")),
+            "{v}"
+        );
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("statusd keygen"));
         assert!(sigterm_and_wait(node.daemon).await.success());
     }
     let node = start(&home, &store, Some(&key), &dir.path().join("d1.log"));
     wait_ready(&http, node.port).await;
     for id in ["a", "b"] {
         let client = partner.create_client(partner.root_tenant);
-        let (s, v) = send(&http, reqwest::Method::POST, node.url("/v1/accounts"), Some(add_body(&partner, id, &client))).await;
+        let (s, v) = send(
+            &http,
+            reqwest::Method::POST,
+            node.url("/v1/accounts"),
+            Some(add_body(&partner, id, &client)),
+        )
+        .await;
         assert_eq!(s, 201, "{v}");
     }
     assert!(sigterm_and_wait(node.daemon).await.success());

@@ -113,10 +113,7 @@ fn activate_of(q: &AddQuery) -> Result<Activate, ApiError> {
         Some(t) => Uuid::parse_str(t).map(Activate::Tenant).map_err(|_| {
             ApiError::invalid(
                 "activate",
-                format!(
-                    "expected true, false or a tenant UUID, got {:?}",
-                    clip(t)
-                ),
+                format!("expected true, false or a tenant UUID, got {:?}", clip(t)),
             )
         }),
     }
@@ -153,10 +150,9 @@ impl Body<'_> {
             Some(Value::String(s)) if s.trim().is_empty() => {
                 Err(ApiError::invalid(name, "is empty or blank"))
             }
-            Some(Value::String(s)) if s.chars().count() > max => Err(ApiError::invalid(
-                name,
-                format!("at most {max} characters"),
-            )),
+            Some(Value::String(s)) if s.chars().count() > max => {
+                Err(ApiError::invalid(name, format!("at most {max} characters")))
+            }
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(ApiError::invalid(name, "expected a string")),
         }
@@ -222,18 +218,18 @@ fn configured_in_file(id: &str) -> ApiError {
 /// A validation's failure as the API answers it.
 fn invalid(e: Invalid) -> ApiError {
     match e {
-        Invalid::Refused { field, message } => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_credentials", message)
-                .field(field)
-        }
+        Invalid::Refused { field, message } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_credentials",
+            message,
+        )
+        .field(field),
         Invalid::NotDatacenter(m) => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_a_datacenter", m)
                 .field("datacenter_url")
         }
-        Invalid::Timeout(m) => {
-            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "datacenter_timeout", m)
-                .field("datacenter_url")
-        }
+        Invalid::Timeout(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "datacenter_timeout", m)
+            .field("datacenter_url"),
         Invalid::Unavailable(m) => {
             ApiError::new(StatusCode::BAD_GATEWAY, "datacenter_unavailable", m)
                 .field("datacenter_url")
@@ -295,10 +291,12 @@ fn spec_of(b: &Body) -> Result<AccountSpec, ApiError> {
         "the partner's data-center URL, e.g. https://eu2-cloud.acronis.com",
     )?;
     let datacenter_url = crate::config::check_datacenter_url(&url).map_err(|m| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_a_datacenter", m).field("datacenter_url")
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_a_datacenter", m)
+            .field("datacenter_url")
     })?;
     let client_id = b.required("client_id", 256, "the partner's API client id")?;
-    let client_secret = Secret::new(b.required("client_secret", 4096, "the API client's secret")?);
+    let client_secret =
+        Secret::new(b.required("client_secret", 4096, "the API client's secret")?);
     let root_tenant_id = match b.text("root_tenant_id", 64)? {
         None => None,
         Some(t) => Some(Uuid::parse_str(&t).map_err(|_| {
@@ -350,15 +348,20 @@ pub(super) async fn add_account(
     let id = spec.id.clone();
     let taken = |state: &ApiState| -> Result<bool, ApiError> {
         Ok(state.accounts.get(&id).is_some()
-            || state.queue.stored_account(&id).map_err(store_error)?.is_some())
+            || state
+                .queue
+                .stored_account(&id)
+                .map_err(store_error)?
+                .is_some())
     };
     if taken(&state)? {
         return Err(exists(&id));
     }
     let secret = spec.client_secret.clone();
-    let mut account = state.accounts.build(spec).map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)
-    })?;
+    let mut account = state
+        .accounts
+        .build(spec)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
     // One attempt, answered: the partner is waiting for the verdict.
     let validated = account.client.validate().await.map_err(invalid)?;
     account.source = AccountSource::Store;
@@ -397,7 +400,11 @@ pub(super) async fn add_account(
     // In use before the write, so its activation is never taken for an unknown account.
     let shown = account.clone();
     let previous = state.accounts.insert(account);
-    let outcomes = match state.queue.write_account(AccountWrite::Add(record), events).await {
+    let outcomes = match state
+        .queue
+        .write_account(AccountWrite::Add(record), events)
+        .await
+    {
         Ok(o) => o,
         Err(e) => {
             state.accounts.restore(&id, previous);
@@ -444,7 +451,9 @@ pub(super) async fn rotate_credentials(
     let obj = body_object(&state, &headers, body).await?;
     let b = Body(&obj);
     b.only(&["client_id", "client_secret"])?;
-    let client_id = b.text("client_id", 256)?.unwrap_or_else(|| current.client_id.clone());
+    let client_id = b
+        .text("client_id", 256)?
+        .unwrap_or_else(|| current.client_id.clone());
     let secret = Secret::new(b.required("client_secret", 4096, "the API client's new secret")?);
     let key = key_of(&state)?.clone();
     let mut account = state

@@ -184,7 +184,11 @@ fn retiring(
     };
     let mut account: Option<String> = None;
     for (i, (v, ev)) in items.iter().zip(events).enumerate() {
-        let at = if is_array { format!("[{i}].") } else { String::new() };
+        let at = if is_array {
+            format!("[{i}].")
+        } else {
+            String::new()
+        };
         if !crate::event::retire_flag(v, &at)? {
             continue;
         }

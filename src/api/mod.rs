@@ -146,10 +146,7 @@ pub(super) fn store_error(e: crate::store::StoreError) -> ApiError {
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/accounts", get(list_accounts).post(add_account))
-        .route(
-            "/accounts/{id}",
-            get(get_account).delete(remove_account),
-        )
+        .route("/accounts/{id}", get(get_account).delete(remove_account))
         .route(
             "/accounts/{id}/credentials",
             axum::routing::put(rotate_credentials),

@@ -11,7 +11,8 @@ use super::args::{
 use super::client::{CallError, LocalApi};
 use super::table::{cell, clip, print_json, print_reconcile, print_status, print_table};
 use crate::api::answers::{
-    Accepted, AccountChanged, AccountRemoved, AccountsList, DeadLetters, EventView, Retried, Status, Tenants,
+    Accepted, AccountChanged, AccountRemoved, AccountsList, DeadLetters, EventView, Retried,
+    Status, Tenants,
 };
 use crate::config::Settings;
 use crate::event::IncomingEvent;
@@ -206,12 +207,26 @@ pub async fn accounts(settings: Settings, args: &AccountsArgs) -> ExitCode {
                 body["client_id"] = serde_json::json!(c);
             }
             let path = format!("/v1/accounts/{id}/credentials");
-            account_change(&settings, api, Method::PUT, &path, body, "credentials replaced").await
+            account_change(
+                &settings,
+                api,
+                Method::PUT,
+                &path,
+                body,
+                "credentials replaced",
+            )
+            .await
         }
         Some(AccountCommand::Remove { id, force, api }) => {
             let api = LocalApi::new(api, &settings);
-            let path = format!("/v1/accounts/{id}{}", if *force { "?force=true" } else { "" });
-            match api.call::<AccountRemoved>(Method::DELETE, &path, None).await {
+            let path = format!(
+                "/v1/accounts/{id}{}",
+                if *force { "?force=true" } else { "" }
+            );
+            match api
+                .call::<AccountRemoved>(Method::DELETE, &path, None)
+                .await
+            {
                 Ok((_, r)) => {
                     println!(
                         "account {} removed (dropped: {} pending event(s), {} dead letter(s), {} tenant state(s), {} inventory record(s))",
@@ -273,7 +288,10 @@ async fn account_change(
                 a.account.id,
                 a.account.datacenter,
                 cell(a.account.tenant_id),
-                a.account.tenant_name.as_deref().unwrap_or("name not readable")
+                a.account
+                    .tenant_name
+                    .as_deref()
+                    .unwrap_or("name not readable")
             );
             if let Some(act) = a.activation {
                 println!("activation queued: event {}", act.id);

@@ -318,10 +318,16 @@ mod tests {
             id: "default".into(),
             datacenter_url: "http://127.0.0.1:9".into(),
             datacenter: "127.0.0.1:9".into(),
+            client_id: "test".into(),
+            credentials: Default::default(),
             client,
             root_tenant_id: None,
             branding: None,
             branding_targets: None,
+            source: crate::accounts::AccountSource::File,
+            tenant_id: None,
+            tenant_name: None,
+            retiring: false,
         };
         Delivery::new(
             queue,

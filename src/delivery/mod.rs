@@ -179,10 +179,7 @@ impl Delivery {
                 return self.soon();
             }
         };
-        let Some(account) = self
-            .accounts
-            .of_event(batch.events[0].account.as_deref())
-        else {
+        let Some(account) = self.accounts.of_event(batch.events[0].account.as_deref()) else {
             let id = batch.events[0].account.as_deref().unwrap_or("default");
             let message =
                 format!("account {id:?} is not configured (statusd has no credentials for it)");

@@ -14,7 +14,10 @@ pub struct Validated {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalid {
     /// The data center refused them: the field at fault, and what to do.
-    Refused { field: &'static str, message: String },
+    Refused {
+        field: &'static str,
+        message: String,
+    },
     /// The URL is not a data center: nothing answers there, or not as one.
     NotDatacenter(String),
     /// No answer within `platform.request_timeout`.

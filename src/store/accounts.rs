@@ -109,10 +109,7 @@ impl Queue {
             extra.push((account_key(&id), Some(to_json(&record))));
             let (outcomes, wake) = core.write_events_with(w, events, extra)?;
             let _ = tx.send(outcomes);
-            Ok(Wrote {
-                count: 1,
-                wake,
-            })
+            Ok(Wrote { count: 1, wake })
         })
         .await?;
         rx.try_recv()

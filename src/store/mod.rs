@@ -86,12 +86,12 @@ mod open;
 mod records;
 mod tenants;
 
+pub use accounts::{AccountDropped, AccountEvents, AccountWrite, Removal, StoredAccount};
 use commit::*;
 use heads::*;
 use keys::*;
 use migrate::*;
 use open::*;
-pub use accounts::{AccountDropped, AccountEvents, AccountWrite, Removal, StoredAccount};
 pub use records::*;
 
 #[derive(Debug, Clone, Copy)]
