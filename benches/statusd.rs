@@ -2,7 +2,8 @@
 //! event, plain sled insert+flush, a plain sequential one-event-per-request client, what the
 //! sandbox itself absorbs). Figures are printed as tables; BENCHMARKS.md records them.
 //!
-//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint,accounts` runs some sections only;
+//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint,accounts,runtime` runs some
+//! sections only;
 //! `BENCH_BIG=N` sets the size of the large store (default 1 000 000 events).
 
 use std::io::Write;
@@ -992,6 +993,9 @@ async fn main() {
     if want("accounts") {
         accounts(dir).await;
     }
+    if want("runtime") {
+        runtime_accounts(dir).await;
+    }
 }
 
 /// A store filled with `n` events over `tenants`, each event for the account of its tenant.
@@ -1157,4 +1161,106 @@ async fn accounts(dir: &Path) {
             ms(thousand_ready)
         ),
     );
+}
+
+/// Section 8: accounts added at run time. The time to validate and add one through the real
+/// API against the sandbox (token, client record, tenant name, one durable write), and what
+/// 10 000 stored accounts cost: bytes in the store, the start of the real binary, its RSS.
+async fn runtime_accounts(dir: &Path) {
+    println!(
+        "\n8. accounts at run time: POST /v1/accounts against the sandbox; 10 000 stored accounts"
+    );
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let key = dir.join("runtime-secret.key");
+    let _ = std::fs::remove_file(&key);
+    statusd::vault::write_new_key(&key).unwrap();
+    let store = dir.join("runtime-accounts");
+    let _ = std::fs::remove_dir_all(&store);
+    let mut env = platform_env(&sb);
+    env.push(("STATUSD__STORE__SECRET_KEY_FILE", key.display().to_string()));
+    let http = reqwest::Client::new();
+    let d = Daemon::spawn(dir, &store, &env);
+    d.readyz(&http).await;
+    let n = 300;
+    let mut took = Vec::with_capacity(n);
+    for i in 0..n {
+        let (id, secret) = sb.create_client(sb.root_tenant);
+        let body = serde_json::json!({
+            "id": format!("rt-{i:05}"),
+            "datacenter_url": sb.url,
+            "client_id": id,
+            "client_secret": secret,
+        });
+        let t = Instant::now();
+        let r = http
+            .post(format!("{}/v1/accounts", d.api))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        took.push(t.elapsed());
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    took.sort();
+    row(
+        "validate and add one account (POST /v1/accounts)",
+        format!(
+            "p50 {} / p99 {}",
+            ms(percentile(&took, 0.5)),
+            ms(percentile(&took, 0.99))
+        ),
+        &format!("{n} in a row, sandbox on loopback: 3 platform calls and one flush each"),
+    );
+    d.stop();
+    // 10 000 accounts written straight into a store, as the API writes them.
+    let sealer =
+        statusd::vault::SecretKey::from_text(&std::fs::read_to_string(&key).unwrap()).unwrap();
+    for count in [200usize, 10_000] {
+        let store = dir.join(format!("runtime-{count}"));
+        let _ = std::fs::remove_dir_all(&store);
+        let empty = {
+            let q = Queue::open(&store, StoreOptions::default()).unwrap();
+            q.sync().await.unwrap();
+            drop(q);
+            dir_size(&store)
+        };
+        {
+            let q = Queue::open(&store, StoreOptions::default()).unwrap();
+            let now = statusd::store::now_ms();
+            for i in 0..count {
+                let id = format!("stored-{i:05}");
+                let record = statusd::store::StoredAccount {
+                    client_secret_sealed: sealer.seal(&id, &Uuid::new_v4().simple().to_string()),
+                    id,
+                    datacenter_url: sb.url.clone(),
+                    client_id: Uuid::new_v4().to_string(),
+                    credentials: "api_client".into(),
+                    root_tenant_id: None,
+                    tenant_id: Some(Uuid::new_v4()),
+                    tenant_name: Some(format!("Partner {i}")),
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                    retiring: false,
+                };
+                q.write_account(statusd::store::AccountWrite::Add(record), Vec::new())
+                    .await
+                    .unwrap();
+            }
+        }
+        let full = dir_size(&store);
+        let d = Daemon::spawn(dir, &store, &env);
+        let ready = d.ready();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (rss_now, _) = d.rss();
+        d.stop();
+        row(
+            &format!("{count} stored accounts"),
+            format!(
+                "{} on disk, {} B each",
+                mb(full.saturating_sub(empty)),
+                full.saturating_sub(empty) / count as u64
+            ),
+            &format!("start to READY {}; RSS {}", ms(ready), mb(rss_now)),
+        );
+    }
 }

@@ -318,21 +318,37 @@ impl Accounts {
             ));
         }
         let n = ready.len();
+        let builder = self
+            .builder
+            .as_ref()
+            .ok_or("these accounts cannot build clients")?;
+        let mut built = Vec::with_capacity(n);
         for (s, secret) in ready {
-            let mut account = self.build(AccountSpec {
+            let mut account = builder.account(AccountSpec {
                 id: s.id.clone(),
                 datacenter_url: s.datacenter_url.clone(),
                 client_id: s.client_id.clone(),
                 client_secret: secret,
                 credentials: Credentials::parse(&s.credentials).unwrap_or_default(),
                 root_tenant_id: s.root_tenant_id,
-            })?;
+            });
             account.source = AccountSource::Store;
             account.tenant_id = s.tenant_id;
             account.tenant_name = s.tenant_name.clone();
             account.retiring = s.retiring;
-            self.insert(account);
+            built.push(account);
         }
+        let datacenters: std::collections::BTreeSet<String> =
+            built.iter().map(|a| a.datacenter.clone()).collect();
+        builder
+            .metrics
+            .expose_datacenters(datacenters.iter().map(String::as_str));
+        // One swap of the map for all of them (not one copy of it per account).
+        self.change(|m| {
+            for a in built {
+                m.insert(a.id.clone(), Arc::new(a));
+            }
+        });
         Ok(n)
     }
 }
