@@ -65,6 +65,10 @@ pub enum Command {
     /// The partner accounts: list them (the default), show one, add one at run time (checked
     /// with its data center first), rotate its credentials, remove it.
     Accounts(AccountsArgs),
+    /// Operate on the store while no daemon holds it: verify (and repair) it, compact it (give
+    /// back the space sled holds), export it as JSON lines, import an export.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Write a new key for the secrets kept in the store (store.secret_key_file): 32 random
     /// bytes as base64, mode 0600; an existing file is never overwritten.
     Keygen {
@@ -238,6 +242,30 @@ pub enum AccountCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum StoreCommand {
+    /// Check every index against the records, the counters, the layout and the accounts'
+    /// secrets (exit 0 sound, 1 problems found, 2 cannot open).
+    Verify {
+        /// Rebuild indexes and counters from the event records (never deletes a record).
+        #[arg(long)]
+        repair: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy the live data into a fresh store and swap it in: the space sled holds is returned.
+    /// Crash-safe; refused when the free space cannot hold the copy.
+    Compact,
+    /// Write the whole state as JSON lines (format version 1), to stdout or --out.
+    Export {
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Build the store at store.path from an export; only where no store is.
+    Import { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

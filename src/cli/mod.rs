@@ -5,6 +5,7 @@
 mod args;
 mod client;
 mod commands;
+mod store;
 #[cfg(feature = "sandbox")]
 mod demo;
 mod table;
@@ -45,6 +46,14 @@ pub fn main(cli: Cli) -> ExitCode {
         "info,tokio_cron_scheduler=warn"
     };
     telemetry::init(cli.log_format, default_filter);
+    // A command whose output is piped into `head` ends quietly when the pipe closes, as other
+    // command-line tools do; the daemon itself keeps Rust's default (a closed pipe is an error).
+    if !matches!(cli.command, Command::Run(_)) {
+        // SAFETY: restoring the default disposition of a signal, before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,6 +97,15 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::DeadLetters(dl) => with_local(&cli, |s| commands::dead_letters(s, dl)).await,
         Command::Tenants(args) => with_local(&cli, |s| commands::tenants(s, args)).await,
         Command::Accounts(args) => with_local(&cli, |s| commands::accounts(s, args)).await,
+        Command::Store(cmd) => match load_settings(&cli, Purpose::Local) {
+            Ok(s) => {
+                let cmd = cmd.clone();
+                tokio::task::spawn_blocking(move || store::run(s, &cmd))
+                    .await
+                    .unwrap_or_else(|_| ExitCode::from(exit::ERROR))
+            }
+            Err(code) => code,
+        },
         Command::Keygen { file } => match crate::vault::write_new_key(file) {
             Ok(()) => {
                 eprintln!(

@@ -78,6 +78,8 @@ mod batches;
 mod commit;
 mod compact;
 mod control;
+mod copy;
+mod verify;
 mod dead;
 mod heads;
 mod keys;
@@ -92,7 +94,9 @@ use heads::*;
 use keys::*;
 use migrate::*;
 use open::*;
+pub use copy::{dir_size, free_space, import, Compacted, Moved, Progress, EXPORT_VERSION};
 pub use records::*;
+pub use verify::{Check, Offline, Verification};
 
 #[derive(Debug, Clone, Copy)]
 struct OldestSeen {
@@ -175,6 +179,7 @@ impl Queue {
     /// Open (or create) the store at `path`: migrate an older layout, rebuild each tenant's
     /// oldest pending event, and start the committer and flusher threads.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Queue, StoreError> {
+        copy::finish_interrupted(path)?;
         create_private_dir(path)?;
         let control = control::read(path)?;
         let (db, tree) = open_sled_checked(path, &options)?;

@@ -1,0 +1,252 @@
+//! `statusd store verify|compact|export|import`: operations on a store that no daemon holds.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::args::StoreCommand;
+use crate::config::Settings;
+use crate::exit;
+use crate::store::{Offline, StoreError};
+
+/// A progress line drawn in place on a terminal (nothing when stderr is not one).
+struct Bar {
+    what: &'static str,
+    on: bool,
+    last: std::time::Instant,
+}
+
+impl Bar {
+    fn new(what: &'static str) -> Bar {
+        Bar {
+            what,
+            on: std::io::stderr().is_terminal(),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn step(&mut self, done: u64, total: u64) {
+        if !self.on || (self.last.elapsed().as_millis() < 100 && done < total) {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        let line = if total > 0 {
+            let pct = (done.min(total) * 100 / total) as usize;
+            format!(
+                "{} [{}{}] {pct:>3}% {done}/{total}",
+                self.what,
+                "#".repeat(pct / 4),
+                " ".repeat(25 - pct / 4)
+            )
+        } else {
+            format!("{} {done}", self.what)
+        };
+        eprint!("\r\x1b[2K{line}");
+    }
+
+    fn done(&self) {
+        if self.on {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+fn refused(path: &Path, e: StoreError) -> ExitCode {
+    match e {
+        StoreError::Locked { .. } => eprintln!(
+            "statusd: the store at {} is in use by a running statusd: stop it first (store commands work on a store no daemon holds)",
+            path.display()
+        ),
+        other => eprintln!("statusd: {}: {other}", path.display()),
+    }
+    ExitCode::from(exit::FAILURE)
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+pub fn run(settings: Settings, cmd: &StoreCommand) -> ExitCode {
+    let path = settings.store.path.clone();
+    match cmd {
+        StoreCommand::Verify { repair, json } => verify(&settings, &path, *repair, *json),
+        StoreCommand::Compact => {
+            let store = match Offline::open(&path) {
+                Ok(s) => s,
+                Err(e) => return refused(&path, e),
+            };
+            let mut bar = Bar::new("copying");
+            match store.compact(|d, t| bar.step(d, t)) {
+                Ok(c) => {
+                    bar.done();
+                    println!(
+                        "compacted {}: {} keys copied in {} ms; {} before, {} after",
+                        path.display(),
+                        c.keys,
+                        c.took_ms,
+                        mb(c.bytes_before),
+                        mb(c.bytes_after)
+                    );
+                    ExitCode::from(exit::OK)
+                }
+                Err(e) => {
+                    bar.done();
+                    refused(&path, e)
+                }
+            }
+        }
+        StoreCommand::Export { out } => export(&path, out.as_deref()),
+        StoreCommand::Import { file } => import(&path, file),
+    }
+}
+
+fn verify(settings: &Settings, path: &Path, repair: bool, json: bool) -> ExitCode {
+    let store = match Offline::open(path) {
+        Ok(s) => s,
+        Err(e @ StoreError::Locked { .. }) => return refused(path, e),
+        Err(e) => {
+            eprintln!("statusd: cannot open the store at {}: {e}", path.display());
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    let v = match store.verify(settings.store.secret_key.as_ref(), repair) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("statusd: cannot read the store at {}: {e}", path.display());
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    // After a repair, what is left is checked again.
+    let after = if repair && !v.repaired.is_empty() {
+        match store.verify(settings.store.secret_key.as_ref(), false) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("statusd: cannot read the store at {}: {e}", path.display());
+                return ExitCode::from(exit::ERROR);
+            }
+        }
+    } else {
+        None
+    };
+    if json {
+        let doc = serde_json::json!({"found": v, "after_repair": after});
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        println!("store {}", path.display());
+        for c in &v.checks {
+            let verdict = if c.problems.is_empty() { "ok" } else { "PROBLEMS" };
+            println!("  {:<28} {:>10} checked  {verdict}", c.name, c.checked);
+            for p in &c.problems {
+                println!("      - {p}");
+            }
+        }
+        for u in &v.unrepairable {
+            println!("  NOT REPAIRABLE: {u}");
+        }
+        for r in &v.repaired {
+            println!("  repaired: {r}");
+        }
+    }
+    let final_state = after.as_ref().unwrap_or(&v);
+    if final_state.sound() {
+        if !json {
+            println!("sound");
+        }
+        ExitCode::from(exit::OK)
+    } else {
+        if !json {
+            println!(
+                "problems found{}",
+                if repair { "" } else { " (statusd store verify --repair rebuilds indexes and counters from the records)" }
+            );
+        }
+        ExitCode::from(exit::FAILURE)
+    }
+}
+
+fn export(path: &Path, out: Option<&Path>) -> ExitCode {
+    let store = match Offline::open(path) {
+        Ok(s) => s,
+        Err(e) => return refused(path, e),
+    };
+    let started = std::time::Instant::now();
+    let mut bar = Bar::new("exporting");
+    let result = match out {
+        Some(file) => {
+            // Written beside its place and renamed, so a failed export leaves no half file.
+            let tmp = file.with_extension("partial");
+            let f = match std::fs::File::create(&tmp) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("statusd: cannot create {}: {e}", tmp.display());
+                    return ExitCode::from(exit::FAILURE);
+                }
+            };
+            let mut w = std::io::BufWriter::new(f);
+            let r = store.export(&mut w, |d, t| bar.step(d, t));
+            let r = r.and_then(|m| {
+                let f = w.into_inner().map_err(|e| StoreError::Write(e.to_string()))?;
+                f.sync_all().map_err(|e| StoreError::Write(e.to_string()))?;
+                std::fs::rename(&tmp, file).map_err(|e| StoreError::Write(e.to_string()))?;
+                Ok(m)
+            });
+            if r.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            r
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            store.export(&mut w, |d, t| bar.step(d, t))
+        }
+    };
+    bar.done();
+    match result {
+        Ok(m) => {
+            eprintln!(
+                "exported {} events ({} pending, {} dead) in {} lines, {} ms",
+                m.events,
+                m.pending,
+                m.dead,
+                m.lines,
+                started.elapsed().as_millis()
+            );
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => refused(path, e),
+    }
+}
+
+fn import(path: &Path, file: &PathBuf) -> ExitCode {
+    let started = std::time::Instant::now();
+    let input = match std::fs::File::open(file) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("statusd: cannot open {}: {e}", file.display());
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let mut reader = std::io::BufReader::new(input);
+    let mut bar = Bar::new("importing");
+    let result = crate::store::import(path, &mut reader, |d, t| bar.step(d, t));
+    bar.done();
+    match result {
+        Ok(m) => {
+            println!(
+                "imported {} events ({} pending, {} dead) from {} into {} in {} ms",
+                m.events,
+                m.pending,
+                m.dead,
+                file.display(),
+                path.display(),
+                started.elapsed().as_millis()
+            );
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("statusd: import of {} refused, nothing was written: {e}", file.display());
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}

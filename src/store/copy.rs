@@ -1,0 +1,510 @@
+//! Copies of a whole store: `statusd store compact` (a fresh copy swapped in with renames, so
+//! the space sled holds is returned), and `export` / `import` (the whole state as JSON lines).
+//!
+//! Compaction is crash-safe: the copy is made in `<store>.compact-tmp`, a `COMPLETE` marker is
+//! written (and synced) once it is whole, then `<store>` is renamed to `<store>.compact-old`
+//! and the copy to `<store>`. Whatever point a kill stops it at, the next open
+//! ([`finish_interrupted`]) either finishes the swap (the copy was whole) or removes the copy
+//! (the original is untouched).
+
+use std::io::{BufRead, Write};
+
+use super::*;
+
+const MARKER: &str = "COMPLETE";
+
+/// `<store>.<suffix>` beside the store.
+pub(super) fn sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    path.with_file_name(name)
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Write(format!("{what} {}: {e}", path.display()))
+}
+
+fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("cannot sync", dir, e))
+}
+
+/// A test hook: `STATUSD_FAILPOINT=<name>` makes the process stop dead at that point, as a
+/// kill would.
+fn failpoint(name: &str) {
+    if std::env::var("STATUSD_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name}: stopping here");
+        std::process::abort();
+    }
+}
+
+/// Finish or undo a compaction or import that was stopped half-way.
+pub fn finish_interrupted(path: &Path) -> Result<(), StoreError> {
+    let tmp = sibling(path, "compact-tmp");
+    let old = sibling(path, "compact-old");
+    let complete = tmp.join(MARKER).exists();
+    if !path.exists() && complete {
+        // Stopped between the two renames: the copy is whole, put it in place.
+        std::fs::rename(&tmp, path).map_err(|e| io("cannot rename", &tmp, e))?;
+        sync_dir(path)?;
+        tracing::warn!(message = "finished a compaction that was interrupted", path = %path.display());
+    }
+    if path.join(MARKER).exists() {
+        std::fs::remove_file(path.join(MARKER)).map_err(|e| io("cannot remove", path, e))?;
+    }
+    if tmp.exists() {
+        // A copy that was not swapped in (whole or not): the store in place is the original.
+        std::fs::remove_dir_all(&tmp).map_err(|e| io("cannot remove", &tmp, e))?;
+    }
+    if old.exists() && path.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| io("cannot remove", &old, e))?;
+    }
+    if !path.exists() && old.exists() {
+        // Only the original is left (the copy never became whole): put it back.
+        std::fs::rename(&old, path).map_err(|e| io("cannot rename", &old, e))?;
+        sync_dir(path)?;
+    }
+    let import = sibling(path, "import-tmp");
+    if import.exists() {
+        std::fs::remove_dir_all(&import).map_err(|e| io("cannot remove", &import, e))?;
+    }
+    Ok(())
+}
+
+/// Bytes of the files under `path`.
+pub fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Bytes free for this process in the file system of `path`.
+pub fn free_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `s` a statvfs the call fills in.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    (rc == 0).then(|| s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+/// How a long copy shows its progress.
+pub trait Progress {
+    fn step(&mut self, done: u64, total: u64);
+}
+
+impl<F: FnMut(u64, u64)> Progress for F {
+    fn step(&mut self, done: u64, total: u64) {
+        self(done, total)
+    }
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Compacted {
+    pub keys: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub took_ms: u64,
+}
+
+/// Keys copied per batch.
+const COPY_CHUNK: usize = 10_000;
+
+impl Offline {
+    /// Live bytes: the keys and values the store holds.
+    fn live(&self) -> Result<(u64, u64), StoreError> {
+        let mut keys = 0;
+        let mut bytes = 0;
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            keys += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        Ok((keys, bytes))
+    }
+
+    /// Copy the live data into a fresh store beside this one and swap it in.
+    pub fn compact(self, mut progress: impl Progress) -> Result<Compacted, StoreError> {
+        let started = std::time::Instant::now();
+        let path = self.path.clone();
+        let before = dir_size(&path);
+        let (total, live) = self.live()?;
+        // sled writes each page at least once more than its data, and keeps some segments
+        // free: ask for twice the live bytes and a margin.
+        let needed = live.saturating_mul(2) + (16 << 20);
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if let Some(free) = free_space(parent) {
+            if free < needed {
+                return Err(StoreError::Write(format!(
+                    "not enough free space to compact: the copy needs about {} MB in {}, {} MB are free (the store is unchanged)",
+                    needed >> 20,
+                    parent.display(),
+                    free >> 20
+                )));
+            }
+        }
+        let tmp = sibling(&path, "compact-tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| io("cannot remove", &tmp, e))?;
+        }
+        create_private_dir(&tmp)?;
+        {
+            let (db, tree) = open_sled_checked(&tmp, &StoreOptions::default())?;
+            let mut done = 0u64;
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0;
+            for item in self.tree.iter() {
+                let (k, v) = item?;
+                batch.insert(k, v);
+                in_batch += 1;
+                done += 1;
+                if in_batch == COPY_CHUNK {
+                    tree.apply_batch(std::mem::take(&mut batch))?;
+                    in_batch = 0;
+                    progress.step(done, total);
+                }
+            }
+            tree.apply_batch(batch)?;
+            progress.step(done, total);
+            db.flush()?;
+            failpoint("compact-copied");
+        }
+        // The control file goes with the data (identity, durable sequence, clean close).
+        let control = path.join(control::CONTROL_FILE);
+        if control.exists() {
+            std::fs::copy(&control, tmp.join(control::CONTROL_FILE))
+                .map_err(|e| io("cannot copy", &control, e))?;
+        }
+        let marker = tmp.join(MARKER);
+        std::fs::File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("cannot write", &marker, e))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("cannot sync", &tmp, e))?;
+        failpoint("compact-marked");
+        let Offline { db, tree, .. } = self;
+        drop(tree);
+        drop(db);
+        let old = sibling(&path, "compact-old");
+        std::fs::rename(&path, &old).map_err(|e| io("cannot rename", &path, e))?;
+        sync_dir(&path)?;
+        failpoint("compact-half-swapped");
+        std::fs::rename(&tmp, &path).map_err(|e| io("cannot rename", &tmp, e))?;
+        sync_dir(&path)?;
+        failpoint("compact-swapped");
+        std::fs::remove_file(path.join(MARKER)).map_err(|e| io("cannot remove", &path, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| io("cannot remove", &old, e))?;
+        Ok(Compacted {
+            keys: total,
+            bytes_before: before,
+            bytes_after: dir_size(&path),
+            took_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+}
+
+// Export and import --------------------------------------------------------------------------
+
+/// The format's name and version, on the first line of an export.
+pub const EXPORT_FORMAT: &str = "statusd-store";
+pub const EXPORT_VERSION: u64 = 1;
+
+/// One line of an export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Line {
+    Header {
+        format: String,
+        version: u64,
+        store_id: Uuid,
+        layout: u64,
+        exported_at: String,
+    },
+    /// An event in any state: its record, where it waits (pending), whether it is dead, and
+    /// when it was delivered.
+    Event {
+        record: EventRecord,
+        #[serde(default)]
+        pending: bool,
+        #[serde(default)]
+        dead: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delivered_at_ms: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delivered_attempts: Option<u32>,
+    },
+    Idempotency {
+        key: String,
+        event: Uuid,
+        accepted_at_ms: i64,
+    },
+    Tenant {
+        state: TenantState,
+    },
+    Inventory {
+        tenant: InventoryTenant,
+    },
+    /// An account added at run time, its secret still sealed.
+    Account {
+        account: StoredAccount,
+    },
+    /// A named document (reconcilers' state), as JSON.
+    Document {
+        name: String,
+        value: serde_json::Value,
+    },
+    /// The last line: how many lines came before it, so a cut-off file is refused.
+    End {
+        lines: u64,
+    },
+}
+
+/// Counters of an export or import.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Moved {
+    pub events: u64,
+    pub pending: u64,
+    pub dead: u64,
+    pub lines: u64,
+}
+
+/// Metadata names that are not documents: recomputed on import.
+const COUNTER_NAMES: [&str; 5] = ["schema", "seq", "depth", "dead", "store_id"];
+
+impl Offline {
+    /// Write the whole state as JSON lines.
+    pub fn export(&self, out: &mut dyn Write, mut progress: impl Progress) -> Result<Moved, StoreError> {
+        let t = &self.tree;
+        let total = t.scan_prefix([b'e']).count() as u64;
+        let mut moved = Moved::default();
+        let mut write = |line: &Line, moved: &mut Moved| -> Result<(), StoreError> {
+            serde_json::to_writer(&mut *out, line).map_err(|e| StoreError::Write(format!("export: {e}")))?;
+            out.write_all(b"\n").map_err(|e| StoreError::Write(format!("export: {e}")))?;
+            moved.lines += 1;
+            Ok(())
+        };
+        let store_id = t
+            .get(meta_key("store_id"))?
+            .map(|v| uuid_from(&v))
+            .transpose()?
+            .unwrap_or_else(Uuid::new_v4);
+        write(
+            &Line::Header {
+                format: EXPORT_FORMAT.into(),
+                version: EXPORT_VERSION,
+                store_id,
+                layout: SCHEMA_VERSION,
+                exported_at: chrono::Utc::now().to_rfc3339(),
+            },
+            &mut moved,
+        )?;
+        // Events in queue order first (pending, by tenant and seq), then the rest by id.
+        let mut done: HashSet<Uuid> = HashSet::new();
+        for item in t.scan_prefix([b'p']) {
+            let (_, v) = item?;
+            let id = uuid_from(&v)?;
+            if let Some(record) = self.record(&id)? {
+                moved.pending += 1;
+                moved.events += 1;
+                done.insert(id);
+                write(&Line::Event { record, pending: true, dead: false, delivered_at_ms: None, delivered_attempts: None }, &mut moved)?;
+            }
+        }
+        for item in t.scan_prefix([b'e']) {
+            let (k, v) = item?;
+            let id = uuid_from(&k[1..])?;
+            if done.contains(&id) {
+                continue;
+            }
+            let record: EventRecord = from_json(&v)?;
+            let dead = t.get(dead_key(&id))?.is_some();
+            let (at, attempts) = match t.get(delivered_marker_key(&id))? {
+                Some(m) if m.len() == 12 => (
+                    Some(i64::from_be_bytes(m[..8].try_into().expect("8 bytes"))),
+                    Some(u32::from_be_bytes(m[8..].try_into().expect("4 bytes"))),
+                ),
+                _ => (None, None),
+            };
+            moved.events += 1;
+            moved.dead += u64::from(dead);
+            write(&Line::Event { record, pending: false, dead, delivered_at_ms: at, delivered_attempts: attempts }, &mut moved)?;
+            if moved.events % 10_000 == 0 {
+                progress.step(moved.events, total);
+            }
+        }
+        progress.step(moved.events, total);
+        for item in t.scan_prefix([b'i']) {
+            let (k, v) = item?;
+            let accepted_at_ms = v.get(16..24).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes).unwrap_or(0);
+            write(&Line::Idempotency { key: String::from_utf8_lossy(&k[1..]).into_owned(), event: idem_target(&v)?, accepted_at_ms }, &mut moved)?;
+        }
+        for item in t.scan_prefix([b't']) {
+            write(&Line::Tenant { state: from_json(&item?.1)? }, &mut moved)?;
+        }
+        for item in t.scan_prefix([b'n']) {
+            write(&Line::Inventory { tenant: from_json(&item?.1)? }, &mut moved)?;
+        }
+        for item in t.scan_prefix([b'a']) {
+            write(&Line::Account { account: from_json(&item?.1)? }, &mut moved)?;
+        }
+        for item in t.scan_prefix([b'm']) {
+            let (k, v) = item?;
+            let name = String::from_utf8_lossy(&k[1..]).into_owned();
+            if COUNTER_NAMES.contains(&name.as_str()) {
+                continue;
+            }
+            if let Ok(value) = serde_json::from_slice(&v) {
+                write(&Line::Document { name, value }, &mut moved)?;
+            }
+        }
+        let lines = moved.lines;
+        write(&Line::End { lines }, &mut moved)?;
+        out.flush().map_err(|e| StoreError::Write(format!("export: {e}")))?;
+        Ok(moved)
+    }
+
+    fn record(&self, id: &Uuid) -> Result<Option<EventRecord>, StoreError> {
+        self.tree.get(event_key(id))?.map(|v| from_json(&v)).transpose()
+    }
+}
+
+/// Import an export into a new store at `path` (which must not hold one): built beside it in
+/// `<store>.import-tmp`, then renamed into place, so a failed import leaves nothing behind.
+pub fn import(path: &Path, input: &mut dyn BufRead, mut progress: impl Progress) -> Result<Moved, StoreError> {
+    finish_interrupted(path)?;
+    if path.exists() && std::fs::read_dir(path).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(StoreError::Write(format!(
+            "{} is not empty: import only into a new store (move the old one away first)",
+            path.display()
+        )));
+    }
+    let tmp = sibling(path, "import-tmp");
+    let result = import_into(&tmp, input, &mut progress);
+    match result {
+        Ok(moved) => {
+            if path.exists() {
+                std::fs::remove_dir(path).map_err(|e| io("cannot replace", path, e))?;
+            }
+            std::fs::rename(&tmp, path).map_err(|e| io("cannot rename", &tmp, e))?;
+            sync_dir(path)?;
+            Ok(moved)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn bad(line: u64, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("line {line}: {what}"))
+}
+
+fn import_into(tmp: &Path, input: &mut dyn BufRead, progress: &mut dyn Progress) -> Result<Moved, StoreError> {
+    create_private_dir(tmp)?;
+    let (db, tree) = open_sled_checked(tmp, &StoreOptions::default())?;
+    let mut moved = Moved::default();
+    let mut seq = 0u64;
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0usize;
+    let mut store_id = None;
+    let mut ended = false;
+    let mut text = String::new();
+    loop {
+        text.clear();
+        let n = input.read_line(&mut text).map_err(|e| StoreError::Write(format!("import: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        let number = moved.lines + 1;
+        if ended {
+            return Err(bad(number, "a line after the end line"));
+        }
+        let line: Line = serde_json::from_str(text.trim_end()).map_err(|e| bad(number, format!("not a line of a statusd export ({e})")))?;
+        match line {
+            Line::Header { format, version, store_id: id, .. } => {
+                if number != 1 || format != EXPORT_FORMAT {
+                    return Err(bad(number, "not a statusd store export"));
+                }
+                if version != EXPORT_VERSION {
+                    return Err(bad(number, format!("export format version {version}; this statusd reads version {EXPORT_VERSION}")));
+                }
+                store_id = Some(id);
+            }
+            _ if store_id.is_none() => return Err(bad(number, "no header: not a statusd store export")),
+            Line::Event { record, pending, dead, delivered_at_ms, delivered_attempts } => {
+                let id = record.id;
+                seq = seq.max(record.seq);
+                if pending {
+                    batch.insert(pending_key(&record.tenant_id, record.seq), id.as_bytes().as_slice());
+                    moved.pending += 1;
+                }
+                if dead {
+                    batch.insert(dead_key(&id), &[]);
+                    moved.dead += 1;
+                }
+                if let Some(at) = delivered_at_ms {
+                    batch.insert(delivered_marker_key(&id), delivered_marker(at, delivered_attempts.unwrap_or(1)));
+                    batch.insert(delivered_key(at, &id), &[]);
+                }
+                batch.insert(event_key(&id), to_json(&record));
+                moved.events += 1;
+            }
+            Line::Idempotency { key, event, accepted_at_ms } => {
+                let mut v = event.as_bytes().to_vec();
+                v.extend_from_slice(&accepted_at_ms.to_be_bytes());
+                batch.insert(idem_key(&key), v);
+                batch.insert(idem_expiry_key(accepted_at_ms, &key), &[]);
+            }
+            Line::Tenant { state } => batch.insert(tenant_key(&state.tenant_id), to_json(&state)),
+            Line::Inventory { tenant } => batch.insert(inventory_key(&tenant.id), to_json(&tenant)),
+            Line::Account { account } => batch.insert(super::accounts::account_key(&account.id), to_json(&account)),
+            Line::Document { name, value } => batch.insert(meta_key(&name), to_json(&value)),
+            Line::End { lines } => {
+                if lines != moved.lines {
+                    return Err(bad(number, format!("the end line counts {lines} lines, {} came before it: the file is not whole", moved.lines)));
+                }
+                ended = true;
+            }
+        }
+        moved.lines += 1;
+        in_batch += 1;
+        if in_batch >= COPY_CHUNK {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            in_batch = 0;
+            progress.step(moved.events, 0);
+        }
+    }
+    if !ended {
+        return Err(StoreError::Corrupt(format!(
+            "the export ends after {} lines without its end line: the file is cut off",
+            moved.lines
+        )));
+    }
+    let store_id = store_id.expect("a header was read");
+    batch.insert(meta_key("schema"), &SCHEMA_VERSION.to_be_bytes());
+    batch.insert(meta_key("seq"), &seq.to_be_bytes());
+    batch.insert(meta_key("depth"), &moved.pending.to_be_bytes());
+    batch.insert(meta_key("dead"), &moved.dead.to_be_bytes());
+    batch.insert(meta_key("store_id"), store_id.as_bytes().as_slice());
+    tree.apply_batch(batch)?;
+    progress.step(moved.events, moved.events);
+    db.flush()?;
+    drop(tree);
+    drop(db);
+    control::write(tmp, &control::Control::new(store_id, seq, true))
+        .map_err(|e| io("cannot write the control file of", tmp, e))?;
+    Ok(moved)
+}
