@@ -183,6 +183,12 @@ pub async fn start(
     let delivery_task = tokio::spawn(delivery.clone().run(stop_delivery.clone()));
     let reopen = CancellationToken::new();
     let (stop_background, mut background) = start_background(&queue, &settings.store.path, &reopen);
+    queue.set_max_size(settings.store.max_size);
+    background.push(tokio::spawn(bound_loop(
+        queue.clone(),
+        metrics.clone(),
+        stop_background.clone(),
+    )));
     background.push(tokio::spawn(crate::accounts::retirement_loop(
         queue.clone(),
         accounts.clone(),
@@ -321,6 +327,31 @@ async fn compaction_loop(queue: Queue, stop: CancellationToken) {
 
 /// While the store cannot write, try a write of 1 MiB (with fsync) in its directory every
 /// second; once one works (space is back), ask for a restart through `reopen`.
+/// Check `store.max_size` once a second.
+async fn bound_loop(queue: Queue, metrics: Arc<Metrics>, stop: CancellationToken) {
+    use crate::store::BoundState;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        match queue.check_bound().await {
+            Ok(BoundState::Unbounded) => return,
+            Ok(BoundState::Reached { size, max }) => tracing::error!(
+                message = "the store reached store.max_size: intake answers 507 until delivery frees room; delivered events are compacted away at once",
+                size_bytes = size,
+                max_bytes = max
+            ),
+            Ok(BoundState::Resumed { size }) => {
+                tracing::info!(message = "the store has room again: intake resumes", size_bytes = size)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(message = "cannot check the store's bound", error = %e),
+        }
+        metrics.store_full.set(i64::from(queue.is_full()));
+    }
+}
+
 async fn store_write_monitor(
     queue: Queue,
     dir: std::path::PathBuf,

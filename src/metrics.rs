@@ -34,6 +34,7 @@ pub struct Metrics {
     /// Not in the spec's list: 0 while the store cannot write (a full disk), until it is
     /// opened again.
     pub store_writable: Gauge,
+    pub store_full: Gauge,
     /// By `datacenter`.
     pub platform_up: Family<Label, Gauge>,
     /// By `outcome` and `datacenter`.
@@ -196,6 +197,12 @@ impl Metrics {
             Gauge::default(),
         );
         store_writable.set(1);
+        let store_full = reg(
+            &mut r,
+            "statusd_store_full",
+            "1 while the store is at store.max_size (intake answers 507 store_full)",
+            Gauge::default(),
+        );
         let platform_up = reg(
             &mut r,
             "statusd_platform_up",
@@ -272,6 +279,7 @@ impl Metrics {
             dead_letters,
             store_size,
             store_writable,
+            store_full,
             platform_up,
             token_refreshes,
             accounts,

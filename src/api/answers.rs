@@ -190,6 +190,9 @@ pub struct Status {
     /// Why the store cannot write, while it cannot (intake answers 503, delivery pauses).
     #[serde(default)]
     pub store_write_error: Option<String>,
+    /// The store is at `store.max_size`: intake answers 507 until delivery frees room.
+    #[serde(default)]
+    pub store_full: bool,
     pub queue: QueueStatus,
     pub delivery: Option<DeliverySnapshot>,
     pub platform: PlatformStatus,

@@ -17,6 +17,13 @@ pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
         )
             .into_response();
     }
+    if state.queue.is_full() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unready", "failing": "store_full", "error": "the store is at store.max_size; intake resumes once delivery frees room"})),
+        )
+            .into_response();
+    }
     if !state.queue.healthy() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -46,6 +53,10 @@ pub fn refresh_gauges(state: &ApiState) {
         .metrics
         .store_writable
         .set(i64::from(state.queue.write_error().is_none()));
+    state
+        .metrics
+        .store_full
+        .set(i64::from(state.queue.is_full()));
     state
         .metrics
         .store_size

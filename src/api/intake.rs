@@ -17,6 +17,14 @@ pub(super) async fn post_events(
             "statusd is shutting down; retry against the next instance",
         ));
     }
+    if state.queue.is_full() {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "store_full",
+            "the store is at its bound (store.max_size): nothing was stored; intake resumes by itself once delivery frees room",
+        )
+        .field("store.max_size"));
+    }
     require_json_body(&headers)?;
     let value = tokio::time::timeout(state.read_timeout, read_json(body))
         .await

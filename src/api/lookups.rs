@@ -73,8 +73,11 @@ pub async fn status_report(state: &ApiState) -> Status {
     };
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        accepting: state.accepting.load(Ordering::Acquire) && state.queue.write_error().is_none(),
+        accepting: state.accepting.load(Ordering::Acquire)
+            && state.queue.write_error().is_none()
+            && !state.queue.is_full(),
         store_write_error: state.queue.write_error(),
+        store_full: state.queue.is_full(),
         queue: QueueStatus {
             depth: q.depth,
             in_flight: q.in_flight,

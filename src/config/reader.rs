@@ -133,6 +133,32 @@ impl Reader {
         }
     }
 
+    /// A size such as `"2GB"`, `"500MB"`, `"1GiB"` or a number of bytes.
+    fn size(&mut self, key: &str) -> Option<u64> {
+        let text = match self.raw(key)? {
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s,
+            other => {
+                self.problem(key, format!("expected a size such as \"2GB\", got {}", kind_of(&other)));
+                return None;
+            }
+        };
+        match parse_size(&text) {
+            Some(n) if n >= 1 << 20 => Some(n),
+            Some(_) => {
+                self.problem(key, format!("{text:?} is below 1 MiB: the store could take no event"));
+                None
+            }
+            None => {
+                self.problem(
+                    key,
+                    format!("not a size: {text:?} (expected e.g. \"2GB\", \"500MB\", \"1GiB\" or a number of bytes)"),
+                );
+                None
+            }
+        }
+    }
+
     /// The key of `store.secret_key_file`, or of the systemd credential `secret_key`.
     fn secret_key(&mut self) -> (Option<PathBuf>, Option<crate::vault::SecretKey>) {
         const KEY: &str = "store.secret_key_file";
@@ -222,6 +248,7 @@ impl Reader {
             accept_damaged: false,
             secret_key_file: None,
             secret_key: None,
+            max_size: self.size("store.max_size"),
         };
         let (secret_key_file, secret_key) = self.secret_key();
         let store = StoreSettings {
@@ -694,6 +721,29 @@ pub fn validate_cron(text: &str) -> Result<(), String> {
     tokio_cron_scheduler::Job::new_async(text, |_, _| Box::pin(async {}))
         .map(|_| ())
         .map_err(|e| format!("not a cron schedule: {text:?} ({e})"))
+}
+
+/// Bytes of a size text: a number with an optional unit (B, KB, MB, GB, TB in powers of 1000;
+/// KiB, MiB, GiB, TiB in powers of 1024).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "tb" | "t" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = number * factor;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < 1e19).then_some(bytes as u64)
 }
 
 /// A data center's URL as statusd uses it: https (http only for a loopback address, since the

@@ -92,6 +92,8 @@ pub struct StoreSettings {
     /// `statusd run --accept-damaged-store`: not a setting of the file, a decision per start.
     #[serde(skip)]
     pub accept_damaged: bool,
+    /// The bound on the size of the store's files, in bytes (none by default).
+    pub max_size: Option<u64>,
     /// Where the key that seals secrets kept in the store was read from (the file, or the
     /// systemd credential `secret_key`).
     pub secret_key_file: Option<PathBuf>,

@@ -48,7 +48,7 @@ impl Core {
             .collect()
     }
 
-    fn compact_delivered(&self, cutoff_ms: i64) -> Result<Wrote, StoreError> {
+    pub(super) fn compact_delivered(&self, cutoff_ms: i64) -> Result<Wrote, StoreError> {
         let keys = self.keys_before(b'c', cutoff_ms)?;
         let mut b = sled::Batch::default();
         for k in &keys {

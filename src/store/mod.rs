@@ -75,6 +75,7 @@ pub enum StoreError {
 
 mod accounts;
 mod batches;
+mod bound;
 mod commit;
 mod compact;
 mod control;
@@ -95,6 +96,7 @@ use keys::*;
 use migrate::*;
 use open::*;
 pub use copy::{dir_size, free_space, import, Compacted, Moved, Progress, EXPORT_VERSION};
+pub use bound::BoundState;
 pub use records::*;
 pub use verify::{Check, Offline, Verification};
 
@@ -140,6 +142,7 @@ struct Core {
     woken: Mutex<HashSet<TenantId>>,
     wake: Notify,
     options: StoreOptions,
+    bound: bound::Bound,
 }
 
 struct Inner {
@@ -208,6 +211,7 @@ impl Queue {
             woken: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             options,
+            bound: Default::default(),
         })
     }
 
