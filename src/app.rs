@@ -325,8 +325,6 @@ async fn compaction_loop(queue: Queue, stop: CancellationToken) {
     }
 }
 
-/// While the store cannot write, try a write of 1 MiB (with fsync) in its directory every
-/// second; once one works (space is back), ask for a restart through `reopen`.
 /// Check `store.max_size` once a second.
 async fn bound_loop(queue: Queue, metrics: Arc<Metrics>, stop: CancellationToken) {
     use crate::store::BoundState;
@@ -352,6 +350,8 @@ async fn bound_loop(queue: Queue, metrics: Arc<Metrics>, stop: CancellationToken
     }
 }
 
+/// While the store cannot write, try a write of 1 MiB (with fsync) in its directory every
+/// second; once one works (space is back), ask for a restart through `reopen`.
 async fn store_write_monitor(
     queue: Queue,
     dir: std::path::PathBuf,

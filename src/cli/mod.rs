@@ -5,9 +5,9 @@
 mod args;
 mod client;
 mod commands;
-mod store;
 #[cfg(feature = "sandbox")]
 mod demo;
+mod store;
 mod table;
 
 use std::process::ExitCode;

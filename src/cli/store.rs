@@ -30,8 +30,8 @@ impl Bar {
             return;
         }
         self.last = std::time::Instant::now();
-        let line = if total > 0 {
-            let pct = (done.min(total) * 100 / total) as usize;
+        let line = if let Some(pct) = (done.min(total) * 100).checked_div(total) {
+            let pct = pct as usize;
             format!(
                 "{} [{}{}] {pct:>3}% {done}/{total}",
                 self.what,
@@ -134,7 +134,11 @@ fn verify(settings: &Settings, path: &Path, repair: bool, json: bool) -> ExitCod
     } else {
         println!("store {}", path.display());
         for c in &v.checks {
-            let verdict = if c.problems.is_empty() { "ok" } else { "PROBLEMS" };
+            let verdict = if c.problems.is_empty() {
+                "ok"
+            } else {
+                "PROBLEMS"
+            };
             println!("  {:<28} {:>10} checked  {verdict}", c.name, c.checked);
             for p in &c.problems {
                 println!("      - {p}");
@@ -157,7 +161,11 @@ fn verify(settings: &Settings, path: &Path, repair: bool, json: bool) -> ExitCod
         if !json {
             println!(
                 "problems found{}",
-                if repair { "" } else { " (statusd store verify --repair rebuilds indexes and counters from the records)" }
+                if repair {
+                    ""
+                } else {
+                    " (statusd store verify --repair rebuilds indexes and counters from the records)"
+                }
             );
         }
         ExitCode::from(exit::FAILURE)
@@ -185,7 +193,9 @@ fn export(path: &Path, out: Option<&Path>) -> ExitCode {
             let mut w = std::io::BufWriter::new(f);
             let r = store.export(&mut w, |d, t| bar.step(d, t));
             let r = r.and_then(|m| {
-                let f = w.into_inner().map_err(|e| StoreError::Write(e.to_string()))?;
+                let f = w
+                    .into_inner()
+                    .map_err(|e| StoreError::Write(e.to_string()))?;
                 f.sync_all().map_err(|e| StoreError::Write(e.to_string()))?;
                 std::fs::rename(&tmp, file).map_err(|e| StoreError::Write(e.to_string()))?;
                 Ok(m)
@@ -245,7 +255,10 @@ fn import(path: &Path, file: &PathBuf) -> ExitCode {
             ExitCode::from(exit::OK)
         }
         Err(e) => {
-            eprintln!("statusd: import of {} refused, nothing was written: {e}", file.display());
+            eprintln!(
+                "statusd: import of {} refused, nothing was written: {e}",
+                file.display()
+            );
             ExitCode::from(exit::FAILURE)
         }
     }

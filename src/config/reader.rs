@@ -139,14 +139,20 @@ impl Reader {
             Value::Number(n) => n.to_string(),
             Value::String(s) => s,
             other => {
-                self.problem(key, format!("expected a size such as \"2GB\", got {}", kind_of(&other)));
+                self.problem(
+                    key,
+                    format!("expected a size such as \"2GB\", got {}", kind_of(&other)),
+                );
                 return None;
             }
         };
         match parse_size(&text) {
             Some(n) if n >= 1 << 20 => Some(n),
             Some(_) => {
-                self.problem(key, format!("{text:?} is below 1 MiB: the store could take no event"));
+                self.problem(
+                    key,
+                    format!("{text:?} is below 1 MiB: the store could take no event"),
+                );
                 None
             }
             None => {
@@ -727,7 +733,9 @@ pub fn validate_cron(text: &str) -> Result<(), String> {
 /// KiB, MiB, GiB, TiB in powers of 1024).
 pub fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let number: f64 = number.parse().ok()?;
     let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -743,7 +751,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     let bytes = number * factor;
-    (bytes.is_finite() && bytes >= 0.0 && bytes < 1e19).then_some(bytes as u64)
+    (bytes.is_finite() && (0.0..1e19).contains(&bytes)).then_some(bytes as u64)
 }
 
 /// A data center's URL as statusd uses it: https (http only for a loopback address, since the

@@ -19,17 +19,29 @@ pub(super) struct Bound {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BoundState {
     Unbounded,
-    Room { size: u64 },
+    Room {
+        size: u64,
+    },
     /// Just reached.
-    Reached { size: u64, max: u64 },
-    Full { size: u64 },
+    Reached {
+        size: u64,
+        max: u64,
+    },
+    Full {
+        size: u64,
+    },
     /// Room again after being full.
-    Resumed { size: u64 },
+    Resumed {
+        size: u64,
+    },
 }
 
 impl Queue {
     pub fn set_max_size(&self, max: Option<u64>) {
-        self.inner.bound.max.store(max.unwrap_or(0), Ordering::Relaxed);
+        self.inner
+            .bound
+            .max
+            .store(max.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// At the bound: intake is refused.

@@ -25,7 +25,10 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
 }
 
 fn sync_dir(path: &Path) -> Result<(), StoreError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(|e| io("cannot sync", dir, e))
@@ -118,8 +121,9 @@ pub struct Compacted {
     pub took_ms: u64,
 }
 
-/// Keys copied per batch.
-const COPY_CHUNK: usize = 10_000;
+/// Keys copied per batch: small batches in sled's low-space mode make the smallest copy (large
+/// ones leave a copy bigger than its original).
+const COPY_CHUNK: usize = 64;
 
 impl Offline {
     /// Live bytes: the keys and values the store holds.
@@ -143,7 +147,10 @@ impl Offline {
         // sled writes each page at least once more than its data, and keeps some segments
         // free: ask for twice the live bytes and a margin.
         let needed = live.saturating_mul(2) + (16 << 20);
-        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         if let Some(free) = free_space(parent) {
             if free < needed {
                 return Err(StoreError::Write(format!(
@@ -160,7 +167,7 @@ impl Offline {
         }
         create_private_dir(&tmp)?;
         {
-            let (db, tree) = open_sled_checked(&tmp, &StoreOptions::default())?;
+            let (db, tree) = open_sled_mode(&tmp, &StoreOptions::default(), sled::Mode::LowSpace)?;
             let mut done = 0u64;
             let mut batch = sled::Batch::default();
             let mut in_batch = 0;
@@ -285,13 +292,19 @@ const COUNTER_NAMES: [&str; 5] = ["schema", "seq", "depth", "dead", "store_id"];
 
 impl Offline {
     /// Write the whole state as JSON lines.
-    pub fn export(&self, out: &mut dyn Write, mut progress: impl Progress) -> Result<Moved, StoreError> {
+    pub fn export(
+        &self,
+        out: &mut dyn Write,
+        mut progress: impl Progress,
+    ) -> Result<Moved, StoreError> {
         let t = &self.tree;
         let total = t.scan_prefix([b'e']).count() as u64;
         let mut moved = Moved::default();
         let mut write = |line: &Line, moved: &mut Moved| -> Result<(), StoreError> {
-            serde_json::to_writer(&mut *out, line).map_err(|e| StoreError::Write(format!("export: {e}")))?;
-            out.write_all(b"\n").map_err(|e| StoreError::Write(format!("export: {e}")))?;
+            serde_json::to_writer(&mut *out, line)
+                .map_err(|e| StoreError::Write(format!("export: {e}")))?;
+            out.write_all(b"\n")
+                .map_err(|e| StoreError::Write(format!("export: {e}")))?;
             moved.lines += 1;
             Ok(())
         };
@@ -319,7 +332,16 @@ impl Offline {
                 moved.pending += 1;
                 moved.events += 1;
                 done.insert(id);
-                write(&Line::Event { record, pending: true, dead: false, delivered_at_ms: None, delivered_attempts: None }, &mut moved)?;
+                write(
+                    &Line::Event {
+                        record,
+                        pending: true,
+                        dead: false,
+                        delivered_at_ms: None,
+                        delivered_attempts: None,
+                    },
+                    &mut moved,
+                )?;
             }
         }
         for item in t.scan_prefix([b'e']) {
@@ -339,7 +361,16 @@ impl Offline {
             };
             moved.events += 1;
             moved.dead += u64::from(dead);
-            write(&Line::Event { record, pending: false, dead, delivered_at_ms: at, delivered_attempts: attempts }, &mut moved)?;
+            write(
+                &Line::Event {
+                    record,
+                    pending: false,
+                    dead,
+                    delivered_at_ms: at,
+                    delivered_attempts: attempts,
+                },
+                &mut moved,
+            )?;
             if moved.events % 10_000 == 0 {
                 progress.step(moved.events, total);
             }
@@ -347,17 +378,43 @@ impl Offline {
         progress.step(moved.events, total);
         for item in t.scan_prefix([b'i']) {
             let (k, v) = item?;
-            let accepted_at_ms = v.get(16..24).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes).unwrap_or(0);
-            write(&Line::Idempotency { key: String::from_utf8_lossy(&k[1..]).into_owned(), event: idem_target(&v)?, accepted_at_ms }, &mut moved)?;
+            let accepted_at_ms = v
+                .get(16..24)
+                .and_then(|b| b.try_into().ok())
+                .map(i64::from_be_bytes)
+                .unwrap_or(0);
+            write(
+                &Line::Idempotency {
+                    key: String::from_utf8_lossy(&k[1..]).into_owned(),
+                    event: idem_target(&v)?,
+                    accepted_at_ms,
+                },
+                &mut moved,
+            )?;
         }
         for item in t.scan_prefix([b't']) {
-            write(&Line::Tenant { state: from_json(&item?.1)? }, &mut moved)?;
+            write(
+                &Line::Tenant {
+                    state: from_json(&item?.1)?,
+                },
+                &mut moved,
+            )?;
         }
         for item in t.scan_prefix([b'n']) {
-            write(&Line::Inventory { tenant: from_json(&item?.1)? }, &mut moved)?;
+            write(
+                &Line::Inventory {
+                    tenant: from_json(&item?.1)?,
+                },
+                &mut moved,
+            )?;
         }
         for item in t.scan_prefix([b'a']) {
-            write(&Line::Account { account: from_json(&item?.1)? }, &mut moved)?;
+            write(
+                &Line::Account {
+                    account: from_json(&item?.1)?,
+                },
+                &mut moved,
+            )?;
         }
         for item in t.scan_prefix([b'm']) {
             let (k, v) = item?;
@@ -371,20 +428,32 @@ impl Offline {
         }
         let lines = moved.lines;
         write(&Line::End { lines }, &mut moved)?;
-        out.flush().map_err(|e| StoreError::Write(format!("export: {e}")))?;
+        out.flush()
+            .map_err(|e| StoreError::Write(format!("export: {e}")))?;
         Ok(moved)
     }
 
     fn record(&self, id: &Uuid) -> Result<Option<EventRecord>, StoreError> {
-        self.tree.get(event_key(id))?.map(|v| from_json(&v)).transpose()
+        self.tree
+            .get(event_key(id))?
+            .map(|v| from_json(&v))
+            .transpose()
     }
 }
 
 /// Import an export into a new store at `path` (which must not hold one): built beside it in
 /// `<store>.import-tmp`, then renamed into place, so a failed import leaves nothing behind.
-pub fn import(path: &Path, input: &mut dyn BufRead, mut progress: impl Progress) -> Result<Moved, StoreError> {
+pub fn import(
+    path: &Path,
+    input: &mut dyn BufRead,
+    mut progress: impl Progress,
+) -> Result<Moved, StoreError> {
     finish_interrupted(path)?;
-    if path.exists() && std::fs::read_dir(path).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if path.exists()
+        && std::fs::read_dir(path)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         return Err(StoreError::Write(format!(
             "{} is not empty: import only into a new store (move the old one away first)",
             path.display()
@@ -412,9 +481,13 @@ fn bad(line: u64, what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("line {line}: {what}"))
 }
 
-fn import_into(tmp: &Path, input: &mut dyn BufRead, progress: &mut dyn Progress) -> Result<Moved, StoreError> {
+fn import_into(
+    tmp: &Path,
+    input: &mut dyn BufRead,
+    progress: &mut dyn Progress,
+) -> Result<Moved, StoreError> {
     create_private_dir(tmp)?;
-    let (db, tree) = open_sled_checked(tmp, &StoreOptions::default())?;
+    let (db, tree) = open_sled_mode(tmp, &StoreOptions::default(), sled::Mode::LowSpace)?;
     let mut moved = Moved::default();
     let mut seq = 0u64;
     let mut batch = sled::Batch::default();
@@ -424,7 +497,9 @@ fn import_into(tmp: &Path, input: &mut dyn BufRead, progress: &mut dyn Progress)
     let mut text = String::new();
     loop {
         text.clear();
-        let n = input.read_line(&mut text).map_err(|e| StoreError::Write(format!("import: {e}")))?;
+        let n = input
+            .read_line(&mut text)
+            .map_err(|e| StoreError::Write(format!("import: {e}")))?;
         if n == 0 {
             break;
         }
@@ -432,9 +507,15 @@ fn import_into(tmp: &Path, input: &mut dyn BufRead, progress: &mut dyn Progress)
         if ended {
             return Err(bad(number, "a line after the end line"));
         }
-        let line: Line = serde_json::from_str(text.trim_end()).map_err(|e| bad(number, format!("not a line of a statusd export ({e})")))?;
+        let line: Line = serde_json::from_str(text.trim_end())
+            .map_err(|e| bad(number, format!("not a line of a statusd export ({e})")))?;
         match line {
-            Line::Header { format, version, store_id: id, .. } => {
+            Line::Header {
+                format,
+                version,
+                store_id: id,
+                ..
+            } => {
                 if number != 1 || format != EXPORT_FORMAT {
                     return Err(bad(number, "not a statusd store export"));
                 }
@@ -443,12 +524,23 @@ fn import_into(tmp: &Path, input: &mut dyn BufRead, progress: &mut dyn Progress)
                 }
                 store_id = Some(id);
             }
-            _ if store_id.is_none() => return Err(bad(number, "no header: not a statusd store export")),
-            Line::Event { record, pending, dead, delivered_at_ms, delivered_attempts } => {
+            _ if store_id.is_none() => {
+                return Err(bad(number, "no header: not a statusd store export"))
+            }
+            Line::Event {
+                record,
+                pending,
+                dead,
+                delivered_at_ms,
+                delivered_attempts,
+            } => {
                 let id = record.id;
                 seq = seq.max(record.seq);
                 if pending {
-                    batch.insert(pending_key(&record.tenant_id, record.seq), id.as_bytes().as_slice());
+                    batch.insert(
+                        pending_key(&record.tenant_id, record.seq),
+                        id.as_bytes().as_slice(),
+                    );
                     moved.pending += 1;
                 }
                 if dead {
@@ -456,13 +548,20 @@ fn import_into(tmp: &Path, input: &mut dyn BufRead, progress: &mut dyn Progress)
                     moved.dead += 1;
                 }
                 if let Some(at) = delivered_at_ms {
-                    batch.insert(delivered_marker_key(&id), delivered_marker(at, delivered_attempts.unwrap_or(1)));
+                    batch.insert(
+                        delivered_marker_key(&id),
+                        delivered_marker(at, delivered_attempts.unwrap_or(1)),
+                    );
                     batch.insert(delivered_key(at, &id), &[]);
                 }
                 batch.insert(event_key(&id), to_json(&record));
                 moved.events += 1;
             }
-            Line::Idempotency { key, event, accepted_at_ms } => {
+            Line::Idempotency {
+                key,
+                event,
+                accepted_at_ms,
+            } => {
                 let mut v = event.as_bytes().to_vec();
                 v.extend_from_slice(&accepted_at_ms.to_be_bytes());
                 batch.insert(idem_key(&key), v);
@@ -470,7 +569,9 @@ fn import_into(tmp: &Path, input: &mut dyn BufRead, progress: &mut dyn Progress)
             }
             Line::Tenant { state } => batch.insert(tenant_key(&state.tenant_id), to_json(&state)),
             Line::Inventory { tenant } => batch.insert(inventory_key(&tenant.id), to_json(&tenant)),
-            Line::Account { account } => batch.insert(super::accounts::account_key(&account.id), to_json(&account)),
+            Line::Account { account } => {
+                batch.insert(super::accounts::account_key(&account.id), to_json(&account))
+            }
             Line::Document { name, value } => batch.insert(meta_key(&name), to_json(&value)),
             Line::End { lines } => {
                 if lines != moved.lines {

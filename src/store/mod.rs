@@ -80,7 +80,6 @@ mod commit;
 mod compact;
 mod control;
 mod copy;
-mod verify;
 mod dead;
 mod heads;
 mod keys;
@@ -88,15 +87,16 @@ mod migrate;
 mod open;
 mod records;
 mod tenants;
+mod verify;
 
 pub use accounts::{AccountDropped, AccountEvents, AccountWrite, Removal, StoredAccount};
+pub use bound::BoundState;
 use commit::*;
+pub use copy::{dir_size, free_space, import, Compacted, Moved, Progress, EXPORT_VERSION};
 use heads::*;
 use keys::*;
 use migrate::*;
 use open::*;
-pub use copy::{dir_size, free_space, import, Compacted, Moved, Progress, EXPORT_VERSION};
-pub use bound::BoundState;
 pub use records::*;
 pub use verify::{Check, Offline, Verification};
 

@@ -29,10 +29,19 @@ pub(super) fn open_sled_checked(
     path: &Path,
     options: &StoreOptions,
 ) -> Result<(sled::Db, sled::Tree), StoreError> {
+    open_sled_mode(path, options, sled::Mode::HighThroughput)
+}
+
+/// The same, in a given mode (a copy is written in `LowSpace`).
+pub(super) fn open_sled_mode(
+    path: &Path,
+    options: &StoreOptions,
+    mode: sled::Mode,
+) -> Result<(sled::Db, sled::Tree), StoreError> {
     let config = sled::Config::new()
         .path(path)
         .cache_capacity(options.cache_capacity_mb.saturating_mul(1024 * 1024))
-        .mode(sled::Mode::HighThroughput);
+        .mode(mode);
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_sled(&config, path))).map_err(
         |panic| {
             let what = panic

@@ -98,7 +98,11 @@ impl Offline {
             checked: 1,
             problems: Vec::new(),
         };
-        match t.get(meta_key("schema"))?.map(|v| u64_from(&v)).transpose()? {
+        match t
+            .get(meta_key("schema"))?
+            .map(|v| u64_from(&v))
+            .transpose()?
+        {
             Some(v) if v == SCHEMA_VERSION => {}
             Some(v) if v < SCHEMA_VERSION => layout.problems.push(format!(
                 "layout {v} (this statusd writes {SCHEMA_VERSION}; `statusd run` migrates it)"
@@ -124,14 +128,20 @@ impl Offline {
             let id = match uuid_from(&k[1..]) {
                 Ok(id) => id,
                 Err(_) => {
-                    problem(&mut records.problems, format!("a record key of {} bytes", k.len()));
+                    problem(
+                        &mut records.problems,
+                        format!("a record key of {} bytes", k.len()),
+                    );
                     continue;
                 }
             };
             let rec: EventRecord = match from_json(&v) {
                 Ok(r) => r,
                 Err(e) => {
-                    problem(&mut records.problems, format!("event {id}: unreadable ({e})"));
+                    problem(
+                        &mut records.problems,
+                        format!("event {id}: unreadable ({e})"),
+                    );
                     continue;
                 }
             };
@@ -157,7 +167,8 @@ impl Offline {
         for item in t.scan_prefix([b'p']) {
             let (k, v) = item?;
             pending.checked += 1;
-            let target = parse_pending_key(&k).and_then(|(tenant, seq)| Ok((tenant, seq, uuid_from(&v)?)));
+            let target =
+                parse_pending_key(&k).and_then(|(tenant, seq)| Ok((tenant, seq, uuid_from(&v)?)));
             let ok = match target {
                 Ok((tenant, seq, id)) => match expect.get(&id) {
                     Some(Expect::Pending(t2, s2)) if *t2 == tenant && *s2 == seq => {
@@ -185,12 +196,18 @@ impl Offline {
         for (id, e) in &expect {
             if let Expect::Pending(tenant, seq) = e {
                 if !seen_pending.contains(id) {
-                    problem(&mut pending.problems, format!("event {id} is queued but not in its tenant's queue"));
+                    problem(
+                        &mut pending.problems,
+                        format!("event {id} is queued but not in its tenant's queue"),
+                    );
                     fix.insert(pending_key(tenant, *seq), id.as_bytes().as_slice());
                 }
             }
         }
-        let pending_n = expect.values().filter(|e| matches!(e, Expect::Pending(..))).count() as u64;
+        let pending_n = expect
+            .values()
+            .filter(|e| matches!(e, Expect::Pending(..)))
+            .count() as u64;
         checks.push(pending);
 
         // Dead letters.
@@ -208,18 +225,27 @@ impl Offline {
                     seen_dead.insert(id);
                 }
                 Ok(id) => {
-                    problem(&mut dead.problems, format!("dead letter {id} has no dead record"));
+                    problem(
+                        &mut dead.problems,
+                        format!("dead letter {id} has no dead record"),
+                    );
                     fix.remove(k);
                 }
                 Err(e) => {
-                    problem(&mut dead.problems, format!("a damaged dead-letter key: {e}"));
+                    problem(
+                        &mut dead.problems,
+                        format!("a damaged dead-letter key: {e}"),
+                    );
                     fix.remove(k);
                 }
             }
         }
         for (id, e) in &expect {
             if *e == Expect::Dead && !seen_dead.contains(id) {
-                problem(&mut dead.problems, format!("event {id} is dead but not listed as a dead letter"));
+                problem(
+                    &mut dead.problems,
+                    format!("event {id} is dead but not listed as a dead letter"),
+                );
                 fix.insert(dead_key(id), &[]);
             }
         }
@@ -242,7 +268,10 @@ impl Offline {
                     compaction.insert(id);
                 }
                 _ => {
-                    problem(&mut delivered.problems, "a compaction key without its delivery marker".into());
+                    problem(
+                        &mut delivered.problems,
+                        "a compaction key without its delivery marker".into(),
+                    );
                     fix.remove(k);
                 }
             }
@@ -252,11 +281,17 @@ impl Offline {
             delivered.checked += 1;
             let Ok(id) = uuid_from(&k[1..]) else { continue };
             if v.len() != 12 {
-                problem(&mut delivered.problems, format!("event {id}: a damaged delivery marker"));
+                problem(
+                    &mut delivered.problems,
+                    format!("event {id}: a damaged delivery marker"),
+                );
                 continue;
             }
             if !compaction.contains(&id) {
-                problem(&mut delivered.problems, format!("delivered event {id} has no compaction key"));
+                problem(
+                    &mut delivered.problems,
+                    format!("delivered event {id} has no compaction key"),
+                );
                 let at = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
                 fix.insert(delivered_key(at, &id), &[]);
             }
@@ -281,12 +316,25 @@ impl Offline {
             idem.checked += 1;
             let name = &k[1..];
             if idem_target(&v).is_err() {
-                problem(&mut idem.problems, format!("key {:?}: a damaged value", String::from_utf8_lossy(name)));
+                problem(
+                    &mut idem.problems,
+                    format!("key {:?}: a damaged value", String::from_utf8_lossy(name)),
+                );
                 continue;
             }
             if !expiring.contains(name) {
-                problem(&mut idem.problems, format!("key {:?} never expires (no expiry entry)", String::from_utf8_lossy(name)));
-                let at = v.get(16..24).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes).unwrap_or_else(now_ms);
+                problem(
+                    &mut idem.problems,
+                    format!(
+                        "key {:?} never expires (no expiry entry)",
+                        String::from_utf8_lossy(name)
+                    ),
+                );
+                let at = v
+                    .get(16..24)
+                    .and_then(|b| b.try_into().ok())
+                    .map(i64::from_be_bytes)
+                    .unwrap_or_else(now_ms);
                 fix.insert(idem_expiry_key(at, &String::from_utf8_lossy(name)), &[]);
             }
         }
@@ -308,7 +356,13 @@ impl Offline {
                     from_json::<InventoryTenant>(&v).is_ok()
                 };
                 if !ok {
-                    problem(&mut state.problems, format!("an unreadable record under {:?}", String::from_utf8_lossy(&k[..1])));
+                    problem(
+                        &mut state.problems,
+                        format!(
+                            "an unreadable record under {:?}",
+                            String::from_utf8_lossy(&k[..1])
+                        ),
+                    );
                 }
             }
         }
@@ -322,15 +376,26 @@ impl Offline {
             let (_, v) = item?;
             accounts.checked += 1;
             match from_json::<StoredAccount>(&v) {
-                Err(e) => problem(&mut accounts.problems, format!("an unreadable account record ({e})")),
-                Ok(a) => match key {
-                    None => problem(&mut accounts.problems, format!("account {}: no store.secret_key_file to open its secret with", a.id)),
-                    Some(k) => {
-                        if let Err(e) = k.open(&a.id, &a.client_secret_sealed) {
-                            problem(&mut accounts.problems, format!("account {}: store.secret_key_file cannot open its secret: {e}", a.id));
+                Err(e) => problem(
+                    &mut accounts.problems,
+                    format!("an unreadable account record ({e})"),
+                ),
+                Ok(a) => {
+                    match key {
+                        None => problem(
+                            &mut accounts.problems,
+                            format!(
+                                "account {}: no store.secret_key_file to open its secret with",
+                                a.id
+                            ),
+                        ),
+                        Some(k) => {
+                            if let Err(e) = k.open(&a.id, &a.client_secret_sealed) {
+                                problem(&mut accounts.problems, format!("account {}: store.secret_key_file cannot open its secret: {e}", a.id));
+                            }
                         }
                     }
-                },
+                }
             }
         }
         checks.push(accounts);
@@ -344,17 +409,27 @@ impl Offline {
         let read = |name: &str| -> Result<Option<u64>, StoreError> {
             t.get(meta_key(name))?.map(|v| u64_from(&v)).transpose()
         };
-        let (depth, deadc, seq) = (read("depth")?.unwrap_or(0), read("dead")?.unwrap_or(0), read("seq")?.unwrap_or(0));
+        let (depth, deadc, seq) = (
+            read("depth")?.unwrap_or(0),
+            read("dead")?.unwrap_or(0),
+            read("seq")?.unwrap_or(0),
+        );
         if depth != pending_n {
-            counters.problems.push(format!("pending counter {depth}, {pending_n} events pending"));
+            counters.problems.push(format!(
+                "pending counter {depth}, {pending_n} events pending"
+            ));
             fix.insert(meta_key("depth"), &pending_n.to_be_bytes());
         }
         if deadc != dead_n {
-            counters.problems.push(format!("dead-letter counter {deadc}, {dead_n} dead letters"));
+            counters.problems.push(format!(
+                "dead-letter counter {deadc}, {dead_n} dead letters"
+            ));
             fix.insert(meta_key("dead"), &dead_n.to_be_bytes());
         }
         if seq < max_seq {
-            counters.problems.push(format!("sequence {seq} is below an event's {max_seq}"));
+            counters
+                .problems
+                .push(format!("sequence {seq} is below an event's {max_seq}"));
             fix.insert(meta_key("seq"), &max_seq.to_be_bytes());
         }
         if let Some(c) = control::read(&self.path)? {
@@ -378,8 +453,15 @@ impl Offline {
                 let _ = control::write(&self.path, &control::Control { clean: false, ..c });
             }
             for c in &checks {
-                if !c.problems.is_empty() && c.name != "accounts' secrets" && c.name != "tenant states and inventory" {
-                    repaired.push(format!("{}: {} problem(s) mended", c.name, c.problems.len()));
+                if !c.problems.is_empty()
+                    && c.name != "accounts' secrets"
+                    && c.name != "tenant states and inventory"
+                {
+                    repaired.push(format!(
+                        "{}: {} problem(s) mended",
+                        c.name,
+                        c.problems.len()
+                    ));
                 }
             }
         }
