@@ -128,6 +128,19 @@ pub struct SandboxArgs {
     /// faults, on consecutive ports from --listen (port 0: any free port for each).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub datacenters: u16,
+    /// The Fusion API user the sandbox accepts.
+    #[arg(long, default_value = "fusion-api")]
+    pub fusion_username: String,
+    /// Its password (default: generated and printed).
+    #[arg(long, env = "STATUSD_SANDBOX_FUSION_PASSWORD", hide_env_values = true)]
+    pub fusion_password: Option<String>,
+    /// Trust every Fusion login (no second factor); otherwise a login needs the code printed
+    /// at start.
+    #[arg(long)]
+    pub fusion_trusted: bool,
+    /// Subscriptions of each Fusion tenant.
+    #[arg(long, default_value_t = 3)]
+    pub fusion_subscriptions: usize,
 }
 
 #[derive(Debug, Args)]

@@ -203,6 +203,15 @@ async fn start_datacenter(args: &SandboxArgs, n: u16) -> Result<crate::sandbox::
         tenants: args.tenants,
         page_limit: args.page_limit.max(1),
         seed: defaults.seed + u64::from(n),
+        fusion_username: args.fusion_username.clone(),
+        fusion_password: args
+            .fusion_password
+            .clone()
+            .unwrap_or(defaults.fusion_password),
+        fusion_trusted: args.fusion_trusted,
+        fusion_tenants: defaults.fusion_tenants,
+        fusion_subscriptions: args.fusion_subscriptions,
+        fusion_access_ttl: defaults.fusion_access_ttl,
     };
     let mut addr = args.listen;
     if addr.port() != 0 {
@@ -219,5 +228,17 @@ async fn start_datacenter(args: &SandboxArgs, n: u16) -> Result<crate::sandbox::
     println!("  client_id:      {}", sb.client_id);
     println!("  client_secret:  {}", sb.client_secret);
     println!("  root tenant:    {}", sb.root_tenant);
+    if n == 0 {
+        println!("fusion (the same URL, draas_instance {}):", crate::sandbox::FUSION_INSTANCE);
+        println!("  username:       {}", args.fusion_username);
+        println!("  password:       {}", sb.fusion_password());
+        if args.fusion_trusted {
+            println!("  second factor:  none (--fusion-trusted)");
+        } else {
+            println!("  second factor:  code {}", sb.fusion_code());
+        }
+        let tenants: Vec<String> = sb.fusion_tenants().iter().map(|(t, _)| t.to_string()).collect();
+        println!("  tenants:        {}", tenants.join(", "));
+    }
     Ok(sb)
 }

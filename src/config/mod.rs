@@ -19,12 +19,14 @@ use uuid::Uuid;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/statusd/statusd.toml";
 
 mod accounts;
+mod fusion;
 mod reader;
 mod render;
 mod secret;
 mod settings;
 
 pub use accounts::{valid_account_id, AccountSettings, DEFAULT_ACCOUNT};
+pub use fusion::{merge_into, FusionBranding, FusionSettings, FUSION_MASK, FUSION_PARTS};
 use reader::*;
 pub use reader::{check_datacenter_url, validate_brand_value, validate_cron};
 pub use secret::Secret;

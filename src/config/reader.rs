@@ -272,6 +272,7 @@ impl Reader {
             store.secret_key.is_some(),
         );
         let branding = self.branding();
+        let fusion = self.fusion();
         Settings {
             accounts,
             platform,
@@ -281,6 +282,7 @@ impl Reader {
             api,
             reconcile,
             branding,
+            fusion,
         }
     }
 

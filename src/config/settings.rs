@@ -22,6 +22,8 @@ pub struct Settings {
     pub api: ApiSettings,
     pub reconcile: ReconcileSettings,
     pub branding: BrandingSettings,
+    /// The second platform, Netaxis Fusion, when configured.
+    pub fusion: Option<FusionSettings>,
 }
 
 #[derive(Debug, Clone, Serialize)]

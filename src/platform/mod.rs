@@ -45,12 +45,14 @@ pub const UUIDS_PER_CALL: usize = 100;
 
 mod branding;
 mod errors;
+mod fusion;
 mod status;
 mod tenants;
 mod validate;
 mod wire;
 
 pub use errors::*;
+pub use fusion::{FusionClient, FusionOptions, FusionState, LoginOutcome};
 pub use status::validate_report;
 pub use validate::{Invalid, Validated};
 pub use wire::*;

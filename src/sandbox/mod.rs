@@ -37,6 +37,15 @@ pub struct SandboxOptions {
     pub tenants: usize,
     pub page_limit: usize,
     pub seed: u64,
+    /// The Fusion user the sandbox accepts.
+    pub fusion_username: String,
+    pub fusion_password: String,
+    /// Trust every caller (no second factor).
+    pub fusion_trusted: bool,
+    pub fusion_tenants: usize,
+    /// Subscriptions of each Fusion tenant.
+    pub fusion_subscriptions: usize,
+    pub fusion_access_ttl: Duration,
 }
 
 impl Default for SandboxOptions {
@@ -48,6 +57,12 @@ impl Default for SandboxOptions {
             tenants: 50,
             page_limit: 100,
             seed: 42,
+            fusion_username: "fusion-api".into(),
+            fusion_password: Uuid::new_v4().simple().to_string(),
+            fusion_trusted: false,
+            fusion_tenants: 2,
+            fusion_subscriptions: 3,
+            fusion_access_ttl: Duration::from_secs(900),
         }
     }
 }
@@ -99,6 +114,7 @@ pub struct ReceivedReport {
 
 mod auth;
 mod branding;
+mod fusion;
 mod inspect;
 mod serve;
 mod state;
@@ -107,6 +123,8 @@ mod tenants;
 
 use auth::*;
 use branding::*;
+pub use fusion::FUSION_INSTANCE;
+use fusion::*;
 use inspect::*;
 use serve::*;
 use state::*;
@@ -226,6 +244,41 @@ impl Sandbox {
             s.tokens.retain(|_, (_, owner)| owner != client_id);
             Some(secret)
         })
+    }
+
+    /// The Fusion tenants and their subscription ids.
+    pub fn fusion_tenants(&self) -> Vec<(Uuid, Vec<i64>)> {
+        self.with(|s| s.fusion.tenants.iter().map(|(t, v)| (*t, v.clone())).collect())
+    }
+
+    /// One part of a subscription's branding as stored (secrets in clear).
+    pub fn fusion_part(&self, tenant: Uuid, sub: i64, part: &str) -> Map<String, Value> {
+        self.with(|s| s.fusion.part(tenant, sub, part))
+    }
+
+    /// Change a part behind statusd's back, as an operator in the portal would.
+    pub fn set_fusion_part(&self, tenant: Uuid, sub: i64, part: &str, value: Map<String, Value>) {
+        self.with(|s| s.fusion.config.insert((tenant, sub, part.to_string()), value));
+    }
+
+    /// The Fusion password the sandbox accepts.
+    pub fn fusion_password(&self) -> String {
+        self.with(|s| s.fusion.password.clone())
+    }
+
+    /// The second-factor code a login must present (printed at start).
+    pub fn fusion_code(&self) -> String {
+        self.with(|s| s.fusion.code.clone())
+    }
+
+    /// Logins (POST /auth/login) and branding writes received.
+    pub fn fusion_counts(&self) -> (u64, u64) {
+        self.with(|s| (s.fusion.logins, s.fusion.writes))
+    }
+
+    /// Expire every Fusion access token (refresh tokens stay valid).
+    pub fn expire_fusion_access(&self) {
+        self.with(|s| s.fusion.access.clear());
     }
 
     /// Tokens issued to a client that still work.

@@ -68,6 +68,18 @@ pub(super) fn router(state: Shared) -> Router {
             "/_sandbox/faults",
             post(sb_add_fault).delete(sb_clear_faults).get(sb_faults),
         )
+        .route("/api/v01/auth/login", post(fusion_login))
+        .route("/api/v01/auth/2fa", post(fusion_2fa))
+        .route("/api/v01/auth/access_token", get(fusion_access_token))
+        .route("/api/v01/auth/logout", get(fusion_logout))
+        .route(
+            "/api/v01/draas/{instance}/tenants/{tenant}/subscriptions",
+            get(fusion_subscriptions),
+        )
+        .route(
+            "/api/v01/draas/{instance}/tenants/{tenant}/subscriptions/{sub}/configurations/branding/{part}",
+            get(fusion_get_part).put(fusion_put_part),
+        )
         .route("/_sandbox/clients", post(sb_create_client))
         .route("/_sandbox/clients/{id}/reset-secret", post(sb_reset_client))
         .route("/_sandbox/tenants", get(sb_tenants))

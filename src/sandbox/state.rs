@@ -62,6 +62,7 @@ pub(super) struct SbState {
     pub(super) stats: SandboxStats,
     pub(super) rng: rand::rngs::StdRng,
     pub(super) smtp_password_writes: u64,
+    pub(super) fusion: super::fusion::FusionSb,
 }
 
 pub(super) type Shared = Arc<Mutex<SbState>>;
@@ -70,6 +71,7 @@ impl SbState {
     pub(super) fn new(opts: SandboxOptions) -> SbState {
         let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
         let root = Uuid::from_u128(rng.random());
+        let fusion = super::fusion::FusionSb::new(&opts, &mut rng);
         let mut s = SbState {
             opts: opts.clone(),
             root,
@@ -92,6 +94,7 @@ impl SbState {
             stats: SandboxStats::default(),
             rng,
             smtp_password_writes: 0,
+            fusion,
         };
         s.push_tenant(root, root, "partner", "Sandbox Partner".into());
         s.generate(opts.tenants);
