@@ -35,6 +35,7 @@ pub struct Metrics {
     /// opened again.
     pub store_writable: Gauge,
     pub store_full: Gauge,
+    pub fusion_login_required: Gauge,
     /// By `datacenter`.
     pub platform_up: Family<Label, Gauge>,
     /// By `outcome` and `datacenter`.
@@ -197,6 +198,12 @@ impl Metrics {
             Gauge::default(),
         );
         store_writable.set(1);
+        let fusion_login_required = reg(
+            &mut r,
+            "statusd_fusion_login_required",
+            "1 while Fusion needs `statusd fusion login` (a second factor asked for, or the password refused)",
+            Gauge::default(),
+        );
         let store_full = reg(
             &mut r,
             "statusd_store_full",
@@ -280,6 +287,7 @@ impl Metrics {
             store_size,
             store_writable,
             store_full,
+            fusion_login_required,
             platform_up,
             token_refreshes,
             accounts,

@@ -33,22 +33,33 @@ impl CronSchedule {
     }
 }
 
+/// The setting that holds a reconciler's schedule.
+fn schedule_key(kind: Kind) -> String {
+    match kind {
+        Kind::FusionBranding => "fusion.schedule".into(),
+        k => format!("reconcile.{}.schedule", k.as_str()),
+    }
+}
+
 impl Schedules {
     /// Register one job per reconciler from the cron strings of the settings (UTC).
     pub async fn start(settings: &Settings, reconcilers: Reconcilers) -> Result<Schedules, String> {
         let scheduler = JobScheduler::new()
             .await
             .map_err(|e| format!("cannot start the scheduler: {e}"))?;
-        let plan = [
+        let mut plan = vec![
             (Kind::Tenants, settings.reconcile.tenants.schedule.clone()),
             (Kind::Status, settings.reconcile.status.schedule.clone()),
             (Kind::Branding, settings.reconcile.branding.schedule.clone()),
         ];
+        if let Some(f) = &settings.fusion {
+            plan.push((Kind::FusionBranding, f.schedule.clone()));
+        }
         for (kind, cron) in plan {
             reconcilers.set_schedule(
                 kind,
                 CronSchedule::parse(&cron)
-                    .map_err(|e| format!("reconcile.{}.schedule: {e}", kind.as_str()))?,
+                    .map_err(|e| format!("{}: {e}", schedule_key(kind)))?,
             );
             let r = reconcilers.clone();
             let job = Job::new_async(cron.as_str(), move |_, _| {
@@ -58,7 +69,7 @@ impl Schedules {
                     tokio::spawn(async move { r.trigger(kind).await });
                 })
             })
-            .map_err(|e| format!("reconcile.{}.schedule: {e}", kind.as_str()))?;
+            .map_err(|e| format!("{}: {e}", schedule_key(kind)))?;
             scheduler
                 .add(job)
                 .await

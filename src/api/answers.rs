@@ -200,6 +200,9 @@ pub struct Status {
     #[serde(default)]
     pub datacenters: Vec<DatacenterStatus>,
     pub reconcilers: BTreeMap<String, LastRun>,
+    /// The Fusion session (`logged_in`, `code_required`, `refused`, `unknown`), when configured.
+    #[serde(default)]
+    pub fusion: Option<crate::platform::FusionState>,
     pub unknown_tenants: UnknownTenants,
 }
 

@@ -95,6 +95,10 @@ pub async fn status_report(state: &ApiState) -> Status {
         },
         datacenters: datacenters(state).await,
         reconcilers,
+        fusion: match &state.reconcilers {
+            Some(r) => r.fusion_state().await,
+            None => None,
+        },
         unknown_tenants: answers::UnknownTenants {
             count: unknown.len(),
             sample: unknown.into_iter().take(20).collect(),

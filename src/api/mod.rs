@@ -161,6 +161,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/dead-letters/{id}", get(show_dead).delete(purge_dead))
         .route("/dead-letters/{id}/retry", post(retry_dead))
         .route("/reconcile/{name}", post(run_reconcile))
+        .route("/fusion/login", post(fusion_login))
         .route("/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -20,7 +20,7 @@ pub(super) async fn run_reconcile(
         ApiError::invalid(
             "name",
             format!(
-                "unknown reconciler {:?} (expected tenants, status or branding)",
+                "unknown reconciler {:?} (expected tenants, status, branding or fusion-branding)",
                 clip(&name)
             ),
         )
@@ -42,6 +42,14 @@ pub(super) async fn run_reconcile(
             "reconcilers are not running",
         ));
     };
+    if kind == crate::reconcile::Kind::FusionBranding && r.fusion_state().await.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            "fusion-branding needs a [fusion] section in the configuration",
+        )
+        .field("name"));
+    }
     if let Some(id) = &q.account {
         if state.accounts.get(id).is_none() {
             return Err(ApiError::new(
@@ -60,5 +68,38 @@ pub(super) async fn run_reconcile(
             "already_running",
             format!("the {name} reconciler is running a dry run or a real run now; try again when it ends"),
         )),
+    }
+}
+
+/// `POST /v1/fusion/login` `{"code"?}`: log in to Fusion now; `code_required` when the
+/// platform asks for a second factor (send the code the user received in a second call).
+pub(super) async fn fusion_login(
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let code = if body.is_empty() {
+        None
+    } else {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?;
+        match v.get("code") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(c)) if !c.trim().is_empty() && c.len() <= 64 => Some(c.trim().to_string()),
+            Some(_) => return Err(ApiError::invalid("code", "expected the code as a string of 1 to 64 characters")),
+        }
+    };
+    let Some(r) = &state.reconcilers else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "reconcilers are not running"));
+    };
+    if r.fusion_state().await.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_configured", "no [fusion] section in the configuration"));
+    }
+    match r.fusion_login(code.as_deref()).await {
+        Ok(crate::platform::LoginOutcome::LoggedIn) => Ok(Json(json!({"state": "logged_in"})).into_response()),
+        Ok(crate::platform::LoginOutcome::CodeRequired) => Ok(Json(json!({"state": "code_required", "message": "the platform sent a code to the user: send it with {\"code\": \"...\"}"})).into_response()),
+        Err(e) => {
+            let field = if code.is_some() { "code" } else { "fusion.password" };
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "login_refused", e.to_string()).field(field))
+        }
     }
 }

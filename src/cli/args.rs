@@ -65,6 +65,10 @@ pub enum Command {
     /// The partner accounts: list them (the default), show one, add one at run time (checked
     /// with its data center first), rotate its credentials, remove it.
     Accounts(AccountsArgs),
+    /// Netaxis Fusion: `fusion login` logs the running daemon in (asking for the second
+    /// factor's code when the platform wants one).
+    #[command(subcommand)]
+    Fusion(FusionCommand),
     /// Operate on the store while no daemon holds it: verify (and repair) it, compact it (give
     /// back the space sled holds), export it as JSON lines, import an export.
     #[command(subcommand)]
@@ -257,6 +261,19 @@ pub enum AccountCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum FusionCommand {
+    /// Log the running daemon in to Fusion; keeps the session (its refresh token, sealed with
+    /// store.secret_key_file) in the store.
+    Login {
+        /// The code the platform sent (default: asked for on the terminal when needed).
+        #[arg(long)]
+        code: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum StoreCommand {
     /// Check every index against the records, the counters, the layout and the accounts'
@@ -313,6 +330,8 @@ pub enum ReconcilerName {
     Tenants,
     Status,
     Branding,
+    /// Subscription branding on Netaxis Fusion.
+    FusionBranding,
 }
 
 impl ReconcilerName {
@@ -321,6 +340,7 @@ impl ReconcilerName {
             ReconcilerName::Tenants => crate::reconcile::Kind::Tenants,
             ReconcilerName::Status => crate::reconcile::Kind::Status,
             ReconcilerName::Branding => crate::reconcile::Kind::Branding,
+            ReconcilerName::FusionBranding => crate::reconcile::Kind::FusionBranding,
         }
     }
 }

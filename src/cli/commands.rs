@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use reqwest::Method;
 
 use super::args::{
-    AccountCommand, AccountsArgs, ApiArgs, DeadLetterCommand, EventArgs, ReconcileArgs,
+    AccountCommand, AccountsArgs, ApiArgs, DeadLetterCommand, EventArgs, FusionCommand, ReconcileArgs,
     SecretSource, StatusArgs,
 };
 use super::client::{CallError, LocalApi};
@@ -426,4 +426,44 @@ pub fn reconcile_exit(report: &Report, dry_run: bool) -> ExitCode {
         return ExitCode::from(exit::FAILURE);
     }
     ExitCode::from(exit::OK)
+}
+
+pub async fn fusion(settings: Settings, cmd: &FusionCommand) -> ExitCode {
+    let FusionCommand::Login { code, api } = cmd;
+    let api = LocalApi::new(api, &settings);
+    let login = |code: Option<String>| {
+        let body = match code {
+            Some(c) => serde_json::json!({ "code": c }),
+            None => serde_json::json!({}),
+        };
+        api.call::<serde_json::Value>(Method::POST, "/v1/fusion/login", Some(body))
+    };
+    let mut answer = login(code.clone()).await;
+    if let Ok((_, v)) = &answer {
+        if v["state"] == "code_required" && code.is_none() {
+            use std::io::IsTerminal;
+            if !std::io::stdin().is_terminal() {
+                eprintln!("statusd: Fusion asks for the code it sent to the user: run `statusd fusion login --code CODE`");
+                return ExitCode::from(exit::FAILURE);
+            }
+            eprint!("Fusion sent a code to the user; enter it: ");
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
+                eprintln!("statusd: no code given");
+                return ExitCode::from(exit::FAILURE);
+            }
+            answer = login(Some(line.trim().to_string())).await;
+        }
+    }
+    match answer {
+        Ok((_, v)) if v["state"] == "logged_in" => {
+            println!("logged in to Fusion; the session is kept by the daemon");
+            ExitCode::from(exit::OK)
+        }
+        Ok((_, v)) => {
+            eprintln!("statusd: Fusion asks for a code: run `statusd fusion login --code CODE` ({})", v["message"].as_str().unwrap_or(""));
+            ExitCode::from(exit::FAILURE)
+        }
+        Err(e) => fail(e),
+    }
 }

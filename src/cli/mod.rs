@@ -97,6 +97,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::DeadLetters(dl) => with_local(&cli, |s| commands::dead_letters(s, dl)).await,
         Command::Tenants(args) => with_local(&cli, |s| commands::tenants(s, args)).await,
         Command::Accounts(args) => with_local(&cli, |s| commands::accounts(s, args)).await,
+        Command::Fusion(cmd) => with_local(&cli, |s| commands::fusion(s, cmd)).await,
         Command::Store(cmd) => match load_settings(&cli, Purpose::Local) {
             Ok(s) => {
                 let cmd = cmd.clone();

@@ -86,6 +86,15 @@ pub fn print_status(v: &Status) {
             )
         );
     }
+    if let Some(f) = v.fusion {
+        let hint = match f {
+            crate::platform::FusionState::CodeRequired | crate::platform::FusionState::Refused => {
+                "  (run `statusd fusion login`)"
+            }
+            _ => "",
+        };
+        println!("fusion     {}{hint}", f.as_str());
+    }
     let rows: Vec<Vec<String>> = v
         .reconcilers
         .iter()

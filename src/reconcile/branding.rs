@@ -99,14 +99,7 @@ impl Reconcilers {
             while set.len() < limit {
                 let Some(t) = pending.next() else { break };
                 if scheduled && !dry_run {
-                    let b = self
-                        .inner
-                        .backoff
-                        .lock()
-                        .expect("backoff lock")
-                        .get(&(Kind::Branding, t))
-                        .copied();
-                    if let Some(b) = b.filter(|b| b.not_before_ms > now) {
+                    if let Some(b) = self.item_waiting(Kind::Branding, t, now) {
                         report.skipped.push(ItemNote {
                             tenant_id: t,
                             message: format!(
@@ -129,11 +122,7 @@ impl Reconcilers {
             let (t, result) = joined.map_err(|e| ReconcileError::Task(e.to_string()))?;
             match result {
                 Ok(o) => {
-                    self.inner
-                        .backoff
-                        .lock()
-                        .expect("backoff lock")
-                        .remove(&(Kind::Branding, t));
+                    self.item_succeeded(Kind::Branding, t);
                     report.drift.extend(o.drift);
                     report.actions.extend(o.actions);
                     if let Some(s) = o.skipped {
@@ -145,11 +134,7 @@ impl Reconcilers {
                 }
                 Err(error) => {
                     if !dry_run {
-                        let mut b = self.inner.backoff.lock().expect("backoff lock");
-                        let e = b.entry((Kind::Branding, t)).or_default();
-                        e.failures += 1;
-                        let delay = ITEM_BACKOFF.delay(e.failures, &mut rand::rng());
-                        e.not_before_ms = now_ms() + delay.as_millis() as i64;
+                        self.item_failed(Kind::Branding, t);
                     }
                     report.errors.push(ItemNote {
                         tenant_id: t,
@@ -370,7 +355,7 @@ pub fn brand_equal(have: &Value, want: &Value) -> bool {
     norm(have) == norm(want)
 }
 
-fn ms_text(ms: i64) -> String {
+pub(super) fn ms_text(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339())
         .unwrap_or_default()

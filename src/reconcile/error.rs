@@ -24,6 +24,8 @@ pub enum ReconcileError {
     },
     #[error("branding task failed: {0}")]
     Task(String),
+    #[error("{0} is not configured")]
+    NotConfigured(&'static str),
 }
 
 impl ReconcileError {
@@ -46,6 +48,7 @@ impl ReconcileError {
             }
             ReconcileError::Logo { .. } => "config",
             ReconcileError::Task(_) => "internal",
+            ReconcileError::NotConfigured(_) => "config",
         }
     }
 }

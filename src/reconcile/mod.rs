@@ -22,6 +22,7 @@ use crate::store::{now_ms, IntegrationState, InventoryTenant, NewEvent, Queue};
 
 mod branding;
 mod error;
+mod fusion;
 mod status;
 mod tenants;
 
@@ -44,15 +45,24 @@ pub enum Kind {
     Tenants,
     Status,
     Branding,
+    /// Subscription branding on the second platform, Netaxis Fusion.
+    #[serde(rename = "fusion-branding")]
+    FusionBranding,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Tenants, Kind::Status, Kind::Branding];
+    pub const ALL: [Kind; 4] = [
+        Kind::Tenants,
+        Kind::Status,
+        Kind::Branding,
+        Kind::FusionBranding,
+    ];
     pub fn parse(s: &str) -> Option<Kind> {
         match s {
             "tenants" => Some(Kind::Tenants),
             "status" => Some(Kind::Status),
             "branding" => Some(Kind::Branding),
+            "fusion-branding" => Some(Kind::FusionBranding),
             _ => None,
         }
     }
@@ -61,6 +71,14 @@ impl Kind {
             Kind::Tenants => "tenants",
             Kind::Status => "status",
             Kind::Branding => "branding",
+            Kind::FusionBranding => "fusion-branding",
+        }
+    }
+    /// The `reconciler` label of the metrics.
+    pub fn metric_name(self) -> &'static str {
+        match self {
+            Kind::FusionBranding => "fusion_branding",
+            other => other.as_str(),
         }
     }
     fn index(self) -> usize {
@@ -194,7 +212,11 @@ struct Inner {
     accounts: Accounts,
     metrics: Arc<Metrics>,
     settings: Arc<Settings>,
-    locks: [tokio::sync::Mutex<()>; 3],
+    locks: [tokio::sync::Mutex<()>; 4],
+    /// The Fusion client, when `[fusion]` is configured.
+    fusion: Option<crate::platform::FusionClient>,
+    /// Set once the kept Fusion session was read from the store.
+    fusion_session: tokio::sync::OnceCell<()>,
     last: Mutex<BTreeMap<Kind, LastRun>>,
     /// The cron schedule of each reconciler that runs on one, to tell its next run.
     schedules: Mutex<HashMap<Kind, crate::schedule::CronSchedule>>,
@@ -210,7 +232,24 @@ impl Reconcilers {
         metrics: Arc<Metrics>,
         settings: Arc<Settings>,
     ) -> Self {
-        let names: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        let kinds: Vec<Kind> = Kind::ALL
+            .into_iter()
+            .filter(|k| *k != Kind::FusionBranding || settings.fusion.is_some())
+            .collect();
+        let names: Vec<&str> = kinds.iter().map(|k| k.metric_name()).collect();
+        let fusion = settings.fusion.as_ref().map(|f| {
+            crate::platform::FusionClient::new(
+                crate::platform::FusionOptions {
+                    base_url: f.base_url.clone(),
+                    draas_instance: f.draas_instance.clone(),
+                    username: f.username.clone(),
+                    password: f.password.clone(),
+                },
+                crate::platform::http_client(settings.platform.request_timeout)
+                    .expect("the HTTP client builds (it did for the accounts)"),
+                settings.platform.max_concurrency,
+            )
+        });
         let outcomes: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
         metrics.expose_reconcilers(&names, &outcomes);
         Reconcilers {
@@ -220,7 +259,9 @@ impl Reconcilers {
                 metrics,
                 settings,
                 locks: Default::default(),
-                last: Mutex::new(Kind::ALL.iter().map(|k| (*k, LastRun::default())).collect()),
+                fusion,
+                last: Mutex::new(kinds.iter().map(|k| (*k, LastRun::default())).collect()),
+                fusion_session: tokio::sync::OnceCell::new(),
                 schedules: Mutex::new(HashMap::new()),
                 backoff: Mutex::new(HashMap::new()),
             }),
@@ -310,6 +351,7 @@ impl Reconcilers {
             Kind::Tenants | Kind::Branding => {
                 self.per_account(&mut report, kind, scheduled, only).await
             }
+            Kind::FusionBranding => self.reconcile_fusion(&mut report, scheduled).await,
         };
         if let Err(e) = result {
             report.fail(&e);
@@ -318,7 +360,7 @@ impl Reconcilers {
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
         let m = &self.inner.metrics;
-        let r = kind.as_str();
+        let r = kind.metric_name();
         m.reconcile_runs
             .get_or_create(&[
                 ("reconciler", r.to_string()),
@@ -415,6 +457,34 @@ impl Reconcilers {
             report.outcome = Outcome::Error;
         }
         Ok(())
+    }
+
+    /// The backoff of an item that failed, while it lasts.
+    fn item_waiting(&self, kind: Kind, item: Uuid, now: i64) -> Option<ItemBackoff> {
+        self.inner
+            .backoff
+            .lock()
+            .expect("backoff lock")
+            .get(&(kind, item))
+            .copied()
+            .filter(|b| b.not_before_ms > now)
+    }
+
+    fn item_succeeded(&self, kind: Kind, item: Uuid) {
+        self.inner
+            .backoff
+            .lock()
+            .expect("backoff lock")
+            .remove(&(kind, item));
+    }
+
+    /// One more failure of an item: it waits a growing time before scheduled runs try it again.
+    fn item_failed(&self, kind: Kind, item: Uuid) {
+        let mut b = self.inner.backoff.lock().expect("backoff lock");
+        let e = b.entry((kind, item)).or_default();
+        e.failures += 1;
+        let delay = ITEM_BACKOFF.delay(e.failures, &mut rand::rng());
+        e.not_before_ms = now_ms() + delay.as_millis() as i64;
     }
 
     async fn root(&self, account: &Account) -> Result<Uuid, ReconcileError> {
