@@ -71,7 +71,11 @@ impl SbState {
     pub(super) fn new(opts: SandboxOptions) -> SbState {
         let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
         let root = Uuid::from_u128(rng.random());
-        let fusion = super::fusion::FusionSb::new(&opts, &mut rng);
+        // Fusion has its own random source, so it leaves the tenant tree as it was.
+        let fusion = super::fusion::FusionSb::new(
+            &opts,
+            &mut rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0xf0_5105),
+        );
         let mut s = SbState {
             opts: opts.clone(),
             root,

@@ -1,0 +1,250 @@
+//! The second platform, Netaxis Fusion, through the real binary and the sandbox: branding
+//! written where it drifted and nowhere else, a dry run, unmanaged and masked properties left
+//! alone, paging, token renewal without a new login, the second factor through `statusd fusion
+//! login`, a session kept across a restart, and a refused password that does not hammer.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use statusd::sandbox::{Sandbox, SandboxOptions, FUSION_INSTANCE};
+
+struct Setup {
+    sb: Sandbox,
+    dir: tempfile::TempDir,
+}
+
+async fn setup(trusted: bool, subscriptions: usize) -> Setup {
+    statusd::platform::install_crypto_provider();
+    let sb = Sandbox::start(SandboxOptions {
+        fusion_trusted: trusted,
+        fusion_subscriptions: subscriptions,
+        fusion_password: "fusion-pw".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("secret.key");
+    statusd::vault::write_new_key(&key).unwrap();
+    Setup { sb, dir }
+}
+
+fn config(s: &Setup, password: &str) -> std::path::PathBuf {
+    let tenants: Vec<String> = s.sb.fusion_tenants().iter().map(|(t, _)| format!("\"{t}\"")).collect();
+    let first = s.sb.fusion_tenants()[0].0;
+    let text = format!(
+        r#"
+[store]
+secret_key_file = "{key}"
+[fusion]
+base_url = "{url}"
+draas_instance = "{FUSION_INSTANCE}"
+username = "fusion-api"
+password = "{password}"
+tenants = [{tenants}]
+page_size = 25
+[fusion.branding.general]
+companyName = "Acme Voice"
+smtp = {{ host = "smtp.acme.example" }}
+[fusion.branding.pages.subscription.subscriptionNumbers.tabs.porting]
+enabled = false
+[fusion.branding.styling.theme]
+selected = "red"
+[fusion.tenants_override."{first}".branding.general]
+companyName = "Acme Voice EU"
+"#,
+        key = s.dir.path().join("secret.key").display(),
+        url = s.sb.url,
+        tenants = tenants.join(", "),
+    );
+    let path = s.dir.path().join("statusd.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start(s: &Setup, password: &str) -> (Daemon, u16) {
+    let port = free_port();
+    let cfg = config(s, password);
+    let mut cmd = daemon_command(&s.sb.url, &s.sb.client_id, &s.sb.client_secret, &s.dir.path().join("store"), port);
+    cmd.arg("--config").arg(&cfg);
+    (cmd.spawn_daemon(), port)
+}
+
+/// `statusd <args>` against the daemon on `port`: exit code and output.
+fn cli(s: &Setup, port: u16, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_statusd"))
+        .args(args)
+        .args(["--api", &format!("http://127.0.0.1:{port}")])
+        .arg("--config")
+        .arg(s.dir.path().join("statusd.toml"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("STATUSD__STORE__PATH", s.dir.path().join("cli-store"))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+async fn reconcile(http: &reqwest::Client, port: u16, dry_run: bool) -> Value {
+    http.post(format!("http://127.0.0.1:{port}/v1/reconcile/fusion-branding?dry_run={dry_run}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn part(sb: &Sandbox, t: uuid::Uuid, sub: i64, name: &str) -> serde_json::Map<String, Value> {
+    sb.fusion_part(t, sub, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_written_once_unmanaged_and_masked_properties_are_left_and_a_dry_run_writes_nothing() {
+    let s = setup(true, 60).await;
+    let http = reqwest::Client::new();
+    let (_d, port) = start(&s, "fusion-pw");
+    wait_ready(&http, port).await;
+    let tenants = s.sb.fusion_tenants();
+    let subs: usize = tenants.iter().map(|(_, v)| v.len()).sum();
+    assert_eq!(subs, 120);
+
+    let r = reconcile(&http, port, false).await;
+    assert_eq!(r["outcome"], "success", "{r}");
+    // 60 subscriptions per tenant, read 25 a page: every one of them.
+    assert_eq!(r["details"]["subscriptions"], 120, "{r}");
+    assert_eq!(r["drift"].as_array().unwrap().len(), 120 * 4, "{r}");
+    let (_, writes) = s.sb.fusion_counts();
+    assert_eq!(writes, 120 * 3, "general, pages and the theme of each");
+    let (t0, subs0) = &tenants[0];
+    let (t1, subs1) = &tenants[1];
+    let g = part(&s.sb, *t0, subs0[0], "general");
+    assert_eq!(g["companyName"], "Acme Voice EU", "the tenant's override");
+    assert_eq!(part(&s.sb, *t1, subs1[0], "general")["companyName"], "Acme Voice");
+    assert_eq!(g["smtp"]["host"], "smtp.acme.example");
+    // Unmanaged and secret properties are as the platform had them.
+    assert_eq!(g["smtp"]["port"], 587);
+    assert_eq!(g["smtp"]["password"], "smtp-secret");
+    assert_eq!(g["apiToken"], "tok-123");
+    assert_eq!(g["supportEmail"], "support@example.net");
+    let p = part(&s.sb, *t0, subs0[0], "pages");
+    assert_eq!(p["subscription"]["subscriptionNumbers"]["tabs"]["porting"]["enabled"], false);
+    assert_eq!(p["subscription"]["subscriptionNumbers"]["tabs"]["myNumbers"]["enabled"], true);
+    let theme = part(&s.sb, *t0, subs0[0], "styling.theme");
+    assert_eq!(theme["selected"], "red");
+    assert_eq!(theme["allowed"], json!(["blue", "red", "green"]));
+    assert!(theme.get("type").is_none(), "the type names the part; it is not stored");
+    assert_eq!(part(&s.sb, *t0, subs0[0], "styling.font")["name"], "Avenir Next Cyr", "not managed");
+
+    // A second run finds nothing and writes nothing.
+    let r = reconcile(&http, port, false).await;
+    assert_eq!((r["outcome"].clone(), r["drift"].as_array().unwrap().len()), (json!("success"), 0), "{r}");
+    assert_eq!(s.sb.fusion_counts().1, 360);
+
+    // Drift made behind statusd's back: a dry run lists it (exit 1) and writes nothing.
+    let mut changed = part(&s.sb, *t1, subs1[7], "styling.theme");
+    changed.insert("selected".into(), json!("green"));
+    s.sb.set_fusion_part(*t1, subs1[7], "styling.theme", changed);
+    let (code, text) = cli(&s, port, &["reconcile", "fusion-branding", "--dry-run"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(&format!("subscription {} styling.theme selected", subs1[7])), "{text}");
+    assert_eq!(s.sb.fusion_counts().1, 360);
+    let (code, text) = cli(&s, port, &["reconcile", "fusion-branding"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(s.sb.fusion_counts().1, 361);
+    assert_eq!(part(&s.sb, *t1, subs1[7], "styling.theme")["selected"], "red");
+    // The metrics carry the reconciler's name.
+    let m = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("statusd_reconcile_runs_total{reconciler=\"fusion_branding\",outcome=\"success\"} 4"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_access_token_is_renewed_without_a_new_login() {
+    let s = setup(true, 3).await;
+    let http = reqwest::Client::new();
+    let (_d, port) = start(&s, "fusion-pw");
+    wait_ready(&http, port).await;
+    assert_eq!(reconcile(&http, port, false).await["outcome"], "success");
+    assert_eq!(s.sb.fusion_counts().0, 1);
+    s.sb.expire_fusion_access();
+    let r = reconcile(&http, port, true).await;
+    assert_eq!(r["outcome"], "success", "{r}");
+    assert_eq!(s.sb.fusion_counts().0, 1, "renewed with the refresh token, no login");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_factor_goes_through_fusion_login_and_the_session_survives_a_restart() {
+    let s = setup(false, 3).await;
+    let http = reqwest::Client::new();
+    let (d, port) = start(&s, "fusion-pw");
+    wait_ready(&http, port).await;
+    // The platform asks for a code: the run says what to do, and does not log in again.
+    let r = reconcile(&http, port, false).await;
+    assert_eq!(r["outcome"], "error", "{r}");
+    assert!(r["errors"][0]["message"].as_str().unwrap().contains("run `statusd fusion login`"), "{r}");
+    let r = reconcile(&http, port, false).await;
+    assert_eq!(r["outcome"], "error");
+    assert_eq!(s.sb.fusion_counts().0, 1, "one login, not one per run");
+    let status = get_json(&http, &format!("http://127.0.0.1:{port}/v1/status")).await;
+    assert_eq!(status["fusion"], "code_required", "{status}");
+    let m = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("statusd_fusion_login_required 1"), "{m}");
+    // A wrong code is refused; the right one logs in.
+    let (code, text) = cli(&s, port, &["fusion", "login", "--code", "not-it"]);
+    assert_eq!(code, Some(1), "{text}");
+    let (code, text) = cli(&s, port, &["fusion", "login", "--code", &s.sb.fusion_code()]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(reconcile(&http, port, false).await["outcome"], "success");
+    let logins = s.sb.fusion_counts().0;
+    // After a restart the kept refresh token is used: no login, no code.
+    assert!(sigterm_and_wait(d).await.success());
+    s.sb.expire_fusion_access();
+    let (_d, port) = start(&s, "fusion-pw");
+    wait_ready(&http, port).await;
+    let r = reconcile(&http, port, true).await;
+    assert_eq!(r["outcome"], "success", "{r}");
+    assert_eq!(s.sb.fusion_counts().0, logins);
+    // The session is sealed in the store: the refresh token is in no file in clear.
+    let store = s.dir.path().join("store");
+    for entry in walk(&store) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("fr-"), "{}", entry.display());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_password_is_reported_as_auth_and_not_retried_in_a_loop() {
+    let s = setup(true, 3).await;
+    let http = reqwest::Client::new();
+    let (_d, port) = start(&s, "wrong-password");
+    wait_ready(&http, port).await;
+    for _ in 0..5 {
+        let r = reconcile(&http, port, false).await;
+        assert_eq!(r["outcome"], "error", "{r}");
+        assert_eq!(r["details"]["error_class"], "auth", "{r}");
+    }
+    assert_eq!(s.sb.fusion_counts().0, 1, "the refusal is remembered: one login over five runs");
+    let status = get_json(&http, &format!("http://127.0.0.1:{port}/v1/status")).await;
+    assert_eq!(status["fusion"], "refused", "{status}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
