@@ -111,6 +111,9 @@ async fn start(tenants: usize) -> Result<Stage, String> {
             tenants,
             token_ttl: Duration::from_secs(120),
             seed: 42 + n as u64,
+            // The first data center also serves Fusion, trusting the demo's login.
+            fusion_trusted: true,
+            fusion_subscriptions: 5,
             ..Default::default()
         })
         .await
@@ -133,9 +136,26 @@ async fn start(tenants: usize) -> Result<Stage, String> {
             tenants,
         });
     }
+    let fusion = &datacenters[0].sandbox;
+    let fusion_tenants: Vec<String> = fusion
+        .fusion_tenants()
+        .iter()
+        .map(|(t, _)| format!("\"{t}\""))
+        .collect();
+    secrets.push((
+        "STATUSD__FUSION__PASSWORD".into(),
+        fusion.fusion_password(),
+    ));
+    let fusion_toml = format!(
+        "[fusion]\nbase_url = \"{}\"\ndraas_instance = \"{}\"\nusername = \"fusion-api\"\ntenants = [{}]\n[fusion.branding.general]\ncompanyName = \"Demo Voice\"\n[fusion.branding.styling.theme]\nselected = \"green\"\n",
+        fusion.url,
+        crate::sandbox::FUSION_INSTANCE,
+        fusion_tenants.join(", ")
+    );
     let toml = format!(
         r#"
 {accounts_toml}
+{fusion_toml}
 [platform]
 request_timeout = "2s"
 max_concurrency = 8
@@ -286,13 +306,16 @@ async fn send_samples(api: &str, datacenters: &[DataCenter], events: usize) -> R
 async fn run_reconcilers(running: &crate::app::Running) -> Result<(), String> {
     println!("\nreconcilers (one run of each):");
     for kind in Kind::ALL {
+        if kind == Kind::FusionBranding && running.reconcilers.fusion_state().await.is_none() {
+            continue;
+        }
         let report = running
             .reconcilers
             .run_now(kind, false)
             .await
             .map_err(|_| "reconciler busy".to_string())?;
         println!(
-            "  {:<9} {:<8} drift {:>3}  actions {:>3}  skipped {:>3}  errors {:>3}  {} ms",
+            "  {:<15} {:<8} drift {:>3}  actions {:>3}  skipped {:>3}  errors {:>3}  {} ms",
             kind.as_str(),
             report.outcome,
             report.drift.len(),
