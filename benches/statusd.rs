@@ -2,8 +2,8 @@
 //! event, plain sled insert+flush, a plain sequential one-event-per-request client, what the
 //! sandbox itself absorbs). Figures are printed as tables; BENCHMARKS.md records them.
 //!
-//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint,accounts,runtime` runs some
-//! sections only;
+//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint,accounts,runtime,storeops,fusion`
+//! runs some sections only;
 //! `BENCH_BIG=N` sets the size of the large store (default 1 000 000 events).
 
 use std::io::Write;
@@ -996,6 +996,12 @@ async fn main() {
     if want("runtime") {
         runtime_accounts(dir).await;
     }
+    if want("storeops") {
+        store_ops(dir, big).await;
+    }
+    if want("fusion") {
+        fusion(dir).await;
+    }
 }
 
 /// A store filled with `n` events over `tenants`, each event for the account of its tenant.
@@ -1263,4 +1269,138 @@ async fn runtime_accounts(dir: &Path) {
             &format!("start to READY {}; RSS {}", ms(ready), mb(rss_now)),
         );
     }
+}
+
+/// `statusd store <args>` on `store`, timed; panics unless it succeeds.
+fn store_command(store: &Path, args: &[&str]) -> Duration {
+    let t = Instant::now();
+    let out = Command::new(BIN)
+        .arg("store")
+        .args(args)
+        .env("STATUSD__STORE__PATH", store)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "statusd store {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed()
+}
+
+/// Section 9: the store operations of the real binary on a large store: export, import and
+/// verify of `big` pending events, then the offline compaction of the same store once every
+/// event was delivered and compacted away.
+async fn store_ops(dir: &Path, big: usize) {
+    println!("\n9. store operations on {big} events (the release binary, offline)");
+    let store = dir.join("ops-store");
+    let _ = std::fs::remove_dir_all(&store);
+    let tenants: Vec<Uuid> = (0..1000).map(|i| Uuid::from_u128(0x0b_0000 + i)).collect();
+    fill(&store, big, &tenants).await;
+    let file = dir.join("ops-export.jsonl");
+    let _ = std::fs::remove_file(&file);
+    let took = store_command(&store, &["export", "--out", file.to_str().unwrap()]);
+    rate(
+        "store export (pending events)",
+        big as f64 / took.as_secs_f64(),
+        &format!(
+            "{} in {:.1} s, {} file",
+            big,
+            took.as_secs_f64(),
+            mb(std::fs::metadata(&file).unwrap().len())
+        ),
+    );
+    let copy = dir.join("ops-import");
+    let _ = std::fs::remove_dir_all(&copy);
+    let took = store_command(&copy, &["import", file.to_str().unwrap()]);
+    rate(
+        "store import",
+        big as f64 / took.as_secs_f64(),
+        &format!("{:.1} s, store {}", took.as_secs_f64(), mb(dir_size(&copy))),
+    );
+    let took = store_command(&copy, &["verify"]);
+    rate(
+        "store verify",
+        big as f64 / took.as_secs_f64(),
+        &format!("{:.1} s", took.as_secs_f64()),
+    );
+    let _ = std::fs::remove_dir_all(&copy);
+    let _ = std::fs::remove_file(&file);
+    // Deliver everything and compact it away, as the daemon does; then give the space back.
+    {
+        let q = open_compacting_at_once(&store);
+        deliver_all(&q, &tenants, 32, big).await;
+        q.compact(statusd::store::now_ms() + 1).await.unwrap();
+        q.sync().await.unwrap();
+    }
+    eprintln!();
+    let before = dir_size(&store);
+    let took = store_command(&store, &["compact"]);
+    let after = dir_size(&store);
+    row(
+        "store compact after every event was delivered and compacted",
+        format!("{:.2} s", took.as_secs_f64()),
+        &format!("{} -> {}", mb(before), mb(after)),
+    );
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+/// Section 10: a Fusion branding reconcile of 1 000 subscriptions by the release binary
+/// against the sandbox on loopback: the first run writes every drift, the second finds none.
+async fn fusion(dir: &Path) {
+    println!("\n10. fusion-branding: 1 000 subscriptions (2 tenants x 500)");
+    let sb = Sandbox::start(SandboxOptions {
+        fusion_trusted: true,
+        fusion_subscriptions: 500,
+        fusion_password: "bench".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let tenants: Vec<String> = sb
+        .fusion_tenants()
+        .iter()
+        .map(|(t, _)| format!("\"{t}\""))
+        .collect();
+    let config = dir.join("fusion.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[fusion]\nbase_url = \"{}\"\ndraas_instance = \"{}\"\nusername = \"fusion-api\"\npassword = \"bench\"\ntenants = [{}]\n[fusion.branding.general]\ncompanyName = \"Bench Voice\"\nsmtp = {{ host = \"smtp.bench.example\" }}\n[fusion.branding.styling.theme]\nselected = \"red\"\n[fusion.branding.pages.subscription.subscriptionNumbers.tabs.porting]\nenabled = false\n",
+            sb.url,
+            statusd::sandbox::FUSION_INSTANCE,
+            tenants.join(", ")
+        ),
+    )
+    .unwrap();
+    let store = dir.join("fusion-store");
+    let _ = std::fs::remove_dir_all(&store);
+    let config_arg = config.display().to_string();
+    let d = Daemon::spawn_with(dir, &store, &platform_env(&sb), &["--config", &config_arg]);
+    let http = reqwest::Client::new();
+    d.readyz(&http).await;
+    let (idle, _) = d.rss();
+    for run in ["first", "second"] {
+        let requests = sb.stats().requests;
+        let (took, report) =
+            timed_post(&http, format!("{}/v1/reconcile/fusion-branding", d.api)).await;
+        assert_eq!(report["outcome"], "success", "{report}");
+        let (now, peak) = d.rss();
+        row(
+            &format!("{run} run"),
+            ms(took),
+            &format!(
+                "{} requests ({} writes so far), drift {}; RSS {} idle, {} after, {} peak",
+                sb.stats().requests - requests,
+                sb.fusion_counts().1,
+                report["drift"].as_array().map_or(0, |d| d.len()),
+                mb(idle),
+                mb(now),
+                mb(peak)
+            ),
+        );
+    }
+    d.stop();
 }

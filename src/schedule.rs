@@ -58,8 +58,7 @@ impl Schedules {
         for (kind, cron) in plan {
             reconcilers.set_schedule(
                 kind,
-                CronSchedule::parse(&cron)
-                    .map_err(|e| format!("{}: {e}", schedule_key(kind)))?,
+                CronSchedule::parse(&cron).map_err(|e| format!("{}: {e}", schedule_key(kind)))?,
             );
             let r = reconcilers.clone();
             let job = Job::new_async(cron.as_str(), move |_, _| {

@@ -34,7 +34,11 @@ async fn setup(trusted: bool, subscriptions: usize) -> Setup {
 }
 
 fn config(s: &Setup, password: &str) -> std::path::PathBuf {
-    let tenants: Vec<String> = s.sb.fusion_tenants().iter().map(|(t, _)| format!("\"{t}\"")).collect();
+    let tenants: Vec<String> =
+        s.sb.fusion_tenants()
+            .iter()
+            .map(|(t, _)| format!("\"{t}\""))
+            .collect();
     let first = s.sb.fusion_tenants()[0].0;
     let text = format!(
         r#"
@@ -69,7 +73,13 @@ companyName = "Acme Voice EU"
 fn start(s: &Setup, password: &str) -> (Daemon, u16) {
     let port = free_port();
     let cfg = config(s, password);
-    let mut cmd = daemon_command(&s.sb.url, &s.sb.client_id, &s.sb.client_secret, &s.dir.path().join("store"), port);
+    let mut cmd = daemon_command(
+        &s.sb.url,
+        &s.sb.client_id,
+        &s.sb.client_secret,
+        &s.dir.path().join("store"),
+        port,
+    );
     cmd.arg("--config").arg(&cfg);
     (cmd.spawn_daemon(), port)
 }
@@ -88,18 +98,24 @@ fn cli(s: &Setup, port: u16, args: &[&str]) -> (Option<i32>, String) {
         .unwrap();
     (
         out.status.code(),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
 async fn reconcile(http: &reqwest::Client, port: u16, dry_run: bool) -> Value {
-    http.post(format!("http://127.0.0.1:{port}/v1/reconcile/fusion-branding?dry_run={dry_run}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    http.post(format!(
+        "http://127.0.0.1:{port}/v1/reconcile/fusion-branding?dry_run={dry_run}"
+    ))
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap()
 }
 
 fn part(sb: &Sandbox, t: uuid::Uuid, sub: i64, name: &str) -> serde_json::Map<String, Value> {
@@ -107,7 +123,8 @@ fn part(sb: &Sandbox, t: uuid::Uuid, sub: i64, name: &str) -> serde_json::Map<St
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drift_is_written_once_unmanaged_and_masked_properties_are_left_and_a_dry_run_writes_nothing() {
+async fn drift_is_written_once_unmanaged_and_masked_properties_are_left_and_a_dry_run_writes_nothing(
+) {
     let s = setup(true, 60).await;
     let http = reqwest::Client::new();
     let (_d, port) = start(&s, "fusion-pw");
@@ -127,7 +144,10 @@ async fn drift_is_written_once_unmanaged_and_masked_properties_are_left_and_a_dr
     let (t1, subs1) = &tenants[1];
     let g = part(&s.sb, *t0, subs0[0], "general");
     assert_eq!(g["companyName"], "Acme Voice EU", "the tenant's override");
-    assert_eq!(part(&s.sb, *t1, subs1[0], "general")["companyName"], "Acme Voice");
+    assert_eq!(
+        part(&s.sb, *t1, subs1[0], "general")["companyName"],
+        "Acme Voice"
+    );
     assert_eq!(g["smtp"]["host"], "smtp.acme.example");
     // Unmanaged and secret properties are as the platform had them.
     assert_eq!(g["smtp"]["port"], 587);
@@ -135,17 +155,34 @@ async fn drift_is_written_once_unmanaged_and_masked_properties_are_left_and_a_dr
     assert_eq!(g["apiToken"], "tok-123");
     assert_eq!(g["supportEmail"], "support@example.net");
     let p = part(&s.sb, *t0, subs0[0], "pages");
-    assert_eq!(p["subscription"]["subscriptionNumbers"]["tabs"]["porting"]["enabled"], false);
-    assert_eq!(p["subscription"]["subscriptionNumbers"]["tabs"]["myNumbers"]["enabled"], true);
+    assert_eq!(
+        p["subscription"]["subscriptionNumbers"]["tabs"]["porting"]["enabled"],
+        false
+    );
+    assert_eq!(
+        p["subscription"]["subscriptionNumbers"]["tabs"]["myNumbers"]["enabled"],
+        true
+    );
     let theme = part(&s.sb, *t0, subs0[0], "styling.theme");
     assert_eq!(theme["selected"], "red");
     assert_eq!(theme["allowed"], json!(["blue", "red", "green"]));
-    assert!(theme.get("type").is_none(), "the type names the part; it is not stored");
-    assert_eq!(part(&s.sb, *t0, subs0[0], "styling.font")["name"], "Avenir Next Cyr", "not managed");
+    assert!(
+        theme.get("type").is_none(),
+        "the type names the part; it is not stored"
+    );
+    assert_eq!(
+        part(&s.sb, *t0, subs0[0], "styling.font")["name"],
+        "Avenir Next Cyr",
+        "not managed"
+    );
 
     // A second run finds nothing and writes nothing.
     let r = reconcile(&http, port, false).await;
-    assert_eq!((r["outcome"].clone(), r["drift"].as_array().unwrap().len()), (json!("success"), 0), "{r}");
+    assert_eq!(
+        (r["outcome"].clone(), r["drift"].as_array().unwrap().len()),
+        (json!("success"), 0),
+        "{r}"
+    );
     assert_eq!(s.sb.fusion_counts().1, 360);
 
     // Drift made behind statusd's back: a dry run lists it (exit 1) and writes nothing.
@@ -154,15 +191,33 @@ async fn drift_is_written_once_unmanaged_and_masked_properties_are_left_and_a_dr
     s.sb.set_fusion_part(*t1, subs1[7], "styling.theme", changed);
     let (code, text) = cli(&s, port, &["reconcile", "fusion-branding", "--dry-run"]);
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains(&format!("subscription {} styling.theme selected", subs1[7])), "{text}");
+    assert!(
+        text.contains(&format!("subscription {} styling.theme selected", subs1[7])),
+        "{text}"
+    );
     assert_eq!(s.sb.fusion_counts().1, 360);
     let (code, text) = cli(&s, port, &["reconcile", "fusion-branding"]);
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(s.sb.fusion_counts().1, 361);
-    assert_eq!(part(&s.sb, *t1, subs1[7], "styling.theme")["selected"], "red");
+    assert_eq!(
+        part(&s.sb, *t1, subs1[7], "styling.theme")["selected"],
+        "red"
+    );
     // The metrics carry the reconciler's name.
-    let m = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(m.contains("statusd_reconcile_runs_total{reconciler=\"fusion_branding\",outcome=\"success\"} 4"), "{m}");
+    let m = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(
+            "statusd_reconcile_runs_total{reconciler=\"fusion_branding\",outcome=\"success\"} 4"
+        ),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,7 +231,11 @@ async fn an_expired_access_token_is_renewed_without_a_new_login() {
     s.sb.expire_fusion_access();
     let r = reconcile(&http, port, true).await;
     assert_eq!(r["outcome"], "success", "{r}");
-    assert_eq!(s.sb.fusion_counts().0, 1, "renewed with the refresh token, no login");
+    assert_eq!(
+        s.sb.fusion_counts().0,
+        1,
+        "renewed with the refresh token, no login"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,18 +247,35 @@ async fn the_second_factor_goes_through_fusion_login_and_the_session_survives_a_
     // The platform asks for a code: the run says what to do, and does not log in again.
     let r = reconcile(&http, port, false).await;
     assert_eq!(r["outcome"], "error", "{r}");
-    assert!(r["errors"][0]["message"].as_str().unwrap().contains("run `statusd fusion login`"), "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("run `statusd fusion login`"),
+        "{r}"
+    );
     let r = reconcile(&http, port, false).await;
     assert_eq!(r["outcome"], "error");
     assert_eq!(s.sb.fusion_counts().0, 1, "one login, not one per run");
     let status = get_json(&http, &format!("http://127.0.0.1:{port}/v1/status")).await;
     assert_eq!(status["fusion"], "code_required", "{status}");
-    let m = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("statusd_fusion_login_required 1"), "{m}");
     // A wrong code is refused; the right one logs in.
     let (code, text) = cli(&s, port, &["fusion", "login", "--code", "not-it"]);
     assert_eq!(code, Some(1), "{text}");
-    let (code, text) = cli(&s, port, &["fusion", "login", "--code", &s.sb.fusion_code()]);
+    let (code, text) = cli(
+        &s,
+        port,
+        &["fusion", "login", "--code", &s.sb.fusion_code()],
+    );
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(reconcile(&http, port, false).await["outcome"], "success");
     let logins = s.sb.fusion_counts().0;
@@ -215,7 +291,11 @@ async fn the_second_factor_goes_through_fusion_login_and_the_session_survives_a_
     let store = s.dir.path().join("store");
     for entry in walk(&store) {
         let bytes = std::fs::read(&entry).unwrap();
-        assert!(!String::from_utf8_lossy(&bytes).contains("fr-"), "{}", entry.display());
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("fr-"),
+            "{}",
+            entry.display()
+        );
     }
 }
 
@@ -243,7 +323,11 @@ async fn a_refused_password_is_reported_as_auth_and_not_retried_in_a_loop() {
         assert_eq!(r["outcome"], "error", "{r}");
         assert_eq!(r["details"]["error_class"], "auth", "{r}");
     }
-    assert_eq!(s.sb.fusion_counts().0, 1, "the refusal is remembered: one login over five runs");
+    assert_eq!(
+        s.sb.fusion_counts().0,
+        1,
+        "the refusal is remembered: one login over five runs"
+    );
     let status = get_json(&http, &format!("http://127.0.0.1:{port}/v1/status")).await;
     assert_eq!(status["fusion"], "refused", "{status}");
     tokio::time::sleep(Duration::from_millis(10)).await;

@@ -84,15 +84,30 @@ pub(super) async fn fusion_login(
             .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?;
         match v.get("code") {
             None | Some(Value::Null) => None,
-            Some(Value::String(c)) if !c.trim().is_empty() && c.len() <= 64 => Some(c.trim().to_string()),
-            Some(_) => return Err(ApiError::invalid("code", "expected the code as a string of 1 to 64 characters")),
+            Some(Value::String(c)) if !c.trim().is_empty() && c.len() <= 64 => {
+                Some(c.trim().to_string())
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "code",
+                    "expected the code as a string of 1 to 64 characters",
+                ))
+            }
         }
     };
     let Some(r) = &state.reconcilers else {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "reconcilers are not running"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "reconcilers are not running",
+        ));
     };
     if r.fusion_state().await.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_configured", "no [fusion] section in the configuration"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            "no [fusion] section in the configuration",
+        ));
     }
     match r.fusion_login(code.as_deref()).await {
         Ok(crate::platform::LoginOutcome::LoggedIn) => Ok(Json(json!({"state": "logged_in"})).into_response()),

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use reqwest::Method;
 
 use super::args::{
-    AccountCommand, AccountsArgs, ApiArgs, DeadLetterCommand, EventArgs, FusionCommand, ReconcileArgs,
-    SecretSource, StatusArgs,
+    AccountCommand, AccountsArgs, ApiArgs, DeadLetterCommand, EventArgs, FusionCommand,
+    ReconcileArgs, SecretSource, StatusArgs,
 };
 use super::client::{CallError, LocalApi};
 use super::table::{cell, clip, print_json, print_reconcile, print_status, print_table};
@@ -461,7 +461,10 @@ pub async fn fusion(settings: Settings, cmd: &FusionCommand) -> ExitCode {
             ExitCode::from(exit::OK)
         }
         Ok((_, v)) => {
-            eprintln!("statusd: Fusion asks for a code: run `statusd fusion login --code CODE` ({})", v["message"].as_str().unwrap_or(""));
+            eprintln!(
+                "statusd: Fusion asks for a code: run `statusd fusion login --code CODE` ({})",
+                v["message"].as_str().unwrap_or("")
+            );
             ExitCode::from(exit::FAILURE)
         }
         Err(e) => fail(e),

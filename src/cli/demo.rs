@@ -142,10 +142,7 @@ async fn start(tenants: usize) -> Result<Stage, String> {
         .iter()
         .map(|(t, _)| format!("\"{t}\""))
         .collect();
-    secrets.push((
-        "STATUSD__FUSION__PASSWORD".into(),
-        fusion.fusion_password(),
-    ));
+    secrets.push(("STATUSD__FUSION__PASSWORD".into(), fusion.fusion_password()));
     let fusion_toml = format!(
         "[fusion]\nbase_url = \"{}\"\ndraas_instance = \"{}\"\nusername = \"fusion-api\"\ntenants = [{}]\n[fusion.branding.general]\ncompanyName = \"Demo Voice\"\n[fusion.branding.styling.theme]\nselected = \"green\"\n",
         fusion.url,

@@ -230,7 +230,10 @@ async fn start_datacenter(args: &SandboxArgs, n: u16) -> Result<crate::sandbox::
     println!("  client_secret:  {}", sb.client_secret);
     println!("  root tenant:    {}", sb.root_tenant);
     if n == 0 {
-        println!("fusion (the same URL, draas_instance {}):", crate::sandbox::FUSION_INSTANCE);
+        println!(
+            "fusion (the same URL, draas_instance {}):",
+            crate::sandbox::FUSION_INSTANCE
+        );
         println!("  username:       {}", args.fusion_username);
         println!("  password:       {}", sb.fusion_password());
         if args.fusion_trusted {
@@ -238,7 +241,11 @@ async fn start_datacenter(args: &SandboxArgs, n: u16) -> Result<crate::sandbox::
         } else {
             println!("  second factor:  code {}", sb.fusion_code());
         }
-        let tenants: Vec<String> = sb.fusion_tenants().iter().map(|(t, _)| t.to_string()).collect();
+        let tenants: Vec<String> = sb
+            .fusion_tenants()
+            .iter()
+            .map(|(t, _)| t.to_string())
+            .collect();
         println!("  tenants:        {}", tenants.join(", "));
     }
     Ok(sb)

@@ -44,7 +44,10 @@ pub struct FusionBranding {
 
 /// Merge `over` into `base`, object by object: a nested object is merged, anything else
 /// replaced.
-pub fn merge_into(base: &mut serde_json::Map<String, Value>, over: &serde_json::Map<String, Value>) {
+pub fn merge_into(
+    base: &mut serde_json::Map<String, Value>,
+    over: &serde_json::Map<String, Value>,
+) {
     for (k, v) in over {
         match (base.get_mut(k), v) {
             (Some(Value::Object(b)), Value::Object(o)) => merge_into(b, o),
@@ -72,36 +75,54 @@ impl Reader {
     pub(super) fn fusion(&mut self) -> Option<FusionSettings> {
         self.raw("fusion")?;
         let base_url = self.fusion_url("fusion.base_url");
-        let draas_instance = self.string("fusion.draas_instance").filter(|s| !s.trim().is_empty());
+        let draas_instance = self
+            .string("fusion.draas_instance")
+            .filter(|s| !s.trim().is_empty());
         if draas_instance.is_none() && !self.has_problem("fusion.draas_instance") {
             self.problem("fusion.draas_instance", "required (the provider's DRaaS instance, e.g. \"draas_v1\", given by the platform's support)");
         }
-        let username = self.string("fusion.username").filter(|s| !s.trim().is_empty());
+        let username = self
+            .string("fusion.username")
+            .filter(|s| !s.trim().is_empty());
         if username.is_none() {
             self.problem("fusion.username", "required (the Fusion API user)");
         }
         let password = self.secret("fusion.password", Some("fusion_password"));
         if password.is_none() && !self.has_problem_prefix("fusion.password") {
-            self.problem("fusion.password", "required: set fusion.password_file (preferred) or fusion.password");
+            self.problem(
+                "fusion.password",
+                "required: set fusion.password_file (preferred) or fusion.password",
+            );
         }
         let tenants = match self.raw("fusion.tenants") {
             None => {
-                self.problem("fusion.tenants", "required (the Fusion tenant UUIDs whose subscriptions are managed)");
+                self.problem(
+                    "fusion.tenants",
+                    "required (the Fusion tenant UUIDs whose subscriptions are managed)",
+                );
                 Vec::new()
             }
             Some(Value::Array(items)) => items
                 .iter()
                 .enumerate()
-                .filter_map(|(i, v)| match v.as_str().map(|s| Uuid::parse_str(s.trim())) {
-                    Some(Ok(u)) => Some(u),
-                    _ => {
-                        self.problem(&format!("fusion.tenants[{i}]"), format!("not a tenant UUID: {v}"));
-                        None
-                    }
-                })
+                .filter_map(
+                    |(i, v)| match v.as_str().map(|s| Uuid::parse_str(s.trim())) {
+                        Some(Ok(u)) => Some(u),
+                        _ => {
+                            self.problem(
+                                &format!("fusion.tenants[{i}]"),
+                                format!("not a tenant UUID: {v}"),
+                            );
+                            None
+                        }
+                    },
+                )
                 .collect(),
             Some(other) => {
-                self.problem("fusion.tenants", format!("expected a list of tenant UUIDs, got {}", kind_of(&other)));
+                self.problem(
+                    "fusion.tenants",
+                    format!("expected a list of tenant UUIDs, got {}", kind_of(&other)),
+                );
                 Vec::new()
             }
         };
@@ -125,12 +146,18 @@ impl Reader {
                             .map(|o| o.keys().filter(|k| *k != "branding").cloned().collect())
                             .unwrap_or_default();
                         for k in other {
-                            self.problem(&format!("{key}.{k}"), "unknown setting (a tenant override holds only branding)");
+                            self.problem(
+                                &format!("{key}.{k}"),
+                                "unknown setting (a tenant override holds only branding)",
+                            );
                         }
                         tenants_override.insert(uuid, b);
                     }
                 }
-                other => self.problem("fusion.tenants_override", format!("expected tables per tenant UUID, got {}", kind_of(&other))),
+                other => self.problem(
+                    "fusion.tenants_override",
+                    format!("expected tables per tenant UUID, got {}", kind_of(&other)),
+                ),
             }
         }
         Some(FusionSettings {
@@ -154,7 +181,13 @@ impl Reader {
         match check_datacenter_url(&raw) {
             Ok(u) => Some(u),
             Err(m) => {
-                self.problem(key, m.replace("https://eu2-cloud.acronis.com", "https://apioaas-prov.netaxis.cloud"));
+                self.problem(
+                    key,
+                    m.replace(
+                        "https://eu2-cloud.acronis.com",
+                        "https://apioaas-prov.netaxis.cloud",
+                    ),
+                );
                 None
             }
         }
@@ -167,13 +200,19 @@ impl Reader {
             return out;
         };
         let Value::Object(section) = section else {
-            self.problem(at, "expected tables [.general], [.pages], [.styling.font|image|theme]");
+            self.problem(
+                at,
+                "expected tables [.general], [.pages], [.styling.font|image|theme]",
+            );
             return out;
         };
         for (name, value) in &section {
             let parts: Vec<(String, Value)> = if name == "styling" {
                 match value {
-                    Value::Object(m) => m.iter().map(|(k, v)| (format!("styling.{k}"), v.clone())).collect(),
+                    Value::Object(m) => m
+                        .iter()
+                        .map(|(k, v)| (format!("styling.{k}"), v.clone()))
+                        .collect(),
                     _ => vec![(name.clone(), value.clone())],
                 }
             } else {
@@ -182,7 +221,13 @@ impl Reader {
             for (part, v) in parts {
                 let key = format!("{at}.{part}");
                 if !FUSION_PARTS.contains(&part.as_str()) {
-                    self.problem(&key, format!("not a branding part (expected one of {})", FUSION_PARTS.join(", ")));
+                    self.problem(
+                        &key,
+                        format!(
+                            "not a branding part (expected one of {})",
+                            FUSION_PARTS.join(", ")
+                        ),
+                    );
                     continue;
                 }
                 match v {
@@ -193,7 +238,10 @@ impl Reader {
                         }
                         out.parts.insert(part, m);
                     }
-                    other => self.problem(&key, format!("expected a table of properties, got {}", kind_of(&other))),
+                    other => self.problem(
+                        &key,
+                        format!("expected a table of properties, got {}", kind_of(&other)),
+                    ),
                 }
             }
         }
@@ -204,7 +252,11 @@ impl Reader {
 /// The path of the first value that is the mask.
 fn masked_path(m: &serde_json::Map<String, Value>, at: &str) -> Option<String> {
     for (k, v) in m {
-        let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+        let path = if at.is_empty() {
+            k.clone()
+        } else {
+            format!("{at}.{k}")
+        };
         match v {
             Value::String(s) if s == FUSION_MASK => return Some(path),
             Value::Object(o) => {

@@ -168,12 +168,17 @@ impl FusionClient {
     async fn login(&self, s: &mut Session) -> Result<LoginOutcome, PlatformError> {
         let call = "POST /api/v01/auth/login";
         s.logins += 1;
-        let body = json!({"username": self.inner.username, "password": self.inner.password.expose()});
+        let body =
+            json!({"username": self.inner.username, "password": self.inner.password.expose()});
         let answer = self.post_auth(call, "/auth/login", &body).await;
         self.take_login(s, call, answer)
     }
 
-    async fn second_factor(&self, s: &mut Session, code: &str) -> Result<LoginOutcome, PlatformError> {
+    async fn second_factor(
+        &self,
+        s: &mut Session,
+        code: &str,
+    ) -> Result<LoginOutcome, PlatformError> {
         let call = "POST /api/v01/auth/2fa";
         let payload = s.pending_2fa.clone().ok_or_else(|| {
             Self::auth_error(call, "no login is waiting for a second factor".into())
@@ -188,7 +193,12 @@ impl FusionClient {
         self.take_login(s, call, answer)
     }
 
-    async fn post_auth(&self, call: &str, path: &str, body: &Value) -> Result<LoginAnswer, PlatformError> {
+    async fn post_auth(
+        &self,
+        call: &str,
+        path: &str,
+        body: &Value,
+    ) -> Result<LoginAnswer, PlatformError> {
         let _permit = self.inner.permits.acquire().await.expect("never closed");
         let resp = self
             .inner
@@ -201,10 +211,16 @@ impl FusionClient {
         let status = resp.status();
         let bytes = read_capped(resp, call).await?;
         if !status.is_success() {
-            return Err(PlatformError::from_token_response(call, status, None, &bytes));
+            return Err(PlatformError::from_token_response(
+                call, status, None, &bytes,
+            ));
         }
         serde_json::from_slice(&bytes).map_err(|e| {
-            PlatformError::local(call, ErrorClass::Retryable, format!("login answer not understood: {e}"))
+            PlatformError::local(
+                call,
+                ErrorClass::Retryable,
+                format!("login answer not understood: {e}"),
+            )
         })
     }
 
@@ -216,7 +232,11 @@ impl FusionClient {
         answer: Result<LoginAnswer, PlatformError>,
     ) -> Result<LoginOutcome, PlatformError> {
         match answer {
-            Ok(LoginAnswer { access_token: Some(a), refresh_token, .. }) => {
+            Ok(LoginAnswer {
+                access_token: Some(a),
+                refresh_token,
+                ..
+            }) => {
                 s.access = Some(Secret::new(a));
                 if let Some(r) = refresh_token {
                     s.refresh = Some(Secret::new(r));
@@ -228,16 +248,23 @@ impl FusionClient {
                 tracing::info!(message = "logged in to Fusion");
                 Ok(LoginOutcome::LoggedIn)
             }
-            Ok(LoginAnswer { payload: Some(p), .. }) => {
+            Ok(LoginAnswer {
+                payload: Some(p), ..
+            }) => {
                 s.pending_2fa = Some(Secret::new(p));
                 s.code_required = true;
                 tracing::warn!(message = "Fusion asks for a second factor: run `statusd fusion login` (a code was sent to the user)");
                 Ok(LoginOutcome::CodeRequired)
             }
-            Ok(_) => Err(PlatformError::local(call, ErrorClass::Retryable, "a login answer with neither tokens nor a 2fa_payload")),
+            Ok(_) => Err(PlatformError::local(
+                call,
+                ErrorClass::Retryable,
+                "a login answer with neither tokens nor a 2fa_payload",
+            )),
             Err(e) if e.class == ErrorClass::Auth => {
                 let failures = s.refused.as_ref().map_or(0, |r| r.failures) + 1;
-                let wait = TOKEN_REFUSAL_BACKOFF.delay_at_least_half(failures - 1, &mut rand::rng());
+                let wait =
+                    TOKEN_REFUSAL_BACKOFF.delay_at_least_half(failures - 1, &mut rand::rng());
                 tracing::error!(message = "Fusion refused the username or password; not logging in again before the wait is over", failures, retry_in_s = wait.as_secs(), error = %e);
                 let err = Self::auth_error(call, format!("the username or password is refused ({e}); fix fusion.username / fusion.password, then {LOGIN_HINT}"));
                 s.refused = Some(Refusal {
@@ -266,7 +293,9 @@ impl FusionClient {
                     return Ok(a);
                 }
                 Err(e) if e.class == ErrorClass::Auth => {
-                    tracing::info!(message = "the Fusion refresh token is refused; logging in again");
+                    tracing::info!(
+                        message = "the Fusion refresh token is refused; logging in again"
+                    );
                     s.refresh = None;
                     s.refresh_changed = true;
                 }
@@ -275,7 +304,10 @@ impl FusionClient {
         }
         let call = "POST /api/v01/auth/login";
         if s.code_required {
-            return Err(Self::auth_error(call, format!("Fusion asks for a second factor: {LOGIN_HINT}")));
+            return Err(Self::auth_error(
+                call,
+                format!("Fusion asks for a second factor: {LOGIN_HINT}"),
+            ));
         }
         if let Some(r) = &s.refused {
             if Instant::now() < r.until {
@@ -284,7 +316,10 @@ impl FusionClient {
         }
         match self.login(&mut s).await? {
             LoginOutcome::LoggedIn => Ok(s.access.clone().expect("a login sets the access token")),
-            LoginOutcome::CodeRequired => Err(Self::auth_error(call, format!("Fusion asks for a second factor: {LOGIN_HINT}"))),
+            LoginOutcome::CodeRequired => Err(Self::auth_error(
+                call,
+                format!("Fusion asks for a second factor: {LOGIN_HINT}"),
+            )),
         }
     }
 
@@ -302,10 +337,16 @@ impl FusionClient {
         let status = resp.status();
         let bytes = read_capped(resp, call).await?;
         if !status.is_success() {
-            return Err(PlatformError::from_token_response(call, status, None, &bytes));
+            return Err(PlatformError::from_token_response(
+                call, status, None, &bytes,
+            ));
         }
         let a: LoginAnswer = serde_json::from_slice(&bytes).map_err(|e| {
-            PlatformError::local(call, ErrorClass::Retryable, format!("answer not understood: {e}"))
+            PlatformError::local(
+                call,
+                ErrorClass::Retryable,
+                format!("answer not understood: {e}"),
+            )
         })?;
         a.access_token.map(Secret::new).ok_or_else(|| {
             PlatformError::local(call, ErrorClass::Retryable, "no access_token in the answer")
@@ -314,19 +355,31 @@ impl FusionClient {
 
     async fn forget_access(&self, refused: &Secret) {
         let mut s = self.inner.session.lock().await;
-        if s.access.as_ref().is_some_and(|a| a.expose() == refused.expose()) {
+        if s.access
+            .as_ref()
+            .is_some_and(|a| a.expose() == refused.expose())
+        {
             s.access = None;
         }
     }
 
     /// An authorised call; a refused access token is renewed once (refresh, else login).
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(StatusCode, bytes::Bytes), PlatformError> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, bytes::Bytes), PlatformError> {
         let call = format!("{method} /api/v01{path}");
         for attempt in 0..2 {
             let token = self.access().await?;
             let result = {
                 let _permit = self.inner.permits.acquire().await.expect("never closed");
-                let mut rb = self.inner.http.request(method.clone(), self.url(path)).bearer_auth(token.expose());
+                let mut rb = self
+                    .inner
+                    .http
+                    .request(method.clone(), self.url(path))
+                    .bearer_auth(token.expose());
                 if let Some(b) = body {
                     rb = rb.json(b);
                 }

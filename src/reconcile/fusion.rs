@@ -39,14 +39,25 @@ fn item_key(s: Subscription) -> Uuid {
 
 /// The managed leaves of `intent` that differ from `current`: (dotted path, platform, intended).
 /// A masked platform value is never a difference.
-fn differences(intent: &Map<String, Value>, current: &Map<String, Value>, at: &str, out: &mut Vec<(String, Value, Value)>) {
+fn differences(
+    intent: &Map<String, Value>,
+    current: &Map<String, Value>,
+    at: &str,
+    out: &mut Vec<(String, Value, Value)>,
+) {
     for (k, want) in intent {
-        let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+        let path = if at.is_empty() {
+            k.clone()
+        } else {
+            format!("{at}.{k}")
+        };
         let have = current.get(k);
         match (want, have) {
             (Value::Object(w), Some(Value::Object(h))) => differences(w, h, &path, out),
             (_, Some(Value::String(s))) if s == FUSION_MASK => {}
-            (w, h) if Some(w) != h => out.push((path, h.cloned().unwrap_or(Value::Null), w.clone())),
+            (w, h) if Some(w) != h => {
+                out.push((path, h.cloned().unwrap_or(Value::Null), w.clone()))
+            }
             _ => {}
         }
     }
@@ -94,7 +105,10 @@ fn object_of(call: &str, body: &[u8]) -> Result<Map<String, Value>, ReconcileErr
 
 impl Reconcilers {
     fn fusion(&self) -> Result<&FusionClient, ReconcileError> {
-        self.inner.fusion.as_ref().ok_or(ReconcileError::NotConfigured("[fusion]"))
+        self.inner
+            .fusion
+            .as_ref()
+            .ok_or(ReconcileError::NotConfigured("[fusion]"))
     }
 
     /// The session kept in the store, taken in once.
@@ -136,7 +150,10 @@ impl Reconcilers {
     }
 
     /// `statusd fusion login`: log in now (with the second factor's code, if given).
-    pub async fn fusion_login(&self, code: Option<&str>) -> Result<crate::platform::LoginOutcome, ReconcileError> {
+    pub async fn fusion_login(
+        &self,
+        code: Option<&str>,
+    ) -> Result<crate::platform::LoginOutcome, ReconcileError> {
         self.fusion_resume().await?;
         let outcome = self.fusion()?.login_now(code).await?;
         self.fusion_keep().await?;
@@ -158,11 +175,18 @@ impl Reconcilers {
                 state,
                 crate::platform::FusionState::CodeRequired | crate::platform::FusionState::Refused
             );
-            self.inner.metrics.fusion_login_required.set(i64::from(required));
+            self.inner
+                .metrics
+                .fusion_login_required
+                .set(i64::from(required));
         }
     }
 
-    pub(super) async fn reconcile_fusion(&self, report: &mut Report, scheduled: bool) -> Result<(), ReconcileError> {
+    pub(super) async fn reconcile_fusion(
+        &self,
+        report: &mut Report,
+        scheduled: bool,
+    ) -> Result<(), ReconcileError> {
         self.fusion_resume().await?;
         let result = self.fusion_run(report, scheduled).await;
         self.fusion_keep().await?;
@@ -171,14 +195,26 @@ impl Reconcilers {
     }
 
     async fn fusion_run(&self, report: &mut Report, scheduled: bool) -> Result<(), ReconcileError> {
-        let settings = self.inner.settings.fusion.as_ref().ok_or(ReconcileError::NotConfigured("[fusion]"))?;
+        let settings = self
+            .inner
+            .settings
+            .fusion
+            .as_ref()
+            .ok_or(ReconcileError::NotConfigured("[fusion]"))?;
         let fusion = self.fusion()?.clone();
         let mut subs = Vec::new();
         for tenant in &settings.tenants {
-            subs.extend(self.fusion_subscriptions(&fusion, *tenant, settings.page_size).await?);
+            subs.extend(
+                self.fusion_subscriptions(&fusion, *tenant, settings.page_size)
+                    .await?,
+            );
         }
-        report.details.insert("tenants".into(), json!(settings.tenants.len()));
-        report.details.insert("subscriptions".into(), json!(subs.len()));
+        report
+            .details
+            .insert("tenants".into(), json!(settings.tenants.len()));
+        report
+            .details
+            .insert("subscriptions".into(), json!(subs.len()));
         let now = now_ms();
         let dry_run = report.dry_run;
         let limit = self.inner.settings.platform.max_concurrency.max(1);
@@ -192,16 +228,25 @@ impl Reconcilers {
                     if let Some(b) = self.item_waiting(Kind::FusionBranding, item_key(s), now) {
                         report.skipped.push(ItemNote {
                             tenant_id: s.tenant,
-                            message: format!("subscription {}: in backoff after {} failure(s); next try at {}", s.id, b.failures, ms_text(b.not_before_ms)),
+                            message: format!(
+                                "subscription {}: in backoff after {} failure(s); next try at {}",
+                                s.id,
+                                b.failures,
+                                ms_text(b.not_before_ms)
+                            ),
                         });
                         continue;
                     }
                 }
                 let intent = settings.intent_of(&s.tenant);
                 let fusion = fusion.clone();
-                set.spawn(async move { (s, brand_subscription(&fusion, s, &intent, dry_run).await) });
+                set.spawn(
+                    async move { (s, brand_subscription(&fusion, s, &intent, dry_run).await) },
+                );
             }
-            let Some(joined) = set.join_next().await else { break };
+            let Some(joined) = set.join_next().await else {
+                break;
+            };
             let (s, result) = joined.map_err(|e| ReconcileError::Task(e.to_string()))?;
             match result {
                 Ok(o) => {
@@ -231,7 +276,12 @@ impl Reconcilers {
     }
 
     /// Every subscription of a tenant, page by page (404: it has none).
-    async fn fusion_subscriptions(&self, fusion: &FusionClient, tenant: Uuid, page_size: u64) -> Result<Vec<Subscription>, ReconcileError> {
+    async fn fusion_subscriptions(
+        &self,
+        fusion: &FusionClient,
+        tenant: Uuid,
+        page_size: u64,
+    ) -> Result<Vec<Subscription>, ReconcileError> {
         #[derive(Deserialize)]
         struct Page {
             #[serde(default)]
@@ -246,7 +296,9 @@ impl Reconcilers {
         let mut out = Vec::new();
         let mut page = 1u64;
         loop {
-            let path = fusion.draas(&format!("/tenants/{tenant}/subscriptions?page={page}&page_size={page_size}"));
+            let path = fusion.draas(&format!(
+                "/tenants/{tenant}/subscriptions?page={page}&page_size={page_size}"
+            ));
             let (status, body) = fusion.call(Method::GET, &path, None).await?;
             if status == StatusCode::NOT_FOUND {
                 break;
@@ -260,7 +312,11 @@ impl Reconcilers {
                     retry_after: None,
                 })
             })?;
-            out.extend(p.subscriptions.iter().map(|s| Subscription { tenant, id: s.id }));
+            out.extend(
+                p.subscriptions
+                    .iter()
+                    .map(|s| Subscription { tenant, id: s.id }),
+            );
             // A page past the last, or an empty one, ends the walk (never a loop).
             if page >= p.pages || p.subscriptions.is_empty() || page >= 100_000 {
                 break;
@@ -271,7 +327,12 @@ impl Reconcilers {
     }
 }
 
-async fn brand_subscription(fusion: &FusionClient, s: Subscription, intent: &FusionBranding, dry_run: bool) -> Result<SubOutcome, ReconcileError> {
+async fn brand_subscription(
+    fusion: &FusionClient,
+    s: Subscription,
+    intent: &FusionBranding,
+    dry_run: bool,
+) -> Result<SubOutcome, ReconcileError> {
     let mut out = SubOutcome::default();
     for (part, wanted) in &intent.parts {
         if wanted.is_empty() {
@@ -314,8 +375,13 @@ async fn brand_subscription(fusion: &FusionClient, s: Subscription, intent: &Fus
             }
             None => path.clone(),
         };
-        fusion.call(Method::PUT, &write_path, Some(&Value::Object(write))).await?;
-        out.actions.push(format!("tenant {} subscription {}: wrote {part}", s.tenant, s.id));
+        fusion
+            .call(Method::PUT, &write_path, Some(&Value::Object(write)))
+            .await?;
+        out.actions.push(format!(
+            "tenant {} subscription {}: wrote {part}",
+            s.tenant, s.id
+        ));
     }
     Ok(out)
 }

@@ -35,7 +35,9 @@ pub(super) fn default_part(part: &str) -> Map<String, Value> {
         "pages" => json!({"subscription": {"subscriptionNumbers": {"tabs": {
             "myNumbers": {"enabled": true}, "porting": {"enabled": true},
             "releasedNumbers": {"enabled": true}, "reservedNumbers": {"enabled": true}}}}}),
-        "styling.font" => json!({"allowed": ["Avenir Next Cyr", "Roboto", "Ubuntu", "Montserrat"], "name": "Avenir Next Cyr"}),
+        "styling.font" => {
+            json!({"allowed": ["Avenir Next Cyr", "Roboto", "Ubuntu", "Montserrat"], "name": "Avenir Next Cyr"})
+        }
         "styling.image" => json!({"favicon": "/branding/default/favicon/favicon.ico",
             "login": {"bg": "/branding/default/img/Loginbackground.png", "logo": "/branding/default/img/LoginLogo.svg"},
             "main": {"bg": "/branding/default/img/MainBackground.png", "logo": "/branding/default/img/Logo.svg"}}),
@@ -53,7 +55,9 @@ impl FusionSb {
         let mut tenants = BTreeMap::new();
         let mut next = 1;
         for _ in 0..opts.fusion_tenants {
-            let subs: Vec<i64> = (0..opts.fusion_subscriptions).map(|i| next + i as i64).collect();
+            let subs: Vec<i64> = (0..opts.fusion_subscriptions)
+                .map(|i| next + i as i64)
+                .collect();
             next += opts.fusion_subscriptions as i64;
             tenants.insert(Uuid::from_u128(rng.random()), subs);
         }
@@ -171,7 +175,10 @@ pub(super) async fn fusion_login(State(state): State<Shared>, body: Bytes) -> Re
 
 pub(super) async fn fusion_2fa(State(state): State<Shared>, body: Bytes) -> Response {
     let Some(b) = json_body(&body) else {
-        return fusion_error(StatusCode::BAD_REQUEST, "expected {code, trust, 2fa_payload}");
+        return fusion_error(
+            StatusCode::BAD_REQUEST,
+            "expected {code, trust, 2fa_payload}",
+        );
     };
     let mut s = state.lock().expect("sandbox lock");
     let payload = b.get("2fa_payload").and_then(Value::as_str).unwrap_or("");
@@ -185,12 +192,16 @@ pub(super) async fn fusion_2fa(State(state): State<Shared>, body: Bytes) -> Resp
     Json(t).into_response()
 }
 
-pub(super) async fn fusion_access_token(State(state): State<Shared>, headers: HeaderMap) -> Response {
+pub(super) async fn fusion_access_token(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+) -> Response {
     let mut s = state.lock().expect("sandbox lock");
     match bearer(&headers) {
         Some(r) if s.fusion.refresh.contains(&r) => {
             let access = format!("fa-{:032x}", s.rng.random::<u128>());
-            let exp = chrono::Utc::now().timestamp_millis() + s.fusion.access_ttl.as_millis() as i64;
+            let exp =
+                chrono::Utc::now().timestamp_millis() + s.fusion.access_ttl.as_millis() as i64;
             s.fusion.access.insert(access.clone(), exp);
             Json(json!({"access_token": access})).into_response()
         }
@@ -210,8 +221,14 @@ fn authorized(s: &SbState, headers: &HeaderMap) -> Result<(), Response> {
     let now = chrono::Utc::now().timestamp_millis();
     match bearer(headers).and_then(|t| s.fusion.access.get(&t).copied()) {
         Some(exp) if exp > now => Ok(()),
-        Some(_) => Err(fusion_error(StatusCode::UNAUTHORIZED, "access token expired")),
-        None => Err(fusion_error(StatusCode::UNAUTHORIZED, "missing or unknown access token")),
+        Some(_) => Err(fusion_error(
+            StatusCode::UNAUTHORIZED,
+            "access token expired",
+        )),
+        None => Err(fusion_error(
+            StatusCode::UNAUTHORIZED,
+            "missing or unknown access token",
+        )),
     }
 }
 
@@ -249,7 +266,8 @@ pub(super) async fn fusion_subscriptions(
         .map(|id| json!({"id": id, "name": format!("Subscription {id}"), "billingId": format!("sandbox::{id}"),
             "licenses": {"msTeamsUsers": 10, "sipTrunkChannels": 0}, "uc": "msteams"}))
         .collect();
-    Json(json!({"results": subs.len(), "pages": pages, "page": page, "subscriptions": items})).into_response()
+    Json(json!({"results": subs.len(), "pages": pages, "page": page, "subscriptions": items}))
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -263,14 +281,25 @@ fn part_of(name: &str, kind: Option<&str>) -> Result<String, Response> {
     match (name, kind) {
         ("general" | "pages", _) => Ok(name.to_string()),
         ("styling", Some(t @ ("font" | "image" | "theme"))) => Ok(format!("styling.{t}")),
-        ("styling", _) => Err(fusion_error(StatusCode::BAD_REQUEST, "type must be font, image or theme")),
+        ("styling", _) => Err(fusion_error(
+            StatusCode::BAD_REQUEST,
+            "type must be font, image or theme",
+        )),
         _ => Err(fusion_error(StatusCode::NOT_FOUND, "unknown configuration")),
     }
 }
 
-fn subscription_known(s: &SbState, instance: &str, tenant: &Uuid, sub: i64) -> Result<(), Response> {
+fn subscription_known(
+    s: &SbState,
+    instance: &str,
+    tenant: &Uuid,
+    sub: i64,
+) -> Result<(), Response> {
     if instance != FUSION_INSTANCE {
-        return Err(fusion_error(StatusCode::NOT_FOUND, "unknown draas instance"));
+        return Err(fusion_error(
+            StatusCode::NOT_FOUND,
+            "unknown draas instance",
+        ));
     }
     match s.fusion.tenants.get(tenant) {
         Some(subs) if subs.contains(&sub) => Ok(()),
@@ -285,7 +314,9 @@ pub(super) async fn fusion_get_part(
     headers: HeaderMap,
 ) -> Response {
     let s = state.lock().expect("sandbox lock");
-    if let Err(r) = authorized(&s, &headers).and_then(|()| subscription_known(&s, &instance, &tenant, sub)) {
+    if let Err(r) =
+        authorized(&s, &headers).and_then(|()| subscription_known(&s, &instance, &tenant, sub))
+    {
         return r;
     }
     let part = match part_of(&name, q.kind.as_deref()) {
@@ -302,11 +333,16 @@ pub(super) async fn fusion_put_part(
     body: Bytes,
 ) -> Response {
     let mut s = state.lock().expect("sandbox lock");
-    if let Err(r) = authorized(&s, &headers).and_then(|()| subscription_known(&s, &instance, &tenant, sub)) {
+    if let Err(r) =
+        authorized(&s, &headers).and_then(|()| subscription_known(&s, &instance, &tenant, sub))
+    {
         return r;
     }
     let Some(mut b) = json_body(&body) else {
-        return fusion_error(StatusCode::BAD_REQUEST, "expected a JSON object of properties");
+        return fusion_error(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON object of properties",
+        );
     };
     let kind = match b.remove("type") {
         Some(Value::String(t)) => Some(t),
@@ -317,7 +353,10 @@ pub(super) async fn fusion_put_part(
         Err(r) => return r,
     };
     if carries_mask(&b) {
-        return fusion_error(StatusCode::BAD_REQUEST, "a property carries the mask ******** (a secret read back is not a value)");
+        return fusion_error(
+            StatusCode::BAD_REQUEST,
+            "a property carries the mask ******** (a secret read back is not a value)",
+        );
     }
     let old = s.fusion.part(tenant, sub, &part);
     keep_secrets(&mut b, &old);

@@ -248,7 +248,13 @@ impl Sandbox {
 
     /// The Fusion tenants and their subscription ids.
     pub fn fusion_tenants(&self) -> Vec<(Uuid, Vec<i64>)> {
-        self.with(|s| s.fusion.tenants.iter().map(|(t, v)| (*t, v.clone())).collect())
+        self.with(|s| {
+            s.fusion
+                .tenants
+                .iter()
+                .map(|(t, v)| (*t, v.clone()))
+                .collect()
+        })
     }
 
     /// One part of a subscription's branding as stored (secrets in clear).
@@ -258,7 +264,11 @@ impl Sandbox {
 
     /// Change a part behind statusd's back, as an operator in the portal would.
     pub fn set_fusion_part(&self, tenant: Uuid, sub: i64, part: &str, value: Map<String, Value>) {
-        self.with(|s| s.fusion.config.insert((tenant, sub, part.to_string()), value));
+        self.with(|s| {
+            s.fusion
+                .config
+                .insert((tenant, sub, part.to_string()), value)
+        });
     }
 
     /// The Fusion password the sandbox accepts.
