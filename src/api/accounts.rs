@@ -81,7 +81,7 @@ pub(super) async fn get_account(
 // Accounts at run time ---------------------------------------------------------------------------
 
 use super::answers::{Accepted, AccountChanged, AccountRemoved};
-use super::intake::{read_json, require_json_body};
+use super::intake::{read_json_within, require_json_body};
 use crate::accounts::{AccountSource, AccountSpec};
 use crate::config::{Credentials, Secret};
 use crate::platform::Invalid;
@@ -170,17 +170,7 @@ async fn body_object(
     body: axum::body::Body,
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
     require_json_body(headers)?;
-    let value = tokio::time::timeout(state.read_timeout, read_json(body))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
-                "the body did not arrive within api.read_timeout",
-            )
-            .field("body")
-        })??;
-    match value {
+    match read_json_within(state.read_timeout, body).await? {
         Value::Object(m) => Ok(m),
         _ => Err(ApiError::invalid("body", "expected a JSON object")),
     }

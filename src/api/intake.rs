@@ -26,19 +26,7 @@ pub(super) async fn post_events(
         .field("store.max_size"));
     }
     require_json_body(&headers)?;
-    let value = tokio::time::timeout(state.read_timeout, read_json(body))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
-                format!(
-                    "the body did not arrive within {} (api.read_timeout)",
-                    humantime::format_duration(state.read_timeout)
-                ),
-            )
-            .field("body")
-        })??;
+    let value = read_json_within(state.read_timeout, body).await?;
     let header_key = idempotency_header(&headers)?;
     let (mut events, is_array) = events_of(&value, header_key.as_deref())?;
     route(&state, &mut events, is_array)?;
@@ -241,7 +229,27 @@ pub(super) fn require_json_body(headers: &HeaderMap) -> Result<(), ApiError> {
     .field("Content-Type"))
 }
 
-pub(super) async fn read_json(body: Body) -> Result<Value, ApiError> {
+/// The JSON body, refused (408) when it does not arrive within `api.read_timeout`.
+pub(super) async fn read_json_within(
+    timeout: std::time::Duration,
+    body: Body,
+) -> Result<Value, ApiError> {
+    tokio::time::timeout(timeout, read_json(body))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the body did not arrive within {} (api.read_timeout)",
+                    humantime::format_duration(timeout)
+                ),
+            )
+            .field("body")
+        })?
+}
+
+async fn read_json(body: Body) -> Result<Value, ApiError> {
     let bytes: Bytes = axum::body::to_bytes(body, limits::BODY_BYTES)
         .await
         .map_err(|_| {

@@ -155,10 +155,8 @@ impl FusionClient {
         match code {
             None => self.login(&mut s).await,
             Some(code) => {
-                if s.pending_2fa.is_none() {
-                    if self.login(&mut s).await? == LoginOutcome::LoggedIn {
-                        return Ok(LoginOutcome::LoggedIn);
-                    }
+                if s.pending_2fa.is_none() && self.login(&mut s).await? == LoginOutcome::LoggedIn {
+                    return Ok(LoginOutcome::LoggedIn);
                 }
                 self.second_factor(&mut s, code).await
             }
@@ -199,12 +197,19 @@ impl FusionClient {
         path: &str,
         body: &Value,
     ) -> Result<LoginAnswer, PlatformError> {
+        let rb = self.inner.http.post(self.url(path)).json(body);
+        self.auth_request(call, rb).await
+    }
+
+    /// A call of the authentication endpoints, its refusals classified as the token
+    /// endpoint's.
+    async fn auth_request(
+        &self,
+        call: &str,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<LoginAnswer, PlatformError> {
         let _permit = self.inner.permits.acquire().await.expect("never closed");
-        let resp = self
-            .inner
-            .http
-            .post(self.url(path))
-            .json(body)
+        let resp = rb
             .send()
             .await
             .map_err(|e| PlatformError::from_transport(call, &e))?;
@@ -219,7 +224,7 @@ impl FusionClient {
             PlatformError::local(
                 call,
                 ErrorClass::Retryable,
-                format!("login answer not understood: {e}"),
+                format!("answer not understood: {e}"),
             )
         })
     }
@@ -325,29 +330,12 @@ impl FusionClient {
 
     async fn renew(&self, refresh: &Secret) -> Result<Secret, PlatformError> {
         let call = "GET /api/v01/auth/access_token";
-        let _permit = self.inner.permits.acquire().await.expect("never closed");
-        let resp = self
+        let rb = self
             .inner
             .http
             .get(self.url("/auth/access_token"))
-            .bearer_auth(refresh.expose())
-            .send()
-            .await
-            .map_err(|e| PlatformError::from_transport(call, &e))?;
-        let status = resp.status();
-        let bytes = read_capped(resp, call).await?;
-        if !status.is_success() {
-            return Err(PlatformError::from_token_response(
-                call, status, None, &bytes,
-            ));
-        }
-        let a: LoginAnswer = serde_json::from_slice(&bytes).map_err(|e| {
-            PlatformError::local(
-                call,
-                ErrorClass::Retryable,
-                format!("answer not understood: {e}"),
-            )
-        })?;
+            .bearer_auth(refresh.expose());
+        let a = self.auth_request(call, rb).await?;
         a.access_token.map(Secret::new).ok_or_else(|| {
             PlatformError::local(call, ErrorClass::Retryable, "no access_token in the answer")
         })

@@ -81,16 +81,6 @@ impl Queue {
 
     /// Remove every delivered event now, whatever the retention.
     async fn compact_delivered_now(&self) -> Result<usize, StoreError> {
-        let cutoff = now_ms() + 1;
-        let mut removed = 0;
-        loop {
-            let n = self
-                .write(move |core, _| core.compact_delivered(cutoff))
-                .await?;
-            if n == 0 {
-                return Ok(removed);
-            }
-            removed += n;
-        }
+        self.compact_delivered_before(now_ms() + 1).await
     }
 }

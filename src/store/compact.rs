@@ -10,22 +10,32 @@ impl Queue {
         let retention = self.inner.options.delivered_retention.as_millis() as i64;
         let cutoff = now_ms - retention;
         let idem_cutoff = now_ms - retention.max(IDEMPOTENCY_WINDOW.as_millis() as i64);
-        let mut removed = 0;
-        loop {
-            let n = self
-                .write(move |core, _| core.compact_delivered(cutoff))
-                .await?;
-            if n == 0 {
-                break;
-            }
-            removed += n;
-        }
+        let removed = self.compact_delivered_before(cutoff).await?;
         while self
             .write(move |core, _| core.compact_idempotency_keys(idem_cutoff))
             .await?
             > 0
         {}
         Ok(removed)
+    }
+}
+
+impl Queue {
+    /// Remove the events delivered before `cutoff_ms`, chunk by chunk.
+    pub(super) async fn compact_delivered_before(
+        &self,
+        cutoff_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        loop {
+            let n = self
+                .write(move |core, _| core.compact_delivered(cutoff_ms))
+                .await?;
+            if n == 0 {
+                return Ok(removed);
+            }
+            removed += n;
+        }
     }
 }
 
@@ -48,7 +58,7 @@ impl Core {
             .collect()
     }
 
-    pub(super) fn compact_delivered(&self, cutoff_ms: i64) -> Result<Wrote, StoreError> {
+    fn compact_delivered(&self, cutoff_ms: i64) -> Result<Wrote, StoreError> {
         let keys = self.keys_before(b'c', cutoff_ms)?;
         let mut b = sled::Batch::default();
         for k in &keys {
