@@ -111,6 +111,7 @@ async fn a_daemon_that_does_not_answer_is_exit_69() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_serves_several_data_centers() {
     use std::io::{BufRead, BufReader};
+    statusd::platform::install_crypto_provider();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_statusd"))
         .args(["sandbox", "--listen", "127.0.0.1:0", "--datacenters", "3"])
         .stdout(std::process::Stdio::piped())

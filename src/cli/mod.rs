@@ -30,6 +30,16 @@ pub fn load_settings(cli: &Cli, purpose: Purpose) -> Result<Settings, ExitCode> 
     }
 }
 
+/// Commands that serve until stopped.
+fn long_running(command: &Command) -> bool {
+    match command {
+        Command::Run(_) => true,
+        #[cfg(feature = "sandbox")]
+        Command::Sandbox(_) | Command::Demo(_) => true,
+        _ => false,
+    }
+}
+
 /// Entry point of the binary after parsing.
 pub fn main(cli: Cli) -> ExitCode {
     // The demo shows its own progress and summary (retries included), so only errors interleave
@@ -47,8 +57,9 @@ pub fn main(cli: Cli) -> ExitCode {
     };
     telemetry::init(cli.log_format, default_filter);
     // A command whose output is piped into `head` ends quietly when the pipe closes, as other
-    // command-line tools do; the daemon itself keeps Rust's default (a closed pipe is an error).
-    if !matches!(cli.command, Command::Run(_)) {
+    // command-line tools do; the daemon, the sandbox and the demo keep Rust's default (a closed
+    // pipe is an error, never the end of a server).
+    if !long_running(&cli.command) {
         // SAFETY: restoring the default disposition of a signal, before any thread is started.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
