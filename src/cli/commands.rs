@@ -311,8 +311,14 @@ async fn list_accounts(settings: Settings, args: &StatusArgs) -> ExitCode {
                     Some(f) => format!("failing: {}", clip(&f.error, 60)),
                     None => a.token.clone(),
                 };
+                let source = if a.retiring {
+                    format!("{} (retiring)", a.source)
+                } else {
+                    a.source.clone()
+                };
                 vec![
                     a.id.clone(),
+                    source,
                     a.datacenter.clone(),
                     token,
                     a.pending_events.to_string(),
@@ -324,6 +330,7 @@ async fn list_accounts(settings: Settings, args: &StatusArgs) -> ExitCode {
     };
     let headers = [
         "ACCOUNT",
+        "SOURCE",
         "DATA CENTER",
         "TOKEN",
         "PENDING",

@@ -32,14 +32,51 @@ pub struct FusionSettings {
     /// The intent of every managed tenant, part by part (only properties set are managed).
     pub branding: FusionBranding,
     /// Per-tenant intent, merged property by property over `branding`.
+    #[serde(serialize_with = "overrides_as_written")]
     pub tenants_override: BTreeMap<Uuid, FusionBranding>,
+}
+
+/// `tenants_override."<uuid>".branding...`, as the settings are written.
+fn overrides_as_written<S: serde::Serializer>(
+    o: &BTreeMap<Uuid, FusionBranding>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(o.len()))?;
+    for (t, b) in o {
+        m.serialize_entry(&t.to_string(), &serde_json::json!({ "branding": b }))?;
+    }
+    m.end()
 }
 
 /// Intended properties of each part (`general`, `pages`, `styling.font`, ...). Nested tables are
 /// nested objects.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct FusionBranding {
     pub parts: BTreeMap<String, serde_json::Map<String, Value>>,
+}
+
+/// Written as the settings are: `general`, `pages`, `styling.font|image|theme` as tables.
+impl Serialize for FusionBranding {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut out = serde_json::Map::new();
+        for (part, props) in &self.parts {
+            match part.split_once('.') {
+                Some((outer, inner)) => {
+                    let entry = out
+                        .entry(outer.to_string())
+                        .or_insert_with(|| Value::Object(Default::default()));
+                    if let Value::Object(m) = entry {
+                        m.insert(inner.to_string(), Value::Object(props.clone()));
+                    }
+                }
+                None => {
+                    out.insert(part.clone(), Value::Object(props.clone()));
+                }
+            }
+        }
+        out.serialize(s)
+    }
 }
 
 /// Merge `over` into `base`, object by object: a nested object is merged, anything else
