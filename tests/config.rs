@@ -432,3 +432,92 @@ application_code = "vendor.app"
     // With accounts, [platform] credentials are not required.
     assert!(!p.iter().any(|(k, _)| k.starts_with("platform.")), "{p:?}");
 }
+
+#[test]
+fn store_bound_and_key_are_read_and_refused_by_name() {
+    let s = load_from_str(&format!("{MINIMAL}[store]\nmax_size = \"2GB\"\n"), &[], Purpose::Run).unwrap();
+    assert_eq!(s.store.max_size, Some(2_000_000_000));
+    let s = load_from_str(&format!("{MINIMAL}[store]\nmax_size = \"1GiB\"\n"), &[], Purpose::Run).unwrap();
+    assert_eq!(s.store.max_size, Some(1 << 30));
+    for bad in ["\"lots\"", "\"12 parsecs\"", "\"10KB\""] {
+        let p = problems(&format!("{MINIMAL}[store]\nmax_size = {bad}\n"), &[]);
+        assert!(p.iter().any(|(k, _)| k == "store.max_size"), "{bad}: {p:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "c2hvcnQ=\n").unwrap();
+    let p = problems(
+        &format!("{MINIMAL}[store]\nsecret_key_file = \"{}\"\n", short.display()),
+        &[],
+    );
+    assert!(has(&p, "store.secret_key_file", "32"), "{p:?}");
+    let p = problems(&format!("{MINIMAL}[store]\nsecret_key_file = \"/nonexistent/k\"\n"), &[]);
+    assert!(has(&p, "store.secret_key_file", "cannot read"), "{p:?}");
+}
+
+#[test]
+fn a_key_lets_run_start_with_no_account_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    statusd::vault::write_new_key(&key).unwrap();
+    let toml = format!(
+        "[integration]\napplication_code = \"vendor.app\"\n[store]\nsecret_key_file = \"{}\"\n",
+        key.display()
+    );
+    let s = load_from_str(&toml, &[], Purpose::Run).unwrap();
+    assert!(s.accounts.is_empty());
+    assert!(s.store.secret_key.is_some());
+    // Without one, the [platform] credentials are still required.
+    let p = problems("[integration]\napplication_code = \"vendor.app\"\n", &[]);
+    assert!(p.iter().any(|(k, _)| k.starts_with("platform.")), "{p:?}");
+}
+
+const FUSION: &str = r#"
+[fusion]
+base_url = "https://apioaas-prov.netaxis.cloud/"
+draas_instance = "draas_v1"
+username = "api"
+password = "fusion-secret-pw"
+tenants = ["1c3bf204-33d8-cf2a-3941-2f202f84c6a8"]
+[fusion.branding.general]
+companyName = "Acme"
+smtp = { host = "smtp.acme.example" }
+[fusion.branding.styling.theme]
+selected = "red"
+[fusion.tenants_override."1c3bf204-33d8-cf2a-3941-2f202f84c6a8".branding.general]
+companyName = "Acme EU"
+smtp = { port = 2525 }
+"#;
+
+#[test]
+fn fusion_settings_are_read_with_overrides_merged_property_by_property() {
+    let s = load_from_str(&format!("{MINIMAL}{FUSION}"), &[], Purpose::Run).unwrap();
+    let f = s.fusion.as_ref().unwrap();
+    assert_eq!(f.base_url, "https://apioaas-prov.netaxis.cloud");
+    assert_eq!(f.schedule, "0 30 * * * *");
+    let t: uuid::Uuid = "1c3bf204-33d8-cf2a-3941-2f202f84c6a8".parse().unwrap();
+    let intent = f.intent_of(&t);
+    let general = &intent.parts["general"];
+    assert_eq!(general["companyName"], "Acme EU");
+    assert_eq!(general["smtp"]["host"], "smtp.acme.example");
+    assert_eq!(general["smtp"]["port"], 2525);
+    assert_eq!(intent.parts["styling.theme"]["selected"], "red");
+    let other = f.intent_of(&uuid::Uuid::nil());
+    assert_eq!(other.parts["general"]["companyName"], "Acme");
+    // The password is not in the effective settings.
+    let shown = s.to_redacted_toml();
+    assert!(!shown.contains("fusion-secret-pw"), "{shown}");
+    assert!(shown.contains("[fusion.branding.styling.theme]"), "{shown}");
+}
+
+#[test]
+fn fusion_problems_are_named() {
+    let p = problems(&format!("{MINIMAL}[fusion]\nbase_url = \"http://fusion.example\"\ntenants = [\"nope\"]\n[fusion.branding.colours]\na = 1\n[fusion.branding.general]\nsmtp = {{ password = \"********\" }}\n"), &[]);
+    assert!(has(&p, "fusion.base_url", "http://"), "{p:?}");
+    assert!(has(&p, "fusion.draas_instance", "required"), "{p:?}");
+    assert!(has(&p, "fusion.username", "required"), "{p:?}");
+    assert!(has(&p, "fusion.password", "required"), "{p:?}");
+    assert!(has(&p, "fusion.tenants[0]", "UUID"), "{p:?}");
+    assert!(has(&p, "fusion.branding.colours", "not a branding part"), "{p:?}");
+    assert!(has(&p, "fusion.branding.general.smtp.password", "masks a secret"), "{p:?}");
+}
