@@ -435,9 +435,19 @@ application_code = "vendor.app"
 
 #[test]
 fn store_bound_and_key_are_read_and_refused_by_name() {
-    let s = load_from_str(&format!("{MINIMAL}[store]\nmax_size = \"2GB\"\n"), &[], Purpose::Run).unwrap();
+    let s = load_from_str(
+        &format!("{MINIMAL}[store]\nmax_size = \"2GB\"\n"),
+        &[],
+        Purpose::Run,
+    )
+    .unwrap();
     assert_eq!(s.store.max_size, Some(2_000_000_000));
-    let s = load_from_str(&format!("{MINIMAL}[store]\nmax_size = \"1GiB\"\n"), &[], Purpose::Run).unwrap();
+    let s = load_from_str(
+        &format!("{MINIMAL}[store]\nmax_size = \"1GiB\"\n"),
+        &[],
+        Purpose::Run,
+    )
+    .unwrap();
     assert_eq!(s.store.max_size, Some(1 << 30));
     for bad in ["\"lots\"", "\"12 parsecs\"", "\"10KB\""] {
         let p = problems(&format!("{MINIMAL}[store]\nmax_size = {bad}\n"), &[]);
@@ -447,11 +457,17 @@ fn store_bound_and_key_are_read_and_refused_by_name() {
     let short = dir.path().join("short.key");
     std::fs::write(&short, "c2hvcnQ=\n").unwrap();
     let p = problems(
-        &format!("{MINIMAL}[store]\nsecret_key_file = \"{}\"\n", short.display()),
+        &format!(
+            "{MINIMAL}[store]\nsecret_key_file = \"{}\"\n",
+            short.display()
+        ),
         &[],
     );
     assert!(has(&p, "store.secret_key_file", "32"), "{p:?}");
-    let p = problems(&format!("{MINIMAL}[store]\nsecret_key_file = \"/nonexistent/k\"\n"), &[]);
+    let p = problems(
+        &format!("{MINIMAL}[store]\nsecret_key_file = \"/nonexistent/k\"\n"),
+        &[],
+    );
     assert!(has(&p, "store.secret_key_file", "cannot read"), "{p:?}");
 }
 
@@ -518,6 +534,16 @@ fn fusion_problems_are_named() {
     assert!(has(&p, "fusion.username", "required"), "{p:?}");
     assert!(has(&p, "fusion.password", "required"), "{p:?}");
     assert!(has(&p, "fusion.tenants[0]", "UUID"), "{p:?}");
-    assert!(has(&p, "fusion.branding.colours", "not a branding part"), "{p:?}");
-    assert!(has(&p, "fusion.branding.general.smtp.password", "masks a secret"), "{p:?}");
+    assert!(
+        has(&p, "fusion.branding.colours", "not a branding part"),
+        "{p:?}"
+    );
+    assert!(
+        has(
+            &p,
+            "fusion.branding.general.smtp.password",
+            "masks a secret"
+        ),
+        "{p:?}"
+    );
 }

@@ -332,3 +332,71 @@ async fn a_refused_password_is_reported_as_auth_and_not_retried_in_a_loop() {
     assert_eq!(status["fusion"], "refused", "{status}");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_subscription_waits_its_own_backoff_while_the_others_are_kept() {
+    let s = setup(true, 4).await;
+    let cfg = std::fs::read_to_string(config(&s, "fusion-pw")).unwrap();
+    let toml = format!(
+        "{cfg}\n[platform]\nbase_url = \"{}\"\nclient_id = \"{}\"\n[integration]\napplication_code = \"vendor.tests\"\n",
+        s.sb.url, s.sb.client_id
+    )
+    .replace(
+        "[store]\n",
+        &format!("[store]\npath = \"{}\"\n", s.dir.path().join("store").display()),
+    );
+    let settings = statusd::config::load_from_str(
+        &toml,
+        &[(
+            "STATUSD__PLATFORM__CLIENT_SECRET",
+            s.sb.client_secret.as_str(),
+        )],
+        statusd::config::Purpose::Run,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = statusd::app::start(settings, Some(listener), false)
+        .await
+        .unwrap();
+    let (t, subs) = s.sb.fusion_tenants()[1].clone();
+    let bad = subs[2];
+    s.sb.inject(statusd::sandbox::Fault {
+        status: Some(500),
+        path_contains: Some(format!("/subscriptions/{bad}/configurations")),
+        ..Default::default()
+    });
+    let kind = statusd::reconcile::Kind::FusionBranding;
+    running.reconcilers.trigger(kind).await;
+    let last = running.reconcilers.status().await["fusion-branding"].clone();
+    assert_eq!(
+        (last.outcome.unwrap().as_str(), last.errors),
+        ("partial", 1)
+    );
+    assert_eq!(
+        part(&s.sb, t, subs[0], "general")["companyName"],
+        "Acme Voice"
+    );
+    assert_eq!(part(&s.sb, t, bad, "general")["companyName"], "Fusion");
+    // The platform is fine again, but the next scheduled run leaves that subscription alone
+    // (its backoff), and the others are kept as intended.
+    s.sb.clear_faults();
+    let before = s.sb.stats().requests;
+    running.reconcilers.trigger(kind).await;
+    let last = running.reconcilers.status().await["fusion-branding"].clone();
+    assert_eq!(
+        (last.outcome.unwrap().as_str(), last.errors),
+        ("success", 0)
+    );
+    assert_eq!(part(&s.sb, t, bad, "general")["companyName"], "Fusion");
+    let asked = s.sb.stats().requests - before;
+    assert_eq!(
+        asked,
+        2 + 7 * 3,
+        "the pages, then three parts of each subscription but one"
+    );
+    // An operator's run does not wait for the backoff.
+    let r = running.reconcilers.run_now(kind, false).await.unwrap();
+    assert_eq!(r.outcome, "success");
+    assert_eq!(part(&s.sb, t, bad, "general")["companyName"], "Acme Voice");
+    running.shutdown().await;
+}
