@@ -331,6 +331,7 @@ pub(super) async fn add_account(
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     refuse_while_stopping(&state)?;
+    super::intake::refuse_when_full(&state)?;
     let activate = activate_of(&q)?;
     let obj = body_object(&state, &headers, body).await?;
     let spec = spec_of(&Body(&obj))?;

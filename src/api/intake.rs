@@ -17,14 +17,7 @@ pub(super) async fn post_events(
             "statusd is shutting down; retry against the next instance",
         ));
     }
-    if state.queue.is_full() {
-        return Err(ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "store_full",
-            "the store is at its bound (store.max_size): nothing was stored; intake resumes by itself once delivery frees room",
-        )
-        .field("store.max_size"));
-    }
+    refuse_when_full(&state)?;
     require_json_body(&headers)?;
     let value = read_json_within(state.read_timeout, body).await?;
     let header_key = idempotency_header(&headers)?;
@@ -162,6 +155,19 @@ fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<()
                 ))
             }
         }
+    }
+    Ok(())
+}
+
+/// 507 while the store is at `store.max_size`.
+pub(super) fn refuse_when_full(state: &ApiState) -> Result<(), ApiError> {
+    if state.queue.is_full() {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "store_full",
+            "the store is at its bound (store.max_size): nothing was stored; intake resumes by itself once delivery frees room",
+        )
+        .field("store.max_size"));
     }
     Ok(())
 }
