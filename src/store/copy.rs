@@ -124,6 +124,9 @@ pub struct Compacted {
 /// Keys copied per batch: small batches in sled's low-space mode make the smallest copy (large
 /// ones leave a copy bigger than its original).
 const COPY_CHUNK: usize = 64;
+/// Lines imported per batch (an import writes in the export's order, not in key order, so
+/// small batches gain it nothing).
+const IMPORT_CHUNK: usize = 1000;
 
 impl Offline {
     /// Live bytes: the keys and values the store holds.
@@ -487,7 +490,7 @@ fn import_into(
     progress: &mut dyn Progress,
 ) -> Result<Moved, StoreError> {
     create_private_dir(tmp)?;
-    let (db, tree) = open_sled_mode(tmp, &StoreOptions::default(), sled::Mode::LowSpace)?;
+    let (db, tree) = open_sled_checked(tmp, &StoreOptions::default())?;
     let mut moved = Moved::default();
     let mut seq = 0u64;
     let mut batch = sled::Batch::default();
@@ -582,7 +585,7 @@ fn import_into(
         }
         moved.lines += 1;
         in_batch += 1;
-        if in_batch >= COPY_CHUNK {
+        if in_batch >= IMPORT_CHUNK {
             tree.apply_batch(std::mem::take(&mut batch))?;
             in_batch = 0;
             progress.step(moved.events, 0);
