@@ -204,14 +204,7 @@ async fn drift_is_written_once_unmanaged_and_masked_properties_are_left_and_a_dr
         "red"
     );
     // The metrics carry the reconciler's name.
-    let m = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get_text(&http, &format!("http://127.0.0.1:{port}/metrics")).await;
     assert!(
         m.contains(
             "statusd_reconcile_runs_total{reconciler=\"fusion_branding\",outcome=\"success\"} 4"
@@ -259,14 +252,7 @@ async fn the_second_factor_goes_through_fusion_login_and_the_session_survives_a_
     assert_eq!(s.sb.fusion_counts().0, 1, "one login, not one per run");
     let status = get_json(&http, &format!("http://127.0.0.1:{port}/v1/status")).await;
     assert_eq!(status["fusion"], "code_required", "{status}");
-    let m = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get_text(&http, &format!("http://127.0.0.1:{port}/metrics")).await;
     assert!(m.contains("statusd_fusion_login_required 1"), "{m}");
     // A wrong code is refused; the right one logs in.
     let (code, text) = cli(&s, port, &["fusion", "login", "--code", "not-it"]);

@@ -94,6 +94,47 @@ fn add_body(dc: &Sandbox, id: &str, client: &(String, String)) -> Value {
     json!({"id": id, "datacenter_url": dc.url, "client_id": client.0, "client_secret": client.1})
 }
 
+/// The two data centers, a key, and the vendor's daemon on them, ready.
+struct Stage {
+    home: Sandbox,
+    partner: Sandbox,
+    dir: tempfile::TempDir,
+    key: PathBuf,
+    http: reqwest::Client,
+}
+
+async fn stage() -> Stage {
+    let (home, partner) = sandboxes().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("secret.key");
+    keygen(&key);
+    Stage {
+        home,
+        partner,
+        dir,
+        key,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Stage {
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// The daemon on the stage's store with its key, logging to `log`; ready.
+    async fn node(&self, log: &str) -> Node {
+        let node = start(
+            &self.home,
+            &self.store(),
+            Some(&self.key),
+            &self.dir.path().join(log),
+        );
+        wait_ready(&self.http, node.port).await;
+        node
+    }
+}
+
 async fn sandboxes() -> (Sandbox, Sandbox) {
     statusd::platform::install_crypto_provider();
     let home = Sandbox::start(SandboxOptions::default()).await.unwrap();
@@ -387,18 +428,9 @@ async fn an_account_added_at_run_time_survives_kill_9_and_its_events_arrive() {
 
 #[tokio::test]
 async fn rotation_reaches_events_already_queued() {
-    let (home, partner) = sandboxes().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("secret.key");
-    keygen(&key);
-    let node = start(
-        &home,
-        &dir.path().join("store"),
-        Some(&key),
-        &dir.path().join("d.log"),
-    );
-    let http = reqwest::Client::new();
-    wait_ready(&http, node.port).await;
+    let st = stage().await;
+    let (partner, http) = (&st.partner, &st.http);
+    let node = st.node("d.log").await;
     let client = partner.create_client(partner.root_tenant);
     let (s, v) = send(
         &http,
@@ -426,7 +458,7 @@ async fn rotation_reaches_events_already_queued() {
     let tenants = customers(&partner, 3);
     for t in &tenants {
         let (s, _) = send(
-            &http,
+            http,
             reqwest::Method::POST,
             node.url("/v1/events"),
             Some(json!({"tenant_id": t, "type": "activation", "account": "acme"})),
@@ -435,14 +467,14 @@ async fn rotation_reaches_events_already_queued() {
         assert_eq!(s, 202);
     }
     wait_for_async(WAIT, "the account's token failing", || async {
-        get_json(&http, &node.url("/v1/accounts/acme")).await["token"] == "failing"
+        get_json(http, &node.url("/v1/accounts/acme")).await["token"] == "failing"
     })
     .await;
     assert!(partner.reports().is_empty());
     // A wrong new secret changes nothing.
     let rotate = |secret: &str| {
         send(
-            &http,
+            http,
             reqwest::Method::PUT,
             node.url("/v1/accounts/acme/credentials"),
             Some(json!({"client_secret": secret})),
@@ -465,13 +497,7 @@ async fn rotation_reaches_events_already_queued() {
     // And after a restart, the stored (new) secret is the one used.
     let status = sigterm_and_wait(node.daemon).await;
     assert!(status.success());
-    let node = start(
-        &home,
-        &dir.path().join("store"),
-        Some(&key),
-        &dir.path().join("d2.log"),
-    );
-    wait_ready(&http, node.port).await;
+    let node = st.node("d2.log").await;
     let t = customers(&partner, 4)[3];
     let (s, _) = send(
         &http,
@@ -489,18 +515,9 @@ async fn rotation_reaches_events_already_queued() {
 
 #[tokio::test]
 async fn removal_is_refused_with_events_and_forced_drops_them_and_retirement_waits_for_them() {
-    let (home, partner) = sandboxes().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("secret.key");
-    keygen(&key);
-    let node = start(
-        &home,
-        &dir.path().join("store"),
-        Some(&key),
-        &dir.path().join("d.log"),
-    );
-    let http = reqwest::Client::new();
-    wait_ready(&http, node.port).await;
+    let st = stage().await;
+    let (partner, http) = (&st.partner, st.http.clone());
+    let node = st.node("d.log").await;
     let tenants = customers(&partner, 3);
     let add = |id: &'static str| {
         let client = partner.create_client(partner.root_tenant);

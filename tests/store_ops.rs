@@ -400,14 +400,7 @@ async fn at_store_max_size_intake_answers_507_and_resumes_once_delivery_frees_ro
         ready.json::<Value>().await.unwrap()["failing"],
         "store_full"
     );
-    let metrics = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, &format!("{url}/metrics")).await;
     assert!(metrics.contains("statusd_store_full 1"), "{metrics}");
     let depth = get_json(&http, &format!("{url}/v1/status")).await["queue"]["depth"]
         .as_u64()

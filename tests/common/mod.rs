@@ -223,6 +223,11 @@ pub async fn wait_ready(http: &reqwest::Client, port: u16) {
     .await;
 }
 
+/// The body of a GET, as text.
+pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// A GET answered with JSON.
 pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
