@@ -433,10 +433,10 @@ async fn rotation_reaches_events_already_queued() {
     let node = st.node("d.log").await;
     let client = partner.create_client(partner.root_tenant);
     let (s, v) = send(
-        &http,
+        http,
         reqwest::Method::POST,
         node.url("/v1/accounts"),
-        Some(add_body(&partner, "acme", &client)),
+        Some(add_body(partner, "acme", &client)),
     )
     .await;
     assert_eq!(s, 201, "{v}");
@@ -455,7 +455,7 @@ async fn rotation_reaches_events_already_queued() {
         .unwrap();
     let new_secret = reset["client_secret"].as_str().unwrap().to_string();
     assert_eq!(partner.live_tokens_of(&client.0), 0);
-    let tenants = customers(&partner, 3);
+    let tenants = customers(partner, 3);
     for t in &tenants {
         let (s, _) = send(
             http,
@@ -498,9 +498,9 @@ async fn rotation_reaches_events_already_queued() {
     let status = sigterm_and_wait(node.daemon).await;
     assert!(status.success());
     let node = st.node("d2.log").await;
-    let t = customers(&partner, 4)[3];
+    let t = customers(partner, 4)[3];
     let (s, _) = send(
-        &http,
+        http,
         reqwest::Method::POST,
         node.url("/v1/events"),
         Some(json!({"tenant_id": t, "type": "activation", "account": "acme"})),
@@ -518,10 +518,10 @@ async fn removal_is_refused_with_events_and_forced_drops_them_and_retirement_wai
     let st = stage().await;
     let (partner, http) = (&st.partner, st.http.clone());
     let node = st.node("d.log").await;
-    let tenants = customers(&partner, 3);
+    let tenants = customers(partner, 3);
     let add = |id: &'static str| {
         let client = partner.create_client(partner.root_tenant);
-        let body = add_body(&partner, id, &client);
+        let body = add_body(partner, id, &client);
         let http = http.clone();
         let url = node.url("/v1/accounts");
         async move { send(&http, reqwest::Method::POST, url, Some(body)).await }
