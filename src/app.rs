@@ -79,28 +79,58 @@ pub struct Running {
     api_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     schedules: Option<Schedules>,
-    /// Cancelled when the store could not write and writing works again: `run` then stops so
-    /// the supervisor starts statusd again (sled keeps a write error until it is reopened).
+    /// Cancelled when the store could not write and writing works again: `run` then stops
+    /// every part and starts it again on the store opened afresh (sled keeps a write error
+    /// until it is reopened).
     pub reopen: CancellationToken,
 }
 
-/// Run the daemon until `shutdown` resolves, then stop gracefully.
+/// How often the store is reopened in place after it could not write, before `run` gives up
+/// and exits 75 for its supervisor.
+const REOPEN_ATTEMPTS: u32 = 3;
+
+/// Run the daemon until `shutdown` resolves, then stop gracefully. When the store could not
+/// write and writing works again, every part is stopped and started again on the store opened
+/// afresh, in this process (sled keeps an I/O error until its files are opened again); only if
+/// that fails does `run` end with `StoreReopen` (exit 75) for the supervisor.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-    let running = start(settings, None, true).await?;
+    tokio::pin!(shutdown);
+    let metrics = Arc::new(Metrics::new());
+    let mut running = start_with(settings.clone(), None, true, metrics.clone()).await?;
     systemd::notify_ready();
     tracing::info!(message = "statusd ready", api = %running.api_addr, version = env!("CARGO_PKG_VERSION"));
-    let reopen = running.reopen.clone();
-    let reopen_needed = tokio::select! {
-        _ = shutdown => false,
-        _ = reopen.cancelled() => true,
-    };
-    let write_error = running.queue.write_error().unwrap_or_default();
-    systemd::notify_stopping();
-    running.shutdown().await;
-    if reopen_needed {
-        return Err(AppError::StoreReopen(write_error));
+    loop {
+        let reopen = running.reopen.clone();
+        let reopen_needed = tokio::select! {
+            _ = &mut shutdown => false,
+            _ = reopen.cancelled() => true,
+        };
+        if !reopen_needed {
+            systemd::notify_stopping();
+            running.shutdown().await;
+            return Ok(());
+        }
+        let write_error = running.queue.write_error().unwrap_or_default();
+        tracing::warn!(message = "the store takes writes again: reopening it in place", after = %write_error);
+        running.shutdown().await;
+        let mut attempt = 0;
+        running = loop {
+            attempt += 1;
+            match start_with(settings.clone(), None, true, metrics.clone()).await {
+                Ok(r) => break r,
+                Err(e) if attempt < REOPEN_ATTEMPTS => {
+                    tracing::error!(message = "reopening the store failed; trying again", attempt, error = %e);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    tracing::error!(message = "reopening the store failed", attempts = attempt, error = %e);
+                    systemd::notify_stopping();
+                    return Err(AppError::StoreReopen(write_error));
+                }
+            }
+        };
+        tracing::info!(message = "store reopened: intake and delivery go on", api = %running.api_addr);
     }
-    Ok(())
 }
 
 /// Start every part. `listener` lets tests and the demo bind port 0 themselves; `schedules`
@@ -110,8 +140,17 @@ pub async fn start(
     listener: Option<TcpListener>,
     schedules: bool,
 ) -> Result<Running, AppError> {
+    start_with(settings, listener, schedules, Arc::new(Metrics::new())).await
+}
+
+/// `start` with the metrics of an earlier start (a reopen keeps its counters).
+async fn start_with(
+    settings: Settings,
+    listener: Option<TcpListener>,
+    schedules: bool,
+    metrics: Arc<Metrics>,
+) -> Result<Running, AppError> {
     let settings = Arc::new(settings);
-    let metrics = Arc::new(Metrics::new());
     let queue = open_store(&settings).await?;
     let accounts = Accounts::new(&settings, metrics.clone()).map_err(AppError::Setup)?;
     let stored = {

@@ -60,12 +60,14 @@ impl Schedules {
                 kind,
                 CronSchedule::parse(&cron).map_err(|e| format!("{}: {e}", schedule_key(kind)))?,
             );
-            let r = reconcilers.clone();
+            let r = reconcilers.downgrade();
             let job = Job::new_async(cron.as_str(), move |_, _| {
-                let r = r.clone();
+                let r = r.upgrade();
                 Box::pin(async move {
                     // Run detached so the scheduler's tick is never blocked by a slow run.
-                    tokio::spawn(async move { r.trigger(kind).await });
+                    if let Some(r) = r {
+                        tokio::spawn(async move { r.trigger(kind).await });
+                    }
                 })
             })
             .map_err(|e| format!("{}: {e}", schedule_key(kind)))?;

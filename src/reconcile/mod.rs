@@ -207,6 +207,17 @@ pub struct Reconcilers {
     inner: Arc<Inner>,
 }
 
+/// A reference to the reconcilers that does not keep them (nor the store) alive: what the cron
+/// jobs hold, so a stopped daemon's store can be opened again in the same process.
+#[derive(Clone)]
+pub struct WeakReconcilers(std::sync::Weak<Inner>);
+
+impl WeakReconcilers {
+    pub fn upgrade(&self) -> Option<Reconcilers> {
+        self.0.upgrade().map(|inner| Reconcilers { inner })
+    }
+}
+
 struct Inner {
     queue: Queue,
     accounts: Accounts,
@@ -266,6 +277,10 @@ impl Reconcilers {
                 backoff: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    pub fn downgrade(&self) -> WeakReconcilers {
+        WeakReconcilers(Arc::downgrade(&self.inner))
     }
 
     /// The reconciler runs on this schedule (its next run is shown in the status).
