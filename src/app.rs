@@ -43,7 +43,7 @@ pub enum AppError {
     /// The settings cannot serve this store (exit 78).
     #[error("{0}")]
     Config(String),
-    #[error("the store could not write ({0}) and writing works again: exiting so that the supervisor starts statusd again on the store opened afresh (sled keeps a write error until then)")]
+    #[error("the store could not write ({0}); writing works again but opening it afresh in this process failed: exiting so that the supervisor starts statusd again")]
     StoreReopen(String),
 }
 
