@@ -195,3 +195,83 @@ async fn a_full_disk_refuses_intake_pauses_delivery_and_recovers_when_space_is_b
     }
     assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_on_a_full_disk_is_refused_saying_how_much_it_needs_and_changes_nothing() {
+    let disk = match SmallDisk::mount("40m") {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let store = disk.path.join("store");
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let child = daemon_command("http://127.0.0.1:9", "x", "y", &store, port)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn_daemon();
+    wait_ready(&http, port).await;
+    for n in 0..50 {
+        let r = http
+            .post(format!("http://127.0.0.1:{port}/v1/events"))
+            .json(&json!({"tenant_id": uuid::Uuid::new_v4(), "type": "custom", "category": "disk", "action": format!("a{n}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    assert!(sigterm_and_wait(child).await.success());
+    let filler = fill(&disk.path);
+    let before: Vec<(std::path::PathBuf, u64)> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.path(), e.metadata().unwrap().len())
+        })
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_statusd"))
+        .args(["store", "compact"])
+        .env("STATUSD__STORE__PATH", &store)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("not enough free space to compact") && text.contains("MB"),
+        "{text}"
+    );
+    assert!(!disk.path.join("store.compact-tmp").exists());
+    for (path, len) in before {
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            len,
+            "{}",
+            path.display()
+        );
+    }
+    // With room again, the compaction runs and every event is still there.
+    std::fs::remove_file(&filler).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_statusd"))
+        .args(["store", "compact"])
+        .env("STATUSD__STORE__PATH", &store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_statusd"))
+        .args(["store", "verify", "--json"])
+        .env("STATUSD__STORE__PATH", &store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"checked\": 50"));
+}

@@ -71,6 +71,9 @@ pub fn run(settings: Settings, cmd: &StoreCommand) -> ExitCode {
     match cmd {
         StoreCommand::Verify { repair, json } => verify(&settings, &path, *repair, *json),
         StoreCommand::Compact => {
+            if let Err(e) = crate::store::check_room_to_compact(&path) {
+                return refused(&path, e);
+            }
             let store = match Offline::open(&path) {
                 Ok(s) => s,
                 Err(e) => return refused(&path, e),

@@ -101,6 +101,28 @@ pub fn free_space(path: &Path) -> Option<u64> {
     (rc == 0).then(|| s.f_bavail as u64 * s.f_frsize as u64)
 }
 
+/// The least free space a compaction starts with: below it, sled may not even open the store.
+const MIN_FREE_TO_COMPACT: u64 = 16 << 20;
+
+/// Refuse a compaction before the store is opened when its file system is nearly full (sled
+/// writes while it opens a store, and a copy needs room of its own).
+pub fn check_room_to_compact(path: &Path) -> Result<(), StoreError> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match free_space(parent) {
+        Some(free) if free < MIN_FREE_TO_COMPACT => Err(StoreError::Write(format!(
+            "not enough free space to compact: {} MB are free in {}; the copy needs at least {} MB and up to the store's size ({} MB now). The store is unchanged",
+            free >> 20,
+            parent.display(),
+            MIN_FREE_TO_COMPACT >> 20,
+            dir_size(path) >> 20
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// How a long copy shows its progress.
 pub trait Progress {
     fn step(&mut self, done: u64, total: u64);

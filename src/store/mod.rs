@@ -92,7 +92,9 @@ mod verify;
 pub use accounts::{AccountDropped, AccountEvents, AccountWrite, Removal, StoredAccount};
 pub use bound::BoundState;
 use commit::*;
-pub use copy::{dir_size, free_space, import, Compacted, Moved, Progress, EXPORT_VERSION};
+pub use copy::{
+    check_room_to_compact, dir_size, free_space, import, Compacted, Moved, Progress, EXPORT_VERSION,
+};
 use heads::*;
 use keys::*;
 use migrate::*;
