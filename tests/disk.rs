@@ -205,6 +205,7 @@ async fn compaction_on_a_full_disk_is_refused_saying_how_much_it_needs_and_chang
             return;
         }
     };
+    statusd::platform::install_crypto_provider();
     let store = disk.path.join("store");
     let http = reqwest::Client::new();
     let port = free_port();
