@@ -85,7 +85,7 @@ max_backoff = "300ms"
         us,
         running,
         api,
-        http: reqwest::Client::new(),
+        http: http_client(),
         _dir: dir,
     }
 }

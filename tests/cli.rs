@@ -133,7 +133,7 @@ async fn the_sandbox_serves_several_data_centers() {
     .await
     .unwrap();
     assert_eq!(urls.len(), 3, "{urls:?}");
-    let http = reqwest::Client::new();
+    let http = http_client();
     let mut roots = std::collections::HashSet::new();
     for url in &urls {
         let stats = get_json(&http, &format!("{url}/_sandbox/stats")).await;

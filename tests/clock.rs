@@ -59,7 +59,7 @@ async fn a_clock_jumped_forward_does_not_dead_letter_a_report_early() {
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
     let child = daemon(&sb, &dir.path().join("store"), port, &offset);
-    let http = reqwest::Client::new();
+    let http = http_client();
     wait_ready(&http, port).await;
     let t = customers(&sb, 1)[0];
     let r = http
@@ -110,7 +110,7 @@ async fn a_host_hours_ahead_of_the_platform_keeps_its_token() {
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
     let child = daemon(&sb, &dir.path().join("store"), port, &offset);
-    let http = reqwest::Client::new();
+    let http = http_client();
     wait_ready(&http, port).await;
     let tenants = customers(&sb, 10);
     for (n, t) in tenants.iter().enumerate() {

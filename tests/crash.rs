@@ -166,7 +166,7 @@ async fn acknowledged_events_survive_kill_9_in_order_exactly_once() {
     statusd::platform::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let dead_platform = format!("http://127.0.0.1:{}", free_port());
-    let http = reqwest::Client::new();
+    let http = http_client();
     let tenants: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
     let mut posted = Posted::new("acknowledged_events_survive_kill_9_in_order_exactly_once");
     for _round in 0..20 {
@@ -248,7 +248,7 @@ async fn kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_report
         ..Default::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
+    let http = http_client();
     let mut posted =
         Posted::new("kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_reports");
     let kills = 8;
@@ -346,7 +346,7 @@ async fn kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_report
 async fn a_second_daemon_on_the_same_store_is_refused_with_a_clear_message() {
     statusd::platform::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
+    let http = http_client();
     let dead_platform = format!("http://127.0.0.1:{}", free_port());
     let port = free_port();
     let mut first = spawn_daemon(&dead_platform, "id", "secret", dir.path(), port);
@@ -382,7 +382,7 @@ async fn sigterm_during_delivery_exits_0_within_the_grace_and_loses_nothing() {
         ..Default::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
+    let http = http_client();
     let port = free_port();
     let child = spawn_daemon_with(
         &sb.url,
@@ -513,7 +513,7 @@ async fn a_damaged_store_is_refused_with_exit_65_unless_accepted() {
     statusd::platform::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let http = reqwest::Client::new();
+    let http = http_client();
     // 2 000 accepted, undelivered events (the platform is unreachable), then a clean stop.
     {
         let dead_platform = format!("http://127.0.0.1:{}", free_port());
@@ -658,7 +658,7 @@ async fn kill_9_with_several_accounts_delivers_every_acknowledged_event_to_its_o
         .chain(customers(&us, 4).into_iter().map(|t| (t, "us")))
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
+    let http = http_client();
     let spawn = |port: u16| {
         daemon_command(&eu.url, "unused", "unused", dir.path(), port)
             .env_remove("STATUSD__PLATFORM__BASE_URL")

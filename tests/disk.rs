@@ -80,7 +80,7 @@ async fn a_full_disk_refuses_intake_pauses_delivery_and_recovers_when_space_is_b
     });
     let tenants = customers(&sb, 10);
     let store = disk.path.join("store");
-    let http = reqwest::Client::new();
+    let http = http_client();
     let port = free_port();
     let log = disk._dir.path().join("first.log");
     let mut child = daemon(&sb, &store, port, &log);
@@ -207,7 +207,7 @@ async fn compaction_on_a_full_disk_is_refused_saying_how_much_it_needs_and_chang
     };
     statusd::platform::install_crypto_provider();
     let store = disk.path.join("store");
-    let http = reqwest::Client::new();
+    let http = http_client();
     let port = free_port();
     let child = daemon_command("http://127.0.0.1:9", "x", "y", &store, port)
         .stdout(Stdio::null())

@@ -126,7 +126,7 @@ fn part(sb: &Sandbox, t: uuid::Uuid, sub: i64, name: &str) -> serde_json::Map<St
 async fn drift_is_written_once_unmanaged_and_masked_properties_are_left_and_a_dry_run_writes_nothing(
 ) {
     let s = setup(true, 60).await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let (_d, port) = start(&s, "fusion-pw");
     wait_ready(&http, port).await;
     let tenants = s.sb.fusion_tenants();
@@ -216,7 +216,7 @@ async fn drift_is_written_once_unmanaged_and_masked_properties_are_left_and_a_dr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_access_token_is_renewed_without_a_new_login() {
     let s = setup(true, 3).await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let (_d, port) = start(&s, "fusion-pw");
     wait_ready(&http, port).await;
     assert_eq!(reconcile(&http, port, false).await["outcome"], "success");
@@ -234,7 +234,7 @@ async fn an_expired_access_token_is_renewed_without_a_new_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_second_factor_goes_through_fusion_login_and_the_session_survives_a_restart() {
     let s = setup(false, 3).await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let (d, port) = start(&s, "fusion-pw");
     wait_ready(&http, port).await;
     // The platform asks for a code: the run says what to do, and does not log in again.
@@ -301,7 +301,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_password_is_reported_as_auth_and_not_retried_in_a_loop() {
     let s = setup(true, 3).await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let (_d, port) = start(&s, "wrong-password");
     wait_ready(&http, port).await;
     for _ in 0..5 {

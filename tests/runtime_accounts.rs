@@ -113,7 +113,7 @@ async fn stage() -> Stage {
         partner,
         dir,
         key,
-        http: reqwest::Client::new(),
+        http: http_client(),
     }
 }
 
@@ -173,7 +173,7 @@ async fn each_refusal_answers_once_and_stores_nothing() {
     keygen(&key);
     let store = dir.path().join("store");
     let node = start(&home, &store, Some(&key), &dir.path().join("d.log"));
-    let http = reqwest::Client::new();
+    let http = http_client();
     wait_ready(&http, node.port).await;
     let client = partner.create_client(partner.root_tenant);
 
@@ -340,7 +340,7 @@ async fn an_account_added_at_run_time_survives_kill_9_and_its_events_arrive() {
     let store = dir.path().join("store");
     let log = dir.path().join("d.log");
     let mut node = start(&home, &store, Some(&key), &log);
-    let http = reqwest::Client::new();
+    let http = http_client();
     wait_ready(&http, node.port).await;
     let client = partner.create_client(partner.root_tenant);
     // The partner's data center is down: everything queues.
@@ -671,7 +671,7 @@ async fn the_wrong_key_or_none_refuses_to_start_and_the_right_one_keeps_every_ac
     keygen(&key);
     keygen(&other);
     let store = dir.path().join("store");
-    let http = reqwest::Client::new();
+    let http = http_client();
     {
         // No key: adding is refused, saying how to set one up.
         let node = start(&home, &store, None, &dir.path().join("d0.log"));

@@ -50,7 +50,7 @@ async fn exercise(sb: &Sandbox, log_format: &str) -> String {
         .stderr(Stdio::from(log))
         .spawn_daemon();
     let api = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     wait_for_async(Duration::from_secs(20), "the daemon is ready", || async {
         http.get(format!("{api}/readyz"))
             .send()

@@ -129,7 +129,7 @@ async fn all_delivered_in_order(sb: &Sandbox, tenants: &[uuid::Uuid], per_tenant
 
 /// A stopped store holding `per_tenant` pending events for each of `tenants`.
 async fn pending_store(store: &Path, tenants: &[uuid::Uuid], per_tenant: usize) {
-    let http = reqwest::Client::new();
+    let http = http_client();
     let (d, port) = daemon("http://127.0.0.1:9", ("x", "y"), store, &[]);
     wait_ready(&http, port).await;
     post_numbered(&http, port, tenants, per_tenant).await;
@@ -191,7 +191,7 @@ async fn verify_finds_a_damaged_index_and_repair_mends_it_without_losing_an_even
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(checked(&v, "pending index"), 50);
     // And every event is delivered, in order.
-    let http = reqwest::Client::new();
+    let http = http_client();
     let (_d, port) = daemon(&sb.url, (&sb.client_id, &sb.client_secret), &store, &[]);
     wait_ready(&http, port).await;
     all_delivered_in_order(&sb, &tenants, 10).await;
@@ -203,7 +203,7 @@ async fn compact_gives_back_space_and_a_kill_at_any_step_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let tenants = customers(&sb, 8);
-    let http = reqwest::Client::new();
+    let http = http_client();
     // Many events delivered, then compacted away by the daemon (a retention of 1 s, and the
     // compaction a start runs): sled keeps the space they took.
     let env = [
@@ -325,7 +325,7 @@ async fn export_then_import_delivers_the_same_pending_events_in_the_same_order()
     let (code, v) = verify_json(&target);
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(checked(&v, "pending index"), 180);
-    let http = reqwest::Client::new();
+    let http = http_client();
     let (_d, port) = daemon(&sb.url, (&sb.client_id, &sb.client_secret), &target, &[]);
     wait_ready(&http, port).await;
     all_delivered_in_order(&sb, &tenants, 30).await;
@@ -335,7 +335,7 @@ async fn export_then_import_delivers_the_same_pending_events_in_the_same_order()
 async fn store_commands_refuse_while_a_daemon_holds_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let http = reqwest::Client::new();
+    let http = http_client();
     let (_d, port) = daemon("http://127.0.0.1:9", ("x", "y"), &store, &[]);
     wait_ready(&http, port).await;
     for args in [vec!["verify"], vec!["compact"], vec!["export"]] {
@@ -353,7 +353,7 @@ async fn at_store_max_size_intake_answers_507_and_resumes_once_delivery_frees_ro
     let sb = sandbox().await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let http = reqwest::Client::new();
+    let http = http_client();
     // The platform is down: the backlog grows until the bound.
     sb.inject(Fault {
         status: Some(503),

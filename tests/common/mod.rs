@@ -212,6 +212,12 @@ pub fn daemon_command(
     cmd
 }
 
+/// An HTTP client for a test (the crypto provider installed first, whatever ran before).
+pub fn http_client() -> reqwest::Client {
+    statusd::platform::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 /// Wait until the daemon on `port` answers `/readyz` with 200.
 pub async fn wait_ready(http: &reqwest::Client, port: u16) {
     wait_for_async(Duration::from_secs(20), "daemon ready", || async {
