@@ -489,6 +489,9 @@ pub(super) async fn rotate_credentials(
     Ok(Json(changed_view(&shown, None).await).into_response())
 }
 
+/// How long a removal waits for the account's reports in flight.
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `DELETE /v1/accounts/{id}[?force=true]`.
 pub(super) async fn remove_account(
     State(state): State<ApiState>,
@@ -506,7 +509,19 @@ pub(super) async fn remove_account(
     let _change = state.account_changes.lock().await;
     // Out of use first, so no event is accepted for it while it goes.
     let previous = state.accounts.remove(&id);
-    let removal = state.queue.remove_account(&id, force).await;
+    // A report of the account in flight settles within a request timeout: wait for it (its
+    // tenant takes no new batch meanwhile, the account being out of use) rather than refuse.
+    let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+    let removal = loop {
+        match state.queue.remove_account(&id, force).await {
+            Err(crate::store::StoreError::Account(_, why))
+                if why == crate::store::IN_FLIGHT && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => break other,
+        }
+    };
     match removal {
         Ok(Removal::Removed(dropped)) => {
             tracing::info!(message = "account removed", account = %id, pending_dropped = dropped.pending_events, dead_dropped = dropped.dead_letters);

@@ -65,6 +65,9 @@ pub enum Removal {
     NotStored,
 }
 
+/// Why a forced removal waits: a report of the account is in flight.
+pub const IN_FLIGHT: &str = "a report of it is in flight; try again in a moment";
+
 pub(super) fn account_key(id: &str) -> Vec<u8> {
     key(b'a', &[id.as_bytes()])
 }
@@ -206,10 +209,7 @@ impl Core {
         }
         let in_flight = lock(&self.in_flight_ids).clone();
         if pending.iter().any(|(_, e, _)| in_flight.contains(e)) {
-            return Err(StoreError::Account(
-                id.to_string(),
-                "a report of it is in flight; try again in a moment",
-            ));
+            return Err(StoreError::Account(id.to_string(), IN_FLIGHT));
         }
         let mut b = sled::Batch::default();
         let mut dropped = AccountDropped {

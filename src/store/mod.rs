@@ -89,7 +89,9 @@ mod records;
 mod tenants;
 mod verify;
 
-pub use accounts::{AccountDropped, AccountEvents, AccountWrite, Removal, StoredAccount};
+pub use accounts::{
+    AccountDropped, AccountEvents, AccountWrite, Removal, StoredAccount, IN_FLIGHT,
+};
 pub use bound::BoundState;
 use commit::*;
 pub use copy::{
