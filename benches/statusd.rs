@@ -17,7 +17,7 @@ use statusd::config::{IntegrationSettings, Secret};
 use statusd::metrics::Metrics;
 use statusd::platform::{ClientOptions, PlatformClient, ReportEvent};
 use statusd::sandbox::{Sandbox, SandboxOptions};
-use statusd::store::{EventKind, NewEvent, Queue, StoreOptions, Take};
+use statusd::store::{dir_size, EventKind, NewEvent, Queue, StoreOptions, Take};
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_statusd");
@@ -416,23 +416,6 @@ async fn fill(store: &Path, n: usize, tenants: &[Uuid]) -> Duration {
     }
     eprintln!();
     t.elapsed()
-}
-
-fn dir_size(path: &Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| {
-                    let m = e.metadata().unwrap();
-                    if m.is_dir() {
-                        dir_size(&e.path())
-                    } else {
-                        m.len()
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 async fn intake(dir: &Path) {

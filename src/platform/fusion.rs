@@ -44,7 +44,6 @@ struct Session {
     refused: Option<Refusal>,
     /// The refresh token changed since `take_refresh_change` was last asked.
     refresh_changed: bool,
-    logins: u64,
 }
 
 pub struct FusionOptions {
@@ -129,11 +128,6 @@ impl FusionClient {
         }
     }
 
-    /// Logins made (a login refused or asking for a code counts).
-    pub async fn logins(&self) -> u64 {
-        self.inner.session.lock().await.logins
-    }
-
     fn url(&self, path: &str) -> String {
         format!("{}/api/v01{path}", self.inner.base)
     }
@@ -165,7 +159,6 @@ impl FusionClient {
 
     async fn login(&self, s: &mut Session) -> Result<LoginOutcome, PlatformError> {
         let call = "POST /api/v01/auth/login";
-        s.logins += 1;
         let body =
             json!({"username": self.inner.username, "password": self.inner.password.expose()});
         let answer = self.post_auth(call, "/auth/login", &body).await;

@@ -68,6 +68,9 @@ pub enum Removal {
 /// Why a forced removal waits: a report of the account is in flight.
 pub const IN_FLIGHT: &str = "a report of it is in flight; try again in a moment";
 
+/// A pending key, the event it names and its tenant.
+type PendingEntry = (sled::IVec, Uuid, TenantId);
+
 pub(super) fn account_key(id: &str) -> Vec<u8> {
     key(b'a', &[id.as_bytes()])
 }
@@ -90,8 +93,7 @@ impl Queue {
         change: AccountWrite,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Enqueued>, StoreError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.write(move |core, w| {
+        self.write_answering(move |core, w| {
             let mut extra = Vec::new();
             let (id, record) = match &change {
                 AccountWrite::Add(a) | AccountWrite::Replace(a) => (a.id.clone(), Some(a.clone())),
@@ -111,57 +113,28 @@ impl Queue {
             };
             extra.push((account_key(&id), Some(to_json(&record))));
             let (outcomes, wake) = core.write_events_with(w, events, extra)?;
-            let _ = tx.send(outcomes);
-            Ok(Wrote { count: 1, wake })
+            Ok((outcomes, Wrote { count: 1, wake }))
         })
-        .await?;
-        rx.try_recv()
-            .map_err(|_| StoreError::Corrupt("an account write gave no answer".into()))
+        .await
     }
 
     /// An account's pending events and dead letters (a scan of both: run it with `scan`).
     pub fn account_events(&self, id: &str) -> Result<AccountEvents, StoreError> {
-        let core = &self.inner.core;
-        let mut out = AccountEvents::default();
-        for item in core.tree.scan_prefix([b'p']) {
-            let (_, v) = item?;
-            if core.event_account(&uuid_from(&v)?)?.as_deref() == Some(id) {
-                out.pending += 1;
-            }
-        }
-        for k in core.tree.scan_prefix([b'd']).keys() {
-            let k = k?;
-            if core.event_account(&uuid_from(&k[1..])?)?.as_deref() == Some(id) {
-                out.dead += 1;
-            }
-        }
-        Ok(out)
+        let (pending, dead) = self.inner.core.account_entries(id)?;
+        Ok(AccountEvents {
+            pending: pending.len() as u64,
+            dead: dead.len() as u64,
+        })
     }
 
     /// Remove a stored account. Without `force` it must have no pending event nor dead letter;
     /// with it, those go too, with its tenant states and inventory, in the same atomic batch.
     pub async fn remove_account(&self, id: &str, force: bool) -> Result<Removal, StoreError> {
         let id = id.to_string();
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.write(move |core, w| {
-            let removal = core.remove_account(w, &id, force)?;
-            let _ = tx.send(removal);
-            Ok(Wrote::default())
+        self.write_answering(move |core, w| {
+            Ok((core.remove_account(w, &id, force)?, Wrote::default()))
         })
-        .await?;
-        rx.try_recv()
-            .map_err(|_| StoreError::Corrupt("an account removal gave no answer".into()))
-    }
-
-    /// Is any in-flight event one of this account's? (Removal waits for it to settle.)
-    pub fn account_in_flight(&self, id: &str) -> Result<bool, StoreError> {
-        let ids: Vec<Uuid> = lock(&self.inner.in_flight_ids).iter().copied().collect();
-        for e in ids {
-            if self.inner.event_account(&e)?.as_deref() == Some(id) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        .await
     }
 }
 
@@ -173,22 +146,14 @@ impl Core {
             .map(|r| r.account.unwrap_or_else(|| "default".into())))
     }
 
-    fn remove_account(
-        &self,
-        w: &mut Counters,
-        id: &str,
-        force: bool,
-    ) -> Result<Removal, StoreError> {
-        if self.tree.get(account_key(id))?.is_none() {
-            return Ok(Removal::NotStored);
-        }
-        let mine = |account: &Option<String>| account.as_deref().unwrap_or("default") == id;
+    /// An account's pending entries (key, event, tenant) and dead letters, by one scan of each.
+    fn account_entries(&self, id: &str) -> Result<(Vec<PendingEntry>, Vec<Uuid>), StoreError> {
         let mut pending = Vec::new();
         for item in self.tree.scan_prefix([b'p']) {
             let (k, v) = item?;
             let eid = uuid_from(&v)?;
             if let Some(rec) = self.get_json::<EventRecord>(event_key(&eid))? {
-                if mine(&rec.account) {
+                if rec.account.as_deref().unwrap_or("default") == id {
                     pending.push((k, eid, rec.tenant_id));
                 }
             }
@@ -201,6 +166,20 @@ impl Core {
                 dead.push(eid);
             }
         }
+        Ok((pending, dead))
+    }
+
+    fn remove_account(
+        &self,
+        w: &mut Counters,
+        id: &str,
+        force: bool,
+    ) -> Result<Removal, StoreError> {
+        if self.tree.get(account_key(id))?.is_none() {
+            return Ok(Removal::NotStored);
+        }
+        let mine = |account: &Option<String>| account.as_deref().unwrap_or("default") == id;
+        let (pending, dead) = self.account_entries(id)?;
         if !force && (!pending.is_empty() || !dead.is_empty()) {
             return Ok(Removal::HasEvents(AccountEvents {
                 pending: pending.len() as u64,

@@ -94,9 +94,7 @@ pub use accounts::{
 };
 pub use bound::BoundState;
 use commit::*;
-pub use copy::{
-    check_room_to_compact, dir_size, free_space, import, Compacted, Moved, Progress, EXPORT_VERSION,
-};
+pub use copy::{check_room_to_compact, dir_size, import, Compacted, Moved, Progress};
 use heads::*;
 use keys::*;
 use migrate::*;
@@ -274,6 +272,24 @@ impl Queue {
         let (tx, rx) = oneshot::channel();
         self.send(Job::Write(Box::new(f), tx))?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A write that also answers a value (what it stored, what it removed), taken out once the
+    /// flush that covers it has ended.
+    async fn write_answering<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Core, &mut Counters) -> Result<(T, Wrote), StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let slot = Arc::new(Mutex::new(None));
+        let out = slot.clone();
+        self.write(move |core, w| {
+            let (value, wrote) = f(core, w)?;
+            *lock(&out) = Some(value);
+            Ok(wrote)
+        })
+        .await?;
+        let value = lock(&slot).take();
+        value.ok_or_else(|| StoreError::Corrupt("a store write gave no answer".into()))
     }
 
     /// Accept events: all are stored in one atomic batch, or none. Returns after they are

@@ -55,10 +55,6 @@ impl Offline {
             path: path.to_path_buf(),
         })
     }
-
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-    }
 }
 
 fn problem(list: &mut Vec<String>, text: String) {
