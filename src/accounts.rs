@@ -131,6 +131,12 @@ impl Accounts {
         Ok(account)
     }
 
+    /// The HTTP client every account shares (its connection pool and TLS set-up), for the
+    /// other platform's client too.
+    pub fn http(&self) -> Option<reqwest::Client> {
+        self.builder.as_ref().map(|b| b.http.clone())
+    }
+
     /// Accounts already built (tests, tools).
     pub fn from_accounts(accounts: impl IntoIterator<Item = Account>) -> Accounts {
         Accounts {

@@ -90,16 +90,25 @@ fn part_path(fusion: &FusionClient, s: Subscription, part: &str) -> String {
     }
 }
 
+/// An answer that retrying cannot mend.
+fn permanent(call: String, status: Option<u16>, message: String) -> ReconcileError {
+    ReconcileError::Platform(PlatformError {
+        class: ErrorClass::Permanent,
+        status,
+        call,
+        message,
+        retry_after: None,
+    })
+}
+
 fn object_of(call: &str, body: &[u8]) -> Result<Map<String, Value>, ReconcileError> {
     match serde_json::from_slice(body) {
         Ok(Value::Object(m)) => Ok(m),
-        _ => Err(ReconcileError::Platform(PlatformError {
-            class: ErrorClass::Permanent,
-            status: None,
-            call: call.to_string(),
-            message: "the answer is not a JSON object of properties".into(),
-            retry_after: None,
-        })),
+        _ => Err(permanent(
+            call.to_string(),
+            None,
+            "the answer is not a JSON object of properties".into(),
+        )),
     }
 }
 
@@ -304,13 +313,11 @@ impl Reconcilers {
                 break;
             }
             let p: Page = serde_json::from_slice(&body).map_err(|e| {
-                ReconcileError::Platform(PlatformError {
-                    class: ErrorClass::Permanent,
-                    status: Some(status.as_u16()),
-                    call: format!("GET {path}"),
-                    message: format!("not a page of subscriptions: {e}"),
-                    retry_after: None,
-                })
+                permanent(
+                    format!("GET {path}"),
+                    Some(status.as_u16()),
+                    format!("not a page of subscriptions: {e}"),
+                )
             })?;
             out.extend(
                 p.subscriptions
@@ -341,13 +348,11 @@ async fn brand_subscription(
         let path = part_path(fusion, s, part);
         let (status, body) = fusion.call(Method::GET, &path, None).await?;
         if status == StatusCode::NOT_FOUND {
-            return Err(ReconcileError::Platform(PlatformError {
-                class: ErrorClass::Permanent,
-                status: Some(404),
-                call: format!("GET {path}"),
-                message: "no such subscription or configuration".into(),
-                retry_after: None,
-            }));
+            return Err(permanent(
+                format!("GET {path}"),
+                Some(404),
+                "no such subscription or configuration".into(),
+            ));
         }
         let current = object_of(&format!("GET {path}"), &body)?;
         let mut diffs = Vec::new();

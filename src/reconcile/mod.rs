@@ -256,8 +256,10 @@ impl Reconcilers {
                     username: f.username.clone(),
                     password: f.password.clone(),
                 },
-                crate::platform::http_client(settings.platform.request_timeout)
-                    .expect("the HTTP client builds (it did for the accounts)"),
+                accounts.http().unwrap_or_else(|| {
+                    crate::platform::http_client(settings.platform.request_timeout)
+                        .expect("the HTTP client builds with these settings")
+                }),
                 settings.platform.max_concurrency,
             )
         });
