@@ -185,14 +185,7 @@ pub(super) async fn sb_create_client(State(state): State<Shared>, body: Bytes) -
     if s.clients.contains_key(&id) {
         return envelope(StatusCode::CONFLICT, json!(1009), "client exists");
     }
-    let secret = new_secret(&mut s);
-    s.clients.insert(
-        id.clone(),
-        super::state::SbClient {
-            secret: secret.clone(),
-            tenant_id,
-        },
-    );
+    let secret = s.add_client(id.clone(), tenant_id);
     (
         StatusCode::CREATED,
         Json(json!({"client_id": id, "client_secret": secret, "tenant_id": tenant_id})),
@@ -206,21 +199,34 @@ pub(super) async fn sb_reset_client(
     State(state): State<Shared>,
     Path(id): Path<String>,
 ) -> Response {
-    let mut s = state.lock().expect("sandbox lock");
-    if !s.clients.contains_key(&id) {
-        return envelope(StatusCode::NOT_FOUND, json!(1003), "client not found");
+    let secret = state.lock().expect("sandbox lock").reset_client(&id);
+    match secret {
+        Some(secret) => Json(json!({"client_id": id, "client_secret": secret})).into_response(),
+        None => envelope(StatusCode::NOT_FOUND, json!(1003), "client not found"),
     }
-    let secret = new_secret(&mut s);
-    if let Some(c) = s.clients.get_mut(&id) {
-        c.secret = secret.clone();
-    }
-    s.tokens.retain(|_, (_, owner)| *owner != id);
-    drop(s);
-    Json(json!({"client_id": id, "client_secret": secret})).into_response()
 }
 
-pub(super) fn new_secret(s: &mut SbState) -> String {
-    (0..2)
-        .map(|_| format!("{:016x}", s.rng.random::<u64>()))
-        .collect()
+impl SbState {
+    /// A new API client in `tenant`; answers its secret.
+    pub(super) fn add_client(&mut self, id: String, tenant_id: Uuid) -> String {
+        let secret: String = (0..2)
+            .map(|_| format!("{:016x}", self.rng.random::<u64>()))
+            .collect();
+        self.clients.insert(
+            id,
+            super::state::SbClient {
+                secret: secret.clone(),
+                tenant_id,
+            },
+        );
+        secret
+    }
+
+    /// A new secret for a client: the old one and its tokens stop working.
+    pub(super) fn reset_client(&mut self, id: &str) -> Option<String> {
+        let tenant = self.clients.get(id)?.tenant_id;
+        let secret = self.add_client(id.to_string(), tenant);
+        self.tokens.retain(|_, (_, owner)| owner != id);
+        Some(secret)
+    }
 }

@@ -223,27 +223,14 @@ impl Sandbox {
     pub fn create_client(&self, tenant: Uuid) -> (String, String) {
         self.with(|s| {
             let id = Uuid::from_u128(s.rng.random()).to_string();
-            let secret = new_secret(s);
-            s.clients.insert(
-                id.clone(),
-                state::SbClient {
-                    secret: secret.clone(),
-                    tenant_id: tenant,
-                },
-            );
+            let secret = s.add_client(id.clone(), tenant);
             (id, secret)
         })
     }
 
     /// Give a client a new secret: the old one and the client's tokens stop working.
     pub fn reset_secret(&self, client_id: &str) -> Option<String> {
-        self.with(|s| {
-            s.clients.get(client_id)?;
-            let secret = new_secret(s);
-            s.clients.get_mut(client_id)?.secret = secret.clone();
-            s.tokens.retain(|_, (_, owner)| owner != client_id);
-            Some(secret)
-        })
+        self.with(|s| s.reset_client(client_id))
     }
 
     /// The Fusion tenants and their subscription ids.

@@ -80,7 +80,7 @@ pub(super) fn open_sled(
     Ok((db, tree))
 }
 
-fn read_u64(tree: &sled::Tree, name: &str) -> Result<Option<u64>, StoreError> {
+pub(super) fn read_u64(tree: &sled::Tree, name: &str) -> Result<Option<u64>, StoreError> {
     tree.get(meta_key(name))?.map(|v| u64_from(&v)).transpose()
 }
 

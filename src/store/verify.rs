@@ -402,9 +402,7 @@ impl Offline {
             checked: 3,
             problems: Vec::new(),
         };
-        let read = |name: &str| -> Result<Option<u64>, StoreError> {
-            t.get(meta_key(name))?.map(|v| u64_from(&v)).transpose()
-        };
+        let read = |name: &str| read_u64(t, name);
         let (depth, deadc, seq) = (
             read("depth")?.unwrap_or(0),
             read("dead")?.unwrap_or(0),
