@@ -74,7 +74,7 @@ pub struct AccountSpec {
 }
 
 /// The accounts in use, by id: replaced whole on each change.
-type AccountMap = Arc<BTreeMap<String, Arc<Account>>>;
+pub type AccountMap = Arc<BTreeMap<String, Arc<Account>>>;
 
 /// Every account; cheap to clone, shared by every part.
 #[derive(Clone, Default)]
@@ -150,7 +150,8 @@ impl Accounts {
         }
     }
 
-    fn snapshot(&self) -> AccountMap {
+    /// The accounts in use now, as one consistent map (cheap: the map is shared, not copied).
+    pub fn snapshot(&self) -> AccountMap {
         self.by_id
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -95,14 +95,12 @@ pub(super) async fn post_events(
 /// the only account, else the account whose tenant inventory holds the tenant; refused otherwise
 /// (nothing is stored).
 fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<(), ApiError> {
-    let configured = || {
-        state
-            .accounts
-            .iter()
-            .map(|a| a.id.clone())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    // One look at the accounts for the whole request, however many events it holds.
+    let accounts = state.accounts.snapshot();
+    let configured = || accounts.keys().cloned().collect::<Vec<_>>().join(", ");
+    let only = (accounts.len() == 1)
+        .then(|| accounts.keys().next().cloned())
+        .flatten();
     // The field named by a refusal (built only when one is refused).
     let field = |i: usize| {
         if is_array {
@@ -113,7 +111,7 @@ fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<()
     };
     for (i, ev) in events.iter_mut().enumerate() {
         if let Some(id) = &ev.account {
-            match state.accounts.get(id) {
+            match accounts.get(id) {
                 None => {
                     return Err(ApiError::invalid(
                         field(i),
@@ -132,8 +130,8 @@ fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<()
             }
             continue;
         }
-        if let Some(only) = state.accounts.only() {
-            ev.account = Some(only.id.clone());
+        if let Some(only) = &only {
+            ev.account = Some(only.clone());
             continue;
         }
         let known = state
@@ -141,7 +139,7 @@ fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<()
             .inventory(&ev.tenant_id)
             .map_err(store_error)?
             .and_then(|t| t.account)
-            .filter(|id| state.accounts.get(id).is_some());
+            .filter(|id| accounts.contains_key(id));
         match known {
             Some(id) => ev.account = Some(id),
             None => {
