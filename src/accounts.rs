@@ -390,9 +390,7 @@ pub async fn retirement_loop(
             .map(|a| a.id.clone())
             .collect();
         for id in retiring {
-            let q = queue.clone();
-            let check = id.clone();
-            match queue.scan(move |_| q.account_events(&check)).await {
+            match queue.account_events(&id).await {
                 Ok(n) if n.pending == 0 && n.dead == 0 => {}
                 Ok(_) => continue,
                 Err(e) => {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Accounts;
 use crate::api::{self, ApiState};
-use crate::config::Settings;
+use crate::config::{Settings, StoreBackend};
 use crate::delivery::{Delivery, DeliveryOptions};
 use crate::metrics::Metrics;
 use crate::platform::PlatformClient;
@@ -56,6 +56,14 @@ impl AppError {
                 ..
             } => crate::exit::DATAERR,
             AppError::StoreReopen(_) => crate::exit::TEMPFAIL,
+            AppError::Store {
+                source: crate::store::StoreError::PgSchemaTooNew { .. },
+                ..
+            } => crate::exit::CONFIG,
+            AppError::Store {
+                source: crate::store::StoreError::Unavailable(_),
+                ..
+            } => crate::exit::TEMPFAIL,
             AppError::Config(_) => crate::exit::CONFIG,
             _ => crate::exit::FAILURE,
         }
@@ -153,14 +161,13 @@ async fn start_with(
     let settings = Arc::new(settings);
     let queue = open_store(&settings).await?;
     let accounts = Accounts::new(&settings, metrics.clone()).map_err(AppError::Setup)?;
-    let stored = {
-        let queue = queue.clone();
-        queue.scan(|q| q.stored_accounts()).await
-    }
-    .map_err(|source| AppError::Store {
-        path: settings.store.path.display().to_string(),
-        source,
-    })?;
+    let stored = queue
+        .stored_accounts()
+        .await
+        .map_err(|source| AppError::Store {
+            path: settings.store.location(),
+            source,
+        })?;
     let n = accounts
         .load_stored(stored, settings.store.secret_key.as_ref())
         .map_err(AppError::Config)?;
@@ -275,7 +282,15 @@ async fn open_store(settings: &Settings) -> Result<Queue, AppError> {
             .max_backoff
             .max(crate::platform::MAX_RETRY_AFTER),
     };
-    let shown = path.display().to_string();
+    let shown = settings.store.location();
+    if let (StoreBackend::Postgres, Some(pg)) = (settings.store.backend, &settings.store.postgres) {
+        return Queue::open_postgres(&pg.options(), opts)
+            .await
+            .map_err(|source| AppError::Store {
+                path: shown,
+                source,
+            });
+    }
     tokio::task::spawn_blocking(move || Queue::open(&path, opts))
         .await
         .map_err(|e| AppError::Setup(format!("store open task failed: {e}")))?
@@ -346,6 +361,7 @@ impl Running {
         if let Err(e) = self.queue.sync().await {
             tracing::error!(message = "final store flush failed", error = %e);
         }
+        self.queue.close();
         tracing::info!(message = "statusd stopped");
     }
 }

@@ -10,6 +10,8 @@ use statusd::store::{
 };
 use uuid::Uuid;
 
+mod common;
+
 #[derive(Debug, Clone)]
 enum Op {
     Enqueue {
@@ -78,15 +80,46 @@ fn open(dir: &std::path::Path) -> Queue {
     .expect("open store")
 }
 
-fn run_case(ops: Vec<Op>) {
+/// Where a case's store lives: a sled directory, or a schema of the test PostgreSQL server.
+enum At {
+    Sled(tempfile::TempDir),
+    Postgres(statusd::store::pg::PgOptions),
+}
+
+impl At {
+    fn sled() -> At {
+        At::Sled(tempfile::tempdir().unwrap())
+    }
+
+    /// A fresh schema on a test server.
+    fn postgres(server: &common::pg::PgServer) -> At {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        At::Postgres(common::pg::options(&server.url(), &format!("model_{n}")))
+    }
+
+    async fn open(&self) -> Queue {
+        let options = StoreOptions {
+            cache_capacity_mb: 8,
+            ..Default::default()
+        };
+        match self {
+            At::Sled(dir) => Queue::open(dir.path(), options).expect("open store"),
+            At::Postgres(pg) => Queue::open_postgres(pg, options)
+                .await
+                .expect("open the PostgreSQL store"),
+        }
+    }
+}
+
+fn run_case(at: At, ops: Vec<Op>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let dir = tempfile::tempdir().unwrap();
         let ts = tenants();
-        let mut q = Some(open(dir.path()));
+        let mut q = Some(at.open().await);
         let mut model = Model::default();
         let mut in_flight: HashMap<usize, Batch> = HashMap::new();
         for op in ops {
@@ -129,7 +162,7 @@ fn run_case(ops: Vec<Op>) {
                     }
                 }
                 Op::Take { tenant, max } => {
-                    let took = queue.take_batch(&ts[tenant], max).unwrap();
+                    let took = queue.take_batch(&ts[tenant], max).await.unwrap();
                     let model_pending = model.pending.get(&tenant).cloned().unwrap_or_default();
                     match took {
                         Take::Ready(batch) => {
@@ -186,7 +219,7 @@ fn run_case(ops: Vec<Op>) {
                     if !model.dead.is_empty() {
                         let id = model.dead.remove(pick % model.dead.len());
                         assert!(queue.retry_dead(&id).await.unwrap());
-                        let rec = queue.event(&id).unwrap().unwrap();
+                        let rec = queue.event(&id).await.unwrap().unwrap();
                         let tenant = ts.iter().position(|t| *t == rec.tenant_id).unwrap();
                         model.pending.entry(tenant).or_default().push_back(id);
                     }
@@ -195,13 +228,13 @@ fn run_case(ops: Vec<Op>) {
                     if !model.dead.is_empty() {
                         let id = model.dead.remove(pick % model.dead.len());
                         assert!(queue.purge_dead(&id).await.unwrap());
-                        assert!(queue.event(&id).unwrap().is_none());
+                        assert!(queue.event(&id).await.unwrap().is_none());
                     }
                 }
                 Op::Reopen => {
                     in_flight.clear();
                     drop(q.take());
-                    q = Some(open(dir.path()));
+                    q = Some(at.open().await);
                 }
             }
             // Invariants after every step.
@@ -215,11 +248,11 @@ fn run_case(ops: Vec<Op>) {
                 "dead counter"
             );
             assert_eq!(
-                queue.recount().unwrap(),
+                queue.recount().await.unwrap(),
                 (model_depth as u64, model.dead.len() as u64)
             );
             for (t, p) in &model.pending {
-                assert_eq!(queue.pending_count(&ts[*t]), p.len());
+                assert_eq!(queue.pending_count(&ts[*t]).await.unwrap(), p.len());
             }
             // The in-memory heads agree with the pending keys.
             assert_eq!(
@@ -240,15 +273,19 @@ fn run_case(ops: Vec<Op>) {
         let queue = q.as_ref().unwrap();
         for id in &model.delivered {
             assert_eq!(
-                queue.event(id).unwrap().unwrap().state,
+                queue.event(id).await.unwrap().unwrap().state,
                 EventState::Delivered
             );
         }
         for id in &model.dead {
-            assert_eq!(queue.event(id).unwrap().unwrap().state, EventState::Dead);
+            assert_eq!(
+                queue.event(id).await.unwrap().unwrap().state,
+                EventState::Dead
+            );
         }
         let dead_listed: Vec<Uuid> = queue
             .dead_letters(1000)
+            .await
             .unwrap()
             .iter()
             .map(|e| e.id)
@@ -265,8 +302,27 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     #[test]
     fn queue_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
-        run_case(ops);
+        run_case(At::sled(), ops);
     }
+}
+
+/// The same contract on the PostgreSQL backend: one real server the test starts, a fresh schema
+/// per case.
+#[test]
+fn postgres_queue_matches_model() {
+    let Some(server) = common::pg::PgServer::start() else {
+        return;
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 32,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&proptest::collection::vec(op(), 1..60), |ops| {
+            run_case(At::postgres(&server), ops);
+            Ok(())
+        })
+        .unwrap();
 }
 
 #[tokio::test]
@@ -295,11 +351,11 @@ async fn in_flight_events_return_to_queued_in_order_after_reopen() {
             )
             .await
             .unwrap();
-        let Take::Ready(batch) = q.take_batch(&tenant, 3).unwrap() else {
+        let Take::Ready(batch) = q.take_batch(&tenant, 3).await.unwrap() else {
             panic!("expected a batch")
         };
         assert_eq!(
-            q.event(&batch.events[0].id).unwrap().unwrap().state,
+            q.event(&batch.events[0].id).await.unwrap().unwrap().state,
             EventState::InFlight
         );
         q.sync().await.unwrap();
@@ -307,9 +363,12 @@ async fn in_flight_events_return_to_queued_in_order_after_reopen() {
     };
     let q = open(dir.path());
     for id in &ids {
-        assert_eq!(q.event(id).unwrap().unwrap().state, EventState::Queued);
+        assert_eq!(
+            q.event(id).await.unwrap().unwrap().state,
+            EventState::Queued
+        );
     }
-    let Take::Ready(batch) = q.take_batch(&tenant, 10).unwrap() else {
+    let Take::Ready(batch) = q.take_batch(&tenant, 10).await.unwrap() else {
         panic!("expected a batch")
     };
     assert_eq!(batch.ids(), ids);
@@ -338,7 +397,7 @@ async fn compaction_removes_delivered_after_retention_and_keeps_pending() {
         account: None,
     };
     let first = q.enqueue(vec![ev("a"), ev("b")]).await.unwrap();
-    let Take::Ready(batch) = q.take_batch(&tenant, 1).unwrap() else {
+    let Take::Ready(batch) = q.take_batch(&tenant, 1).await.unwrap() else {
         panic!()
     };
     q.ack_delivered(&batch).await.unwrap();
@@ -346,8 +405,8 @@ async fn compaction_removes_delivered_after_retention_and_keeps_pending() {
     assert_eq!(q.compact(now_ms()).await.unwrap(), 0);
     // Past retention the delivered event goes, the pending one stays; keys live 24h.
     assert_eq!(q.compact(now_ms() + 61_000).await.unwrap(), 1);
-    assert!(q.event(&first[0].id()).unwrap().is_none());
-    assert!(q.event(&first[1].id()).unwrap().is_some());
+    assert!(q.event(&first[0].id()).await.unwrap().is_none());
+    assert!(q.event(&first[1].id()).await.unwrap().is_some());
     let again = q.enqueue(vec![ev("a")]).await.unwrap();
     assert_eq!(again[0], statusd::store::Enqueued::Duplicate(first[0].id()));
     // After the idempotency window the key is forgotten.
@@ -372,18 +431,18 @@ async fn backoff_hides_the_head_until_its_time() {
     }])
     .await
     .unwrap();
-    let Take::Ready(batch) = q.take_batch(&tenant, 10).unwrap() else {
+    let Take::Ready(batch) = q.take_batch(&tenant, 10).await.unwrap() else {
         panic!()
     };
     let later = now_ms() + 60_000;
     q.mark_failed(&batch, "503 Service Unavailable", later)
         .await
         .unwrap();
-    match q.take_batch(&tenant, 10).unwrap() {
+    match q.take_batch(&tenant, 10).await.unwrap() {
         Take::NotBefore(at) => assert_eq!(at, later),
         other => panic!("expected NotBefore, got {other:?}"),
     }
-    let rec = q.event(&batch.events[0].id).unwrap().unwrap();
+    let rec = q.event(&batch.events[0].id).await.unwrap().unwrap();
     assert_eq!(rec.attempts, 1);
     assert_eq!(rec.last_error.as_deref(), Some("503 Service Unavailable"));
 }
@@ -454,9 +513,12 @@ async fn layout_1_store_is_migrated_in_place() {
     }
     {
         let q = Queue::open(dir.path(), StoreOptions::default()).unwrap();
-        assert_eq!(q.event(&ids[0]).unwrap().unwrap().state, EventState::Queued);
+        assert_eq!(
+            q.event(&ids[0]).await.unwrap().unwrap().state,
+            EventState::Queued
+        );
         assert!(q.stats().oldest_pending_accepted_ms.is_some());
-        let Take::Ready(batch) = q.take_batch(&tenant, 10).unwrap() else {
+        let Take::Ready(batch) = q.take_batch(&tenant, 10).await.unwrap() else {
             panic!("the migrated events are pending")
         };
         assert_eq!(batch.ids(), ids, "order kept");
@@ -524,10 +586,13 @@ async fn a_batch_dropped_unsettled_goes_back_to_its_place() {
         .await
         .unwrap();
     let ids: Vec<Uuid> = out.iter().map(|o| o.id()).collect();
-    let Take::Ready(batch) = q.take_batch(&tenant, 10).unwrap() else {
+    let Take::Ready(batch) = q.take_batch(&tenant, 10).await.unwrap() else {
         panic!("expected a batch")
     };
-    assert!(matches!(q.take_batch(&tenant, 10).unwrap(), Take::Busy));
+    assert!(matches!(
+        q.take_batch(&tenant, 10).await.unwrap(),
+        Take::Busy
+    ));
     assert_eq!(q.stats().in_flight, 2);
     // A lane that panics drops its batch without settling it.
     let lane = std::thread::spawn(move || {
@@ -536,8 +601,11 @@ async fn a_batch_dropped_unsettled_goes_back_to_its_place() {
     });
     assert!(lane.join().is_err());
     assert_eq!(q.stats().in_flight, 0);
-    assert_eq!(q.event(&ids[0]).unwrap().unwrap().state, EventState::Queued);
-    let Take::Ready(again) = q.take_batch(&tenant, 10).unwrap() else {
+    assert_eq!(
+        q.event(&ids[0]).await.unwrap().unwrap().state,
+        EventState::Queued
+    );
+    let Take::Ready(again) = q.take_batch(&tenant, 10).await.unwrap() else {
         panic!("the tenant is free again")
     };
     assert_eq!(again.ids(), ids);
@@ -570,19 +638,19 @@ async fn a_next_attempt_persisted_far_ahead_is_not_trusted() {
     let (near_tenant, far_tenant) = (Uuid::from_u128(21), Uuid::from_u128(22));
     for (tenant, at) in [(near_tenant, soon), (far_tenant, far)] {
         q.enqueue(vec![one_event(tenant, None)]).await.unwrap();
-        let Take::Ready(batch) = q.take_batch(&tenant, 10).unwrap() else {
+        let Take::Ready(batch) = q.take_batch(&tenant, 10).await.unwrap() else {
             panic!("expected a batch")
         };
         q.mark_failed(&batch, "503", at).await.unwrap();
     }
     // Within the longest retry wait: trusted.
     assert!(matches!(
-        q.take_batch(&near_tenant, 10).unwrap(),
+        q.take_batch(&near_tenant, 10).await.unwrap(),
         Take::NotBefore(at) if at == soon
     ));
     // Beyond it: tried now.
     assert!(matches!(
-        q.take_batch(&far_tenant, 10).unwrap(),
+        q.take_batch(&far_tenant, 10).await.unwrap(),
         Take::Ready(_)
     ));
 }

@@ -14,18 +14,18 @@ struct Counts {
     tenants: u64,
 }
 
-fn counts(
+async fn counts(
     queue: &Queue,
 ) -> Result<std::collections::HashMap<String, Counts>, crate::store::StoreError> {
     let mut out: std::collections::HashMap<String, Counts> = Default::default();
     let key = |a: Option<String>| a.unwrap_or_else(|| DEFAULT_ACCOUNT.to_string());
-    for e in queue.pending_records()? {
+    for e in queue.pending_records().await? {
         out.entry(key(e.account)).or_default().pending += 1;
     }
-    for e in queue.dead_letters(usize::MAX)? {
+    for e in queue.dead_letters(usize::MAX).await? {
         out.entry(key(e.account)).or_default().dead += 1;
     }
-    for t in queue.inventory_all()? {
+    for t in queue.inventory_all().await? {
         out.entry(key(t.account)).or_default().tenants += 1;
     }
     Ok(out)
@@ -53,7 +53,7 @@ async fn view(a: &Account, c: Counts) -> AccountView {
 pub(super) async fn list_accounts(
     State(state): State<ApiState>,
 ) -> Result<Json<AccountsList>, ApiError> {
-    let counts = state.queue.scan(counts).await.map_err(store_error)?;
+    let counts = counts(&state.queue).await.map_err(store_error)?;
     let mut items = Vec::new();
     for a in state.accounts.iter() {
         items.push(view(&a, counts.get(&a.id).copied().unwrap_or_default()).await);
@@ -72,7 +72,7 @@ pub(super) async fn get_account(
     let Some(a) = state.accounts.get(&id) else {
         return Err(ApiError::not_found("account"));
     };
-    let counts = state.queue.scan(counts).await.map_err(store_error)?;
+    let counts = counts(&state.queue).await.map_err(store_error)?;
     Ok(Json(
         view(&a, counts.get(&a.id).copied().unwrap_or_default()).await,
     ))
@@ -337,15 +337,16 @@ pub(super) async fn add_account(
     let spec = spec_of(&Body(&obj))?;
     let key = key_of(&state)?.clone();
     let id = spec.id.clone();
-    let taken = |state: &ApiState| -> Result<bool, ApiError> {
-        Ok(state.accounts.get(&id).is_some()
+    async fn taken(state: &ApiState, id: &str) -> Result<bool, ApiError> {
+        Ok(state.accounts.get(id).is_some()
             || state
                 .queue
-                .stored_account(&id)
+                .stored_account(id)
+                .await
                 .map_err(store_error)?
                 .is_some())
-    };
-    if taken(&state)? {
+    }
+    if taken(&state, &id).await? {
         return Err(exists(&id));
     }
     let secret = spec.client_secret.clone();
@@ -385,7 +386,7 @@ pub(super) async fn add_account(
     })
     .collect::<Vec<_>>();
     let _change = state.account_changes.lock().await;
-    if taken(&state)? {
+    if taken(&state, &id).await? {
         return Err(exists(&id));
     }
     // In use before the write, so its activation is never taken for an unknown account.
@@ -460,7 +461,7 @@ pub(super) async fn rotate_credentials(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
     let validated = account.client.validate().await.map_err(invalid)?;
     let _change = state.account_changes.lock().await;
-    let Some(stored) = state.queue.stored_account(&id).map_err(store_error)? else {
+    let Some(stored) = state.queue.stored_account(&id).await.map_err(store_error)? else {
         return Err(ApiError::not_found("account"));
     };
     account.source = AccountSource::Store;

@@ -26,7 +26,7 @@ pub(super) async fn list_dead(
     };
     let items: Vec<EventView> = state
         .queue
-        .scan(move |q| q.dead_letters(limit))
+        .dead_letters(limit)
         .await
         .map_err(store_error)?
         .iter()
@@ -44,7 +44,7 @@ pub(super) async fn show_dead(
     Path(id): Path<String>,
 ) -> Result<Json<EventView>, ApiError> {
     let id = parse_id(&id, "id")?;
-    match state.queue.event(&id).map_err(store_error)? {
+    match state.queue.event(&id).await.map_err(store_error)? {
         Some(e) if e.state == crate::store::EventState::Dead => Ok(Json(EventView::from(&e))),
         _ => Err(ApiError::not_found("dead letter")),
     }

@@ -24,6 +24,13 @@ pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
         )
             .into_response();
     }
+    if let Some(error) = state.queue.unavailable() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unready", "failing": "store_unavailable", "error": error})),
+        )
+            .into_response();
+    }
     if !state.queue.healthy() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -43,16 +50,15 @@ pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
 }
 
 /// Refresh the gauges that are read from the store, then encode.
-pub fn refresh_gauges(state: &ApiState) {
+pub async fn refresh_gauges(state: &ApiState) {
     let q = state.queue.stats();
     state.metrics.queue_depth.set(q.depth as i64);
     state.metrics.dead_letters.set(q.dead_letters as i64);
     let age = q.oldest_pending_age_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
     state.metrics.queue_oldest_event_age.set(age);
-    state
-        .metrics
-        .store_writable
-        .set(i64::from(state.queue.write_error().is_none()));
+    state.metrics.store_writable.set(i64::from(
+        state.queue.write_error().is_none() && state.queue.unavailable().is_none(),
+    ));
     state
         .metrics
         .store_full
@@ -60,7 +66,7 @@ pub fn refresh_gauges(state: &ApiState) {
     state
         .metrics
         .store_size
-        .set(i64::try_from(state.queue.size_on_disk()).unwrap_or(i64::MAX));
+        .set(i64::try_from(state.queue.size().await).unwrap_or(i64::MAX));
 }
 
 /// Count the accounts by the state of their token.
@@ -79,7 +85,7 @@ async fn refresh_accounts(state: &ApiState) {
 }
 
 pub(super) async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    refresh_gauges(&state);
+    refresh_gauges(&state).await;
     refresh_accounts(&state).await;
     let wants_openmetrics = headers
         .get(header::ACCEPT)

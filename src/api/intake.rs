@@ -22,7 +22,7 @@ pub(super) async fn post_events(
     let value = read_json_within(state.read_timeout, body).await?;
     let header_key = idempotency_header(&headers)?;
     let (mut events, is_array) = events_of(&value, header_key.as_deref())?;
-    route(&state, &mut events, is_array)?;
+    route(&state, &mut events, is_array).await?;
     let retire = retiring(&state, &value, &events, is_array)?;
     let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
     let outcomes = match &retire {
@@ -78,6 +78,7 @@ pub(super) async fn post_events(
             let status = state
                 .queue
                 .event(&id)
+                .await
                 .ok()
                 .flatten()
                 .map_or(EventState::Delivered, |e| e.state);
@@ -94,7 +95,7 @@ pub(super) async fn post_events(
 /// The account each event is reported for: the one it names (which must be configured), else
 /// the only account, else the account whose tenant inventory holds the tenant; refused otherwise
 /// (nothing is stored).
-fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<(), ApiError> {
+async fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<(), ApiError> {
     // One look at the accounts for the whole request, however many events it holds.
     let accounts = state.accounts.snapshot();
     let configured = || accounts.keys().cloned().collect::<Vec<_>>().join(", ");
@@ -137,6 +138,7 @@ fn route(state: &ApiState, events: &mut [NewEvent], is_array: bool) -> Result<()
         let known = state
             .queue
             .inventory(&ev.tenant_id)
+            .await
             .map_err(store_error)?
             .and_then(|t| t.account)
             .filter(|id| accounts.contains_key(id));

@@ -27,7 +27,7 @@ pub(super) async fn get_event(
     Path(id): Path<String>,
 ) -> Result<Json<EventView>, ApiError> {
     let id = parse_id(&id, "id")?;
-    match state.queue.event(&id).map_err(store_error)? {
+    match state.queue.event(&id).await.map_err(store_error)? {
         Some(e) => Ok(Json(EventView::from(&e))),
         None => Err(ApiError::not_found("event")),
     }
@@ -38,9 +38,9 @@ pub(super) async fn get_tenant(
     Path(id): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     let id = parse_id(&id, "tenant_id")?;
-    let st = state.queue.tenant_state(&id).map_err(store_error)?;
-    let inv = state.queue.inventory(&id).map_err(store_error)?;
-    let pending = state.queue.pending_count(&id);
+    let st = state.queue.tenant_state(&id).await.map_err(store_error)?;
+    let inv = state.queue.inventory(&id).await.map_err(store_error)?;
+    let pending = state.queue.pending_count(&id).await.map_err(store_error)?;
     if st.is_none() && inv.is_none() && pending == 0 {
         return Err(ApiError::not_found("tenant"));
     }
@@ -48,11 +48,7 @@ pub(super) async fn get_tenant(
 }
 
 pub(super) async fn list_tenants(State(state): State<ApiState>) -> Result<Json<Tenants>, ApiError> {
-    let items = state
-        .queue
-        .scan(|q| q.inventory_all())
-        .await
-        .map_err(store_error)?;
+    let items = state.queue.inventory_all().await.map_err(store_error)?;
     Ok(Json(Tenants {
         count: items.len(),
         items,
@@ -68,7 +64,7 @@ pub async fn status_report(state: &ApiState) -> Status {
     };
     // The inventory check reads every tenant state: off the async workers.
     let unknown = match &state.reconcilers {
-        Some(_) => state.queue.scan(unknown_tenants).await.unwrap_or_default(),
+        Some(_) => unknown_tenants(&state.queue).await.unwrap_or_default(),
         None => Vec::new(),
     };
     Status {
@@ -131,17 +127,23 @@ async fn datacenters(state: &ApiState) -> Vec<DatacenterStatus> {
 
 /// Tenants with a recorded state that the last inventory does not know (only once an inventory
 /// exists).
-fn unknown_tenants(queue: &Queue) -> Result<Vec<Uuid>, crate::store::StoreError> {
-    if queue.inventory_len() == 0 {
+async fn unknown_tenants(queue: &Queue) -> Result<Vec<Uuid>, crate::store::StoreError> {
+    let known: std::collections::HashSet<Uuid> = queue
+        .inventory_all()
+        .await?
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    if known.is_empty() {
         return Ok(Vec::new());
     }
-    let mut out = Vec::new();
-    for t in queue.tenant_states()? {
-        if queue.inventory(&t.tenant_id)?.is_none() {
-            out.push(t.tenant_id);
-        }
-    }
-    Ok(out)
+    Ok(queue
+        .tenant_states()
+        .await?
+        .into_iter()
+        .map(|t| t.tenant_id)
+        .filter(|id| !known.contains(id))
+        .collect())
 }
 
 pub(super) async fn get_status(State(state): State<ApiState>) -> Json<Status> {

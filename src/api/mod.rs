@@ -76,6 +76,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     field: Option<String>,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -85,6 +87,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
     pub(super) fn field(mut self, f: impl Into<String>) -> Self {
@@ -130,18 +133,31 @@ impl IntoResponse for ApiError {
         if let Some(f) = self.field {
             err["field"] = json!(f);
         }
-        (self.status, Json(json!({ "error": err }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": err }))).into_response();
+        if let Some(s) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        response
     }
 }
 
+/// A store that cannot answer: 503 `store_unavailable`, to be retried after a moment (nothing
+/// was stored, or the same request with the same idempotency key answers what was).
 pub(super) fn store_error(e: crate::store::StoreError) -> ApiError {
     tracing::error!(message = "store error", error = %e);
-    ApiError::new(
+    let mut err = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "store_unavailable",
         format!("the store cannot take this now: {e}"),
-    )
+    );
+    err.retry_after = Some(STORE_RETRY_AFTER_SECS);
+    err
 }
+
+/// The `Retry-After` of a 503 for a store that cannot answer.
+const STORE_RETRY_AFTER_SECS: u64 = 2;
 
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()

@@ -165,6 +165,72 @@ impl Reader {
         }
     }
 
+    /// `store.backend` and, for `postgres`, `[store.postgres]`.
+    fn store_backend(&mut self) -> (StoreBackend, Option<PostgresSettings>) {
+        let backend = match self.string("store.backend").as_deref().map(str::trim) {
+            None | Some("sled") => StoreBackend::Sled,
+            Some("postgres") => StoreBackend::Postgres,
+            Some(other) => {
+                self.problem(
+                    "store.backend",
+                    format!(
+                        "{other:?} is not a store backend: \"sled\" (the default) or \"postgres\""
+                    ),
+                );
+                StoreBackend::Sled
+            }
+        };
+        let configured = self.raw("store.postgres").is_some();
+        if backend == StoreBackend::Sled {
+            if configured && self.string("store.backend").is_none() {
+                self.problem(
+                    "store.backend",
+                    "[store.postgres] is set but store.backend is not: set store.backend = \"postgres\" to use it",
+                );
+            }
+            return (backend, None);
+        }
+        let url = self.secret("store.postgres.url", Some("postgres_url"));
+        let Some(url) = url else {
+            self.problem(
+                "store.postgres.url",
+                "store.backend = \"postgres\" needs store.postgres.url or store.postgres.url_file (postgres://user:password@host:5432/database)",
+            );
+            return (backend, None);
+        };
+        if let Err(why) = crate::store::pg::check_url(url.expose()) {
+            self.problem("store.postgres.url", why);
+        }
+        let pool_size = self.u64_in("store.postgres.pool_size", 8, 2, 1024) as usize;
+        let schema = self
+            .string("store.postgres.schema")
+            .unwrap_or_else(|| "statusd".into());
+        if !crate::store::pg::valid_schema_name(&schema) {
+            self.problem(
+                "store.postgres.schema",
+                format!("{schema:?} is not a plain schema name (lowercase letters, digits and _, not starting with a digit, at most 63)"),
+            );
+        }
+        let ca_file = self.string("store.postgres.ca_file").map(PathBuf::from);
+        if let Some(ca) = &ca_file {
+            if !ca.is_file() {
+                self.problem(
+                    "store.postgres.ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                );
+            }
+        }
+        (
+            backend,
+            Some(PostgresSettings {
+                url,
+                pool_size,
+                schema,
+                ca_file,
+            }),
+        )
+    }
+
     /// The key of `store.secret_key_file`, or of the systemd credential `secret_key`.
     fn secret_key(&mut self) -> (Option<PathBuf>, Option<crate::vault::SecretKey>) {
         const KEY: &str = "store.secret_key_file";
@@ -255,11 +321,16 @@ impl Reader {
             secret_key_file: None,
             secret_key: None,
             max_size: self.size("store.max_size"),
+            backend: StoreBackend::Sled,
+            postgres: None,
         };
         let (secret_key_file, secret_key) = self.secret_key();
+        let (backend, postgres) = self.store_backend();
         let store = StoreSettings {
             secret_key_file,
             secret_key,
+            backend,
+            postgres,
             ..store
         };
         let delivery = self.delivery();

@@ -102,6 +102,52 @@ pub struct StoreSettings {
     /// That key, read and checked when the settings were loaded.
     #[serde(skip)]
     pub secret_key: Option<crate::vault::SecretKey>,
+    /// `sled` (this machine's disk, at `path`) or `postgres` (`[store.postgres]`).
+    pub backend: StoreBackend,
+    pub postgres: Option<PostgresSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Sled,
+    Postgres,
+}
+
+/// `[store.postgres]`: where the shared store lives.
+#[derive(Debug, Clone, Serialize)]
+pub struct PostgresSettings {
+    /// The connection URL (it holds the password): from `url` or `url_file`.
+    pub url: Secret,
+    pub pool_size: usize,
+    pub schema: String,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl PostgresSettings {
+    pub fn options(&self) -> crate::store::pg::PgOptions {
+        crate::store::pg::PgOptions {
+            url: secrecy::SecretString::from(self.url.expose().to_string()),
+            pool_size: self.pool_size,
+            schema: self.schema.clone(),
+            ca_file: self.ca_file.clone(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl StoreSettings {
+    /// Where the store is, for messages: the sled directory, or the database (no password).
+    pub fn location(&self) -> String {
+        match (&self.backend, &self.postgres) {
+            (StoreBackend::Postgres, Some(pg)) => format!(
+                "{} (schema {})",
+                crate::store::pg::describe_url(pg.url.expose()),
+                pg.schema
+            ),
+            _ => self.path.display().to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -165,7 +165,11 @@ impl Delivery {
 
     /// One report of one tenant.
     async fn lane(&self, tenant: TenantId, hard_stop: CancellationToken) -> LaneOutcome {
-        let batch = match self.queue.take_batch(&tenant, self.opts.max_batch_events) {
+        let batch = match self
+            .queue
+            .take_batch(&tenant, self.opts.max_batch_events)
+            .await
+        {
             Ok(Take::Ready(b)) => b,
             Ok(Take::Empty) => return LaneOutcome::Empty,
             Ok(Take::Busy) => return LaneOutcome::Busy,

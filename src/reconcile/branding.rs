@@ -9,7 +9,7 @@ impl Reconcilers {
     /// The account's targets: its partners, and the tenants named whose inventory record is
     /// its own (a tenant not in any inventory counts for the first account).
     async fn branding_targets(&self, account: &Account) -> Result<Vec<Uuid>, ReconcileError> {
-        let all = self.inner.queue.scan(|q| q.inventory_all()).await?;
+        let all = self.inner.queue.inventory_all().await?;
         let default = crate::config::DEFAULT_ACCOUNT;
         let is_first = self
             .inner
@@ -28,7 +28,7 @@ impl Reconcilers {
         for t in targets {
             match t {
                 BrandingTarget::Tenant(id) => {
-                    let known = self.inner.queue.inventory(id)?;
+                    let known = self.inner.queue.inventory(id).await?;
                     let mine = match known.as_ref().and_then(|k| k.account.as_deref()) {
                         Some(owner) => owner == account.id,
                         None if known.is_some() => account.id == default,
@@ -264,7 +264,7 @@ impl Reconcilers {
             .brand_drift(account, tenant, intended, &mut out)
             .await?;
         let logo_key = format!("branding.logo.{tenant}");
-        let uploaded: Option<String> = self.inner.queue.get_doc(&logo_key)?;
+        let uploaded: Option<String> = self.inner.queue.get_doc(&logo_key).await?;
         let logo_drift = logo.filter(|l| uploaded.as_deref() != Some(l.1.as_str()));
         if let Some(l) = logo_drift {
             out.drift.push(DriftItem {

@@ -128,7 +128,7 @@ impl Reconcilers {
         self.inner
             .fusion_session
             .get_or_try_init(|| async move {
-                let kept: Option<KeptSession> = queue.get_doc(SESSION_DOC)?;
+                let kept: Option<KeptSession> = queue.get_doc(SESSION_DOC).await?;
                 if let (Some(sealed), Some(key)) = (kept.and_then(|k| k.refresh_sealed), key) {
                     match key.open("fusion", &sealed) {
                         Ok(refresh) => fusion.resume(refresh).await,

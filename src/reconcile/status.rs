@@ -10,7 +10,7 @@ impl Reconcilers {
         only: Option<&str>,
     ) -> Result<(), ReconcileError> {
         let q = &self.inner.queue;
-        let states = q.scan(|q| q.tenant_states()).await?;
+        let states = q.tenant_states().await?;
         let mut events = Vec::new();
         let default = crate::config::DEFAULT_ACCOUNT;
         for s in states {
@@ -18,7 +18,7 @@ impl Reconcilers {
             if only.is_some_and(|id| id != s.account.as_deref().unwrap_or(default)) {
                 continue;
             }
-            if let Some(inv) = q.inventory(&s.tenant_id)? {
+            if let Some(inv) = q.inventory(&s.tenant_id).await? {
                 if inv.deleted {
                     report.skipped.push(ItemNote {
                         tenant_id: s.tenant_id,

@@ -18,7 +18,7 @@ impl Reconcilers {
         let q = &self.inner.queue;
         let root = self.root(account).await?;
         let cursor_doc = cursor_doc(&account.id);
-        let cursor: Option<TenantCursor> = q.get_doc(&cursor_doc)?;
+        let cursor: Option<TenantCursor> = q.get_doc(&cursor_doc).await?;
         let since = cursor
             .filter(|c| c.root == root)
             .and_then(|c| c.updated_since);
@@ -39,7 +39,9 @@ impl Reconcilers {
             .map(|t| inventory_record(t, &account.id))
             .collect();
 
-        let deactivations = self.removed_tenants(&listing.items, report, account)?;
+        let deactivations = self
+            .removed_tenants(&listing.items, report, account)
+            .await?;
         if report.dry_run {
             report
                 .details
@@ -72,13 +74,13 @@ impl Reconcilers {
         .await?;
         report
             .details
-            .insert("inventory_size".into(), json!(q.inventory_len()));
+            .insert("inventory_size".into(), json!(q.inventory_len().await?));
         Ok(())
     }
 
     /// Tenants gone or disabled on the platform whose integration is active: each is drift, and
     /// gets a deactivation (`on_removed = "deactivate"`) or is only reported.
-    fn removed_tenants(
+    async fn removed_tenants(
         &self,
         listing: &[Tenant],
         report: &mut Report,
@@ -90,7 +92,7 @@ impl Reconcilers {
             if !(t.is_deleted() || t.enabled == Some(false)) {
                 continue;
             }
-            let state = self.inner.queue.tenant_state(&t.id)?;
+            let state = self.inner.queue.tenant_state(&t.id).await?;
             if state.and_then(|s| s.intended) != Some(IntegrationState::Active) {
                 continue;
             }

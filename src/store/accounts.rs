@@ -40,6 +40,35 @@ pub enum AccountWrite {
     Retire(String),
 }
 
+impl AccountWrite {
+    /// The id of the account it changes.
+    pub fn id(&self) -> &str {
+        match self {
+            AccountWrite::Add(a) | AccountWrite::Replace(a) => &a.id,
+            AccountWrite::Retire(id) => id,
+        }
+    }
+
+    /// The record once the change is applied to the one stored (if any), or why it does not
+    /// apply. Both backends decide through this.
+    pub(super) fn apply(
+        &self,
+        current: Option<StoredAccount>,
+    ) -> Result<StoredAccount, StoreError> {
+        let id = self.id().to_string();
+        match (self, current) {
+            (AccountWrite::Add(_), Some(_)) => Err(StoreError::Account(id, "exists")),
+            (AccountWrite::Add(a), None) | (AccountWrite::Replace(a), Some(_)) => Ok(a.clone()),
+            (AccountWrite::Retire(_), Some(mut a)) => {
+                a.retiring = true;
+                a.updated_at_ms = now_ms();
+                Ok(a)
+            }
+            (_, None) => Err(StoreError::Account(id, "not stored")),
+        }
+    }
+}
+
 /// What an account removal dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountDropped {
@@ -75,7 +104,7 @@ pub(super) fn account_key(id: &str) -> Vec<u8> {
     key(b'a', &[id.as_bytes()])
 }
 
-impl Queue {
+impl SledQueue {
     /// Every account stored through the API, by id.
     pub fn stored_accounts(&self) -> Result<Vec<StoredAccount>, StoreError> {
         self.scan_json(b'a')
@@ -95,22 +124,9 @@ impl Queue {
     ) -> Result<Vec<Enqueued>, StoreError> {
         self.write_answering(move |core, w| {
             let mut extra = Vec::new();
-            let (id, record) = match &change {
-                AccountWrite::Add(a) | AccountWrite::Replace(a) => (a.id.clone(), Some(a.clone())),
-                AccountWrite::Retire(id) => (id.clone(), None),
-            };
-            let current: Option<StoredAccount> = core.get_json(account_key(&id))?;
-            let record = match (&change, current) {
-                (AccountWrite::Add(_), Some(_)) => return Err(StoreError::Account(id, "exists")),
-                (AccountWrite::Add(_), None) => record.expect("given"),
-                (AccountWrite::Replace(_), Some(_)) => record.expect("given"),
-                (AccountWrite::Retire(_), Some(mut a)) => {
-                    a.retiring = true;
-                    a.updated_at_ms = now_ms();
-                    a
-                }
-                (_, None) => return Err(StoreError::Account(id, "not stored")),
-            };
+            let current: Option<StoredAccount> = core.get_json(account_key(change.id()))?;
+            let record = change.apply(current)?;
+            let id = record.id.clone();
             extra.push((account_key(&id), Some(to_json(&record))));
             let (outcomes, wake) = core.write_events_with(w, events, extra)?;
             Ok((outcomes, Wrote { count: 1, wake }))

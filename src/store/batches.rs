@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Queue {
+impl SledQueue {
     pub(super) fn get_event_raw(&self, id: &Uuid) -> Result<Option<EventRecord>, StoreError> {
         self.inner.get_json(event_key(id))
     }
@@ -115,45 +115,23 @@ impl Queue {
         max: usize,
         now: i64,
     ) -> Result<Take, StoreError> {
-        let mut events = Vec::new();
-        for item in self
+        let records = self
             .inner
             .tree
             .scan_prefix(key(b'p', &[tenant.as_bytes()]))
             .take(max.max(1))
-        {
-            let (_, v) = item?;
-            let id = uuid_from(&v)?;
-            let rec = self
-                .get_event_raw(&id)?
-                .ok_or_else(|| StoreError::Corrupt(format!("pending event {id} has no record")))?;
-            if events.is_empty() {
-                if let Some(at) = rec.next_attempt_at_ms {
-                    let horizon = self.inner.options.max_retry_delay.as_millis() as i64;
-                    if at > now + horizon {
-                        // Set by a clock that ran ahead, or on another host: not trusted.
-                        tracing::warn!(
-                            message = "a persisted next attempt lies further ahead than any retry waits; trying now",
-                            tenant_id = %tenant,
-                            next_attempt_at_ms = at
-                        );
-                    } else if at > now {
-                        return Ok(Take::NotBefore(at));
-                    }
-                }
-            }
-            // A report is for one account: the batch ends where the account changes.
-            if events
-                .first()
-                .is_some_and(|first: &EventRecord| first.account != rec.account)
-            {
-                break;
-            }
-            events.push(rec);
-        }
-        if events.is_empty() {
-            return Ok(Take::Empty);
-        }
+            .map(|item| {
+                let (_, v) = item?;
+                let id = uuid_from(&v)?;
+                self.get_event_raw(&id)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("pending event {id} has no record")))
+            });
+        let horizon = self.inner.options.max_retry_delay.as_millis() as i64;
+        let mut events = match cut_batch(tenant, records, now, horizon)? {
+            Cut::Events(events) => events,
+            Cut::NotBefore(at) => return Ok(Take::NotBefore(at)),
+            Cut::Empty => return Ok(Take::Empty),
+        };
         let mut ids = lock(&self.inner.in_flight_ids);
         for rec in &mut events {
             rec.state = EventState::InFlight;
@@ -163,7 +141,7 @@ impl Queue {
         Ok(Take::Ready(Batch {
             tenant_id: *tenant,
             events,
-            store: Arc::downgrade(&self.inner.core),
+            store: Arc::downgrade(&(self.inner.core.clone() as Arc<dyn InFlight>)),
             released: Default::default(),
         }))
     }
@@ -269,4 +247,51 @@ impl Queue {
         batch.release();
         result.map(|_| ())
     }
+}
+
+/// What a tenant's oldest pending events give for a batch.
+pub(super) enum Cut {
+    Events(Vec<EventRecord>),
+    /// The head is in backoff until this Unix millisecond.
+    NotBefore(i64),
+    Empty,
+}
+
+/// Cut a batch from a tenant's oldest pending records, in order: nothing while the head is in
+/// backoff, and only events of the head's account (a report is for one account). A next attempt
+/// further ahead than any retry waits (a clock that ran ahead, or another host's) is not
+/// trusted: the head is tried now. Both backends take batches through this.
+pub(super) fn cut_batch(
+    tenant: &TenantId,
+    records: impl Iterator<Item = Result<EventRecord, StoreError>>,
+    now: i64,
+    horizon_ms: i64,
+) -> Result<Cut, StoreError> {
+    let mut events: Vec<EventRecord> = Vec::new();
+    for rec in records {
+        let rec = rec?;
+        match events.first() {
+            None => {
+                if let Some(at) = rec.next_attempt_at_ms {
+                    if at > now + horizon_ms {
+                        tracing::warn!(
+                            message = "a persisted next attempt lies further ahead than any retry waits; trying now",
+                            tenant_id = %tenant,
+                            next_attempt_at_ms = at
+                        );
+                    } else if at > now {
+                        return Ok(Cut::NotBefore(at));
+                    }
+                }
+            }
+            Some(first) if first.account != rec.account => break,
+            Some(_) => {}
+        }
+        events.push(rec);
+    }
+    Ok(if events.is_empty() {
+        Cut::Empty
+    } else {
+        Cut::Events(events)
+    })
 }

@@ -36,7 +36,7 @@ pub enum BoundState {
     },
 }
 
-impl Queue {
+impl SledQueue {
     pub fn set_max_size(&self, max: Option<u64>) {
         self.inner
             .bound

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Queue {
+impl SledQueue {
     /// Remove delivered events older than the retention and idempotency keys older than
     /// `max(retention, 24h)`, in chunks written through the committer so intake waits for one
     /// chunk at most. Returns how many events were removed.
@@ -20,7 +20,7 @@ impl Queue {
     }
 }
 
-impl Queue {
+impl SledQueue {
     /// Remove the events delivered before `cutoff_ms`, chunk by chunk.
     pub(super) async fn compact_delivered_before(
         &self,

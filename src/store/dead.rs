@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Queue {
+impl SledQueue {
     /// Dead letters, oldest first, up to `limit`.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         let mut out = Vec::new();

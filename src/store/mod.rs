@@ -71,6 +71,15 @@ pub enum StoreError {
     Account(String, &'static str),
     #[error("it is in use by another process (another statusd with the same store.path?)")]
     Locked { path: String },
+    /// The PostgreSQL store cannot be reached now (down, unreachable, too slow); operations
+    /// resume by themselves once it answers.
+    #[error("the store's database cannot be reached: {0}")]
+    Unavailable(String),
+    /// PostgreSQL refused a statement.
+    #[error("the store's database refused a write: {0}")]
+    Postgres(String),
+    #[error("the PostgreSQL store (schema {schema:?}) has schema version {found}; this statusd understands up to {}: upgrade statusd, or use another store.postgres.schema", pg::PG_SCHEMA_VERSION)]
+    PgSchemaTooNew { schema: String, found: i32 },
 }
 
 mod accounts;
@@ -79,12 +88,14 @@ mod bound;
 mod commit;
 mod compact;
 mod control;
-mod copy;
+pub(crate) mod copy;
 mod dead;
 mod heads;
 mod keys;
 mod migrate;
 mod open;
+pub mod pg;
+mod queue;
 mod records;
 mod tenants;
 mod verify;
@@ -92,6 +103,7 @@ mod verify;
 pub use accounts::{
     AccountDropped, AccountEvents, AccountWrite, Removal, StoredAccount, IN_FLIGHT,
 };
+use batches::{cut_batch, Cut};
 pub use bound::BoundState;
 use commit::*;
 pub use copy::{check_room_to_compact, dir_size, import, Compacted, Moved, Progress};
@@ -99,6 +111,7 @@ use heads::*;
 use keys::*;
 use migrate::*;
 use open::*;
+pub use queue::{Backend, Queue};
 pub use records::*;
 pub use verify::{Check, Offline, Verification};
 
@@ -110,9 +123,34 @@ struct OldestSeen {
     age: Duration,
 }
 
-/// The store handle; cheap to clone.
+/// How long the oldest pending event `(seq, tenant, accepted ms)` has waited: from the wall
+/// clock when this process first saw it as the oldest, then on the monotonic clock, so a clock
+/// set back (or forward) later neither hides a stale event nor ages one.
+pub(super) fn pending_age(
+    seen: &Mutex<Option<OldestSeen>>,
+    head: Option<(u64, TenantId, i64)>,
+) -> Option<u64> {
+    let (seq, tenant, accepted_ms) = head?;
+    let mut seen = lock(seen);
+    let first = match *seen {
+        Some(s) if s.seq == seq && s.tenant == tenant => s,
+        _ => {
+            let s = OldestSeen {
+                seq,
+                tenant,
+                at: std::time::Instant::now(),
+                age: Duration::from_millis((now_ms() - accepted_ms).max(0) as u64),
+            };
+            *seen = Some(s);
+            s
+        }
+    };
+    Some((first.age + first.at.elapsed()).as_millis() as u64)
+}
+
+/// The sled store handle; cheap to clone.
 #[derive(Clone)]
-pub struct Queue {
+pub struct SledQueue {
     inner: Arc<Inner>,
 }
 
@@ -180,10 +218,10 @@ impl Drop for Inner {
     }
 }
 
-impl Queue {
+impl SledQueue {
     /// Open (or create) the store at `path`: migrate an older layout, rebuild each tenant's
     /// oldest pending event, and start the committer and flusher threads.
-    pub fn open(path: &Path, options: StoreOptions) -> Result<Queue, StoreError> {
+    pub fn open(path: &Path, options: StoreOptions) -> Result<SledQueue, StoreError> {
         copy::finish_interrupted(path)?;
         create_private_dir(path)?;
         let control = control::read(path)?;
@@ -198,7 +236,7 @@ impl Queue {
         // Running: until a clean close says otherwise, the next open recounts.
         control::write(path, &control::Control::new(store_id, counters.seq, false))
             .map_err(|e| StoreError::Write(format!("cannot write the control file: {e}")))?;
-        Queue::start(Core {
+        SledQueue::start(Core {
             db,
             tree,
             path: path.to_path_buf(),
@@ -218,7 +256,7 @@ impl Queue {
     }
 
     /// Start the committer and flusher threads on an opened store.
-    fn start(core: Core) -> Result<Queue, StoreError> {
+    fn start(core: Core) -> Result<SledQueue, StoreError> {
         let core = Arc::new(core);
         let (jobs, rx) = mpsc::channel::<Job>();
         let (to_flusher, flush_rx) = mpsc::channel::<Written>();
@@ -239,7 +277,7 @@ impl Queue {
                 Box::new(move || committer(core, rx, to_flusher)),
             )?
         };
-        Ok(Queue {
+        Ok(SledQueue {
             inner: Arc::new(Inner {
                 core,
                 jobs: Mutex::new(Some(jobs)),
@@ -331,26 +369,11 @@ impl Queue {
             .and_then(|v| uuid_from(&v).ok())
             .and_then(|id| self.get_event_raw(&id).ok().flatten())
             .map(|rec| rec.accepted_at_ms);
-        let age = match (head, oldest) {
-            (Some((seq, tenant)), Some(accepted_ms)) => {
-                let mut seen = lock(&self.inner.oldest_seen);
-                let first = match *seen {
-                    Some(s) if s.seq == seq && s.tenant == tenant => s,
-                    _ => {
-                        let s = OldestSeen {
-                            seq,
-                            tenant,
-                            at: std::time::Instant::now(),
-                            age: Duration::from_millis((now_ms() - accepted_ms).max(0) as u64),
-                        };
-                        *seen = Some(s);
-                        s
-                    }
-                };
-                Some((first.age + first.at.elapsed()).as_millis() as u64)
-            }
-            _ => None,
-        };
+        let age = pending_age(
+            &self.inner.oldest_seen,
+            head.zip(oldest)
+                .map(|((seq, tenant), at)| (seq, tenant, at)),
+        );
         QueueStats {
             depth,
             in_flight: lock(&self.inner.in_flight_ids).len() as u64,
@@ -382,7 +405,7 @@ impl Queue {
     /// Run a read that scans many keys off the async workers.
     pub async fn scan<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&Queue) -> Result<T, StoreError> + Send + 'static,
+        read: impl FnOnce(&SledQueue) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let queue = self.clone();
         tokio::task::spawn_blocking(move || read(&queue))
@@ -410,7 +433,7 @@ mod tests {
     #[test]
     fn a_stopped_committer_makes_the_store_unhealthy() {
         let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(dir.path(), StoreOptions::default()).unwrap();
+        let q = SledQueue::open(dir.path(), StoreOptions::default()).unwrap();
         assert!(q.healthy());
         // Closing the job channel ends the committer (and with it the flusher), as a panic in
         // either would.

@@ -137,12 +137,32 @@ pub struct InventoryTenant {
 /// settled by `ack_delivered`, `mark_failed` or `dead_letter`; dropped unsettled (a lane that
 /// panicked, a send abandoned at shutdown) it gives the events back to the queue in their place,
 /// so no path can leak an in-flight batch.
-#[derive(Debug)]
 pub struct Batch {
     pub tenant_id: TenantId,
     pub events: Vec<EventRecord>,
-    pub(super) store: std::sync::Weak<Core>,
+    pub(super) store: std::sync::Weak<dyn InFlight>,
     pub(super) released: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("tenant_id", &self.tenant_id)
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
+/// A backend's record of what is in flight: tenants with a batch out, and its events. Kept in
+/// memory by both backends; a batch gives its part back when it is settled or dropped.
+pub(super) trait InFlight: Send + Sync {
+    fn in_flight(&self) -> (&Mutex<HashSet<TenantId>>, &Mutex<HashSet<Uuid>>);
+}
+
+impl InFlight for Core {
+    fn in_flight(&self) -> (&Mutex<HashSet<TenantId>>, &Mutex<HashSet<Uuid>>) {
+        (&self.in_flight_tenants, &self.in_flight_ids)
+    }
 }
 
 impl Drop for Batch {
@@ -157,9 +177,10 @@ impl Batch {
         if self.released.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Some(core) = self.store.upgrade() {
-            lock(&core.in_flight_tenants).remove(&self.tenant_id);
-            let mut ids = lock(&core.in_flight_ids);
+        if let Some(store) = self.store.upgrade() {
+            let (tenants, ids) = store.in_flight();
+            lock(tenants).remove(&self.tenant_id);
+            let mut ids = lock(ids);
             for rec in &self.events {
                 ids.remove(&rec.id);
             }

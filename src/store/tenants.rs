@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Queue {
+impl SledQueue {
     // Tenant state and inventory ---------------------------------------------------------------
 
     pub(super) fn scan_json<T: DeserializeOwned>(&self, prefix: u8) -> Result<Vec<T>, StoreError> {

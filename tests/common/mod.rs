@@ -8,6 +8,8 @@ use statusd::app::Running;
 use statusd::config::{self, Purpose, Settings};
 use statusd::sandbox::{Sandbox, SandboxOptions};
 
+pub mod pg;
+
 pub struct Harness {
     pub sandbox: Sandbox,
     pub running: Option<Running>,

@@ -1,0 +1,431 @@
+//! Export and import of the PostgreSQL store, in the same JSON-lines format as sled's, so a
+//! store moves between backends: pending events first, in queue order.
+
+use std::io::{BufRead, Write};
+
+use futures_util::{pin_mut, TryStreamExt};
+
+use super::*;
+use crate::store::copy::{Line, EXPORT_FORMAT, EXPORT_VERSION};
+
+/// How many lines go in one insert of an import.
+const CHUNK: usize = 1000;
+
+fn write_line(out: &mut dyn Write, line: &Line, moved: &mut Moved) -> Result<(), StoreError> {
+    serde_json::to_writer(&mut *out, line)
+        .map_err(|e| StoreError::Write(format!("export: {e}")))?;
+    out.write_all(b"\n")
+        .map_err(|e| StoreError::Write(format!("export: {e}")))?;
+    moved.lines += 1;
+    Ok(())
+}
+
+/// The export line of an event row. A delivered event is written as sled keeps it: the record
+/// as it was before delivery, with the delivery on the line.
+fn event_line(mut record: EventRecord) -> Line {
+    let (pending, dead) = (
+        record.state == EventState::Queued,
+        record.state == EventState::Dead,
+    );
+    let (mut delivered_at_ms, mut delivered_attempts) = (None, None);
+    if record.state == EventState::Delivered {
+        delivered_at_ms = record.delivered_at_ms.take();
+        delivered_attempts = Some(record.attempts);
+        record.attempts = record.attempts.saturating_sub(1);
+        record.state = EventState::Queued;
+    }
+    Line::Event {
+        record,
+        pending,
+        dead,
+        delivered_at_ms,
+        delivered_attempts,
+    }
+}
+
+impl PgQueue {
+    /// Write the whole store as JSON lines (a consistent snapshot: one repeatable-read
+    /// transaction).
+    pub async fn export(
+        &self,
+        out: &mut dyn Write,
+        mut progress: impl Progress,
+    ) -> Result<Moved, StoreError> {
+        let mut client = self.inner.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg_error)?;
+        let mut moved = Moved::default();
+        let one = |sql: &'static str| {
+            let tx = &tx;
+            async move { tx.query_one(sql, &[]).await.map_err(pg_error) }
+        };
+        let store_id: String = one("SELECT value FROM meta WHERE name = 'store_id'")
+            .await?
+            .get(0);
+        let total: i64 = one("SELECT count(*) FROM events").await?.get(0);
+        write_line(
+            out,
+            &Line::Header {
+                format: EXPORT_FORMAT.into(),
+                version: EXPORT_VERSION,
+                store_id: Uuid::parse_str(&store_id).unwrap_or_else(|_| Uuid::new_v4()),
+                layout: PG_SCHEMA_VERSION as u64,
+                exported_at: chrono::Utc::now().to_rfc3339(),
+            },
+            &mut moved,
+        )?;
+        for clause in [
+            "WHERE state = 'queued' ORDER BY tenant_id, seq",
+            "WHERE state <> 'queued' ORDER BY seq",
+        ] {
+            let sql = format!("SELECT {EVENT_COLUMNS} FROM events {clause}");
+            let rows = tx
+                .query_raw(&sql, std::iter::empty::<i32>())
+                .await
+                .map_err(pg_error)?;
+            pin_mut!(rows);
+            while let Some(row) = rows.try_next().await.map_err(pg_error)? {
+                let record = row_event(&row)?;
+                moved.events += 1;
+                moved.pending += u64::from(record.state == EventState::Queued);
+                moved.dead += u64::from(record.state == EventState::Dead);
+                write_line(out, &event_line(record), &mut moved)?;
+                if moved.events % 10_000 == 0 {
+                    progress.step(moved.events, total as u64);
+                }
+            }
+        }
+        progress.step(moved.events, total as u64);
+        for row in tx
+            .query(
+                "SELECT key, event_id, accepted_at_ms FROM idempotency_keys ORDER BY key",
+                &[],
+            )
+            .await
+            .map_err(pg_error)?
+        {
+            let line = Line::Idempotency {
+                key: row.get(0),
+                event: row.get(1),
+                accepted_at_ms: row.get(2),
+            };
+            write_line(out, &line, &mut moved)?;
+        }
+        for row in tx
+            .query(
+                "SELECT tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms
+                 FROM tenants ORDER BY tenant_id",
+                &[],
+            )
+            .await
+            .map_err(pg_error)?
+        {
+            write_line(out, &Line::Tenant { state: row_tenant(&row) }, &mut moved)?;
+        }
+        for row in tx
+            .query("SELECT record FROM inventory ORDER BY tenant_id", &[])
+            .await
+            .map_err(pg_error)?
+        {
+            let tenant = json_of(row.get(0))?;
+            write_line(out, &Line::Inventory { tenant }, &mut moved)?;
+        }
+        for row in tx
+            .query("SELECT record FROM accounts ORDER BY id", &[])
+            .await
+            .map_err(pg_error)?
+        {
+            let account = json_of(row.get(0))?;
+            write_line(out, &Line::Account { account }, &mut moved)?;
+        }
+        for row in tx
+            .query("SELECT name, value FROM documents ORDER BY name", &[])
+            .await
+            .map_err(pg_error)?
+        {
+            let name: String = row.get(0);
+            let line = Line::Document {
+                name: format!("doc/{name}"),
+                value: row.get(1),
+            };
+            write_line(out, &line, &mut moved)?;
+        }
+        let lines = moved.lines;
+        write_line(out, &Line::End { lines }, &mut moved)?;
+        out.flush()
+            .map_err(|e| StoreError::Write(format!("export: {e}")))?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(moved)
+    }
+}
+
+/// What an import gathers before it inserts a chunk.
+#[derive(Default)]
+struct Chunk {
+    events: Vec<EventRecord>,
+    keys: Vec<(String, Uuid, i64)>,
+    tenants: Vec<TenantState>,
+    inventory: Vec<InventoryTenant>,
+    accounts: Vec<StoredAccount>,
+    documents: Vec<(String, serde_json::Value)>,
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.events.len()
+            + self.keys.len()
+            + self.tenants.len()
+            + self.inventory.len()
+            + self.accounts.len()
+            + self.documents.len()
+    }
+
+    async fn insert(&mut self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+        let ev = std::mem::take(&mut self.events);
+        if !ev.is_empty() {
+            let col = |f: &dyn Fn(&EventRecord) -> Option<String>| -> Vec<Option<String>> {
+                ev.iter().map(f).collect()
+            };
+            let ids: Vec<Uuid> = ev.iter().map(|e| e.id).collect();
+            let seqs: Vec<i64> = ev.iter().map(|e| e.seq as i64).collect();
+            let tenants: Vec<Uuid> = ev.iter().map(|e| e.tenant_id).collect();
+            let accounts = col(&|e| e.account.clone());
+            let kinds = col(&|e| Some(e.kind.as_str().to_string()));
+            let cats = col(&|e| Some(e.category.clone()));
+            let actions = col(&|e| Some(e.action.clone()));
+            let keys = col(&|e| e.idempotency_key.clone());
+            let accepted: Vec<i64> = ev.iter().map(|e| e.accepted_at_ms).collect();
+            let occurred: Vec<Option<i64>> = ev.iter().map(|e| e.occurred_at_ms).collect();
+            let states = col(&|e| {
+                Some(
+                    match e.state {
+                        EventState::Dead => "dead",
+                        EventState::Delivered => "delivered",
+                        _ => "queued",
+                    }
+                    .to_string(),
+                )
+            });
+            let attempts: Vec<i32> = ev.iter().map(|e| e.attempts as i32).collect();
+            let errors = col(&|e| e.last_error.clone());
+            let next: Vec<Option<i64>> = ev.iter().map(|e| e.next_attempt_at_ms).collect();
+            let delivered: Vec<Option<i64>> = ev.iter().map(|e| e.delivered_at_ms).collect();
+            let reasons = col(&|e| e.dead_reason.clone());
+            tx.execute(
+                &format!(
+                    "INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM unnest(
+                     $1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::text[],
+                     $12::integer[], $13::text[], $14::bigint[], $15::bigint[], $16::text[])"
+                ),
+                &[
+                    &ids, &seqs, &tenants, &accounts, &kinds, &cats, &actions, &keys, &accepted,
+                    &occurred, &states, &attempts, &errors, &next, &delivered, &reasons,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        }
+        for (key, event, at) in std::mem::take(&mut self.keys) {
+            tx.execute(
+                "INSERT INTO idempotency_keys (key, event_id, accepted_at_ms) VALUES ($1, $2, $3)",
+                &[&key, &event, &at],
+            )
+            .await
+            .map_err(pg_error)?;
+        }
+        for t in std::mem::take(&mut self.tenants) {
+            tx.execute(
+                "INSERT INTO tenants (tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &t.tenant_id,
+                    &t.account,
+                    &state_text(t.intended),
+                    &t.intended_at_ms,
+                    &state_text(t.last_reported),
+                    &t.last_reported_at_ms,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        }
+        for t in std::mem::take(&mut self.inventory) {
+            let account = t.account.clone().unwrap_or_else(|| "default".into());
+            tx.execute(
+                "INSERT INTO inventory (tenant_id, account, record) VALUES ($1, $2, $3)",
+                &[&t.id, &account, &value_of(&t)],
+            )
+            .await
+            .map_err(pg_error)?;
+        }
+        for a in std::mem::take(&mut self.accounts) {
+            tx.execute(
+                "INSERT INTO accounts (id, record) VALUES ($1, $2)",
+                &[&a.id, &value_of(&a)],
+            )
+            .await
+            .map_err(pg_error)?;
+        }
+        for (name, value) in std::mem::take(&mut self.documents) {
+            tx.execute(
+                "INSERT INTO documents (name, value) VALUES ($1, $2)",
+                &[&name, &value],
+            )
+            .await
+            .map_err(pg_error)?;
+        }
+        Ok(())
+    }
+}
+
+fn bad(line: u64, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("line {line}: {what}"))
+}
+
+/// Import an export into an empty PostgreSQL store, in one transaction: a failed import leaves
+/// nothing behind. Refused when the store holds any event, account or document.
+pub async fn import(
+    opts: &PgOptions,
+    input: &mut dyn BufRead,
+    mut progress: impl Progress,
+) -> Result<Moved, StoreError> {
+    let pool = make_pool(opts)?;
+    let mut client = pool.get().await.map_err(pool_error)?;
+    schema::migrate(&mut client, &opts.schema).await?;
+    let tx = client.transaction().await.map_err(pg_error)?;
+    let used: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM events) OR EXISTS (SELECT 1 FROM accounts)
+                 OR EXISTS (SELECT 1 FROM documents) OR EXISTS (SELECT 1 FROM tenants)",
+            &[],
+        )
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    if used {
+        return Err(StoreError::Write(format!(
+            "the PostgreSQL store (schema {:?}) is not empty: import only into a new store (use another store.postgres.schema, or drop this one first)",
+            opts.schema
+        )));
+    }
+    let mut moved = Moved::default();
+    let mut chunk = Chunk::default();
+    let mut max_seq = 0u64;
+    let mut header = None;
+    let mut ended = false;
+    let mut text = String::new();
+    loop {
+        text.clear();
+        let n = input
+            .read_line(&mut text)
+            .map_err(|e| StoreError::Write(format!("import: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        let number = moved.lines + 1;
+        if ended {
+            return Err(bad(number, "a line after the end line"));
+        }
+        let line: Line = serde_json::from_str(text.trim_end())
+            .map_err(|e| bad(number, format!("not a line of a statusd export ({e})")))?;
+        match line {
+            Line::Header {
+                format,
+                version,
+                store_id,
+                ..
+            } => {
+                if number != 1 || format != EXPORT_FORMAT {
+                    return Err(bad(number, "not a statusd store export"));
+                }
+                if version != EXPORT_VERSION {
+                    return Err(bad(number, format!("export format version {version}; this statusd reads version {EXPORT_VERSION}")));
+                }
+                header = Some(store_id);
+            }
+            _ if header.is_none() => {
+                return Err(bad(number, "no header: not a statusd store export"))
+            }
+            Line::Event {
+                mut record,
+                pending,
+                dead,
+                delivered_at_ms,
+                delivered_attempts,
+            } => {
+                max_seq = max_seq.max(record.seq);
+                if pending {
+                    record.state = EventState::Queued;
+                    moved.pending += 1;
+                } else if dead {
+                    record.state = EventState::Dead;
+                    moved.dead += 1;
+                } else if let Some(at) = delivered_at_ms {
+                    record.state = EventState::Delivered;
+                    record.delivered_at_ms = Some(at);
+                    record.attempts = delivered_attempts.unwrap_or(record.attempts + 1);
+                    record.next_attempt_at_ms = None;
+                } else {
+                    return Err(bad(
+                        number,
+                        format!("event {} is neither pending, dead nor delivered", record.id),
+                    ));
+                }
+                chunk.events.push(record);
+                moved.events += 1;
+            }
+            Line::Idempotency {
+                key,
+                event,
+                accepted_at_ms,
+            } => chunk.keys.push((key, event, accepted_at_ms)),
+            Line::Tenant { state } => chunk.tenants.push(state),
+            Line::Inventory { tenant } => chunk.inventory.push(tenant),
+            Line::Account { account } => chunk.accounts.push(account),
+            Line::Document { name, value } => {
+                if let Some(name) = name.strip_prefix("doc/") {
+                    chunk.documents.push((name.to_string(), value));
+                }
+            }
+            Line::End { lines } => {
+                if lines != moved.lines {
+                    return Err(bad(number, format!("the end line counts {lines} lines, {} came before it: the file is not whole", moved.lines)));
+                }
+                ended = true;
+            }
+        }
+        moved.lines += 1;
+        if chunk.len() >= CHUNK {
+            chunk.insert(&tx).await?;
+            progress.step(moved.events, 0);
+        }
+    }
+    if !ended {
+        return Err(StoreError::Corrupt(format!(
+            "the export ends after {} lines without its end line: the file is cut off",
+            moved.lines
+        )));
+    }
+    chunk.insert(&tx).await?;
+    let store_id = header.expect("a header was read").to_string();
+    tx.execute(
+        "UPDATE meta SET value = $1 WHERE name = 'store_id'",
+        &[&store_id],
+    )
+    .await
+    .map_err(pg_error)?;
+    if max_seq > 0 {
+        tx.execute("SELECT setval('event_seq', $1)", &[&(max_seq as i64)])
+            .await
+            .map_err(pg_error)?;
+    }
+    tx.commit().await.map_err(pg_error)?;
+    progress.step(moved.events, moved.events);
+    Ok(moved)
+}

@@ -1,0 +1,605 @@
+//! The PostgreSQL backend: the same contract as the sled store, on tables of a shared
+//! database.
+//!
+//! Promises (as on sled):
+//! - `enqueue` answers only after COMMIT. Concurrent enqueues are written by one committer task
+//!   as one transaction per group; event inserts of any kind are serialized by one lock, so a
+//!   tenant's events commit in the order of their sequence numbers, and delivery (which reads a
+//!   tenant's head by `(tenant_id, seq)`) never sees a later event before an earlier one.
+//! - A settled batch (delivered, failed, dead) is written in one transaction with the tenant's
+//!   reported state; being in flight is kept in memory, as on sled.
+//! - Each tenant's oldest pending event and the counters are kept in memory, loaded at open and
+//!   again whenever the database comes back after it could not be reached (or after a COMMIT
+//!   whose outcome is unknown).
+//! - The database unreachable: every operation fails at once with `StoreError::Unavailable`
+//!   (intake answers 503 with `Retry-After`), a health task probes it each second, and once it
+//!   answers the memory is reloaded and every tenant with pending events is woken.
+
+use std::collections::{BTreeSet, HashMap};
+use std::str::FromStr;
+use std::sync::atomic::AtomicBool;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::Row;
+
+use super::*;
+
+mod copy;
+mod read;
+pub mod schema;
+mod write;
+
+pub use schema::{valid_schema_name, Migrated, PG_SCHEMA_VERSION};
+
+/// How long one transaction may take before the store counts the database as unreachable.
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the health task probes the database.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How to reach the database.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// The connection URL (`postgres://user:password@host:port/db?sslmode=...`). A secret: it
+    /// holds the password.
+    pub url: secrecy::SecretString,
+    pub pool_size: usize,
+    pub schema: String,
+    /// The CA that signs the server's certificate (else the system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &"<secret>")
+            .field("pool_size", &self.pool_size)
+            .field("schema", &self.schema)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// Where a URL points, for messages: host, port, database and user, never the password.
+pub fn describe_url(url: &str) -> String {
+    match tokio_postgres::Config::from_str(&strip_tls_params(url).0) {
+        Ok(c) => {
+            let host = c
+                .get_hosts()
+                .first()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .unwrap_or_else(|| "localhost".into());
+            let port = c.get_ports().first().copied().unwrap_or(5432);
+            format!(
+                "postgres://{}@{host}:{port}/{}",
+                c.get_user().unwrap_or("?"),
+                c.get_dbname().unwrap_or("?")
+            )
+        }
+        Err(_) => "an unreadable URL".into(),
+    }
+}
+
+/// The TLS mode a URL asks for, and the URL as tokio-postgres reads it (`verify-ca` and
+/// `verify-full` become `require`: statusd verifies the server's certificate in every TLS mode).
+fn strip_tls_params(url: &str) -> (String, Option<String>) {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return (url.to_string(), None);
+    };
+    let mut mode = None;
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let kept: Vec<(String, String)> = pairs
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "sslmode" {
+                mode = Some(v.clone());
+                if v == "verify-ca" || v == "verify-full" {
+                    return (k, "require".to_string());
+                }
+            }
+            (k, v)
+        })
+        .collect();
+    parsed.set_query(None);
+    if !kept.is_empty() {
+        parsed.query_pairs_mut().extend_pairs(kept);
+    }
+    (parsed.to_string(), mode)
+}
+
+/// Check a URL as the settings give it: a `postgres://` or `postgresql://` URL tokio-postgres
+/// reads, with a known `sslmode`. The error never repeats the URL (it holds the password).
+pub fn check_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(
+            "must be a postgres:// URL (postgres://user:password@host:port/database)".into(),
+        );
+    }
+    let (plain, mode) = strip_tls_params(url);
+    if let Some(m) = mode.as_deref() {
+        if !["disable", "prefer", "require", "verify-ca", "verify-full"].contains(&m) {
+            return Err(format!(
+                "sslmode {m:?} is not one of disable, prefer, require, verify-ca, verify-full"
+            ));
+        }
+    }
+    tokio_postgres::Config::from_str(&plain)
+        .map(|_| ())
+        .map_err(|e| format!("not a connection URL statusd can read: {e}"))
+}
+
+fn tls_connector(
+    ca_file: Option<&Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+                StoreError::Unavailable(format!("store.postgres.ca_file {}: {e}", path.display()))
+            })?;
+            for cert in certs {
+                let cert = cert.map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "store.postgres.ca_file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "store.postgres.ca_file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
+        }
+        None => {
+            return tokio_postgres_rustls::MakeRustlsConnect::with_native_certs()
+                .map(|(connector, _)| connector)
+                .map_err(|errors| {
+                    StoreError::Unavailable(format!("TLS: no system root certificate could be loaded ({errors:?}); set store.postgres.ca_file"))
+                });
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StoreError::Unavailable(format!("TLS set-up: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// A pool on the URL, each connection's `search_path` set to the schema.
+fn make_pool(opts: &PgOptions) -> Result<Pool, StoreError> {
+    use secrecy::ExposeSecret;
+    let (plain, mode) = strip_tls_params(opts.url.expose_secret());
+    let mut config = tokio_postgres::Config::from_str(&plain)
+        .map_err(|e| StoreError::Unavailable(format!("store.postgres.url: {e}")))?;
+    config
+        .connect_timeout(opts.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .options(format!("-c search_path={}", opts.schema))
+        .application_name("statusd");
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match mode.as_deref() {
+        None | Some("disable") => {
+            Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+        }
+        Some(_) => Manager::from_config(
+            config,
+            tls_connector(opts.ca_file.as_deref())?,
+            manager_config,
+        ),
+    };
+    Pool::builder(manager)
+        .max_size(opts.pool_size.max(2))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(opts.connect_timeout))
+        .create_timeout(Some(opts.connect_timeout))
+        .recycle_timeout(Some(opts.connect_timeout))
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("connection pool: {e}")))
+}
+
+/// Whether an error says the database cannot be reached (I/O, a closed connection, a server
+/// shutting down or full), rather than that it refused the statement.
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        return code.starts_with("08") || code.starts_with("57P") || code == "53300";
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Classify an error: `Unavailable` when the database cannot be reached (intake answers 503,
+/// everything pauses until it is back), `Postgres` when it refused the statement.
+pub(super) fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    if unreachable(&e) {
+        return StoreError::Unavailable(format!("PostgreSQL: {e}"));
+    }
+    match e.as_db_error() {
+        Some(db) => StoreError::Postgres(format!(
+            "{} ({}){}",
+            db.message(),
+            db.code().code(),
+            db.detail().map(|d| format!(": {d}")).unwrap_or_default()
+        )),
+        None => StoreError::Postgres(format!("{e}")),
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_error(e),
+        other => StoreError::Unavailable(format!("PostgreSQL: {other}")),
+    }
+}
+
+/// Each tenant's oldest pending event and the counters, in memory.
+#[derive(Default)]
+pub(super) struct Mem {
+    /// Each tenant's oldest pending event.
+    heads: HashMap<TenantId, Head>,
+    by_seq: BTreeSet<(u64, TenantId)>,
+    depth: u64,
+    dead: u64,
+}
+
+/// A tenant's oldest pending event: its place, when it was accepted, its account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Head {
+    pub(super) seq: u64,
+    pub(super) accepted_ms: i64,
+    pub(super) account: Option<String>,
+}
+
+impl Head {
+    pub(super) fn of_row(row: &Row) -> Head {
+        Head {
+            seq: row.get::<_, i64>(0) as u64,
+            accepted_ms: row.get(1),
+            account: row.get(2),
+        }
+    }
+}
+
+impl Mem {
+    /// A tenant got a pending event; it is the head if the tenant had none.
+    fn add(&mut self, tenant: TenantId, head: Head) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.heads.entry(tenant) {
+            self.by_seq.insert((head.seq, tenant));
+            e.insert(head);
+        }
+    }
+
+    fn set_head(&mut self, tenant: TenantId, head: Option<Head>) {
+        if let Some(old) = self.heads.remove(&tenant) {
+            self.by_seq.remove(&(old.seq, tenant));
+        }
+        if let Some(head) = head {
+            self.by_seq.insert((head.seq, tenant));
+            self.heads.insert(tenant, head);
+        }
+    }
+}
+
+/// The store handle; cheap to clone.
+#[derive(Clone)]
+pub struct PgQueue {
+    pub(super) inner: Arc<Pg>,
+}
+
+pub(super) struct Pg {
+    pool: Pool,
+    pub(super) schema: String,
+    /// Where the URL points (no password), for messages.
+    pub(super) target: String,
+    jobs: Mutex<Option<tokio::sync::mpsc::Sender<write::Intake>>>,
+    /// Held while a transaction inserts events, so events commit in sequence order.
+    insert_lock: tokio::sync::Mutex<()>,
+    mem: Mutex<Mem>,
+    in_flight_tenants: Mutex<HashSet<TenantId>>,
+    in_flight_ids: Mutex<HashSet<Uuid>>,
+    oldest_seen: Mutex<Option<OldestSeen>>,
+    woken: Mutex<HashSet<TenantId>>,
+    wake: Notify,
+    pub(super) options: StoreOptions,
+    /// Why the database cannot be reached, while it cannot.
+    unavailable: Mutex<Option<String>>,
+    /// The memory must be loaded again (a COMMIT whose outcome is unknown, a reconnect).
+    resync: AtomicBool,
+    commits: AtomicU64,
+    waiters: AtomicU64,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl InFlight for Pg {
+    fn in_flight(&self) -> (&Mutex<HashSet<TenantId>>, &Mutex<HashSet<Uuid>>) {
+        (&self.in_flight_tenants, &self.in_flight_ids)
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl PgQueue {
+    /// Connect, migrate the schema to this build's version and load the memory.
+    pub async fn open(opts: &PgOptions, options: StoreOptions) -> Result<PgQueue, StoreError> {
+        use secrecy::ExposeSecret;
+        let pool = make_pool(opts)?;
+        let target = describe_url(opts.url.expose_secret());
+        {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            schema::migrate(&mut client, &opts.schema).await?;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let pg = Arc::new(Pg {
+            pool,
+            schema: opts.schema.clone(),
+            target,
+            jobs: Mutex::new(Some(tx)),
+            insert_lock: Default::default(),
+            mem: Default::default(),
+            in_flight_tenants: Default::default(),
+            in_flight_ids: Default::default(),
+            oldest_seen: Default::default(),
+            woken: Default::default(),
+            wake: Notify::new(),
+            options,
+            unavailable: Default::default(),
+            resync: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+            waiters: AtomicU64::new(0),
+            stop: Default::default(),
+        });
+        pg.load().await?;
+        tokio::spawn(write::committer(Arc::downgrade(&pg), rx));
+        tokio::spawn(health(Arc::downgrade(&pg), pg.stop.clone()));
+        Ok(PgQueue { inner: pg })
+    }
+
+    /// Apply the migrations this build has (`statusd store migrate`), nothing else.
+    pub async fn migrate_only(opts: &PgOptions) -> Result<Migrated, StoreError> {
+        let pool = make_pool(opts)?;
+        let mut client = pool.get().await.map_err(pool_error)?;
+        schema::migrate(&mut client, &opts.schema).await
+    }
+
+    /// Why the database cannot be reached, if it cannot.
+    pub fn unavailable(&self) -> Option<String> {
+        lock(&self.inner.unavailable).clone()
+    }
+
+    pub fn target(&self) -> &str {
+        &self.inner.target
+    }
+
+    pub fn flush_stats(&self) -> FlushStats {
+        FlushStats {
+            flushes: self.inner.commits.load(Ordering::Relaxed),
+            waiters: self.inner.waiters.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stop taking intake (the committer ends once the jobs sent are written).
+    pub fn close(&self) {
+        lock(&self.inner.jobs).take();
+        self.inner.stop.cancel();
+    }
+}
+
+impl Pg {
+    /// A connection, or `Unavailable` at once while the database is known to be unreachable.
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        if let Some(why) = lock(&self.unavailable).clone() {
+            return Err(StoreError::Unavailable(why));
+        }
+        match self.pool.get().await {
+            Ok(c) => Ok(c),
+            Err(e) => Err(self.failed(pool_error(e))),
+        }
+    }
+
+    /// Note an error: one that says the database cannot be reached makes the store unavailable
+    /// until the health task reaches it again.
+    pub(super) fn failed(&self, e: StoreError) -> StoreError {
+        if let StoreError::Unavailable(why) = &e {
+            let mut u = lock(&self.unavailable);
+            if u.is_none() {
+                tracing::error!(message = "the store's database cannot be reached; intake answers 503 and delivery and reconcilers pause until it is back", database = %self.target, error = %why);
+                *u = Some(why.clone());
+            }
+            self.resync.store(true, Ordering::Release);
+        }
+        e
+    }
+
+    /// Run a transaction-sized piece of work under the store's timeout; a timeout counts as the
+    /// database being unreachable.
+    pub(super) async fn timed<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(OP_TIMEOUT, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.failed(e)),
+            Err(_) => Err(self.failed(StoreError::Unavailable(format!(
+                "no answer from PostgreSQL within {}s",
+                OP_TIMEOUT.as_secs()
+            )))),
+        }
+    }
+
+    /// Load each tenant's head and the counters from the database.
+    async fn load(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let heads = client
+            .query(
+                "SELECT DISTINCT ON (tenant_id) seq, accepted_at_ms, account, tenant_id FROM events
+                 WHERE state = 'queued' ORDER BY tenant_id, seq",
+                &[],
+            )
+            .await
+            .map_err(pg_error)?;
+        let counts = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM events WHERE state = 'queued'),
+                        (SELECT count(*) FROM events WHERE state = 'dead')",
+                &[],
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut mem = Mem::default();
+        for row in heads {
+            mem.add(row.get(3), Head::of_row(&row));
+        }
+        mem.depth = counts.get::<_, i64>(0) as u64;
+        mem.dead = counts.get::<_, i64>(1) as u64;
+        let tenants: Vec<TenantId> = mem.heads.keys().copied().collect();
+        *lock(&self.mem) = mem;
+        self.wake_tenants(tenants);
+        Ok(())
+    }
+
+    pub(super) fn wake_tenants(&self, tenants: impl IntoIterator<Item = TenantId>) {
+        lock(&self.woken).extend(tenants);
+        self.wake.notify_one();
+    }
+}
+
+/// Probe the database each second; once it answers after it could not be reached, load the
+/// memory again and wake every tenant with pending events.
+async fn health(pg: std::sync::Weak<Pg>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+        }
+        let Some(pg) = pg.upgrade() else { return };
+        let probe = async {
+            let client = pg.pool.get().await.map_err(pool_error)?;
+            client.simple_query("SELECT 1").await.map_err(pg_error)?;
+            Ok::<_, StoreError>(())
+        };
+        match tokio::time::timeout(OP_TIMEOUT, probe).await {
+            Ok(Ok(())) => {
+                if pg.resync.swap(false, Ordering::AcqRel) {
+                    // Serialized with intake, so no group commits while the memory is reloaded.
+                    let _guard = pg.insert_lock.lock().await;
+                    if let Err(e) = pg.load().await {
+                        pg.resync.store(true, Ordering::Release);
+                        tracing::warn!(message = "the store's database answers, but reading the queue failed; trying again", error = %e);
+                        continue;
+                    }
+                }
+                if lock(&pg.unavailable).take().is_some() {
+                    tracing::info!(message = "the store's database is reachable again: intake, delivery and reconcilers go on", database = %pg.target);
+                }
+            }
+            Ok(Err(e)) => {
+                pg.failed(e);
+            }
+            Err(_) => {
+                pg.failed(StoreError::Unavailable(
+                    "no answer from PostgreSQL to a probe".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// The columns of an event row, in `row_event`'s order.
+pub(super) const EVENT_COLUMNS: &str = "id, seq, tenant_id, account, kind, category, action, idempotency_key, accepted_at_ms, occurred_at_ms, state, attempts, last_error, next_attempt_at_ms, delivered_at_ms, dead_reason";
+
+pub(super) fn row_event(row: &Row) -> Result<EventRecord, StoreError> {
+    let kind: String = row.get(4);
+    let state: String = row.get(10);
+    let seq: i64 = row.get(1);
+    let attempts: i32 = row.get(11);
+    Ok(EventRecord {
+        id: row.get(0),
+        seq: seq as u64,
+        tenant_id: row.get(2),
+        account: row.get(3),
+        kind: serde_json::from_value(serde_json::Value::String(kind.clone()))
+            .map_err(|_| StoreError::Corrupt(format!("unknown event kind {kind:?}")))?,
+        category: row.get(5),
+        action: row.get(6),
+        idempotency_key: row.get(7),
+        accepted_at_ms: row.get(8),
+        occurred_at_ms: row.get(9),
+        state: match state.as_str() {
+            "queued" => EventState::Queued,
+            "delivered" => EventState::Delivered,
+            "dead" => EventState::Dead,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown event state {other:?}"
+                )))
+            }
+        },
+        attempts: attempts.max(0) as u32,
+        last_error: row.get(12),
+        next_attempt_at_ms: row.get(13),
+        delivered_at_ms: row.get(14),
+        dead_reason: row.get(15),
+    })
+}
+
+fn state_text(s: Option<IntegrationState>) -> Option<&'static str> {
+    s.map(|s| match s {
+        IntegrationState::Active => "active",
+        IntegrationState::Inactive => "inactive",
+    })
+}
+
+fn state_from(s: Option<String>) -> Option<IntegrationState> {
+    match s.as_deref() {
+        Some("active") => Some(IntegrationState::Active),
+        Some("inactive") => Some(IntegrationState::Inactive),
+        _ => None,
+    }
+}
+
+pub(super) fn row_tenant(row: &Row) -> TenantState {
+    TenantState {
+        tenant_id: row.get(0),
+        account: row.get(1),
+        intended: state_from(row.get(2)),
+        intended_at_ms: row.get(3),
+        last_reported: state_from(row.get(4)),
+        last_reported_at_ms: row.get(5),
+    }
+}
+
+pub(super) fn json_of<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, StoreError> {
+    serde_json::from_value(v).map_err(|e| StoreError::Corrupt(format!("a stored document: {e}")))
+}
+
+pub(super) fn value_of<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).expect("store records serialize")
+}

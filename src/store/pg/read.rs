@@ -1,0 +1,281 @@
+//! The PostgreSQL read path: events, tenants' heads, dead letters, tenants, inventory,
+//! documents and accounts.
+
+use super::*;
+
+impl PgQueue {
+    async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let pg = &self.inner;
+        pg.timed(async {
+            let client = pg.client().await?;
+            client.query(sql, params).await.map_err(pg_error)
+        })
+        .await
+    }
+
+    async fn events_where(
+        &self,
+        clause: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events {clause}");
+        self.rows(&sql, params)
+            .await?
+            .iter()
+            .map(row_event)
+            .collect()
+    }
+
+    pub async fn event(&self, id: &Uuid) -> Result<Option<EventRecord>, StoreError> {
+        let mut rec = self.events_where("WHERE id = $1", &[id]).await?;
+        let Some(mut rec) = rec.pop() else {
+            return Ok(None);
+        };
+        if rec.state == EventState::Queued && lock(&self.inner.in_flight_ids).contains(id) {
+            rec.state = EventState::InFlight;
+        }
+        Ok(Some(rec))
+    }
+
+    pub fn pending_tenants(&self) -> Vec<TenantId> {
+        let mut out: Vec<TenantId> = lock(&self.inner.mem).heads.keys().copied().collect();
+        out.sort();
+        out
+    }
+
+    pub fn has_pending(&self, tenant: &TenantId) -> bool {
+        lock(&self.inner.mem).heads.contains_key(tenant)
+    }
+
+    pub async fn pending_count(&self, tenant: &TenantId) -> Result<usize, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT count(*) FROM events WHERE tenant_id = $1 AND state = 'queued'",
+                &[tenant],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) as usize)
+    }
+
+    /// The account of the tenant's oldest pending event (from memory).
+    pub fn head_account(&self, tenant: &TenantId) -> Option<String> {
+        lock(&self.inner.mem).heads.get(tenant)?.account.clone()
+    }
+
+    pub async fn pending_records(&self) -> Result<Vec<EventRecord>, StoreError> {
+        self.events_where("WHERE state = 'queued' ORDER BY tenant_id, seq", &[])
+            .await
+    }
+
+    pub async fn pending_events(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        self.events_where(
+            "WHERE tenant_id = $1 AND state = 'queued' ORDER BY seq LIMIT $2",
+            &[tenant, &limit],
+        )
+        .await
+    }
+
+    pub async fn take_batch(&self, tenant: &TenantId, max: usize) -> Result<Take, StoreError> {
+        let pg = &self.inner;
+        {
+            let mut busy = lock(&pg.in_flight_tenants);
+            if busy.contains(tenant) {
+                return Ok(Take::Busy);
+            }
+            busy.insert(*tenant);
+        }
+        let result = async {
+            let records = self.pending_events(tenant, max.max(1)).await?;
+            let horizon = pg.options.max_retry_delay.as_millis() as i64;
+            Ok::<_, StoreError>(cut_batch(
+                tenant,
+                records.into_iter().map(Ok),
+                now_ms(),
+                horizon,
+            )?)
+        }
+        .await;
+        match result {
+            Ok(Cut::Events(mut events)) => {
+                let mut ids = lock(&pg.in_flight_ids);
+                for rec in &mut events {
+                    rec.state = EventState::InFlight;
+                    ids.insert(rec.id);
+                }
+                drop(ids);
+                Ok(Take::Ready(Batch {
+                    tenant_id: *tenant,
+                    events,
+                    store: Arc::downgrade(&(pg.clone() as Arc<dyn InFlight>)),
+                    released: Default::default(),
+                }))
+            }
+            other => {
+                lock(&pg.in_flight_tenants).remove(tenant);
+                match other? {
+                    Cut::NotBefore(at) => Ok(Take::NotBefore(at)),
+                    _ => Ok(Take::Empty),
+                }
+            }
+        }
+    }
+
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        self.events_where("WHERE state = 'dead' ORDER BY seq LIMIT $1", &[&limit])
+            .await
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        let pg = &self.inner;
+        let (depth, dead, head) = {
+            let mem = lock(&pg.mem);
+            let head = mem.by_seq.first().map(|(seq, t)| {
+                (
+                    *seq,
+                    *t,
+                    mem.heads.get(t).map(|h| h.accepted_ms).unwrap_or(0),
+                )
+            });
+            (mem.depth, mem.dead, head)
+        };
+        let oldest = head.map(|h| h.2);
+        QueueStats {
+            depth,
+            in_flight: lock(&pg.in_flight_ids).len() as u64,
+            dead_letters: dead,
+            oldest_pending_accepted_ms: oldest,
+            oldest_pending_age_ms: pending_age(&pg.oldest_seen, head),
+        }
+    }
+
+    /// The counters recounted from the tables.
+    pub async fn recount(&self) -> Result<(u64, u64), StoreError> {
+        let rows = self
+            .rows(
+                "SELECT (SELECT count(*) FROM events WHERE state = 'queued'),
+                        (SELECT count(*) FROM events WHERE state = 'dead')",
+                &[],
+            )
+            .await?;
+        let r = rows.first().ok_or(StoreError::Closed)?;
+        Ok((r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
+    }
+
+    pub async fn tenant_state(&self, tenant: &TenantId) -> Result<Option<TenantState>, StoreError> {
+        Ok(self
+            .rows(
+                "SELECT tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms
+                 FROM tenants WHERE tenant_id = $1",
+                &[tenant],
+            )
+            .await?
+            .first()
+            .map(row_tenant))
+    }
+
+    pub async fn tenant_states(&self) -> Result<Vec<TenantState>, StoreError> {
+        Ok(self
+            .rows(
+                "SELECT tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms
+                 FROM tenants ORDER BY tenant_id",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(row_tenant)
+            .collect())
+    }
+
+    async fn json_rows<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<T>, StoreError> {
+        self.rows(sql, params)
+            .await?
+            .into_iter()
+            .map(|r| json_of(r.get(0)))
+            .collect()
+    }
+
+    pub async fn inventory(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<InventoryTenant>, StoreError> {
+        Ok(self
+            .json_rows(
+                "SELECT record FROM inventory WHERE tenant_id = $1",
+                &[tenant],
+            )
+            .await?
+            .pop())
+    }
+
+    pub async fn inventory_all(&self) -> Result<Vec<InventoryTenant>, StoreError> {
+        self.json_rows("SELECT record FROM inventory ORDER BY tenant_id", &[])
+            .await
+    }
+
+    pub async fn inventory_len(&self) -> Result<usize, StoreError> {
+        let rows = self.rows("SELECT count(*) FROM inventory", &[]).await?;
+        Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) as usize)
+    }
+
+    pub async fn get_doc<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        Ok(self
+            .json_rows("SELECT value FROM documents WHERE name = $1", &[&name])
+            .await?
+            .pop())
+    }
+
+    pub async fn stored_accounts(&self) -> Result<Vec<StoredAccount>, StoreError> {
+        self.json_rows("SELECT record FROM accounts ORDER BY id", &[])
+            .await
+    }
+
+    pub async fn stored_account(&self, id: &str) -> Result<Option<StoredAccount>, StoreError> {
+        Ok(self
+            .json_rows("SELECT record FROM accounts WHERE id = $1", &[&id])
+            .await?
+            .pop())
+    }
+
+    pub async fn account_events(&self, id: &str) -> Result<AccountEvents, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'dead')
+                 FROM events WHERE coalesce(account, 'default') = $1 AND state IN ('queued', 'dead')",
+                &[&id],
+            )
+            .await?;
+        let r = rows.first().ok_or(StoreError::Closed)?;
+        Ok(AccountEvents {
+            pending: r.get::<_, i64>(0) as u64,
+            dead: r.get::<_, i64>(1) as u64,
+        })
+    }
+
+    /// Bytes the store's tables and indexes occupy.
+    pub async fn size(&self) -> Result<u64, StoreError> {
+        let schema = self.inner.schema.clone();
+        let rows = self
+            .rows(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relkind = 'r'",
+                &[&schema],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) as u64)
+    }
+}

@@ -1,0 +1,198 @@
+//! The PostgreSQL schema: versioned migrations inside the binary, each applied in its own
+//! transaction under an advisory lock, so replicas starting together apply each once.
+
+use super::*;
+
+/// The schema version this build writes; a store with a newer one is refused.
+pub const PG_SCHEMA_VERSION: i32 = 1;
+
+/// The migrations, in order: (version, what it does, SQL). The schema's name is set as the
+/// connection's `search_path`, so the statements name no schema.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "events, idempotency keys, tenants, inventory, accounts, documents",
+    r#"
+CREATE TABLE events (
+    id uuid PRIMARY KEY,
+    seq bigint NOT NULL,
+    tenant_id uuid NOT NULL,
+    account text,
+    kind text NOT NULL,
+    category text NOT NULL,
+    action text NOT NULL,
+    idempotency_key text,
+    accepted_at_ms bigint NOT NULL,
+    occurred_at_ms bigint,
+    state text NOT NULL CHECK (state IN ('queued', 'delivered', 'dead')),
+    attempts integer NOT NULL DEFAULT 0,
+    last_error text,
+    next_attempt_at_ms bigint,
+    delivered_at_ms bigint,
+    dead_reason text
+);
+CREATE UNIQUE INDEX events_seq ON events (seq);
+CREATE INDEX events_pending ON events (tenant_id, seq) WHERE state = 'queued';
+CREATE INDEX events_due ON events (state, next_attempt_at_ms);
+CREATE INDEX events_delivered ON events (delivered_at_ms) WHERE state = 'delivered';
+CREATE INDEX events_dead ON events (seq) WHERE state = 'dead';
+CREATE SEQUENCE event_seq;
+CREATE TABLE idempotency_keys (
+    key text PRIMARY KEY,
+    event_id uuid NOT NULL,
+    accepted_at_ms bigint NOT NULL
+);
+CREATE INDEX idempotency_keys_age ON idempotency_keys (accepted_at_ms);
+CREATE TABLE tenants (
+    tenant_id uuid PRIMARY KEY,
+    account text,
+    intended text,
+    intended_at_ms bigint,
+    last_reported text,
+    last_reported_at_ms bigint
+);
+CREATE TABLE inventory (
+    tenant_id uuid PRIMARY KEY,
+    account text NOT NULL,
+    record jsonb NOT NULL
+);
+CREATE INDEX inventory_account ON inventory (account);
+CREATE TABLE accounts (id text PRIMARY KEY, record jsonb NOT NULL);
+CREATE TABLE documents (name text PRIMARY KEY, value jsonb NOT NULL);
+CREATE TABLE meta (name text PRIMARY KEY, value text NOT NULL);
+INSERT INTO meta (name, value) VALUES ('store_id', gen_random_uuid()::text);
+"#,
+)];
+
+/// What a migration run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Migrated {
+    pub from: i32,
+    pub to: i32,
+    pub applied: Vec<(i32, &'static str)>,
+}
+
+/// The advisory lock that serializes migrations of one database (any schema).
+const MIGRATION_LOCK: i64 = 0x7374_6174_7573_6400; // "statusd\0"
+
+/// Create the schema if need be and apply every migration it lacks, each in a transaction.
+/// A schema newer than this build is refused, naming both versions.
+pub(super) async fn migrate(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+) -> Result<Migrated, StoreError> {
+    let mut done = Migrated::default();
+    let mut first = true;
+    loop {
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg_error)?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+                 version integer PRIMARY KEY,
+                 description text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );"
+        ))
+        .await
+        .map_err(pg_error)?;
+        let current: i32 = tx
+            .query_one(
+                &format!("SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations"),
+                &[],
+            )
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        if first {
+            done.from = current;
+            first = false;
+        }
+        done.to = current;
+        if current > PG_SCHEMA_VERSION {
+            return Err(StoreError::PgSchemaTooNew {
+                schema: schema.to_string(),
+                found: current,
+            });
+        }
+        let Some(&(version, what, sql)) = MIGRATIONS.iter().find(|(v, _, _)| *v > current) else {
+            tx.commit().await.map_err(pg_error)?;
+            return Ok(done);
+        };
+        tx.batch_execute(&format!("SET LOCAL search_path TO {schema}; {sql}"))
+            .await
+            .map_err(pg_error)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {schema}.schema_migrations (version, description) VALUES ($1, $2)"
+            ),
+            &[&version, &what],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        tracing::info!(message = "store schema migrated", schema, version, what);
+        done.applied.push((version, what));
+        done.to = version;
+    }
+}
+
+/// The schema's version without changing anything (0: not created yet).
+pub(super) async fn version(
+    client: &tokio_postgres::Client,
+    schema: &str,
+) -> Result<i32, StoreError> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{schema}.schema_migrations")],
+        )
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(client
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations"),
+            &[],
+        )
+        .await
+        .map_err(pg_error)?
+        .get(0))
+}
+
+/// Whether `name` can be used as a schema name unquoted: a letter or `_`, then letters, digits
+/// or `_`, at most 63 bytes (PostgreSQL's limit), lowercase.
+pub fn valid_schema_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(valid_schema_name("statusd"));
+        assert!(valid_schema_name("_s2"));
+        assert!(!valid_schema_name("2s"));
+        assert!(!valid_schema_name("Statusd"));
+        assert!(!valid_schema_name("a;drop"));
+        assert!(!valid_schema_name(""));
+        assert!(!valid_schema_name(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn migrations_are_numbered_from_one_without_gaps() {
+        for (i, (v, _, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*v, i as i32 + 1);
+        }
+        assert_eq!(MIGRATIONS.last().map(|m| m.0), Some(PG_SCHEMA_VERSION));
+    }
+}

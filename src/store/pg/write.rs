@@ -1,0 +1,699 @@
+//! The PostgreSQL write path: group commit of intake, settling batches, dead letters,
+//! inventory, documents and accounts.
+
+use deadpool_postgres::Transaction;
+
+use super::*;
+
+/// One enqueue waiting for the committer.
+pub(super) struct Intake {
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
+}
+
+/// A write that goes in the same transaction as events.
+pub(super) enum Extra {
+    None,
+    Account(AccountWrite),
+}
+
+/// The committer: takes every enqueue waiting (up to `MAX_GROUP_EVENTS` events) and writes
+/// them in one transaction; everyone is answered after COMMIT.
+pub(super) async fn committer(
+    pg: std::sync::Weak<Pg>,
+    mut rx: tokio::sync::mpsc::Receiver<Intake>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut n = first.events.len();
+        let mut jobs = vec![first];
+        while n < MAX_GROUP_EVENTS {
+            match rx.try_recv() {
+                Ok(j) => {
+                    n += j.events.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(pg) = pg.upgrade() else {
+            for j in jobs {
+                let _ = j.reply.send(Err(StoreError::Closed));
+            }
+            return;
+        };
+        let (requests, replies): (Vec<_>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.events, j.reply)).unzip();
+        let result = pg.insert_events(requests, Extra::None).await;
+        pg.commits.fetch_add(1, Ordering::Relaxed);
+        pg.waiters
+            .fetch_add(replies.len() as u64, Ordering::Relaxed);
+        match result {
+            Ok(outcomes) => {
+                for (reply, out) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(out));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(match &e {
+                        StoreError::Unavailable(_) => StoreError::Unavailable(message.clone()),
+                        _ => StoreError::Write(message.clone()),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// An event about to be inserted.
+struct Row {
+    id: Uuid,
+    ev: NewEvent,
+}
+
+impl PgQueue {
+    pub async fn enqueue(&self, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let sender = lock(&self.inner.jobs).clone().ok_or(StoreError::Closed)?;
+        if let Some(why) = self.unavailable() {
+            return Err(StoreError::Unavailable(why));
+        }
+        sender
+            .send(Intake { events, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn woken_tenants(&self) -> Vec<TenantId> {
+        loop {
+            let notified = self.inner.wake.notified();
+            {
+                let mut woken = lock(&self.inner.woken);
+                if !woken.is_empty() {
+                    return woken.drain().collect();
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Write an account change with these events in one transaction.
+    pub async fn write_account(
+        &self,
+        change: AccountWrite,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        let mut out = self
+            .inner
+            .insert_events(vec![events], Extra::Account(change))
+            .await?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    pub async fn ack_delivered(&self, batch: &Batch) -> Result<(), StoreError> {
+        let pg = &self.inner;
+        let ids = batch.ids();
+        let tenant = batch.tenant_id;
+        let reported = batch
+            .events
+            .iter()
+            .filter_map(|e| e.kind.intended_state())
+            .next_back();
+        let now = now_ms();
+        let result = pg
+            .timed(async {
+                let mut client = pg.client().await?;
+                let tx = client.transaction().await.map_err(pg_error)?;
+                let n = tx
+                    .execute(
+                        "UPDATE events SET state = 'delivered', delivered_at_ms = $1,
+                         attempts = attempts + 1, next_attempt_at_ms = NULL
+                         WHERE id = ANY($2) AND state = 'queued'",
+                        &[&now, &ids],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                if let Some(state) = reported {
+                    tx.execute(
+                        "INSERT INTO tenants (tenant_id, last_reported, last_reported_at_ms)
+                         VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO UPDATE SET
+                         last_reported = EXCLUDED.last_reported,
+                         last_reported_at_ms = EXCLUDED.last_reported_at_ms",
+                        &[&tenant, &state_text(Some(state)), &now],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                }
+                let head = head_of(&tx, &tenant).await?;
+                tx.commit().await.map_err(pg_error)?;
+                Ok((n, head))
+            })
+            .await;
+        if let Ok((n, head)) = &result {
+            let mut mem = lock(&pg.mem);
+            mem.depth = mem.depth.saturating_sub(*n);
+            mem.set_head(tenant, head.clone());
+        }
+        batch.release();
+        result.map(|_| ())
+    }
+
+    pub async fn mark_failed(
+        &self,
+        batch: &Batch,
+        error: &str,
+        next_attempt_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let pg = &self.inner;
+        let ids = batch.ids();
+        let result = pg
+            .timed(async {
+                let client = pg.client().await?;
+                client
+                    .execute(
+                        "UPDATE events SET attempts = attempts + 1, last_error = $1,
+                         next_attempt_at_ms = $2 WHERE id = ANY($3) AND state = 'queued'",
+                        &[&error, &next_attempt_at_ms, &ids],
+                    )
+                    .await
+                    .map_err(pg_error)
+            })
+            .await;
+        batch.release();
+        result.map(|_| ())
+    }
+
+    pub async fn dead_letter(&self, batch: &Batch, reason: &str) -> Result<(), StoreError> {
+        let pg = &self.inner;
+        let ids = batch.ids();
+        let tenant = batch.tenant_id;
+        let result = pg
+            .timed(async {
+                let mut client = pg.client().await?;
+                let tx = client.transaction().await.map_err(pg_error)?;
+                let n = tx
+                    .execute(
+                        "UPDATE events SET state = 'dead', attempts = attempts + 1,
+                         dead_reason = $1, last_error = $1, next_attempt_at_ms = NULL
+                         WHERE id = ANY($2) AND state = 'queued'",
+                        &[&reason, &ids],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let head = head_of(&tx, &tenant).await?;
+                tx.commit().await.map_err(pg_error)?;
+                Ok((n, head))
+            })
+            .await;
+        if let Ok((n, head)) = &result {
+            let mut mem = lock(&pg.mem);
+            mem.depth = mem.depth.saturating_sub(*n);
+            mem.dead += n;
+            mem.set_head(tenant, head.clone());
+        }
+        batch.release();
+        result.map(|_| ())
+    }
+
+    /// Put dead letters back at the tail of their tenants' queues (all of them with `None`).
+    pub async fn requeue_dead(&self, ids: Option<Vec<Uuid>>) -> Result<usize, StoreError> {
+        let pg = &self.inner;
+        let _order = pg.insert_lock.lock().await;
+        let requeued = pg
+            .timed(async {
+                let mut client = pg.client().await?;
+                let tx = client.transaction().await.map_err(pg_error)?;
+                let rows = match &ids {
+                    Some(ids) => tx
+                        .query(
+                            "SELECT id FROM events WHERE id = ANY($1) AND state = 'dead' ORDER BY seq",
+                            &[ids],
+                        )
+                        .await,
+                    None => {
+                        tx.query("SELECT id FROM events WHERE state = 'dead' ORDER BY seq", &[])
+                            .await
+                    }
+                }
+                .map_err(pg_error)?;
+                let dead: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+                let seqs = next_seqs(&tx, dead.len()).await?;
+                let rows = tx
+                    .query(
+                        "UPDATE events SET state = 'queued', attempts = 0, next_attempt_at_ms = NULL,
+                         dead_reason = NULL, seq = u.seq
+                         FROM unnest($1::uuid[], $2::bigint[]) AS u(id, seq)
+                         WHERE events.id = u.id AND events.state = 'dead'
+                         RETURNING events.seq, events.accepted_at_ms, events.account, events.tenant_id",
+                        &[&dead, &seqs],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                tx.commit().await.map_err(pg_error)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| (r.get::<_, Uuid>(3), Head::of_row(r)))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        let tenants: Vec<TenantId> = {
+            let mut mem = lock(&pg.mem);
+            let n = requeued.len() as u64;
+            mem.depth += n;
+            mem.dead = mem.dead.saturating_sub(n);
+            for (tenant, head) in &requeued {
+                mem.add(*tenant, head.clone());
+            }
+            requeued.iter().map(|r| r.0).collect()
+        };
+        pg.wake_tenants(tenants);
+        Ok(requeued.len())
+    }
+
+    pub async fn purge_dead(&self, id: &Uuid) -> Result<bool, StoreError> {
+        let pg = &self.inner;
+        let n = pg
+            .timed(async {
+                let client = pg.client().await?;
+                client
+                    .execute("DELETE FROM events WHERE id = $1 AND state = 'dead'", &[id])
+                    .await
+                    .map_err(pg_error)
+            })
+            .await?;
+        let mut mem = lock(&pg.mem);
+        mem.dead = mem.dead.saturating_sub(n);
+        Ok(n == 1)
+    }
+
+    /// Insert or replace inventory records; with `replace`, that account's other records go.
+    pub async fn write_inventory(
+        &self,
+        tenants: &[InventoryTenant],
+        replace: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let pg = &self.inner;
+        let ids: Vec<Uuid> = tenants.iter().map(|t| t.id).collect();
+        let accounts: Vec<String> = tenants
+            .iter()
+            .map(|t| t.account.clone().unwrap_or_else(|| "default".into()))
+            .collect();
+        let records: Vec<serde_json::Value> = tenants.iter().map(value_of).collect();
+        pg.timed(async {
+            let mut client = pg.client().await?;
+            let tx = client.transaction().await.map_err(pg_error)?;
+            if let Some(account) = replace {
+                tx.execute(
+                    "DELETE FROM inventory WHERE account = $1 AND NOT (tenant_id = ANY($2))",
+                    &[&account, &ids],
+                )
+                .await
+                .map_err(pg_error)?;
+            }
+            tx.execute(
+                "INSERT INTO inventory (tenant_id, account, record)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[])
+                 ON CONFLICT (tenant_id) DO UPDATE SET account = EXCLUDED.account, record = EXCLUDED.record",
+                &[&ids, &accounts, &records],
+            )
+            .await
+            .map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)
+        })
+        .await
+    }
+
+    pub async fn put_doc<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+        let pg = &self.inner;
+        let value = value_of(value);
+        pg.timed(async {
+            let client = pg.client().await?;
+            client
+                .execute(
+                    "INSERT INTO documents (name, value) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                    &[&name, &value],
+                )
+                .await
+                .map_err(pg_error)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Remove a stored account (with `force`, its events, tenant states and inventory too).
+    pub async fn remove_account(&self, id: &str, force: bool) -> Result<Removal, StoreError> {
+        let pg = &self.inner;
+        let _order = pg.insert_lock.lock().await;
+        let in_flight = lock(&pg.in_flight_ids).clone();
+        let outcome = pg
+            .timed(async {
+                let mut client = pg.client().await?;
+                let tx = client.transaction().await.map_err(pg_error)?;
+                if tx
+                    .query_opt("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", &[&id])
+                    .await
+                    .map_err(pg_error)?
+                    .is_none()
+                {
+                    return Ok((Removal::NotStored, Vec::new()));
+                }
+                let rows = tx
+                    .query(
+                        "SELECT id, tenant_id, state FROM events
+                         WHERE coalesce(account, 'default') = $1 AND state IN ('queued', 'dead')",
+                        &[&id],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let pending: Vec<(Uuid, TenantId)> = rows
+                    .iter()
+                    .filter(|r| r.get::<_, &str>(2) == "queued")
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect();
+                let dead = rows.len() - pending.len();
+                if !force && !rows.is_empty() {
+                    return Ok((
+                        Removal::HasEvents(AccountEvents {
+                            pending: pending.len() as u64,
+                            dead: dead as u64,
+                        }),
+                        Vec::new(),
+                    ));
+                }
+                if pending.iter().any(|(e, _)| in_flight.contains(e)) {
+                    return Err(StoreError::Account(id.to_string(), IN_FLIGHT));
+                }
+                tx.execute(
+                    "DELETE FROM events WHERE coalesce(account, 'default') = $1 AND state IN ('queued', 'dead')",
+                    &[&id],
+                )
+                .await
+                .map_err(pg_error)?;
+                let tenant_states = tx
+                    .execute("DELETE FROM tenants WHERE coalesce(account, 'default') = $1", &[&id])
+                    .await
+                    .map_err(pg_error)?;
+                let inventory = tx
+                    .execute("DELETE FROM inventory WHERE account = $1", &[&id])
+                    .await
+                    .map_err(pg_error)?;
+                tx.execute("DELETE FROM accounts WHERE id = $1", &[&id])
+                    .await
+                    .map_err(pg_error)?;
+                let mut tenants: Vec<TenantId> = pending.iter().map(|p| p.1).collect();
+                tenants.sort();
+                tenants.dedup();
+                let mut heads = Vec::new();
+                for t in tenants {
+                    heads.push((t, head_of(&tx, &t).await?));
+                }
+                tx.commit().await.map_err(pg_error)?;
+                Ok((
+                    Removal::Removed(AccountDropped {
+                        pending_events: pending.len() as u64,
+                        dead_letters: dead as u64,
+                        tenant_states,
+                        inventory,
+                    }),
+                    heads,
+                ))
+            })
+            .await?;
+        let (removal, heads) = outcome;
+        if let Removal::Removed(d) = &removal {
+            let mut mem = lock(&pg.mem);
+            mem.depth = mem.depth.saturating_sub(d.pending_events);
+            mem.dead = mem.dead.saturating_sub(d.dead_letters);
+            for (t, h) in heads {
+                mem.set_head(t, h);
+            }
+        }
+        Ok(removal)
+    }
+
+    /// Delete delivered events past the retention and idempotency keys past their window, in
+    /// chunks. Returns how many events went.
+    pub async fn compact(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let pg = &self.inner;
+        let retention = pg.options.delivered_retention.as_millis() as i64;
+        let cutoff = now_ms - retention;
+        let idem_cutoff = now_ms - retention.max(IDEMPOTENCY_WINDOW.as_millis() as i64);
+        let mut removed = 0usize;
+        let chunk = |sql: &'static str, cutoff: i64| async move {
+            pg.timed(async {
+                let client = pg.client().await?;
+                client.execute(sql, &[&cutoff]).await.map_err(pg_error)
+            })
+            .await
+        };
+        loop {
+            let n = chunk(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events
+                 WHERE state = 'delivered' AND delivered_at_ms < $1 LIMIT 1000)",
+                cutoff,
+            )
+            .await?;
+            removed += n as usize;
+            if n == 0 {
+                break;
+            }
+        }
+        while chunk(
+            "DELETE FROM idempotency_keys WHERE key IN (SELECT key FROM idempotency_keys
+             WHERE accepted_at_ms < $1 LIMIT 1000)",
+            idem_cutoff,
+        )
+        .await?
+            > 0
+        {}
+        Ok(removed)
+    }
+}
+
+/// The tenant's oldest pending event (seq, accepted ms), read in the transaction.
+pub(super) async fn head_of(
+    tx: &Transaction<'_>,
+    tenant: &TenantId,
+) -> Result<Option<Head>, StoreError> {
+    Ok(tx
+        .query_opt(
+            "SELECT seq, accepted_at_ms, account FROM events
+             WHERE tenant_id = $1 AND state = 'queued' ORDER BY seq LIMIT 1",
+            &[tenant],
+        )
+        .await
+        .map_err(pg_error)?
+        .map(|r| Head::of_row(&r)))
+}
+
+/// `n` new sequence numbers, ascending.
+pub(super) async fn next_seqs(tx: &Transaction<'_>, n: usize) -> Result<Vec<i64>, StoreError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = tx
+        .query(
+            "SELECT nextval('event_seq') FROM generate_series(1, $1::bigint)",
+            &[&(n as i64)],
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+impl Pg {
+    /// Write groups of events (and an account change) in one transaction, in sequence order
+    /// with every other insert; answer each group's outcomes once committed.
+    pub(super) async fn insert_events(
+        &self,
+        requests: Vec<Vec<NewEvent>>,
+        extra: Extra,
+    ) -> Result<Vec<Vec<Enqueued>>, StoreError> {
+        let _order = self.insert_lock.lock().await;
+        let now = now_ms();
+        let (outcomes, accepted) = self
+            .timed(async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await.map_err(pg_error)?;
+                if let Extra::Account(change) = &extra {
+                    write_account_row(&tx, change).await?;
+                }
+                let keys: Vec<String> = requests
+                    .iter()
+                    .flatten()
+                    .filter_map(|e| e.idempotency_key.clone())
+                    .collect();
+                let mut known: HashMap<String, Uuid> = HashMap::new();
+                if !keys.is_empty() {
+                    for r in tx
+                        .query(
+                            "SELECT key, event_id FROM idempotency_keys WHERE key = ANY($1)",
+                            &[&keys],
+                        )
+                        .await
+                        .map_err(pg_error)?
+                    {
+                        known.insert(r.get(0), r.get(1));
+                    }
+                }
+                let mut outcomes = Vec::with_capacity(requests.len());
+                let mut rows: Vec<Row> = Vec::new();
+                for events in &requests {
+                    let mut outs = Vec::with_capacity(events.len());
+                    for ev in events {
+                        if let Some(id) = ev.idempotency_key.as_ref().and_then(|k| known.get(k)) {
+                            outs.push(Enqueued::Duplicate(*id));
+                            continue;
+                        }
+                        let id = Uuid::now_v7();
+                        if let Some(k) = &ev.idempotency_key {
+                            known.insert(k.clone(), id);
+                        }
+                        outs.push(Enqueued::Accepted(id));
+                        rows.push(Row { id, ev: ev.clone() });
+                    }
+                    outcomes.push(outs);
+                }
+                let seqs = next_seqs(&tx, rows.len()).await?;
+                insert_rows(&tx, &rows, &seqs, now).await?;
+                tx.commit().await.map_err(pg_error)?;
+                let accepted: Vec<(TenantId, Head)> = rows
+                    .iter()
+                    .zip(&seqs)
+                    .map(|(r, s)| {
+                        let head = Head {
+                            seq: *s as u64,
+                            accepted_ms: now,
+                            account: r.ev.account.clone(),
+                        };
+                        (r.ev.tenant_id, head)
+                    })
+                    .collect();
+                Ok((outcomes, accepted))
+            })
+            .await?;
+        let mut tenants = Vec::new();
+        {
+            let mut mem = lock(&self.mem);
+            mem.depth += accepted.len() as u64;
+            for (tenant, head) in accepted {
+                mem.add(tenant, head);
+                if !tenants.contains(&tenant) {
+                    tenants.push(tenant);
+                }
+            }
+        }
+        self.wake_tenants(tenants);
+        Ok(outcomes)
+    }
+}
+
+/// Insert the events, their idempotency keys and the tenants' intended states.
+async fn insert_rows(
+    tx: &Transaction<'_>,
+    rows: &[Row],
+    seqs: &[i64],
+    now: i64,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let tenants: Vec<Uuid> = rows.iter().map(|r| r.ev.tenant_id).collect();
+    let accounts: Vec<Option<String>> = rows.iter().map(|r| r.ev.account.clone()).collect();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.ev.kind.as_str()).collect();
+    let categories: Vec<&str> = rows.iter().map(|r| r.ev.category.as_str()).collect();
+    let actions: Vec<&str> = rows.iter().map(|r| r.ev.action.as_str()).collect();
+    let keys: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| r.ev.idempotency_key.as_deref())
+        .collect();
+    let occurred: Vec<Option<i64>> = rows.iter().map(|r| r.ev.occurred_at_ms).collect();
+    tx.execute(
+        "INSERT INTO events (id, seq, tenant_id, account, kind, category, action,
+             idempotency_key, occurred_at_ms, accepted_at_ms, state)
+         SELECT u.*, $10, 'queued' FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[],
+             $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[]) AS u",
+        &[
+            &ids,
+            &seqs,
+            &tenants,
+            &accounts,
+            &kinds,
+            &categories,
+            &actions,
+            &keys,
+            &occurred,
+            &now,
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    let (key_texts, key_ids): (Vec<&str>, Vec<Uuid>) = rows
+        .iter()
+        .filter_map(|r| r.ev.idempotency_key.as_deref().map(|k| (k, r.id)))
+        .unzip();
+    if !key_texts.is_empty() {
+        tx.execute(
+            "INSERT INTO idempotency_keys (key, event_id, accepted_at_ms)
+             SELECT k, e, $3 FROM unnest($1::text[], $2::uuid[]) AS u(k, e)",
+            &[&key_texts, &key_ids, &now],
+        )
+        .await
+        .map_err(pg_error)?;
+    }
+    // The tenant's intended state: the last activation or deactivation of the group.
+    let mut intended: Vec<(Uuid, Option<String>, &'static str)> = Vec::new();
+    for r in rows {
+        if let Some(state) = r.ev.kind.intended_state() {
+            let text = state_text(Some(state)).expect("a state");
+            match intended.iter_mut().find(|(t, _, _)| *t == r.ev.tenant_id) {
+                Some(e) => *e = (r.ev.tenant_id, r.ev.account.clone(), text),
+                None => intended.push((r.ev.tenant_id, r.ev.account.clone(), text)),
+            }
+        }
+    }
+    if !intended.is_empty() {
+        let t: Vec<Uuid> = intended.iter().map(|i| i.0).collect();
+        let a: Vec<Option<String>> = intended.iter().map(|i| i.1.clone()).collect();
+        let s: Vec<&str> = intended.iter().map(|i| i.2).collect();
+        tx.execute(
+            "INSERT INTO tenants (tenant_id, account, intended, intended_at_ms)
+             SELECT t, a, s, $4 FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(t, a, s)
+             ON CONFLICT (tenant_id) DO UPDATE SET account = EXCLUDED.account,
+                 intended = EXCLUDED.intended, intended_at_ms = EXCLUDED.intended_at_ms",
+            &[&t, &a, &s, &now],
+        )
+        .await
+        .map_err(pg_error)?;
+    }
+    Ok(())
+}
+
+/// Apply an account change in the transaction, or refuse it (`StoreError::Account`).
+async fn write_account_row(tx: &Transaction<'_>, change: &AccountWrite) -> Result<(), StoreError> {
+    let id = change.id();
+    let current: Option<StoredAccount> = tx
+        .query_opt(
+            "SELECT record FROM accounts WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await
+        .map_err(pg_error)?
+        .map(|r| json_of(r.get(0)))
+        .transpose()?;
+    let record = change.apply(current)?;
+    tx.execute(
+        "INSERT INTO accounts (id, record) VALUES ($1, $2)
+         ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+        &[&id, &value_of(&record)],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! A real PostgreSQL server for tests: `initdb` into a temp dir (as the `postgres` user when
+//! the tests run as root), `postgres` on a free loopback port, stopped when dropped.
+//!
+//! Where no server binaries are found, `PgServer::start` returns `None` and says why; tests
+//! then skip with that reason. `.ci/run` installs them, so in CI they never skip.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PG_USER: &str = "statusd";
+/// The test server's password (a secret: tests check it never shows).
+pub const PG_PASSWORD: &str = "pg-Secret-7d1e9c";
+
+pub struct PgServer {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    bin: PathBuf,
+    child: Option<Child>,
+}
+
+/// The directory of the PostgreSQL server binaries, if any.
+fn bin_dir() -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("STATUSD_PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists() && p.join("postgres").exists())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The uid and gid of the `postgres` user.
+fn server_user() -> (u32, u32) {
+    let name = std::ffi::CString::new("postgres").unwrap();
+    // SAFETY: getpwnam with a valid C string; the result is read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !pw.is_null(),
+        "no user `postgres` to run the test server as"
+    );
+    // SAFETY: checked non-null above.
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+}
+
+/// A command run as the `postgres` user when we are root (the server refuses to run as root),
+/// ended with us if we die first.
+fn as_server_user(program: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(program);
+    if is_root() {
+        let (uid, gid) = server_user();
+        c.uid(uid).gid(gid);
+    }
+    // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+    unsafe {
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);
+            Ok(())
+        });
+    }
+    c
+}
+
+impl PgServer {
+    /// Start a fresh server, or `None` (with the reason printed) where none can run here.
+    pub fn start() -> Option<PgServer> {
+        let Some(bin) = bin_dir() else {
+            eprintln!("SKIP: no PostgreSQL server binaries (/usr/lib/postgresql/*/bin, or set STATUSD_PG_BIN)");
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("statusd-pg")
+            .tempdir()
+            .expect("temp dir");
+        let data = dir.path().join("data");
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, PG_PASSWORD).unwrap();
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown of the server's dir failed");
+        }
+        let out = as_server_user(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                PG_USER,
+                "--auth=scram-sha-256",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = super::free_port();
+        let mut server = PgServer {
+            dir,
+            port,
+            bin,
+            child: None,
+        };
+        server.resume();
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    /// Start the server (again) on its port and wait until it takes connections.
+    pub fn resume(&mut self) {
+        let data = self.dir.path().join("data");
+        let child = as_server_user(&self.bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .arg("-c")
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.dir.path().display()
+            ))
+            .args(["-c", "max_connections=200", "-c", "shared_buffers=64MB"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start within 30s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stop the server now (its clients see their connections end), waiting for it to exit.
+    pub fn halt(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGQUIT: immediate shutdown, as a crash of the server looks to its clients.
+            // SAFETY: the PID is that of our own child.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGQUIT);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Run SQL through psql as the test user, returning its output (unaligned, no headers).
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                PG_USER,
+            ])
+            .args(["-d", "postgres", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", PG_PASSWORD)
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+/// Store options on the test server, in `schema`.
+pub fn options(url: &str, schema: &str) -> statusd::store::pg::PgOptions {
+    statusd::store::pg::PgOptions {
+        url: secrecy::SecretString::from(url.to_string()),
+        pool_size: 4,
+        schema: schema.to_string(),
+        ca_file: None,
+        connect_timeout: Duration::from_secs(5),
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
