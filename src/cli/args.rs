@@ -106,6 +106,15 @@ pub struct DemoArgs {
     /// Write the daemon's /metrics exposition to this file before exiting (for promtool).
     #[arg(long, value_name = "PATH", hide = true)]
     pub keep_metrics: Option<PathBuf>,
+    /// Run the demo on a PostgreSQL store at this URL (postgres://user:password@host/db), in a
+    /// fresh schema of its own, instead of a temporary sled store.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "STATUSD_DEMO_POSTGRES",
+        hide_env_values = true
+    )]
+    pub postgres: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -294,8 +303,12 @@ pub enum StoreCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Build the store at store.path from an export; only where no store is.
+    /// Build the store from an export: at store.path where no store is (sled), or into an
+    /// empty schema (postgres). Pending events keep their order.
     Import { file: PathBuf },
+    /// Create or migrate the PostgreSQL store's schema, and nothing else (for operators who run
+    /// schema changes as their own step; `statusd run` migrates at start too).
+    Migrate,
 }
 
 #[derive(Debug, Subcommand)]

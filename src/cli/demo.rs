@@ -28,6 +28,8 @@ pub struct DemoOptions {
     pub tenants: usize,
     /// Write the daemon's /metrics exposition here before exiting.
     pub keep_metrics: Option<std::path::PathBuf>,
+    /// Run on a PostgreSQL store at this URL (a fresh schema) instead of sled.
+    pub postgres: Option<String>,
 }
 
 /// The partner accounts of the demo, one per data center.
@@ -60,10 +62,12 @@ struct Stage {
     running: crate::app::Running,
     api: String,
     _store: tempfile::TempDir,
+    /// Where the store is, for the banner.
+    store: String,
 }
 
 async fn demo(opts: DemoOptions) -> Result<(), String> {
-    let stage = start(opts.tenants).await?;
+    let stage = start(opts.tenants, opts.postgres.as_deref()).await?;
     let api = stage.api.clone();
     println!("statusd demo");
     for dc in &stage.datacenters {
@@ -73,7 +77,7 @@ async fn demo(opts: DemoOptions) -> Result<(), String> {
         );
     }
     println!("  statusd local API {api}");
-    println!("  temporary store   {}", stage._store.path().display());
+    println!("  store             {}", stage.store);
     let refused = inject_faults(&stage.datacenters[0]);
     println!(
         "  faults injected   eu: 503+Retry-After x4, 15% 500s, dropped connections{}; us: down for its next {OUTAGE_REPORTS} reports",
@@ -101,8 +105,32 @@ async fn demo(opts: DemoOptions) -> Result<(), String> {
     Ok(())
 }
 
-async fn start(tenants: usize) -> Result<Stage, String> {
+async fn start(tenants: usize, postgres: Option<&str>) -> Result<Stage, String> {
     let store = tempfile::tempdir().map_err(|e| format!("cannot create a temporary store: {e}"))?;
+    // On PostgreSQL: a schema of this run's own, so the demo's figures are its own.
+    let (store_toml, where_) = match postgres {
+        None => (
+            format!("path = {:?}", store.path().display().to_string()),
+            format!("sled, temporary at {}", store.path().display()),
+        ),
+        Some(url) => {
+            crate::store::pg::check_url(url).map_err(|e| format!("--postgres: {e}"))?;
+            let schema = format!(
+                "statusd_demo_{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            );
+            (
+                format!(
+                    "backend = \"postgres\"\n[store.postgres]\nurl = {}\nschema = \"{schema}\"",
+                    serde_json::to_string(url).map_err(|e| e.to_string())?
+                ),
+                format!(
+                    "PostgreSQL {} schema {schema} (left in place: DROP SCHEMA {schema} CASCADE to remove it)",
+                    crate::store::pg::describe_url(url)
+                ),
+            )
+        }
+    };
     let mut datacenters = Vec::new();
     let mut accounts_toml = String::new();
     let mut secrets = Vec::new();
@@ -162,7 +190,7 @@ module_name = "statusd demo"
 vendor_system_name = "Demo product"
 vendor_system_version = "1.0"
 [store]
-path = "{store}"
+{store_toml}
 [delivery]
 initial_backoff = "200ms"
 max_backoff = "2s"
@@ -174,7 +202,6 @@ color = "1A6FB0"
 upsell_url = "https://shop.example.com/buy"
 support_url = "https://support.example.com"
 "#,
-        store = store.path().display(),
     );
     let env: Vec<(&str, &str)> = secrets
         .iter()
@@ -193,6 +220,7 @@ support_url = "https://support.example.com"
         running,
         api,
         _store: store,
+        store: where_,
     })
 }
 

@@ -89,6 +89,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 events: args.events,
                 tenants: args.tenants,
                 keep_metrics: args.keep_metrics.clone(),
+                postgres: args.postgres.clone(),
             })
             .await
         }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::args::StoreCommand;
-use crate::config::Settings;
+use crate::config::{Settings, StoreBackend};
 use crate::exit;
-use crate::store::{Offline, StoreError};
+use crate::store::{Moved, Offline, StoreError};
 
 /// A progress line drawn in place on a terminal (nothing when stderr is not one).
 struct Bar {
@@ -52,12 +52,15 @@ impl Bar {
 }
 
 fn refused(path: &Path, e: StoreError) -> ExitCode {
+    refused_at(&path.display().to_string(), e)
+}
+
+fn refused_at(location: &str, e: StoreError) -> ExitCode {
     match e {
         StoreError::Locked { .. } => eprintln!(
-            "statusd: the store at {} is in use by a running statusd: stop it first (store commands work on a store no daemon holds)",
-            path.display()
+            "statusd: the store at {location} is in use by a running statusd: stop it first (store commands work on a store no daemon holds)"
         ),
-        other => eprintln!("statusd: {}: {other}", path.display()),
+        other => eprintln!("statusd: {location}: {other}"),
     }
     ExitCode::from(exit::FAILURE)
 }
@@ -66,8 +69,51 @@ fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
+/// The PostgreSQL store's options, when the settings choose that backend.
+fn postgres_of(settings: &Settings) -> Option<crate::store::pg::PgOptions> {
+    match (settings.store.backend, &settings.store.postgres) {
+        (StoreBackend::Postgres, Some(pg)) => Some(pg.options()),
+        _ => None,
+    }
+}
+
+/// Run a PostgreSQL operation from a store command (which runs off the async workers).
+fn on_postgres<T>(
+    f: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::runtime::Handle::current().block_on(f)
+}
+
 pub fn run(settings: Settings, cmd: &StoreCommand) -> ExitCode {
     let path = settings.store.path.clone();
+    let pg = postgres_of(&settings);
+    match (cmd, &pg) {
+        (StoreCommand::Migrate, Some(opts)) => return migrate(&settings, opts),
+        (StoreCommand::Migrate, None) => {
+            println!("store.backend is sled: nothing to migrate (a sled store is migrated when it is opened)");
+            return ExitCode::from(exit::OK);
+        }
+        (StoreCommand::Export { out }, Some(opts)) => {
+            return export(&settings.store.location(), out.as_deref(), |w, bar| {
+                on_postgres(async {
+                    let q = crate::store::pg::PgQueue::open(opts, Default::default()).await?;
+                    let moved = q.export(w, |d, t| bar.step(d, t)).await;
+                    q.close();
+                    moved
+                })
+            })
+        }
+        (StoreCommand::Import { file }, Some(opts)) => {
+            return import(&settings.store.location(), file, |r, bar| {
+                on_postgres(crate::store::pg::import(opts, r, |d, t| bar.step(d, t)))
+            })
+        }
+        (StoreCommand::Verify { .. } | StoreCommand::Compact, Some(_)) => {
+            eprintln!("statusd: store verify and store compact are for the sled backend: PostgreSQL keeps its own indexes consistent, and autovacuum returns the space of deleted rows");
+            return ExitCode::from(exit::FAILURE);
+        }
+        _ => {}
+    }
     match cmd {
         StoreCommand::Verify { repair, json } => verify(&settings, &path, *repair, *json),
         StoreCommand::Compact => {
@@ -98,8 +144,53 @@ pub fn run(settings: Settings, cmd: &StoreCommand) -> ExitCode {
                 }
             }
         }
-        StoreCommand::Export { out } => export(&path, out.as_deref()),
-        StoreCommand::Import { file } => import(&path, file),
+        StoreCommand::Export { out } => {
+            let store = match Offline::open(&path) {
+                Ok(s) => s,
+                Err(e) => return refused(&path, e),
+            };
+            export(&path.display().to_string(), out.as_deref(), |w, bar| {
+                store.export(w, |d, t| bar.step(d, t))
+            })
+        }
+        StoreCommand::Import { file } => import(&path.display().to_string(), file, |r, bar| {
+            crate::store::import(&path, r, |d, t| bar.step(d, t))
+        }),
+        StoreCommand::Migrate => unreachable!("answered above"),
+    }
+}
+
+/// `statusd store migrate`: apply the schema migrations this build has, and nothing else.
+fn migrate(settings: &Settings, opts: &crate::store::pg::PgOptions) -> ExitCode {
+    match on_postgres(crate::store::pg::PgQueue::migrate_only(opts)) {
+        Ok(m) if m.applied.is_empty() => {
+            println!(
+                "{}: schema at version {}, nothing to apply",
+                settings.store.location(),
+                m.to
+            );
+            ExitCode::from(exit::OK)
+        }
+        Ok(m) => {
+            for (v, what) in &m.applied {
+                println!("applied migration {v}: {what}");
+            }
+            println!(
+                "{}: schema migrated from version {} to {}",
+                settings.store.location(),
+                m.from,
+                m.to
+            );
+            ExitCode::from(exit::OK)
+        }
+        Err(e @ StoreError::PgSchemaTooNew { .. }) => {
+            eprintln!("statusd: {e}");
+            ExitCode::from(exit::CONFIG)
+        }
+        Err(e) => {
+            eprintln!("statusd: {}: {e}", settings.store.location());
+            ExitCode::from(exit::FAILURE)
+        }
     }
 }
 
@@ -175,11 +266,11 @@ fn verify(settings: &Settings, path: &Path, repair: bool, json: bool) -> ExitCod
     }
 }
 
-fn export(path: &Path, out: Option<&Path>) -> ExitCode {
-    let store = match Offline::open(path) {
-        Ok(s) => s,
-        Err(e) => return refused(path, e),
-    };
+fn export(
+    location: &str,
+    out: Option<&Path>,
+    mut store: impl FnMut(&mut dyn std::io::Write, &mut Bar) -> Result<Moved, StoreError>,
+) -> ExitCode {
     let started = std::time::Instant::now();
     let mut bar = Bar::new("exporting");
     let result = match out {
@@ -194,7 +285,7 @@ fn export(path: &Path, out: Option<&Path>) -> ExitCode {
                 }
             };
             let mut w = std::io::BufWriter::new(f);
-            let r = store.export(&mut w, |d, t| bar.step(d, t));
+            let r = store(&mut w, &mut bar);
             let r = r.and_then(|m| {
                 let f = w
                     .into_inner()
@@ -211,7 +302,7 @@ fn export(path: &Path, out: Option<&Path>) -> ExitCode {
         None => {
             let stdout = std::io::stdout();
             let mut w = std::io::BufWriter::new(stdout.lock());
-            store.export(&mut w, |d, t| bar.step(d, t))
+            store(&mut w, &mut bar)
         }
     };
     bar.done();
@@ -227,11 +318,15 @@ fn export(path: &Path, out: Option<&Path>) -> ExitCode {
             );
             ExitCode::from(exit::OK)
         }
-        Err(e) => refused(path, e),
+        Err(e) => refused_at(location, e),
     }
 }
 
-fn import(path: &Path, file: &PathBuf) -> ExitCode {
+fn import(
+    location: &str,
+    file: &PathBuf,
+    store: impl FnOnce(&mut dyn std::io::BufRead, &mut Bar) -> Result<Moved, StoreError>,
+) -> ExitCode {
     let started = std::time::Instant::now();
     let input = match std::fs::File::open(file) {
         Ok(f) => f,
@@ -242,7 +337,7 @@ fn import(path: &Path, file: &PathBuf) -> ExitCode {
     };
     let mut reader = std::io::BufReader::new(input);
     let mut bar = Bar::new("importing");
-    let result = crate::store::import(path, &mut reader, |d, t| bar.step(d, t));
+    let result = store(&mut reader, &mut bar);
     bar.done();
     match result {
         Ok(m) => {
@@ -252,7 +347,7 @@ fn import(path: &Path, file: &PathBuf) -> ExitCode {
                 m.pending,
                 m.dead,
                 file.display(),
-                path.display(),
+                location,
                 started.elapsed().as_millis()
             );
             ExitCode::from(exit::OK)

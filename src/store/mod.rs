@@ -116,7 +116,7 @@ pub use records::*;
 pub use verify::{Check, Offline, Verification};
 
 #[derive(Debug, Clone, Copy)]
-struct OldestSeen {
+pub(crate) struct OldestSeen {
     seq: u64,
     tenant: TenantId,
     at: std::time::Instant,

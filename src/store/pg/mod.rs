@@ -29,6 +29,7 @@ mod read;
 pub mod schema;
 mod write;
 
+pub use copy::import;
 pub use schema::{valid_schema_name, Migrated, PG_SCHEMA_VERSION};
 
 /// How long one transaction may take before the store counts the database as unreachable.

@@ -138,32 +138,6 @@ pub(super) async fn migrate(
     }
 }
 
-/// The schema's version without changing anything (0: not created yet).
-pub(super) async fn version(
-    client: &tokio_postgres::Client,
-    schema: &str,
-) -> Result<i32, StoreError> {
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&format!("{schema}.schema_migrations")],
-        )
-        .await
-        .map_err(pg_error)?
-        .get(0);
-    if !exists {
-        return Ok(0);
-    }
-    Ok(client
-        .query_one(
-            &format!("SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations"),
-            &[],
-        )
-        .await
-        .map_err(pg_error)?
-        .get(0))
-}
-
 /// Whether `name` can be used as a schema name unquoted: a letter or `_`, then letters, digits
 /// or `_`, at most 63 bytes (PostgreSQL's limit), lowercase.
 pub fn valid_schema_name(name: &str) -> bool {
