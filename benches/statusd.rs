@@ -823,16 +823,16 @@ async fn footprint(dir: &Path, big: usize) {
     let tenants: Vec<Uuid> = (0..1000).map(|i| Uuid::from_u128(0xc0_0000 + i)).collect();
     fill(&store, big, &tenants).await;
     let q = open_compacting_at_once(&store);
-    let full = q.size_on_disk();
+    let full = q.size().await;
     let t = Instant::now();
     deliver_all(&q, &tenants, 32, big).await;
     let acked = t.elapsed();
-    let after_delivery = q.size_on_disk();
+    let after_delivery = q.size().await;
     let t = Instant::now();
     let removed = q.compact(statusd::store::now_ms() + 1).await.unwrap();
     q.sync().await.unwrap();
     let compact_took = t.elapsed();
-    let after_compaction = q.size_on_disk();
+    let after_compaction = q.size().await;
     drop(q);
     row("store size with every event pending", mb(full), "");
     row(
@@ -852,7 +852,7 @@ async fn footprint(dir: &Path, big: usize) {
     let q = Queue::open(&store, StoreOptions::default()).unwrap();
     row(
         "store size after reopening",
-        mb(q.size_on_disk()),
+        mb(q.size().await),
         &format!("depth {}", q.stats().depth),
     );
     drop(q);
@@ -865,7 +865,7 @@ async fn footprint(dir: &Path, big: usize) {
     q.sync().await.unwrap();
     row(
         "store size after a second round (enqueue, deliver, compact)",
-        mb(q.size_on_disk()),
+        mb(q.size().await),
         &format!("files on disk {}", mb(dir_size(&store))),
     );
 }
@@ -905,7 +905,7 @@ async fn deliver_all(
             for tenant in mine {
                 loop {
                     let t0 = Instant::now();
-                    let Take::Ready(batch) = q.take_batch(&tenant, 100).unwrap() else {
+                    let Take::Ready(batch) = q.take_batch(&tenant, 100).await.unwrap() else {
                         break;
                     };
                     let t1 = Instant::now();

@@ -183,7 +183,7 @@ async fn bad_input_is_refused_naming_the_field_and_stores_nothing() {
     }
     let stats = h.running().queue.stats();
     assert_eq!(stats.depth, 0, "nothing stored");
-    assert_eq!(h.running().queue.recount().unwrap(), (0, 0));
+    assert_eq!(h.running().queue.recount().await.unwrap(), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

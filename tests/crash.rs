@@ -190,7 +190,11 @@ async fn acknowledged_events_survive_kill_9_in_order_exactly_once() {
     );
     let q = Queue::open(dir.path(), Default::default()).unwrap();
     // The persisted counters agree with the indexes after every crash.
-    assert_eq!(q.recount().unwrap(), (q.stats().depth, 0), "depth counter");
+    assert_eq!(
+        q.recount().await.unwrap(),
+        (q.stats().depth, 0),
+        "depth counter"
+    );
     // A request the process died in may have been stored without its answer: such events may
     // be present; every acknowledged one must be, once, in acknowledgement order.
     let acked_ids: std::collections::HashSet<&String> = acked.iter().map(|(_, _, id)| id).collect();
@@ -203,6 +207,7 @@ async fn acknowledged_events_survive_kill_9_in_order_exactly_once() {
             .collect();
         let all: Vec<String> = q
             .pending_events(t, 1_000_000)
+            .await
             .unwrap()
             .iter()
             .map(|e| e.id.to_string())

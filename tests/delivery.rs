@@ -244,7 +244,7 @@ async fn permanent_refusal_dead_letters_exactly_that_tenant_and_others_proceed()
     let resp: serde_json::Value = h.post_events(body).await.json().await.unwrap();
     h.drained(Duration::from_secs(10)).await;
     assert_complete_and_ordered(&h, &tenants, 3, &[bad]);
-    let dead = h.running().queue.dead_letters(100).unwrap();
+    let dead = h.running().queue.dead_letters(100).await.unwrap();
     assert_eq!(dead.len(), 3);
     assert!(dead.iter().all(|e| e.tenant_id == bad));
     assert!(
@@ -292,7 +292,7 @@ async fn reports_older_than_max_age_are_dead_lettered_with_the_reason() {
         q.stats().dead_letters == 1
     })
     .await;
-    let dead = q.dead_letters(10).unwrap();
+    let dead = q.dead_letters(10).await.unwrap();
     assert!(
         dead[0]
             .dead_reason

@@ -259,7 +259,7 @@ async fn postgres_stopped_under_load_answers_503_then_resumes_by_itself_losing_n
     wait_ready(&http, port).await;
     assert_all_delivered_in_order(&sb, &accepted, Duration::from_secs(60)).await;
     assert!(daemon.try_wait().unwrap().is_none(), "statusd exited");
-    drop(sigterm_and_wait(daemon).await);
+    assert_eq!(sigterm_and_wait(daemon).await.code(), Some(0));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("cannot be reached"),

@@ -27,7 +27,7 @@ async fn tenant_inventory_full_then_delta_and_removed_tenants_are_deactivated() 
     assert_eq!(full.details["mode"], "full");
     assert_eq!(full.details["fetched"], 3001);
     assert!(full.details["pages"].as_u64().unwrap() >= 15);
-    assert_eq!(h.running().queue.inventory_len(), 3001);
+    assert_eq!(h.running().queue.inventory_len().await.unwrap(), 3001);
     // An active tenant gets disabled on the platform.
     let t = h.sandbox.tenant_ids(Some("customer"))[3];
     assert_eq!(

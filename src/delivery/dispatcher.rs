@@ -359,7 +359,7 @@ mod tests {
         d.in_ready.remove(&tenant);
         let q = queue.clone();
         d.spawn_lane(tenant, async move {
-            let _batch = q.take_batch(&tenant, 10).unwrap();
+            let _batch = q.take_batch(&tenant, 10).await.unwrap();
             panic!("a lane bug");
         });
         let joined = d.lanes.join_next_with_id().await.unwrap();

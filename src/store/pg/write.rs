@@ -11,12 +11,6 @@ pub(super) struct Intake {
     reply: oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
 }
 
-/// A write that goes in the same transaction as events.
-pub(super) enum Extra {
-    None,
-    Account(AccountWrite),
-}
-
 /// The committer: takes every enqueue waiting (up to `MAX_GROUP_EVENTS` events) and writes
 /// them in one transaction; everyone is answered after COMMIT.
 pub(super) async fn committer(
@@ -43,7 +37,7 @@ pub(super) async fn committer(
         };
         let (requests, replies): (Vec<_>, Vec<_>) =
             jobs.into_iter().map(|j| (j.events, j.reply)).unzip();
-        let result = pg.insert_events(requests, Extra::None).await;
+        let result = pg.insert_events(requests, None).await;
         pg.commits.fetch_add(1, Ordering::Relaxed);
         pg.waiters
             .fetch_add(replies.len() as u64, Ordering::Relaxed);
@@ -105,10 +99,7 @@ impl PgQueue {
         change: AccountWrite,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Enqueued>, StoreError> {
-        let mut out = self
-            .inner
-            .insert_events(vec![events], Extra::Account(change))
-            .await?;
+        let mut out = self.inner.insert_events(vec![events], Some(change)).await?;
         Ok(out.pop().unwrap_or_default())
     }
 
@@ -507,12 +498,12 @@ pub(super) async fn next_seqs(tx: &Transaction<'_>, n: usize) -> Result<Vec<i64>
 }
 
 impl Pg {
-    /// Write groups of events (and an account change) in one transaction, in sequence order
+    /// Write groups of events (and an account change, whose refusal writes nothing) in one transaction, in sequence order
     /// with every other insert; answer each group's outcomes once committed.
     pub(super) async fn insert_events(
         &self,
         requests: Vec<Vec<NewEvent>>,
-        extra: Extra,
+        account: Option<AccountWrite>,
     ) -> Result<Vec<Vec<Enqueued>>, StoreError> {
         let _order = self.insert_lock.lock().await;
         let now = now_ms();
@@ -520,7 +511,7 @@ impl Pg {
             .timed(async {
                 let mut client = self.client().await?;
                 let tx = client.transaction().await.map_err(pg_error)?;
-                if let Extra::Account(change) = &extra {
+                if let Some(change) = &account {
                     write_account_row(&tx, change).await?;
                 }
                 let keys: Vec<String> = requests
