@@ -547,3 +547,61 @@ fn fusion_problems_are_named() {
         "{p:?}"
     );
 }
+
+#[test]
+fn the_postgres_store_settings_are_checked_naming_each_key_and_never_showing_the_url() {
+    let with = |store: &str| format!("{MINIMAL}\n[store]\n{store}\n");
+    let p = problems(&with("backend = \"mongo\""), &[]);
+    assert!(has(&p, "store.backend", "\"sled\""), "{p:?}");
+    let p = problems(&with("backend = \"postgres\""), &[]);
+    assert!(has(&p, "store.postgres.url", "url_file"), "{p:?}");
+    let p = problems(
+        &with("[store.postgres]\nurl = \"postgres://u:pw@h/db\""),
+        &[],
+    );
+    assert!(has(&p, "store.backend", "not"), "{p:?}");
+    let secret = "Zq9-never-shown";
+    let p = problems(
+        &with(&format!(
+            "backend = \"postgres\"\n[store.postgres]\nurl = \"mysql://u:{secret}@h/db\"\nschema = \"Bad-Name\"\npool_size = 1"
+        )),
+        &[],
+    );
+    assert!(has(&p, "store.postgres.url", "postgres://"), "{p:?}");
+    assert!(
+        has(&p, "store.postgres.schema", "plain schema name"),
+        "{p:?}"
+    );
+    assert!(has(&p, "store.postgres.pool_size", ""), "{p:?}");
+    assert!(
+        !format!("{p:?}").contains(secret),
+        "the URL's password is in a problem"
+    );
+    let p = problems(
+        &with("backend = \"postgres\"\n[store.postgres]\nurl = \"postgres://u:pw@h/db?sslmode=sometimes\""),
+        &[],
+    );
+    assert!(has(&p, "store.postgres.url", "sslmode"), "{p:?}");
+    let s = load_from_str(
+        &with(&format!(
+            "backend = \"postgres\"\n[store.postgres]\nurl = \"postgres://u:{secret}@db.example.com:6432/vendor?sslmode=verify-full\""
+        )),
+        &[],
+        Purpose::Run,
+    )
+    .unwrap();
+    let pg = s.store.postgres.as_ref().unwrap();
+    assert_eq!((pg.pool_size, pg.schema.as_str()), (8, "statusd"));
+    assert_eq!(
+        s.store.location(),
+        "postgres://u@db.example.com:6432/vendor (schema statusd)"
+    );
+    assert!(
+        !format!("{s:?}").contains(secret),
+        "the URL is in the settings' Debug"
+    );
+    assert!(
+        !serde_json::to_string(&s).unwrap().contains(secret),
+        "the URL is in the settings as shown"
+    );
+}

@@ -204,6 +204,21 @@ async fn postgres_stopped_under_load_answers_503_then_resumes_by_itself_losing_n
     .stderr(std::fs::File::create(&log).unwrap())
     .spawn_daemon();
     wait_ready(&http, port).await;
+    // A second statusd on the same store is refused: one statusd per store.
+    let second = pg_daemon(
+        &sb.url,
+        &sb.client_id,
+        &sb.client_secret,
+        &server,
+        "outage",
+        free_port(),
+        dir.path(),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("in use by another statusd"), "{err}");
     let tenants: Vec<Uuid> = customers(&sb, 8);
     let mut next = HashMap::new();
     let mut accepted = Vec::new();

@@ -95,12 +95,7 @@ pub fn run(settings: Settings, cmd: &StoreCommand) -> ExitCode {
         }
         (StoreCommand::Export { out }, Some(opts)) => {
             return export(&settings.store.location(), out.as_deref(), |w, bar| {
-                on_postgres(async {
-                    let q = crate::store::pg::PgQueue::open(opts, Default::default()).await?;
-                    let moved = q.export(w, |d, t| bar.step(d, t)).await;
-                    q.close();
-                    moved
-                })
+                on_postgres(crate::store::pg::export(opts, w, |d, t| bar.step(d, t)))
             })
         }
         (StoreCommand::Import { file }, Some(opts)) => {

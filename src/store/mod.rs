@@ -78,6 +78,8 @@ pub enum StoreError {
     /// PostgreSQL refused a statement.
     #[error("the store's database refused a write: {0}")]
     Postgres(String),
+    #[error("the PostgreSQL store (schema {schema:?}) is in use by another statusd: one statusd per store (give each its own store.postgres.schema)")]
+    PgLocked { schema: String },
     #[error("the PostgreSQL store (schema {schema:?}) has schema version {found}; this statusd understands up to {}: upgrade statusd, or use another store.postgres.schema", pg::PG_SCHEMA_VERSION)]
     PgSchemaTooNew { schema: String, found: i32 },
 }

@@ -75,7 +75,13 @@ impl PgServer {
     /// Start a fresh server, or `None` (with the reason printed) where none can run here.
     pub fn start() -> Option<PgServer> {
         let Some(bin) = bin_dir() else {
-            eprintln!("SKIP: no PostgreSQL server binaries (/usr/lib/postgresql/*/bin, or set STATUSD_PG_BIN)");
+            let why =
+                "no PostgreSQL server binaries (/usr/lib/postgresql/*/bin, or set STATUSD_PG_BIN)";
+            assert!(
+                std::env::var_os("STATUSD_TEST_REQUIRE_POSTGRES").is_none(),
+                "STATUSD_TEST_REQUIRE_POSTGRES is set but there are {why}"
+            );
+            eprintln!("SKIP: {why}");
             return None;
         };
         let dir = tempfile::Builder::new()

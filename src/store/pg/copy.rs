@@ -43,15 +43,17 @@ fn event_line(mut record: EventRecord) -> Line {
     }
 }
 
-impl PgQueue {
-    /// Write the whole store as JSON lines (a consistent snapshot: one repeatable-read
-    /// transaction).
-    pub async fn export(
-        &self,
-        out: &mut dyn Write,
-        mut progress: impl Progress,
-    ) -> Result<Moved, StoreError> {
-        let mut client = self.inner.client().await?;
+/// Write the whole store as JSON lines: a consistent snapshot (one repeatable-read, read-only
+/// transaction), so it may run beside a daemon using the store.
+pub async fn export(
+    opts: &PgOptions,
+    out: &mut dyn Write,
+    mut progress: impl Progress,
+) -> Result<Moved, StoreError> {
+    {
+        let pool = make_pool(opts)?;
+        let mut client = pool.get().await.map_err(pool_error)?;
+        schema::migrate(&mut client, &opts.schema).await?;
         let tx = client
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
