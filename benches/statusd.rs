@@ -2,7 +2,7 @@
 //! event, plain sled insert+flush, a plain sequential one-event-per-request client, what the
 //! sandbox itself absorbs). Figures are printed as tables; BENCHMARKS.md records them.
 //!
-//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint,accounts,runtime,storeops,fusion`
+//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint,accounts,runtime,storeops,fusion,postgres`
 //! runs some sections only;
 //! `BENCH_BIG=N` sets the size of the large store (default 1 000 000 events).
 
@@ -21,6 +21,10 @@ use statusd::store::{dir_size, EventKind, NewEvent, Queue, StoreOptions, Take};
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_statusd");
+
+#[path = "../tests/common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
 
 fn ev(t: Uuid, n: usize) -> NewEvent {
     NewEvent {
@@ -984,6 +988,125 @@ async fn main() {
     }
     if want("fusion") {
         fusion(dir).await;
+    }
+    if want("postgres") {
+        postgres(dir).await;
+    }
+}
+
+/// The same settings on the PostgreSQL store `schema` of `server`.
+fn on_postgres(
+    mut s: statusd::config::Settings,
+    server: &pg::PgServer,
+    schema: &str,
+) -> statusd::config::Settings {
+    s.store.backend = statusd::config::StoreBackend::Postgres;
+    s.store.postgres = Some(statusd::config::PostgresSettings {
+        url: Secret::new(server.url()),
+        pool_size: 8,
+        schema: schema.into(),
+        ca_file: None,
+    });
+    s
+}
+
+/// HTTP ingest and drain on PostgreSQL beside sled: same machine, same load, same sandbox.
+async fn postgres(dir: &Path) {
+    println!("\n11. the PostgreSQL store beside sled (a local PostgreSQL 15 the bench starts)");
+    let Some(server) = pg::PgServer::start() else {
+        println!("    skipped: no PostgreSQL server binaries here");
+        return;
+    };
+    for line in server.test_fsync().lines() {
+        let l = line.trim();
+        if l.starts_with("fdatasync") || l.starts_with("open_datasync") || l.starts_with("fsync ") {
+            println!("    pg_test_fsync: {l}");
+        }
+        if l.starts_with("Compare file sync methods using two 8kB") {
+            break;
+        }
+    }
+    let tenants: Vec<Uuid> = (0..64).map(|i| Uuid::from_u128(0xbe00 + i)).collect();
+    for backend in ["sled", "postgres"] {
+        let store = dir.join(format!("pg-ingest-{backend}"));
+        let _ = std::fs::remove_dir_all(&store);
+        let mut s = settings("http://127.0.0.1:9", "bench", "bench", &store);
+        if backend == "postgres" {
+            s = on_postgres(s, &server, "bench_ingest");
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = statusd::app::start(s, Some(listener), false).await.unwrap();
+        let api = format!("http://{}", running.api_addr);
+        let f0 = running.queue.flush_stats();
+        let (r, p50, p99) = raw_ingest(running.api_addr, &tenants, 64, 300).await;
+        let f1 = running.queue.flush_stats();
+        let per_group = (f1.waiters - f0.waiters) as f64 / (f1.flushes - f0.flushes).max(1) as f64;
+        rate(
+            &format!("{backend}: POST single events, 64 connections, minimal client"),
+            r,
+            &format!("p50 {} p99 {}, {per_group:.1} requests per commit", ms(p50), ms(p99)),
+        );
+        let (r, p50, p99) = http_ingest(&api, &tenants, 16, 40, 100).await;
+        rate(
+            &format!("{backend}: POST arrays of 100, 16 keep-alive clients"),
+            r,
+            &format!("p50 {} p99 {} per request", ms(p50), ms(p99)),
+        );
+        let (r, p50, p99) = http_ingest(&api, &tenants, 1, 1000, 1).await;
+        rate(
+            &format!("{backend}: POST single events, 1 client"),
+            r,
+            &format!("p50 {} p99 {}", ms(p50), ms(p99)),
+        );
+        running.shutdown().await;
+    }
+    // Drain: 20 000 events over 200 tenants, filled first with no platform, then delivered.
+    let sb = Sandbox::start(SandboxOptions {
+        tenants: 260,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let drain_tenants: Vec<Uuid> = sb.tenant_ids(None).into_iter().take(200).collect();
+    for backend in ["sled", "postgres"] {
+        let store = dir.join(format!("pg-drain-{backend}"));
+        let _ = std::fs::remove_dir_all(&store);
+        let with = |s| {
+            if backend == "postgres" {
+                on_postgres(s, &server, "bench_drain")
+            } else {
+                s
+            }
+        };
+        {
+            let s = with(settings("http://127.0.0.1:9", "bench", "bench", &store));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let running = statusd::app::start(s, Some(listener), false).await.unwrap();
+            let mut done = 0;
+            while done < 20_000 {
+                let chunk: Vec<NewEvent> = (done..done + 1000)
+                    .map(|i| ev(drain_tenants[i % drain_tenants.len()], i))
+                    .collect();
+                done += chunk.len();
+                running.queue.enqueue(chunk).await.unwrap();
+            }
+            running.shutdown().await;
+        }
+        let s = with(settings(&sb.url, &sb.client_id, &sb.client_secret, &store));
+        let reports_before = sb.reports().len();
+        let t = Instant::now();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = statusd::app::start(s, Some(listener), false).await.unwrap();
+        while running.queue.stats().depth > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let total = t.elapsed();
+        rate(
+            &format!("{backend}: full queue drained (start to empty, batches of up to 100)"),
+            20_000.0 / total.as_secs_f64(),
+            &format!("{} reports", sb.reports().len() - reports_before),
+        );
+        running.shutdown().await;
     }
 }
 

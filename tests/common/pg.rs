@@ -118,7 +118,11 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = super::free_port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut server = PgServer {
             dir,
             port,
@@ -127,6 +131,16 @@ impl PgServer {
         };
         server.resume();
         Some(server)
+    }
+
+    /// `pg_test_fsync` in the server's directory: the database's own commit cost.
+    pub fn test_fsync(&self) -> String {
+        let out = Command::new(self.bin.join("pg_test_fsync"))
+            .args(["-s", "2", "-f"])
+            .arg(self.dir.path().join("fsync.test"))
+            .output()
+            .expect("pg_test_fsync runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn url(&self) -> String {
