@@ -1044,7 +1044,11 @@ async fn postgres(dir: &Path) {
         rate(
             &format!("{backend}: POST single events, 64 connections, minimal client"),
             r,
-            &format!("p50 {} p99 {}, {per_group:.1} requests per commit", ms(p50), ms(p99)),
+            &format!(
+                "p50 {} p99 {}, {per_group:.1} requests per commit",
+                ms(p50),
+                ms(p99)
+            ),
         );
         let (r, p50, p99) = http_ingest(&api, &tenants, 16, 40, 100).await;
         rate(
