@@ -45,6 +45,8 @@ pub enum AppError {
     Config(String),
     #[error("the store could not write ({0}); writing works again but opening it afresh in this process failed: exiting so that the supervisor starts statusd again")]
     StoreReopen(String),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 impl AppError {
@@ -55,7 +57,7 @@ impl AppError {
                 source: crate::store::StoreError::Damaged { .. },
                 ..
             } => crate::exit::DATAERR,
-            AppError::StoreReopen(_) => crate::exit::TEMPFAIL,
+            AppError::StoreReopen(_) | AppError::Cluster(_) => crate::exit::TEMPFAIL,
             AppError::Store {
                 source: crate::store::StoreError::PgSchemaTooNew { .. },
                 ..
@@ -109,9 +111,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     tracing::info!(message = "statusd ready", api = %running.api_addr, version = env!("CARGO_PKG_VERSION"));
     loop {
         let reopen = running.reopen.clone();
+        let failing = running.failing();
         let reopen_needed = tokio::select! {
             _ = &mut shutdown => false,
             _ = reopen.cancelled() => true,
+            _ = failing.cancelled() => {
+                systemd::notify_stopping();
+                running.shutdown().await;
+                return Err(AppError::Cluster("this replica kept losing its shards (3 within a minute): exiting so that its supervisor starts it again".into()));
+            }
         };
         if !reopen_needed {
             systemd::notify_stopping();
@@ -160,6 +168,7 @@ async fn start_with(
 ) -> Result<Running, AppError> {
     let settings = Arc::new(settings);
     let queue = open_store(&settings).await?;
+    let cluster = join_pool(&queue, &settings).await?;
     let accounts = Accounts::new(&settings, metrics.clone()).map_err(AppError::Setup)?;
     let stored = queue
         .stored_accounts()
@@ -219,6 +228,7 @@ async fn start_with(
             read_timeout: settings.api.read_timeout,
             secret_key: settings.store.secret_key.clone(),
             account_changes: account_changes.clone(),
+            shards: settings.cluster.shards,
         },
         api::ServeLimits {
             max_connections: settings.api.max_connections,
@@ -235,6 +245,19 @@ async fn start_with(
         metrics.clone(),
         stop_background.clone(),
     )));
+    if let Some((pg, own)) = &cluster {
+        background.push(tokio::spawn(crate::cluster::run(
+            pg.clone(),
+            own.clone(),
+            api_addr.to_string(),
+            stop_background.clone(),
+            takeover(
+                queue.clone(),
+                own.clone(),
+                settings.platform.request_timeout,
+            ),
+        )));
+    }
     background.push(tokio::spawn(crate::accounts::retirement_loop(
         queue.clone(),
         accounts.clone(),
@@ -269,6 +292,84 @@ async fn start_with(
     })
 }
 
+/// On a PostgreSQL store: this replica joins the pool sharing it, holding no shard yet (the
+/// membership loop claims them).
+async fn join_pool(
+    queue: &Queue,
+    settings: &Settings,
+) -> Result<Option<(crate::store::pg::PgQueue, Arc<crate::cluster::Ownership>)>, AppError> {
+    let crate::store::Backend::Postgres(pg) = queue.backend() else {
+        return Ok(None);
+    };
+    pg.init_shards(settings.cluster.shards)
+        .await
+        .map_err(|source| AppError::Store {
+            path: settings.store.location(),
+            source,
+        })?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "statusd".into());
+    let me = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let own = Arc::new(crate::cluster::Ownership::new(
+        settings.shard_map(),
+        me.clone(),
+        settings.cluster.timing(),
+    ));
+    pg.set_ownership(own.clone());
+    tracing::info!(message = "joined the pool sharing the store", member = %me, shards = settings.cluster.shards);
+    Ok(Some((pg.clone(), own)))
+}
+
+/// After taking shards over from another replica: wait one request timeout (a report the
+/// former owner sent late has landed by then), then report again the intended state of every
+/// tenant of those shards, so the platform ends at the latest decision whatever came late.
+fn takeover(
+    queue: Queue,
+    own: Arc<crate::cluster::Ownership>,
+    wait: Duration,
+) -> crate::cluster::member::OnTakeover {
+    Box::new(move |shards: Vec<u32>| {
+        let queue = queue.clone();
+        let own = own.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let states = match queue.tenant_states().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(message = "cannot re-assert the tenants of shards taken over", error = %e);
+                    return;
+                }
+            };
+            let events: Vec<crate::store::NewEvent> = states
+                .into_iter()
+                .filter(|t| {
+                    let shard = own.map.of(t.account.as_deref());
+                    shards.contains(&shard) && own.may_act(shard).is_some()
+                })
+                .filter_map(|t| {
+                    let mut ev =
+                        crate::store::NewEvent::state_change(t.tenant_id, t.intended?, None);
+                    ev.account = t.account;
+                    Some(ev)
+                })
+                .collect();
+            let n = events.len();
+            for chunk in events.chunks(1000) {
+                if let Err(e) = queue.enqueue(chunk.to_vec()).await {
+                    tracing::warn!(message = "cannot re-assert the tenants of shards taken over", error = %e);
+                    return;
+                }
+            }
+            tracing::info!(
+                message = "shards taken over: each tenant's intended state reported again",
+                shards = shards.len(),
+                tenants = n
+            );
+        });
+    })
+}
+
 /// Open the store off the async workers (it reads every pending key).
 async fn open_store(settings: &Settings) -> Result<Queue, AppError> {
     let path = settings.store.path.clone();
@@ -284,7 +385,7 @@ async fn open_store(settings: &Settings) -> Result<Queue, AppError> {
     };
     let shown = settings.store.location();
     if let (StoreBackend::Postgres, Some(pg)) = (settings.store.backend, &settings.store.postgres) {
-        return Queue::open_postgres(&pg.options(), opts)
+        return Queue::open_postgres(&pg.options(settings.shard_map()), opts)
             .await
             .map_err(|source| AppError::Store {
                 path: shown,
@@ -343,6 +444,17 @@ fn start_background(
 }
 
 impl Running {
+    /// Cancelled once this replica keeps losing shards (never with sled).
+    pub fn failing(&self) -> CancellationToken {
+        match self.queue.backend() {
+            crate::store::Backend::Postgres(pg) => pg
+                .ownership()
+                .map(|o| o.failing.clone())
+                .unwrap_or_default(),
+            _ => CancellationToken::new(),
+        }
+    }
+
     /// Stop intake (503), let in-flight reports finish within the grace, stop the rest, flush.
     pub async fn shutdown(self) {
         tracing::info!(message = "shutting down: intake closed, draining delivery");
@@ -355,6 +467,12 @@ impl Running {
         self.stop_background.cancel();
         for t in self.background {
             let _ = t.await;
+        }
+        // The reports in flight have ended: give the shards back so peers take over at once.
+        if let crate::store::Backend::Postgres(pg) = self.queue.backend() {
+            if let Some(own) = pg.ownership() {
+                crate::cluster::leave(pg, own).await;
+            }
         }
         self.stop_api.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.api_task).await;

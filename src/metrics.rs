@@ -36,6 +36,14 @@ pub struct Metrics {
     pub store_writable: Gauge,
     pub store_full: Gauge,
     pub fusion_login_required: Gauge,
+    /// Replicas on one store: live members, shards held here, shards nobody holds.
+    pub cluster_members: Gauge,
+    pub shards_owned: Gauge,
+    pub shards_unowned: Gauge,
+    pub lease_transitions: Counter,
+    pub fenced_writes: Counter,
+    /// The ownership's own counts when last copied into the two counters.
+    cluster_seen: std::sync::Mutex<(u64, u64)>,
     /// By `datacenter`.
     pub platform_up: Family<Label, Gauge>,
     /// By `outcome` and `datacenter`.
@@ -116,6 +124,28 @@ impl Default for Metrics {
 }
 
 /// Register `metric` under `name` and hand it back.
+impl Metrics {
+    /// Copy the pool's figures: members, shards held and unheld, and the ownership's two
+    /// counts (added as the difference since the last copy).
+    pub fn set_cluster(
+        &self,
+        members: u64,
+        owned: u64,
+        unowned: u64,
+        transitions: u64,
+        fenced: u64,
+    ) {
+        self.cluster_members.set(members as i64);
+        self.shards_owned.set(owned as i64);
+        self.shards_unowned.set(unowned as i64);
+        let mut seen = self.cluster_seen.lock().unwrap_or_else(|e| e.into_inner());
+        self.lease_transitions
+            .inc_by(transitions.saturating_sub(seen.0));
+        self.fenced_writes.inc_by(fenced.saturating_sub(seen.1));
+        *seen = (transitions.max(seen.0), fenced.max(seen.1));
+    }
+}
+
 fn reg<M: prometheus_client::registry::Metric + Clone>(
     r: &mut Registry,
     name: &str,
@@ -204,6 +234,36 @@ impl Metrics {
             "1 while Fusion needs `statusd fusion login` (a second factor asked for, or the password refused)",
             Gauge::default(),
         );
+        let cluster_members = reg(
+            &mut r,
+            "statusd_cluster_members",
+            "Live members of the pool sharing this store (1 with sled)",
+            Gauge::default(),
+        );
+        let shards_owned = reg(
+            &mut r,
+            "statusd_shards_owned",
+            "Shards this replica holds (all of them with sled)",
+            Gauge::default(),
+        );
+        let shards_unowned = reg(
+            &mut r,
+            "statusd_shards_unowned",
+            "Shards no live member holds: their accounts' work waits",
+            Gauge::default(),
+        );
+        let lease_transitions = reg(
+            &mut r,
+            "statusd_lease_transitions",
+            "Shards this replica took, gave back or lost",
+            Counter::default(),
+        );
+        let fenced_writes = reg(
+            &mut r,
+            "statusd_fenced_writes",
+            "State changes refused because another replica holds the shard at a newer epoch",
+            Counter::default(),
+        );
         let store_full = reg(
             &mut r,
             "statusd_store_full",
@@ -288,6 +348,12 @@ impl Metrics {
             store_writable,
             store_full,
             fusion_login_required,
+            cluster_members,
+            shards_owned,
+            shards_unowned,
+            lease_transitions,
+            fenced_writes,
+            cluster_seen: Default::default(),
             platform_up,
             token_refreshes,
             accounts,

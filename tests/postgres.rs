@@ -27,7 +27,10 @@ fn pg_daemon(
     let mut cmd = daemon_command(base_url, sb_id, secret, &dir.join("unused-sled"), port);
     cmd.env("STATUSD__STORE__BACKEND", "postgres")
         .env("STATUSD__STORE__POSTGRES__URL", server.url())
-        .env("STATUSD__STORE__POSTGRES__SCHEMA", schema);
+        .env("STATUSD__STORE__POSTGRES__SCHEMA", schema)
+        .env("STATUSD__CLUSTER__LEASE_DURATION", "3s")
+        .env("STATUSD__CLUSTER__RENEW_DEADLINE", "2s")
+        .env("STATUSD__CLUSTER__RETRY_PERIOD", "500ms");
     cmd
 }
 
@@ -204,7 +207,7 @@ async fn postgres_stopped_under_load_answers_503_then_resumes_by_itself_losing_n
     .stderr(std::fs::File::create(&log).unwrap())
     .spawn_daemon();
     wait_ready(&http, port).await;
-    // A second statusd on the same store is refused: one statusd per store.
+    // A second statusd on the same store joins the pool: /v1/cluster shows both members.
     let second = pg_daemon(
         &sb.url,
         &sb.client_id,
@@ -214,11 +217,22 @@ async fn postgres_stopped_under_load_answers_503_then_resumes_by_itself_losing_n
         free_port(),
         dir.path(),
     )
-    .output()
-    .unwrap();
-    assert_eq!(second.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&second.stderr);
-    assert!(err.contains("in use by another statusd"), "{err}");
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn_daemon();
+    wait_for_async(Duration::from_secs(20), "two members", || async {
+        let v: serde_json::Value = http
+            .get(format!("http://127.0.0.1:{port}/v1/cluster"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["members"].as_array().map(|m| m.len()) == Some(2)
+    })
+    .await;
+    assert_eq!(sigterm_and_wait(second).await.code(), Some(0));
     let tenants: Vec<Uuid> = customers(&sb, 8);
     let mut next = HashMap::new();
     let mut accepted = Vec::new();
@@ -408,7 +422,7 @@ async fn migrations_run_once_and_a_newer_schema_is_refused_naming_both_versions(
     let pg = pg_env(&server, "versions");
     let (code, out, err) = statusd(&["store", "migrate"], &pg);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("from version 0 to 1"), "{out}");
+    assert!(out.contains("from version 0 to 2"), "{out}");
     let (code, out, _) = statusd(&["store", "migrate"], &pg);
     assert_eq!(code, 0);
     assert!(out.contains("nothing to apply"), "{out}");
@@ -417,7 +431,7 @@ async fn migrations_run_once_and_a_newer_schema_is_refused_naming_both_versions(
     let (code, _, err) = statusd(&["store", "migrate"], &pg);
     assert_eq!(code, 78, "{err}");
     assert!(
-        err.contains("schema version 7") && err.contains("up to 1"),
+        err.contains("schema version 7") && err.contains("up to 2"),
         "{err}"
     );
     // `run` refuses it too, with the same exit code, before it serves anything.

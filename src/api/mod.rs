@@ -67,6 +67,8 @@ pub struct ApiState {
     /// Taken while an account change is checked and written (never while a data center is
     /// asked), so two changes of one id cannot interleave.
     pub account_changes: Arc<tokio::sync::Mutex<()>>,
+    /// `cluster.shards` (with sled this one process owns them all).
+    pub shards: u32,
 }
 
 /// A refusal: `{"error": {"code", "message", "field"}}`.
@@ -178,6 +180,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/dead-letters/{id}/retry", post(retry_dead))
         .route("/reconcile/{name}", post(run_reconcile))
         .route("/fusion/login", post(fusion_login))
+        .route("/cluster", get(get_cluster))
         .route("/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

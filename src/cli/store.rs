@@ -72,7 +72,7 @@ fn mb(bytes: u64) -> String {
 /// The PostgreSQL store's options, when the settings choose that backend.
 fn postgres_of(settings: &Settings) -> Option<crate::store::pg::PgOptions> {
     match (settings.store.backend, &settings.store.postgres) {
-        (StoreBackend::Postgres, Some(pg)) => Some(pg.options()),
+        (StoreBackend::Postgres, Some(pg)) => Some(pg.options(settings.shard_map())),
         _ => None,
     }
 }

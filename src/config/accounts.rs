@@ -21,6 +21,8 @@ pub struct AccountSettings {
     /// The account's own branding targets (`targets` in that table), in place of
     /// `reconcile.branding.targets`.
     pub branding_targets: Option<Vec<BrandingTarget>>,
+    /// `accounts.<id>.shard`: the shard its work is pinned to (else its hash decides).
+    pub shard: Option<u32>,
 }
 
 /// The id of the account that the `[platform]` credentials stand for.
@@ -86,6 +88,7 @@ impl Reader {
                 root_tenant_id: legacy_root,
                 branding: None,
                 branding_targets: None,
+                shard: None,
             });
         }
         // With a key, accounts may all come through the API (kept in the store).
@@ -111,6 +114,10 @@ impl Reader {
         let secret = self.secret(&key("client_secret"), None);
         let credentials = self.credentials(&key("credentials"));
         let root_tenant_id = self.uuid(&key("root_tenant_id"));
+        let shard = self
+            .raw(&key("shard"))
+            .is_some()
+            .then(|| self.u64_in(&key("shard"), 0, 0, 65_535) as u32);
         let branding = self.branding_at(&key("branding"), &["targets"]);
         let branding_targets = self
             .raw(&key("branding.targets"))
@@ -144,6 +151,7 @@ impl Reader {
             root_tenant_id,
             branding,
             branding_targets,
+            shard,
         })
     }
 }

@@ -165,6 +165,37 @@ impl Reader {
         }
     }
 
+    /// `[cluster]`, checked as client-go checks its leases, and the accounts' pins.
+    fn cluster(&mut self, accounts: &[AccountSettings]) -> ClusterSettings {
+        let c = ClusterSettings {
+            shards: self.u64_in("cluster.shards", 64, 1, 4096) as u32,
+            lease_duration: self.duration("cluster.lease_duration", "15s"),
+            renew_deadline: self.duration("cluster.renew_deadline", "10s"),
+            retry_period: self.duration("cluster.retry_period", "2s"),
+        };
+        if let Err(why) = c.timing().check() {
+            let key = if why.starts_with("cluster.lease_duration") {
+                "cluster.lease_duration"
+            } else {
+                "cluster.renew_deadline"
+            };
+            self.problem(key, why);
+        }
+        for a in accounts {
+            if let Some(s) = a.shard.filter(|s| *s >= c.shards) {
+                self.problem(
+                    &format!("accounts.{}.shard", a.id),
+                    format!(
+                        "{s} is not a shard: cluster.shards is {} (shards 0 to {})",
+                        c.shards,
+                        c.shards - 1
+                    ),
+                );
+            }
+        }
+        c
+    }
+
     /// `store.backend` and, for `postgres`, `[store.postgres]`.
     fn store_backend(&mut self) -> (StoreBackend, Option<PostgresSettings>) {
         let backend = match self.string("store.backend").as_deref().map(str::trim) {
@@ -344,7 +375,9 @@ impl Reader {
         );
         let branding = self.branding();
         let fusion = self.fusion();
+        let cluster = self.cluster(&accounts);
         Settings {
+            cluster,
             accounts,
             platform,
             integration,

@@ -24,6 +24,45 @@ pub struct Settings {
     pub branding: BrandingSettings,
     /// The second platform, Netaxis Fusion, when configured.
     pub fusion: Option<FusionSettings>,
+    /// Replicas on one PostgreSQL store: shards and leases.
+    pub cluster: ClusterSettings,
+}
+
+/// `[cluster]`: how replicas sharing a PostgreSQL store divide the work.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterSettings {
+    /// Fixed for a store: every event carries its shard.
+    pub shards: u32,
+    #[serde(with = "duration_text")]
+    pub lease_duration: Duration,
+    #[serde(with = "duration_text")]
+    pub renew_deadline: Duration,
+    #[serde(with = "duration_text")]
+    pub retry_period: Duration,
+}
+
+impl ClusterSettings {
+    pub fn timing(&self) -> crate::cluster::Timing {
+        crate::cluster::Timing {
+            lease: self.lease_duration,
+            renew_deadline: self.renew_deadline,
+            retry: self.retry_period,
+        }
+    }
+}
+
+impl Settings {
+    /// Which shard each configured account belongs to (its pin, else its hash).
+    pub fn shard_map(&self) -> crate::cluster::ShardMap {
+        crate::cluster::ShardMap {
+            shards: self.cluster.shards,
+            pins: self
+                .accounts
+                .iter()
+                .filter_map(|a| a.shard.map(|s| (a.id.clone(), s)))
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,8 +164,9 @@ pub struct PostgresSettings {
 }
 
 impl PostgresSettings {
-    pub fn options(&self) -> crate::store::pg::PgOptions {
+    pub fn options(&self, shards: crate::cluster::ShardMap) -> crate::store::pg::PgOptions {
         crate::store::pg::PgOptions {
+            shards,
             url: secrecy::SecretString::from(self.url.expose().to_string()),
             pool_size: self.pool_size,
             schema: self.schema.clone(),

@@ -13,6 +13,8 @@ use crate::platform::{FusionClient, PlatformError};
 
 /// The name of the store document that keeps the Fusion session (its refresh token, sealed).
 const SESSION_DOC: &str = "fusion_session";
+/// The key whose shard the Fusion work belongs to on a shared store.
+const FUSION_SHARD_KEY: &str = "fusion";
 
 #[derive(Serialize, Deserialize)]
 struct KeptSession {
@@ -196,6 +198,20 @@ impl Reconcilers {
         report: &mut Report,
         scheduled: bool,
     ) -> Result<(), ReconcileError> {
+        // On a shared store, the replica holding the shard of `fusion` runs it.
+        let queue = &self.inner.queue;
+        let slot = (crate::store::now_ms() + 500) / 1000;
+        if !queue.acts_for(Some(FUSION_SHARD_KEY))
+            || (scheduled
+                && !queue
+                    .claim_slot("fusion-branding", Some(FUSION_SHARD_KEY), slot)
+                    .await)
+        {
+            report
+                .details
+                .insert("owned_elsewhere".into(), serde_json::Value::Bool(true));
+            return Ok(());
+        }
         self.fusion_resume().await?;
         let result = self.fusion_run(report, scheduled).await;
         self.fusion_keep().await?;

@@ -430,13 +430,26 @@ impl Reconcilers {
         scheduled: bool,
         only: Option<&str>,
     ) -> Result<(), ReconcileError> {
-        let accounts: Vec<Account> = self
-            .inner
-            .accounts
-            .iter()
-            .filter(|a| only.is_none_or(|id| id == a.id))
-            .map(|a| (*a).clone())
-            .collect();
+        let queue = &self.inner.queue;
+        // On a shared store: the accounts of the shards this replica holds, and of a scheduled
+        // run only the slots no other replica ran (after a failover).
+        let slot = (crate::store::now_ms() + 500) / 1000;
+        let mut accounts: Vec<Account> = Vec::new();
+        for a in self.inner.accounts.iter() {
+            if only.is_some_and(|id| id != a.id) || !queue.acts_for(Some(&a.id)) {
+                continue;
+            }
+            if scheduled && !queue.claim_slot(kind.as_str(), Some(&a.id), slot).await {
+                continue;
+            }
+            accounts.push((*a).clone());
+        }
+        if accounts.is_empty() {
+            report
+                .details
+                .insert("owned_elsewhere".into(), Value::Bool(true));
+            return Ok(());
+        }
         let several = accounts.len() > 1;
         let mut failures = Vec::new();
         let mut per_account = Map::new();

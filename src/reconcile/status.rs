@@ -15,6 +15,10 @@ impl Reconcilers {
         let default = crate::config::DEFAULT_ACCOUNT;
         for s in states {
             let Some(intended) = s.intended else { continue };
+            // On a shared store, each replica reconciles the tenants of the shards it holds.
+            if !q.acts_for(s.account.as_deref()) {
+                continue;
+            }
             if only.is_some_and(|id| id != s.account.as_deref().unwrap_or(default)) {
                 continue;
             }

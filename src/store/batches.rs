@@ -143,6 +143,7 @@ impl SledQueue {
             events,
             store: Arc::downgrade(&(self.inner.core.clone() as Arc<dyn InFlight>)),
             released: Default::default(),
+            fence: None,
         }))
     }
 

@@ -78,8 +78,11 @@ pub enum StoreError {
     /// PostgreSQL refused a statement.
     #[error("the store's database refused a write: {0}")]
     Postgres(String),
-    #[error("the PostgreSQL store (schema {schema:?}) is in use by another statusd: one statusd per store (give each its own store.postgres.schema)")]
-    PgLocked { schema: String },
+    #[error("the PostgreSQL store was made with cluster.shards = {stored}; it is fixed for a store (set cluster.shards = {stored}, or use a new store.postgres.schema)")]
+    ShardsFixed { stored: u32, configured: u32 },
+    /// A state change of a shard this replica no longer holds (another holds a newer epoch).
+    #[error("refused: shard {0} is held by another replica at a newer epoch")]
+    Fenced(u32),
     #[error("the PostgreSQL store (schema {schema:?}) has schema version {found}; this statusd understands up to {}: upgrade statusd, or use another store.postgres.schema", pg::PG_SCHEMA_VERSION)]
     PgSchemaTooNew { schema: String, found: i32 },
 }

@@ -276,6 +276,31 @@ impl Queue {
         on!(self, s => s.remove_account(id, force).await, p => p.remove_account(id, force).await)
     }
 
+    // Replicas on one store -------------------------------------------------------------------
+
+    /// Whether this replica acts for an account's work now (its shard is held). Always, with
+    /// sled or a PostgreSQL store used by one statusd alone.
+    pub fn acts_for(&self, account: Option<&str>) -> bool {
+        on!(self, _s => true, p => p.ownership().is_none_or(|o| o.owns_account(account)))
+    }
+
+    /// Claim a reconciler's scheduled slot for an account's shard: false when another replica
+    /// already ran it (after a failover). Always true with one process.
+    pub async fn claim_slot(&self, name: &str, account: Option<&str>, slot: i64) -> bool {
+        match &self.backend {
+            Backend::Postgres(p) => match p.ownership() {
+                Some(o) => {
+                    let shard = o.map.of(account);
+                    p.claim_slot(name, shard, slot, &o.me)
+                        .await
+                        .unwrap_or(false)
+                }
+                None => true,
+            },
+            Backend::Sled(_) => true,
+        }
+    }
+
     /// Stop the store's own tasks (Postgres: its committer and probe). sled closes on drop.
     pub fn close(&self) {
         on!(self, _s => (), p => p.close())

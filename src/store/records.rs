@@ -142,6 +142,8 @@ pub struct Batch {
     pub events: Vec<EventRecord>,
     pub(super) store: std::sync::Weak<dyn InFlight>,
     pub(super) released: std::sync::atomic::AtomicBool,
+    /// (shard, epoch) the batch was taken under, when the store is shared by replicas.
+    pub(super) fence: Option<(u32, u64)>,
 }
 
 impl std::fmt::Debug for Batch {

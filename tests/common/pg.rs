@@ -235,6 +235,7 @@ pub fn options(url: &str, schema: &str) -> statusd::store::pg::PgOptions {
         schema: schema.to_string(),
         ca_file: None,
         connect_timeout: Duration::from_secs(5),
+        shards: Default::default(),
     }
 }
 

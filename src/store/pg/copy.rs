@@ -187,7 +187,11 @@ impl Chunk {
             + self.documents.len()
     }
 
-    async fn insert(&mut self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    async fn insert(
+        &mut self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        map: &crate::cluster::ShardMap,
+    ) -> Result<(), StoreError> {
         let ev = std::mem::take(&mut self.events);
         if !ev.is_empty() {
             let col = |f: &dyn Fn(&EventRecord) -> Option<String>| -> Vec<Option<String>> {
@@ -218,16 +222,21 @@ impl Chunk {
             let next: Vec<Option<i64>> = ev.iter().map(|e| e.next_attempt_at_ms).collect();
             let delivered: Vec<Option<i64>> = ev.iter().map(|e| e.delivered_at_ms).collect();
             let reasons = col(&|e| e.dead_reason.clone());
+            let shards: Vec<i32> = ev
+                .iter()
+                .map(|e| map.of(e.account.as_deref()) as i32)
+                .collect();
             tx.execute(
                 &format!(
-                    "INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM unnest(
+                    "INSERT INTO events ({EVENT_COLUMNS}, shard) SELECT * FROM unnest(
                      $1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::text[],
-                     $12::integer[], $13::text[], $14::bigint[], $15::bigint[], $16::text[])"
+                     $12::integer[], $13::text[], $14::bigint[], $15::bigint[], $16::text[],
+                     $17::integer[])"
                 ),
                 &[
                     &ids, &seqs, &tenants, &accounts, &kinds, &cats, &actions, &keys, &accepted,
-                    &occurred, &states, &attempts, &errors, &next, &delivered, &reasons,
+                    &occurred, &states, &attempts, &errors, &next, &delivered, &reasons, &shards,
                 ],
             )
             .await
@@ -404,7 +413,7 @@ pub async fn import(
         }
         moved.lines += 1;
         if chunk.len() >= CHUNK {
-            chunk.insert(&tx).await?;
+            chunk.insert(&tx, &opts.shards).await?;
             progress.step(moved.events, 0);
         }
     }
@@ -414,7 +423,7 @@ pub async fn import(
             moved.lines
         )));
     }
-    chunk.insert(&tx).await?;
+    chunk.insert(&tx, &opts.shards).await?;
     let store_id = header.expect("a header was read").to_string();
     tx.execute(
         "UPDATE meta SET value = $1 WHERE name = 'store_id'",

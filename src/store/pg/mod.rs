@@ -24,11 +24,13 @@ use tokio_postgres::Row;
 
 use super::*;
 
+pub mod cluster;
 mod copy;
 mod read;
 pub mod schema;
 mod write;
 
+pub use cluster::{MemberRow, ShardRow};
 pub use copy::{export, import};
 pub use schema::{valid_schema_name, Migrated, PG_SCHEMA_VERSION};
 
@@ -48,6 +50,8 @@ pub struct PgOptions {
     /// The CA that signs the server's certificate (else the system's roots).
     pub ca_file: Option<std::path::PathBuf>,
     pub connect_timeout: Duration,
+    /// Which shard each account's events belong to (stored with each event).
+    pub shards: crate::cluster::ShardMap,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -333,8 +337,10 @@ pub(super) struct Pg {
     commits: AtomicU64,
     waiters: AtomicU64,
     stop: tokio_util::sync::CancellationToken,
-    /// The connection that holds the store's advisory lock: one statusd per store.
-    holder: tokio::sync::Mutex<Option<deadpool_postgres::Object>>,
+    pub(super) shards: crate::cluster::ShardMap,
+    /// What this replica holds (set when it runs as a pool member): checked before it takes a
+    /// batch, and with the epoch in every transaction that settles one.
+    pub(super) ownership: std::sync::OnceLock<Arc<crate::cluster::Ownership>>,
 }
 
 impl InFlight for Pg {
@@ -359,7 +365,6 @@ impl PgQueue {
             let mut client = pool.get().await.map_err(pool_error)?;
             schema::migrate(&mut client, &opts.schema).await?;
         }
-        let holder = take_lock(&pool, &opts.schema).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
         let pg = Arc::new(Pg {
             pool,
@@ -379,7 +384,8 @@ impl PgQueue {
             commits: AtomicU64::new(0),
             waiters: AtomicU64::new(0),
             stop: Default::default(),
-            holder: tokio::sync::Mutex::new(Some(holder)),
+            shards: opts.shards.clone(),
+            ownership: Default::default(),
         });
         pg.load().await?;
         tokio::spawn(write::committer(Arc::downgrade(&pg), rx));
@@ -414,6 +420,16 @@ impl PgQueue {
     pub fn close(&self) {
         lock(&self.inner.jobs).take();
         self.inner.stop.cancel();
+    }
+
+    /// Run as a pool member: from now on this replica takes and settles only the batches of
+    /// shards it holds, each settled with the shard's epoch.
+    pub fn set_ownership(&self, own: Arc<crate::cluster::Ownership>) {
+        let _ = self.inner.ownership.set(own);
+    }
+
+    pub fn ownership(&self) -> Option<&Arc<crate::cluster::Ownership>> {
+        self.inner.ownership.get()
     }
 }
 
@@ -496,42 +512,6 @@ impl Pg {
     }
 }
 
-/// Take the store's advisory lock on a connection of its own, held while the store is open:
-/// a second statusd on the same schema is refused (`PgLocked`) instead of delivering beside it.
-async fn take_lock(pool: &Pool, schema: &str) -> Result<deadpool_postgres::Object, StoreError> {
-    let client = pool.get().await.map_err(pool_error)?;
-    let got: bool = client
-        .query_one(
-            "SELECT pg_try_advisory_lock(hashtext($1))",
-            &[&format!("statusd store {schema}")],
-        )
-        .await
-        .map_err(pg_error)?
-        .get(0);
-    if !got {
-        return Err(StoreError::PgLocked {
-            schema: schema.to_string(),
-        });
-    }
-    Ok(client)
-}
-
-impl Pg {
-    /// The lock's connection is alive, or the lock is taken again on a new one (after the
-    /// database restarted); the memory is then loaded again, as others may have written.
-    async fn keep_lock(&self) -> Result<(), StoreError> {
-        let mut holder = self.holder.lock().await;
-        if holder.as_ref().is_some_and(|c| !c.is_closed()) {
-            return Ok(());
-        }
-        *holder = None;
-        let client = take_lock(&self.pool, &self.schema).await?;
-        *holder = Some(client);
-        self.resync.store(true, Ordering::Release);
-        Ok(())
-    }
-}
-
 /// Probe the database each second; once it answers after it could not be reached, load the
 /// memory again and wake every tenant with pending events.
 async fn health(pg: std::sync::Weak<Pg>, stop: tokio_util::sync::CancellationToken) {
@@ -544,8 +524,7 @@ async fn health(pg: std::sync::Weak<Pg>, stop: tokio_util::sync::CancellationTok
         let probe = async {
             let client = pg.pool.get().await.map_err(pool_error)?;
             client.simple_query("SELECT 1").await.map_err(pg_error)?;
-            drop(client);
-            pg.keep_lock().await
+            Ok(())
         };
         match tokio::time::timeout(OP_TIMEOUT, probe).await {
             Ok(Ok(())) => {
@@ -561,15 +540,6 @@ async fn health(pg: std::sync::Weak<Pg>, stop: tokio_util::sync::CancellationTok
                 if lock(&pg.unavailable).take().is_some() {
                     tracing::info!(message = "the store's database is reachable again: intake, delivery and reconcilers go on", database = %pg.target);
                 }
-            }
-            Ok(Err(StoreError::PgLocked { schema })) => {
-                let why = format!("another statusd took the store (schema {schema}) while the database was away; this one pauses until it can take it back");
-                let mut u = lock(&pg.unavailable);
-                if u.as_deref() != Some(why.as_str()) {
-                    tracing::error!(message = "the store is held by another statusd", schema = %schema);
-                    *u = Some(why);
-                }
-                pg.resync.store(true, Ordering::Release);
             }
             Ok(Err(e)) => {
                 pg.failed(e);

@@ -99,6 +99,20 @@ impl PgQueue {
             cut_batch(tenant, records.into_iter().map(Ok), now_ms(), horizon)
         }
         .await;
+        // A shared store: only the batches of shards this replica holds, under their epoch.
+        let fence = match (&result, pg.ownership.get()) {
+            (Ok(Cut::Events(events)), Some(own)) => {
+                let shard = pg.shards.of(events[0].account.as_deref());
+                match own.may_act(shard) {
+                    Some(epoch) => Some((shard, epoch)),
+                    None => {
+                        lock(&pg.in_flight_tenants).remove(tenant);
+                        return Ok(Take::Empty);
+                    }
+                }
+            }
+            _ => None,
+        };
         match result {
             Ok(Cut::Events(mut events)) => {
                 let mut ids = lock(&pg.in_flight_ids);
@@ -112,6 +126,7 @@ impl PgQueue {
                     events,
                     store: Arc::downgrade(&(pg.clone() as Arc<dyn InFlight>)),
                     released: Default::default(),
+                    fence,
                 }))
             }
             other => {

@@ -4,14 +4,15 @@
 use super::*;
 
 /// The schema version this build writes; a store with a newer one is refused.
-pub const PG_SCHEMA_VERSION: i32 = 1;
+pub const PG_SCHEMA_VERSION: i32 = 2;
 
 /// The migrations, in order: (version, what it does, SQL). The schema's name is set as the
 /// connection's `search_path`, so the statements name no schema.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "events, idempotency keys, tenants, inventory, accounts, documents",
-    r#"
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "events, idempotency keys, tenants, inventory, accounts, documents",
+        r#"
 CREATE TABLE events (
     id uuid PRIMARY KEY,
     seq bigint NOT NULL,
@@ -61,7 +62,37 @@ CREATE TABLE documents (name text PRIMARY KEY, value jsonb NOT NULL);
 CREATE TABLE meta (name text PRIMARY KEY, value text NOT NULL);
 INSERT INTO meta (name, value) VALUES ('store_id', gen_random_uuid()::text);
 "#,
-)];
+    ),
+    (
+        2,
+        "shards: each event's shard, members, shard leases, reconciler slots",
+        r#"
+ALTER TABLE events ADD COLUMN shard integer NOT NULL DEFAULT 0;
+CREATE INDEX events_shard_pending ON events (shard, tenant_id, seq) WHERE state = 'queued';
+ALTER TABLE tenants ADD COLUMN last_sent_at_ms bigint;
+CREATE TABLE members (
+    id text PRIMARY KEY,
+    api text NOT NULL,
+    heartbeat_at timestamptz NOT NULL,
+    version bigint NOT NULL
+);
+CREATE TABLE shards (
+    shard integer PRIMARY KEY,
+    owner text,
+    epoch bigint NOT NULL DEFAULT 0,
+    version bigint NOT NULL DEFAULT 0,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE reconcile_slots (
+    name text NOT NULL,
+    shard integer NOT NULL,
+    slot bigint NOT NULL,
+    member text NOT NULL,
+    PRIMARY KEY (name, shard, slot)
+);
+"#,
+    ),
+];
 
 /// What a migration run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -117,6 +117,7 @@ impl PgQueue {
             .timed(async {
                 let mut client = pg.client().await?;
                 let tx = client.transaction().await.map_err(pg_error)?;
+                check_fence(pg, &tx, batch).await?;
                 let n = tx
                     .execute(
                         "UPDATE events SET state = 'delivered', delivered_at_ms = $1,
@@ -142,6 +143,7 @@ impl PgQueue {
                 Ok((n, head))
             })
             .await;
+        fenced(pg, &result);
         if let Ok((n, head)) = &result {
             let mut mem = lock(&pg.mem);
             mem.depth = mem.depth.saturating_sub(*n);
@@ -161,17 +163,20 @@ impl PgQueue {
         let ids = batch.ids();
         let result = pg
             .timed(async {
-                let client = pg.client().await?;
-                client
-                    .execute(
-                        "UPDATE events SET attempts = attempts + 1, last_error = $1,
-                         next_attempt_at_ms = $2 WHERE id = ANY($3) AND state = 'queued'",
-                        &[&error, &next_attempt_at_ms, &ids],
-                    )
-                    .await
-                    .map_err(pg_error)
+                let mut client = pg.client().await?;
+                let tx = client.transaction().await.map_err(pg_error)?;
+                check_fence(pg, &tx, batch).await?;
+                tx.execute(
+                    "UPDATE events SET attempts = attempts + 1, last_error = $1,
+                     next_attempt_at_ms = $2 WHERE id = ANY($3) AND state = 'queued'",
+                    &[&error, &next_attempt_at_ms, &ids],
+                )
+                .await
+                .map_err(pg_error)?;
+                tx.commit().await.map_err(pg_error)
             })
             .await;
+        fenced(pg, &result);
         batch.release();
         result.map(|_| ())
     }
@@ -184,6 +189,7 @@ impl PgQueue {
             .timed(async {
                 let mut client = pg.client().await?;
                 let tx = client.transaction().await.map_err(pg_error)?;
+                check_fence(pg, &tx, batch).await?;
                 let n = tx
                     .execute(
                         "UPDATE events SET state = 'dead', attempts = attempts + 1,
@@ -198,6 +204,7 @@ impl PgQueue {
                 Ok((n, head))
             })
             .await;
+        fenced(pg, &result);
         if let Ok((n, head)) = &result {
             let mut mem = lock(&pg.mem);
             mem.depth = mem.depth.saturating_sub(*n);
@@ -464,6 +471,32 @@ impl PgQueue {
     }
 }
 
+/// In a shared store, the shard's record must still name this replica at the batch's epoch,
+/// locked until COMMIT so no claim slips in between: else the write is refused.
+async fn check_fence(pg: &Pg, tx: &Transaction<'_>, batch: &Batch) -> Result<(), StoreError> {
+    let (Some((shard, epoch)), Some(own)) = (batch.fence, pg.ownership.get()) else {
+        return Ok(());
+    };
+    let held = tx
+        .query_opt(
+            "SELECT 1 FROM shards WHERE shard = $1 AND epoch = $2 AND owner = $3 FOR SHARE",
+            &[&(shard as i32), &(epoch as i64), &own.me],
+        )
+        .await
+        .map_err(pg_error)?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Fenced(shard)),
+    }
+}
+
+/// A refused (fenced) write: counted, and the shard dropped at once.
+fn fenced<T>(pg: &Pg, result: &Result<T, StoreError>) {
+    if let (Err(StoreError::Fenced(shard)), Some(own)) = (result, pg.ownership.get()) {
+        own.fenced(*shard);
+    }
+}
+
 /// The tenant's oldest pending event (seq, accepted ms), read in the transaction.
 pub(super) async fn head_of(
     tx: &Transaction<'_>,
@@ -551,7 +584,7 @@ impl Pg {
                     outcomes.push(outs);
                 }
                 let seqs = next_seqs(&tx, rows.len()).await?;
-                insert_rows(&tx, &rows, &seqs, now).await?;
+                insert_rows(&tx, &self.shards, &rows, &seqs, now).await?;
                 tx.commit().await.map_err(pg_error)?;
                 let accepted: Vec<(TenantId, Head)> = rows
                     .iter()
@@ -587,6 +620,7 @@ impl Pg {
 /// Insert the events, their idempotency keys and the tenants' intended states.
 async fn insert_rows(
     tx: &Transaction<'_>,
+    map: &crate::cluster::ShardMap,
     rows: &[Row],
     seqs: &[i64],
     now: i64,
@@ -605,11 +639,15 @@ async fn insert_rows(
         .map(|r| r.ev.idempotency_key.as_deref())
         .collect();
     let occurred: Vec<Option<i64>> = rows.iter().map(|r| r.ev.occurred_at_ms).collect();
+    let shards: Vec<i32> = rows
+        .iter()
+        .map(|r| map.of(r.ev.account.as_deref()) as i32)
+        .collect();
     tx.execute(
         "INSERT INTO events (id, seq, tenant_id, account, kind, category, action,
-             idempotency_key, occurred_at_ms, accepted_at_ms, state)
-         SELECT u.*, $10, 'queued' FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[],
-             $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[]) AS u",
+             idempotency_key, occurred_at_ms, shard, accepted_at_ms, state)
+         SELECT u.*, $11, 'queued' FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[],
+             $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::integer[]) AS u",
         &[
             &ids,
             &seqs,
@@ -620,6 +658,7 @@ async fn insert_rows(
             &actions,
             &keys,
             &occurred,
+            &shards,
             &now,
         ],
     )

@@ -1,0 +1,257 @@
+//! This replica as a member of the pool: heartbeat, then renew, claim and give back shards
+//! each `retry_period`, by the rules of `lease`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::lease::{self, Observer};
+use super::Ownership;
+use crate::store::pg::PgQueue;
+
+/// Called with the shards taken over from another replica (not free ones).
+pub type OnTakeover = Box<dyn Fn(Vec<u32>) + Send + Sync>;
+
+/// The members' liveness: a member is live while its heartbeat record keeps changing (judged
+/// on this replica's monotonic clock, like the leases).
+#[derive(Default)]
+struct Members {
+    seen: HashMap<String, (u64, Instant)>,
+}
+
+impl Members {
+    fn live(
+        &mut self,
+        rows: &[crate::store::pg::MemberRow],
+        me: &str,
+        now: Instant,
+        lease: std::time::Duration,
+    ) -> usize {
+        let mut live = 0;
+        for m in rows {
+            let entry = self.seen.entry(m.id.clone()).or_insert((m.version, now));
+            if entry.0 != m.version {
+                *entry = (m.version, now);
+            }
+            if m.id == me || now.duration_since(entry.1) < lease {
+                live += 1;
+            }
+        }
+        self.seen.retain(|id, _| rows.iter().any(|m| &m.id == id));
+        live.max(1)
+    }
+}
+
+/// Run the membership loop until `stop`; the shards stay held (give them back with `leave`
+/// once the reports in flight have ended).
+pub async fn run(
+    queue: PgQueue,
+    own: Arc<Ownership>,
+    api: String,
+    stop: CancellationToken,
+    on_takeover: OnTakeover,
+) {
+    let mut observer = Observer::default();
+    let mut members = Members::default();
+    let shards = own.map.shards;
+    loop {
+        let now = Instant::now();
+        for s in own.snapshot().lapsed(now, own.timing.renew_deadline) {
+            own.lost(
+                s,
+                "its renew deadline passed (the store could not be reached in time)",
+            );
+        }
+        if let Err(e) = round(
+            &queue,
+            &own,
+            &api,
+            &mut observer,
+            &mut members,
+            now,
+            shards,
+            &on_takeover,
+        )
+        .await
+        {
+            tracing::warn!(message = "cluster round failed; shards are kept until their renew deadline", error = %e);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(own.timing.retry) => {}
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn round(
+    queue: &PgQueue,
+    own: &Ownership,
+    api: &str,
+    observer: &mut Observer,
+    members: &mut Members,
+    now: Instant,
+    shards: u32,
+    on_takeover: &OnTakeover,
+) -> Result<(), crate::store::StoreError> {
+    queue.heartbeat(&own.me, api).await?;
+    let rows = queue.members().await?;
+    let live = members.live(&rows, &own.me, Instant::now(), own.timing.lease);
+    own.live_members
+        .store(live as u64, std::sync::atomic::Ordering::Relaxed);
+    let shard_rows = queue.shard_rows().await?;
+    let unowned = shard_rows
+        .iter()
+        .filter(|r| match &r.owner {
+            None => true,
+            Some(o) => {
+                observer
+                    .claimable(r.shard, Instant::now(), own.timing.lease)
+                    .is_some()
+                    && o != &own.me
+            }
+        })
+        .count();
+    own.unowned
+        .store(unowned as u64, std::sync::atomic::Ordering::Relaxed);
+    for r in shard_rows {
+        observer.observe(r.shard, r.record(), Instant::now());
+    }
+    let plan = lease::plan(
+        shards,
+        live,
+        observer,
+        &own.snapshot(),
+        Instant::now(),
+        &own.timing,
+    );
+    if !plan.release.is_empty() {
+        queue.release(&own.me, &plan.release).await?;
+        for (s, _) in &plan.release {
+            own.give_up(*s);
+        }
+        tracing::info!(
+            message = "shards given back (over this replica's share)",
+            shards = plan.release.len(),
+            live_members = live
+        );
+    }
+    let renewed = queue.renew(&own.me, &plan.renew).await?;
+    for (s, epoch) in &plan.renew {
+        if renewed.contains(s) {
+            own.set(*s, *epoch, now);
+        } else {
+            own.lost(*s, "its renew was refused: another replica holds it");
+        }
+    }
+    let mut claimed = Vec::new();
+    let mut taken_over = Vec::new();
+    for (s, version) in &plan.claim {
+        if let Some((epoch, previous)) = queue.claim(&own.me, *s, *version).await? {
+            own.set(*s, epoch, now);
+            claimed.push(*s);
+            if previous.is_some_and(|p| p != own.me) {
+                taken_over.push(*s);
+            }
+        }
+    }
+    if !claimed.is_empty() {
+        tracing::info!(
+            message = "shards claimed",
+            shards = claimed.len(),
+            taken_over = taken_over.len(),
+            live_members = live
+        );
+    }
+    // The heads of every shard held: events other replicas accepted, and those of shards just
+    // taken.
+    queue.load_shards(&own.owned()).await?;
+    if !taken_over.is_empty() {
+        on_takeover(taken_over);
+    }
+    Ok(())
+}
+
+/// Give back every shard held and leave the pool (a graceful stop): peers take over at once.
+pub async fn leave(queue: &PgQueue, own: &Ownership) {
+    let held: Vec<(u32, u64)> = own
+        .snapshot()
+        .shards
+        .iter()
+        .map(|(s, (e, _))| (*s, *e))
+        .collect();
+    for (s, _) in &held {
+        own.give_up(*s);
+    }
+    if let Err(e) = queue.release(&own.me, &held).await {
+        tracing::warn!(message = "could not give the shards back; peers take them once the lease expires", error = %e);
+    }
+    let _ = queue.leave(&own.me).await;
+    tracing::info!(
+        message = "left the pool: shards given back",
+        shards = held.len()
+    );
+}
+
+/// What `GET /v1/cluster` shows.
+#[derive(Debug, Serialize)]
+pub struct ClusterView {
+    pub backend: &'static str,
+    pub me: String,
+    pub shards: u32,
+    pub members: Vec<serde_json::Value>,
+    pub unowned: Vec<u32>,
+    pub epochs: Vec<serde_json::Value>,
+}
+
+impl ClusterView {
+    pub async fn read(
+        queue: &PgQueue,
+        own: &Ownership,
+    ) -> Result<ClusterView, crate::store::StoreError> {
+        let members = queue.members().await?;
+        let shards = queue.shard_rows().await?;
+        let mut by_owner: HashMap<String, Vec<u32>> = HashMap::new();
+        for s in &shards {
+            if let Some(o) = &s.owner {
+                by_owner.entry(o.clone()).or_default().push(s.shard);
+            }
+        }
+        Ok(ClusterView {
+            backend: "postgres",
+            me: own.me.clone(),
+            shards: own.map.shards,
+            members: members
+                .iter()
+                .map(|m| {
+                    let owned = by_owner.get(&m.id).cloned().unwrap_or_default();
+                    serde_json::json!({
+                        "id": m.id,
+                        "api": m.api,
+                        "heartbeat_age_s": (m.heartbeat_age_s * 1000.0).round() / 1000.0,
+                        "shards_owned": owned.len(),
+                        "shards": owned,
+                        "me": m.id == own.me,
+                    })
+                })
+                .collect(),
+            unowned: shards
+                .iter()
+                .filter(|s| {
+                    !members.iter().any(|m| {
+                        Some(&m.id) == s.owner.as_ref()
+                            && m.heartbeat_age_s < own.timing.lease.as_secs_f64()
+                    })
+                })
+                .map(|s| s.shard)
+                .collect(),
+            epochs: shards
+                .iter()
+                .map(|s| serde_json::json!({"shard": s.shard, "owner": s.owner, "epoch": s.epoch, "changed_age_s": (s.changed_age_s * 1000.0).round() / 1000.0}))
+                .collect(),
+        })
+    }
+}

@@ -1,0 +1,195 @@
+//! Several replicas on one PostgreSQL store: each account's work belongs to a shard, and each
+//! shard to exactly one replica at a time, by lease. With sled nothing of this runs: one
+//! process owns everything.
+//!
+//! - `lease`: the rules (what to renew, claim, give back; whether a replica may act).
+//! - `Ownership`: what this replica holds now, read by the store before every state change of a
+//!   shard (the fence), and by delivery and the reconcilers before they act.
+//! - `run`: the loop that heartbeats, renews, claims and gives back each `retry_period`.
+
+pub mod lease;
+pub mod member;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub use lease::Timing;
+pub use member::{leave, run, ClusterView};
+
+/// The stable hash of an account id: 64-bit FNV-1a of its UTF-8 bytes. Documented and fixed:
+/// changing it would move accounts between shards.
+pub fn stable_hash(id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Which shard each account's work belongs to: `hash(account id) mod shards`, or its pin
+/// (`accounts.<id>.shard`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardMap {
+    pub shards: u32,
+    pub pins: HashMap<String, u32>,
+}
+
+impl Default for ShardMap {
+    fn default() -> ShardMap {
+        ShardMap {
+            shards: 64,
+            pins: HashMap::new(),
+        }
+    }
+}
+
+impl ShardMap {
+    /// The shard of an account (`None`: `default`).
+    pub fn of(&self, account: Option<&str>) -> u32 {
+        let id = account.unwrap_or(crate::config::DEFAULT_ACCOUNT);
+        match self.pins.get(id) {
+            Some(s) => *s,
+            None => (stable_hash(id) % u64::from(self.shards.max(1))) as u32,
+        }
+    }
+}
+
+/// How many losses of shards within a minute make a replica exit for its supervisor to restart
+/// it (shards lost within one retry period count once).
+const LOSSES_BEFORE_EXIT: usize = 3;
+
+/// What this replica holds now.
+pub struct Ownership {
+    pub map: ShardMap,
+    pub me: String,
+    pub timing: Timing,
+    held: Mutex<lease::Held>,
+    pub fenced_writes: AtomicU64,
+    pub transitions: AtomicU64,
+    /// Live members and shards no live member holds, as the last round saw them.
+    pub live_members: AtomicU64,
+    pub unowned: AtomicU64,
+    losses: Mutex<VecDeque<Instant>>,
+    /// Set once this replica kept losing shards: `run` ends with an error.
+    pub failing: tokio_util::sync::CancellationToken,
+}
+
+impl Ownership {
+    pub fn new(map: ShardMap, me: String, timing: Timing) -> Ownership {
+        Ownership {
+            map,
+            me,
+            timing,
+            held: Mutex::new(lease::Held::default()),
+            fenced_writes: AtomicU64::new(0),
+            transitions: AtomicU64::new(0),
+            live_members: AtomicU64::new(1),
+            unowned: AtomicU64::new(0),
+            losses: Mutex::new(VecDeque::new()),
+            failing: Default::default(),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, lease::Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The epoch to write a shard's state changes with, while this replica may act for it.
+    pub fn may_act(&self, shard: u32) -> Option<u64> {
+        self.held()
+            .may_act(shard, Instant::now(), self.timing.renew_deadline)
+    }
+
+    /// Whether this replica may act for an account now.
+    pub fn owns_account(&self, account: Option<&str>) -> bool {
+        self.may_act(self.map.of(account)).is_some()
+    }
+
+    pub fn owned(&self) -> Vec<u32> {
+        self.held().shards.keys().copied().collect()
+    }
+
+    pub(crate) fn snapshot(&self) -> lease::Held {
+        self.held().clone()
+    }
+
+    pub(crate) fn set(&self, shard: u32, epoch: u64, renewed: Instant) {
+        let fresh = self.held().shards.insert(shard, (epoch, renewed)).is_none();
+        if fresh {
+            self.transitions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stop acting for a shard given back by choice.
+    pub(crate) fn give_up(&self, shard: u32) {
+        if self.held().shards.remove(&shard).is_some() {
+            self.transitions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stop acting for a shard that was lost (a refused renew or write, a lapsed deadline).
+    /// Losing shards again and again (3 within a minute) marks the replica failing.
+    pub fn lost(&self, shard: u32, why: &str) {
+        if self.held().shards.remove(&shard).is_none() {
+            return;
+        }
+        self.transitions.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            message = "shard lost: this replica stops acting for it",
+            shard,
+            why
+        );
+        let now = Instant::now();
+        let mut losses = self.losses.lock().unwrap_or_else(|e| e.into_inner());
+        // Shards lost together (a round's refusals, deadlines lapsing while the store is away)
+        // are one loss.
+        if losses
+            .back()
+            .is_some_and(|t| now.duration_since(*t) < self.timing.retry)
+        {
+            return;
+        }
+        losses.push_back(now);
+        while losses
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            losses.pop_front();
+        }
+        if losses.len() >= LOSSES_BEFORE_EXIT && !self.failing.is_cancelled() {
+            tracing::error!(message = "this replica keeps losing shards (3 within a minute): exiting so that its supervisor restarts it");
+            self.failing.cancel();
+        }
+    }
+
+    /// A write refused by the store's epoch check: counted, and the shard dropped.
+    pub fn fenced(&self, shard: u32) {
+        self.fenced_writes.fetch_add(1, Ordering::Relaxed);
+        self.lost(
+            shard,
+            "a write was refused: another replica holds it at a newer epoch",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_is_stable_and_pins_win() {
+        // FNV-1a 64 of "" and "a", as published.
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        let mut map = ShardMap::default();
+        assert_eq!(map.of(Some("eu")), (stable_hash("eu") % 64) as u32);
+        assert_eq!(map.of(None), map.of(Some("default")));
+        map.pins.insert("eu".into(), 5);
+        assert_eq!(map.of(Some("eu")), 5);
+    }
+}

@@ -1,0 +1,261 @@
+//! Membership and shard leases in the PostgreSQL store: the database's transactions are the
+//! arbiter. Members heartbeat; each shard's record is claimed, renewed and given back by
+//! compare-and-swap, every claim raising its epoch; state changes of a shard are written in a
+//! transaction that checks that epoch (the fencing token).
+
+use super::*;
+use crate::cluster::lease::Record;
+
+/// A member as the store shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberRow {
+    pub id: String,
+    pub api: String,
+    /// Raised by each heartbeat.
+    pub version: u64,
+    /// Seconds since its last heartbeat, by the database's clock (for display only).
+    pub heartbeat_age_s: f64,
+}
+
+/// A shard's record as the store shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardRow {
+    pub shard: u32,
+    pub owner: Option<String>,
+    pub epoch: u64,
+    pub version: u64,
+    /// Seconds since its last change, by the database's clock (for display only).
+    pub changed_age_s: f64,
+}
+
+impl ShardRow {
+    pub fn record(&self) -> Record {
+        Record {
+            owner: self.owner.clone(),
+            epoch: self.epoch,
+            version: self.version,
+        }
+    }
+}
+
+impl PgQueue {
+    async fn cluster_rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let pg = &self.inner;
+        pg.timed(async {
+            let client = pg.client().await?;
+            client.query(sql, params).await.map_err(pg_error)
+        })
+        .await
+    }
+
+    /// Create the shard records (once per store) and check the store's shard count: fixed for
+    /// a store, since every event carries its shard.
+    pub async fn init_shards(&self, shards: u32) -> Result<(), StoreError> {
+        let n = shards as i32;
+        let rows = self
+            .cluster_rows(
+                "WITH set AS (INSERT INTO meta (name, value) VALUES ('shards', $1::text)
+                     ON CONFLICT (name) DO NOTHING RETURNING value)
+                 SELECT value FROM set UNION ALL SELECT value FROM meta WHERE name = 'shards'",
+                &[&n.to_string()],
+            )
+            .await?;
+        let stored: i32 = rows
+            .first()
+            .and_then(|r| r.get::<_, String>(0).parse().ok())
+            .unwrap_or(n);
+        if stored != n {
+            return Err(StoreError::ShardsFixed {
+                stored: stored as u32,
+                configured: shards,
+            });
+        }
+        self.cluster_rows(
+            "INSERT INTO shards (shard) SELECT generate_series(0, $1 - 1) ON CONFLICT DO NOTHING",
+            &[&n],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// This member's heartbeat (its record is created on the first).
+    pub async fn heartbeat(&self, me: &str, api: &str) -> Result<(), StoreError> {
+        // Members gone for an hour (killed, never back) are forgotten.
+        self.cluster_rows(
+            "DELETE FROM members WHERE heartbeat_at < now() - interval '1 hour'",
+            &[],
+        )
+        .await?;
+        self.cluster_rows(
+            "INSERT INTO members (id, api, heartbeat_at, version) VALUES ($1, $2, now(), 1)
+             ON CONFLICT (id) DO UPDATE SET api = EXCLUDED.api, heartbeat_at = now(),
+                 version = members.version + 1",
+            &[&me, &api],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Remove this member's record (a graceful stop).
+    pub async fn leave(&self, me: &str) -> Result<(), StoreError> {
+        self.cluster_rows("DELETE FROM members WHERE id = $1", &[&me])
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn members(&self) -> Result<Vec<MemberRow>, StoreError> {
+        Ok(self
+            .cluster_rows(
+                "SELECT id, api, version, extract(epoch FROM now() - heartbeat_at)::float8
+                 FROM members ORDER BY id",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| MemberRow {
+                id: r.get(0),
+                api: r.get(1),
+                version: r.get::<_, i64>(2) as u64,
+                heartbeat_age_s: r.get(3),
+            })
+            .collect())
+    }
+
+    pub async fn shard_rows(&self) -> Result<Vec<ShardRow>, StoreError> {
+        Ok(self
+            .cluster_rows(
+                "SELECT shard, owner, epoch, version, extract(epoch FROM now() - changed_at)::float8
+                 FROM shards ORDER BY shard",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| ShardRow {
+                shard: r.get::<_, i32>(0) as u32,
+                owner: r.get(1),
+                epoch: r.get::<_, i64>(2) as u64,
+                version: r.get::<_, i64>(3) as u64,
+                changed_age_s: r.get(4),
+            })
+            .collect())
+    }
+
+    /// Renew these (shard, epoch) leases of `me`; answers the shards renewed.
+    pub async fn renew(&self, me: &str, leases: &[(u32, u64)]) -> Result<Vec<u32>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shards: Vec<i32> = leases.iter().map(|l| l.0 as i32).collect();
+        let epochs: Vec<i64> = leases.iter().map(|l| l.1 as i64).collect();
+        Ok(self
+            .cluster_rows(
+                "UPDATE shards SET version = shards.version + 1, changed_at = now()
+                 FROM unnest($2::integer[], $3::bigint[]) AS l(shard, epoch)
+                 WHERE shards.shard = l.shard AND shards.epoch = l.epoch AND shards.owner = $1
+                 RETURNING shards.shard",
+                &[&me, &shards, &epochs],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get::<_, i32>(0) as u32)
+            .collect())
+    }
+
+    /// Claim a shard whose record still has `version`; answers its new epoch.
+    pub async fn claim(
+        &self,
+        me: &str,
+        shard: u32,
+        version: u64,
+    ) -> Result<Option<(u64, Option<String>)>, StoreError> {
+        let rows = self
+            .cluster_rows(
+                "UPDATE shards SET owner = $1, epoch = shards.epoch + 1,
+                     version = shards.version + 1, changed_at = now()
+                 FROM (SELECT shard, owner AS previous FROM shards WHERE shard = $2 FOR UPDATE) AS p
+                 WHERE shards.shard = p.shard AND shards.version = $3
+                 RETURNING shards.epoch, p.previous",
+                &[&me, &(shard as i32), &(version as i64)],
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Option<String>>(1))))
+    }
+
+    /// Give shards back (owner cleared, version raised: a peer may take them at once).
+    pub async fn release(&self, me: &str, leases: &[(u32, u64)]) -> Result<(), StoreError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let shards: Vec<i32> = leases.iter().map(|l| l.0 as i32).collect();
+        let epochs: Vec<i64> = leases.iter().map(|l| l.1 as i64).collect();
+        self.cluster_rows(
+            "UPDATE shards SET owner = NULL, version = shards.version + 1, changed_at = now()
+             FROM unnest($2::integer[], $3::bigint[]) AS l(shard, epoch)
+             WHERE shards.shard = l.shard AND shards.epoch = l.epoch AND shards.owner = $1",
+            &[&me, &shards, &epochs],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Claim a reconciler's scheduled slot for a shard: true for the one replica that gets it.
+    pub async fn claim_slot(
+        &self,
+        name: &str,
+        shard: u32,
+        slot: i64,
+        me: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(!self
+            .cluster_rows(
+                "INSERT INTO reconcile_slots (name, shard, slot, member) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING RETURNING slot",
+                &[&name, &(shard as i32), &slot, &me],
+            )
+            .await?
+            .is_empty())
+    }
+
+    /// Load the heads of every tenant with pending events in these shards (taken over, or
+    /// written by other replicas), and wake them; with the counters read afresh.
+    pub async fn load_shards(&self, shards: &[u32]) -> Result<(), StoreError> {
+        let list: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
+        let rows = self
+            .cluster_rows(
+                "SELECT DISTINCT ON (tenant_id) seq, accepted_at_ms, account, tenant_id FROM events
+                 WHERE state = 'queued' AND shard = ANY($1) ORDER BY tenant_id, seq",
+                &[&list],
+            )
+            .await?;
+        let counts = self
+            .cluster_rows(
+                "SELECT (SELECT count(*) FROM events WHERE state = 'queued'),
+                        (SELECT count(*) FROM events WHERE state = 'dead')",
+                &[],
+            )
+            .await?;
+        let mut woken = Vec::new();
+        {
+            let mut mem = lock(&self.inner.mem);
+            for r in &rows {
+                let tenant: TenantId = r.get(3);
+                // Woken whether its head is new or not: a tenant found while its shard was not
+                // held yet was set aside by delivery.
+                woken.push(tenant);
+                mem.set_head(tenant, Some(Head::of_row(r)));
+            }
+            if let Some(c) = counts.first() {
+                mem.depth = c.get::<_, i64>(0) as u64;
+                mem.dead = c.get::<_, i64>(1) as u64;
+            }
+        }
+        self.inner.wake_tenants(woken);
+        Ok(())
+    }
+}
