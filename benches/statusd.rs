@@ -2,7 +2,7 @@
 //! event, plain sled insert+flush, a plain sequential one-event-per-request client, what the
 //! sandbox itself absorbs). Figures are printed as tables; BENCHMARKS.md records them.
 //!
-//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint,accounts,runtime,storeops,fusion,postgres`
+//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint,accounts,runtime,storeops,fusion,postgres,cluster`
 //! runs some sections only;
 //! `BENCH_BIG=N` sets the size of the large store (default 1 000 000 events).
 
@@ -22,9 +22,9 @@ use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_statusd");
 
-#[path = "../tests/common/pg.rs"]
-#[allow(dead_code)]
-mod pg;
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::pg;
 
 fn ev(t: Uuid, n: usize) -> NewEvent {
     NewEvent {
@@ -991,6 +991,160 @@ async fn main() {
     }
     if want("postgres") {
         postgres(dir).await;
+    }
+    if want("cluster") {
+        cluster(dir).await;
+    }
+}
+
+/// Events of `load` delivered per second by `ports`: `rounds` requests of one event per tenant.
+async fn pool_throughput(
+    http: &reqwest::Client,
+    sb: &Sandbox,
+    load: &mut common::cluster::Load,
+    ports: &[u16],
+    rounds: usize,
+) -> (f64, f64) {
+    let distinct = || {
+        let mut seen = std::collections::HashSet::new();
+        for r in sb.reports() {
+            for e in r.body["events"].as_array().unwrap() {
+                seen.insert(e["action"].as_str().unwrap_or("").to_string());
+            }
+        }
+        seen.len()
+    };
+    let before = load.accepted.len();
+    let delivered_before = distinct();
+    let t = Instant::now();
+    for _ in 0..rounds {
+        load.round(http, ports).await;
+    }
+    let posted = load.accepted.len() - before;
+    let ingest = posted as f64 / t.elapsed().as_secs_f64();
+    while distinct() < delivered_before + posted {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (ingest, posted as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Replicas on one PostgreSQL store (3 s / 2 s / 0.5 s leases, 16 shards, 50 accounts):
+/// throughput with 1 and 3 replicas, then takeover times over 10 kills of the largest owner.
+async fn cluster(dir: &Path) {
+    use common::cluster::*;
+    println!(
+        "\n12. replicas on one PostgreSQL store (leases 3 s / 2 s / 0.5 s, 16 shards, 50 accounts)"
+    );
+    let Some(server) = pg::PgServer::start() else {
+        println!("    skipped: no PostgreSQL server binaries here");
+        return;
+    };
+    let sb = Sandbox::start(SandboxOptions {
+        tenants: 160,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    // One load for every phase: its actions stay distinct across them.
+    let mut load = Load::new(&sb);
+    for n in [1usize, 3] {
+        let config = config(dir, &sb, &server, &format!("bench_pool_{n}"));
+        let replicas = start(&http, &config, n).await;
+        all_owned(&http, replicas[0].port, Duration::from_secs(30), &[]).await;
+        let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
+        let (ingest, drained) = pool_throughput(&http, &sb, &mut load, &ports, 50).await;
+        rate(
+            &format!("{n} replica(s): 5 000 events posted round-robin, accepted"),
+            ingest,
+            "(one request of 100 events per round, rounds one after another)",
+        );
+        rate(
+            &format!("{n} replica(s): posted and delivered, end to end"),
+            drained,
+            "",
+        );
+        for r in replicas {
+            common::sigterm_and_wait(r.daemon).await;
+        }
+    }
+    // Takeover after kill -9, ten times: the largest owner killed, a new replica started.
+    let config = config(dir, &sb, &server, "bench_kills");
+    let mut replicas = start(&http, &config, 3).await;
+    all_owned(&http, replicas[0].port, Duration::from_secs(30), &[]).await;
+    let mut times = Vec::new();
+    let mut repeats = Vec::new();
+    for _ in 0..10 {
+        let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
+        for _ in 0..3 {
+            load.round(&http, &ports).await;
+        }
+        let held = owners(&http, ports[0]).await;
+        let mut sizes = Vec::new();
+        for r in &replicas {
+            let id = member_of(&http, r.port).await;
+            sizes.push(held.get(&id).map(|s| s.len()).unwrap_or(0));
+        }
+        let victim = (0..replicas.len()).max_by_key(|i| sizes[*i]).unwrap();
+        let dead_id = member_of(&http, replicas[victim].port).await;
+        let mut dead = replicas.remove(victim);
+        let reports_before = sb.reports().len();
+        let killed = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-9", &dead.daemon.id().to_string()])
+            .status();
+        let _ = dead.daemon.wait();
+        let live: Vec<u16> = replicas.iter().map(|r| r.port).collect();
+        let owned = all_owned(&http, live[0], Duration::from_secs(30), &[dead_id]).await;
+        times.push(owned.duration_since(killed));
+        // Repeats: reports of events already delivered before, and re-assertions, in the
+        // failover's window (until the new owners re-asserted and settled).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let reports = sb.reports();
+        let mut seen = std::collections::HashSet::new();
+        for r in &reports[..reports_before] {
+            for e in r.body["events"].as_array().unwrap() {
+                seen.insert(e["action"].as_str().unwrap_or("").to_string());
+            }
+        }
+        let mut n = 0;
+        for r in &reports[reports_before..] {
+            for e in r.body["events"].as_array().unwrap() {
+                let a = e["action"].as_str().unwrap_or("");
+                if seen.contains(a) || a.ends_with("integration") {
+                    n += 1;
+                }
+            }
+        }
+        repeats.push(n);
+        let port = common::free_port();
+        let daemon = spawn(&config, port);
+        common::wait_ready(&http, port).await;
+        replicas.push(Replica { daemon, port });
+        all_owned(&http, port, Duration::from_secs(30), &[]).await;
+    }
+    times.sort();
+    row(
+        "takeover after kill -9 of the largest owner (10 kills)",
+        format!(
+            "median {} max {}",
+            ms(times[times.len() / 2]),
+            ms(times[times.len() - 1])
+        ),
+        "bound: lease + retry + 1 s = 4.5 s",
+    );
+    repeats.sort();
+    row(
+        "events repeated per failover (re-sent or re-asserted)",
+        format!(
+            "median {} max {}",
+            repeats[repeats.len() / 2],
+            repeats[repeats.len() - 1]
+        ),
+        "re-assertions: one per tenant with a decided state in the shards taken over",
+    );
+    for r in replicas {
+        common::sigterm_and_wait(r.daemon).await;
     }
 }
 

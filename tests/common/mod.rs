@@ -8,6 +8,7 @@ use statusd::app::Running;
 use statusd::config::{self, Purpose, Settings};
 use statusd::sandbox::{Sandbox, SandboxOptions};
 
+pub mod cluster;
 pub mod pg;
 
 pub struct Harness {

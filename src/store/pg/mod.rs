@@ -192,7 +192,7 @@ fn make_pool(opts: &PgOptions) -> Result<Pool, StoreError> {
         .connect_timeout(opts.connect_timeout)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
-        .options(format!("-c search_path={}", opts.schema))
+        .options(format!("-c search_path=\"{}\"", opts.schema))
         .application_name("statusd");
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
@@ -210,7 +210,9 @@ fn make_pool(opts: &PgOptions) -> Result<Pool, StoreError> {
     Pool::builder(manager)
         .max_size(opts.pool_size.max(2))
         .runtime(deadpool_postgres::Runtime::Tokio1)
-        .wait_timeout(Some(opts.connect_timeout))
+        // A wait for a free connection is not the database being unreachable: it is bounded by
+        // each operation's own timeout instead.
+        .wait_timeout(None)
         .create_timeout(Some(opts.connect_timeout))
         .recycle_timeout(Some(opts.connect_timeout))
         .build()

@@ -93,10 +93,21 @@ impl PgQueue {
             }
             busy.insert(*tenant);
         }
-        let result = async {
-            let records = self.pending_events(tenant, max.max(1)).await?;
-            let horizon = pg.options.max_retry_delay.as_millis() as i64;
-            cut_batch(tenant, records.into_iter().map(Ok), now_ms(), horizon)
+        let result: Result<Cut, StoreError> = async {
+            // On a shared store, decisions older than one already reported for the tenant
+            // (accepted by another replica at nearly the same moment) are set aside first.
+            for _ in 0..8 {
+                let records = self.pending_events(tenant, max.max(1)).await?;
+                let horizon = pg.options.max_retry_delay.as_millis() as i64;
+                let cut = cut_batch(tenant, records.into_iter().map(Ok), now_ms(), horizon)?;
+                match (&cut, pg.ownership.get()) {
+                    (Cut::Events(events), Some(_)) if self.supersede(tenant, events).await? > 0 => {
+                        continue
+                    }
+                    _ => return Ok(cut),
+                }
+            }
+            Ok(Cut::Empty)
         }
         .await;
         // A shared store: only the batches of shards this replica holds, under their epoch.
@@ -137,6 +148,53 @@ impl PgQueue {
                 }
             }
         }
+    }
+
+    /// Record as superseded (delivered, never sent) the activations and deactivations of
+    /// `events` older than the tenant's newest decision already reported, ordering decisions by
+    /// `occurred_at` (acceptance time when absent). Answers how many.
+    async fn supersede(
+        &self,
+        tenant: &TenantId,
+        events: &[EventRecord],
+    ) -> Result<u64, StoreError> {
+        let pg = &self.inner;
+        let last: Option<i64> = self
+            .rows(
+                "SELECT last_sent_at_ms FROM tenants WHERE tenant_id = $1",
+                &[tenant],
+            )
+            .await?
+            .first()
+            .and_then(|r| r.get(0));
+        let Some(last) = last else { return Ok(0) };
+        let old: Vec<Uuid> = events
+            .iter()
+            .filter(|e| e.kind.intended_state().is_some() && decided_at(e) < last)
+            .map(|e| e.id)
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let n = pg
+            .timed(async {
+                let client = pg.client().await?;
+                client
+                    .execute(
+                        "UPDATE events SET state = 'delivered', delivered_at_ms = $1,
+                         last_error = 'superseded: a newer decision for the tenant was already reported'
+                         WHERE id = ANY($2) AND state = 'queued'",
+                        &[&now, &old],
+                    )
+                    .await
+                    .map_err(pg_error)
+            })
+            .await?;
+        let mut mem = lock(&pg.mem);
+        mem.depth = mem.depth.saturating_sub(n);
+        tracing::info!(message = "reports superseded by a newer decision (accepted elsewhere at nearly the same moment): recorded, not sent", tenant_id = %tenant, events = n);
+        Ok(n)
     }
 
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
@@ -288,4 +346,9 @@ impl PgQueue {
             .await?;
         Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) as u64)
     }
+}
+
+/// When a decision was taken: `occurred_at` as the vendor said, else its acceptance.
+pub(super) fn decided_at(e: &EventRecord) -> i64 {
+    e.occurred_at_ms.unwrap_or(e.accepted_at_ms)
 }

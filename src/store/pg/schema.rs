@@ -111,6 +111,8 @@ pub(super) async fn migrate(
     client: &mut tokio_postgres::Client,
     schema: &str,
 ) -> Result<Migrated, StoreError> {
+    // Quoted: a valid name may still be a keyword (`order`, `user`).
+    let schema = &format!("\"{schema}\"");
     let mut done = Migrated::default();
     let mut first = true;
     loop {
@@ -143,7 +145,7 @@ pub(super) async fn migrate(
         done.to = current;
         if current > PG_SCHEMA_VERSION {
             return Err(StoreError::PgSchemaTooNew {
-                schema: schema.to_string(),
+                schema: schema.trim_matches('"').to_string(),
                 found: current,
             });
         }
@@ -163,7 +165,7 @@ pub(super) async fn migrate(
         .await
         .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
-        tracing::info!(message = "store schema migrated", schema, version, what);
+        tracing::info!(message = "store schema migrated", schema = %schema.trim_matches('"'), version, what);
         done.applied.push((version, what));
         done.to = version;
     }

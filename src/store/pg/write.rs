@@ -112,6 +112,12 @@ impl PgQueue {
             .iter()
             .filter_map(|e| e.kind.intended_state())
             .next_back();
+        let decided = batch
+            .events
+            .iter()
+            .filter(|e| e.kind.intended_state().is_some())
+            .map(super::read::decided_at)
+            .max();
         let now = now_ms();
         let result = pg
             .timed(async {
@@ -129,11 +135,12 @@ impl PgQueue {
                     .map_err(pg_error)?;
                 if let Some(state) = reported {
                     tx.execute(
-                        "INSERT INTO tenants (tenant_id, last_reported, last_reported_at_ms)
-                         VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO UPDATE SET
+                        "INSERT INTO tenants (tenant_id, last_reported, last_reported_at_ms, last_sent_at_ms)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO UPDATE SET
                          last_reported = EXCLUDED.last_reported,
-                         last_reported_at_ms = EXCLUDED.last_reported_at_ms",
-                        &[&tenant, &state_text(Some(state)), &now],
+                         last_reported_at_ms = EXCLUDED.last_reported_at_ms,
+                         last_sent_at_ms = greatest(tenants.last_sent_at_ms, EXCLUDED.last_sent_at_ms)",
+                        &[&tenant, &state_text(Some(state)), &now, &decided],
                     )
                     .await
                     .map_err(pg_error)?;

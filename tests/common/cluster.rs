@@ -1,0 +1,301 @@
+//! Helpers for tests (and the bench) of several replicas on one PostgreSQL store: a replica's
+//! configuration with 50 accounts on the sandbox, starting replicas of the real binary, and
+//! reading the pool through `GET /v1/cluster`.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::pg::PgServer;
+use super::{actions_by_tenant, free_port, get_json, Daemon, SpawnDaemon};
+use serde_json::json;
+use statusd::sandbox::Sandbox;
+use uuid::Uuid;
+
+pub const ACCOUNTS: usize = 50;
+pub const LEASE: Duration = Duration::from_secs(3);
+pub const RETRY: Duration = Duration::from_millis(500);
+
+/// The configuration of a replica: 50 accounts on the sandbox, the store on `schema`.
+pub fn config(
+    dir: &std::path::Path,
+    sb: &Sandbox,
+    server: &PgServer,
+    schema: &str,
+) -> std::path::PathBuf {
+    let mut toml = format!(
+        "[integration]\napplication_code = \"vendor.tests\"\n[platform]\nrequest_timeout = \"2s\"\n\
+         [store]\nbackend = \"postgres\"\n[store.postgres]\nurl = \"{}\"\nschema = \"{schema}\"\npool_size = 8\n\
+         [cluster]\nshards = 16\nlease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"500ms\"\n\
+         [delivery]\ninitial_backoff = \"50ms\"\nmax_backoff = \"300ms\"\nmax_batch_events = 10\nshutdown_grace = \"2s\"\n",
+        server.url()
+    );
+    for a in 0..ACCOUNTS {
+        toml.push_str(&format!(
+            "[accounts.a{a:02}]\ndatacenter_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n",
+            sb.url, sb.client_id, sb.client_secret
+        ));
+    }
+    let path = dir.join(format!("{schema}.toml"));
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+pub struct Replica {
+    pub daemon: Daemon,
+    pub port: u16,
+}
+
+pub fn spawn(config: &std::path::Path, port: u16) -> Daemon {
+    std::process::Command::new(env!("CARGO_BIN_EXE_statusd"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "RUST_LOG",
+            std::env::var("STATUSD_TEST_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        )
+        .env("STATUSD__API__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        // STATUSD_TEST_LOGS=DIR keeps each replica's log there, for a failing run.
+        .stderr(match std::env::var_os("STATUSD_TEST_LOGS") {
+            Some(dir) => Stdio::from(
+                std::fs::File::create(
+                    std::path::Path::new(&dir).join(format!("replica-{port}.log")),
+                )
+                .unwrap(),
+            ),
+            None => Stdio::null(),
+        })
+        .spawn_daemon()
+}
+
+pub async fn start(http: &reqwest::Client, config: &std::path::Path, n: usize) -> Vec<Replica> {
+    let mut out = Vec::new();
+    let mut attempts = 0;
+    while out.len() < n {
+        attempts += 1;
+        assert!(
+            attempts <= n + 5,
+            "replicas keep exiting before they are ready"
+        );
+        // A replica that exits before it is ready (its port taken by another test in the
+        // meantime) is started again on another port.
+        let port = free_port();
+        let mut daemon = spawn(config, port);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = http
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                out.push(Replica { daemon, port });
+                break;
+            }
+            if daemon.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a replica was not ready within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    out
+}
+
+pub async fn cluster(http: &reqwest::Client, port: u16) -> serde_json::Value {
+    get_json(http, &format!("http://127.0.0.1:{port}/v1/cluster")).await
+}
+
+/// Members that hold shards, by id, with their shard lists, as replica `port` sees them.
+pub async fn owners(http: &reqwest::Client, port: u16) -> HashMap<String, Vec<u64>> {
+    let v = cluster(http, port).await;
+    v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_string(),
+                m["shards"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.as_u64().unwrap())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The member id of the replica listening on `port`.
+pub async fn member_of(http: &reqwest::Client, port: u16) -> String {
+    let v = cluster(http, port).await;
+    v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["me"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Wait until every shard is held by a live member other than those `gone` (killed, stopped or
+/// cut off: their heartbeats may still look fresh), as `port` sees it; returns when.
+pub async fn all_owned(
+    http: &reqwest::Client,
+    port: u16,
+    within: Duration,
+    gone: &[String],
+) -> Instant {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = cluster(http, port).await;
+        let held: usize = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["heartbeat_age_s"].as_f64().unwrap() < LEASE.as_secs_f64())
+            .filter(|m| !gone.iter().any(|g| m["id"] == g.as_str()))
+            .map(|m| m["shards_owned"].as_u64().unwrap() as usize)
+            .sum();
+        if held == v["shards"].as_u64().unwrap() as usize {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shards not all owned within {within:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The load: tenant i belongs to account i % 50; each tenant's events alternate activation and
+/// deactivation, posted one at a time (each after the last was answered) to the replicas in
+/// turn.
+pub struct Load {
+    pub tenants: Vec<(Uuid, String)>,
+    next: HashMap<Uuid, usize>,
+    /// (tenant, action, is_activation) answered 202, in posting order.
+    pub accepted: Vec<(Uuid, String, bool)>,
+    turn: usize,
+}
+
+impl Load {
+    pub fn new(sb: &Sandbox) -> Load {
+        let tenants = sb
+            .tenant_ids(Some("customer"))
+            .into_iter()
+            .take(100)
+            .enumerate()
+            .map(|(i, t)| (t, format!("a{:02}", i % ACCOUNTS)))
+            .collect();
+        Load {
+            tenants,
+            next: HashMap::new(),
+            accepted: Vec::new(),
+            turn: 0,
+        }
+    }
+
+    /// One request of one event per tenant, to the next live replica in turn.
+    pub async fn round(&mut self, http: &reqwest::Client, ports: &[u16]) {
+        let port = ports[self.turn % ports.len()];
+        self.turn += 1;
+        let body: Vec<_> = self
+            .tenants
+            .iter()
+            .map(|(t, a)| {
+                let n = self.next.entry(*t).or_default();
+                *n += 1;
+                let kind = if *n % 2 == 1 {
+                    "activation"
+                } else {
+                    "deactivation"
+                };
+                json!({"tenant_id": t, "account": a, "type": kind, "action": format!("{t}-{n}")})
+            })
+            .collect();
+        let r = http
+            .post(format!("http://127.0.0.1:{port}/v1/events"))
+            .json(&body)
+            .send()
+            .await;
+        if let Ok(r) = r {
+            if r.status() == 202 {
+                for b in &body {
+                    self.accepted.push((
+                        b["tenant_id"].as_str().unwrap().parse().unwrap(),
+                        b["action"].as_str().unwrap().to_string(),
+                        b["type"] == "activation",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Every accepted event delivered, first deliveries in posting order per tenant, and each
+    /// tenant's last report at the sandbox the state of its last accepted event.
+    pub async fn check(&self, sb: &Sandbox, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = actions_by_tenant(sb);
+            let missing = self
+                .accepted
+                .iter()
+                .filter(|(t, a, _)| !got.get(t).is_some_and(|v| v.contains(a)))
+                .count();
+            if missing == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{missing} of {} accepted events not delivered within {within:?}",
+                self.accepted.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let the re-assertions after a takeover land too.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let got = actions_by_tenant(sb);
+        for (t, actions) in &got {
+            let mut last = 0usize;
+            let mut seen = std::collections::HashSet::new();
+            for a in actions.iter().filter(|a| a.starts_with(&t.to_string())) {
+                if seen.insert(a.clone()) {
+                    let n: usize = a.rsplit('-').next().unwrap().parse().unwrap();
+                    assert!(n > last, "tenant {t}: {a} delivered after posting {last}");
+                    last = n;
+                }
+            }
+        }
+        let mut last_state: HashMap<Uuid, bool> = HashMap::new();
+        for r in sb.reports() {
+            for e in r.body["events"].as_array().unwrap() {
+                if e["activation_event"] == true {
+                    last_state.insert(r.tenant_id, true);
+                } else if e["deactivation_event"] == true {
+                    last_state.insert(r.tenant_id, false);
+                }
+            }
+        }
+        let mut want: HashMap<Uuid, bool> = HashMap::new();
+        for (t, _, act) in &self.accepted {
+            want.insert(*t, *act);
+        }
+        for (t, act) in want {
+            assert_eq!(
+                last_state.get(&t),
+                Some(&act),
+                "tenant {t}: the platform's final state is not its last decision"
+            );
+        }
+    }
+}
