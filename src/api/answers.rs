@@ -204,6 +204,27 @@ pub struct Status {
     #[serde(default)]
     pub fusion: Option<crate::platform::FusionState>,
     pub unknown_tenants: UnknownTenants,
+    /// The store's backend, and on a shared PostgreSQL store the pool as this replica sees it.
+    #[serde(default)]
+    pub store: Option<StoreStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoreStatus {
+    pub backend: String,
+    /// Why the database cannot be reached, while it cannot.
+    #[serde(default)]
+    pub unavailable: Option<String>,
+    #[serde(default)]
+    pub member: Option<String>,
+    #[serde(default)]
+    pub live_members: Option<u64>,
+    #[serde(default)]
+    pub shards: Option<u32>,
+    #[serde(default)]
+    pub shards_owned: Option<usize>,
+    #[serde(default)]
+    pub shards_unowned: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

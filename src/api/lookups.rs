@@ -56,6 +56,25 @@ pub(super) async fn list_tenants(State(state): State<ApiState>) -> Result<Json<T
 }
 
 /// What `statusd status` prints.
+fn store_status(state: &ApiState) -> answers::StoreStatus {
+    let mut out = answers::StoreStatus {
+        backend: state.queue.backend_name().into(),
+        unavailable: state.queue.unavailable(),
+        ..Default::default()
+    };
+    if let crate::store::Backend::Postgres(p) = state.queue.backend() {
+        if let Some(o) = p.ownership() {
+            use std::sync::atomic::Ordering::Relaxed;
+            out.member = Some(o.me.clone());
+            out.live_members = Some(o.live_members.load(Relaxed));
+            out.shards = Some(o.map.shards);
+            out.shards_owned = Some(o.owned().len());
+            out.shards_unowned = Some(o.unowned.load(Relaxed));
+        }
+    }
+    out
+}
+
 pub async fn status_report(state: &ApiState) -> Status {
     let q = state.queue.stats();
     let reconcilers = match &state.reconcilers {
@@ -95,6 +114,7 @@ pub async fn status_report(state: &ApiState) -> Status {
             Some(r) => r.fusion_state().await,
             None => None,
         },
+        store: Some(store_status(state)),
         unknown_tenants: answers::UnknownTenants {
             count: unknown.len(),
             sample: unknown.into_iter().take(20).collect(),

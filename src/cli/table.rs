@@ -48,6 +48,19 @@ pub fn print_status(v: &Status) {
     if let Some(e) = &v.store_write_error {
         println!("store      cannot write: {e}");
     }
+    if let Some(s) = &v.store {
+        if let Some(e) = &s.unavailable {
+            println!("store      {}: cannot be reached: {e}", s.backend);
+        }
+        if let (Some(me), Some(live), Some(n), Some(owned)) =
+            (&s.member, s.live_members, s.shards, s.shards_owned)
+        {
+            println!(
+                "cluster    member {me}  live members {live}  shards held here {owned} of {n}  unowned {}",
+                s.shards_unowned.unwrap_or(0)
+            );
+        }
+    }
     println!(
         "queue      depth {}  in flight {}  oldest pending {}  dead letters {}",
         q.depth,
