@@ -394,3 +394,164 @@ async fn a_replica_cut_off_from_the_store_stops_acting_and_the_others_take_its_s
     }
     load.check(&sb, Duration::from_secs(60)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_asked_of_a_replica_that_does_not_hold_the_account_names_its_owner() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let sb = Sandbox::start(SandboxOptions {
+        tenants: 160,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let http = http_client();
+    let config = config(dir.path(), &sb, &server, "asked");
+    let replicas = start(&http, &config, 2).await;
+    all_owned(&http, replicas[0].port, Duration::from_secs(20), &[]).await;
+    let ids: Vec<String> = {
+        let mut v = Vec::new();
+        for r in &replicas {
+            v.push(member_of(&http, r.port).await);
+        }
+        v
+    };
+    // Once the first has given the second its share.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let held = loop {
+        let held = owners(&http, replicas[0].port).await;
+        if held.get(&ids[1]).is_some_and(|s| s.len() >= 4) {
+            break held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second replica holds nothing: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    all_owned(&http, replicas[0].port, Duration::from_secs(20), &[]).await;
+    // An account whose shard the second replica holds, asked of the first.
+    let map = statusd::cluster::ShardMap {
+        shards: 16,
+        pins: Default::default(),
+    };
+    let theirs = (0..ACCOUNTS)
+        .map(|a| format!("a{a:02}"))
+        .find(|a| held[&ids[1]].contains(&u64::from(map.of(Some(a)))))
+        .expect("the second replica holds some account");
+    let ask = |port: u16| {
+        let http = http.clone();
+        let theirs = theirs.clone();
+        async move {
+            http.post(format!(
+                "http://127.0.0.1:{port}/v1/reconcile/tenants?account={theirs}"
+            ))
+            .send()
+            .await
+            .unwrap()
+        }
+    };
+    let r = ask(replicas[0].port).await;
+    assert_eq!(r.status(), 409);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "owned_elsewhere", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&ids[1]) && msg.contains(&format!("127.0.0.1:{}", replicas[1].port)),
+        "{msg}"
+    );
+    // The owner runs it.
+    let r = ask(replicas[1].port).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // A run of every account names the accounts held elsewhere.
+    let all: serde_json::Value = http
+        .post(format!(
+            "http://127.0.0.1:{}/v1/reconcile/tenants",
+            replicas[0].port
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        all["held_elsewhere"][&theirs]["member"] == ids[1].as_str(),
+        "{all}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconciler_every_second_runs_once_per_account_and_slot_while_replicas_die() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    // One data center per account, each account pinned to a shard of its own, so the sandbox
+    // of each counts that account's runs.
+    let mut dcs = Vec::new();
+    for _ in 0..4 {
+        dcs.push(
+            Sandbox::start(SandboxOptions {
+                tenants: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let http = http_client();
+    let mut toml = format!(
+        "[integration]\napplication_code = \"vendor.tests\"\n[platform]\nrequest_timeout = \"2s\"\n\
+         [store]\nbackend = \"postgres\"\n[store.postgres]\nurl = \"{}\"\nschema = \"slots\"\n\
+         [cluster]\nshards = 4\nlease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"500ms\"\n\
+         [reconcile.tenants]\nschedule = \"* * * * * *\"\n",
+        server.url()
+    );
+    for (i, sb) in dcs.iter().enumerate() {
+        toml.push_str(&format!(
+            "[accounts.r{i}]\ndatacenter_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nshard = {i}\n",
+            sb.url, sb.client_id, sb.client_secret
+        ));
+    }
+    let config = dir.path().join("slots.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut replicas = start(&http, &config, 3).await;
+    all_owned(&http, replicas[0].port, Duration::from_secs(20), &[]).await;
+    // The requests one run of an account makes.
+    let before: Vec<u64> = dcs.iter().map(|d| d.requests_to("tenants")).collect();
+    let window = Duration::from_secs(20);
+    let started = Instant::now();
+    let mut kills = 0u64;
+    let mut rng = 0x9e37_79b9_u64;
+    while started.elapsed() < window {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let victim = (rng >> 33) as usize % replicas.len();
+        let mut dead = replicas.remove(victim);
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &dead.daemon.id().to_string()])
+            .status();
+        let _ = dead.daemon.wait();
+        kills += 1;
+        replicas.extend(start(&http, &config, 1).await);
+    }
+    let elapsed = started.elapsed().as_secs();
+    // Each walk of a 5-tenant tree is one request to the tenants endpoint.
+    for (i, d) in dcs.iter().enumerate() {
+        let runs = d.requests_to("tenants") - before[i];
+        eprintln!("account r{i}: {runs} runs in {elapsed} s with {kills} kills");
+        assert!(
+            runs <= elapsed + 1 + kills,
+            "account r{i}: {runs} runs in {elapsed} s slots and {kills} failovers"
+        );
+        assert!(
+            runs >= elapsed / 3,
+            "account r{i}: only {runs} runs in {elapsed} s"
+        );
+    }
+}

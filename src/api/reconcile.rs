@@ -60,15 +60,83 @@ pub(super) async fn run_reconcile(
             .field("account"));
         }
     }
+    // On a shared store, work held by another replica is its to do: one account (or Fusion)
+    // held elsewhere is answered 409 naming the owner's API address.
+    let key = match (&q.account, kind) {
+        (Some(id), _) => Some(id.clone()),
+        (None, crate::reconcile::Kind::FusionBranding) => Some("fusion".to_string()),
+        _ => None,
+    };
+    if let Some(key) = &key {
+        if let Some((member, api)) = owner_elsewhere(&state, key).await? {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "owned_elsewhere",
+                format!(
+                    "{} is held by the replica {member} at {api}: send this request there",
+                    clip(key)
+                ),
+            ));
+        }
+    }
     match r.run_now_for(kind, dry_run, q.account.as_deref()).await {
-        Ok(report) => Ok((StatusCode::OK, Json(serde_json::to_value(report).unwrap_or(json!({}))))
-            .into_response()),
+        Ok(report) => {
+            let mut body = serde_json::to_value(report).unwrap_or(json!({}));
+            // A run of every account: the accounts held by other replicas, with their owners.
+            if key.is_none() {
+                let mut others = serde_json::Map::new();
+                for a in state.accounts.iter() {
+                    if let Some((member, api)) = owner_elsewhere(&state, &a.id).await? {
+                        others.insert(a.id.clone(), json!({"member": member, "api": api}));
+                    }
+                }
+                if !others.is_empty() {
+                    body["held_elsewhere"] = serde_json::Value::Object(others);
+                }
+            }
+            Ok((StatusCode::OK, Json(body)).into_response())
+        }
         Err(crate::reconcile::RunError::AlreadyRunning) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "already_running",
             format!("the {name} reconciler is running a dry run or a real run now; try again when it ends"),
         )),
     }
+}
+
+/// The replica holding an account's shard (member id, API address), when it is not this one.
+async fn owner_elsewhere(
+    state: &ApiState,
+    account: &str,
+) -> Result<Option<(String, String)>, ApiError> {
+    let crate::store::Backend::Postgres(pg) = state.queue.backend() else {
+        return Ok(None);
+    };
+    let Some(own) = pg.ownership() else {
+        return Ok(None);
+    };
+    if own.owns_account(Some(account)) {
+        return Ok(None);
+    }
+    let shard = own.map.of(Some(account));
+    let rows = pg.shard_rows().await.map_err(store_error)?;
+    let owner = rows
+        .iter()
+        .find(|r| r.shard == shard)
+        .and_then(|r| r.owner.clone());
+    let Some(owner) = owner else {
+        return Ok(Some((
+            "none".into(),
+            "nobody holds its shard yet: try again in a moment".into(),
+        )));
+    };
+    let members = pg.members().await.map_err(store_error)?;
+    let api = members
+        .iter()
+        .find(|m| m.id == owner)
+        .map(|m| m.api.clone())
+        .unwrap_or_default();
+    Ok(Some((owner, api)))
 }
 
 /// `POST /v1/fusion/login` `{"code"?}`: log in to Fusion now; `code_required` when the

@@ -133,18 +133,25 @@ pub async fn owners(http: &reqwest::Client, port: u16) -> HashMap<String, Vec<u6
         .collect()
 }
 
-/// The member id of the replica listening on `port`.
+/// The member id of the replica listening on `port` (once its first heartbeat is in).
 pub async fn member_of(http: &reqwest::Client, port: u16) -> String {
-    let v = cluster(http, port).await;
-    v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["me"] == true)
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = cluster(http, port).await;
+        if let Some(m) = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["me"] == true)
+        {
+            return m["id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat of the replica on {port}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Wait until every shard is held by a live member other than those `gone` (killed, stopped or
