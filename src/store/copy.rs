@@ -502,8 +502,94 @@ pub fn import(
     }
 }
 
-fn bad(line: u64, what: impl std::fmt::Display) -> StoreError {
+pub(crate) fn bad(line: u64, what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("line {line}: {what}"))
+}
+
+/// Reads an export line by line for either backend's import: the header must come first and be
+/// of this format, the end line must count the lines before it, and a file without its end
+/// line (cut off) is refused. Yields the lines between.
+pub(crate) struct LineReader<'a> {
+    input: &'a mut dyn BufRead,
+    /// Lines read so far (the header and end line included).
+    pub(crate) lines: u64,
+    pub(crate) store_id: Option<Uuid>,
+    ended: bool,
+    text: String,
+}
+
+impl<'a> LineReader<'a> {
+    pub(crate) fn new(input: &'a mut dyn BufRead) -> LineReader<'a> {
+        LineReader {
+            input,
+            lines: 0,
+            store_id: None,
+            ended: false,
+            text: String::new(),
+        }
+    }
+
+    /// The next line of data (not the header, not the end line), or `None` once the whole file
+    /// is read.
+    pub(crate) fn next_line(&mut self) -> Result<Option<Line>, StoreError> {
+        loop {
+            self.text.clear();
+            let n = self
+                .input
+                .read_line(&mut self.text)
+                .map_err(|e| StoreError::Write(format!("import: {e}")))?;
+            if n == 0 {
+                if !self.ended {
+                    return Err(StoreError::Corrupt(format!(
+                        "the export ends after {} lines without its end line: the file is cut off",
+                        self.lines
+                    )));
+                }
+                return Ok(None);
+            }
+            let number = self.lines + 1;
+            if self.ended {
+                return Err(bad(number, "a line after the end line"));
+            }
+            let line: Line = serde_json::from_str(self.text.trim_end())
+                .map_err(|e| bad(number, format!("not a line of a statusd export ({e})")))?;
+            match line {
+                Line::Header {
+                    format,
+                    version,
+                    store_id,
+                    ..
+                } => {
+                    if number != 1 || format != EXPORT_FORMAT {
+                        return Err(bad(number, "not a statusd store export"));
+                    }
+                    if version != EXPORT_VERSION {
+                        return Err(bad(number, format!("export format version {version}; this statusd reads version {EXPORT_VERSION}")));
+                    }
+                    self.store_id = Some(store_id);
+                }
+                _ if self.store_id.is_none() => {
+                    return Err(bad(number, "no header: not a statusd store export"))
+                }
+                Line::End { lines } => {
+                    if lines != self.lines {
+                        return Err(bad(number, format!("the end line counts {lines} lines, {} came before it: the file is not whole", self.lines)));
+                    }
+                    self.ended = true;
+                }
+                data => {
+                    self.lines += 1;
+                    return Ok(Some(data));
+                }
+            }
+            self.lines += 1;
+        }
+    }
+
+    /// The number of the line `next_line` gave last.
+    pub(crate) fn number(&self) -> u64 {
+        self.lines
+    }
 }
 
 fn import_into(
@@ -517,41 +603,9 @@ fn import_into(
     let mut seq = 0u64;
     let mut batch = sled::Batch::default();
     let mut in_batch = 0usize;
-    let mut store_id = None;
-    let mut ended = false;
-    let mut text = String::new();
-    loop {
-        text.clear();
-        let n = input
-            .read_line(&mut text)
-            .map_err(|e| StoreError::Write(format!("import: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        let number = moved.lines + 1;
-        if ended {
-            return Err(bad(number, "a line after the end line"));
-        }
-        let line: Line = serde_json::from_str(text.trim_end())
-            .map_err(|e| bad(number, format!("not a line of a statusd export ({e})")))?;
+    let mut reader = LineReader::new(input);
+    while let Some(line) = reader.next_line()? {
         match line {
-            Line::Header {
-                format,
-                version,
-                store_id: id,
-                ..
-            } => {
-                if number != 1 || format != EXPORT_FORMAT {
-                    return Err(bad(number, "not a statusd store export"));
-                }
-                if version != EXPORT_VERSION {
-                    return Err(bad(number, format!("export format version {version}; this statusd reads version {EXPORT_VERSION}")));
-                }
-                store_id = Some(id);
-            }
-            _ if store_id.is_none() => {
-                return Err(bad(number, "no header: not a statusd store export"))
-            }
             Line::Event {
                 record,
                 pending,
@@ -598,14 +652,9 @@ fn import_into(
                 batch.insert(super::accounts::account_key(&account.id), to_json(&account))
             }
             Line::Document { name, value } => batch.insert(meta_key(&name), to_json(&value)),
-            Line::End { lines } => {
-                if lines != moved.lines {
-                    return Err(bad(number, format!("the end line counts {lines} lines, {} came before it: the file is not whole", moved.lines)));
-                }
-                ended = true;
-            }
+            // Checked and kept by the reader.
+            Line::Header { .. } | Line::End { .. } => {}
         }
-        moved.lines += 1;
         in_batch += 1;
         if in_batch >= IMPORT_CHUNK {
             tree.apply_batch(std::mem::take(&mut batch))?;
@@ -613,13 +662,8 @@ fn import_into(
             progress.step(moved.events, 0);
         }
     }
-    if !ended {
-        return Err(StoreError::Corrupt(format!(
-            "the export ends after {} lines without its end line: the file is cut off",
-            moved.lines
-        )));
-    }
-    let store_id = store_id.expect("a header was read");
+    moved.lines = reader.lines;
+    let store_id = reader.store_id.expect("a header was read");
     batch.insert(meta_key("schema"), &SCHEMA_VERSION.to_be_bytes());
     batch.insert(meta_key("seq"), &seq.to_be_bytes());
     batch.insert(meta_key("depth"), &moved.pending.to_be_bytes());

@@ -6,7 +6,7 @@ use std::io::{BufRead, Write};
 use futures_util::{pin_mut, TryStreamExt};
 
 use super::*;
-use crate::store::copy::{Line, EXPORT_FORMAT, EXPORT_VERSION};
+use crate::store::copy::{bad, Line, LineReader, EXPORT_FORMAT, EXPORT_VERSION};
 
 /// How many lines go in one insert of an import.
 const CHUNK: usize = 1000;
@@ -295,10 +295,6 @@ impl Chunk {
     }
 }
 
-fn bad(line: u64, what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("line {line}: {what}"))
-}
-
 /// Import an export into an empty PostgreSQL store, in one transaction: a failed import leaves
 /// nothing behind. Refused when the store holds any event, account or document.
 pub async fn import(
@@ -328,41 +324,9 @@ pub async fn import(
     let mut moved = Moved::default();
     let mut chunk = Chunk::default();
     let mut max_seq = 0u64;
-    let mut header = None;
-    let mut ended = false;
-    let mut text = String::new();
-    loop {
-        text.clear();
-        let n = input
-            .read_line(&mut text)
-            .map_err(|e| StoreError::Write(format!("import: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        let number = moved.lines + 1;
-        if ended {
-            return Err(bad(number, "a line after the end line"));
-        }
-        let line: Line = serde_json::from_str(text.trim_end())
-            .map_err(|e| bad(number, format!("not a line of a statusd export ({e})")))?;
+    let mut reader = LineReader::new(input);
+    while let Some(line) = reader.next_line()? {
         match line {
-            Line::Header {
-                format,
-                version,
-                store_id,
-                ..
-            } => {
-                if number != 1 || format != EXPORT_FORMAT {
-                    return Err(bad(number, "not a statusd store export"));
-                }
-                if version != EXPORT_VERSION {
-                    return Err(bad(number, format!("export format version {version}; this statusd reads version {EXPORT_VERSION}")));
-                }
-                header = Some(store_id);
-            }
-            _ if header.is_none() => {
-                return Err(bad(number, "no header: not a statusd store export"))
-            }
             Line::Event {
                 mut record,
                 pending,
@@ -384,7 +348,7 @@ pub async fn import(
                     record.next_attempt_at_ms = None;
                 } else {
                     return Err(bad(
-                        number,
+                        reader.number(),
                         format!("event {} is neither pending, dead nor delivered", record.id),
                     ));
                 }
@@ -404,27 +368,17 @@ pub async fn import(
                     chunk.documents.push((name.to_string(), value));
                 }
             }
-            Line::End { lines } => {
-                if lines != moved.lines {
-                    return Err(bad(number, format!("the end line counts {lines} lines, {} came before it: the file is not whole", moved.lines)));
-                }
-                ended = true;
-            }
+            // Checked and kept by the reader.
+            Line::Header { .. } | Line::End { .. } => {}
         }
-        moved.lines += 1;
         if chunk.len() >= CHUNK {
             chunk.insert(&tx, &opts.shards).await?;
             progress.step(moved.events, 0);
         }
     }
-    if !ended {
-        return Err(StoreError::Corrupt(format!(
-            "the export ends after {} lines without its end line: the file is cut off",
-            moved.lines
-        )));
-    }
     chunk.insert(&tx, &opts.shards).await?;
-    let store_id = header.expect("a header was read").to_string();
+    moved.lines = reader.lines;
+    let store_id = reader.store_id.expect("a header was read").to_string();
     tx.execute(
         "UPDATE meta SET value = $1 WHERE name = 'store_id'",
         &[&store_id],
