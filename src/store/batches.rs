@@ -95,16 +95,12 @@ impl SledQueue {
     /// else of this tenant can be taken until the batch is settled (delivered, failed or dead).
     pub fn take_batch(&self, tenant: &TenantId, max: usize) -> Result<Take, StoreError> {
         let now = now_ms();
-        {
-            let mut busy = lock(&self.inner.in_flight_tenants);
-            if busy.contains(tenant) {
-                return Ok(Take::Busy);
-            }
-            busy.insert(*tenant);
+        if !self.inner.core.claim(tenant) {
+            return Ok(Take::Busy);
         }
         let result = self.take_batch_inner(tenant, max, now);
         if !matches!(result, Ok(Take::Ready(_))) {
-            lock(&self.inner.in_flight_tenants).remove(tenant);
+            self.inner.core.unclaim(tenant);
         }
         result
     }
@@ -127,24 +123,13 @@ impl SledQueue {
                     .ok_or_else(|| StoreError::Corrupt(format!("pending event {id} has no record")))
             });
         let horizon = self.inner.options.max_retry_delay.as_millis() as i64;
-        let mut events = match cut_batch(tenant, records, now, horizon)? {
+        let events = match cut_batch(tenant, records, now, horizon)? {
             Cut::Events(events) => events,
             Cut::NotBefore(at) => return Ok(Take::NotBefore(at)),
             Cut::Empty => return Ok(Take::Empty),
         };
-        let mut ids = lock(&self.inner.in_flight_ids);
-        for rec in &mut events {
-            rec.state = EventState::InFlight;
-            ids.insert(rec.id);
-        }
-        drop(ids);
-        Ok(Take::Ready(Batch {
-            tenant_id: *tenant,
-            events,
-            store: Arc::downgrade(&(self.inner.core.clone() as Arc<dyn InFlight>)),
-            released: Default::default(),
-            fence: None,
-        }))
+        let store = self.inner.core.clone() as Arc<dyn InFlight>;
+        Ok(Take::Ready(Batch::taken(store, *tenant, events, None)))
     }
 
     /// The batch reached the platform. Durable before it returns, so a crash after this never

@@ -69,10 +69,7 @@ impl Core {
     }
 
     pub(super) fn wake_tenants(&self, tenants: impl IntoIterator<Item = TenantId>) {
-        let mut woken = lock(&self.woken);
-        woken.extend(tenants);
-        drop(woken);
-        self.wake.notify_one();
+        self.wakeup.wake(tenants);
     }
 
     /// Write a group of enqueue requests as one sled batch (not yet flushed). Each request's

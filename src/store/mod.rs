@@ -153,6 +153,35 @@ pub(super) fn pending_age(
     Some((first.age + first.at.elapsed()).as_millis() as u64)
 }
 
+/// Tenants that got events (accepted, retried, found), for delivery to take up: both backends
+/// wake it once their writes are durable.
+#[derive(Default)]
+pub(super) struct Wakeup {
+    woken: Mutex<HashSet<TenantId>>,
+    notify: Notify,
+}
+
+impl Wakeup {
+    pub(super) fn wake(&self, tenants: impl IntoIterator<Item = TenantId>) {
+        lock(&self.woken).extend(tenants);
+        self.notify.notify_one();
+    }
+
+    /// Wait until some tenant was woken, and take every one woken since.
+    pub(super) async fn next(&self) -> Vec<TenantId> {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut woken = lock(&self.woken);
+                if !woken.is_empty() {
+                    return woken.drain().collect();
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
 /// The sled store handle; cheap to clone.
 #[derive(Clone)]
 pub struct SledQueue {
@@ -184,8 +213,7 @@ struct Core {
     /// nothing can be written until the store is opened again.
     write_error: Mutex<Option<String>>,
     flush_waiters: AtomicU64,
-    woken: Mutex<HashSet<TenantId>>,
-    wake: Notify,
+    wakeup: Wakeup,
     options: StoreOptions,
     bound: bound::Bound,
 }
@@ -253,8 +281,7 @@ impl SledQueue {
             write_error: Mutex::new(None),
             oldest_seen: Mutex::new(None),
             flush_waiters: AtomicU64::new(0),
-            woken: Mutex::new(HashSet::new()),
-            wake: Notify::new(),
+            wakeup: Wakeup::default(),
             options,
             bound: Default::default(),
         })
@@ -346,16 +373,7 @@ impl SledQueue {
 
     /// Wait until events were accepted (or retried) for some tenant, and return those tenants.
     pub async fn woken_tenants(&self) -> Vec<TenantId> {
-        loop {
-            let notified = self.inner.wake.notified();
-            {
-                let mut woken = lock(&self.inner.woken);
-                if !woken.is_empty() {
-                    return woken.drain().collect();
-                }
-            }
-            notified.await;
-        }
+        self.inner.wakeup.next().await
     }
 
     pub fn stats(&self) -> QueueStats {

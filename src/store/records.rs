@@ -159,6 +159,40 @@ impl std::fmt::Debug for Batch {
 /// memory by both backends; a batch gives its part back when it is settled or dropped.
 pub(super) trait InFlight: Send + Sync {
     fn in_flight(&self) -> (&Mutex<HashSet<TenantId>>, &Mutex<HashSet<Uuid>>);
+
+    /// Mark the tenant busy; false when a batch of it is already out.
+    fn claim(&self, tenant: &TenantId) -> bool {
+        lock(self.in_flight().0).insert(*tenant)
+    }
+
+    /// Unmark a tenant claimed for a batch that was not taken after all.
+    fn unclaim(&self, tenant: &TenantId) {
+        lock(self.in_flight().0).remove(tenant);
+    }
+}
+
+impl Batch {
+    /// A batch of a claimed tenant, its events marked in flight in `store`.
+    pub(super) fn taken(
+        store: Arc<dyn InFlight>,
+        tenant_id: TenantId,
+        mut events: Vec<EventRecord>,
+        fence: Option<(u32, u64)>,
+    ) -> Batch {
+        let mut ids = lock(store.in_flight().1);
+        for rec in &mut events {
+            rec.state = EventState::InFlight;
+            ids.insert(rec.id);
+        }
+        drop(ids);
+        Batch {
+            tenant_id,
+            events,
+            store: Arc::downgrade(&store),
+            released: Default::default(),
+            fence,
+        }
+    }
 }
 
 impl InFlight for Core {

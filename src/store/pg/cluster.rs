@@ -39,25 +39,12 @@ impl ShardRow {
 }
 
 impl PgQueue {
-    async fn cluster_rows(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<Row>, StoreError> {
-        let pg = &self.inner;
-        pg.timed(async {
-            let client = pg.client().await?;
-            client.query(sql, params).await.map_err(pg_error)
-        })
-        .await
-    }
-
     /// Create the shard records (once per store) and check the store's shard count: fixed for
     /// a store, since every event carries its shard.
     pub async fn init_shards(&self, shards: u32) -> Result<(), StoreError> {
         let n = shards as i32;
         let rows = self
-            .cluster_rows(
+            .rows(
                 "WITH set AS (INSERT INTO meta (name, value) VALUES ('shards', $1::text)
                      ON CONFLICT (name) DO NOTHING RETURNING value)
                  SELECT value FROM set UNION ALL SELECT value FROM meta WHERE name = 'shards'",
@@ -74,7 +61,7 @@ impl PgQueue {
                 configured: shards,
             });
         }
-        self.cluster_rows(
+        self.rows(
             "INSERT INTO shards (shard) SELECT generate_series(0, $1 - 1) ON CONFLICT DO NOTHING",
             &[&n],
         )
@@ -85,12 +72,12 @@ impl PgQueue {
     /// This member's heartbeat (its record is created on the first).
     pub async fn heartbeat(&self, me: &str, api: &str) -> Result<(), StoreError> {
         // Members gone for an hour (killed, never back) are forgotten.
-        self.cluster_rows(
+        self.rows(
             "DELETE FROM members WHERE heartbeat_at < now() - interval '1 hour'",
             &[],
         )
         .await?;
-        self.cluster_rows(
+        self.rows(
             "INSERT INTO members (id, api, heartbeat_at, version) VALUES ($1, $2, now(), 1)
              ON CONFLICT (id) DO UPDATE SET api = EXCLUDED.api, heartbeat_at = now(),
                  version = members.version + 1",
@@ -102,14 +89,14 @@ impl PgQueue {
 
     /// Remove this member's record (a graceful stop).
     pub async fn leave(&self, me: &str) -> Result<(), StoreError> {
-        self.cluster_rows("DELETE FROM members WHERE id = $1", &[&me])
+        self.rows("DELETE FROM members WHERE id = $1", &[&me])
             .await
             .map(|_| ())
     }
 
     pub async fn members(&self) -> Result<Vec<MemberRow>, StoreError> {
         Ok(self
-            .cluster_rows(
+            .rows(
                 "SELECT id, api, version, extract(epoch FROM now() - heartbeat_at)::float8
                  FROM members ORDER BY id",
                 &[],
@@ -127,7 +114,7 @@ impl PgQueue {
 
     pub async fn shard_rows(&self) -> Result<Vec<ShardRow>, StoreError> {
         Ok(self
-            .cluster_rows(
+            .rows(
                 "SELECT shard, owner, epoch, version, extract(epoch FROM now() - changed_at)::float8
                  FROM shards ORDER BY shard",
                 &[],
@@ -152,7 +139,7 @@ impl PgQueue {
         let shards: Vec<i32> = leases.iter().map(|l| l.0 as i32).collect();
         let epochs: Vec<i64> = leases.iter().map(|l| l.1 as i64).collect();
         Ok(self
-            .cluster_rows(
+            .rows(
                 "UPDATE shards SET version = shards.version + 1, changed_at = now()
                  FROM unnest($2::integer[], $3::bigint[]) AS l(shard, epoch)
                  WHERE shards.shard = l.shard AND shards.epoch = l.epoch AND shards.owner = $1
@@ -173,7 +160,7 @@ impl PgQueue {
         version: u64,
     ) -> Result<Option<(u64, Option<String>)>, StoreError> {
         let rows = self
-            .cluster_rows(
+            .rows(
                 "UPDATE shards SET owner = $1, epoch = shards.epoch + 1,
                      version = shards.version + 1, changed_at = now()
                  FROM (SELECT shard, owner AS previous FROM shards WHERE shard = $2 FOR UPDATE) AS p
@@ -194,7 +181,7 @@ impl PgQueue {
         }
         let shards: Vec<i32> = leases.iter().map(|l| l.0 as i32).collect();
         let epochs: Vec<i64> = leases.iter().map(|l| l.1 as i64).collect();
-        self.cluster_rows(
+        self.rows(
             "UPDATE shards SET owner = NULL, version = shards.version + 1, changed_at = now()
              FROM unnest($2::integer[], $3::bigint[]) AS l(shard, epoch)
              WHERE shards.shard = l.shard AND shards.epoch = l.epoch AND shards.owner = $1",
@@ -213,7 +200,7 @@ impl PgQueue {
         me: &str,
     ) -> Result<bool, StoreError> {
         Ok(!self
-            .cluster_rows(
+            .rows(
                 "INSERT INTO reconcile_slots (name, shard, slot, member) VALUES ($1, $2, $3, $4)
                  ON CONFLICT DO NOTHING RETURNING slot",
                 &[&name, &(shard as i32), &slot, &me],
@@ -227,14 +214,14 @@ impl PgQueue {
     pub async fn load_shards(&self, shards: &[u32]) -> Result<(), StoreError> {
         let list: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
         let rows = self
-            .cluster_rows(
+            .rows(
                 "SELECT DISTINCT ON (tenant_id) seq, accepted_at_ms, account, tenant_id FROM events
                  WHERE state = 'queued' AND shard = ANY($1) ORDER BY tenant_id, seq",
                 &[&list],
             )
             .await?;
         let counts = self
-            .cluster_rows(
+            .rows(
                 "SELECT (SELECT count(*) FROM events WHERE state = 'queued'),
                         (SELECT count(*) FROM events WHERE state = 'dead')",
                 &[],

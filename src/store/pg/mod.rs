@@ -329,8 +329,7 @@ pub(super) struct Pg {
     in_flight_tenants: Mutex<HashSet<TenantId>>,
     in_flight_ids: Mutex<HashSet<Uuid>>,
     oldest_seen: Mutex<Option<OldestSeen>>,
-    woken: Mutex<HashSet<TenantId>>,
-    wake: Notify,
+    pub(super) wakeup: Wakeup,
     pub(super) options: StoreOptions,
     /// Why the database cannot be reached, while it cannot.
     unavailable: Mutex<Option<String>>,
@@ -378,8 +377,7 @@ impl PgQueue {
             in_flight_tenants: Default::default(),
             in_flight_ids: Default::default(),
             oldest_seen: Default::default(),
-            woken: Default::default(),
-            wake: Notify::new(),
+            wakeup: Wakeup::default(),
             options,
             unavailable: Default::default(),
             resync: AtomicBool::new(false),
@@ -509,8 +507,7 @@ impl Pg {
     }
 
     pub(super) fn wake_tenants(&self, tenants: impl IntoIterator<Item = TenantId>) {
-        lock(&self.woken).extend(tenants);
-        self.wake.notify_one();
+        self.wakeup.wake(tenants);
     }
 }
 

@@ -4,7 +4,8 @@
 use super::*;
 
 impl PgQueue {
-    async fn rows(
+    /// Run one query under the store's timeout.
+    pub(super) async fn rows(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -86,12 +87,8 @@ impl PgQueue {
 
     pub async fn take_batch(&self, tenant: &TenantId, max: usize) -> Result<Take, StoreError> {
         let pg = &self.inner;
-        {
-            let mut busy = lock(&pg.in_flight_tenants);
-            if busy.contains(tenant) {
-                return Ok(Take::Busy);
-            }
-            busy.insert(*tenant);
+        if !pg.claim(tenant) {
+            return Ok(Take::Busy);
         }
         let result: Result<Cut, StoreError> = async {
             // On a shared store, decisions older than one already reported for the tenant
@@ -117,7 +114,7 @@ impl PgQueue {
                 match own.may_act(shard) {
                     Some(epoch) => Some((shard, epoch)),
                     None => {
-                        lock(&pg.in_flight_tenants).remove(tenant);
+                        pg.unclaim(tenant);
                         return Ok(Take::Empty);
                     }
                 }
@@ -125,23 +122,12 @@ impl PgQueue {
             _ => None,
         };
         match result {
-            Ok(Cut::Events(mut events)) => {
-                let mut ids = lock(&pg.in_flight_ids);
-                for rec in &mut events {
-                    rec.state = EventState::InFlight;
-                    ids.insert(rec.id);
-                }
-                drop(ids);
-                Ok(Take::Ready(Batch {
-                    tenant_id: *tenant,
-                    events,
-                    store: Arc::downgrade(&(pg.clone() as Arc<dyn InFlight>)),
-                    released: Default::default(),
-                    fence,
-                }))
+            Ok(Cut::Events(events)) => {
+                let store = pg.clone() as Arc<dyn InFlight>;
+                Ok(Take::Ready(Batch::taken(store, *tenant, events, fence)))
             }
             other => {
-                lock(&pg.in_flight_tenants).remove(tenant);
+                pg.unclaim(tenant);
                 match other? {
                     Cut::NotBefore(at) => Ok(Take::NotBefore(at)),
                     _ => Ok(Take::Empty),

@@ -81,16 +81,7 @@ impl PgQueue {
     }
 
     pub async fn woken_tenants(&self) -> Vec<TenantId> {
-        loop {
-            let notified = self.inner.wake.notified();
-            {
-                let mut woken = lock(&self.inner.woken);
-                if !woken.is_empty() {
-                    return woken.drain().collect();
-                }
-            }
-            notified.await;
-        }
+        self.inner.wakeup.next().await
     }
 
     /// Write an account change with these events in one transaction.
@@ -103,119 +94,74 @@ impl PgQueue {
         Ok(out.pop().unwrap_or_default())
     }
 
+    /// The batch reached the platform: delivered, with the tenant's reported state.
     pub async fn ack_delivered(&self, batch: &Batch) -> Result<(), StoreError> {
-        let pg = &self.inner;
-        let ids = batch.ids();
-        let tenant = batch.tenant_id;
-        let reported = batch
-            .events
-            .iter()
-            .filter_map(|e| e.kind.intended_state())
-            .next_back();
-        let decided = batch
-            .events
-            .iter()
-            .filter(|e| e.kind.intended_state().is_some())
-            .map(super::read::decided_at)
-            .max();
-        let now = now_ms();
-        let result = pg
-            .timed(async {
-                let mut client = pg.client().await?;
-                let tx = client.transaction().await.map_err(pg_error)?;
-                check_fence(pg, &tx, batch).await?;
-                let n = tx
-                    .execute(
-                        "UPDATE events SET state = 'delivered', delivered_at_ms = $1,
-                         attempts = attempts + 1, next_attempt_at_ms = NULL
-                         WHERE id = ANY($2) AND state = 'queued'",
-                        &[&now, &ids],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                if let Some(state) = reported {
-                    tx.execute(
-                        "INSERT INTO tenants (tenant_id, last_reported, last_reported_at_ms, last_sent_at_ms)
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO UPDATE SET
-                         last_reported = EXCLUDED.last_reported,
-                         last_reported_at_ms = EXCLUDED.last_reported_at_ms,
-                         last_sent_at_ms = greatest(tenants.last_sent_at_ms, EXCLUDED.last_sent_at_ms)",
-                        &[&tenant, &state_text(Some(state)), &now, &decided],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                }
-                let head = head_of(&tx, &tenant).await?;
-                tx.commit().await.map_err(pg_error)?;
-                Ok((n, head))
-            })
-            .await;
-        fenced(pg, &result);
-        if let Ok((n, head)) = &result {
-            let mut mem = lock(&pg.mem);
-            mem.depth = mem.depth.saturating_sub(*n);
-            mem.set_head(tenant, head.clone());
-        }
-        batch.release();
-        result.map(|_| ())
+        self.settle(batch, Settle::Delivered).await
     }
 
+    /// The report failed and will be retried at `next_attempt_at_ms`, in place.
     pub async fn mark_failed(
         &self,
         batch: &Batch,
         error: &str,
         next_attempt_at_ms: i64,
     ) -> Result<(), StoreError> {
-        let pg = &self.inner;
-        let ids = batch.ids();
-        let result = pg
-            .timed(async {
-                let mut client = pg.client().await?;
-                let tx = client.transaction().await.map_err(pg_error)?;
-                check_fence(pg, &tx, batch).await?;
-                tx.execute(
-                    "UPDATE events SET attempts = attempts + 1, last_error = $1,
-                     next_attempt_at_ms = $2 WHERE id = ANY($3) AND state = 'queued'",
-                    &[&error, &next_attempt_at_ms, &ids],
-                )
-                .await
-                .map_err(pg_error)?;
-                tx.commit().await.map_err(pg_error)
-            })
-            .await;
-        fenced(pg, &result);
-        batch.release();
-        result.map(|_| ())
+        self.settle(batch, Settle::Failed(error, next_attempt_at_ms))
+            .await
     }
 
     pub async fn dead_letter(&self, batch: &Batch, reason: &str) -> Result<(), StoreError> {
+        self.settle(batch, Settle::Dead(reason)).await
+    }
+
+    /// Settle a batch in one transaction that first checks the shard's epoch (on a shared
+    /// store) and, when events leave the queue, reads the tenant's next head; the memory
+    /// follows once committed, and the batch is released whatever happened.
+    async fn settle(&self, batch: &Batch, how: Settle<'_>) -> Result<(), StoreError> {
         let pg = &self.inner;
         let ids = batch.ids();
         let tenant = batch.tenant_id;
+        let now = now_ms();
         let result = pg
             .timed(async {
                 let mut client = pg.client().await?;
                 let tx = client.transaction().await.map_err(pg_error)?;
                 check_fence(pg, &tx, batch).await?;
-                let n = tx
-                    .execute(
-                        "UPDATE events SET state = 'dead', attempts = attempts + 1,
-                         dead_reason = $1, last_error = $1, next_attempt_at_ms = NULL
-                         WHERE id = ANY($2) AND state = 'queued'",
-                        &[&reason, &ids],
-                    )
-                    .await
-                    .map_err(pg_error)?;
+                let n = match how {
+                    Settle::Delivered => delivered(&tx, batch, &ids, now).await?,
+                    Settle::Failed(error, next) => {
+                        tx.execute(
+                            "UPDATE events SET attempts = attempts + 1, last_error = $1,
+                             next_attempt_at_ms = $2 WHERE id = ANY($3) AND state = 'queued'",
+                            &[&error, &next, &ids],
+                        )
+                        .await
+                        .map_err(pg_error)?;
+                        tx.commit().await.map_err(pg_error)?;
+                        return Ok(None);
+                    }
+                    Settle::Dead(reason) => tx
+                        .execute(
+                            "UPDATE events SET state = 'dead', attempts = attempts + 1,
+                             dead_reason = $1, last_error = $1, next_attempt_at_ms = NULL
+                             WHERE id = ANY($2) AND state = 'queued'",
+                            &[&reason, &ids],
+                        )
+                        .await
+                        .map_err(pg_error)?,
+                };
                 let head = head_of(&tx, &tenant).await?;
                 tx.commit().await.map_err(pg_error)?;
-                Ok((n, head))
+                Ok(Some((n, head)))
             })
             .await;
         fenced(pg, &result);
-        if let Ok((n, head)) = &result {
+        if let Ok(Some((n, head))) = result.as_ref() {
             let mut mem = lock(&pg.mem);
             mem.depth = mem.depth.saturating_sub(*n);
-            mem.dead += n;
+            if matches!(how, Settle::Dead(_)) {
+                mem.dead += n;
+            }
             mem.set_head(tenant, head.clone());
         }
         batch.release();
@@ -476,6 +422,57 @@ impl PgQueue {
         {}
         Ok(removed)
     }
+}
+
+/// How a batch is settled.
+#[derive(Clone, Copy)]
+enum Settle<'a> {
+    Delivered,
+    /// The error, and when to try again (Unix ms).
+    Failed(&'a str, i64),
+    /// The reason.
+    Dead(&'a str),
+}
+
+/// Mark the batch delivered and record the tenant's reported state (and its newest decision,
+/// for ordering across replicas); answers how many events left the queue.
+async fn delivered(
+    tx: &Transaction<'_>,
+    batch: &Batch,
+    ids: &[Uuid],
+    now: i64,
+) -> Result<u64, StoreError> {
+    let n = tx
+        .execute(
+            "UPDATE events SET state = 'delivered', delivered_at_ms = $1,
+             attempts = attempts + 1, next_attempt_at_ms = NULL
+             WHERE id = ANY($2) AND state = 'queued'",
+            &[&now, &ids],
+        )
+        .await
+        .map_err(pg_error)?;
+    let decisions = batch
+        .events
+        .iter()
+        .filter(|e| e.kind.intended_state().is_some());
+    let reported = decisions
+        .clone()
+        .filter_map(|e| e.kind.intended_state())
+        .next_back();
+    let decided = decisions.map(super::read::decided_at).max();
+    if let Some(state) = reported {
+        tx.execute(
+            "INSERT INTO tenants (tenant_id, last_reported, last_reported_at_ms, last_sent_at_ms)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO UPDATE SET
+             last_reported = EXCLUDED.last_reported,
+             last_reported_at_ms = EXCLUDED.last_reported_at_ms,
+             last_sent_at_ms = greatest(tenants.last_sent_at_ms, EXCLUDED.last_sent_at_ms)",
+            &[&batch.tenant_id, &state_text(Some(state)), &now, &decided],
+        )
+        .await
+        .map_err(pg_error)?;
+    }
+    Ok(n)
 }
 
 /// In a shared store, the shard's record must still name this replica at the batch's epoch,
