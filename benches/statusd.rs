@@ -1079,13 +1079,7 @@ async fn cluster(dir: &Path) {
         for _ in 0..3 {
             load.round(&http, &ports).await;
         }
-        let held = owners(&http, ports[0]).await;
-        let mut sizes = Vec::new();
-        for r in &replicas {
-            let id = member_of(&http, r.port).await;
-            sizes.push(held.get(&id).map(|s| s.len()).unwrap_or(0));
-        }
-        let victim = (0..replicas.len()).max_by_key(|i| sizes[*i]).unwrap();
+        let victim = largest_owner(&http, &replicas).await;
         let dead_id = member_of(&http, replicas[victim].port).await;
         let mut dead = replicas.remove(victim);
         let reports_before = sb.reports().len();

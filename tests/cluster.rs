@@ -22,34 +22,24 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_replica_under_load_loses_nothing_and_its_shards_are_owned_again() {
-    let Some(server) = PgServer::start() else {
+    let Some(pool) = Pool::start("kill", 3).await else {
         return;
     };
-    let sb = Sandbox::start(SandboxOptions {
-        tenants: 160,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let http = http_client();
-    let config = config(dir.path(), &sb, &server, "kill");
-    let mut replicas = start(&http, &config, 3).await;
-    all_owned(&http, replicas[0].port, Duration::from_secs(20), &[]).await;
+    let Pool {
+        sb,
+        http,
+        mut replicas,
+        ..
+    } = pool;
     let mut load = Load::new(&sb);
     let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
     for _ in 0..6 {
         load.round(&http, &ports).await;
     }
     // Kill the replica holding the most shards, while its reports are in flight.
-    let held = owners(&http, ports[0]).await;
-    let mut by_port = Vec::new();
-    for r in &replicas {
-        let id = member_of(&http, r.port).await;
-        by_port.push(held.get(&id).map(|s| s.len()).unwrap_or(0));
-    }
-    let victim = (0..3).max_by_key(|i| by_port[*i]).unwrap();
-    assert!(by_port[victim] >= 4, "shares {by_port:?}");
+    let victim = largest_owner(&http, &replicas).await;
+    let share = owners(&http, ports[0]).await[&member_of(&http, replicas[victim].port).await].len();
+    assert!(share >= 4, "the largest owner holds {share} shards");
     let dead_id = member_of(&http, replicas[victim].port).await;
     let mut dead = replicas.remove(victim);
     load.round(&http, &ports).await;
@@ -82,20 +72,15 @@ async fn kill_9_of_a_replica_under_load_loses_nothing_and_its_shards_are_owned_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_one_of_three_hands_its_shards_over_within_2_s() {
-    let Some(server) = PgServer::start() else {
+    let Some(pool) = Pool::start("term", 3).await else {
         return;
     };
-    let sb = Sandbox::start(SandboxOptions {
-        tenants: 160,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let http = http_client();
-    let config = config(dir.path(), &sb, &server, "term");
-    let mut replicas = start(&http, &config, 3).await;
-    all_owned(&http, replicas[0].port, Duration::from_secs(20), &[]).await;
+    let Pool {
+        sb,
+        http,
+        mut replicas,
+        ..
+    } = pool;
     let mut load = Load::new(&sb);
     let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
     for _ in 0..6 {
@@ -148,13 +133,7 @@ async fn a_paused_owner_is_fenced_after_its_lease_and_the_platform_ends_at_the_l
         load.round(&http, &ports).await;
     }
     // The replica holding the most shards is paused.
-    let held = owners(&http, ports[0]).await;
-    let mut sizes = Vec::new();
-    for r in &replicas {
-        let id = member_of(&http, r.port).await;
-        sizes.push(held.get(&id).map(|s| s.len()).unwrap_or(0));
-    }
-    let which = (0..3).max_by_key(|i| sizes[*i]).unwrap();
+    let which = largest_owner(&http, &replicas).await;
     let paused = &replicas[which];
     let paused_id = member_of(&http, paused.port).await;
     let pid = paused.daemon.id().to_string();
@@ -201,20 +180,12 @@ async fn a_paused_owner_is_fenced_after_its_lease_and_the_platform_ends_at_the_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_older_than_one_already_reported_is_superseded_never_sent_after_it() {
-    let Some(server) = PgServer::start() else {
+    let Some(pool) = Pool::start("order", 2).await else {
         return;
     };
-    let sb = Sandbox::start(SandboxOptions {
-        tenants: 160,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let http = http_client();
-    let config = config(dir.path(), &sb, &server, "order");
-    let replicas = start(&http, &config, 2).await;
-    all_owned(&http, replicas[0].port, Duration::from_secs(20), &[]).await;
+    let Pool {
+        sb, http, replicas, ..
+    } = pool;
     let tenant = sb.tenant_ids(Some("customer"))[0];
     let post = |port: u16, kind: &str, occurred: &str| {
         let body = serde_json::json!({"tenant_id": tenant, "account": "a07", "type": kind, "occurred_at": occurred});
@@ -397,20 +368,10 @@ async fn a_replica_cut_off_from_the_store_stops_acting_and_the_others_take_its_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconcile_asked_of_a_replica_that_does_not_hold_the_account_names_its_owner() {
-    let Some(server) = PgServer::start() else {
+    let Some(pool) = Pool::start("asked", 2).await else {
         return;
     };
-    let sb = Sandbox::start(SandboxOptions {
-        tenants: 160,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let http = http_client();
-    let config = config(dir.path(), &sb, &server, "asked");
-    let replicas = start(&http, &config, 2).await;
-    all_owned(&http, replicas[0].port, Duration::from_secs(20), &[]).await;
+    let Pool { http, replicas, .. } = pool;
     let ids: Vec<String> = {
         let mut v = Vec::new();
         for r in &replicas {

@@ -34,6 +34,28 @@ fn pg_daemon(
     cmd
 }
 
+/// `pg_daemon` with its output discarded, started.
+fn quiet_pg_daemon(
+    sb: &Sandbox,
+    server: &PgServer,
+    schema: &str,
+    port: u16,
+    dir: &std::path::Path,
+) -> Daemon {
+    pg_daemon(
+        &sb.url,
+        &sb.client_id,
+        &sb.client_secret,
+        server,
+        schema,
+        port,
+        dir,
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn_daemon()
+}
+
 /// Post one event per request for each tenant in turn (so each tenant's order is its posting
 /// order) until `stop` says so; returns the actions answered 202, and how many 503s came back
 /// (each with a `Retry-After`).
@@ -102,19 +124,7 @@ async fn assert_all_delivered_in_order(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let got = actions_by_tenant(sb);
-    for (t, actions) in &got {
-        let mut last = 0usize;
-        let mut seen = std::collections::HashSet::new();
-        for a in actions {
-            if !seen.insert(a.clone()) {
-                continue; // a repeat of a report whose acknowledgement was lost
-            }
-            let n: usize = a.rsplit('-').next().unwrap().parse().unwrap();
-            assert!(n > last, "tenant {t}: {a} delivered after posting {last}");
-            last = n;
-        }
-    }
+    assert_first_deliveries_in_order(&actions_by_tenant(sb));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,18 +140,7 @@ async fn kill_9_during_intake_on_postgres_delivers_every_accepted_event_in_order
     let mut accepted = Vec::new();
     for round in 0..3 {
         let port = free_port();
-        let mut daemon = pg_daemon(
-            &sb.url,
-            &sb.client_id,
-            &sb.client_secret,
-            &server,
-            "kill9",
-            port,
-            dir.path(),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn_daemon();
+        let mut daemon = quiet_pg_daemon(&sb, &server, "kill9", port, dir.path());
         wait_ready(&http, port).await;
         // Kill while requests are in flight: a poster runs until its connection dies.
         let killer = {
@@ -167,18 +166,7 @@ async fn kill_9_during_intake_on_postgres_delivers_every_accepted_event_in_order
     );
     // A last start delivers what the killed ones left.
     let port = free_port();
-    let _daemon = pg_daemon(
-        &sb.url,
-        &sb.client_id,
-        &sb.client_secret,
-        &server,
-        "kill9",
-        port,
-        dir.path(),
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn_daemon();
+    let _daemon = quiet_pg_daemon(&sb, &server, "kill9", port, dir.path());
     wait_ready(&http, port).await;
     assert_all_delivered_in_order(&sb, &accepted, Duration::from_secs(60)).await;
 }
@@ -208,18 +196,7 @@ async fn postgres_stopped_under_load_answers_503_then_resumes_by_itself_losing_n
     .spawn_daemon();
     wait_ready(&http, port).await;
     // A second statusd on the same store joins the pool: /v1/cluster shows both members.
-    let second = pg_daemon(
-        &sb.url,
-        &sb.client_id,
-        &sb.client_secret,
-        &server,
-        "outage",
-        free_port(),
-        dir.path(),
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn_daemon();
+    let second = quiet_pg_daemon(&sb, &server, "outage", free_port(), dir.path());
     wait_for_async(Duration::from_secs(20), "two members", || async {
         let v: serde_json::Value = http
             .get(format!("http://127.0.0.1:{port}/v1/cluster"))
@@ -386,18 +363,7 @@ async fn a_sled_store_moves_to_postgres_and_back_with_its_pending_events_in_orde
     assert_eq!(code, 0, "{out}");
     // The PostgreSQL store delivers the same pending events in the same order.
     let port = free_port();
-    let _daemon = pg_daemon(
-        &sb.url,
-        &sb.client_id,
-        &sb.client_secret,
-        &server,
-        "moved",
-        port,
-        dir.path(),
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn_daemon();
+    let _daemon = quiet_pg_daemon(&sb, &server, "moved", port, dir.path());
     wait_ready(&http, port).await;
     assert_all_delivered_in_order(&sb, &accepted, Duration::from_secs(60)).await;
     let got = actions_by_tenant(&sb);

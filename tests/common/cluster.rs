@@ -271,18 +271,7 @@ impl Load {
         }
         // Let the re-assertions after a takeover land too.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let got = actions_by_tenant(sb);
-        for (t, actions) in &got {
-            let mut last = 0usize;
-            let mut seen = std::collections::HashSet::new();
-            for a in actions.iter().filter(|a| a.starts_with(&t.to_string())) {
-                if seen.insert(a.clone()) {
-                    let n: usize = a.rsplit('-').next().unwrap().parse().unwrap();
-                    assert!(n > last, "tenant {t}: {a} delivered after posting {last}");
-                    last = n;
-                }
-            }
-        }
+        super::assert_first_deliveries_in_order(&actions_by_tenant(sb));
         let mut last_state: HashMap<Uuid, bool> = HashMap::new();
         for r in sb.reports() {
             for e in r.body["events"].as_array().unwrap() {
@@ -305,4 +294,55 @@ impl Load {
             );
         }
     }
+}
+
+/// A pool of `n` replicas on a fresh PostgreSQL server and sandbox (160 tenants), every shard
+/// held; `None` where no server can run here.
+pub struct Pool {
+    pub server: PgServer,
+    pub sb: Sandbox,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pub config: std::path::PathBuf,
+    pub replicas: Vec<Replica>,
+}
+
+impl Pool {
+    pub async fn start(schema: &str, n: usize) -> Option<Pool> {
+        let server = PgServer::start()?;
+        let sb = Sandbox::start(statusd::sandbox::SandboxOptions {
+            tenants: 160,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let http = super::http_client();
+        let config = config(dir.path(), &sb, &server, schema);
+        let replicas = start(&http, &config, n).await;
+        all_owned(&http, replicas[0].port, Duration::from_secs(20), &[]).await;
+        Some(Pool {
+            server,
+            sb,
+            dir,
+            http,
+            config,
+            replicas,
+        })
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.replicas.iter().map(|r| r.port).collect()
+    }
+}
+
+/// The index in `replicas` of the one holding the most shards.
+pub async fn largest_owner(http: &reqwest::Client, replicas: &[Replica]) -> usize {
+    let held = owners(http, replicas[0].port).await;
+    let mut sizes = Vec::new();
+    for r in replicas {
+        let id = member_of(http, r.port).await;
+        sizes.push(held.get(&id).map(|s| s.len()).unwrap_or(0));
+    }
+    (0..replicas.len()).max_by_key(|i| sizes[*i]).unwrap()
 }

@@ -158,6 +158,22 @@ pub fn actions_by_tenant(sb: &Sandbox) -> std::collections::HashMap<uuid::Uuid, 
     out
 }
 
+/// Of the actions `{tenant}-{n}` each tenant received, the first delivery of each comes in
+/// posting order (repeats of a report whose acknowledgement was lost, and other actions, aside).
+pub fn assert_first_deliveries_in_order(got: &std::collections::HashMap<uuid::Uuid, Vec<String>>) {
+    for (t, actions) in got {
+        let mut last = 0usize;
+        let mut seen = std::collections::HashSet::new();
+        for a in actions.iter().filter(|a| a.starts_with(&t.to_string())) {
+            if seen.insert(a.clone()) {
+                let n: usize = a.rsplit('-').next().unwrap().parse().unwrap();
+                assert!(n > last, "tenant {t}: {a} delivered after posting {last}");
+                last = n;
+            }
+        }
+    }
+}
+
 /// A port that was free a moment ago on 127.0.0.1 (for a child process to listen on).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
