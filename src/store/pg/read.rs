@@ -145,6 +145,10 @@ impl PgQueue {
         events: &[EventRecord],
     ) -> Result<u64, StoreError> {
         let pg = &self.inner;
+        // A batch without a decision has nothing to set aside: no query on the hot path.
+        if !events.iter().any(|e| e.kind.intended_state().is_some()) {
+            return Ok(0);
+        }
         let last: Option<i64> = self
             .rows(
                 "SELECT last_sent_at_ms FROM tenants WHERE tenant_id = $1",
