@@ -727,3 +727,81 @@ async fn the_wrong_key_or_none_refuses_to_start_and_the_right_one_keeps_every_ac
     wait_ready(&http, node.port).await;
     assert_eq!(account_ids(&http, &node).await, ["a", "b", "default"]);
 }
+
+/// A forced removal waits for a report of the account in flight; meanwhile its other tenants'
+/// retries come due. They wait for the removal to end (their events are then dropped and
+/// counted as pending) instead of being dead-lettered for an account "not configured".
+#[tokio::test]
+async fn a_removal_waiting_on_a_report_in_flight_dead_letters_nothing() {
+    let st = stage().await;
+    let (partner, http) = (&st.partner, st.http.clone());
+    let node = st.node("d.log").await;
+    let tenants = customers(partner, 2);
+    let (slow, failing) = (tenants[0], tenants[1]);
+    let client = partner.create_client(partner.root_tenant);
+    assert_eq!(
+        post_account(&http, &node, add_body(partner, "leaving", &client))
+            .await
+            .0,
+        201
+    );
+    let event = |t: uuid::Uuid| {
+        send(
+            &http,
+            reqwest::Method::POST,
+            node.url("/v1/events"),
+            Some(json!({"tenant_id": t, "type": "activation", "account": "leaving"})),
+        )
+    };
+    // One tenant's report hangs (then goes through), the other's keeps failing.
+    partner.inject(Fault {
+        delay_ms: Some(1500),
+        count: Some(1),
+        path_contains: Some("integration_management".into()),
+        query_contains: Some(slow.to_string()),
+        ..Default::default()
+    });
+    partner.inject(Fault {
+        status: Some(503),
+        path_contains: Some("integration_management".into()),
+        query_contains: Some(failing.to_string()),
+        ..Default::default()
+    });
+    assert_eq!(event(slow).await.0, 202);
+    wait_for(WAIT, "the slow report at the platform", || {
+        partner.stats().faults_applied >= 1
+    })
+    .await;
+    assert_eq!(event(failing).await.0, 202);
+    wait_for(WAIT, "the failing report refused once", || {
+        partner.stats().faults_applied >= 2
+    })
+    .await;
+    let (s, v) = send(
+        &http,
+        reqwest::Method::DELETE,
+        node.url("/v1/accounts/leaving?force=true"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    // The failing tenant's retry came due while the removal waited: not parked.
+    assert_eq!(
+        (
+            v["dropped"]["pending_events"].clone(),
+            v["dropped"]["dead_letters"].clone()
+        ),
+        (json!(1), json!(0)),
+        "{v}"
+    );
+    assert!(partner.reports().iter().any(|r| r.tenant_id == slow));
+    let status = get_json(&http, &node.url("/v1/status")).await;
+    assert_eq!(
+        (
+            status["queue"]["depth"].clone(),
+            status["queue"]["dead_letters"].clone()
+        ),
+        (json!(0), json!(0)),
+        "{status}"
+    );
+}

@@ -32,6 +32,9 @@ use crate::store::{now_ms, Batch, EventKind, Queue, Take, TenantId};
 pub use breaker::{Breaker, OUTAGE_THRESHOLD};
 use dispatcher::Dispatcher;
 
+/// How soon a report whose account is being changed is tried again.
+const ACCOUNT_CHANGE_WAIT: Duration = Duration::from_millis(250);
+
 #[derive(Debug, Clone)]
 pub struct DeliveryOptions {
     pub max_batch_events: usize,
@@ -184,12 +187,7 @@ impl Delivery {
             }
         };
         let Some(account) = self.accounts.of_event(batch.events[0].account.as_deref()) else {
-            let id = batch.events[0].account.as_deref().unwrap_or("default");
-            let message =
-                format!("account {id:?} is not configured (statusd has no credentials for it)");
-            return self
-                .park(&batch, DeadLetterReason::Permanent, &message)
-                .await;
+            return self.without_account(&batch).await;
         };
         // The data center's breaker: no report while its window is open, one while probing.
         let admitted = self.breaker(&account.datacenter, |b| {
@@ -338,6 +336,33 @@ impl Delivery {
             tracing::error!(message = "cannot record a failed attempt", tenant_id = %batch.tenant_id, error = %err);
         }
         LaneOutcome::RetryAt(now + delay)
+    }
+
+    /// A batch whose account is not in use here. While the store still holds the account it is
+    /// being changed (a removal under way, which may yet be refused, or an account a peer
+    /// added that this process has not loaded yet): the batch goes back untouched and is
+    /// tried again. Only an account neither configured nor stored dead-letters it.
+    async fn without_account(&self, batch: &Batch) -> LaneOutcome {
+        let id = batch.events[0]
+            .account
+            .as_deref()
+            .unwrap_or(crate::config::DEFAULT_ACCOUNT);
+        match self.queue.stored_account(id).await {
+            Ok(None) => {
+                let message =
+                    format!("account {id:?} is not configured (statusd has no credentials for it)");
+                self.park(batch, DeadLetterReason::Permanent, &message)
+                    .await
+            }
+            Ok(Some(_)) => {
+                tracing::debug!(message = "report waits for its account to be in use", tenant_id = %batch.tenant_id, account = %id);
+                LaneOutcome::RetryAt(Instant::now() + ACCOUNT_CHANGE_WAIT)
+            }
+            Err(e) => {
+                tracing::error!(message = "cannot look up a report's account", tenant_id = %batch.tenant_id, account = %id, error = %e);
+                self.soon()
+            }
+        }
     }
 
     async fn park(&self, batch: &Batch, reason: DeadLetterReason, message: &str) -> LaneOutcome {
