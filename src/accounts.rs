@@ -50,6 +50,9 @@ pub struct Account {
     pub tenant_name: Option<String>,
     /// A deactivation asked for it to go once its events are settled.
     pub retiring: bool,
+    /// When its stored record last changed (accounts added through the API; 0 for the
+    /// configuration file's): how a replica sees that a peer replaced its credentials.
+    pub updated_at_ms: i64,
 }
 
 /// What builds a client for an account: the shared HTTP client and, per data center, the
@@ -280,7 +283,26 @@ impl Builder {
             tenant_id: None,
             tenant_name: None,
             retiring: false,
+            updated_at_ms: 0,
         }
+    }
+
+    /// An account as the store holds it, its secret opened.
+    fn stored(&self, s: &crate::store::StoredAccount, secret: Secret) -> Account {
+        let mut account = self.account(AccountSpec {
+            id: s.id.clone(),
+            datacenter_url: s.datacenter_url.clone(),
+            client_id: s.client_id.clone(),
+            client_secret: secret,
+            credentials: Credentials::parse(&s.credentials).unwrap_or_default(),
+            root_tenant_id: s.root_tenant_id,
+        });
+        account.source = AccountSource::Store;
+        account.tenant_id = s.tenant_id;
+        account.tenant_name = s.tenant_name.clone();
+        account.retiring = s.retiring;
+        account.updated_at_ms = s.updated_at_ms;
+        account
     }
 }
 
@@ -331,19 +353,7 @@ impl Accounts {
             .ok_or("these accounts cannot build clients")?;
         let mut built = Vec::with_capacity(n);
         for (s, secret) in ready {
-            let mut account = builder.account(AccountSpec {
-                id: s.id.clone(),
-                datacenter_url: s.datacenter_url.clone(),
-                client_id: s.client_id.clone(),
-                client_secret: secret,
-                credentials: Credentials::parse(&s.credentials).unwrap_or_default(),
-                root_tenant_id: s.root_tenant_id,
-            });
-            account.source = AccountSource::Store;
-            account.tenant_id = s.tenant_id;
-            account.tenant_name = s.tenant_name.clone();
-            account.retiring = s.retiring;
-            built.push(account);
+            built.push(builder.stored(s, secret));
         }
         let datacenters: std::collections::BTreeSet<String> =
             built.iter().map(|a| a.datacenter.clone()).collect();
@@ -410,6 +420,135 @@ pub async fn retirement_loop(
                     tracing::warn!(message = "cannot remove a retiring account", account = %id, error = %e);
                 }
             }
+        }
+    }
+}
+
+/// What one look at the shared store changed here.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SyncChanges {
+    pub added: Vec<String>,
+    pub replaced: Vec<String>,
+    pub removed: Vec<String>,
+    /// Stored accounts this process cannot take in (their secret does not open, or the id is
+    /// also in the configuration file), with why.
+    pub refused: Vec<String>,
+}
+
+impl Accounts {
+    /// Make the accounts added through the API those the store holds now: on a store shared
+    /// by several replicas, a peer adds, replaces, retires and removes them. Accounts of the
+    /// configuration file are left as they are.
+    pub fn sync_stored(
+        &self,
+        stored: &[crate::store::StoredAccount],
+        key: Option<&crate::vault::SecretKey>,
+    ) -> SyncChanges {
+        let mut changes = SyncChanges::default();
+        let Some(builder) = self.builder.as_ref() else {
+            return changes;
+        };
+        let current = self.snapshot();
+        let mut built = Vec::new();
+        for s in stored {
+            let same = match current.get(&s.id) {
+                Some(a) if a.source == AccountSource::File => {
+                    changes.refused.push(format!(
+                        "{} (also in the configuration file: accounts.{})",
+                        s.id, s.id
+                    ));
+                    continue;
+                }
+                Some(a) if a.updated_at_ms == s.updated_at_ms => {
+                    if a.retiring != s.retiring {
+                        let mut a = (**a).clone();
+                        a.retiring = s.retiring;
+                        changes.replaced.push(s.id.clone());
+                        built.push(a);
+                    }
+                    continue;
+                }
+                Some(_) => &mut changes.replaced,
+                None => &mut changes.added,
+            };
+            let opened = match key {
+                Some(k) => k
+                    .open(&s.id, &s.client_secret_sealed)
+                    .map_err(|e| e.to_string()),
+                None => Err("store.secret_key_file is not set".to_string()),
+            };
+            match opened {
+                Ok(secret) => {
+                    same.push(s.id.clone());
+                    built.push(builder.stored(s, secret));
+                }
+                Err(e) => changes.refused.push(format!("{} ({e})", s.id)),
+            }
+        }
+        let kept: std::collections::BTreeSet<&str> = stored.iter().map(|s| s.id.as_str()).collect();
+        changes.removed = current
+            .values()
+            .filter(|a| a.source == AccountSource::Store && !kept.contains(a.id.as_str()))
+            .map(|a| a.id.clone())
+            .collect();
+        if built.is_empty() && changes.removed.is_empty() {
+            return changes;
+        }
+        builder
+            .metrics
+            .expose_datacenters(built.iter().map(|a| a.datacenter.as_str()));
+        self.change(|m| {
+            for a in built {
+                m.insert(a.id.clone(), Arc::new(a));
+            }
+            for id in &changes.removed {
+                m.remove(id);
+            }
+        });
+        changes
+    }
+}
+
+/// Keep the accounts added through the API in step with a store shared by several replicas,
+/// looking every `every` (each change under the lock the API's own changes take).
+pub async fn sync_loop(
+    queue: crate::store::Queue,
+    accounts: Accounts,
+    changes: Arc<tokio::sync::Mutex<()>>,
+    key: Option<crate::vault::SecretKey>,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut refused_before: Vec<String> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let _change = changes.lock().await;
+        let stored = match queue.stored_accounts().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(message = "cannot read the stored accounts", error = %e);
+                continue;
+            }
+        };
+        let done = accounts.sync_stored(&stored, key.as_ref());
+        for (what, ids) in [
+            ("account added by a peer taken in", &done.added),
+            ("account changed by a peer taken in", &done.replaced),
+            ("account removed by a peer", &done.removed),
+        ] {
+            for id in ids {
+                tracing::info!(message = what, account = %id);
+            }
+        }
+        // Said once per cause, not at every look.
+        if done.refused != refused_before {
+            for why in done.refused.iter().filter(|w| !refused_before.contains(w)) {
+                tracing::error!(message = "a stored account cannot be taken in; its events wait", error = %why);
+            }
+            refused_before = done.refused;
         }
     }
 }

@@ -258,6 +258,17 @@ async fn start_with(
             ),
         )));
     }
+    if cluster.is_some() {
+        // Peers add, rotate and remove accounts in the shared store.
+        background.push(tokio::spawn(crate::accounts::sync_loop(
+            queue.clone(),
+            accounts.clone(),
+            account_changes.clone(),
+            settings.store.secret_key.clone(),
+            settings.cluster.retry_period,
+            stop_background.clone(),
+        )));
+    }
     background.push(tokio::spawn(crate::accounts::retirement_loop(
         queue.clone(),
         accounts.clone(),

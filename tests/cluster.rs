@@ -516,3 +516,107 @@ async fn a_reconciler_every_second_runs_once_per_account_and_slot_while_replicas
         );
     }
 }
+
+/// An account added, rotated and removed through one replica's API is taken in by the others:
+/// the owner of its shard delivers its events, with the credentials last given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_added_through_one_replica_is_served_by_the_owner_of_its_shard() {
+    let Some(pool) = Pool::start("peers", 2).await else {
+        return;
+    };
+    let Pool {
+        http, replicas, sb, ..
+    } = &pool;
+    let ids = [
+        member_of(http, replicas[0].port).await,
+        member_of(http, replicas[1].port).await,
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let held = loop {
+        let held = owners(http, replicas[0].port).await;
+        if held.get(&ids[1]).is_some_and(|s| s.len() >= 4) {
+            break held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second holds nothing: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // An id whose shard the second replica holds; added through the first.
+    let map = statusd::cluster::ShardMap {
+        shards: 16,
+        pins: Default::default(),
+    };
+    let id = (0..)
+        .map(|n| format!("peer{n}"))
+        .find(|a| held[&ids[1]].contains(&u64::from(map.of(Some(a)))))
+        .unwrap();
+    let url = |i: usize, path: &str| format!("http://127.0.0.1:{}{path}", replicas[i].port);
+    let client = sb.create_client(sb.root_tenant);
+    let r = http
+        .post(url(0, "/v1/accounts"))
+        .json(&serde_json::json!({"id": id, "datacenter_url": sb.url, "client_id": client.0, "client_secret": client.1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let tenant = common::customers(sb, 1)[0];
+    let r = http
+        .post(url(0, "/v1/events"))
+        .json(&serde_json::json!({"tenant_id": tenant, "type": "activation", "account": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    wait_for(
+        Duration::from_secs(20),
+        "the peer's account's event delivered",
+        || sb.reports().iter().any(|r| r.tenant_id == tenant),
+    )
+    .await;
+    let account = |i: usize| {
+        let u = url(i, &format!("/v1/accounts/{id}"));
+        async move {
+            let r = http.get(u).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    assert_eq!(account(1).await.0, 200);
+    // New credentials given to the owner reach the first replica.
+    let rotated = sb.create_client(sb.root_tenant);
+    let r = http
+        .put(url(1, &format!("/v1/accounts/{id}/credentials")))
+        .json(&serde_json::json!({"client_id": rotated.0, "client_secret": rotated.1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, v) = account(0).await;
+        if s == 200 && v["client_id"] == rotated.0.as_str() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rotation not seen: {s} {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Removed through the first: gone from the owner too.
+    let r = http
+        .delete(url(0, &format!("/v1/accounts/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while account(1).await.0 != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "the removal not seen by the owner"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -41,19 +41,6 @@ impl Node {
     }
 }
 
-fn keygen(path: &Path) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_statusd"))
-        .arg("keygen")
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn send(
     http: &reqwest::Client,
     method: reqwest::Method,

@@ -360,6 +360,7 @@ pub(super) async fn add_account(
     account.tenant_id = Some(validated.tenant_id);
     account.tenant_name = validated.tenant_name.clone();
     let now = crate::store::now_ms();
+    account.updated_at_ms = now;
     let record = StoredAccount {
         id: id.clone(),
         datacenter_url: account.datacenter_url.clone(),
@@ -468,12 +469,13 @@ pub(super) async fn rotate_credentials(
     account.tenant_id = Some(validated.tenant_id);
     account.tenant_name = validated.tenant_name.clone();
     account.retiring = stored.retiring;
+    account.updated_at_ms = crate::store::now_ms();
     let record = StoredAccount {
         client_id: account.client_id.clone(),
         client_secret_sealed: key.seal(&id, secret.expose()),
         tenant_id: Some(validated.tenant_id),
         tenant_name: validated.tenant_name,
-        updated_at_ms: crate::store::now_ms(),
+        updated_at_ms: account.updated_at_ms,
         ..stored
     };
     let shown = account.clone();

@@ -328,6 +328,7 @@ mod tests {
             tenant_id: None,
             tenant_name: None,
             retiring: false,
+            updated_at_ms: 0,
         };
         Delivery::new(
             queue,

@@ -23,11 +23,17 @@ pub fn config(
     server: &PgServer,
     schema: &str,
 ) -> std::path::PathBuf {
+    // One key for every replica of the pool: each opens the secrets of accounts a peer added.
+    let key = dir.join("secret.key");
+    if !key.exists() {
+        super::keygen(&key);
+    }
     let mut toml = format!(
         "[integration]\napplication_code = \"vendor.tests\"\n[platform]\nrequest_timeout = \"2s\"\n\
-         [store]\nbackend = \"postgres\"\n[store.postgres]\nurl = \"{}\"\nschema = \"{schema}\"\npool_size = 8\n\
+         [store]\nbackend = \"postgres\"\nsecret_key_file = \"{}\"\n[store.postgres]\nurl = \"{}\"\nschema = \"{schema}\"\npool_size = 8\n\
          [cluster]\nshards = 16\nlease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"500ms\"\n\
          [delivery]\ninitial_backoff = \"50ms\"\nmax_backoff = \"300ms\"\nmax_batch_events = 10\nshutdown_grace = \"2s\"\n",
+        key.display(),
         server.url()
     );
     for a in 0..ACCOUNTS {

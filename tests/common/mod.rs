@@ -296,3 +296,17 @@ impl SpawnDaemon for std::process::Command {
         Daemon(Some(self.spawn().expect("start statusd")))
     }
 }
+
+/// A new secret key at `path`, made by the binary (`statusd keygen`).
+pub fn keygen(path: &std::path::Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_statusd"))
+        .arg("keygen")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
