@@ -372,26 +372,7 @@ async fn a_reconcile_asked_of_a_replica_that_does_not_hold_the_account_names_its
         return;
     };
     let Pool { http, replicas, .. } = pool;
-    let ids: Vec<String> = {
-        let mut v = Vec::new();
-        for r in &replicas {
-            v.push(member_of(&http, r.port).await);
-        }
-        v
-    };
-    // Once the first has given the second its share.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let held = loop {
-        let held = owners(&http, replicas[0].port).await;
-        if held.get(&ids[1]).is_some_and(|s| s.len() >= 4) {
-            break held;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the second replica holds nothing: {held:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (ids, held) = second_holds_its_share(&http, &replicas).await;
     all_owned(&http, replicas[0].port, Duration::from_secs(20), &[]).await;
     // An account whose shard the second replica holds, asked of the first.
     let map = statusd::cluster::ShardMap {
@@ -527,22 +508,7 @@ async fn an_account_added_through_one_replica_is_served_by_the_owner_of_its_shar
     let Pool {
         http, replicas, sb, ..
     } = &pool;
-    let ids = [
-        member_of(http, replicas[0].port).await,
-        member_of(http, replicas[1].port).await,
-    ];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let held = loop {
-        let held = owners(http, replicas[0].port).await;
-        if held.get(&ids[1]).is_some_and(|s| s.len() >= 4) {
-            break held;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the second holds nothing: {held:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (ids, held) = second_holds_its_share(http, replicas).await;
     // An id whose shard the second replica holds; added through the first.
     let map = statusd::cluster::ShardMap {
         shards: 16,

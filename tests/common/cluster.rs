@@ -352,3 +352,27 @@ pub async fn largest_owner(http: &reqwest::Client, replicas: &[Replica]) -> usiz
     }
     (0..replicas.len()).max_by_key(|i| sizes[*i]).unwrap()
 }
+
+/// The member ids of the first two replicas and who holds which shard, once the first has given
+/// the second its share (at least 4 of the 16 shards).
+pub async fn second_holds_its_share(
+    http: &reqwest::Client,
+    replicas: &[Replica],
+) -> ([String; 2], HashMap<String, Vec<u64>>) {
+    let ids = [
+        member_of(http, replicas[0].port).await,
+        member_of(http, replicas[1].port).await,
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = owners(http, replicas[0].port).await;
+        if held.get(&ids[1]).is_some_and(|s| s.len() >= 4) {
+            return (ids, held);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second replica holds nothing: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
