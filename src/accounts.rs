@@ -287,8 +287,15 @@ impl Builder {
         }
     }
 
-    /// An account as the store holds it, its secret opened.
-    fn stored(&self, s: &crate::store::StoredAccount, secret: Secret) -> Account {
+    /// An account as the store holds it, its secret opened with `key` (or why it cannot be).
+    fn stored(
+        &self,
+        s: &crate::store::StoredAccount,
+        key: &crate::vault::SecretKey,
+    ) -> Result<Account, String> {
+        let secret = key
+            .open(&s.id, &s.client_secret_sealed)
+            .map_err(|e| format!("{} ({e})", s.id))?;
         let mut account = self.account(AccountSpec {
             id: s.id.clone(),
             datacenter_url: s.datacenter_url.clone(),
@@ -302,7 +309,7 @@ impl Builder {
         account.tenant_name = s.tenant_name.clone();
         account.retiring = s.retiring;
         account.updated_at_ms = s.updated_at_ms;
-        account
+        Ok(account)
     }
 }
 
@@ -324,7 +331,11 @@ impl Accounts {
                 ids_of(&stored)
             ));
         };
-        let mut ready = Vec::new();
+        let builder = self
+            .builder
+            .as_ref()
+            .ok_or("these accounts cannot build clients")?;
+        let mut built = Vec::with_capacity(stored.len());
         let mut failed = Vec::new();
         for s in &stored {
             if self.get(&s.id).is_some() {
@@ -333,9 +344,9 @@ impl Accounts {
                     s.id, s.id
                 ));
             }
-            match key.open(&s.id, &s.client_secret_sealed) {
-                Ok(secret) => ready.push((s, secret)),
-                Err(e) => failed.push(format!("{} ({e})", s.id)),
+            match builder.stored(s, key) {
+                Ok(a) => built.push(a),
+                Err(e) => failed.push(e),
             }
         }
         if !failed.is_empty() {
@@ -346,26 +357,8 @@ impl Accounts {
                 failed.join(", ")
             ));
         }
-        let n = ready.len();
-        let builder = self
-            .builder
-            .as_ref()
-            .ok_or("these accounts cannot build clients")?;
-        let mut built = Vec::with_capacity(n);
-        for (s, secret) in ready {
-            built.push(builder.stored(s, secret));
-        }
-        let datacenters: std::collections::BTreeSet<String> =
-            built.iter().map(|a| a.datacenter.clone()).collect();
-        builder
-            .metrics
-            .expose_datacenters(datacenters.iter().map(String::as_str));
-        // One swap of the map for all of them (not one copy of it per account).
-        self.change(|m| {
-            for a in built {
-                m.insert(a.id.clone(), Arc::new(a));
-            }
-        });
+        let n = built.len();
+        self.put(builder, built, &[]);
         Ok(n)
     }
 }
@@ -472,17 +465,15 @@ impl Accounts {
                 None => &mut changes.added,
             };
             let opened = match key {
-                Some(k) => k
-                    .open(&s.id, &s.client_secret_sealed)
-                    .map_err(|e| e.to_string()),
-                None => Err("store.secret_key_file is not set".to_string()),
+                Some(k) => builder.stored(s, k),
+                None => Err(format!("{} (store.secret_key_file is not set)", s.id)),
             };
             match opened {
-                Ok(secret) => {
+                Ok(a) => {
                     same.push(s.id.clone());
-                    built.push(builder.stored(s, secret));
+                    built.push(a);
                 }
-                Err(e) => changes.refused.push(format!("{} ({e})", s.id)),
+                Err(e) => changes.refused.push(e),
             }
         }
         let kept: std::collections::BTreeSet<&str> = stored.iter().map(|s| s.id.as_str()).collect();
@@ -491,9 +482,15 @@ impl Accounts {
             .filter(|a| a.source == AccountSource::Store && !kept.contains(a.id.as_str()))
             .map(|a| a.id.clone())
             .collect();
-        if built.is_empty() && changes.removed.is_empty() {
-            return changes;
+        if !built.is_empty() || !changes.removed.is_empty() {
+            self.put(builder, built, &changes.removed);
         }
+        changes
+    }
+
+    /// Put `built` in use and take `removed` out, in one swap of the map (not one copy of it
+    /// per account); their data centers shown in the metrics.
+    fn put(&self, builder: &Builder, built: Vec<Account>, removed: &[String]) {
         builder
             .metrics
             .expose_datacenters(built.iter().map(|a| a.datacenter.as_str()));
@@ -501,11 +498,10 @@ impl Accounts {
             for a in built {
                 m.insert(a.id.clone(), Arc::new(a));
             }
-            for id in &changes.removed {
+            for id in removed {
                 m.remove(id);
             }
         });
-        changes
     }
 }
 
@@ -544,11 +540,9 @@ pub async fn sync_loop(
             }
         }
         // Said once per cause, not at every look.
-        if done.refused != refused_before {
-            for why in done.refused.iter().filter(|w| !refused_before.contains(w)) {
-                tracing::error!(message = "a stored account cannot be taken in; its events wait", error = %why);
-            }
-            refused_before = done.refused;
+        for why in done.refused.iter().filter(|w| !refused_before.contains(w)) {
+            tracing::error!(message = "a stored account cannot be taken in; its events wait", error = %why);
         }
+        refused_before = done.refused;
     }
 }
