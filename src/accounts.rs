@@ -58,7 +58,11 @@ pub struct Account {
 /// What builds a client for an account: the shared HTTP client and, per data center, the
 /// permits that bound the requests in flight there.
 struct Builder {
+    /// For the configuration file's accounts (the operator's own words) and Fusion.
     http: reqwest::Client,
+    /// For accounts added through the API: names resolve only to allowed addresses.
+    guarded: reqwest::Client,
+    policy: Arc<crate::platform::HostPolicy>,
     permits: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Semaphore>>>,
     metrics: Arc<Metrics>,
     request_timeout: Duration,
@@ -91,47 +95,63 @@ pub use crate::platform::datacenter_of;
 impl Accounts {
     /// A client for every account of the settings.
     pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Accounts, String> {
+        let policy = Arc::new(crate::platform::HostPolicy::new(&settings.platform));
+        let http_options = crate::platform::HttpOptions::from(&settings.platform);
         let builder = Arc::new(Builder {
-            http: crate::platform::http_client(settings.platform.request_timeout)?,
+            http: crate::platform::http_client(&http_options, None)?,
+            guarded: crate::platform::http_client(&http_options, Some(policy.clone()))?,
+            policy,
             permits: Default::default(),
             metrics: metrics.clone(),
             request_timeout: settings.platform.request_timeout,
             max_concurrency: settings.platform.max_concurrency.max(1),
             integration: settings.integration.clone(),
         });
-        let mut by_id = BTreeMap::new();
+        let mut built = Vec::new();
         for a in &settings.accounts {
-            let mut account = builder.account(AccountSpec {
-                id: a.id.clone(),
-                datacenter_url: a.datacenter_url.clone(),
-                client_id: a.client_id.clone(),
-                client_secret: a.client_secret.clone(),
-                credentials: a.credentials,
-                root_tenant_id: a.root_tenant_id,
-            });
+            let mut account = builder.account(
+                AccountSpec {
+                    id: a.id.clone(),
+                    datacenter_url: a.datacenter_url.clone(),
+                    client_id: a.client_id.clone(),
+                    client_secret: a.client_secret.clone(),
+                    credentials: a.credentials,
+                    root_tenant_id: a.root_tenant_id,
+                },
+                AccountSource::File,
+            );
             account.branding = a.branding.clone();
             account.branding_targets = a.branding_targets.clone();
-            by_id.insert(a.id.clone(), Arc::new(account));
+            built.push(account);
         }
-        metrics.expose_datacenters(by_id.values().map(|a| a.datacenter.as_str()));
-        Ok(Accounts {
-            by_id: Arc::new(RwLock::new(Arc::new(by_id))),
-            builder: Some(builder),
-        })
+        let accounts = Accounts {
+            by_id: Default::default(),
+            builder: Some(builder.clone()),
+        };
+        accounts.put(&builder, built, &[]);
+        Ok(accounts)
     }
 
-    /// An account with a client of this daemon (its data center's permits shared), not yet in
-    /// the map: what validation uses, and what `insert` takes.
+    /// An account added through the API, with a client of this daemon (its data center's
+    /// permits shared when it has some), not yet in the map and leaving nothing behind until
+    /// it is: what validation uses, and what `insert` takes.
     pub fn build(&self, spec: AccountSpec) -> Result<Account, String> {
         let builder = self
             .builder
             .as_ref()
             .ok_or("these accounts cannot build clients")?;
-        let account = builder.account(spec);
-        builder
-            .metrics
-            .expose_datacenters(std::iter::once(account.datacenter.as_str()));
+        let mut account = builder.account(spec, AccountSource::Store);
+        account.client = account.client.on_probation();
         Ok(account)
+    }
+
+    /// May an account added through the API use this data-center URL (an origin)? Checked
+    /// before anything connects to it: `platform.allowed_hosts`, then where the name resolves.
+    pub async fn check_address(&self, url: &str) -> Result<(), crate::platform::Refused> {
+        match self.builder.as_ref() {
+            Some(b) => b.policy.check(url).await,
+            None => Ok(()),
+        }
     }
 
     /// The HTTP client every account shares (its connection pool and TLS set-up), for the
@@ -173,6 +193,9 @@ impl Accounts {
 
     /// Put an account in use (added, or its credentials replaced); returns the one it replaced.
     pub fn insert(&self, account: Account) -> Option<Arc<Account>> {
+        if let Some(b) = &self.builder {
+            b.enlist(&account);
+        }
         let mut old = None;
         self.change(|m| old = m.insert(account.id.clone(), Arc::new(account)));
         old
@@ -246,15 +269,25 @@ impl Accounts {
 }
 
 impl Builder {
-    fn account(&self, spec: AccountSpec) -> Account {
+    /// An account's client: the guarded HTTP client for one added through the API (blocked
+    /// outright when its host is not allowed), the data center's permits when it has some,
+    /// else its own until it is enlisted.
+    fn account(&self, spec: AccountSpec, source: AccountSource) -> Account {
         let datacenter = datacenter_of(&spec.datacenter_url);
         let permits = self
             .permits
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(datacenter.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.max_concurrency)))
-            .clone();
+            .get(&datacenter)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(self.max_concurrency)));
+        let (http, blocked) = match source {
+            AccountSource::File => (self.http.clone(), None),
+            AccountSource::Store => (
+                self.guarded.clone(),
+                self.policy.check_host(&spec.datacenter_url).err(),
+            ),
+        };
         let client = PlatformClient::with_http(
             ClientOptions {
                 base_url: spec.datacenter_url.clone(),
@@ -265,10 +298,14 @@ impl Builder {
                 max_concurrency: self.max_concurrency,
                 integration: self.integration.clone(),
             },
-            self.http.clone(),
+            http,
             permits,
             self.metrics.clone(),
         );
+        let client = match blocked {
+            Some(why) => client.blocked(why.0),
+            None => client,
+        };
         Account {
             id: spec.id,
             datacenter_url: spec.datacenter_url,
@@ -279,12 +316,24 @@ impl Builder {
             root_tenant_id: spec.root_tenant_id,
             branding: None,
             branding_targets: None,
-            source: AccountSource::File,
+            source,
             tenant_id: None,
             tenant_name: None,
             retiring: false,
             updated_at_ms: 0,
         }
+    }
+
+    /// An account goes in use: its data center's permits shared from now on, its figures shown.
+    fn enlist(&self, a: &Account) {
+        self.permits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(a.datacenter.clone())
+            .or_insert_with(|| a.client.permits());
+        a.client.enlist();
+        self.metrics
+            .expose_datacenters(std::iter::once(a.datacenter.as_str()));
     }
 
     /// An account as the store holds it, its secret opened with `key` (or why it cannot be).
@@ -296,15 +345,17 @@ impl Builder {
         let secret = key
             .open(&s.id, &s.client_secret_sealed)
             .map_err(|e| format!("{} ({e})", s.id))?;
-        let mut account = self.account(AccountSpec {
-            id: s.id.clone(),
-            datacenter_url: s.datacenter_url.clone(),
-            client_id: s.client_id.clone(),
-            client_secret: secret,
-            credentials: Credentials::parse(&s.credentials).unwrap_or_default(),
-            root_tenant_id: s.root_tenant_id,
-        });
-        account.source = AccountSource::Store;
+        let mut account = self.account(
+            AccountSpec {
+                id: s.id.clone(),
+                datacenter_url: s.datacenter_url.clone(),
+                client_id: s.client_id.clone(),
+                client_secret: secret,
+                credentials: Credentials::parse(&s.credentials).unwrap_or_default(),
+                root_tenant_id: s.root_tenant_id,
+            },
+            AccountSource::Store,
+        );
         account.tenant_id = s.tenant_id;
         account.tenant_name = s.tenant_name.clone();
         account.retiring = s.retiring;
@@ -491,9 +542,9 @@ impl Accounts {
     /// Put `built` in use and take `removed` out, in one swap of the map (not one copy of it
     /// per account); their data centers shown in the metrics.
     fn put(&self, builder: &Builder, built: Vec<Account>, removed: &[String]) {
-        builder
-            .metrics
-            .expose_datacenters(built.iter().map(|a| a.datacenter.as_str()));
+        for a in &built {
+            builder.enlist(a);
+        }
         self.change(|m| {
             for a in built {
                 m.insert(a.id.clone(), Arc::new(a));

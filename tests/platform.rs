@@ -213,7 +213,7 @@ fn error_bodies_decode_in_every_shape() {
     );
     assert_eq!(
         describe_error_body(b"<html>gateway</html>"),
-        "non-JSON body: <html>gateway</html>"
+        "the answer is not the platform's JSON error (20 bytes, not shown)"
     );
     assert_eq!(describe_error_body(b""), "empty response body");
     assert_eq!(

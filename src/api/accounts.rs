@@ -227,6 +227,11 @@ fn invalid(e: Invalid) -> ApiError {
     }
 }
 
+/// An address an account added through the API may not use (nothing was sent there).
+fn not_allowed(r: crate::platform::Refused) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "host_not_allowed", r.0).field("datacenter_url")
+}
+
 /// A store refusal of an account change (it raced with another) as the API answers it.
 fn account_store_error(e: crate::store::StoreError) -> ApiError {
     match e {
@@ -349,6 +354,11 @@ pub(super) async fn add_account(
     if taken(&state, &id).await? {
         return Err(exists(&id));
     }
+    state
+        .accounts
+        .check_address(&spec.datacenter_url)
+        .await
+        .map_err(not_allowed)?;
     let secret = spec.client_secret.clone();
     let mut account = state
         .accounts
@@ -449,6 +459,11 @@ pub(super) async fn rotate_credentials(
         .unwrap_or_else(|| current.client_id.clone());
     let secret = Secret::new(b.required("client_secret", 4096, "the API client's new secret")?);
     let key = key_of(&state)?.clone();
+    state
+        .accounts
+        .check_address(&current.datacenter_url)
+        .await
+        .map_err(not_allowed)?;
     let mut account = state
         .accounts
         .build(AccountSpec {

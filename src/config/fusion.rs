@@ -215,16 +215,10 @@ impl Reader {
             self.problem(key, "required (e.g. https://apioaas-prov.netaxis.cloud)");
             return None;
         };
-        match check_datacenter_url(&raw) {
+        match check_origin(&raw, "https://apioaas-prov.netaxis.cloud") {
             Ok(u) => Some(u),
             Err(m) => {
-                self.problem(
-                    key,
-                    m.replace(
-                        "https://eu2-cloud.acronis.com",
-                        "https://apioaas-prov.netaxis.cloud",
-                    ),
-                );
+                self.problem(key, m);
                 None
             }
         }

@@ -20,6 +20,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/statusd/statusd.toml";
 
 mod accounts;
 mod fusion;
+mod outbound;
 mod reader;
 mod render;
 mod secret;
@@ -27,8 +28,11 @@ mod settings;
 
 pub use accounts::{valid_account_id, AccountSettings, DEFAULT_ACCOUNT};
 pub use fusion::{merge_into, FusionBranding, FusionSettings, FUSION_MASK, FUSION_PARTS};
+pub use outbound::{
+    check_datacenter_url, check_origin, non_public_kind, HostPattern, DEFAULT_ALLOWED_HOSTS,
+};
 use reader::*;
-pub use reader::{check_datacenter_url, validate_brand_value, validate_cron};
+pub use reader::{validate_brand_value, validate_cron};
 pub use secret::Secret;
 pub use settings::*;
 

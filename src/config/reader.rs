@@ -404,6 +404,91 @@ impl Reader {
             credentials,
             request_timeout: self.duration("platform.request_timeout", "30s"),
             max_concurrency: self.u64_in("platform.max_concurrency", 8, 1, 256) as usize,
+            allowed_hosts: self.allowed_hosts("platform.allowed_hosts"),
+            ca_file: self.readable_file("platform.ca_file"),
+            proxy: self.proxy("platform.proxy"),
+        }
+    }
+
+    /// A list of strings, as TOML writes it or as the environment does (comma-separated).
+    pub(super) fn string_list(&mut self, key: &str) -> Option<Vec<String>> {
+        match self.raw(key)? {
+            Value::Array(items) => {
+                let mut out = Vec::new();
+                for v in items {
+                    match v {
+                        Value::String(s) => out.push(s),
+                        other => {
+                            self.problem(
+                                key,
+                                format!(
+                                    "expected a list of strings, got {} in it",
+                                    kind_of(&other)
+                                ),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                Some(out)
+            }
+            Value::String(s) => Some(
+                s.split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+            ),
+            other => {
+                self.problem(key, format!("expected a list, got {}", kind_of(&other)));
+                None
+            }
+        }
+    }
+
+    fn allowed_hosts(&mut self, key: &str) -> Vec<HostPattern> {
+        let Some(items) = self.string_list(key) else {
+            return DEFAULT_ALLOWED_HOSTS
+                .iter()
+                .map(|p| HostPattern::parse(p).expect("the default patterns are valid"))
+                .collect();
+        };
+        let mut out = Vec::new();
+        for item in items {
+            match HostPattern::parse(&item) {
+                Ok(p) => out.push(p),
+                Err(m) => self.problem(key, m),
+            }
+        }
+        out
+    }
+
+    /// A path that must name a readable file, when set.
+    pub(super) fn readable_file(&mut self, key: &str) -> Option<PathBuf> {
+        let path = PathBuf::from(self.string(key)?);
+        if let Err(e) = std::fs::File::open(&path) {
+            self.problem(key, format!("cannot read {}: {e}", path.display()));
+        }
+        Some(path)
+    }
+
+    fn proxy(&mut self, key: &str) -> Option<Secret> {
+        let raw = self.string(key)?;
+        match url::Url::parse(raw.trim()) {
+            Ok(u)
+                if u.scheme() == "http"
+                    && u.host().is_some()
+                    && matches!(u.path(), "" | "/")
+                    && u.query().is_none() =>
+            {
+                Some(Secret::new(raw.trim()))
+            }
+            _ => {
+                self.problem(
+                    key,
+                    "expected an http:// proxy URL with a host and port, e.g. http://proxy.example.net:3128 (user and password may be given in it)",
+                );
+                None
+            }
         }
     }
 
@@ -858,29 +943,4 @@ pub fn parse_size(text: &str) -> Option<u64> {
     };
     let bytes = number * factor;
     (bytes.is_finite() && (0.0..1e19).contains(&bytes)).then_some(bytes as u64)
-}
-
-/// A data center's URL as statusd uses it: https (http only for a loopback address, since the
-/// client secret would cross the network in clear), without a trailing slash.
-pub fn check_datacenter_url(raw: &str) -> Result<String, String> {
-    let trimmed = raw.trim().trim_end_matches('/').to_string();
-    match url::Url::parse(&trimmed) {
-        Ok(u) if u.scheme() == "http" && u.host().is_some() && !is_loopback(&u) => Err(format!(
-            "http:// is allowed only for a loopback address (the client secret would cross the network in clear): {raw:?}; use https://"
-        )),
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(trimmed),
-        _ => Err(format!(
-            "not a URL: {raw:?} (expected e.g. https://eu2-cloud.acronis.com)"
-        )),
-    }
-}
-
-/// A URL whose host is this machine: `localhost`, 127.0.0.0/8 or ::1.
-fn is_loopback(u: &url::Url) -> bool {
-    match u.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
 }

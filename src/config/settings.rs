@@ -76,6 +76,13 @@ pub struct PlatformSettings {
     #[serde(with = "duration_text")]
     pub request_timeout: Duration,
     pub max_concurrency: usize,
+    /// The hosts an account added or rotated through the API may use.
+    pub allowed_hosts: Vec<HostPattern>,
+    /// PEM roots trusted beside the system ones, by every platform and Fusion client.
+    pub ca_file: Option<PathBuf>,
+    /// An `http://` proxy for every platform and Fusion request (unset: `HTTPS_PROXY`/`NO_PROXY`).
+    /// A secret: its URL may carry the proxy's password.
+    pub proxy: Option<Secret>,
 }
 
 /// What kind of credentials the client id and secret are, which decides the token endpoint.

@@ -66,6 +66,9 @@ pub struct PlatformError {
     pub call: String,
     pub message: String,
     pub retry_after: Option<Duration>,
+    /// What of the answer may be shown to an API caller: the platform's error envelope's code
+    /// and message on one line, when the answer was one (never other bytes of an answer).
+    pub envelope: Option<String>,
 }
 
 impl std::fmt::Display for PlatformError {
@@ -102,6 +105,45 @@ impl PlatformError {
             call: call.to_string(),
             message: message.into(),
             retry_after: None,
+            envelope: None,
+        }
+    }
+
+    /// What an API caller may be told of this failure: the call, the status, and the
+    /// platform's own error code and message; for a failure without an answer, only that no
+    /// answer came. Never bytes of another answer, always one line.
+    pub fn public(&self) -> String {
+        match (self.status, &self.envelope) {
+            (Some(s), Some(e)) => format!("{}: HTTP {s}: {e}", self.call),
+            (Some(s), None) if (300..400).contains(&s) => {
+                format!("{}: HTTP {s}: {}", self.call, self.message)
+            }
+            (Some(s), None) => format!("{}: HTTP {s}", self.call),
+            (None, _) if self.message.starts_with("timed out") => {
+                format!("{}: no answer in time", self.call)
+            }
+            (None, _) if self.message.starts_with("refused:") => {
+                format!("{}: {}", self.call, self.message)
+            }
+            (None, _) => format!("{}: no answer", self.call),
+        }
+    }
+
+    /// A 3xx: statusd follows no redirect; the error names the status and where it pointed.
+    pub fn redirect(call: &str, status: StatusCode, location: Option<&str>) -> Self {
+        let to = location
+            .map(|l| match url::Url::parse(l) {
+                Ok(u) => format!("to host {}", u.host_str().unwrap_or("?")),
+                Err(_) => "to a path of the same host".into(),
+            })
+            .unwrap_or_else(|| "without a Location".into());
+        PlatformError {
+            class: ErrorClass::Permanent,
+            status: Some(status.as_u16()),
+            call: call.to_string(),
+            message: format!("redirected {to}; statusd follows no redirect (check the URL)"),
+            retry_after: None,
+            envelope: None,
         }
     }
 
@@ -154,6 +196,7 @@ impl PlatformError {
             call: call.to_string(),
             message: describe_error_body(body),
             retry_after: retry_after.and_then(parse_retry_after),
+            envelope: envelope_summary(body),
         }
     }
 }
@@ -229,13 +272,57 @@ pub fn describe_error_body(body: &[u8]) -> String {
             }
         }
     }
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
+    if body.iter().all(u8::is_ascii_whitespace) {
         "empty response body".into()
     } else {
-        format!("non-JSON body: {}", truncate(text, 300))
+        // Another server's bytes are never repeated: they may be anything it holds.
+        format!(
+            "the answer is not the platform's JSON error ({} bytes, not shown)",
+            body.len()
+        )
     }
+}
+
+/// The platform's error envelope's code and message, on one line and at most 300 characters;
+/// `None` for any other answer.
+pub fn envelope_summary(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: EnvelopeInner,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum EnvelopeInner {
+        Object(ErrorBody),
+        OAuth(String),
+    }
+    let text = match serde_json::from_slice::<Envelope>(body).ok()?.error {
+        EnvelopeInner::Object(e) => match (e.code, e.message) {
+            (Some(c), Some(m)) => format!("code {c}: {m}"),
+            (Some(c), None) => format!("code {c}"),
+            (None, Some(m)) => m,
+            (None, None) => "error without details".into(),
+        },
+        EnvelopeInner::OAuth(error) => {
+            #[derive(Deserialize)]
+            struct OAuthDesc {
+                #[serde(default)]
+                error_description: Option<String>,
+            }
+            match serde_json::from_slice::<OAuthDesc>(body)
+                .ok()
+                .and_then(|d| d.error_description)
+            {
+                Some(d) => format!("{error}: {d}"),
+                None => error,
+            }
+        }
+    };
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    Some(truncate(one_line.trim(), 300))
 }
 
 pub(super) fn truncate(s: &str, max: usize) -> String {

@@ -134,7 +134,7 @@ impl FusionClient {
 
     /// A path under the provider's DRaaS instance.
     pub fn draas(&self, rest: &str) -> String {
-        format!("/draas/{}{rest}", self.inner.instance)
+        format!("/draas/{}{rest}", super::segment(&self.inner.instance))
     }
 
     fn auth_error(call: &str, message: String) -> PlatformError {
@@ -206,8 +206,7 @@ impl FusionClient {
             .send()
             .await
             .map_err(|e| PlatformError::from_transport(call, &e))?;
-        let status = resp.status();
-        let bytes = read_capped(resp, call).await?;
+        let (status, _, bytes) = read_answer(resp, call).await?;
         if !status.is_success() {
             return Err(PlatformError::from_token_response(
                 call, status, None, &bytes,
@@ -365,10 +364,7 @@ impl FusionClient {
                     rb = rb.json(b);
                 }
                 match rb.send().await {
-                    Ok(r) => {
-                        let status = r.status();
-                        read_capped(r, &call).await.map(|b| (status, b))
-                    }
+                    Ok(r) => read_answer(r, &call).await.map(|(s, _, b)| (s, b)),
                     Err(e) => Err(PlatformError::from_transport(&call, &e)),
                 }
             };

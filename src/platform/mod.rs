@@ -46,6 +46,7 @@ pub const UUIDS_PER_CALL: usize = 100;
 mod branding;
 mod errors;
 mod fusion;
+mod outbound;
 mod status;
 mod tenants;
 mod validate;
@@ -53,6 +54,7 @@ mod wire;
 
 pub use errors::*;
 pub use fusion::{FusionClient, FusionOptions, FusionState, LoginOutcome};
+pub use outbound::{http_client, segment, HostPolicy, HttpOptions, Refused};
 pub use status::validate_report;
 pub use validate::{Invalid, Validated};
 pub use wire::*;
@@ -134,6 +136,12 @@ struct ClientInner {
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     up: AtomicBool,
+    /// Set once the account is in use: until then (while it is being validated) its client
+    /// leaves nothing in the metrics, so a refused address leaves no trace.
+    enlisted: AtomicBool,
+    /// Why no request may be sent at all (its host is not allowed): every call fails at once
+    /// with this, as a refusal of the credentials.
+    blocked: Option<String>,
 }
 
 /// The host (and port, when given) of a data-center URL: how metrics and status pages name it.
@@ -149,18 +157,6 @@ pub fn datacenter_of(url: &str) -> String {
         .unwrap_or_else(|| url.to_string())
 }
 
-/// The HTTP client for platform calls: rustls with ring, the request timeout, keep-alive.
-pub fn http_client(request_timeout: Duration) -> Result<reqwest::Client, String> {
-    install_crypto_provider();
-    reqwest::Client::builder()
-        .user_agent(crate::USER_AGENT)
-        .connect_timeout(Duration::from_secs(10).min(request_timeout))
-        .timeout(request_timeout)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
-}
-
 /// Install the ring provider for rustls once per process (reqwest is built without one).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -168,7 +164,7 @@ pub fn install_crypto_provider() {
 
 impl PlatformClient {
     pub fn new(opts: ClientOptions, metrics: Arc<Metrics>) -> Result<PlatformClient, String> {
-        let http = http_client(opts.request_timeout)?;
+        let http = http_client(&HttpOptions::plain(opts.request_timeout), None)?;
         let permits = Arc::new(Semaphore::new(opts.max_concurrency.max(1)));
         Ok(PlatformClient::with_http(opts, http, permits, metrics))
     }
@@ -196,8 +192,38 @@ impl PlatformClient {
                 permits,
                 metrics,
                 up: AtomicBool::new(false),
+                enlisted: AtomicBool::new(true),
+                blocked: None,
             }),
         }
+    }
+
+    /// A client that must not send anything: every call fails at once with `why`.
+    pub fn blocked(self, why: String) -> PlatformClient {
+        let inner = Arc::into_inner(self.inner).expect("a client is blocked before it is shared");
+        PlatformClient {
+            inner: Arc::new(ClientInner {
+                blocked: Some(why),
+                ..inner
+            }),
+        }
+    }
+
+    /// A client on probation (an account being validated): it leaves nothing in the metrics
+    /// until [`PlatformClient::enlist`].
+    pub fn on_probation(self) -> PlatformClient {
+        self.inner.enlisted.store(false, Ordering::Relaxed);
+        self
+    }
+
+    /// The account is in use: its client's figures show from now on.
+    pub fn enlist(&self) {
+        self.inner.enlisted.store(true, Ordering::Relaxed);
+    }
+
+    /// The permits of its data center (shared by the accounts there).
+    pub fn permits(&self) -> Arc<Semaphore> {
+        self.inner.permits.clone()
     }
 
     pub fn datacenter(&self) -> &str {
@@ -215,6 +241,9 @@ impl PlatformClient {
 
     fn set_up(&self, up: bool) {
         self.inner.up.store(up, Ordering::Relaxed);
+        if !self.inner.enlisted.load(Ordering::Relaxed) {
+            return;
+        }
         self.inner
             .metrics
             .platform_up
@@ -326,6 +355,13 @@ impl PlatformClient {
         let path = self.inner.credentials.token_path();
         let call = format!("POST {path}");
         let call = call.as_str();
+        if let Some(why) = &self.inner.blocked {
+            return Err(PlatformError::local(
+                call,
+                ErrorClass::Auth,
+                format!("refused: {why}"),
+            ));
+        }
         let _permit = self.permit().await;
         let resp = self
             .inner
@@ -349,6 +385,13 @@ impl PlatformClient {
         let platform_now = header_string(&resp, "date")
             .and_then(|d| DateTime::parse_from_rfc2822(&d).ok())
             .map(|d| d.timestamp());
+        if status.is_redirection() {
+            return Err(PlatformError::redirect(
+                call,
+                status,
+                header_string(&resp, "location").as_deref(),
+            ));
+        }
         let body = read_capped(resp, call).await?;
         if !status.is_success() {
             let err =
@@ -400,11 +443,7 @@ impl PlatformClient {
                     .send()
                     .await;
                 match resp {
-                    Ok(r) => {
-                        let status = r.status();
-                        let headers = r.headers().clone();
-                        read_capped(r, call).await.map(|b| (status, headers, b))
-                    }
+                    Ok(r) => read_answer(r, call).await,
                     Err(e) => Err(PlatformError::from_transport(call, &e)),
                 }
             };
@@ -451,7 +490,7 @@ impl PlatformClient {
                 struct ClientInfo {
                     tenant_id: Uuid,
                 }
-                let path = format!("/api/2/clients/{}", self.inner.client_id);
+                let path = format!("/api/2/clients/{}", segment(&self.inner.client_id));
                 let call = format!("GET {path}");
                 let url = self.url(&path);
                 let (_, _, body) = self.send(&call, |h| h.get(&url)).await?;
@@ -474,6 +513,24 @@ fn header_string(resp: &reqwest::Response, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
+}
+
+/// An answer that is not a redirect (statusd follows none: a 3xx is an error naming the status
+/// and where it pointed), with its body read up to [`MAX_ANSWER_BYTES`].
+pub(crate) async fn read_answer(
+    resp: reqwest::Response,
+    call: &str,
+) -> Result<(StatusCode, reqwest::header::HeaderMap, bytes::Bytes), PlatformError> {
+    let status = resp.status();
+    if status.is_redirection() {
+        return Err(PlatformError::redirect(
+            call,
+            status,
+            header_string(&resp, "location").as_deref(),
+        ));
+    }
+    let headers = resp.headers().clone();
+    read_capped(resp, call).await.map(|b| (status, headers, b))
 }
 
 /// An answer's body, refused past [`MAX_ANSWER_BYTES`].

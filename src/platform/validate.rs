@@ -29,10 +29,16 @@ pub enum Invalid {
 impl Invalid {
     /// A failed call of the validation, by what it tells of the credentials.
     fn of(e: PlatformError, base: &str, step: Step) -> Invalid {
-        let said = e.to_string();
+        // What the caller may read: the platform's own error, never another server's bytes.
+        let said = e.public();
+        let base = crate::platform::datacenter_of(base);
+        let base = base.as_str();
         match (e.status, step) {
             (None, _) if e.message.starts_with("timed out") => Invalid::Timeout(format!(
                 "{base} did not answer in time (platform.request_timeout): {said}"
+            )),
+            (Some(300..=399), _) => Invalid::NotDatacenter(format!(
+                "{base} answered with a redirect, which statusd does not follow: {said}"
             )),
             (None, Step::Token) | (Some(404 | 405), Step::Token) => Invalid::NotDatacenter(
                 format!("{base} is not a data center of the platform (its token endpoint did not answer as one): {said}"),
@@ -79,7 +85,7 @@ impl PlatformClient {
         struct ClientInfo {
             tenant_id: Uuid,
         }
-        let path = format!("/api/2/clients/{}", self.inner.client_id);
+        let path = format!("/api/2/clients/{}", segment(&self.inner.client_id));
         let body = self
             .get_once(&token.access, &path)
             .await
@@ -120,8 +126,7 @@ impl PlatformClient {
             .send()
             .await
             .map_err(|e| PlatformError::from_transport(&call, &e))?;
-        let status = resp.status();
-        let body = read_capped(resp, &call).await?;
+        let (status, _, body) = read_answer(resp, &call).await?;
         if status.is_success() {
             Ok(body)
         } else {

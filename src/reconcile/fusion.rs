@@ -100,6 +100,7 @@ fn permanent(call: String, status: Option<u16>, message: String) -> ReconcileErr
         call,
         message,
         retry_after: None,
+        envelope: None,
     })
 }
 

@@ -257,7 +257,7 @@ impl Reconcilers {
                     password: f.password.clone(),
                 },
                 accounts.http().unwrap_or_else(|| {
-                    crate::platform::http_client(settings.platform.request_timeout)
+                    crate::platform::http_client(&(&settings.platform).into(), None)
                         .expect("the HTTP client builds with these settings")
                 }),
                 settings.platform.max_concurrency,

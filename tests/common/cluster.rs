@@ -29,7 +29,7 @@ pub fn config(
         super::keygen(&key);
     }
     let mut toml = format!(
-        "[integration]\napplication_code = \"vendor.tests\"\n[platform]\nrequest_timeout = \"2s\"\n\
+        "[integration]\napplication_code = \"vendor.tests\"\n[platform]\nrequest_timeout = \"2s\"\nallowed_hosts = [\"127.0.0.1\"]\n\
          [store]\nbackend = \"postgres\"\nsecret_key_file = \"{}\"\n[store.postgres]\nurl = \"{}\"\nschema = \"{schema}\"\npool_size = 8\n\
          [cluster]\nshards = 16\nlease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"500ms\"\n\
          [delivery]\ninitial_backoff = \"50ms\"\nmax_backoff = \"300ms\"\nmax_batch_events = 10\nshutdown_grace = \"2s\"\n",

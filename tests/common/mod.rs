@@ -221,6 +221,9 @@ pub fn daemon_command(
         .env("STATUSD__PLATFORM__CLIENT_ID", client_id)
         .env("STATUSD__PLATFORM__CLIENT_SECRET", secret)
         .env("STATUSD__PLATFORM__REQUEST_TIMEOUT", "2s")
+        // The sandbox data centers listen on this address; accounts added through the API
+        // may use it only because it is named here.
+        .env("STATUSD__PLATFORM__ALLOWED_HOSTS", "127.0.0.1")
         .env("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.tests")
         .env("STATUSD__STORE__PATH", store)
         .env("STATUSD__STORE__CACHE_CAPACITY_MB", "16")
