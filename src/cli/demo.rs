@@ -183,6 +183,8 @@ async fn start(tenants: usize, postgres: Option<&str>) -> Result<Stage, String> 
 {fusion_toml}
 [platform]
 request_timeout = "2s"
+# The sandbox data centers listen here; accounts added through the API may use it only because it is named.
+allowed_hosts = ["127.0.0.1"]
 max_concurrency = 8
 [integration]
 application_code = "sandbox.demo"

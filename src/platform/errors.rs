@@ -122,7 +122,10 @@ impl PlatformError {
             (None, _) if self.message.starts_with("timed out") => {
                 format!("{}: no answer in time", self.call)
             }
-            (None, _) if self.message.starts_with("refused:") => {
+            (None, _)
+                if self.message.starts_with("refused:")
+                    || self.message.starts_with("TLS failed") =>
+            {
                 format!("{}: {}", self.call, self.message)
             }
             (None, _) => format!("{}: no answer", self.call),
@@ -152,6 +155,8 @@ impl PlatformError {
     pub fn from_transport(call: &str, e: &reqwest::Error) -> Self {
         let kind = if e.is_timeout() {
             "timed out"
+        } else if is_tls(e) {
+            "TLS failed"
         } else if e.is_connect() {
             "connection failed"
         } else if e.is_body() || e.is_decode() {
@@ -199,6 +204,27 @@ impl PlatformError {
             envelope: envelope_summary(body),
         }
     }
+}
+
+/// Whether a transport error is the TLS handshake failing (an untrusted certificate, a name
+/// it does not cover): said as such, since the fix (`platform.ca_file`) differs.
+fn is_tls(e: &reqwest::Error) -> bool {
+    fn has_rustls(e: &(dyn std::error::Error + 'static)) -> bool {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        // An I/O error wraps its cause without naming it as its source.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if has_rustls(inner) {
+                return true;
+            }
+        }
+        e.source().is_some_and(has_rustls)
+    }
+    std::error::Error::source(e).is_some_and(has_rustls)
 }
 
 /// The one decision of what a status code means.

@@ -130,13 +130,42 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if let Some(m) = mode.as_deref() {
         if !["disable", "prefer", "require", "verify-ca", "verify-full"].contains(&m) {
             return Err(format!(
-                "sslmode {m:?} is not one of disable, prefer, require, verify-ca, verify-full"
+                "sslmode {m:?} is not one statusd takes: sslmode=require, sslmode=verify-ca or sslmode=verify-full (TLS), sslmode=disable (plain text), or sslmode=prefer for a database on this machine"
             ));
         }
     }
-    tokio_postgres::Config::from_str(&plain)
-        .map(|_| ())
-        .map_err(|e| format!("not a connection URL statusd can read: {e}"))
+    let config = tokio_postgres::Config::from_str(&plain)
+        .map_err(|e| format!("not a connection URL statusd can read: {e}"))?;
+    // Off this machine, the password and every event cross the network: TLS, or plain text
+    // only where it is written. `prefer` would fall back to plain text if the server declined.
+    if !all_hosts_local(&config) && matches!(mode.as_deref(), None | Some("prefer")) {
+        return Err(format!(
+            "the database is not on this machine and the URL {}: add sslmode=require, sslmode=verify-ca or sslmode=verify-full (TLS, the server's certificate verified against the system roots or store.postgres.ca_file), or sslmode=disable to send it in clear on purpose",
+            match mode.as_deref() {
+                None => "names no sslmode".to_string(),
+                Some(m) => format!("asks for sslmode={m}, which falls back to plain text"),
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// Every host of a connection is this machine: `localhost`, a loopback address, or a Unix
+/// socket.
+fn all_hosts_local(config: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    let hosts = config.get_hosts();
+    !hosts.is_empty()
+        && hosts.iter().all(|h| match h {
+            Host::Tcp(name) => {
+                let name = name.trim_start_matches('[').trim_end_matches(']');
+                name.eq_ignore_ascii_case("localhost")
+                    || name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            Host::Unix(_) => true,
+        })
 }
 
 fn tls_connector(
