@@ -1493,8 +1493,8 @@ async fn runtime_accounts(dir: &Path) {
             let now = statusd::store::now_ms();
             for i in 0..count {
                 let id = format!("stored-{i:05}");
-                let record = statusd::store::StoredAccount {
-                    client_secret_sealed: sealer.seal(&id, &Uuid::new_v4().simple().to_string()),
+                let mut record = statusd::store::StoredAccount {
+                    client_secret_sealed: String::new(),
                     id,
                     datacenter_url: sb.url.clone(),
                     client_id: Uuid::new_v4().to_string(),
@@ -1506,6 +1506,8 @@ async fn runtime_accounts(dir: &Path) {
                     updated_at_ms: now,
                     retiring: false,
                 };
+                record.client_secret_sealed =
+                    sealer.seal_bound(&record.binding(), &Uuid::new_v4().simple().to_string());
                 q.write_account(statusd::store::AccountWrite::Add(record), Vec::new())
                     .await
                     .unwrap();

@@ -336,15 +336,21 @@ impl Builder {
             .expose_datacenters(std::iter::once(a.datacenter.as_str()));
     }
 
-    /// An account as the store holds it, its secret opened with `key` (or why it cannot be).
+    /// An account as the store holds it, its secret opened with `key` (or why it cannot be),
+    /// and whether its secret should be sealed again (an older format, or the previous key).
+    /// A secret that does not open for the record (its address or client id was changed, or
+    /// it was copied from another record) makes an account that sends nothing and shows
+    /// failing: its events wait.
     fn stored(
         &self,
         s: &crate::store::StoredAccount,
         key: &crate::vault::SecretKey,
-    ) -> Result<Account, String> {
-        let secret = key
-            .open(&s.id, &s.client_secret_sealed)
-            .map_err(|e| format!("{} ({e})", s.id))?;
+    ) -> Result<(Account, bool), String> {
+        let (secret, stale, unbound) = match key.open_bound(&s.binding(), &s.client_secret_sealed) {
+            Ok(o) => (o.secret, o.stale, None),
+            Err(e) if !e.is_key() => (Secret::new(""), false, Some(e)),
+            Err(e) => return Err(format!("{} ({e})", s.id)),
+        };
         let mut account = self.account(
             AccountSpec {
                 id: s.id.clone(),
@@ -360,20 +366,25 @@ impl Builder {
         account.tenant_name = s.tenant_name.clone();
         account.retiring = s.retiring;
         account.updated_at_ms = s.updated_at_ms;
-        Ok(account)
+        if let Some(e) = unbound {
+            tracing::error!(message = "a stored account's secret does not open for its record: nothing is sent for it, its events wait", account = %s.id, error = %e);
+            account.client = account.client.blocked(format!("the stored secret {e}"));
+        }
+        Ok((account, stale))
     }
 }
 
 impl Accounts {
     /// Put the accounts stored through the API in use, their secrets opened with `key`: every
     /// one of them, or none (an error that names the setting and each account that failed).
+    /// Returns how many, and the ids of those whose secret should be sealed again.
     pub fn load_stored(
         &self,
         stored: Vec<crate::store::StoredAccount>,
         key: Option<&crate::vault::SecretKey>,
-    ) -> Result<usize, String> {
+    ) -> Result<(usize, Vec<String>), String> {
         if stored.is_empty() {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
         let Some(key) = key else {
             return Err(format!(
@@ -387,6 +398,7 @@ impl Accounts {
             .as_ref()
             .ok_or("these accounts cannot build clients")?;
         let mut built = Vec::with_capacity(stored.len());
+        let mut stale = Vec::new();
         let mut failed = Vec::new();
         for s in &stored {
             if self.get(&s.id).is_some() {
@@ -396,7 +408,12 @@ impl Accounts {
                 ));
             }
             match builder.stored(s, key) {
-                Ok(a) => built.push(a),
+                Ok((a, old)) => {
+                    if old {
+                        stale.push(a.id.clone());
+                    }
+                    built.push(a);
+                }
                 Err(e) => failed.push(e),
             }
         }
@@ -410,7 +427,7 @@ impl Accounts {
         }
         let n = built.len();
         self.put(builder, built, &[]);
-        Ok(n)
+        Ok((n, stale))
     }
 }
 
@@ -516,7 +533,7 @@ impl Accounts {
                 None => &mut changes.added,
             };
             let opened = match key {
-                Some(k) => builder.stored(s, k),
+                Some(k) => builder.stored(s, k).map(|(a, _)| a),
                 None => Err(format!("{} (store.secret_key_file is not set)", s.id)),
             };
             match opened {

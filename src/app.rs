@@ -177,7 +177,7 @@ async fn start_with(
             path: settings.store.location(),
             source,
         })?;
-    let n = accounts
+    let (n, stale) = accounts
         .load_stored(stored, settings.store.secret_key.as_ref())
         .map_err(AppError::Config)?;
     if n > 0 {
@@ -185,6 +185,9 @@ async fn start_with(
             message = "accounts added through the API taken in",
             accounts = n
         );
+    }
+    if let Some(key) = settings.store.secret_key.as_ref() {
+        reseal_accounts(&queue, &accounts, key, &stale).await;
     }
     let client = accounts.first().map(|a| a.client.clone());
     let delivery = Delivery::new(
@@ -381,8 +384,53 @@ fn takeover(
     })
 }
 
+/// Seal again, under the current key and bound to their records, the secrets of the stored
+/// accounts sealed in an older format or under the previous key (a migration, once: a record
+/// sealed again is not stale at the next start). A failure is logged and left for the next
+/// start: the secrets still open as they are.
+async fn reseal_accounts(
+    queue: &Queue,
+    accounts: &Accounts,
+    key: &crate::vault::SecretKey,
+    stale: &[String],
+) {
+    let mut done = 0;
+    for id in stale {
+        let (Some(account), Ok(Some(record))) = (accounts.get(id), queue.stored_account(id).await)
+        else {
+            continue;
+        };
+        let Ok(opened) = key.open_bound(&record.binding(), &record.client_secret_sealed) else {
+            continue;
+        };
+        let record = record.resealed(key, &opened.secret);
+        let updated = record.updated_at_ms;
+        match queue
+            .write_account(crate::store::AccountWrite::Replace(record), Vec::new())
+            .await
+        {
+            Ok(_) => {
+                let mut a = (*account).clone();
+                a.updated_at_ms = updated;
+                accounts.insert(a);
+                done += 1;
+            }
+            Err(e) => {
+                tracing::warn!(message = "cannot seal a stored secret again; it still opens as it is", account = %id, error = %e)
+            }
+        }
+    }
+    if done > 0 {
+        tracing::info!(
+            message = "stored secrets sealed again under the current key, bound to their records",
+            accounts = done,
+            key = %key.id()
+        );
+    }
+}
+
 /// Open the store off the async workers (it reads every pending key).
-async fn open_store(settings: &Settings) -> Result<Queue, AppError> {
+pub(crate) async fn open_store(settings: &Settings) -> Result<Queue, AppError> {
     let path = settings.store.path.clone();
     let opts = StoreOptions {
         cache_capacity_mb: settings.store.cache_capacity_mb,

@@ -1,7 +1,11 @@
-//! Secrets kept in the store (the client secrets of accounts added at run time), sealed with
-//! AES-256-GCM under the key of `store.secret_key_file`. Each value gets a fresh random nonce,
-//! and what it belongs to (e.g. the account id) is bound to it as associated data, so a sealed
-//! value copied onto another record does not open.
+//! Secrets kept in the store (the client secrets of accounts added at run time, the Fusion
+//! session), sealed with AES-256-GCM under the key of `store.secret_key_file`. Each value gets a
+//! fresh random nonce, and everything that decides where it is sent (its kind, the account id,
+//! the data-center URL, the client id and the kind of credentials; Fusion's base URL and user) is
+//! bound to it as associated data: a record whose address was changed, or a value copied onto
+//! another record, does not open. A sealed value names the key that sealed it (`v2.<key id>.`),
+//! so the key can change: `store.previous_secret_key_file` still opens what the previous key
+//! sealed until `statusd store rekey` has sealed everything again under the current one.
 
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -12,11 +16,66 @@ use crate::config::Secret;
 /// Bytes of a key.
 pub const KEY_LEN: usize = 32;
 
-/// The key that seals and opens secrets in the store. Its `Debug` never shows it.
+/// The key that seals and opens secrets in the store (and the previous key, during a
+/// rotation, which only opens). Its `Debug` never shows it.
 #[derive(Clone)]
 pub struct SecretKey {
     bytes: Secret,
+    previous: Option<Box<SecretKey>>,
 }
+
+/// What a sealed value is bound to: everything that decides where it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// An account's client secret.
+    AccountSecret {
+        id: &'a str,
+        datacenter_url: &'a str,
+        client_id: &'a str,
+        credentials: &'a str,
+    },
+    /// The Fusion session's refresh token.
+    FusionSession { base_url: &'a str, user: &'a str },
+}
+
+impl Binding<'_> {
+    /// The associated data: the format, the kind, then each bound value, each length-prefixed
+    /// so that no two bindings write the same bytes.
+    fn aad(&self) -> Vec<u8> {
+        let parts: &[&str] = match self {
+            Binding::AccountSecret {
+                id,
+                datacenter_url,
+                client_id,
+                credentials,
+            } => &["account-secret", id, datacenter_url, client_id, credentials],
+            Binding::FusionSession { base_url, user } => &["fusion-session", base_url, user],
+        };
+        let mut out = b"statusd/v2".to_vec();
+        for p in parts {
+            out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            out.extend_from_slice(p.as_bytes());
+        }
+        out
+    }
+
+    /// What a value sealed before bindings (format 1) was bound to.
+    fn legacy_context(&self) -> &str {
+        match self {
+            Binding::AccountSecret { id, .. } => id,
+            Binding::FusionSession { .. } => "fusion",
+        }
+    }
+}
+
+/// A value opened, and whether it should be sealed again (an older format, or the previous key).
+#[derive(Debug)]
+pub struct Opened {
+    pub secret: Secret,
+    pub stale: bool,
+}
+
+const FORMAT: &str = "v2.";
 
 impl std::fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -31,6 +90,17 @@ pub enum VaultError {
     Malformed,
     #[error("the key cannot open it (another key sealed it, or it was altered)")]
     WrongKey,
+    #[error("it was sealed by key {0}, which is neither store.secret_key_file nor store.previous_secret_key_file")]
+    UnknownKey(String),
+    #[error("it does not open for this record: the record's data-center URL, client id or kind is not what it was sealed for (the record was altered, or the value copied from another)")]
+    Unbound,
+}
+
+impl VaultError {
+    /// The key at hand is not the one (as opposed to a record that was altered).
+    pub fn is_key(&self) -> bool {
+        !matches!(self, VaultError::Unbound)
+    }
 }
 
 impl SecretKey {
@@ -58,6 +128,79 @@ impl SecretKey {
         }
         Ok(SecretKey {
             bytes: Secret::new(base64::engine::general_purpose::STANDARD.encode(&bytes)),
+            previous: None,
+        })
+    }
+
+    /// This key, with `previous` to open what it sealed (a rotation under way).
+    pub fn with_previous(mut self, previous: SecretKey) -> SecretKey {
+        self.previous = Some(Box::new(SecretKey {
+            previous: None,
+            ..previous
+        }));
+        self
+    }
+
+    pub fn has_previous(&self) -> bool {
+        self.previous.is_some()
+    }
+
+    /// The key's id: 8 hex digits of a SHA-256 of it, which tells keys apart without telling
+    /// anything of them.
+    pub fn id(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"statusd key id\0");
+        h.update(self.bytes.expose().as_bytes());
+        h.finalize()[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Seal `plain` under this key, bound to `binding`: `v2.<key id>.<base64 of nonce,
+    /// ciphertext and tag>`.
+    pub fn seal_bound(&self, binding: &Binding, plain: &str) -> String {
+        format!(
+            "{FORMAT}{}.{}",
+            self.id(),
+            self.seal_raw(&binding.aad(), plain)
+        )
+    }
+
+    /// Open what [`SecretKey::seal_bound`] made for the same binding, under this key or the
+    /// previous one; a value of the format before bindings opens for its account id alone
+    /// (and is `stale`, to be sealed again).
+    pub fn open_bound(&self, binding: &Binding, sealed: &str) -> Result<Opened, VaultError> {
+        let Some(rest) = sealed.strip_prefix(FORMAT) else {
+            let context = binding.legacy_context().as_bytes();
+            let secret = self
+                .open_raw(context, sealed)
+                .or_else(|e| match &self.previous {
+                    Some(p) => p.open_raw(context, sealed),
+                    None => Err(e),
+                })?;
+            return Ok(Opened {
+                secret,
+                stale: true,
+            });
+        };
+        let (kid, body) = rest.split_once('.').ok_or(VaultError::Malformed)?;
+        let key = if kid == self.id() {
+            self
+        } else {
+            match &self.previous {
+                Some(p) if kid == p.id() => p,
+                _ => return Err(VaultError::UnknownKey(kid.to_string())),
+            }
+        };
+        let secret = key.open_raw(&binding.aad(), body).map_err(|e| match e {
+            VaultError::WrongKey => VaultError::Unbound,
+            other => other,
+        })?;
+        Ok(Opened {
+            secret,
+            stale: !std::ptr::eq(key, self),
         })
     }
 
@@ -81,7 +224,7 @@ impl SecretKey {
     }
 
     /// Seal `plain`, bound to `context`: base64 of nonce, ciphertext and tag.
-    pub fn seal(&self, context: &str, plain: &str) -> String {
+    fn seal_raw(&self, context: &[u8], plain: &str) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -90,7 +233,7 @@ impl SecretKey {
         self.aead()
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(context.as_bytes()),
+                Aad::from(context),
                 &mut data,
             )
             .expect("sealing cannot fail for a value of this size");
@@ -99,8 +242,8 @@ impl SecretKey {
         base64::engine::general_purpose::STANDARD.encode(out)
     }
 
-    /// Open what `seal` made for the same `context`.
-    pub fn open(&self, context: &str, sealed: &str) -> Result<Secret, VaultError> {
+    /// Open what `seal_raw` made for the same `context`.
+    fn open_raw(&self, context: &[u8], sealed: &str) -> Result<Secret, VaultError> {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(sealed)
             .map_err(|_| VaultError::Malformed)?;
@@ -112,7 +255,7 @@ impl SecretKey {
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| VaultError::Malformed)?;
         let plain = self
             .aead()
-            .open_in_place(nonce, Aad::from(context.as_bytes()), &mut data)
+            .open_in_place(nonce, Aad::from(context), &mut data)
             .map_err(|_| VaultError::WrongKey)?;
         String::from_utf8(plain.to_vec())
             .map(Secret::new)
@@ -154,20 +297,72 @@ mod tests {
         SecretKey::from_text(&SecretKey::generate_text().unwrap()).unwrap()
     }
 
+    fn account<'a>(id: &'a str, url: &'a str) -> Binding<'a> {
+        Binding::AccountSecret {
+            id,
+            datacenter_url: url,
+            client_id: "client-1",
+            credentials: "api_client",
+        }
+    }
+
     #[test]
-    fn a_sealed_secret_opens_with_its_key_and_context_only() {
+    fn a_sealed_secret_opens_with_its_key_and_bindings_only() {
         let k = key();
-        let sealed = k.seal("acme", "s3cr3t-value");
+        let b = account("acme", "https://eu2-cloud.acronis.com");
+        let sealed = k.seal_bound(&b, "s3cr3t-value");
         assert!(!sealed.contains("s3cr3t"));
-        assert_eq!(k.open("acme", &sealed).unwrap().expose(), "s3cr3t-value");
-        assert_eq!(k.open("other", &sealed).unwrap_err(), VaultError::WrongKey);
+        assert!(sealed.starts_with(&format!("v2.{}.", k.id())));
+        let opened = k.open_bound(&b, &sealed).unwrap();
+        assert_eq!(opened.secret.expose(), "s3cr3t-value");
+        assert!(!opened.stale);
+        // Another address, another account, another kind: altered, not opened.
+        for other in [
+            account("acme", "https://evil.example"),
+            account("other", "https://eu2-cloud.acronis.com"),
+            Binding::FusionSession {
+                base_url: "https://eu2-cloud.acronis.com",
+                user: "acme",
+            },
+        ] {
+            assert_eq!(
+                k.open_bound(&other, &sealed).unwrap_err(),
+                VaultError::Unbound
+            );
+        }
+        assert!(matches!(
+            key().open_bound(&b, &sealed).unwrap_err(),
+            VaultError::UnknownKey(_)
+        ));
         assert_eq!(
-            key().open("acme", &sealed).unwrap_err(),
+            k.open_bound(&b, "v2.zz").unwrap_err(),
+            VaultError::Malformed
+        );
+        // A fresh nonce each time: the same secret never seals the same way twice.
+        assert_ne!(k.seal_bound(&b, "x"), k.seal_bound(&b, "x"));
+    }
+
+    #[test]
+    fn the_previous_key_and_the_format_before_bindings_still_open_and_are_stale() {
+        let old = key();
+        let b = account("acme", "https://eu2-cloud.acronis.com");
+        let by_old = old.seal_bound(&b, "s1");
+        let legacy = old.seal_raw(b"acme", "s0");
+        let new = key().with_previous(old.clone());
+        let opened = new.open_bound(&b, &by_old).unwrap();
+        assert_eq!((opened.secret.expose(), opened.stale), ("s1", true));
+        let opened = new.open_bound(&b, &legacy).unwrap();
+        assert_eq!((opened.secret.expose(), opened.stale), ("s0", true));
+        assert_eq!(
+            key().open_bound(&b, &legacy).unwrap_err(),
             VaultError::WrongKey
         );
-        assert_eq!(k.open("acme", "!!").unwrap_err(), VaultError::Malformed);
-        // A fresh nonce each time: the same secret never seals the same way twice.
-        assert_ne!(k.seal("acme", "x"), k.seal("acme", "x"));
+        let by_new = new.seal_bound(&b, "s2");
+        assert!(!new.open_bound(&b, &by_new).unwrap().stale);
+        assert!(matches!(
+            old.open_bound(&b, &by_new).unwrap_err(),
+            VaultError::UnknownKey(_)
+        ));
     }
 
     #[test]

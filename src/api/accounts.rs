@@ -371,11 +371,11 @@ pub(super) async fn add_account(
     account.tenant_name = validated.tenant_name.clone();
     let now = crate::store::now_ms();
     account.updated_at_ms = now;
-    let record = StoredAccount {
+    let mut record = StoredAccount {
         id: id.clone(),
         datacenter_url: account.datacenter_url.clone(),
         client_id: account.client_id.clone(),
-        client_secret_sealed: key.seal(&id, secret.expose()),
+        client_secret_sealed: String::new(),
         credentials: account.credentials.as_str().into(),
         root_tenant_id: account.root_tenant_id,
         tenant_id: Some(validated.tenant_id),
@@ -384,6 +384,7 @@ pub(super) async fn add_account(
         updated_at_ms: now,
         retiring: false,
     };
+    record.client_secret_sealed = key.seal_bound(&record.binding(), secret.expose());
     let events = match activate {
         Activate::No => Vec::new(),
         Activate::OwnTenant => vec![validated.tenant_id],
@@ -485,14 +486,15 @@ pub(super) async fn rotate_credentials(
     account.tenant_name = validated.tenant_name.clone();
     account.retiring = stored.retiring;
     account.updated_at_ms = crate::store::now_ms();
-    let record = StoredAccount {
+    let mut record = StoredAccount {
         client_id: account.client_id.clone(),
-        client_secret_sealed: key.seal(&id, secret.expose()),
+        client_secret_sealed: String::new(),
         tenant_id: Some(validated.tenant_id),
         tenant_name: validated.tenant_name,
         updated_at_ms: account.updated_at_ms,
         ..stored
     };
+    record.client_secret_sealed = key.seal_bound(&record.binding(), secret.expose());
     let shown = account.clone();
     let previous = state.accounts.insert(account);
     if let Err(e) = state

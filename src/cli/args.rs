@@ -309,6 +309,12 @@ pub enum StoreCommand {
     /// Create or migrate the PostgreSQL store's schema, and nothing else (for operators who run
     /// schema changes as their own step; `statusd run` migrates at start too).
     Migrate,
+    /// Seal every secret kept in the store again under store.secret_key_file (opening those the
+    /// previous key sealed with store.previous_secret_key_file): the last step of a key
+    /// rotation, after which the previous key can go. Offline on sled; on PostgreSQL while
+    /// replicas run (each takes in the sealed-again records). Exit 0 all done, 1 some value
+    /// could not be opened (named), 2 cannot open the store.
+    Rekey,
 }
 
 #[derive(Debug, Subcommand)]

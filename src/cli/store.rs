@@ -88,6 +88,7 @@ pub fn run(settings: Settings, cmd: &StoreCommand) -> ExitCode {
     let path = settings.store.path.clone();
     let pg = postgres_of(&settings);
     match (cmd, &pg) {
+        (StoreCommand::Rekey, _) => return rekey(&settings),
         (StoreCommand::Migrate, Some(opts)) => return migrate(&settings, opts),
         (StoreCommand::Migrate, None) => {
             println!("store.backend is sled: nothing to migrate (a sled store is migrated when it is opened)");
@@ -151,7 +152,73 @@ pub fn run(settings: Settings, cmd: &StoreCommand) -> ExitCode {
         StoreCommand::Import { file } => import(&path.display().to_string(), file, |r, bar| {
             crate::store::import(&path, r, |d, t| bar.step(d, t))
         }),
-        StoreCommand::Migrate => unreachable!("answered above"),
+        StoreCommand::Migrate | StoreCommand::Rekey => unreachable!("answered above"),
+    }
+}
+
+/// `statusd store rekey`: every sealed value opened (current or previous key) and sealed again
+/// under the current key, bound to its record.
+fn rekey(settings: &Settings) -> ExitCode {
+    let Some(key) = settings.store.secret_key.clone() else {
+        eprintln!("statusd: store.secret_key_file is not set: set it to the new key (and store.previous_secret_key_file to the key being replaced), then run statusd store rekey");
+        return ExitCode::from(exit::CONFIG);
+    };
+    let location = settings.store.location();
+    let done = tokio::runtime::Handle::current().block_on(async {
+        let queue = crate::app::open_store(settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        let stored = queue.stored_accounts().await.map_err(|e| e.to_string())?;
+        let (mut sealed, mut already, mut failed) = (0usize, 0usize, Vec::new());
+        let total = stored.len();
+        for (n, s) in stored.into_iter().enumerate() {
+            match key.open_bound(&s.binding(), &s.client_secret_sealed) {
+                Ok(o) if !o.stale => already += 1,
+                Ok(o) => {
+                    let record = s.resealed(&key, &o.secret);
+                    queue
+                        .write_account(crate::store::AccountWrite::Replace(record), Vec::new())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    sealed += 1;
+                }
+                Err(e) => failed.push(format!("account {}: {e}", s.id)),
+            }
+            if (n + 1) % 100 == 0 {
+                eprintln!("  {} of {total} account(s) checked", n + 1);
+            }
+        }
+        match crate::reconcile::reseal_session(&queue, settings, &key).await {
+            Ok(Some(true)) => sealed += 1,
+            Ok(Some(false)) => already += 1,
+            Ok(None) => {}
+            Err(e) => failed.push(e),
+        }
+        queue.sync().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((sealed, already, failed))
+    });
+    match done {
+        Ok((sealed, already, failed)) => {
+            println!(
+                "{location}: {sealed} value(s) sealed again under key {}, {already} already under it",
+                key.id()
+            );
+            if failed.is_empty() {
+                if key.has_previous() {
+                    println!("every value opens with the current key: store.previous_secret_key_file can now be removed (on every replica)");
+                }
+                ExitCode::from(exit::OK)
+            } else {
+                for f in &failed {
+                    eprintln!("statusd: not sealed again: {f}");
+                }
+                ExitCode::from(exit::FAILURE)
+            }
+        }
+        Err(e) => {
+            eprintln!("statusd: {location}: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -262,16 +262,41 @@ impl Reader {
         )
     }
 
-    /// The key of `store.secret_key_file`, or of the systemd credential `secret_key`.
+    /// The key of `store.secret_key_file`, or of the systemd credential `secret_key`; with the
+    /// key of `store.previous_secret_key_file` (or the credential `previous_secret_key`) to open
+    /// what it sealed, during a rotation.
     fn secret_key(&mut self) -> (Option<PathBuf>, Option<crate::vault::SecretKey>) {
         const KEY: &str = "store.secret_key_file";
-        let path = match self.string(KEY) {
+        const PREVIOUS: &str = "store.previous_secret_key_file";
+        let (path, key) = self.key_file(KEY, "secret_key");
+        let (_, previous) = self.key_file(PREVIOUS, "previous_secret_key");
+        match (key, previous) {
+            (Some(k), Some(p)) if k.id() == p.id() => {
+                self.problem(PREVIOUS, "is the same key as store.secret_key_file: give the key being replaced, or leave it unset");
+                (path, Some(k))
+            }
+            (Some(k), Some(p)) => (path, Some(k.with_previous(p))),
+            (None, Some(_)) if path.is_none() => {
+                self.problem(PREVIOUS, "is set without store.secret_key_file: the previous key only opens; set the current key too");
+                (path, None)
+            }
+            (k, _) => (path, k),
+        }
+    }
+
+    /// A key from the file at `key`, or from the systemd credential `credential`.
+    fn key_file(
+        &mut self,
+        key: &str,
+        credential: &str,
+    ) -> (Option<PathBuf>, Option<crate::vault::SecretKey>) {
+        let path = match self.string(key) {
             Some(p) if p.trim().is_empty() => {
-                self.problem(KEY, "is empty (remove the key to leave it unset)");
+                self.problem(key, "is empty (remove the key to leave it unset)");
                 return (None, None);
             }
             Some(p) => PathBuf::from(p),
-            None => match self.credentials_dir.as_ref().map(|d| d.join("secret_key")) {
+            None => match self.credentials_dir.as_ref().map(|d| d.join(credential)) {
                 Some(p) if p.exists() => p,
                 _ => return (None, None),
             },
@@ -280,12 +305,12 @@ impl Reader {
             Ok(text) => match crate::vault::SecretKey::from_text(&text) {
                 Ok(k) => (Some(path), Some(k)),
                 Err(e) => {
-                    self.problem(KEY, format!("{}: {e}", path.display()));
+                    self.problem(key, format!("{}: {e}", path.display()));
                     (Some(path), None)
                 }
             },
             Err(e) => {
-                self.problem(KEY, format!("cannot read {}: {e}", path.display()));
+                self.problem(key, format!("cannot read {}: {e}", path.display()));
                 (Some(path), None)
             }
         }

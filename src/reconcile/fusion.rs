@@ -92,6 +92,50 @@ fn part_path(fusion: &FusionClient, s: Subscription, part: &str) -> String {
     }
 }
 
+/// Seal the kept Fusion session again under the current key (`statusd store rekey`): `Ok(None)`
+/// when none is kept, else whether it was sealed again (false: already under the current key).
+pub async fn reseal_session(
+    queue: &crate::store::Queue,
+    settings: &crate::config::Settings,
+    key: &crate::vault::SecretKey,
+) -> Result<Option<bool>, String> {
+    let kept: Option<KeptSession> = queue
+        .get_doc(SESSION_DOC)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(sealed) = kept.and_then(|k| k.refresh_sealed) else {
+        return Ok(None);
+    };
+    let Some(binding) = session_binding(settings) else {
+        return Err("a Fusion session is kept, but [fusion] is not configured: its base URL and user are what it is bound to".into());
+    };
+    let opened = key
+        .open_bound(&binding, &sealed)
+        .map_err(|e| format!("the kept Fusion session: {e}"))?;
+    if !opened.stale {
+        return Ok(Some(false));
+    }
+    let doc = KeptSession {
+        refresh_sealed: Some(key.seal_bound(&binding, opened.secret.expose())),
+    };
+    queue
+        .put_doc(SESSION_DOC, &doc)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(true))
+}
+
+/// What the kept Fusion session is bound to: the Fusion it is for, and the user.
+fn session_binding(settings: &crate::config::Settings) -> Option<crate::vault::Binding<'_>> {
+    settings
+        .fusion
+        .as_ref()
+        .map(|f| crate::vault::Binding::FusionSession {
+            base_url: &f.base_url,
+            user: &f.username,
+        })
+}
+
 /// An answer that retrying cannot mend.
 fn permanent(call: String, status: Option<u16>, message: String) -> ReconcileError {
     ReconcileError::Platform(PlatformError {
@@ -128,15 +172,31 @@ impl Reconcilers {
         let fusion = self.fusion()?.clone();
         let queue = self.inner.queue.clone();
         let key = self.inner.settings.store.secret_key.clone();
+        let settings = self.inner.settings.clone();
         self.inner
             .fusion_session
             .get_or_try_init(|| async move {
                 let kept: Option<KeptSession> = queue.get_doc(SESSION_DOC).await?;
-                if let (Some(sealed), Some(key)) = (kept.and_then(|k| k.refresh_sealed), key) {
-                    match key.open("fusion", &sealed) {
-                        Ok(refresh) => fusion.resume(refresh).await,
-                        Err(e) => tracing::warn!(message = "the kept Fusion session cannot be opened with store.secret_key_file; logging in afresh", error = %e),
+                let (Some(sealed), Some(key), Some(binding)) = (
+                    kept.and_then(|k| k.refresh_sealed),
+                    key,
+                    session_binding(&settings),
+                ) else {
+                    return Ok(());
+                };
+                match key.open_bound(&binding, &sealed) {
+                    Ok(opened) => {
+                        if opened.stale {
+                            let doc = KeptSession {
+                                refresh_sealed: Some(
+                                    key.seal_bound(&binding, opened.secret.expose()),
+                                ),
+                            };
+                            queue.put_doc(SESSION_DOC, &doc).await?;
+                        }
+                        fusion.resume(opened.secret).await
                     }
+                    Err(e) => tracing::warn!(message = "the kept Fusion session cannot be opened for this Fusion base URL and user with store.secret_key_file; logging in afresh", error = %e),
                 }
                 Ok::<(), ReconcileError>(())
             })
@@ -154,8 +214,11 @@ impl Reconcilers {
             tracing::warn!(message = "no store.secret_key_file: the Fusion session is kept in memory only (a restart logs in again)");
             return Ok(());
         };
+        let Some(binding) = session_binding(&self.inner.settings) else {
+            return Ok(());
+        };
         let doc = KeptSession {
-            refresh_sealed: refresh.map(|r| key.seal("fusion", r.expose())),
+            refresh_sealed: refresh.map(|r| key.seal_bound(&binding, r.expose())),
         };
         self.inner.queue.put_doc(SESSION_DOC, &doc).await?;
         Ok(())

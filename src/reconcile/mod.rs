@@ -23,6 +23,7 @@ use crate::store::{now_ms, IntegrationState, InventoryTenant, NewEvent, Queue};
 mod branding;
 mod error;
 mod fusion;
+pub use fusion::reseal_session;
 mod status;
 mod tenants;
 

@@ -11,7 +11,8 @@ pub struct StoredAccount {
     pub id: String,
     pub datacenter_url: String,
     pub client_id: String,
-    /// The client secret sealed with the store's key (base64 of nonce, ciphertext and tag).
+    /// The client secret sealed with the store's key, bound to the record's id, address,
+    /// client id and kind (see `vault`).
     pub client_secret_sealed: String,
     /// `api_client` or `cyberapp`.
     pub credentials: String,
@@ -27,6 +28,32 @@ pub struct StoredAccount {
     /// A deactivation asked for the account to go once its events are settled.
     #[serde(default)]
     pub retiring: bool,
+}
+
+impl StoredAccount {
+    /// What its sealed secret is bound to.
+    pub fn binding(&self) -> crate::vault::Binding<'_> {
+        crate::vault::Binding::AccountSecret {
+            id: &self.id,
+            datacenter_url: &self.datacenter_url,
+            client_id: &self.client_id,
+            credentials: &self.credentials,
+        }
+    }
+
+    /// The secret sealed again under the current key (and the time of the change).
+    pub fn resealed(
+        self,
+        key: &crate::vault::SecretKey,
+        secret: &crate::config::Secret,
+    ) -> StoredAccount {
+        let sealed = key.seal_bound(&self.binding(), secret.expose());
+        StoredAccount {
+            client_secret_sealed: sealed,
+            updated_at_ms: crate::store::now_ms().max(self.updated_at_ms + 1),
+            ..self
+        }
+    }
 }
 
 /// How a write changes an account record.

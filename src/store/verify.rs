@@ -386,7 +386,7 @@ impl Offline {
                             ),
                         ),
                         Some(k) => {
-                            if let Err(e) = k.open(&a.id, &a.client_secret_sealed) {
+                            if let Err(e) = k.open_bound(&a.binding(), &a.client_secret_sealed) {
                                 problem(&mut accounts.problems, format!("account {}: store.secret_key_file cannot open its secret: {e}", a.id));
                             }
                         }
