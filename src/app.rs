@@ -223,6 +223,7 @@ async fn start_with(
             queue: queue.clone(),
             metrics: metrics.clone(),
             token: settings.api.token.clone(),
+            admin_token: settings.api.admin_token.clone(),
             accepting: accepting.clone(),
             delivery: Some(delivery.clone()),
             client: client.clone(),
@@ -232,6 +233,7 @@ async fn start_with(
             secret_key: settings.store.secret_key.clone(),
             account_changes: account_changes.clone(),
             shards: settings.cluster.shards,
+            fusion_login_at: Default::default(),
         },
         api::ServeLimits {
             max_connections: settings.api.max_connections,

@@ -431,14 +431,14 @@ async fn shutdown_refuses_intake_and_readiness() {
 async fn metrics_expose_every_spec_family_without_tenant_ids_or_secrets() {
     let h = harness(
         SandboxOptions::default(),
-        &[("STATUSD__API__TOKEN", "tok-do-not-show")],
+        &[("STATUSD__API__TOKEN", "tok-do-not-show-7f3a9c")],
     )
     .await;
     let t = h.sandbox.tenant_ids(Some("customer"))[0];
     let r = h
         .http
         .post(format!("{}/v1/events", h.api))
-        .bearer_auth("tok-do-not-show")
+        .bearer_auth("tok-do-not-show-7f3a9c")
         .json(&json!({"tenant_id": t, "type": "activation"}))
         .send()
         .await
@@ -482,7 +482,7 @@ async fn metrics_expose_every_spec_family_without_tenant_ids_or_secrets() {
         .expect("statusd_store_size_bytes is exposed");
     assert!(store_bytes > 0.0, "{text}");
     assert!(!text.contains(&t.to_string()), "a tenant id in a label");
-    assert!(!text.contains(&h.sandbox.client_secret) && !text.contains("tok-do-not-show"));
+    assert!(!text.contains(&h.sandbox.client_secret) && !text.contains("tok-do-not-show-7f3a9c"));
     let om = h
         .http
         .get(format!("{}/metrics", h.api))
@@ -497,14 +497,16 @@ async fn metrics_expose_every_spec_family_without_tenant_ids_or_secrets() {
     let status = h
         .http
         .get(format!("{}/v1/status", h.api))
-        .bearer_auth("tok-do-not-show")
+        .bearer_auth("tok-do-not-show-7f3a9c")
         .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    assert!(!status.contains(&h.sandbox.client_secret) && !status.contains("tok-do-not-show"));
+    assert!(
+        !status.contains(&h.sandbox.client_secret) && !status.contains("tok-do-not-show-7f3a9c")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -661,7 +663,7 @@ async fn idle_and_slow_clients_are_cut_off_and_health_answers_past_the_cap() {
         .unwrap();
     let mut slow_body = TcpStream::connect(&addr).await.unwrap();
     slow_body
-        .write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .write_all(b"POST /v1/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
         .await
         .unwrap();
     // Every idle or slow connection is closed by the daemon (a read sees the end).

@@ -15,7 +15,7 @@ async fn statusd(api: &str, args: &[&str]) -> Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_statusd"))
             .args(&all)
             .env_clear()
-            .env("STATUSD_API_TOKEN", "cli-token")
+            .env("STATUSD_API_TOKEN", "cli-token-of-the-tests")
             .output()
             .expect("statusd runs")
     })
@@ -31,7 +31,7 @@ fn text(b: &[u8]) -> String {
 async fn operator_commands_print_what_the_daemon_answers() {
     let h = harness(
         SandboxOptions::default(),
-        &[("STATUSD__API__TOKEN", "cli-token")],
+        &[("STATUSD__API__TOKEN", "cli-token-of-the-tests")],
     )
     .await;
     let t = h.sandbox.tenant_ids(Some("customer"))[0].to_string();

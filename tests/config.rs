@@ -209,7 +209,7 @@ fn non_loopback_listen_is_fine_with_a_token() {
         MINIMAL,
         &[
             ("STATUSD__API__LISTEN", "0.0.0.0:8750"),
-            ("STATUSD__API__TOKEN", "t"),
+            ("STATUSD__API__TOKEN", "an-api-token-of-24-chars"),
         ],
         Purpose::Run,
     )
@@ -221,7 +221,7 @@ fn non_loopback_listen_is_fine_with_a_token() {
 fn secrets_never_show_in_debug_or_the_effective_settings() {
     let s = load_from_str(
         MINIMAL,
-        &[("STATUSD__API__TOKEN", "api-token-value")],
+        &[("STATUSD__API__TOKEN", "api-token-value-never-shown")],
         Purpose::Run,
     )
     .unwrap();
@@ -229,7 +229,7 @@ fn secrets_never_show_in_debug_or_the_effective_settings() {
     let debug = format!("{s:?}");
     for text in [&printed, &debug] {
         assert!(
-            !text.contains("topsecret-value") && !text.contains("api-token-value"),
+            !text.contains("topsecret-value") && !text.contains("api-token-value-never-shown"),
             "{text}"
         );
     }

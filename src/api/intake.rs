@@ -240,7 +240,18 @@ pub(super) async fn read_json_within(
     timeout: std::time::Duration,
     body: Body,
 ) -> Result<Value, ApiError> {
-    tokio::time::timeout(timeout, read_json(body))
+    let bytes = read_bytes_within(timeout, body).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))
+}
+
+/// The body's bytes, at most the body limit (413 past it), refused (408) when they do not
+/// arrive within `api.read_timeout`.
+pub(super) async fn read_bytes_within(
+    timeout: std::time::Duration,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(timeout, axum::body::to_bytes(body, limits::BODY_BYTES))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -253,11 +264,6 @@ pub(super) async fn read_json_within(
             )
             .field("body")
         })?
-}
-
-async fn read_json(body: Body) -> Result<Value, ApiError> {
-    let bytes: Bytes = axum::body::to_bytes(body, limits::BODY_BYTES)
-        .await
         .map_err(|_| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -265,9 +271,7 @@ async fn read_json(body: Body) -> Result<Value, ApiError> {
                 format!("the body is over {} bytes", limits::BODY_BYTES),
             )
             .field("body")
-        })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))
+        })
 }
 
 fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {

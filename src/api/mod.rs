@@ -52,7 +52,10 @@ impl From<FieldError> for ApiError {
 pub struct ApiState {
     pub queue: Queue,
     pub metrics: Arc<Metrics>,
+    /// The intake and read role's token.
     pub token: Option<Secret>,
+    /// The admin role's token (unset: `token` has both roles).
+    pub admin_token: Option<Secret>,
     /// False while shutting down: intake answers 503 and `/readyz` fails.
     pub accepting: Arc<AtomicBool>,
     pub delivery: Option<Delivery>,
@@ -69,7 +72,13 @@ pub struct ApiState {
     pub account_changes: Arc<tokio::sync::Mutex<()>>,
     /// `cluster.shards` (with sled this one process owns them all).
     pub shards: u32,
+    /// When a Fusion login without a code (which sends the user a second factor's code) was
+    /// last asked for: at most one per [`FUSION_LOGIN_EVERY`].
+    pub fusion_login_at: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
+
+/// The least time between two Fusion logins that may send the user a new code.
+pub const FUSION_LOGIN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A refusal: `{"error": {"code", "message", "field"}}`.
 #[derive(Debug)]
@@ -213,31 +222,168 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What a request needs: the intake and read role, or the admin role (changes to accounts,
+/// dead letters, reconcilers, the Fusion login).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Intake,
+    Admin,
+}
+
+/// The role a route of `/v1` needs: every read, and posting events, is intake; every other
+/// change is admin.
+fn role_of(method: &axum::http::Method, path: &str) -> Role {
+    let path = path.trim_start_matches("/v1");
+    if method == axum::http::Method::GET
+        || method == axum::http::Method::HEAD
+        || (method == axum::http::Method::POST && path == "/events")
+    {
+        Role::Intake
+    } else {
+        Role::Admin
+    }
+}
+
+/// A `Host` header naming this machine: `localhost`, a loopback address, with or without a
+/// port. A request from a web page (DNS rebinding) names the page's host instead.
+fn loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else if host.matches(':').count() == 1 {
+        host.split(':').next().unwrap_or("")
+    } else {
+        host
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn unauthorized(role: Role) -> Response {
+    let which = match role {
+        Role::Intake => "api.token",
+        Role::Admin => "api.admin_token",
+    };
+    let mut resp = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        format!("missing or wrong bearer token (Authorization: Bearer <{which}>)"),
+    )
+    .field("Authorization")
+    .into_response();
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
 pub(super) async fn require_token(
     State(state): State<ApiState>,
     req: Request,
     next: Next,
 ) -> Response {
-    if let Some(expected) = &state.token {
-        let given = req
+    let role = role_of(req.method(), req.uri().path());
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    let matches = |t: &Option<Secret>| {
+        t.as_ref().is_some_and(|t| {
+            given.is_some_and(|g| constant_time_eq(g.as_bytes(), t.expose().as_bytes()))
+        })
+    };
+    let admin =
+        matches(&state.admin_token) || (state.admin_token.is_none() && matches(&state.token));
+    let intake = admin || matches(&state.token);
+    // The token each role needs; none at all: open, on loopback only.
+    let needed = match role {
+        Role::Intake => state.token.as_ref().or(state.admin_token.as_ref()),
+        Role::Admin => state.admin_token.as_ref().or(state.token.as_ref()),
+    };
+    // Open without a token (on loopback only: the settings require api.token elsewhere), but
+    // never to a request addressed to another host.
+    if needed.is_none() || (role == Role::Intake && state.token.is_none() && !admin) {
+        let host = req
             .headers()
-            .get(header::AUTHORIZATION)
+            .get(header::HOST)
             .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token);
-        let ok =
-            given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.expose().as_bytes()));
-        if !ok {
-            let mut resp = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token (Authorization: Bearer <api.token>)",
+            .unwrap_or("");
+        if !loopback_host(host) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                "without api.token, statusd answers only requests addressed to this machine (Host: localhost or a loopback address)",
             )
-            .field("Authorization")
+            .field("Host")
             .into_response();
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
+        }
+        if needed.is_none() || role == Role::Intake {
+            return next.run(req).await;
         }
     }
-    next.run(req).await
+
+    let allowed = match role {
+        Role::Intake => intake,
+        Role::Admin => admin,
+    };
+    if allowed {
+        return next.run(req).await;
+    }
+    if intake && role == Role::Admin {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token has the intake role; changing accounts, dead letters, reconcilers or the Fusion login needs the admin role (Authorization: Bearer <api.admin_token>)",
+        )
+        .field("Authorization")
+        .into_response();
+    }
+    unauthorized(role)
+}
+
+#[cfg(test)]
+mod role_tests {
+    use super::*;
+
+    #[test]
+    fn reads_and_intake_need_the_intake_role_every_change_the_admin_role() {
+        use axum::http::Method;
+        assert_eq!(role_of(&Method::POST, "/v1/events"), Role::Intake);
+        assert_eq!(role_of(&Method::GET, "/v1/accounts"), Role::Intake);
+        for (m, p) in [
+            (Method::POST, "/v1/accounts"),
+            (Method::PUT, "/v1/accounts/a/credentials"),
+            (Method::DELETE, "/v1/accounts/a"),
+            (Method::POST, "/v1/dead-letters/retry-all"),
+            (Method::DELETE, "/v1/dead-letters/x"),
+            (Method::POST, "/v1/reconcile/tenants"),
+            (Method::POST, "/v1/fusion/login"),
+        ] {
+            assert_eq!(role_of(&m, p), Role::Admin, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn only_loopback_hosts_are_this_machine() {
+        for h in [
+            "localhost",
+            "LOCALHOST:8750",
+            "127.0.0.1",
+            "127.0.0.1:8750",
+            "[::1]:8750",
+            "::1",
+        ] {
+            assert!(loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.example",
+            "evil.example:8750",
+            "10.0.0.1:80",
+            "",
+            "localhost.evil.example",
+        ] {
+            assert!(!loopback_host(h), "{h}");
+        }
+    }
 }

@@ -143,8 +143,9 @@ async fn owner_elsewhere(
 /// platform asks for a second factor (send the code the user received in a second call).
 pub(super) async fn fusion_login(
     State(state): State<ApiState>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    let body = super::intake::read_bytes_within(state.read_timeout, body).await?;
     let code = if body.is_empty() {
         None
     } else {
@@ -176,6 +177,32 @@ pub(super) async fn fusion_login(
             "not_configured",
             "no [fusion] section in the configuration",
         ));
+    }
+    if code.is_none() {
+        // A login may send the user a second factor's code: not more than one a while.
+        let now = tokio::time::Instant::now();
+        let mut last = state
+            .fusion_login_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(wait) = last
+            .map(|at| (at + super::FUSION_LOGIN_EVERY).saturating_duration_since(now))
+            .filter(|w| !w.is_zero())
+        {
+            let secs = wait.as_secs().max(1);
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_logins",
+                format!("a Fusion login was asked for less than {} s ago (each may send the user a new code): send the code received with {{\"code\": \"...\"}}, or try again in {secs} s", super::FUSION_LOGIN_EVERY.as_secs()),
+            )
+            .into_response();
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+            return Ok(resp);
+        }
+        *last = Some(now);
     }
     match r.fusion_login(code.as_deref()).await {
         Ok(crate::platform::LoginOutcome::LoggedIn) => Ok(Json(json!({"state": "logged_in"})).into_response()),

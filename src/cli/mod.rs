@@ -153,6 +153,11 @@ fn check_config(cli: &Cli) -> ExitCode {
     match load_settings(cli, Purpose::Run) {
         Ok(settings) => {
             print!("{}", settings.to_redacted_toml());
+            match (&settings.api.token, &settings.api.admin_token) {
+                (Some(_), None) => eprintln!("note: api.admin_token is not set: api.token also adds, rotates and removes accounts, retries and purges dead letters, runs reconcilers and starts Fusion logins; give those their own token with api.admin_token"),
+                (None, _) => eprintln!("note: api.token is not set: the API answers without a token, only to requests addressed to this machine (Host: localhost or a loopback address)"),
+                _ => {}
+            }
             eprintln!("configuration is valid");
             ExitCode::from(exit::OK)
         }

@@ -339,7 +339,16 @@ fn export(
         Some(file) => {
             // Written beside its place and renamed, so a failed export leaves no half file.
             let tmp = file.with_extension("partial");
-            let f = match std::fs::File::create(&tmp) {
+            // It holds sealed secrets and tenant data: readable by its owner alone.
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let _ = std::fs::remove_file(&tmp);
+            let f = match options.open(&tmp) {
                 Ok(f) => f,
                 Err(e) => {
                     eprintln!("statusd: cannot create {}: {e}", tmp.display());

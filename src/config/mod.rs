@@ -101,6 +101,47 @@ impl Sources {
     }
 }
 
+/// A TOML syntax error, named by its line, column and the key it is in, never by the text
+/// there (which may be a secret).
+fn check_toml_syntax(text: &str, shown: &str) -> Result<(), ConfigError> {
+    let Err(e) = toml::from_str::<toml::Table>(text) else {
+        return Ok(());
+    };
+    let at = e.span().map_or(0, |s| s.start).min(text.len());
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    // The key of the line, under the last table header above it.
+    let mut table = String::new();
+    for l in text.lines().take(line.saturating_sub(1)) {
+        let t = l.trim();
+        if t.starts_with('[') {
+            table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        }
+    }
+    let key = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let key = match (table.is_empty(), key) {
+        (_, None) => String::new(),
+        (true, Some(k)) => format!(" (key {k})"),
+        (false, Some(k)) => format!(" (key {table}.{k})"),
+    };
+    // The parser's words only: they name what was expected, not the value found.
+    let what = e.message().lines().next().unwrap_or("syntax error");
+    Err(ConfigError {
+        problems: vec![Problem {
+            key: shown.to_string(),
+            message: format!(
+                "TOML syntax error at line {line}, column {column}{key}: {what} (the line is not shown: it may hold a secret)"
+            ),
+        }],
+    })
+}
+
 /// Load and validate. Every problem is reported at once.
 pub fn load(sources: &Sources, purpose: Purpose) -> Result<Settings, ConfigError> {
     let mut builder = config::Config::builder();
@@ -113,10 +154,14 @@ pub fn load(sources: &Sources, purpose: Purpose) -> Result<Settings, ConfigError
                 }],
             });
         }
+        if let Ok(text) = std::fs::read_to_string(path) {
+            check_toml_syntax(&text, &path.display().to_string())?;
+        }
         builder =
             builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
     }
     if let Some(text) = &sources.inline {
+        check_toml_syntax(text, "the inline configuration")?;
         builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
     }
     let env: HashMap<String, String> = sources

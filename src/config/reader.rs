@@ -646,6 +646,8 @@ impl Reader {
     }
 
     pub(super) fn api(&mut self) -> ApiSettings {
+        /// The shortest API token taken: a guessable one is no door.
+        const MIN_TOKEN_CHARS: usize = 16;
         let listen = match self.string("api.listen") {
             None => SocketAddr::from(([127, 0, 0, 1], 8750)),
             Some(text) => match text.trim().parse::<SocketAddr>() {
@@ -668,9 +670,30 @@ impl Reader {
                 ),
             );
         }
+        let admin_token = self.secret("api.admin_token", Some("api_admin_token"));
+        for (key, t) in [("api.token", &token), ("api.admin_token", &admin_token)] {
+            if let Some(t) = t {
+                let n = t.expose().chars().count();
+                if n < MIN_TOKEN_CHARS && !self.has_problem_prefix(key) {
+                    self.problem(
+                        key,
+                        format!("is {n} characters; a token is at least {MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 24`)"),
+                    );
+                }
+            }
+        }
+        if let (Some(t), Some(a)) = (&token, &admin_token) {
+            if t.expose() == a.expose() {
+                self.problem(
+                    "api.admin_token",
+                    "is the same as api.token: give the admin role its own token (or leave it unset, and api.token does both)",
+                );
+            }
+        }
         ApiSettings {
             listen,
             token,
+            admin_token,
             max_connections: self.u64_in("api.max_connections", 512, 4, 65_536) as usize,
             read_timeout: self.duration("api.read_timeout", "10s"),
         }

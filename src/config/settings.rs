@@ -213,7 +213,11 @@ pub struct DeliverySettings {
 #[derive(Debug, Clone, Serialize)]
 pub struct ApiSettings {
     pub listen: SocketAddr,
+    /// Intake and reads.
     pub token: Option<Secret>,
+    /// Everything that changes accounts, dead letters, reconcilers and the Fusion login; unset:
+    /// `token` does both.
+    pub admin_token: Option<Secret>,
     /// Connections served at once; past it, a connection gets one answer and is closed.
     pub max_connections: usize,
     /// How long a client may take to send a request's headers or its body.
