@@ -386,3 +386,51 @@ async fn a_failing_subscription_waits_its_own_backoff_while_the_others_are_kept(
     assert_eq!(part(&s.sb, t, bad, "general")["companyName"], "Acme Voice");
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_that_sends_a_code_is_asked_at_most_once_in_30_s_and_its_body_is_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup(false, 1).await;
+    let http = http_client();
+    let (_d, port) = start(&s, "fusion-pw");
+    wait_ready(&http, port).await;
+    let login = || {
+        http.post(format!("http://127.0.0.1:{port}/v1/fusion/login"))
+            .send()
+    };
+    let first = login().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["state"], "code_required", "{first}");
+    let again = login().await.unwrap();
+    assert_eq!(again.status(), 429);
+    let wait: u64 = again.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    assert_eq!(s.sb.fusion_counts().0, 1, "one login, so one code sent");
+    // The code itself is always taken.
+    let r = http
+        .post(format!("http://127.0.0.1:{port}/v1/fusion/login"))
+        .json(&json!({"code": s.sb.fusion_code()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A 50 MB body is refused from its headers, long before it could arrive.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.write_all(b"POST /v1/fusion/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 52428800\r\n\r\n{\"code\":\"")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut answer))
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}

@@ -251,6 +251,18 @@ pub(super) async fn read_bytes_within(
     timeout: std::time::Duration,
     body: Body,
 ) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is over {} bytes", limits::BODY_BYTES),
+        )
+        .field("body")
+    };
+    // A Content-Length past the limit is refused at once, not after the bytes came.
+    if axum::body::HttpBody::size_hint(&body).lower() > limits::BODY_BYTES as u64 {
+        return Err(too_large());
+    }
     tokio::time::timeout(timeout, axum::body::to_bytes(body, limits::BODY_BYTES))
         .await
         .map_err(|_| {
@@ -264,14 +276,7 @@ pub(super) async fn read_bytes_within(
             )
             .field("body")
         })?
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the body is over {} bytes", limits::BODY_BYTES),
-            )
-            .field("body")
-        })
+        .map_err(|_| too_large())
 }
 
 fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
