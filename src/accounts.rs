@@ -337,7 +337,7 @@ impl Builder {
     }
 
     /// An account as the store holds it, its secret opened with `key` (or why it cannot be),
-    /// and whether its secret should be sealed again (an older format, or the previous key).
+    /// and whether its secret is in the format before bindings (to be sealed again at start).
     /// A secret that does not open for the record (its address or client id was changed, or
     /// it was copied from another record) makes an account that sends nothing and shows
     /// failing: its events wait.
@@ -347,7 +347,7 @@ impl Builder {
         key: &crate::vault::SecretKey,
     ) -> Result<(Account, bool), String> {
         let (secret, stale, unbound) = match key.open_bound(&s.binding(), &s.client_secret_sealed) {
-            Ok(o) => (o.secret, o.stale, None),
+            Ok(o) => (o.secret, o.legacy, None),
             Err(e) if !e.is_key() => (Secret::new(""), false, Some(e)),
             Err(e) => return Err(format!("{} ({e})", s.id)),
         };
@@ -368,7 +368,9 @@ impl Builder {
         account.updated_at_ms = s.updated_at_ms;
         if let Some(e) = unbound {
             tracing::error!(message = "a stored account's secret does not open for its record: nothing is sent for it, its events wait", account = %s.id, error = %e);
-            account.client = account.client.blocked(format!("the stored secret {e}"));
+            account.client = account
+                .client
+                .blocked(format!("the stored secret cannot be used: {e}"));
         }
         Ok((account, stale))
     }

@@ -387,8 +387,9 @@ fn takeover(
 }
 
 /// Seal again, under the current key and bound to their records, the secrets of the stored
-/// accounts sealed in an older format or under the previous key (a migration, once: a record
-/// sealed again is not stale at the next start). A failure is logged and left for the next
+/// accounts sealed in the format before bindings (a migration, once: a record sealed again is
+/// not legacy at the next start). Values under the previous key are left to `statusd store
+/// rekey`, so replicas not yet given the new key keep opening them during a rolling restart. A failure is logged and left for the next
 /// start: the secrets still open as they are.
 async fn reseal_accounts(
     queue: &Queue,

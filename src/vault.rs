@@ -68,11 +68,14 @@ impl Binding<'_> {
     }
 }
 
-/// A value opened, and whether it should be sealed again (an older format, or the previous key).
+/// A value opened, and whether it should be sealed again: `stale` when it is in the format
+/// before bindings or under the previous key (what `statusd store rekey` seals again),
+/// `legacy` for the format alone (what a start seals again, once).
 #[derive(Debug)]
 pub struct Opened {
     pub secret: Secret,
     pub stale: bool,
+    pub legacy: bool,
 }
 
 const FORMAT: &str = "v2.";
@@ -183,6 +186,7 @@ impl SecretKey {
             return Ok(Opened {
                 secret,
                 stale: true,
+                legacy: true,
             });
         };
         let (kid, body) = rest.split_once('.').ok_or(VaultError::Malformed)?;
@@ -201,6 +205,7 @@ impl SecretKey {
         Ok(Opened {
             secret,
             stale: !std::ptr::eq(key, self),
+            legacy: false,
         })
     }
 
@@ -352,7 +357,11 @@ mod tests {
         let opened = new.open_bound(&b, &by_old).unwrap();
         assert_eq!((opened.secret.expose(), opened.stale), ("s1", true));
         let opened = new.open_bound(&b, &legacy).unwrap();
-        assert_eq!((opened.secret.expose(), opened.stale), ("s0", true));
+        assert_eq!(
+            (opened.secret.expose(), opened.stale, opened.legacy),
+            ("s0", true, true)
+        );
+        assert!(!new.open_bound(&b, &by_old).unwrap().legacy);
         assert_eq!(
             key().open_bound(&b, &legacy).unwrap_err(),
             VaultError::WrongKey

@@ -10,6 +10,7 @@ use statusd::sandbox::{Sandbox, SandboxOptions};
 
 pub mod cluster;
 pub mod pg;
+pub mod recorder;
 
 pub struct Harness {
     pub sandbox: Sandbox,
@@ -275,6 +276,13 @@ impl std::ops::Deref for Daemon {
 impl std::ops::DerefMut for Daemon {
     fn deref_mut(&mut self) -> &mut std::process::Child {
         self.0.as_mut().expect("a running daemon")
+    }
+}
+
+impl Daemon {
+    /// A handle holding no process (a placeholder while a replica is replaced).
+    pub fn none() -> Daemon {
+        Daemon(None)
     }
 }
 
