@@ -131,7 +131,11 @@ struct ClientInner {
     /// The host of the data-center URL: the `datacenter` label of its metrics.
     datacenter: String,
     integration: IntegrationSettings,
-    token: Mutex<TokenState>,
+    /// The token state: held only to read or write it, never across a request, so probes and
+    /// lists read it at once whatever the token endpoint is doing.
+    token: std::sync::Mutex<TokenState>,
+    /// Held by the one caller renewing the token (the others wait for its answer).
+    issuing: Mutex<()>,
     own_tenant: OnceCell<Uuid>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -187,7 +191,8 @@ impl PlatformClient {
                 credentials: opts.credentials,
                 datacenter: datacenter_of(&opts.base_url),
                 integration: opts.integration,
-                token: Mutex::new(TokenState::default()),
+                token: Default::default(),
+                issuing: Mutex::new(()),
                 own_tenant: OnceCell::new(),
                 permits,
                 metrics,
@@ -255,16 +260,13 @@ impl PlatformClient {
     /// While the endpoint's last refusal of the credentials is recent, that refusal is the
     /// answer, without a request.
     async fn token(&self) -> Result<Secret, PlatformError> {
-        let mut state = self.inner.token.lock().await;
-        if let Some(t) = state.cached.as_ref() {
-            if Instant::now() < t.renew_at {
-                return Ok(t.access.clone());
-            }
+        if let Some(answer) = self.token_at_hand() {
+            return answer;
         }
-        if let Some(r) = state.refused.as_ref() {
-            if Instant::now() < r.until {
-                return Err(r.error.clone());
-            }
+        let _issuing = self.inner.issuing.lock().await;
+        // Another caller may have renewed it (or been refused) while this one waited.
+        if let Some(answer) = self.token_at_hand() {
+            return answer;
         }
         let fresh = self.issue_token().await;
         let outcome = match &fresh {
@@ -272,9 +274,12 @@ impl PlatformClient {
             Err(e) if e.class == ErrorClass::Retryable => TokenOutcome::Retryable,
             Err(_) => TokenOutcome::Failure,
         };
-        self.inner
-            .metrics
-            .count_token_request(outcome, &self.inner.datacenter);
+        if self.inner.enlisted.load(Ordering::Relaxed) {
+            self.inner
+                .metrics
+                .count_token_request(outcome, &self.inner.datacenter);
+        }
+        let mut state = self.state();
         match fresh {
             Ok(token) => {
                 if state.refused.take().is_some() {
@@ -307,9 +312,31 @@ impl PlatformClient {
         }
     }
 
+    /// The token state, for a read or a write that never waits on a request.
+    fn state(&self) -> std::sync::MutexGuard<'_, TokenState> {
+        self.inner
+            .token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The answer without a request: the cached token, or the standing refusal.
+    fn token_at_hand(&self) -> Option<Result<Secret, PlatformError>> {
+        let state = self.state();
+        if let Some(t) = state.cached.as_ref() {
+            if Instant::now() < t.renew_at {
+                return Some(Ok(t.access.clone()));
+            }
+        }
+        match state.refused.as_ref() {
+            Some(r) if Instant::now() < r.until => Some(Err(r.error.clone())),
+            _ => None,
+        }
+    }
+
     /// The credentials' refusal by the token endpoint, while it stands.
     pub async fn auth_failure(&self) -> Option<AuthFailure> {
-        let state = self.inner.token.lock().await;
+        let state = self.state();
         state.refused.as_ref().map(|r| AuthFailure {
             error: r.error.to_string(),
             since: r.at.to_rfc3339(),
@@ -320,7 +347,7 @@ impl PlatformClient {
     /// The token as the status pages show it: `ok` with a token in hand, `failing` while the
     /// credentials are refused, `unknown` before the first use.
     pub async fn token_state(&self) -> &'static str {
-        let state = self.inner.token.lock().await;
+        let state = self.state();
         if state.refused.is_some() {
             "failing"
         } else if state.cached.is_some() {
@@ -332,7 +359,7 @@ impl PlatformClient {
 
     /// Forget the token if it is still the one that was refused.
     async fn invalidate(&self, refused: &Secret) {
-        let mut state = self.inner.token.lock().await;
+        let mut state = self.state();
         if state
             .cached
             .as_ref()

@@ -107,7 +107,7 @@ impl PlatformClient {
             },
         };
         let _ = self.inner.own_tenant.set(info.tenant_id);
-        self.inner.token.lock().await.cached = Some(token);
+        self.state().cached = Some(token);
         Ok(Validated {
             tenant_id: info.tenant_id,
             tenant_name,
