@@ -95,6 +95,15 @@ pub struct Running {
     pub reopen: CancellationToken,
 }
 
+/// Write the API's address to `path` (through a temporary file and a rename, so a reader never
+/// sees half of it).
+fn write_ready_file(path: &std::path::Path, addr: SocketAddr) -> Result<(), AppError> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, format!("{addr}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| AppError::Setup(format!("--ready-file {}: {e}", path.display())))
+}
+
 /// How often the store is reopened in place after it could not write, before `run` gives up
 /// and exits 75 for its supervisor.
 const REOPEN_ATTEMPTS: u32 = 3;
@@ -103,10 +112,20 @@ const REOPEN_ATTEMPTS: u32 = 3;
 /// write and writing works again, every part is stopped and started again on the store opened
 /// afresh, in this process (sled keeps an I/O error until its files are opened again); only if
 /// that fails does `run` end with `StoreReopen` (exit 75) for the supervisor.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+/// `ready_file`, when given, gets the API's address once the daemon is ready.
+pub async fn run(
+    mut settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    ready_file: Option<&std::path::Path>,
+) -> Result<(), AppError> {
     tokio::pin!(shutdown);
     let metrics = Arc::new(Metrics::new());
     let mut running = start_with(settings.clone(), None, true, metrics.clone()).await?;
+    // A reopening listens where this start did (api.listen may ask for any free port).
+    settings.api.listen = running.api_addr;
+    if let Some(path) = ready_file {
+        write_ready_file(path, running.api_addr)?;
+    }
     systemd::notify_ready();
     tracing::info!(message = "statusd ready", api = %running.api_addr, version = env!("CARGO_PKG_VERSION"));
     loop {

@@ -26,19 +26,18 @@ fn bin() -> std::process::Command {
 
 /// The daemon on `sb` with `env` set last; ready.
 async fn daemon(sb: &Sandbox, dir: &Path, env: &[(&str, &str)]) -> (Daemon, u16) {
-    let port = free_port();
     let mut cmd = daemon_command(
         &sb.url,
         &sb.client_id,
         &sb.client_secret,
         &dir.join("store"),
-        port,
+        0,
     );
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let d = cmd.spawn_daemon();
+    let (d, port) = spawn_ready(&mut cmd, dir).await;
     wait_for_async(Duration::from_secs(20), "daemon ready", || async {
         http_client()
             .get(format!("http://127.0.0.1:{port}/readyz"))
@@ -213,16 +212,15 @@ async fn without_a_token_a_request_for_another_host_is_refused() {
 async fn readyz_gives_reason_codes_and_status_the_texts() {
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let mut cmd = daemon_command(
         &sb.url,
         &sb.client_id,
         "a-wrong-secret",
         &dir.path().join("store"),
-        port,
+        0,
     );
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    let _d = cmd.spawn_daemon();
+    let (_d, port) = spawn_ready(&mut cmd, dir.path()).await;
     let http = http_client();
     wait_ready(&http, port).await;
     let r = http

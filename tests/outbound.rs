@@ -37,14 +37,13 @@ impl Node {
 async fn start_node(home: &Sandbox, dir: &Path, name: &str, env: &[(&str, &str)]) -> Node {
     let key = dir.join(format!("{name}.key"));
     keygen(&key);
-    let port = free_port();
     let log = dir.join(format!("{name}.log"));
     let mut cmd = daemon_command(
         &home.url,
         &home.client_id,
         &home.client_secret,
         &dir.join(format!("{name}-store")),
-        port,
+        0,
     );
     cmd.env("RUST_LOG", "info")
         .env("STATUSD__STORE__SECRET_KEY_FILE", &key)
@@ -53,7 +52,7 @@ async fn start_node(home: &Sandbox, dir: &Path, name: &str, env: &[(&str, &str)]
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let daemon = cmd.spawn_daemon();
+    let (daemon, port) = spawn_ready(&mut cmd, dir).await;
     wait_ready(&http_client(), port).await;
     Node {
         _daemon: daemon,

@@ -90,6 +90,10 @@ pub struct RunArgs {
     /// missing is logged.
     #[arg(long)]
     pub accept_damaged_store: bool,
+    /// Once ready, write the address the API listens on (host:port, then a newline) to this
+    /// file: with api.listen = "127.0.0.1:0" the system picks a free port, and this says which.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -171,7 +171,13 @@ async fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     settings.store.accept_damaged = args.accept_damaged_store;
-    match crate::app::run(settings, crate::app::shutdown_signal()).await {
+    match crate::app::run(
+        settings,
+        crate::app::shutdown_signal(),
+        args.ready_file.as_deref(),
+    )
+    .await
+    {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             tracing::error!(message = "statusd cannot run", error = %e);

@@ -235,6 +235,35 @@ pub fn daemon_command(
     cmd
 }
 
+/// Spawn the daemon of `cmd` (a `statusd run` command) on any free port: it binds
+/// `127.0.0.1:0` and writes the address it got to a `--ready-file` in `dir` once ready; no port
+/// is chosen before the daemon binds it, so none can be taken meanwhile.
+pub async fn spawn_ready(cmd: &mut std::process::Command, dir: &std::path::Path) -> (Daemon, u16) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let file = dir.join(format!(
+        "ready-{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&file);
+    cmd.env("STATUSD__API__LISTEN", "127.0.0.1:0")
+        .arg("--ready-file")
+        .arg(&file);
+    let mut daemon = cmd.spawn_daemon();
+    let mut port = 0;
+    wait_for(Duration::from_secs(20), "the daemon's ready file", || {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!("statusd exited before it was ready: {status}");
+        }
+        port = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| t.trim().rsplit(':').next().and_then(|p| p.parse().ok()))
+            .unwrap_or(0);
+        port != 0
+    })
+    .await;
+    (daemon, port)
+}
+
 /// An HTTP client for a test (the crypto provider installed first, whatever ran before).
 pub fn http_client() -> reqwest::Client {
     statusd::platform::install_crypto_provider();
