@@ -37,6 +37,11 @@ fn faketime_missing() -> bool {
     if std::path::Path::new(LIBFAKETIME).exists() {
         return false;
     }
+    // In CI the tool is installed: a missing one is a failure there, never a pass.
+    assert!(
+        std::env::var_os("STATUSD_TEST_REQUIRE_FAKETIME").is_none(),
+        "STATUSD_TEST_REQUIRE_FAKETIME is set but {LIBFAKETIME} is missing"
+    );
     eprintln!("skipped: {LIBFAKETIME} is missing (apt-get install faketime)");
     true
 }
