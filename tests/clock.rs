@@ -138,3 +138,58 @@ async fn a_host_hours_ahead_of_the_platform_keeps_its_token() {
     );
     assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_accepted_under_a_clock_days_ahead_ages_from_the_open_once_the_clock_is_right() {
+    if faketime_missing() {
+        return;
+    }
+    statusd::platform::install_crypto_provider();
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    // Reports fail: the event stays pending.
+    sb.inject(Fault {
+        status: Some(503),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("offset");
+    std::fs::write(&offset, "+10d\n").unwrap();
+    let store = dir.path().join("store");
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let child = daemon(&sb, &store, port, &offset);
+    let http = http_client();
+    wait_ready(&http, port).await;
+    let r = http
+        .post(format!("{api}/v1/events"))
+        .json(&json!({"tenant_id": customers(&sb, 1)[0], "type": "activation"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
+    // The clock is corrected; the event was accepted "10 days from now".
+    std::fs::write(&offset, "+0\n").unwrap();
+    let child = daemon(&sb, &store, port, &offset);
+    wait_ready(&http, port).await;
+    let ready = std::time::Instant::now();
+    // Time passes while the report keeps failing (nothing has asked for the age yet).
+    let attempts = sb.requests_to("status");
+    wait_for(Duration::from_secs(20), "ten more failed attempts", || {
+        sb.requests_to("status") >= attempts + 10
+    })
+    .await;
+    let waited = ready.elapsed().as_secs_f64();
+    // Its age is at least the time this process has had it pending, though the wall clock
+    // said it was accepted 10 days from now (the stale-event alert is not blind).
+    let age = get_json(&http, &format!("{api}/v1/status")).await["queue"]
+        ["oldest_pending_age_seconds"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        age + 0.001 >= waited,
+        "age {age} s, pending here for {waited} s"
+    );
+    assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
+}

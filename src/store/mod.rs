@@ -128,15 +128,40 @@ pub(crate) struct OldestSeen {
     age: Duration,
 }
 
+/// What the age of the oldest pending event is read from: when this process first saw each
+/// head, and when it opened the store with which events already pending.
+pub(crate) struct Ages {
+    seen: Mutex<Option<OldestSeen>>,
+    opened: std::time::Instant,
+    /// The store's sequence at open: every event up to it was pending (or settled) then.
+    seq_at_open: AtomicU64,
+}
+
+impl Ages {
+    pub(crate) fn new(seq_at_open: u64) -> Ages {
+        Ages {
+            seen: Mutex::new(None),
+            opened: std::time::Instant::now(),
+            seq_at_open: AtomicU64::new(seq_at_open),
+        }
+    }
+
+    /// The sequence at open, when it is known only after the open began (set once).
+    pub(crate) fn set_seq_at_open(&self, seq: u64) {
+        let _ = self
+            .seq_at_open
+            .compare_exchange(0, seq, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
 /// How long the oldest pending event `(seq, tenant, accepted ms)` has waited: from the wall
 /// clock when this process first saw it as the oldest, then on the monotonic clock, so a clock
-/// set back (or forward) later neither hides a stale event nor ages one.
-pub(super) fn pending_age(
-    seen: &Mutex<Option<OldestSeen>>,
-    head: Option<(u64, TenantId, i64)>,
-) -> Option<u64> {
+/// set back (or forward) later neither hides a stale event nor ages one; and never less than
+/// this process has seen it pending (an event already pending at open has waited at least since
+/// then, whatever the wall clock said when it was accepted).
+pub(super) fn pending_age(ages: &Ages, head: Option<(u64, TenantId, i64)>) -> Option<u64> {
     let (seq, tenant, accepted_ms) = head?;
-    let mut seen = lock(seen);
+    let mut seen = lock(&ages.seen);
     let first = match *seen {
         Some(s) if s.seq == seq && s.tenant == tenant => s,
         _ => {
@@ -150,7 +175,11 @@ pub(super) fn pending_age(
             s
         }
     };
-    Some((first.age + first.at.elapsed()).as_millis() as u64)
+    let mut age = first.age + first.at.elapsed();
+    if seq <= ages.seq_at_open.load(Ordering::Relaxed) {
+        age = age.max(ages.opened.elapsed());
+    }
+    Some(age.as_millis() as u64)
 }
 
 /// Tenants that got events (accepted, retried, found), for delivery to take up: both backends
@@ -208,7 +237,7 @@ struct Core {
     in_flight_ids: Mutex<HashSet<Uuid>>,
     flushes: AtomicU64,
     /// When `stats` first saw the current oldest pending event, and its age then.
-    oldest_seen: Mutex<Option<OldestSeen>>,
+    ages: Ages,
     /// The first write or flush that failed. sled keeps an I/O error for good, so from then on
     /// nothing can be written until the store is opened again.
     write_error: Mutex<Option<String>>,
@@ -262,6 +291,7 @@ impl SledQueue {
         let schema = migrate_schema(&db, &tree, path)?;
         let (counters, store_id) =
             read_checked_counters(&tree, path, control.as_ref(), schema, &options)?;
+        let seq_at_open = counters.seq;
         if schema.is_none() {
             tree.insert(meta_key("schema"), &SCHEMA_VERSION.to_be_bytes())?;
         }
@@ -279,7 +309,7 @@ impl SledQueue {
             in_flight_ids: Mutex::new(HashSet::new()),
             flushes: AtomicU64::new(0),
             write_error: Mutex::new(None),
-            oldest_seen: Mutex::new(None),
+            ages: Ages::new(seq_at_open),
             flush_waiters: AtomicU64::new(0),
             wakeup: Wakeup::default(),
             options,
@@ -393,7 +423,7 @@ impl SledQueue {
             .and_then(|id| self.get_event_raw(&id).ok().flatten())
             .map(|rec| rec.accepted_at_ms);
         let age = pending_age(
-            &self.inner.oldest_seen,
+            &self.inner.ages,
             head.zip(oldest)
                 .map(|((seq, tenant), at)| (seq, tenant, at)),
         );

@@ -357,7 +357,7 @@ pub(super) struct Pg {
     mem: Mutex<Mem>,
     in_flight_tenants: Mutex<HashSet<TenantId>>,
     in_flight_ids: Mutex<HashSet<Uuid>>,
-    oldest_seen: Mutex<Option<OldestSeen>>,
+    pub(super) ages: Ages,
     pub(super) wakeup: Wakeup,
     pub(super) options: StoreOptions,
     /// Why the database cannot be reached, while it cannot.
@@ -405,7 +405,7 @@ impl PgQueue {
             mem: Default::default(),
             in_flight_tenants: Default::default(),
             in_flight_ids: Default::default(),
-            oldest_seen: Default::default(),
+            ages: Ages::new(0),
             wakeup: Wakeup::default(),
             options,
             unavailable: Default::default(),
@@ -518,7 +518,8 @@ impl Pg {
         let counts = client
             .query_one(
                 "SELECT (SELECT count(*) FROM events WHERE state = 'queued'),
-                        (SELECT count(*) FROM events WHERE state = 'dead')",
+                        (SELECT count(*) FROM events WHERE state = 'dead'),
+                        (SELECT coalesce(max(seq), 0) FROM events)",
                 &[],
             )
             .await
@@ -529,6 +530,7 @@ impl Pg {
         }
         mem.depth = counts.get::<_, i64>(0) as u64;
         mem.dead = counts.get::<_, i64>(1) as u64;
+        self.ages.set_seq_at_open(counts.get::<_, i64>(2) as u64);
         let tenants: Vec<TenantId> = mem.heads.keys().copied().collect();
         *lock(&self.mem) = mem;
         self.wake_tenants(tenants);

@@ -212,7 +212,7 @@ impl PgQueue {
             in_flight: lock(&pg.in_flight_ids).len() as u64,
             dead_letters: dead,
             oldest_pending_accepted_ms: oldest,
-            oldest_pending_age_ms: pending_age(&pg.oldest_seen, head),
+            oldest_pending_age_ms: pending_age(&pg.ages, head),
         }
     }
 
