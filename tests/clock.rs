@@ -193,3 +193,68 @@ async fn an_event_accepted_under_a_clock_days_ahead_ages_from_the_open_once_the_
     );
     assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
 }
+
+/// The scheduled runs of every reconciler so far (`statusd_reconcile_runs_total`, summed).
+async fn reconcile_runs(http: &reqwest::Client, api: &str) -> f64 {
+    get_text(http, &format!("{api}/metrics"))
+        .await
+        .lines()
+        .filter(|l| l.starts_with("statusd_reconcile_runs_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_wall_clock_jumps_days_each_reconciler_runs_at_most_once() {
+    if faketime_missing() {
+        return;
+    }
+    statusd::platform::install_crypto_provider();
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("offset");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    // Hourly schedules: none is due during the test unless the clock jumps.
+    let child = daemon_command(
+        &sb.url,
+        &sb.client_id,
+        &sb.client_secret,
+        &dir.path().join("store"),
+        port,
+    )
+    .env("LD_PRELOAD", LIBFAKETIME)
+    .env("FAKETIME_TIMESTAMP_FILE", &offset)
+    .env("FAKETIME_NO_CACHE", "1")
+    .env("DONT_FAKE_MONOTONIC", "1")
+    .env("STATUSD__RECONCILE__TENANTS__SCHEDULE", "0 17 * * * *")
+    .env("STATUSD__RECONCILE__STATUS__SCHEDULE", "0 17 * * * *")
+    .env("STATUSD__RECONCILE__BRANDING__SCHEDULE", "0 17 * * * *")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn_daemon();
+    let http = http_client();
+    wait_ready(&http, port).await;
+    let before = reconcile_runs(&http, &api).await;
+    // Four days pass in an instant: 96 hourly ticks of each reconciler are skipped over.
+    std::fs::write(&offset, "+4d\n").unwrap();
+    wait_for_async(Duration::from_secs(15), "the catch-up runs", || async {
+        reconcile_runs(&http, &api).await >= before + 3.0
+    })
+    .await;
+    // Then the scheduler ticks on (it looks every few hundred ms): an observation window of
+    // 5 s in which no further run may start, since no hourly tick is due.
+    let mut last = reconcile_runs(&http, &api).await;
+    let window = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < window {
+        last = last.max(reconcile_runs(&http, &api).await);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        last <= before + 3.0,
+        "{} runs after one jump of three hourly reconcilers",
+        last - before
+    );
+    assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
+}
