@@ -93,6 +93,8 @@ pub struct Running {
     /// every part and starts it again on the store opened afresh (sled keeps a write error
     /// until it is reopened).
     pub reopen: CancellationToken,
+    /// Work spawned apart that holds the store: cancelled and awaited by the shutdown.
+    detached: crate::tasks::Detached,
 }
 
 /// Write the API's address to `path` (through a temporary file and a rename, so a reader never
@@ -263,6 +265,8 @@ async fn start_with(
     let delivery_task = tokio::spawn(delivery.clone().run(stop_delivery.clone()));
     let reopen = CancellationToken::new();
     let (stop_background, mut background) = start_background(&queue, &settings.store.path, &reopen);
+    // Work spawned apart that holds the store (the re-assertion after a takeover).
+    let detached = crate::tasks::Detached::default();
     queue.set_max_size(settings.store.max_size);
     background.push(tokio::spawn(bound_loop(
         queue.clone(),
@@ -279,6 +283,7 @@ async fn start_with(
                 queue.clone(),
                 own.clone(),
                 settings.platform.request_timeout,
+                detached.clone(),
             ),
         )));
     }
@@ -324,6 +329,7 @@ async fn start_with(
         background,
         schedules,
         reopen,
+        detached,
     })
 }
 
@@ -363,11 +369,12 @@ fn takeover(
     queue: Queue,
     own: Arc<crate::cluster::Ownership>,
     wait: Duration,
+    detached: crate::tasks::Detached,
 ) -> crate::cluster::member::OnTakeover {
     Box::new(move |shards: Vec<u32>| {
         let queue = queue.clone();
         let own = own.clone();
-        tokio::spawn(async move {
+        detached.spawn(async move {
             tokio::time::sleep(wait).await;
             let states = match queue.tenant_states().await {
                 Ok(s) => s,
@@ -545,10 +552,12 @@ impl Running {
         if let Some(s) = self.schedules {
             s.stop().await;
         }
+        self.reconcilers.stop_runs().await;
         self.stop_background.cancel();
         for t in self.background {
             let _ = t.await;
         }
+        self.detached.stop().await;
         // The reports in flight have ended: give the shards back so peers take over at once.
         if let crate::store::Backend::Postgres(pg) = self.queue.backend() {
             if let Some(own) = pg.ownership() {
@@ -556,7 +565,8 @@ impl Running {
             }
         }
         self.stop_api.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.api_task).await;
+        // Requests in progress get api::SHUTDOWN_GRACE; then the server task ends.
+        let _ = self.api_task.await;
         if let Err(e) = self.queue.sync().await {
             tracing::error!(message = "final store flush failed", error = %e);
         }

@@ -18,6 +18,7 @@ pub mod sandbox;
 pub mod schedule;
 pub mod store;
 pub mod systemd;
+pub mod tasks;
 pub mod telemetry;
 pub mod vault;
 

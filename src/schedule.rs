@@ -64,9 +64,10 @@ impl Schedules {
             let job = Job::new_async(cron.as_str(), move |_, _| {
                 let r = r.upgrade();
                 Box::pin(async move {
-                    // Run detached so the scheduler's tick is never blocked by a slow run.
+                    // Apart, so the scheduler's tick is never blocked by a slow run; tracked,
+                    // so a shutdown waits for it.
                     if let Some(r) = r {
-                        tokio::spawn(async move { r.trigger(kind).await });
+                        r.trigger_detached(kind);
                     }
                 })
             })

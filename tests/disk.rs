@@ -286,3 +286,65 @@ async fn compaction_on_a_full_disk_is_refused_saying_how_much_it_needs_and_chang
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"checked\": 50"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_during_a_long_reconcile_is_recovered_by_the_same_process() {
+    let disk = match SmallDisk::mount("24m") {
+        Ok(d) => d,
+        Err(why) => {
+            assert!(
+                std::env::var_os("STATUSD_TEST_REQUIRE_ROOT").is_none(),
+                "STATUSD_TEST_REQUIRE_ROOT is set but: {why}"
+            );
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    statusd::platform::install_crypto_provider();
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    // Every read of the tenant tree takes 15 s: a scheduled reconcile run lasts that long.
+    sb.inject(statusd::sandbox::Fault {
+        delay_ms: Some(15_000),
+        path_contains: Some("/api/2/tenants".into()),
+        ..Default::default()
+    });
+    let store = disk.path.join("store");
+    let http = http_client();
+    let log = disk._dir.path().join("reconcile.log");
+    let mut cmd = daemon_command(&sb.url, &sb.client_id, &sb.client_secret, &store, 0);
+    cmd.env("STATUSD__STORE__CACHE_CAPACITY_MB", "8")
+        .env("STATUSD__RECONCILE__TENANTS__SCHEDULE", "* * * * * *")
+        .env("STATUSD__PLATFORM__REQUEST_TIMEOUT", "30s")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let (mut child, port) = spawn_ready(&mut cmd, disk._dir.path()).await;
+    let api = format!("http://127.0.0.1:{port}");
+    wait_for(Duration::from_secs(10), "a reconcile run under way", || {
+        sb.requests_to("tenants") >= 1
+    })
+    .await;
+    let t = customers(&sb, 1)[0];
+    let post = || {
+        http.post(format!("{api}/v1/events"))
+            .json(&json!({"tenant_id": t, "type": "activation"}))
+            .send()
+    };
+    // The disk fills while the run waits on the platform.
+    let filler = fill(&disk.path);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while post().await.unwrap().status() != 503 {
+        assert!(std::time::Instant::now() < deadline, "intake never refused");
+    }
+    // Space comes back: the store is opened again in this process, the run notwithstanding.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for_async(Duration::from_secs(30), "intake working again", || async {
+        post().await.is_ok_and(|r| r.status() == 202)
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "statusd exited instead of reopening its store: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
+}

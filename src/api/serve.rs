@@ -24,7 +24,12 @@ pub struct ServeLimits {
     pub read_timeout: Duration,
 }
 
-/// Serve `router` on `listener` until `stop` fires; then let requests in progress finish.
+/// How long requests in progress may take to finish once the API stops; past it they are
+/// dropped (an on-demand reconcile, say), so nothing holds the store after the shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serve `router` on `listener` until `stop` fires; then let requests in progress finish
+/// within [`SHUTDOWN_GRACE`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -65,8 +70,10 @@ pub async fn serve(
             tokio::select! {
                 _ = conn.as_mut() => {}
                 _ = stop.cancelled() => {
+                    // Requests in progress may finish, within a bound: a connection (and the
+                    // store it reaches) never outlives the shutdown by more than that.
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
                 }
             }
             drop(permit);

@@ -233,6 +233,8 @@ struct Inner {
     /// The cron schedule of each reconciler that runs on one, to tell its next run.
     schedules: Mutex<HashMap<Kind, crate::schedule::CronSchedule>>,
     backoff: Mutex<HashMap<(Kind, Uuid), ItemBackoff>>,
+    /// Scheduled runs, each apart from the scheduler's tick: stopped with the daemon.
+    detached: crate::tasks::Detached,
 }
 
 impl Reconcilers {
@@ -278,6 +280,7 @@ impl Reconcilers {
                 fusion_session: tokio::sync::OnceCell::new(),
                 schedules: Mutex::new(HashMap::new()),
                 backoff: Mutex::new(HashMap::new()),
+                detached: Default::default(),
             }),
         }
     }
@@ -318,6 +321,20 @@ impl Reconcilers {
 
     /// A scheduled trigger: runs unless a run is already going (then it is skipped, not queued,
     /// so slow runs never pile up).
+    /// A scheduled run, apart from the scheduler's tick (so a slow run never blocks it), tracked
+    /// so that a shutdown or a reopening of the store cancels it and waits for it.
+    pub fn trigger_detached(&self, kind: Kind) {
+        let r = self.clone();
+        self.inner
+            .detached
+            .spawn(async move { r.trigger(kind).await });
+    }
+
+    /// Cancel the scheduled runs under way and wait for them to end.
+    pub async fn stop_runs(&self) {
+        self.inner.detached.stop().await;
+    }
+
     pub async fn trigger(&self, kind: Kind) {
         let Ok(guard) = self.inner.locks[kind.index()].try_lock() else {
             tracing::info!(

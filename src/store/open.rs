@@ -56,28 +56,43 @@ pub(super) fn open_sled_mode(
 
 /// Open sled at `path`. sled's own background flusher releases the directory lock shortly after
 /// the last handle is dropped; a reopen in the same process waits for it (briefly) rather than
-/// failing. Another process holding the store still fails after the wait.
+/// failing. Another process holding the store still fails after the wait. Whether the lock is
+/// held is asked of the lock itself (sled's `flock` on its `db` file), not read from an error's
+/// text.
 pub(super) fn open_sled(
     config: &sled::Config,
     path: &Path,
 ) -> Result<(sled::Db, sled::Tree), StoreError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    let db = loop {
-        match config.open() {
-            Ok(db) => break db,
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                if std::time::Instant::now() >= deadline {
-                    return Err(StoreError::Locked {
-                        path: path.display().to_string(),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e.into()),
+    while lock_held(&path.join("db")) {
+        if std::time::Instant::now() >= deadline {
+            return Err(StoreError::Locked {
+                path: path.display().to_string(),
+            });
         }
-    };
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let db = config.open()?;
     let tree = db.open_tree("statusd")?;
     Ok((db, tree))
+}
+
+/// Whether a process (this one included) holds the exclusive `flock` sled takes on `file`.
+fn lock_held(file: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::OpenOptions::new().read(true).open(file) else {
+        // No file yet: a new store, which nothing holds.
+        return false;
+    };
+    let fd = f.as_raw_fd();
+    // SAFETY: flock on a descriptor this function owns; the lock taken is released at once
+    // (and in any case with the descriptor when `f` is dropped).
+    let got = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if got {
+        // SAFETY: as above.
+        unsafe { libc::flock(fd, libc::LOCK_UN) };
+    }
+    !got
 }
 
 pub(super) fn read_u64(tree: &sled::Tree, name: &str) -> Result<Option<u64>, StoreError> {
