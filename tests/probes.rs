@@ -132,3 +132,78 @@ async fn probes_answer_while_postgresql_is_stopped() {
     probe_all(port).await;
     server.resume();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_refused_by_the_token_endpoint_holds_back_no_other_account_on_its_tenant() {
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Two accounts on one data center: `refused` with a wrong secret, `good` with the right one.
+    let config = dir.path().join("statusd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[accounts.refused]\ndatacenter_url = \"{url}\"\nclient_id = \"{id}\"\nclient_secret = \"not-the-secret\"\n\
+             [accounts.good]\ndatacenter_url = \"{url}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n",
+            url = sb.url,
+            id = sb.client_id,
+            secret = sb.client_secret
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_statusd"));
+    cmd.args(["run", "--config"])
+        .arg(&config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.tests")
+        .env("STATUSD__STORE__PATH", dir.path().join("store"))
+        .env("STATUSD__DELIVERY__INITIAL_BACKOFF", "50ms")
+        .env("STATUSD__DELIVERY__MAX_BACKOFF", "300ms")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let (_d, port) = spawn_ready(&mut cmd, dir.path()).await;
+    let http = http_client();
+    let tenant = customers(&sb, 1)[0];
+    let post = |account: &'static str, action: String| {
+        http.post(format!("http://127.0.0.1:{port}/v1/events"))
+            .json(&json!({"tenant_id": tenant, "type": "custom", "category": "lanes", "action": action, "account": account}))
+            .send()
+    };
+    // The refused account's event is the tenant's oldest.
+    assert_eq!(post("refused", "r-1".into()).await.unwrap().status(), 202);
+    let tokens = sb.requests_to("token");
+    wait_for(Duration::from_secs(10), "the refused token request", || {
+        sb.requests_to("token") > tokens
+    })
+    .await;
+    for n in 1..=3 {
+        assert_eq!(post("good", format!("g-{n}")).await.unwrap().status(), 202);
+    }
+    wait_for(
+        Duration::from_secs(20),
+        "the good account's events delivered",
+        || {
+            let got = actions_by_tenant(&sb);
+            (1..=3).all(|n| {
+                got.get(&tenant)
+                    .is_some_and(|v| v.contains(&format!("g-{n}")))
+            })
+        },
+    )
+    .await;
+    let got = actions_by_tenant(&sb);
+    assert!(
+        !got.get(&tenant).unwrap().contains(&"r-1".to_string()),
+        "the refused account's event went out"
+    );
+    let accounts = get_json(&http, &format!("http://127.0.0.1:{port}/v1/accounts")).await;
+    let refused = accounts["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "refused")
+        .unwrap()
+        .clone();
+    assert_eq!(refused["token"], "failing", "{refused}");
+    assert_eq!(refused["pending_events"], 1, "{refused}");
+}

@@ -112,6 +112,9 @@ impl FirstFailure {
     }
 }
 
+/// The most accounts a lane passes over on one tenant before it sends for the next one.
+const MAX_SKIPPED_ACCOUNTS: usize = 8;
+
 impl Delivery {
     pub fn new(
         queue: Queue,
@@ -168,26 +171,47 @@ impl Delivery {
 
     /// One report of one tenant.
     async fn lane(&self, tenant: TenantId, hard_stop: CancellationToken) -> LaneOutcome {
-        let batch = match self
-            .queue
-            .take_batch(&tenant, self.opts.max_batch_events)
-            .await
-        {
-            Ok(Take::Ready(b)) => b,
-            Ok(Take::Empty) => return LaneOutcome::Empty,
-            Ok(Take::Busy) => return LaneOutcome::Busy,
-            Ok(Take::NotBefore(at_ms)) => {
-                let wait = Duration::from_millis((at_ms - now_ms()).max(0) as u64);
-                // The store trusts a persisted time only up to the longest retry wait.
-                return LaneOutcome::RetryAt(Instant::now() + wait);
+        // Accounts whose credentials the token endpoint refuses now are passed over: their
+        // events wait in place while another account's events to this tenant go.
+        let mut skip: Vec<String> = Vec::new();
+        let mut refused_until: Option<Instant> = None;
+        let (batch, account) = loop {
+            let batch = match self
+                .queue
+                .take_batch_skipping(&tenant, self.opts.max_batch_events, &skip)
+                .await
+            {
+                Ok(Take::Ready(b)) => b,
+                Ok(Take::Empty) => {
+                    return match refused_until {
+                        Some(until) => LaneOutcome::RetryAt(until),
+                        None => LaneOutcome::Empty,
+                    }
+                }
+                Ok(Take::Busy) => return LaneOutcome::Busy,
+                Ok(Take::NotBefore(at_ms)) => {
+                    let wait = Duration::from_millis((at_ms - now_ms()).max(0) as u64);
+                    // The store trusts a persisted time only up to the longest retry wait.
+                    let at = Instant::now() + wait;
+                    return LaneOutcome::RetryAt(refused_until.map_or(at, |u| u.min(at)));
+                }
+                Err(e) => {
+                    tracing::error!(message = "cannot take a batch", tenant_id = %tenant, error = %e);
+                    return self.soon();
+                }
+            };
+            let Some(account) = self.accounts.of_event(batch.events[0].account.as_deref()) else {
+                return self.without_account(&batch).await;
+            };
+            match account.client.refused_until() {
+                Some(until) if skip.len() < MAX_SKIPPED_ACCOUNTS => {
+                    // Given back untouched (dropped unsettled), and taken again without it.
+                    drop(batch);
+                    skip.push(account.id.clone());
+                    refused_until = Some(refused_until.map_or(until, |u| u.min(until)));
+                }
+                _ => break (batch, account),
             }
-            Err(e) => {
-                tracing::error!(message = "cannot take a batch", tenant_id = %tenant, error = %e);
-                return self.soon();
-            }
-        };
-        let Some(account) = self.accounts.of_event(batch.events[0].account.as_deref()) else {
-            return self.without_account(&batch).await;
         };
         // The data center's breaker: no report while its window is open, one while probing.
         let admitted = self.breaker(&account.datacenter, |b| {

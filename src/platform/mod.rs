@@ -334,6 +334,24 @@ impl PlatformClient {
         }
     }
 
+    /// Until when the token endpoint's refusal of the credentials stands (no token in hand):
+    /// no request of this account can go before then.
+    pub fn refused_until(&self) -> Option<Instant> {
+        let state = self.state();
+        if state
+            .cached
+            .as_ref()
+            .is_some_and(|t| Instant::now() < t.renew_at)
+        {
+            return None;
+        }
+        state
+            .refused
+            .as_ref()
+            .map(|r| r.until)
+            .filter(|until| Instant::now() < *until)
+    }
+
     /// The credentials' refusal by the token endpoint, while it stands.
     pub async fn auth_failure(&self) -> Option<AuthFailure> {
         let state = self.state();

@@ -94,11 +94,22 @@ impl SledQueue {
     /// Take up to `max` of the tenant's oldest pending events and mark them in flight. Nothing
     /// else of this tenant can be taken until the batch is settled (delivered, failed or dead).
     pub fn take_batch(&self, tenant: &TenantId, max: usize) -> Result<Take, StoreError> {
+        self.take_batch_skipping(tenant, max, &[])
+    }
+
+    /// [`SledQueue::take_batch`], passing over the events of the accounts in `skip` (accounts
+    /// that cannot send now: their events wait in place while another account's go).
+    pub fn take_batch_skipping(
+        &self,
+        tenant: &TenantId,
+        max: usize,
+        skip: &[String],
+    ) -> Result<Take, StoreError> {
         let now = now_ms();
         if !self.inner.core.claim(tenant) {
             return Ok(Take::Busy);
         }
-        let result = self.take_batch_inner(tenant, max, now);
+        let result = self.take_batch_inner(tenant, max, now, skip);
         if !matches!(result, Ok(Take::Ready(_))) {
             self.inner.core.unclaim(tenant);
         }
@@ -110,12 +121,13 @@ impl SledQueue {
         tenant: &TenantId,
         max: usize,
         now: i64,
+        skip: &[String],
     ) -> Result<Take, StoreError> {
         let records = self
             .inner
             .tree
             .scan_prefix(key(b'p', &[tenant.as_bytes()]))
-            .take(max.max(1))
+            .take(scan_limit(max, skip))
             .map(|item| {
                 let (_, v) = item?;
                 let id = uuid_from(&v)?;
@@ -123,7 +135,7 @@ impl SledQueue {
                     .ok_or_else(|| StoreError::Corrupt(format!("pending event {id} has no record")))
             });
         let horizon = self.inner.options.max_retry_delay.as_millis() as i64;
-        let events = match cut_batch(tenant, records, now, horizon)? {
+        let events = match cut_batch(tenant, records, now, horizon, max, skip)? {
             Cut::Events(events) => events,
             Cut::NotBefore(at) => return Ok(Take::NotBefore(at)),
             Cut::Empty => return Ok(Take::Empty),
@@ -243,19 +255,44 @@ pub(super) enum Cut {
     Empty,
 }
 
-/// Cut a batch from a tenant's oldest pending records, in order: nothing while the head is in
-/// backoff, and only events of the head's account (a report is for one account). A next attempt
-/// further ahead than any retry waits (a clock that ran ahead, or another host's) is not
-/// trusted: the head is tried now. Both backends take batches through this.
+/// How many of a tenant's oldest pending records a batch of `max` is cut from: `max`, or, when
+/// some accounts are passed over, up to [`SKIP_SCAN`] more (an account's backlog ahead of
+/// another's longer than that waits for its turn).
+pub(super) fn scan_limit(max: usize, skip: &[String]) -> usize {
+    if skip.is_empty() {
+        max.max(1)
+    } else {
+        max.max(1) + SKIP_SCAN
+    }
+}
+
+/// The most records passed over to reach another account's events on the same tenant.
+pub(super) const SKIP_SCAN: usize = 4096;
+
+/// Cut a batch of at most `max` from a tenant's oldest pending records, in order: nothing
+/// while the head is in backoff, and only events of the head's account (a report is for one
+/// account). Records of the accounts in `skip` are passed over, so the head is the oldest
+/// record of another account. A next attempt further ahead than any retry waits (a clock that
+/// ran ahead, or another host's) is not trusted: the head is tried now. Both backends take
+/// batches through this.
 pub(super) fn cut_batch(
     tenant: &TenantId,
     records: impl Iterator<Item = Result<EventRecord, StoreError>>,
     now: i64,
     horizon_ms: i64,
+    max: usize,
+    skip: &[String],
 ) -> Result<Cut, StoreError> {
     let mut events: Vec<EventRecord> = Vec::new();
     for rec in records {
         let rec = rec?;
+        let account = rec
+            .account
+            .as_deref()
+            .unwrap_or(crate::config::DEFAULT_ACCOUNT);
+        if skip.iter().any(|s| s == account) {
+            continue;
+        }
         match events.first() {
             None => {
                 if let Some(at) = rec.next_attempt_at_ms {
@@ -274,6 +311,9 @@ pub(super) fn cut_batch(
             Some(_) => {}
         }
         events.push(rec);
+        if events.len() >= max.max(1) {
+            break;
+        }
     }
     Ok(if events.is_empty() {
         Cut::Empty

@@ -159,6 +159,17 @@ impl Queue {
         on!(self, s => s.take_batch(tenant, max), p => p.take_batch(tenant, max).await)
     }
 
+    /// A batch of the tenant's oldest events of an account not in `skip` (accounts that cannot
+    /// send now): their events wait in place while another account's go.
+    pub async fn take_batch_skipping(
+        &self,
+        tenant: &TenantId,
+        max: usize,
+        skip: &[String],
+    ) -> Result<Take, StoreError> {
+        on!(self, s => s.take_batch_skipping(tenant, max, skip), p => p.take_batch_skipping(tenant, max, skip).await)
+    }
+
     pub async fn ack_delivered(&self, batch: &Batch) -> Result<(), StoreError> {
         on!(self, s => s.ack_delivered(batch).await, p => p.ack_delivered(batch).await)
     }

@@ -86,6 +86,16 @@ impl PgQueue {
     }
 
     pub async fn take_batch(&self, tenant: &TenantId, max: usize) -> Result<Take, StoreError> {
+        self.take_batch_skipping(tenant, max, &[]).await
+    }
+
+    /// [`PgQueue::take_batch`], passing over the events of the accounts in `skip`.
+    pub async fn take_batch_skipping(
+        &self,
+        tenant: &TenantId,
+        max: usize,
+        skip: &[String],
+    ) -> Result<Take, StoreError> {
         let pg = &self.inner;
         if !pg.claim(tenant) {
             return Ok(Take::Busy);
@@ -94,9 +104,18 @@ impl PgQueue {
             // On a shared store, decisions older than one already reported for the tenant
             // (accepted by another replica at nearly the same moment) are set aside first.
             for _ in 0..8 {
-                let records = self.pending_events(tenant, max.max(1)).await?;
+                let records = self
+                    .pending_events(tenant, crate::store::batches::scan_limit(max, skip))
+                    .await?;
                 let horizon = pg.options.max_retry_delay.as_millis() as i64;
-                let cut = cut_batch(tenant, records.into_iter().map(Ok), now_ms(), horizon)?;
+                let cut = cut_batch(
+                    tenant,
+                    records.into_iter().map(Ok),
+                    now_ms(),
+                    horizon,
+                    max,
+                    skip,
+                )?;
                 match (&cut, pg.ownership.get()) {
                     (Cut::Events(events), Some(_)) if self.supersede(tenant, events).await? > 0 => {
                         continue
