@@ -18,15 +18,16 @@ async fn counts(
     queue: &Queue,
 ) -> Result<std::collections::HashMap<String, Counts>, crate::store::StoreError> {
     let mut out: std::collections::HashMap<String, Counts> = Default::default();
-    let key = |a: Option<String>| a.unwrap_or_else(|| DEFAULT_ACCOUNT.to_string());
-    for e in queue.pending_records().await? {
-        out.entry(key(e.account)).or_default().pending += 1;
-    }
-    for e in queue.dead_letters(usize::MAX).await? {
-        out.entry(key(e.account)).or_default().dead += 1;
+    // Pending and dead per account as the store keeps them: no event is read.
+    for (account, n) in queue.account_counts().await?.iter() {
+        let c = out.entry(account.to_string()).or_default();
+        c.pending = n.pending;
+        c.dead = n.dead;
     }
     for t in queue.inventory_all().await? {
-        out.entry(key(t.account)).or_default().tenants += 1;
+        out.entry(t.account.unwrap_or_else(|| DEFAULT_ACCOUNT.to_string()))
+            .or_default()
+            .tenants += 1;
     }
     Ok(out)
 }

@@ -162,12 +162,15 @@ impl SledQueue {
     }
 
     /// An account's pending events and dead letters (a scan of both: run it with `scan`).
+    /// An account's pending events and dead letters, as counted by the writes.
     pub fn account_events(&self, id: &str) -> Result<AccountEvents, StoreError> {
-        let (pending, dead) = self.inner.core.account_entries(id)?;
-        Ok(AccountEvents {
-            pending: pending.len() as u64,
-            dead: dead.len() as u64,
-        })
+        Ok(lock(&self.inner.writer).accounts.get(id))
+    }
+
+    /// Every account's pending events and dead letters, as counted by the writes: the cost is
+    /// the number of accounts, not of events.
+    pub fn account_counts(&self) -> AccountCounts {
+        lock(&self.inner.writer).accounts.clone()
     }
 
     /// Remove a stored account. Without `force` it must have no pending event nor dead letter;
@@ -268,6 +271,7 @@ impl Core {
             }
         }
         b.remove(account_key(id));
+        b.remove(account_count_key(id));
         let depth = w.depth.saturating_sub(dropped.pending_events);
         let dead_n = w.dead.saturating_sub(dropped.dead_letters);
         b.insert(meta_key("depth"), &depth.to_be_bytes());
@@ -275,6 +279,7 @@ impl Core {
         self.tree.apply_batch(b)?;
         w.depth = depth;
         w.dead = dead_n;
+        w.accounts.remove(id);
         for t in tenants {
             w.heads.settled(&self.tree, t)?;
         }

@@ -149,6 +149,7 @@ impl SledQueue {
     pub async fn ack_delivered(&self, batch: &Batch) -> Result<(), StoreError> {
         let job = AckJob {
             tenant: batch.tenant_id,
+            account: batch.events.first().and_then(|e| e.account.clone()),
             items: batch
                 .events
                 .iter()
@@ -235,9 +236,15 @@ impl SledQueue {
                 let dead = w.dead + n;
                 b.insert(meta_key("depth"), &depth.to_be_bytes());
                 b.insert(meta_key("dead"), &dead.to_be_bytes());
+                let mut shift = counts::Shift::default();
+                for rec in &records {
+                    shift.add(rec.account.as_deref(), -1, 1);
+                }
+                put_account_counts(&mut b, shift.after(&w.accounts));
                 core.tree.apply_batch(b)?;
                 w.depth = depth;
                 w.dead = dead;
+                shift.apply(&mut w.accounts);
                 w.heads.settled(&core.tree, tenant)?;
                 Ok(Wrote::default())
             })

@@ -37,6 +37,8 @@ pub(super) type GroupWritten = (Vec<Vec<Enqueued>>, Vec<TenantId>);
 /// What the committer needs of a delivered batch.
 pub(super) struct AckJob {
     pub(super) tenant: TenantId,
+    /// The batch's account (every event of a batch is of one).
+    pub(super) account: Option<String>,
     /// seq, id, kind and attempts before this delivery, of each event.
     pub(super) items: Vec<(u64, Uuid, EventKind, u32)>,
 }
@@ -168,6 +170,8 @@ struct Group {
     new_pending: Vec<(TenantId, u64)>,
     /// Tenants that got events, to wake once durable.
     touched: Vec<TenantId>,
+    /// What the group does to each account's counts.
+    shift: counts::Shift,
 }
 
 impl Group {
@@ -182,6 +186,7 @@ impl Group {
             tenant_updates: Vec::new(),
             new_pending: Vec::new(),
             touched: Vec::new(),
+            shift: Default::default(),
         }
     }
 
@@ -213,6 +218,7 @@ impl Group {
             state.intended_at_ms = Some(now);
             state.account = ev.account.clone();
         }
+        self.shift.add(ev.account.as_deref(), 1, 0);
         let rec = EventRecord {
             id,
             tenant_id: tenant,
@@ -259,6 +265,8 @@ impl Group {
             self.batch.insert(delivered_key(now, id), &[]);
         }
         self.removed += ack.items.len() as u64;
+        self.shift
+            .add(ack.account.as_deref(), -(ack.items.len() as i64), 0);
         if let Some(state) = reported {
             let t = core.tenant_entry(&mut self.tenant_updates, ack.tenant)?;
             t.last_reported = Some(state);
@@ -276,9 +284,11 @@ impl Group {
         let depth = (w.depth + self.added).saturating_sub(self.removed);
         batch.insert(meta_key("seq"), &self.seq.to_be_bytes());
         batch.insert(meta_key("depth"), &depth.to_be_bytes());
+        put_account_counts(&mut batch, self.shift.after(&w.accounts));
         core.tree.apply_batch(batch)?;
         w.seq = self.seq;
         w.depth = depth;
+        std::mem::take(&mut self.shift).apply(&mut w.accounts);
         Ok(())
     }
 }

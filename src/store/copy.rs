@@ -313,7 +313,14 @@ pub struct Moved {
 }
 
 /// Metadata names that are not documents: recomputed on import.
-const COUNTER_NAMES: [&str; 5] = ["schema", "seq", "depth", "dead", "store_id"];
+const COUNTER_NAMES: [&str; 6] = [
+    "schema",
+    "seq",
+    "depth",
+    "dead",
+    "store_id",
+    ACCOUNT_COUNTS_MARK,
+];
 
 impl Offline {
     /// Write the whole state as JSON lines.

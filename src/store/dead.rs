@@ -48,13 +48,20 @@ impl SledQueue {
                 if core.tree.get(dead_key(&id))?.is_none() {
                     return Ok(Wrote::default());
                 }
+                let account = core
+                    .get_json::<EventRecord>(event_key(&id))?
+                    .and_then(|r| r.account);
                 let dead = w.dead.saturating_sub(1);
                 let mut b = sled::Batch::default();
                 b.remove(dead_key(&id));
                 b.remove(event_key(&id));
                 b.insert(meta_key("dead"), &dead.to_be_bytes());
+                let mut shift = counts::Shift::default();
+                shift.add(account.as_deref(), 0, -1);
+                put_account_counts(&mut b, shift.after(&w.accounts));
                 core.tree.apply_batch(b)?;
                 w.dead = dead;
+                shift.apply(&mut w.accounts);
                 Ok(Wrote {
                     count: 1,
                     wake: Vec::new(),
@@ -72,6 +79,7 @@ impl Core {
         let mut b = sled::Batch::default();
         let mut seq = w.seq;
         let mut requeued: Vec<(TenantId, u64)> = Vec::new();
+        let mut shift = counts::Shift::default();
         for id in ids {
             if self.tree.get(dead_key(id))?.is_none() {
                 continue;
@@ -88,6 +96,7 @@ impl Core {
             b.insert(event_key(id), to_json(&rec));
             b.remove(dead_key(id));
             b.insert(pending_key(&rec.tenant_id, seq), id.as_bytes().as_slice());
+            shift.add(rec.account.as_deref(), 1, -1);
             requeued.push((rec.tenant_id, seq));
         }
         if requeued.is_empty() {
@@ -99,10 +108,12 @@ impl Core {
         b.insert(meta_key("seq"), &seq.to_be_bytes());
         b.insert(meta_key("depth"), &depth.to_be_bytes());
         b.insert(meta_key("dead"), &dead.to_be_bytes());
+        put_account_counts(&mut b, shift.after(&w.accounts));
         self.tree.apply_batch(b)?;
         w.seq = seq;
         w.depth = depth;
         w.dead = dead;
+        shift.apply(&mut w.accounts);
         for (tenant, seq) in &requeued {
             w.heads.add(*tenant, *seq);
         }

@@ -105,3 +105,42 @@ pub(super) fn idem_target(value: &[u8]) -> Result<Uuid, StoreError> {
 pub(super) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// `k` + account id: its pending and dead events.
+pub(super) fn account_count_key(account: &str) -> Vec<u8> {
+    key(b'k', &[account.as_bytes()])
+}
+
+pub(super) fn account_count_value(n: AccountEvents) -> Vec<u8> {
+    let mut v = n.pending.to_be_bytes().to_vec();
+    v.extend_from_slice(&n.dead.to_be_bytes());
+    v
+}
+
+pub(super) fn account_count_from(v: &[u8]) -> Result<AccountEvents, StoreError> {
+    if v.len() != 16 {
+        return Err(StoreError::Corrupt(format!(
+            "an account's event counts are {} bytes, not 16",
+            v.len()
+        )));
+    }
+    Ok(AccountEvents {
+        pending: u64_from(&v[..8])?,
+        dead: u64_from(&v[8..])?,
+    })
+}
+
+/// The metadata key saying the `k` counts are kept (a store written before them, or one just
+/// imported, has them recounted at open).
+pub(super) const ACCOUNT_COUNTS_MARK: &str = "account_counts";
+
+/// Write each changed account's counts into `b` (an account with none left loses its key).
+pub(super) fn put_account_counts(b: &mut sled::Batch, after: Vec<(String, AccountEvents)>) {
+    for (account, n) in after {
+        if n.pending == 0 && n.dead == 0 {
+            b.remove(account_count_key(&account));
+        } else {
+            b.insert(account_count_key(&account), account_count_value(n));
+        }
+    }
+}

@@ -29,6 +29,7 @@
 //! | `n` | tenant uuid | inventory record (JSON) |
 //! | `a` | account id | an account added at run time (JSON; its secret sealed) |
 //! | `m` | name | metadata: schema version, counters, reconciler documents |
+//! | `k` | account id | its pending and dead events (two big-endian u64), written with `depth` |
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -94,6 +95,7 @@ mod commit;
 mod compact;
 mod control;
 pub(crate) mod copy;
+mod counts;
 mod dead;
 mod heads;
 mod keys;
@@ -112,6 +114,7 @@ use batches::{cut_batch, Cut};
 pub use bound::BoundState;
 use commit::*;
 pub use copy::{check_room_to_compact, dir_size, import, Compacted, Moved, Progress};
+pub use counts::AccountCounts;
 use heads::*;
 use keys::*;
 use migrate::*;
@@ -222,6 +225,8 @@ struct Counters {
     depth: u64,
     dead: u64,
     heads: Heads,
+    /// Each account's pending and dead events (persisted under `k`, beside `depth` and `dead`).
+    accounts: AccountCounts,
 }
 /// Everything the committer thread shares with the handles.
 struct Core {

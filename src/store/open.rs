@@ -95,6 +95,44 @@ fn lock_held(file: &Path) -> bool {
     !got
 }
 
+/// Each account's pending and dead events: as kept, after a clean close of a store that keeps
+/// them; else recounted from the events (once: after an unclean stop, an import, or a store
+/// written before they were kept) and written back.
+fn account_counts(tree: &sled::Tree, trusted: bool) -> Result<AccountCounts, StoreError> {
+    let mut counts = AccountCounts::default();
+    if trusted && tree.get(meta_key(ACCOUNT_COUNTS_MARK))?.is_some() {
+        for item in tree.scan_prefix([b'k']) {
+            let (k, v) = item?;
+            counts.set(&String::from_utf8_lossy(&k[1..]), account_count_from(&v)?);
+        }
+        return Ok(counts);
+    }
+    let record = |id: &Uuid| -> Result<Option<EventRecord>, StoreError> {
+        tree.get(event_key(id))?.map(|v| from_json(&v)).transpose()
+    };
+    for item in tree.scan_prefix([b'p']) {
+        let (_, v) = item?;
+        if let Some(rec) = record(&uuid_from(&v)?)? {
+            counts.count(rec.account.as_deref(), true);
+        }
+    }
+    for k in tree.scan_prefix([b'd']).keys() {
+        if let Some(rec) = record(&uuid_from(&k?[1..])?)? {
+            counts.count(rec.account.as_deref(), false);
+        }
+    }
+    let mut b = sled::Batch::default();
+    for k in tree.scan_prefix([b'k']).keys() {
+        b.remove(k?);
+    }
+    for (account, n) in counts.iter() {
+        b.insert(account_count_key(account), account_count_value(n));
+    }
+    b.insert(meta_key(ACCOUNT_COUNTS_MARK), b"1".to_vec());
+    tree.apply_batch(b)?;
+    Ok(counts)
+}
+
 pub(super) fn read_u64(tree: &sled::Tree, name: &str) -> Result<Option<u64>, StoreError> {
     tree.get(meta_key(name))?.map(|v| u64_from(&v)).transpose()
 }
@@ -151,6 +189,7 @@ pub(super) fn read_checked_counters(
         seq: read_u64(tree, "seq")?.unwrap_or(0),
         depth: read_u64(tree, "depth")?.unwrap_or(0),
         dead: read_u64(tree, "dead")?.unwrap_or(0),
+        accounts: account_counts(tree, recount.is_none())?,
     };
     let stored_id = tree
         .get(meta_key("store_id"))?

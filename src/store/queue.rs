@@ -280,7 +280,13 @@ impl Queue {
 
     pub async fn account_events(&self, id: &str) -> Result<AccountEvents, StoreError> {
         let id = id.to_string();
-        on!(self, s => s.scan(move |q| q.account_events(&id)).await, p => p.account_events(&id).await)
+        on!(self, s => s.account_events(&id), p => p.account_events(&id).await)
+    }
+
+    /// Every account's pending events and dead letters, without reading the events (sled
+    /// keeps them as it writes; PostgreSQL counts them in one grouped query).
+    pub async fn account_counts(&self) -> Result<AccountCounts, StoreError> {
+        on!(self, s => Ok(s.account_counts()), p => p.account_counts().await)
     }
 
     pub async fn remove_account(&self, id: &str, force: bool) -> Result<Removal, StoreError> {

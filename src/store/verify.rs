@@ -420,6 +420,10 @@ impl Offline {
             ));
             fix.insert(meta_key("dead"), &dead_n.to_be_bytes());
         }
+        if depth != pending_n || deadc != dead_n {
+            // Each account's counts are recounted at the next open.
+            fix.remove(meta_key(ACCOUNT_COUNTS_MARK));
+        }
         if seq < max_seq {
             counters
                 .problems

@@ -342,6 +342,38 @@ impl PgQueue {
         })
     }
 
+    /// Every account's pending events and dead letters, counted by the database (one grouped
+    /// count over the queued and dead events; nothing of them crosses the wire).
+    pub async fn account_counts(&self) -> Result<AccountCounts, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT coalesce(account, 'default'), count(*) FILTER (WHERE state = 'queued'),
+                        count(*) FILTER (WHERE state = 'dead')
+                 FROM events WHERE state IN ('queued', 'dead') GROUP BY 1",
+                &[],
+            )
+            .await?;
+        let mut counts = AccountCounts::default();
+        for r in rows {
+            let account: String = r
+                .try_get(0)
+                .map_err(|e| StoreError::Corrupt(format!("an account's counts: {e}")))?;
+            let n = |i: usize| -> Result<u64, StoreError> {
+                r.try_get::<_, i64>(i)
+                    .map(|v| v.max(0) as u64)
+                    .map_err(|e| StoreError::Corrupt(format!("an account's counts: {e}")))
+            };
+            counts.set(
+                &account,
+                AccountEvents {
+                    pending: n(1)?,
+                    dead: n(2)?,
+                },
+            );
+        }
+        Ok(counts)
+    }
+
     /// Bytes the store's tables and indexes occupy.
     pub async fn size(&self) -> Result<u64, StoreError> {
         let schema = self.inner.schema.clone();
