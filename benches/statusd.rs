@@ -2,7 +2,7 @@
 //! event, plain sled insert+flush, a plain sequential one-event-per-request client, what the
 //! sandbox itself absorbs). Figures are printed as tables; BENCHMARKS.md records them.
 //!
-//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint,accounts,runtime,storeops,fusion,postgres,cluster`
+//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint,accounts,runtime,storeops,fusion,postgres,cluster,lists`
 //! runs some sections only;
 //! `BENCH_BIG=N` sets the size of the large store (default 1 000 000 events).
 
@@ -995,6 +995,81 @@ async fn main() {
     if want("cluster") {
         cluster(dir).await;
     }
+    if want("lists") {
+        lists(dir, big).await;
+    }
+}
+
+/// Section 13, lists at scale: `GET /v1/accounts` with `big` events pending over 1000 accounts,
+/// beside `/v1/status` and `/livez` (the real binary; the platform refuses every report, so
+/// nothing drains while it is measured).
+async fn lists(dir: &Path, big: usize) {
+    println!("\n13. lists: GET /v1/accounts with {big} events pending over 1000 accounts (the real binary)");
+    let tenants: Vec<(Uuid, String)> = (0..1000u128)
+        .map(|i| (Uuid::from_u128(0xacc0_0000 + i), format!("a{i:04}")))
+        .collect();
+    let store = dir.join(format!("accounts-store-{big}"));
+    if !store.exists() {
+        let t = Instant::now();
+        fill_accounts(&store, big, &tenants).await;
+        row(
+            "filling the store (1000 accounts, one tenant each)",
+            format!("{:.1} s", t.elapsed().as_secs_f64()),
+            &mb(dir_size(&store)),
+        );
+    }
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.inject(statusd::sandbox::Fault {
+        status: Some(503),
+        retry_after: Some("300".into()),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
+    let mut toml = String::new();
+    for (_, a) in &tenants {
+        toml.push_str(&format!(
+            "[accounts.{a}]\ndatacenter_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n",
+            sb.url, sb.client_id, sb.client_secret
+        ));
+    }
+    let config = dir.join("lists.toml");
+    std::fs::write(&config, toml).unwrap();
+    let d = Daemon::spawn_with(dir, &store, &[], &["--config", config.to_str().unwrap()]);
+    let http = reqwest::Client::new();
+    d.readyz(&http).await;
+    for path in ["/v1/accounts", "/v1/status", "/livez"] {
+        let mut times = Vec::new();
+        let mut pending = 0u64;
+        for _ in 0..21 {
+            let t = Instant::now();
+            let r = http.get(format!("{}{path}", d.api)).send().await.unwrap();
+            let body: serde_json::Value = r.json().await.unwrap();
+            times.push(t.elapsed());
+            if path == "/v1/accounts" {
+                pending = body["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a["pending_events"].as_u64().unwrap_or(0))
+                    .sum();
+            }
+        }
+        times.sort();
+        let note = if path == "/v1/accounts" {
+            format!(
+                "max {}; {pending} pending counted; goal <= 50 ms",
+                ms(times[20])
+            )
+        } else {
+            format!("max {}", ms(times[20]))
+        };
+        row(
+            &format!("GET {path}, median of 21"),
+            ms(percentile(&times, 0.5)),
+            &note,
+        );
+    }
+    d.stop();
 }
 
 /// Events of `load` delivered per second by `ports`: `rounds` requests of one event per tenant.
