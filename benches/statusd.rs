@@ -238,7 +238,7 @@ async fn raw_ingest(
                     r#"{{"tenant_id":"{tenant}","type":"custom","category":"bench","action":"raw {r}"}}"#
                 );
                 let req = format!(
-                    "POST /v1/events HTTP/1.1\r\nhost: statusd\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    "POST /v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()
                 );
                 let started = Instant::now();
