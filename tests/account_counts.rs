@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -13,30 +12,8 @@ use serde_json::{json, Value};
 use statusd::sandbox::{Fault, Sandbox, SandboxOptions};
 
 fn command(sb: &Sandbox, dir: &std::path::Path) -> std::process::Command {
-    let config = dir.join("statusd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[accounts.a]\ndatacenter_url = \"{url}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\
-             [accounts.b]\ndatacenter_url = \"{url}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n",
-            url = sb.url,
-            id = sb.client_id,
-            secret = sb.client_secret
-        ),
-    )
-    .unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_statusd"));
-    cmd.args(["run", "--config"])
-        .arg(&config)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.tests")
-        .env("STATUSD__STORE__PATH", dir.join("store"))
-        .env("STATUSD__DELIVERY__INITIAL_BACKOFF", "50ms")
-        .env("STATUSD__DELIVERY__MAX_BACKOFF", "200ms")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    cmd
+    let secret = sb.client_secret.as_str();
+    accounts_command(sb, dir, &[("a", secret), ("b", secret)])
 }
 
 /// (pending, dead) of each account.

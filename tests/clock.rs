@@ -21,6 +21,17 @@ fn daemon(
     port: u16,
     offset_file: &std::path::Path,
 ) -> Daemon {
+    daemon_with(sb, store, port, offset_file, &[])
+}
+
+/// [`daemon`] with more settings.
+fn daemon_with(
+    sb: &Sandbox,
+    store: &std::path::Path,
+    port: u16,
+    offset_file: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Daemon {
     daemon_command(&sb.url, &sb.client_id, &sb.client_secret, store, port)
         .env("LD_PRELOAD", LIBFAKETIME)
         .env("FAKETIME_TIMESTAMP_FILE", offset_file)
@@ -28,6 +39,7 @@ fn daemon(
         .env("DONT_FAKE_MONOTONIC", "1")
         .env("STATUSD__DELIVERY__MAX_BACKOFF", "200ms")
         .env("STATUSD__DELIVERY__MAX_AGE", "1h")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn_daemon()
@@ -217,23 +229,18 @@ async fn after_the_wall_clock_jumps_days_each_reconciler_runs_at_most_once() {
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
     // Hourly schedules: none is due during the test unless the clock jumps.
-    let child = daemon_command(
-        &sb.url,
-        &sb.client_id,
-        &sb.client_secret,
+    let hourly = "0 17 * * * *";
+    let child = daemon_with(
+        &sb,
         &dir.path().join("store"),
         port,
-    )
-    .env("LD_PRELOAD", LIBFAKETIME)
-    .env("FAKETIME_TIMESTAMP_FILE", &offset)
-    .env("FAKETIME_NO_CACHE", "1")
-    .env("DONT_FAKE_MONOTONIC", "1")
-    .env("STATUSD__RECONCILE__TENANTS__SCHEDULE", "0 17 * * * *")
-    .env("STATUSD__RECONCILE__STATUS__SCHEDULE", "0 17 * * * *")
-    .env("STATUSD__RECONCILE__BRANDING__SCHEDULE", "0 17 * * * *")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn_daemon();
+        &offset,
+        &[
+            ("STATUSD__RECONCILE__TENANTS__SCHEDULE", hourly),
+            ("STATUSD__RECONCILE__STATUS__SCHEDULE", hourly),
+            ("STATUSD__RECONCILE__BRANDING__SCHEDULE", hourly),
+        ],
+    );
     let http = http_client();
     wait_ready(&http, port).await;
     let before = reconcile_runs(&http, &api).await;

@@ -36,6 +36,22 @@ impl SmallDisk {
     }
 }
 
+/// A small disk, or `None` (with why) where none can be mounted here (not root); in CI, with
+/// STATUSD_TEST_REQUIRE_ROOT set, that is a failure.
+fn small_disk(size: &str) -> Option<SmallDisk> {
+    match SmallDisk::mount(size) {
+        Ok(d) => Some(d),
+        Err(why) => {
+            assert!(
+                std::env::var_os("STATUSD_TEST_REQUIRE_ROOT").is_none(),
+                "STATUSD_TEST_REQUIRE_ROOT is set but: {why}"
+            );
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.path).status();
@@ -63,17 +79,8 @@ fn fill(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_intake_pauses_delivery_and_recovers_when_space_is_back() {
-    let disk = match SmallDisk::mount("24m") {
-        Ok(d) => d,
-        Err(why) => {
-            // In CI (as root) the small disk can be mounted: failing to is a failure there.
-            assert!(
-                std::env::var_os("STATUSD_TEST_REQUIRE_ROOT").is_none(),
-                "STATUSD_TEST_REQUIRE_ROOT is set but: {why}"
-            );
-            eprintln!("skipped: {why}");
-            return;
-        }
+    let Some(disk) = small_disk("24m") else {
+        return;
     };
     statusd::platform::install_crypto_provider();
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
@@ -203,17 +210,8 @@ async fn a_full_disk_refuses_intake_pauses_delivery_and_recovers_when_space_is_b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_on_a_full_disk_is_refused_saying_how_much_it_needs_and_changes_nothing() {
-    let disk = match SmallDisk::mount("40m") {
-        Ok(d) => d,
-        Err(why) => {
-            // In CI (as root) the small disk can be mounted: failing to is a failure there.
-            assert!(
-                std::env::var_os("STATUSD_TEST_REQUIRE_ROOT").is_none(),
-                "STATUSD_TEST_REQUIRE_ROOT is set but: {why}"
-            );
-            eprintln!("skipped: {why}");
-            return;
-        }
+    let Some(disk) = small_disk("40m") else {
+        return;
     };
     statusd::platform::install_crypto_provider();
     let store = disk.path.join("store");
@@ -289,16 +287,8 @@ async fn compaction_on_a_full_disk_is_refused_saying_how_much_it_needs_and_chang
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_during_a_long_reconcile_is_recovered_by_the_same_process() {
-    let disk = match SmallDisk::mount("24m") {
-        Ok(d) => d,
-        Err(why) => {
-            assert!(
-                std::env::var_os("STATUSD_TEST_REQUIRE_ROOT").is_none(),
-                "STATUSD_TEST_REQUIRE_ROOT is set but: {why}"
-            );
-            eprintln!("skipped: {why}");
-            return;
-        }
+    let Some(disk) = small_disk("24m") else {
+        return;
     };
     statusd::platform::install_crypto_provider();
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();

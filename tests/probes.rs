@@ -138,29 +138,11 @@ async fn an_account_refused_by_the_token_endpoint_holds_back_no_other_account_on
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     // Two accounts on one data center: `refused` with a wrong secret, `good` with the right one.
-    let config = dir.path().join("statusd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[accounts.refused]\ndatacenter_url = \"{url}\"\nclient_id = \"{id}\"\nclient_secret = \"not-the-secret\"\n\
-             [accounts.good]\ndatacenter_url = \"{url}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n",
-            url = sb.url,
-            id = sb.client_id,
-            secret = sb.client_secret
-        ),
-    )
-    .unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_statusd"));
-    cmd.args(["run", "--config"])
-        .arg(&config)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.tests")
-        .env("STATUSD__STORE__PATH", dir.path().join("store"))
-        .env("STATUSD__DELIVERY__INITIAL_BACKOFF", "50ms")
-        .env("STATUSD__DELIVERY__MAX_BACKOFF", "300ms")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut cmd = accounts_command(
+        &sb,
+        dir.path(),
+        &[("refused", "not-the-secret"), ("good", &sb.client_secret)],
+    );
     let (_d, port) = spawn_ready(&mut cmd, dir.path()).await;
     let http = http_client();
     let tenant = customers(&sb, 1)[0];

@@ -247,31 +247,50 @@ pub fn classify_token_status(status: StatusCode) -> ErrorClass {
     }
 }
 
-/// A readable message from an error body: the envelope, the OAuth form, or the raw text.
-pub fn describe_error_body(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Envelope {
-        error: EnvelopeInner,
+/// The platform's error answer, in either of its forms.
+enum Envelope {
+    /// `{"error": {"code", "message", "domain", "details"}}`.
+    Object(ErrorBody),
+    /// The OAuth form of the token endpoint: `{"error": "...", "error_description": "..."}`.
+    OAuth {
+        error: String,
+        description: Option<String>,
+    },
+}
+
+impl Envelope {
+    fn parse(body: &[u8]) -> Option<Envelope> {
+        #[derive(Deserialize)]
+        struct Outer {
+            error: Inner,
+            #[serde(default)]
+            error_description: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Inner {
+            Object(ErrorBody),
+            OAuth(String),
+        }
+        let outer: Outer = serde_json::from_slice(body).ok()?;
+        Some(match outer.error {
+            Inner::Object(e) => Envelope::Object(e),
+            Inner::OAuth(error) => Envelope::OAuth {
+                error,
+                description: outer.error_description,
+            },
+        })
     }
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum EnvelopeInner {
-        Object(ErrorBody),
-        OAuth(String),
-    }
-    #[derive(Deserialize)]
-    struct OAuthDesc {
-        #[serde(default)]
-        error_description: Option<String>,
-    }
-    if let Ok(env) = serde_json::from_slice::<Envelope>(body) {
-        match env.error {
-            EnvelopeInner::Object(e) => {
+
+    /// The code and message (with the domain and details when `full`).
+    fn describe(self, full: bool) -> String {
+        match self {
+            Envelope::Object(e) => {
                 let mut parts = Vec::new();
                 if let Some(c) = &e.code {
                     parts.push(format!("code {c}"));
                 }
-                if let Some(d) = &e.domain {
+                if let Some(d) = e.domain.as_ref().filter(|_| full) {
                     parts.push(format!("({d})"));
                 }
                 let head = parts.join(" ");
@@ -282,21 +301,24 @@ pub fn describe_error_body(body: &[u8]) -> String {
                     (false, true) => head,
                     (false, false) => format!("{head}: {msg}"),
                 };
-                if let Some(details) = e.details.filter(|d| !d.is_null()) {
+                if let Some(details) = e.details.filter(|d| full && !d.is_null()) {
                     s.push_str(&format!(" details={}", truncate(&details.to_string(), 300)));
                 }
-                return s;
+                s
             }
-            EnvelopeInner::OAuth(error) => {
-                let desc = serde_json::from_slice::<OAuthDesc>(body)
-                    .ok()
-                    .and_then(|d| d.error_description);
-                return match desc {
-                    Some(d) => format!("{error}: {d}"),
-                    None => error,
-                };
-            }
+            Envelope::OAuth { error, description } => match description {
+                Some(d) => format!("{error}: {d}"),
+                None => error,
+            },
         }
+    }
+}
+
+/// A readable message from an error body: the envelope, the OAuth form, or only the size of
+/// anything else.
+pub fn describe_error_body(body: &[u8]) -> String {
+    if let Some(env) = Envelope::parse(body) {
+        return env.describe(true);
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         "empty response body".into()
@@ -312,38 +334,7 @@ pub fn describe_error_body(body: &[u8]) -> String {
 /// The platform's error envelope's code and message, on one line and at most 300 characters;
 /// `None` for any other answer.
 pub fn envelope_summary(body: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Envelope {
-        error: EnvelopeInner,
-    }
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum EnvelopeInner {
-        Object(ErrorBody),
-        OAuth(String),
-    }
-    let text = match serde_json::from_slice::<Envelope>(body).ok()?.error {
-        EnvelopeInner::Object(e) => match (e.code, e.message) {
-            (Some(c), Some(m)) => format!("code {c}: {m}"),
-            (Some(c), None) => format!("code {c}"),
-            (None, Some(m)) => m,
-            (None, None) => "error without details".into(),
-        },
-        EnvelopeInner::OAuth(error) => {
-            #[derive(Deserialize)]
-            struct OAuthDesc {
-                #[serde(default)]
-                error_description: Option<String>,
-            }
-            match serde_json::from_slice::<OAuthDesc>(body)
-                .ok()
-                .and_then(|d| d.error_description)
-            {
-                Some(d) => format!("{error}: {d}"),
-                None => error,
-            }
-        }
-    };
+    let text = Envelope::parse(body)?.describe(false);
     let one_line: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -264,6 +264,36 @@ pub async fn spawn_ready(cmd: &mut std::process::Command, dir: &std::path::Path)
     (daemon, port)
 }
 
+/// `statusd run` with accounts of the configuration file on `sb`, each `(id, client secret)`
+/// (the sandbox's client id), its store in `dir`: to be started with [`spawn_ready`].
+pub fn accounts_command(
+    sb: &Sandbox,
+    dir: &std::path::Path,
+    accounts: &[(&str, &str)],
+) -> std::process::Command {
+    let config = dir.join("accounts.toml");
+    let mut toml = String::new();
+    for (id, secret) in accounts {
+        toml.push_str(&format!(
+            "[accounts.{id}]\ndatacenter_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{secret}\"\n",
+            sb.url, sb.client_id
+        ));
+    }
+    std::fs::write(&config, toml).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_statusd"));
+    cmd.args(["run", "--config"])
+        .arg(&config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("STATUSD__INTEGRATION__APPLICATION_CODE", "vendor.tests")
+        .env("STATUSD__STORE__PATH", dir.join("store"))
+        .env("STATUSD__DELIVERY__INITIAL_BACKOFF", "50ms")
+        .env("STATUSD__DELIVERY__MAX_BACKOFF", "200ms")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    cmd
+}
+
 /// An HTTP client for a test (the crypto provider installed first, whatever ran before).
 pub fn http_client() -> reqwest::Client {
     statusd::platform::install_crypto_provider();
