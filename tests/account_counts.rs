@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use statusd::sandbox::{Fault, Sandbox, SandboxOptions};
+use statusd::sandbox::{Fault, Sandbox};
 
 fn command(sb: &Sandbox, dir: &std::path::Path) -> std::process::Command {
     let secret = sb.client_secret.as_str();
@@ -49,13 +49,7 @@ async fn post(http: &reqwest::Client, port: u16, account: &str, tenant: uuid::Uu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_accounts_counts_follow_every_write_and_survive_restarts() {
-    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    // Reports wait: everything stays pending.
-    sb.inject(Fault {
-        status: Some(503),
-        path_contains: Some("/status".into()),
-        ..Default::default()
-    });
+    let sb = sandbox_refusing_reports().await;
     let dir = tempfile::tempdir().unwrap();
     let http = http_client();
     let (d, port) = spawn_ready(&mut command(&sb, dir.path()), dir.path()).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use statusd::sandbox::{Fault, Sandbox, SandboxOptions};
+use statusd::sandbox::{Sandbox, SandboxOptions};
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
@@ -63,13 +63,7 @@ async fn a_clock_jumped_forward_does_not_dead_letter_a_report_early() {
     if faketime_missing() {
         return;
     }
-    statusd::platform::install_crypto_provider();
-    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    sb.inject(Fault {
-        status: Some(503),
-        path_contains: Some("/status".into()),
-        ..Default::default()
-    });
+    let sb = sandbox_refusing_reports().await;
     let dir = tempfile::tempdir().unwrap();
     let offset = dir.path().join("offset");
     std::fs::write(&offset, "+0\n").unwrap();
@@ -156,14 +150,7 @@ async fn an_event_accepted_under_a_clock_days_ahead_ages_from_the_open_once_the_
     if faketime_missing() {
         return;
     }
-    statusd::platform::install_crypto_provider();
-    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    // Reports fail: the event stays pending.
-    sb.inject(Fault {
-        status: Some(503),
-        path_contains: Some("/status".into()),
-        ..Default::default()
-    });
+    let sb = sandbox_refusing_reports().await;
     let dir = tempfile::tempdir().unwrap();
     let offset = dir.path().join("offset");
     std::fs::write(&offset, "+10d\n").unwrap();

@@ -294,6 +294,18 @@ pub fn accounts_command(
     cmd
 }
 
+/// A sandbox data center answering every status report 503: events stay pending.
+pub async fn sandbox_refusing_reports() -> Sandbox {
+    statusd::platform::install_crypto_provider();
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.inject(statusd::sandbox::Fault {
+        status: Some(503),
+        path_contains: Some("/status".into()),
+        ..Default::default()
+    });
+    sb
+}
+
 /// An HTTP client for a test (the crypto provider installed first, whatever ran before).
 pub fn http_client() -> reqwest::Client {
     statusd::platform::install_crypto_provider();
