@@ -13,7 +13,7 @@ use statusd::sandbox::{Fault, Sandbox};
 
 fn command(sb: &Sandbox, dir: &std::path::Path) -> std::process::Command {
     let secret = sb.client_secret.as_str();
-    accounts_command(sb, dir, &[("a", secret), ("b", secret)])
+    accounts_command(dir, &[("a", sb, secret), ("b", sb, secret)])
 }
 
 /// (pending, dead) of each account.

@@ -139,9 +139,11 @@ async fn an_account_refused_by_the_token_endpoint_holds_back_no_other_account_on
     let dir = tempfile::tempdir().unwrap();
     // Two accounts on one data center: `refused` with a wrong secret, `good` with the right one.
     let mut cmd = accounts_command(
-        &sb,
         dir.path(),
-        &[("refused", "not-the-secret"), ("good", &sb.client_secret)],
+        &[
+            ("refused", &sb, "not-the-secret"),
+            ("good", &sb, &sb.client_secret),
+        ],
     );
     let (_d, port) = spawn_ready(&mut cmd, dir.path()).await;
     let http = http_client();
@@ -188,4 +190,57 @@ async fn an_account_refused_by_the_token_endpoint_holds_back_no_other_account_on
         .clone();
     assert_eq!(refused["token"], "failing", "{refused}");
     assert_eq!(refused["pending_events"], 1, "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_whose_reports_fail_holds_back_no_other_account_on_its_tenant() {
+    // `down` reports to a data center that answers every report 503; `up` to one that works.
+    let down = sandbox_refusing_reports().await;
+    let up = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = accounts_command(
+        dir.path(),
+        &[
+            ("down", &down, &down.client_secret),
+            ("up", &up, &up.client_secret),
+        ],
+    );
+    let (_d, port) = spawn_ready(&mut cmd, dir.path()).await;
+    let http = http_client();
+    let tenant = customers(&up, 1)[0];
+    let post = |account: &'static str, action: String| {
+        http.post(format!("http://127.0.0.1:{port}/v1/events"))
+            .json(&json!({"tenant_id": tenant, "type": "custom", "category": "lanes", "action": action, "account": account}))
+            .send()
+    };
+    assert_eq!(post("down", "d-1".into()).await.unwrap().status(), 202);
+    wait_for(
+        Duration::from_secs(10),
+        "the failing account's report tried",
+        || down.requests_to("status") >= 1,
+    )
+    .await;
+    for n in 1..=3 {
+        assert_eq!(post("up", format!("u-{n}")).await.unwrap().status(), 202);
+    }
+    wait_for(
+        Duration::from_secs(20),
+        "the other account's events delivered",
+        || {
+            let got = actions_by_tenant(&up);
+            (1..=3).all(|n| {
+                got.get(&tenant)
+                    .is_some_and(|v| v.contains(&format!("u-{n}")))
+            })
+        },
+    )
+    .await;
+    // The failing account keeps trying, in its own backoff.
+    let tried = down.requests_to("status");
+    wait_for(
+        Duration::from_secs(10),
+        "the failing account retried",
+        || down.requests_to("status") > tried,
+    )
+    .await;
 }

@@ -90,8 +90,9 @@ pub struct Delivery {
     /// One breaker per data center (host of its URL).
     breakers: Arc<Mutex<std::collections::HashMap<String, Breaker>>>,
     snapshot: Arc<Mutex<DeliverySnapshot>>,
-    /// Per tenant in failure, when this process first failed its oldest report.
-    failing_since: Arc<Mutex<std::collections::HashMap<TenantId, FirstFailure>>>,
+    /// Per tenant and account in failure, when this process first failed its oldest report.
+    #[allow(clippy::type_complexity)]
+    failing_since: Arc<Mutex<std::collections::HashMap<(TenantId, Option<String>), FirstFailure>>>,
 }
 
 /// When a tenant's oldest report first failed in this process, and its wall-clock age then.
@@ -110,6 +111,11 @@ impl FirstFailure {
             age,
         }
     }
+}
+
+/// The account of a batch (every event of a batch is of one).
+fn batch_account(batch: &Batch) -> Option<String> {
+    batch.events.first().and_then(|e| e.account.clone())
 }
 
 /// The most accounts a lane passes over on one tenant before it sends for the next one.
@@ -171,10 +177,10 @@ impl Delivery {
 
     /// One report of one tenant.
     async fn lane(&self, tenant: TenantId, hard_stop: CancellationToken) -> LaneOutcome {
-        // Accounts whose credentials the token endpoint refuses now are passed over: their
-        // events wait in place while another account's events to this tenant go.
+        // Accounts that cannot send now are passed over: their events wait in place while
+        // another account's events to this tenant go.
         let mut skip: Vec<String> = Vec::new();
-        let mut refused_until: Option<Instant> = None;
+        let mut held_until: Option<Instant> = None;
         let (batch, account) = loop {
             let batch = match self
                 .queue
@@ -183,7 +189,7 @@ impl Delivery {
             {
                 Ok(Take::Ready(b)) => b,
                 Ok(Take::Empty) => {
-                    return match refused_until {
+                    return match held_until {
                         Some(until) => LaneOutcome::RetryAt(until),
                         None => LaneOutcome::Empty,
                     }
@@ -193,7 +199,7 @@ impl Delivery {
                     let wait = Duration::from_millis((at_ms - now_ms()).max(0) as u64);
                     // The store trusts a persisted time only up to the longest retry wait.
                     let at = Instant::now() + wait;
-                    return LaneOutcome::RetryAt(refused_until.map_or(at, |u| u.min(at)));
+                    return LaneOutcome::RetryAt(held_until.map_or(at, |u| u.min(at)));
                 }
                 Err(e) => {
                     tracing::error!(message = "cannot take a batch", tenant_id = %tenant, error = %e);
@@ -203,24 +209,24 @@ impl Delivery {
             let Some(account) = self.accounts.of_event(batch.events[0].account.as_deref()) else {
                 return self.without_account(&batch).await;
             };
-            match account.client.refused_until() {
-                Some(until) if skip.len() < MAX_SKIPPED_ACCOUNTS => {
+            // Credentials refused, or its data center's breaker closed to it (no report while
+            // the window is open, one while probing): the account waits, the others go on.
+            let wait = account.client.refused_until().map(Err).unwrap_or_else(|| {
+                self.breaker(&account.datacenter, |b| {
+                    b.admit(Instant::now(), self.opts.backoff.initial())
+                })
+            });
+            match wait {
+                Err(until) if skip.len() < MAX_SKIPPED_ACCOUNTS => {
                     // Given back untouched (dropped unsettled), and taken again without it.
                     drop(batch);
                     skip.push(account.id.clone());
-                    refused_until = Some(refused_until.map_or(until, |u| u.min(until)));
+                    held_until = Some(held_until.map_or(until, |u| u.min(until)));
                 }
-                _ => break (batch, account),
+                Err(until) => return LaneOutcome::RetryAt(until),
+                Ok(()) => break (batch, account),
             }
         };
-        // The data center's breaker: no report while its window is open, one while probing.
-        let admitted = self.breaker(&account.datacenter, |b| {
-            b.admit(Instant::now(), self.opts.backoff.initial())
-        });
-        if let Err(until) = admitted {
-            // The batch goes back untouched when dropped here.
-            return LaneOutcome::RetryAt(until);
-        }
         let events: Vec<ReportEvent> = batch
             .events
             .iter()
@@ -263,7 +269,7 @@ impl Delivery {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let first = failing
-            .entry(batch.tenant_id)
+            .entry((batch.tenant_id, batch_account(batch)))
             .and_modify(|f| {
                 if f.head != head {
                     *f = FirstFailure::now(head, wall);
@@ -278,7 +284,7 @@ impl Delivery {
         self.failing_since
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&batch.tenant_id);
+            .remove(&(batch.tenant_id, batch_account(batch)));
     }
 
     async fn on_success(&self, batch: &Batch, account: &Account) -> LaneOutcome {

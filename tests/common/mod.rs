@@ -264,16 +264,15 @@ pub async fn spawn_ready(cmd: &mut std::process::Command, dir: &std::path::Path)
     (daemon, port)
 }
 
-/// `statusd run` with accounts of the configuration file on `sb`, each `(id, client secret)`
-/// (the sandbox's client id), its store in `dir`: to be started with [`spawn_ready`].
+/// `statusd run` with accounts of the configuration file, each `(id, data center, client
+/// secret)` (the sandbox's client id), its store in `dir`: to be started with [`spawn_ready`].
 pub fn accounts_command(
-    sb: &Sandbox,
     dir: &std::path::Path,
-    accounts: &[(&str, &str)],
+    accounts: &[(&str, &Sandbox, &str)],
 ) -> std::process::Command {
     let config = dir.join("accounts.toml");
     let mut toml = String::new();
-    for (id, secret) in accounts {
+    for (id, sb, secret) in accounts {
         toml.push_str(&format!(
             "[accounts.{id}]\ndatacenter_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{secret}\"\n",
             sb.url, sb.client_id

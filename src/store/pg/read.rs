@@ -104,18 +104,25 @@ impl PgQueue {
             // On a shared store, decisions older than one already reported for the tenant
             // (accepted by another replica at nearly the same moment) are set aside first.
             for _ in 0..8 {
-                let records = self
-                    .pending_events(tenant, crate::store::batches::scan_limit(max, skip))
-                    .await?;
-                let horizon = pg.options.max_retry_delay.as_millis() as i64;
-                let cut = cut_batch(
-                    tenant,
-                    records.into_iter().map(Ok),
-                    now_ms(),
-                    horizon,
-                    max,
-                    skip,
-                )?;
+                // The batch's worth first; past it only when records were passed over.
+                let mut limit = max.max(1);
+                let cut = loop {
+                    let records = self.pending_events(tenant, limit).await?;
+                    let all = records.len() < limit;
+                    let horizon = pg.options.max_retry_delay.as_millis() as i64;
+                    let cut = cut_batch(
+                        tenant,
+                        records.into_iter().map(Ok),
+                        now_ms(),
+                        horizon,
+                        max,
+                        skip,
+                    )?;
+                    if matches!(cut, Cut::Events(_)) || all || limit > max.max(1) {
+                        break cut;
+                    }
+                    limit = crate::store::batches::scan_limit(max);
+                };
                 match (&cut, pg.ownership.get()) {
                     (Cut::Events(events), Some(_)) if self.supersede(tenant, events).await? > 0 => {
                         continue
