@@ -10,6 +10,7 @@ use statusd::sandbox::{Sandbox, SandboxOptions};
 
 pub mod cluster;
 pub mod pg;
+pub mod pki;
 pub mod recorder;
 
 pub struct Harness {

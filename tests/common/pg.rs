@@ -17,6 +17,8 @@ pub struct PgServer {
     pub port: u16,
     bin: PathBuf,
     child: Option<Child>,
+    /// More `-c name=value` settings of the server (TLS).
+    settings: Vec<String>,
 }
 
 /// The directory of the PostgreSQL server binaries, if any.
@@ -128,9 +130,49 @@ impl PgServer {
             port,
             bin,
             child: None,
+            settings: Vec::new(),
         };
         server.resume();
         Some(server)
+    }
+
+    /// Start a fresh server that speaks TLS with this certificate and key (`ssl=on`).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Option<PgServer> {
+        let mut server = PgServer::start()?;
+        server.halt();
+        let data = server.dir.path().join("data");
+        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+            std::fs::copy(from, data.join(name)).unwrap();
+            if is_root() {
+                let status = Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(data.join(name))
+                    .status()
+                    .expect("chown");
+                assert!(status.success());
+            }
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        server.settings = vec![
+            "ssl=on".into(),
+            "ssl_cert_file=server.crt".into(),
+            "ssl_key_file=server.key".into(),
+        ];
+        server.resume();
+        Some(server)
+    }
+
+    /// The URL on `host` (a name or address of this machine) with these query parameters.
+    pub fn url_on(&self, host: &str, query: &str) -> String {
+        format!(
+            "postgres://{PG_USER}:{PG_PASSWORD}@{host}:{}/postgres?{query}",
+            self.port
+        )
     }
 
     /// `pg_test_fsync` in the server's directory: the database's own commit cost.
@@ -168,6 +210,7 @@ impl PgServer {
                 self.dir.path().display()
             ))
             .args(["-c", "max_connections=200", "-c", "shared_buffers=64MB"])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -268,9 +268,34 @@ fn unreachable(e: &tokio_postgres::Error) -> bool {
     false
 }
 
+/// rustls's own words when a connection failed in the TLS handshake (an untrusted certificate,
+/// a name it does not hold).
+fn tls_cause(e: &tokio_postgres::Error) -> Option<String> {
+    fn find(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r.to_string());
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(found) = find(inner) {
+                return Some(found);
+            }
+        }
+        e.source().and_then(find)
+    }
+    std::error::Error::source(e).and_then(find)
+}
+
 /// Classify an error: `Unavailable` when the database cannot be reached (intake answers 503,
 /// everything pauses until it is back), `Postgres` when it refused the statement.
 pub(super) fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    if let Some(tls) = tls_cause(&e) {
+        return StoreError::Unavailable(format!(
+            "PostgreSQL: the TLS handshake failed: {tls} (the server's certificate must be signed by a root of store.postgres.ca_file, or of the system when it is unset, and hold the host name of store.postgres.url)"
+        ));
+    }
     if unreachable(&e) {
         return StoreError::Unavailable(format!("PostgreSQL: {e}"));
     }
