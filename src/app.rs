@@ -277,7 +277,7 @@ async fn start_with(
         background.push(tokio::spawn(crate::cluster::run(
             pg.clone(),
             own.clone(),
-            api_addr.to_string(),
+            advertised(&settings, api_addr),
             stop_background.clone(),
             takeover(
                 queue.clone(),
@@ -331,6 +331,39 @@ async fn start_with(
         reopen,
         detached,
     })
+}
+
+/// The API address other replicas and `owned_elsewhere` answers name: `cluster.advertise_url`,
+/// else the listen address when it is a specific one, else the pod's IP (`POD_IP`, from the
+/// Kubernetes downward API) with the port, else the listen address as it is.
+fn advertised(settings: &Settings, api_addr: SocketAddr) -> String {
+    let pod_ip = std::env::var("POD_IP").ok();
+    let url = advertised_from(
+        settings.cluster.advertise_url.as_deref(),
+        api_addr,
+        pod_ip.as_deref(),
+    );
+    if url.is_none() {
+        tracing::warn!(message = "the API listens on every address and neither cluster.advertise_url nor POD_IP is set: peers are told an address they cannot reach", listen = %api_addr);
+    }
+    url.unwrap_or_else(|| format!("http://{api_addr}"))
+}
+
+/// [`advertised`] from its inputs; `None` when none of them gives a reachable address.
+fn advertised_from(
+    advertise_url: Option<&str>,
+    api_addr: SocketAddr,
+    pod_ip: Option<&str>,
+) -> Option<String> {
+    if let Some(url) = advertise_url {
+        return Some(url.to_string());
+    }
+    if !api_addr.ip().is_unspecified() {
+        return Some(format!("http://{api_addr}"));
+    }
+    pod_ip
+        .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| format!("http://{}", SocketAddr::new(ip, api_addr.port())))
 }
 
 /// On a PostgreSQL store: this replica joins the pool sharing it, holding no shard yet (the
@@ -659,5 +692,33 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!(message = "SIGTERM received"),
         _ = int.recv() => tracing::info!(message = "SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod advertise_tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_advertises_an_address_its_peers_can_reach() {
+        let any: SocketAddr = "0.0.0.0:8750".parse().unwrap();
+        let one: SocketAddr = "10.0.3.7:8750".parse().unwrap();
+        assert_eq!(
+            advertised_from(Some("http://statusd-0.statusd:8750"), any, Some("10.1.1.1")),
+            Some("http://statusd-0.statusd:8750".into())
+        );
+        assert_eq!(
+            advertised_from(None, one, None),
+            Some("http://10.0.3.7:8750".into())
+        );
+        assert_eq!(
+            advertised_from(None, any, Some("10.1.1.1")),
+            Some("http://10.1.1.1:8750".into())
+        );
+        assert_eq!(
+            advertised_from(None, "[::]:8750".parse().unwrap(), Some("fd00::5")),
+            Some("http://[fd00::5]:8750".into())
+        );
+        assert_eq!(advertised_from(None, any, None), None);
     }
 }

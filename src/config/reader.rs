@@ -165,6 +165,29 @@ impl Reader {
         }
     }
 
+    /// An address other replicas can reach this one's API at: `http(s)://host:port`.
+    fn advertise_url(&mut self, key: &str) -> Option<String> {
+        let raw = self.string(key)?;
+        match url::Url::parse(raw.trim()) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && matches!(u.path(), "" | "/")
+                    && u.query().is_none()
+                    && u.username().is_empty() =>
+            {
+                Some(raw.trim().trim_end_matches('/').to_string())
+            }
+            _ => {
+                self.problem(
+                    key,
+                    format!("{raw:?} is not an address of this replica's API: write http://host:port (e.g. http://10.0.3.7:8750)"),
+                );
+                None
+            }
+        }
+    }
+
     /// `[cluster]`, checked as client-go checks its leases, and the accounts' pins.
     fn cluster(&mut self, accounts: &[AccountSettings]) -> ClusterSettings {
         let c = ClusterSettings {
@@ -172,6 +195,7 @@ impl Reader {
             lease_duration: self.duration("cluster.lease_duration", "15s"),
             renew_deadline: self.duration("cluster.renew_deadline", "10s"),
             retry_period: self.duration("cluster.retry_period", "2s"),
+            advertise_url: self.advertise_url("cluster.advertise_url"),
         };
         if let Err(why) = c.timing().check() {
             let key = if why.starts_with("cluster.lease_duration") {

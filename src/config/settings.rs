@@ -39,6 +39,10 @@ pub struct ClusterSettings {
     pub renew_deadline: Duration,
     #[serde(with = "duration_text")]
     pub retry_period: Duration,
+    /// The API address other replicas and `owned_elsewhere` answers name (unset: the listen
+    /// address when it is a specific one, else `http://$POD_IP:<port>` when the downward API
+    /// gives the pod's IP).
+    pub advertise_url: Option<String>,
 }
 
 impl ClusterSettings {
