@@ -223,24 +223,42 @@ async fn raw_ingest(
     conns: usize,
     requests: usize,
 ) -> (f64, Duration, Duration) {
+    let tenants = tenants.to_vec();
+    raw_load(addr, conns, requests, "HTTP/1.1 202", move |c, r| {
+        let tenant = tenants[c % tenants.len()];
+        let body = format!(
+            r#"{{"tenant_id":"{tenant}","type":"custom","category":"bench","action":"raw {r}"}}"#
+        );
+        format!(
+            "POST /v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .await
+}
+
+/// `conns` keep-alive connections each sending `requests` requests made by `request(conn, n)`
+/// by hand over TCP, each answer expected to start with `status`: rate, p50, p99.
+async fn raw_load(
+    addr: std::net::SocketAddr,
+    conns: usize,
+    requests: usize,
+    status: &'static str,
+    request: impl Fn(usize, usize) -> String + Send + Sync + 'static,
+) -> (f64, Duration, Duration) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = Arc::new(request);
     let t = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for c in 0..conns {
-        let tenant = tenants[c % tenants.len()];
+        let request = request.clone();
         set.spawn(async move {
             let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
             stream.set_nodelay(true).unwrap();
             let mut latencies = Vec::with_capacity(requests);
             let mut buf = vec![0u8; 4096];
             for r in 0..requests {
-                let body = format!(
-                    r#"{{"tenant_id":"{tenant}","type":"custom","category":"bench","action":"raw {r}"}}"#
-                );
-                let req = format!(
-                    "POST /v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
+                let req = request(c, r);
                 let started = Instant::now();
                 stream.write_all(req.as_bytes()).await.unwrap();
                 // Read one whole response: headers, then content-length bytes of body.
@@ -251,7 +269,7 @@ async fn raw_ingest(
                     got += n;
                     let text = String::from_utf8_lossy(&buf[..got]);
                     if let Some(end) = text.find("\r\n\r\n") {
-                        assert!(text.starts_with("HTTP/1.1 202"), "{text}");
+                        assert!(text.starts_with(status), "{text}");
                         let len: usize = text[..end]
                             .lines()
                             .find_map(|l| {
@@ -490,6 +508,29 @@ async fn ingest(dir: &Path) {
             ms(p50),
             ms(p99),
             r / fsync
+        ),
+    );
+    // The server's own ceiling, with the same client, in the same run: GET /livez.
+    let (ceiling, lp50, lp99) = raw_load(running.api_addr, 64, 300, "HTTP/1.1 200", |_, _| {
+        "GET /livez HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n".to_string()
+    })
+    .await;
+    rate(
+        "reference: GET /livez, 64 connections, minimal client",
+        ceiling,
+        &format!(
+            "p50 {} p99 {}: the HTTP server's ceiling",
+            ms(lp50),
+            ms(lp99)
+        ),
+    );
+    let (durable, _, dp99) = raw_ingest(running.api_addr, &tenants, 64, 300).await;
+    row(
+        "durable intake / the server's ceiling (same client, same run)",
+        format!("{:.2}", durable / ceiling),
+        &format!(
+            "{durable:.0}/s against {ceiling:.0}/s; intake p99 {}; goal >= 0.5 with p99 <= 5 ms",
+            ms(dp99)
         ),
     );
     let (r, p50, p99) = http_ingest(&api, &tenants, 16, 40, 100).await;
