@@ -244,3 +244,46 @@ async fn an_account_whose_reports_fail_holds_back_no_other_account_on_its_tenant
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_with_200_000_events_pending() {
+    use statusd::store::{EventKind, NewEvent, Queue, StoreOptions};
+    let sb = sandbox_refusing_reports().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    {
+        let q = Queue::open(&store, StoreOptions::default()).unwrap();
+        let tenants: Vec<uuid::Uuid> = (0..1000u128)
+            .map(|i| uuid::Uuid::from_u128(0x9000_0000 + i))
+            .collect();
+        for chunk in 0..200 {
+            let events = tenants
+                .iter()
+                .map(|t| NewEvent {
+                    tenant_id: *t,
+                    kind: EventKind::Custom,
+                    category: "probe".into(),
+                    action: format!("{chunk}"),
+                    idempotency_key: None,
+                    occurred_at_ms: None,
+                    account: None,
+                })
+                .collect();
+            q.enqueue(events).await.unwrap();
+        }
+        q.sync().await.unwrap();
+    }
+    let mut cmd = daemon_command(&sb.url, &sb.client_id, &sb.client_secret, &store, 0);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let (_d, port) = spawn_ready(&mut cmd, dir.path()).await;
+    probe_all(port).await;
+    let accounts = get_json(
+        &http_client(),
+        &format!("http://127.0.0.1:{port}/v1/accounts"),
+    )
+    .await;
+    assert_eq!(
+        accounts["items"][0]["pending_events"], 200_000,
+        "{accounts}"
+    );
+}
