@@ -16,59 +16,27 @@ use statusd::sandbox::{Sandbox, SandboxOptions};
 use statusd::store::Queue;
 use uuid::Uuid;
 
-fn spawn_daemon(
+/// Start the daemon of `command()` on any free port (it reports the port it bound) and wait
+/// until it is ready.
+async fn start_ready(
+    http: &reqwest::Client,
+    command: impl Fn() -> std::process::Command,
+) -> (Daemon, u16) {
+    let (child, port) = spawn_ready(&mut command(), &std::env::temp_dir()).await;
+    wait_ready(http, port).await;
+    (child, port)
+}
+
+/// The daemon on `store` with its platform account, on any free port (not yet ready).
+async fn spawn_ready_daemon(
     base_url: &str,
     client_id: &str,
     secret: &str,
     store: &std::path::Path,
-    port: u16,
-) -> Daemon {
-    spawn_daemon_with(base_url, client_id, secret, store, port, &[])
-}
-
-fn spawn_daemon_with(
-    base_url: &str,
-    client_id: &str,
-    secret: &str,
-    store: &std::path::Path,
-    port: u16,
-    extra: &[(&str, &str)],
-) -> Daemon {
-    daemon_command(base_url, client_id, secret, store, port)
-        .envs(extra.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn_daemon()
-}
-
-/// Start a daemon with `spawn(port)` and wait until it is ready; a daemon that exits first (its
-/// port taken by another test in the meantime) is started again on another port.
-async fn start_ready(http: &reqwest::Client, spawn: impl Fn(u16) -> Daemon) -> (Daemon, u16) {
-    for _ in 0..5 {
-        let port = free_port();
-        let mut child = spawn(port);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if http
-                .get(format!("http://127.0.0.1:{port}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return (child, port);
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                eprintln!("daemon on port {port} exited before it was ready: {status}");
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "daemon not ready in 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    panic!("the daemon exited before it was ready, five times");
+) -> (Daemon, u16) {
+    let mut cmd = daemon_command(base_url, client_id, secret, store, 0);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    spawn_ready(&mut cmd, &std::env::temp_dir()).await
 }
 
 fn kill9(child: &mut Daemon) {
@@ -170,9 +138,8 @@ async fn acknowledged_events_survive_kill_9_in_order_exactly_once() {
     let tenants: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
     let mut posted = Posted::new("acknowledged_events_survive_kill_9_in_order_exactly_once");
     for _round in 0..20 {
-        let port = free_port();
-        let mut child = spawn_daemon(&dead_platform, "id", "secret", dir.path(), port);
-        wait_ready(&http, port).await;
+        let (mut child, port) =
+            spawn_ready_daemon(&dead_platform, "id", "secret", dir.path()).await;
         // Kill at a random point while requests are in flight.
         let delay = Duration::from_millis(posted.rng.random_range(5..60));
         let killer = tokio::spawn(async move {
@@ -258,9 +225,8 @@ async fn kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_report
         Posted::new("kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_reports");
     let kills = 8;
     for _ in 0..kills {
-        let port = free_port();
-        let mut child = spawn_daemon(&sb.url, &sb.client_id, &sb.client_secret, dir.path(), port);
-        wait_ready(&http, port).await;
+        let (mut child, port) =
+            spawn_ready_daemon(&sb.url, &sb.client_id, &sb.client_secret, dir.path()).await;
         let delay = Duration::from_millis(posted.rng.random_range(50..250));
         let killer = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -270,9 +236,8 @@ async fn kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_report
         killer.await.unwrap();
     }
     // Final run: let it drain, then stop it.
-    let port = free_port();
-    let mut child = spawn_daemon(&sb.url, &sb.client_id, &sb.client_secret, dir.path(), port);
-    wait_ready(&http, port).await;
+    let (mut child, _) =
+        spawn_ready_daemon(&sb.url, &sb.client_id, &sb.client_secret, dir.path()).await;
     let (acked, in_doubt) = (posted.acked, posted.in_doubt);
     let expected: Vec<String> = acked.iter().map(|(t, n, _)| format!("{t}-{n}")).collect();
     wait_for(
@@ -351,11 +316,8 @@ async fn kill_9_while_delivering_loses_nothing_and_repeats_only_in_flight_report
 async fn a_second_daemon_on_the_same_store_is_refused_with_a_clear_message() {
     statusd::platform::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let http = http_client();
     let dead_platform = format!("http://127.0.0.1:{}", free_port());
-    let port = free_port();
-    let mut first = spawn_daemon(&dead_platform, "id", "secret", dir.path(), port);
-    wait_ready(&http, port).await;
+    let (mut first, _) = spawn_ready_daemon(&dead_platform, "id", "secret", dir.path()).await;
     let second = daemon_command(&dead_platform, "id", "secret", dir.path(), free_port())
         .env("RUST_LOG", "off")
         .output()
@@ -388,16 +350,14 @@ async fn sigterm_during_delivery_exits_0_within_the_grace_and_loses_nothing() {
     });
     let dir = tempfile::tempdir().unwrap();
     let http = http_client();
-    let port = free_port();
-    let child = spawn_daemon_with(
-        &sb.url,
-        &sb.client_id,
-        &sb.client_secret,
-        dir.path(),
-        port,
-        &[("STATUSD__DELIVERY__SHUTDOWN_GRACE", "1s")],
-    );
-    wait_ready(&http, port).await;
+    let (child, port) = start_ready(&http, || {
+        let mut cmd = daemon_command(&sb.url, &sb.client_id, &sb.client_secret, dir.path(), 0);
+        cmd.env("STATUSD__DELIVERY__SHUTDOWN_GRACE", "1s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    })
+    .await;
     let mut acked = Vec::new();
     for n in 1..=20 {
         for t in &tenants {
@@ -422,9 +382,8 @@ async fn sigterm_during_delivery_exits_0_within_the_grace_and_loses_nothing() {
     assert!(took < Duration::from_secs(4), "stopping took {took:?}");
     // Restart on the same store with a healthy platform: everything arrives, in order.
     sb.clear_faults();
-    let port = free_port();
-    let mut child = spawn_daemon(&sb.url, &sb.client_id, &sb.client_secret, dir.path(), port);
-    wait_ready(&http, port).await;
+    let (mut child, _) =
+        spawn_ready_daemon(&sb.url, &sb.client_id, &sb.client_secret, dir.path()).await;
     wait_for(Duration::from_secs(30), "all events delivered", || {
         let got = actions_by_tenant(&sb);
         tenants
@@ -522,8 +481,10 @@ async fn a_damaged_store_is_refused_with_exit_65_unless_accepted() {
     // 2 000 accepted, undelivered events (the platform is unreachable), then a clean stop.
     {
         let dead_platform = format!("http://127.0.0.1:{}", free_port());
-        let (child, port) = start_ready(&http, |port| {
-            spawn_daemon(&dead_platform, "id", "secret", &store, port)
+        let (child, port) = start_ready(&http, || {
+            let mut cmd = daemon_command(&dead_platform, "id", "secret", &store, 0);
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            cmd
         })
         .await;
         for batch in 0..20 {
@@ -621,12 +582,12 @@ async fn a_damaged_store_is_refused_with_exit_65_unless_accepted() {
     copy_store(&store, &copy);
     keep_only_the_control_file(&copy);
     let dead_platform = format!("http://127.0.0.1:{}", free_port());
-    let (child, _) = start_ready(&http, |port| {
-        daemon_command(&dead_platform, "id", "secret", &copy, port)
-            .arg("--accept-damaged-store")
+    let (child, _) = start_ready(&http, || {
+        let mut cmd = daemon_command(&dead_platform, "id", "secret", &copy, 0);
+        cmd.arg("--accept-damaged-store")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn_daemon()
+            .stderr(Stdio::null());
+        cmd
     })
     .await;
     assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
@@ -664,9 +625,9 @@ async fn kill_9_with_several_accounts_delivers_every_acknowledged_event_to_its_o
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let http = http_client();
-    let spawn = |port: u16| {
-        daemon_command(&eu.url, "unused", "unused", dir.path(), port)
-            .env_remove("STATUSD__PLATFORM__BASE_URL")
+    let spawn = || {
+        let mut cmd = daemon_command(&eu.url, "unused", "unused", dir.path(), 0);
+        cmd.env_remove("STATUSD__PLATFORM__BASE_URL")
             .env_remove("STATUSD__PLATFORM__CLIENT_ID")
             .env_remove("STATUSD__PLATFORM__CLIENT_SECRET")
             .env("STATUSD__ACCOUNTS__EU__DATACENTER_URL", &eu.url)
@@ -676,14 +637,14 @@ async fn kill_9_with_several_accounts_delivers_every_acknowledged_event_to_its_o
             .env("STATUSD__ACCOUNTS__US__CLIENT_ID", &us.client_id)
             .env("STATUSD__ACCOUNTS__US__CLIENT_SECRET", &us.client_secret)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn_daemon()
+            .stderr(Stdio::null());
+        cmd
     };
     let mut rng = test_rng("kill_9_with_several_accounts");
     let mut acked: Vec<(Uuid, &str, usize)> = Vec::new();
     let mut n = 0;
     for _ in 0..5 {
-        let (mut child, port) = start_ready(&http, spawn).await;
+        let (mut child, port) = start_ready(&http, &spawn).await;
         let delay = Duration::from_millis(rng.random_range(50..200));
         let killer = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -705,7 +666,7 @@ async fn kill_9_with_several_accounts_delivers_every_acknowledged_event_to_its_o
         killer.await.unwrap();
     }
     assert!(acked.len() > 20, "only {} acknowledged", acked.len());
-    let (child, _) = start_ready(&http, spawn).await;
+    let (child, _) = start_ready(&http, &spawn).await;
     let delivered_at = |sb: &Sandbox| actions_by_tenant(sb);
     wait_for(
         Duration::from_secs(60),

@@ -242,7 +242,8 @@ pub fn daemon_command(
 pub async fn spawn_ready(cmd: &mut std::process::Command, dir: &std::path::Path) -> (Daemon, u16) {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let file = dir.join(format!(
-        "ready-{}",
+        "statusd-ready-{}-{}",
+        std::process::id(),
         N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_file(&file);
