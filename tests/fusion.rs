@@ -70,18 +70,18 @@ companyName = "Acme Voice EU"
     path
 }
 
-fn start(s: &Setup, password: &str) -> (Daemon, u16) {
-    let port = free_port();
+/// The daemon on any free port (it reports the one it bound).
+async fn start(s: &Setup, password: &str) -> (Daemon, u16) {
     let cfg = config(s, password);
     let mut cmd = daemon_command(
         &s.sb.url,
         &s.sb.client_id,
         &s.sb.client_secret,
         &s.dir.path().join("store"),
-        port,
+        0,
     );
     cmd.arg("--config").arg(&cfg);
-    (cmd.spawn_daemon(), port)
+    spawn_ready(&mut cmd, s.dir.path()).await
 }
 
 /// `statusd <args>` against the daemon on `port`: exit code and output.
@@ -127,7 +127,7 @@ async fn drift_is_written_once_unmanaged_and_masked_properties_are_left_and_a_dr
 ) {
     let s = setup(true, 60).await;
     let http = http_client();
-    let (_d, port) = start(&s, "fusion-pw");
+    let (_d, port) = start(&s, "fusion-pw").await;
     wait_ready(&http, port).await;
     let tenants = s.sb.fusion_tenants();
     let subs: usize = tenants.iter().map(|(_, v)| v.len()).sum();
@@ -217,7 +217,7 @@ async fn drift_is_written_once_unmanaged_and_masked_properties_are_left_and_a_dr
 async fn an_expired_access_token_is_renewed_without_a_new_login() {
     let s = setup(true, 3).await;
     let http = http_client();
-    let (_d, port) = start(&s, "fusion-pw");
+    let (_d, port) = start(&s, "fusion-pw").await;
     wait_ready(&http, port).await;
     assert_eq!(reconcile(&http, port, false).await["outcome"], "success");
     assert_eq!(s.sb.fusion_counts().0, 1);
@@ -235,7 +235,7 @@ async fn an_expired_access_token_is_renewed_without_a_new_login() {
 async fn the_second_factor_goes_through_fusion_login_and_the_session_survives_a_restart() {
     let s = setup(false, 3).await;
     let http = http_client();
-    let (d, port) = start(&s, "fusion-pw");
+    let (d, port) = start(&s, "fusion-pw").await;
     wait_ready(&http, port).await;
     // The platform asks for a code: the run says what to do, and does not log in again.
     let r = reconcile(&http, port, false).await;
@@ -268,7 +268,7 @@ async fn the_second_factor_goes_through_fusion_login_and_the_session_survives_a_
     // After a restart the kept refresh token is used: no login, no code.
     assert!(sigterm_and_wait(d).await.success());
     s.sb.expire_fusion_access();
-    let (_d, port) = start(&s, "fusion-pw");
+    let (_d, port) = start(&s, "fusion-pw").await;
     wait_ready(&http, port).await;
     let r = reconcile(&http, port, true).await;
     assert_eq!(r["outcome"], "success", "{r}");
@@ -302,7 +302,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 async fn a_refused_password_is_reported_as_auth_and_not_retried_in_a_loop() {
     let s = setup(true, 3).await;
     let http = http_client();
-    let (_d, port) = start(&s, "wrong-password");
+    let (_d, port) = start(&s, "wrong-password").await;
     wait_ready(&http, port).await;
     for _ in 0..5 {
         let r = reconcile(&http, port, false).await;
@@ -392,7 +392,7 @@ async fn a_login_that_sends_a_code_is_asked_at_most_once_in_30_s_and_its_body_is
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = setup(false, 1).await;
     let http = http_client();
-    let (_d, port) = start(&s, "fusion-pw");
+    let (_d, port) = start(&s, "fusion-pw").await;
     wait_ready(&http, port).await;
     let login = || {
         http.post(format!("http://127.0.0.1:{port}/v1/fusion/login"))
