@@ -95,10 +95,18 @@ pub struct Refused(pub String);
 
 impl HostPolicy {
     pub fn new(settings: &PlatformSettings) -> HostPolicy {
-        let proxy_host = settings
+        // `platform.proxy`, else the proxy of the environment (which reqwest uses then).
+        let proxy = settings
             .proxy
             .as_ref()
-            .and_then(|p| url::Url::parse(p.expose()).ok())
+            .map(|p| p.expose().to_string())
+            .or_else(|| {
+                ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+                    .iter()
+                    .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+            });
+        let proxy_host = proxy
+            .and_then(|p| url::Url::parse(p.trim()).ok())
             .and_then(|u| u.host_str().map(|h| h.to_ascii_lowercase()));
         HostPolicy {
             patterns: settings.allowed_hosts.clone(),
