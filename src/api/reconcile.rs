@@ -153,7 +153,7 @@ pub(super) async fn fusion_login(
             .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?;
         match v.get("code") {
             None | Some(Value::Null) => None,
-            Some(Value::String(c)) if !c.trim().is_empty() && c.len() <= 64 => {
+            Some(Value::String(c)) if !c.trim().is_empty() && c.chars().count() <= 64 => {
                 Some(c.trim().to_string())
             }
             Some(_) => {
