@@ -1059,13 +1059,7 @@ async fn lists(dir: &Path, big: usize) {
             &mb(dir_size(&store)),
         );
     }
-    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    sb.inject(statusd::sandbox::Fault {
-        status: Some(503),
-        retry_after: Some("300".into()),
-        path_contains: Some("/status".into()),
-        ..Default::default()
-    });
+    let sb = common::sandbox_refusing_reports_for(Some("300")).await;
     let mut toml = String::new();
     for (_, a) in &tenants {
         toml.push_str(&format!(

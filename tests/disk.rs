@@ -82,14 +82,8 @@ async fn a_full_disk_refuses_intake_pauses_delivery_and_recovers_when_space_is_b
     let Some(disk) = small_disk("24m") else {
         return;
     };
-    statusd::platform::install_crypto_provider();
-    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
     // Reports wait at the platform so that events are still pending when the disk fills.
-    sb.inject(statusd::sandbox::Fault {
-        status: Some(503),
-        path_contains: Some("/status".into()),
-        ..Default::default()
-    });
+    let sb = sandbox_refusing_reports().await;
     let tenants = customers(&sb, 10);
     let store = disk.path.join("store");
     let http = http_client();

@@ -250,13 +250,7 @@ async fn probes_answer_with_200_000_events_pending() {
     use statusd::store::{EventKind, NewEvent, Queue, StoreOptions};
     // Reports are refused with a long Retry-After: the 1 000 tenants wait rather than retry
     // every few hundred milliseconds, so what is measured is the probes, not a busy machine.
-    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    sb.inject(statusd::sandbox::Fault {
-        status: Some(503),
-        retry_after: Some("300".into()),
-        path_contains: Some("/status".into()),
-        ..Default::default()
-    });
+    let sb = sandbox_refusing_reports_for(Some("300")).await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     {

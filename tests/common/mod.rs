@@ -297,10 +297,17 @@ pub fn accounts_command(
 
 /// A sandbox data center answering every status report 503: events stay pending.
 pub async fn sandbox_refusing_reports() -> Sandbox {
+    sandbox_refusing_reports_for(None).await
+}
+
+/// [`sandbox_refusing_reports`], each refusal with this `Retry-After` (a long one keeps many
+/// tenants waiting instead of retrying).
+pub async fn sandbox_refusing_reports_for(retry_after: Option<&str>) -> Sandbox {
     statusd::platform::install_crypto_provider();
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
     sb.inject(statusd::sandbox::Fault {
         status: Some(503),
+        retry_after: retry_after.map(str::to_string),
         path_contains: Some("/status".into()),
         ..Default::default()
     });
