@@ -61,11 +61,14 @@ pub(super) struct Shift {
 }
 
 impl Shift {
+    /// Called per event on the intake path: an account already in the shift costs no
+    /// allocation.
     pub(super) fn add(&mut self, account: Option<&str>, pending: i64, dead: i64) {
-        let d = self
-            .deltas
-            .entry(account_of(account).to_string())
-            .or_default();
+        let account = account_of(account);
+        let d = match self.deltas.get_mut(account) {
+            Some(d) => d,
+            None => self.deltas.entry(account.to_string()).or_default(),
+        };
         d.0 += pending;
         d.1 += dead;
     }
