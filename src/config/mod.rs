@@ -19,8 +19,10 @@ use uuid::Uuid;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/statusd/statusd.toml";
 
 mod accounts;
+mod doors;
 mod fusion;
 mod outbound;
+mod platform;
 mod reader;
 mod render;
 mod secret;

@@ -8,7 +8,7 @@ pub(super) struct Reader {
     root: Value,
     problems: Vec<Problem>,
     taken: Vec<String>,
-    credentials_dir: Option<PathBuf>,
+    pub(super) credentials_dir: Option<PathBuf>,
 }
 
 impl Reader {
@@ -286,60 +286,6 @@ impl Reader {
         )
     }
 
-    /// The key of `store.secret_key_file`, or of the systemd credential `secret_key`; with the
-    /// key of `store.previous_secret_key_file` (or the credential `previous_secret_key`) to open
-    /// what it sealed, during a rotation.
-    fn secret_key(&mut self) -> (Option<PathBuf>, Option<crate::vault::SecretKey>) {
-        const KEY: &str = "store.secret_key_file";
-        const PREVIOUS: &str = "store.previous_secret_key_file";
-        let (path, key) = self.key_file(KEY, "secret_key");
-        let (_, previous) = self.key_file(PREVIOUS, "previous_secret_key");
-        match (key, previous) {
-            (Some(k), Some(p)) if k.id() == p.id() => {
-                self.problem(PREVIOUS, "is the same key as store.secret_key_file: give the key being replaced, or leave it unset");
-                (path, Some(k))
-            }
-            (Some(k), Some(p)) => (path, Some(k.with_previous(p))),
-            (None, Some(_)) if path.is_none() => {
-                self.problem(PREVIOUS, "is set without store.secret_key_file: the previous key only opens; set the current key too");
-                (path, None)
-            }
-            (k, _) => (path, k),
-        }
-    }
-
-    /// A key from the file at `key`, or from the systemd credential `credential`.
-    fn key_file(
-        &mut self,
-        key: &str,
-        credential: &str,
-    ) -> (Option<PathBuf>, Option<crate::vault::SecretKey>) {
-        let path = match self.string(key) {
-            Some(p) if p.trim().is_empty() => {
-                self.problem(key, "is empty (remove the key to leave it unset)");
-                return (None, None);
-            }
-            Some(p) => PathBuf::from(p),
-            None => match self.credentials_dir.as_ref().map(|d| d.join(credential)) {
-                Some(p) if p.exists() => p,
-                _ => return (None, None),
-            },
-        };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => match crate::vault::SecretKey::from_text(&text) {
-                Ok(k) => (Some(path), Some(k)),
-                Err(e) => {
-                    self.problem(key, format!("{}: {e}", path.display()));
-                    (Some(path), None)
-                }
-            },
-            Err(e) => {
-                self.problem(key, format!("cannot read {}: {e}", path.display()));
-                (Some(path), None)
-            }
-        }
-    }
-
     pub(super) fn secret_from_file(&mut self, key: &str, path: &Path) -> Option<Secret> {
         match std::fs::read_to_string(path) {
             Ok(text) => {
@@ -439,154 +385,6 @@ impl Reader {
         }
     }
 
-    pub(super) fn platform(&mut self) -> PlatformSettings {
-        let base_url = self.datacenter_url("platform.base_url");
-        let client_id = self
-            .string("platform.client_id")
-            .filter(|s| !s.trim().is_empty());
-        let client_secret = self.secret("platform.client_secret", Some("client_secret"));
-        let credentials = self.credentials("platform.credentials");
-        PlatformSettings {
-            base_url,
-            client_id,
-            client_secret,
-            credentials,
-            request_timeout: self.duration("platform.request_timeout", "30s"),
-            max_concurrency: self.u64_in("platform.max_concurrency", 8, 1, 256) as usize,
-            allowed_hosts: self.allowed_hosts("platform.allowed_hosts"),
-            ca_file: self.readable_file("platform.ca_file"),
-            proxy: self.proxy("platform.proxy"),
-        }
-    }
-
-    /// A list of strings, as TOML writes it or as the environment does (comma-separated).
-    pub(super) fn string_list(&mut self, key: &str) -> Option<Vec<String>> {
-        match self.raw(key)? {
-            Value::Array(items) => {
-                let mut out = Vec::new();
-                for v in items {
-                    match v {
-                        Value::String(s) => out.push(s),
-                        other => {
-                            self.problem(
-                                key,
-                                format!(
-                                    "expected a list of strings, got {} in it",
-                                    kind_of(&other)
-                                ),
-                            );
-                            return None;
-                        }
-                    }
-                }
-                Some(out)
-            }
-            Value::String(s) => Some(
-                s.split(',')
-                    .map(|p| p.trim().to_string())
-                    .filter(|p| !p.is_empty())
-                    .collect(),
-            ),
-            other => {
-                self.problem(key, format!("expected a list, got {}", kind_of(&other)));
-                None
-            }
-        }
-    }
-
-    fn allowed_hosts(&mut self, key: &str) -> Vec<HostPattern> {
-        let Some(items) = self.string_list(key) else {
-            return DEFAULT_ALLOWED_HOSTS
-                .iter()
-                .map(|p| HostPattern::parse(p).expect("the default patterns are valid"))
-                .collect();
-        };
-        let mut out = Vec::new();
-        for item in items {
-            match HostPattern::parse(&item) {
-                Ok(p) => out.push(p),
-                Err(m) => self.problem(key, m),
-            }
-        }
-        out
-    }
-
-    /// A path that must name a readable file, when set.
-    pub(super) fn readable_file(&mut self, key: &str) -> Option<PathBuf> {
-        let path = PathBuf::from(self.string(key)?);
-        if let Err(e) = std::fs::File::open(&path) {
-            self.problem(key, format!("cannot read {}: {e}", path.display()));
-        }
-        Some(path)
-    }
-
-    fn proxy(&mut self, key: &str) -> Option<Secret> {
-        let raw = self.string(key)?;
-        match url::Url::parse(raw.trim()) {
-            Ok(u)
-                if u.scheme() == "http"
-                    && u.host().is_some()
-                    && matches!(u.path(), "" | "/")
-                    && u.query().is_none() =>
-            {
-                Some(Secret::new(raw.trim()))
-            }
-            _ => {
-                self.problem(
-                    key,
-                    "expected an http:// proxy URL with a host and port, e.g. http://proxy.example.net:3128 (user and password may be given in it)",
-                );
-                None
-            }
-        }
-    }
-
-    /// `run` needs an account: without `[accounts.*]`, the `[platform]` credentials.
-    pub(super) fn require_platform_credentials(&mut self, platform: &PlatformSettings) {
-        if platform.base_url.is_none() && !self.has_problem("platform.base_url") {
-            self.problem(
-                "platform.base_url",
-                "required (the data-center URL, e.g. https://eu2-cloud.acronis.com), or [accounts.<id>] tables",
-            );
-        }
-        if platform.client_id.is_none() {
-            self.problem("platform.client_id", "required (the API client's id)");
-        }
-        if platform.client_secret.is_none() && !self.has_problem_prefix("platform.client_secret") {
-            self.problem(
-                "platform.client_secret",
-                "required: set platform.client_secret_file (preferred) or platform.client_secret",
-            );
-        }
-    }
-
-    /// A data center's URL: https (http only for a loopback address, since the client secret
-    /// would cross the network in clear), without a trailing slash.
-    pub(super) fn datacenter_url(&mut self, key: &str) -> Option<String> {
-        let raw = self.string(key)?;
-        match check_datacenter_url(&raw) {
-            Ok(url) => Some(url),
-            Err(message) => {
-                self.problem(key, message);
-                None
-            }
-        }
-    }
-
-    pub(super) fn credentials(&mut self, key: &str) -> Credentials {
-        match self.string(key).as_deref() {
-            None | Some("api_client") => Credentials::ApiClient,
-            Some("cyberapp") => Credentials::Cyberapp,
-            Some(other) => {
-                self.problem(
-                    key,
-                    format!("expected \"api_client\" (the default) or \"cyberapp\", got {other:?}"),
-                );
-                Credentials::ApiClient
-            }
-        }
-    }
-
     pub(super) fn has_problem(&self, key: &str) -> bool {
         self.problems.iter().any(|p| p.key == key)
     }
@@ -669,60 +467,6 @@ impl Reader {
         d
     }
 
-    pub(super) fn api(&mut self) -> ApiSettings {
-        /// The shortest API token taken: a guessable one is no door.
-        const MIN_TOKEN_CHARS: usize = 16;
-        let listen = match self.string("api.listen") {
-            None => SocketAddr::from(([127, 0, 0, 1], 8750)),
-            Some(text) => match text.trim().parse::<SocketAddr>() {
-                Ok(a) => a,
-                Err(_) => {
-                    self.problem(
-                        "api.listen",
-                        format!("not an address: {text:?} (expected host:port, e.g. \"127.0.0.1:8750\")"),
-                    );
-                    SocketAddr::from(([127, 0, 0, 1], 8750))
-                }
-            },
-        };
-        let token = self.secret("api.token", Some("api_token"));
-        if token.is_none() && !listen.ip().is_loopback() && !self.has_problem_prefix("api.token") {
-            self.problem(
-                "api.token",
-                format!(
-                    "required because api.listen ({listen}) is not a loopback address: set api.token_file or api.token"
-                ),
-            );
-        }
-        let admin_token = self.secret("api.admin_token", Some("api_admin_token"));
-        for (key, t) in [("api.token", &token), ("api.admin_token", &admin_token)] {
-            if let Some(t) = t {
-                let n = t.expose().chars().count();
-                if n < MIN_TOKEN_CHARS && !self.has_problem_prefix(key) {
-                    self.problem(
-                        key,
-                        format!("is {n} characters; a token is at least {MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 24`)"),
-                    );
-                }
-            }
-        }
-        if let (Some(t), Some(a)) = (&token, &admin_token) {
-            if t.expose() == a.expose() {
-                self.problem(
-                    "api.admin_token",
-                    "is the same as api.token: give the admin role its own token (or leave it unset, and api.token does both)",
-                );
-            }
-        }
-        ApiSettings {
-            listen,
-            token,
-            admin_token,
-            max_connections: self.u64_in("api.max_connections", 512, 4, 65_536) as usize,
-            read_timeout: self.duration("api.read_timeout", "10s"),
-        }
-    }
-
     pub(super) fn reconcile(&mut self) -> ReconcileSettings {
         let on_removed = match self.string("reconcile.tenants.on_removed").as_deref() {
             None | Some("deactivate") => OnRemoved::Deactivate,
@@ -762,25 +506,8 @@ impl Reader {
 
     /// Branding targets at `key`: tenant UUIDs, or "partners".
     pub(super) fn targets_at(&mut self, key: &str) -> Vec<BrandingTarget> {
-        let items: Vec<String> = match self.raw(key) {
-            None => return Vec::new(),
-            Some(Value::Array(items)) => items
-                .into_iter()
-                .map(|v| match v {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                })
-                .collect(),
-            // From the environment: "partners" or a comma-separated list of UUIDs.
-            Some(Value::String(s)) => s
-                .split(',')
-                .map(|p| p.trim().to_string())
-                .filter(|p| !p.is_empty())
-                .collect(),
-            Some(other) => {
-                self.problem(key, format!("expected a list, got {}", kind_of(&other)));
-                return Vec::new();
-            }
+        let Some(items) = self.string_list(key) else {
+            return Vec::new();
         };
         let mut out = Vec::new();
         for item in items {
