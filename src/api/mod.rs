@@ -288,22 +288,19 @@ pub(super) async fn require_token(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    let matches = |t: &Option<Secret>| {
-        t.as_ref().is_some_and(|t| {
-            given.is_some_and(|g| constant_time_eq(g.as_bytes(), t.expose().as_bytes()))
-        })
+    let is = |t: Option<&Secret>| {
+        t.zip(given)
+            .is_some_and(|(t, g)| constant_time_eq(g.as_bytes(), t.expose().as_bytes()))
     };
-    let admin =
-        matches(&state.admin_token) || (state.admin_token.is_none() && matches(&state.token));
-    let intake = admin || matches(&state.token);
-    // The token each role needs; none at all: open, on loopback only.
-    let needed = match role {
-        Role::Intake => state.token.as_ref().or(state.admin_token.as_ref()),
+    // The token that guards the role: intake has `api.token`; admin has `api.admin_token`,
+    // else `api.token` (one token with both roles).
+    let guard = match role {
+        Role::Intake => state.token.as_ref(),
         Role::Admin => state.admin_token.as_ref().or(state.token.as_ref()),
     };
-    // Open without a token (on loopback only: the settings require api.token elsewhere), but
-    // never to a request addressed to another host.
-    if needed.is_none() || (role == Role::Intake && state.token.is_none() && !admin) {
+    let Some(expected) = guard else {
+        // Open (the settings allow that on loopback only), but never to a request addressed
+        // to another host.
         let host = req
             .headers()
             .get(header::HOST)
@@ -318,19 +315,13 @@ pub(super) async fn require_token(
             .field("Host")
             .into_response();
         }
-        if needed.is_none() || role == Role::Intake {
-            return next.run(req).await;
-        }
-    }
-
-    let allowed = match role {
-        Role::Intake => intake,
-        Role::Admin => admin,
+        return next.run(req).await;
     };
-    if allowed {
+    // The admin token has the intake role too.
+    if is(Some(expected)) || (role == Role::Intake && is(state.admin_token.as_ref())) {
         return next.run(req).await;
     }
-    if intake && role == Role::Admin {
+    if role == Role::Admin && state.admin_token.is_some() && is(state.token.as_ref()) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
