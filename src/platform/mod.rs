@@ -143,9 +143,9 @@ struct ClientInner {
     /// Set once the account is in use: until then (while it is being validated) its client
     /// leaves nothing in the metrics, so a refused address leaves no trace.
     enlisted: AtomicBool,
-    /// Why no request may be sent at all (its host is not allowed): every call fails at once
-    /// with this, as a refusal of the credentials.
-    blocked: Option<String>,
+    /// Why no request may be sent at all (its host is not allowed, its secret does not open
+    /// for its record): every call fails at once with this, as a refusal of the credentials.
+    blocked: std::sync::OnceLock<String>,
 }
 
 /// The host (and port, when given) of a data-center URL: how metrics and status pages name it.
@@ -198,20 +198,16 @@ impl PlatformClient {
                 metrics,
                 up: AtomicBool::new(false),
                 enlisted: AtomicBool::new(true),
-                blocked: None,
+                blocked: Default::default(),
             }),
         }
     }
 
-    /// A client that must not send anything: every call fails at once with `why`.
+    /// A client that must not send anything: every call fails at once with `why` (the first
+    /// reason given stands).
     pub fn blocked(self, why: String) -> PlatformClient {
-        let inner = Arc::into_inner(self.inner).expect("a client is blocked before it is shared");
-        PlatformClient {
-            inner: Arc::new(ClientInner {
-                blocked: Some(why),
-                ..inner
-            }),
-        }
+        let _ = self.inner.blocked.set(why);
+        self
     }
 
     /// A client on probation (an account being validated): it leaves nothing in the metrics
@@ -400,7 +396,7 @@ impl PlatformClient {
         let path = self.inner.credentials.token_path();
         let call = format!("POST {path}");
         let call = call.as_str();
-        if let Some(why) = &self.inner.blocked {
+        if let Some(why) = self.inner.blocked.get() {
             return Err(PlatformError::local(
                 call,
                 ErrorClass::Auth,
