@@ -616,3 +616,38 @@ pub async fn sync_loop(
         refused_before = done.refused;
     }
 }
+
+/// What sealing a stored account's secret again did.
+#[derive(Debug)]
+pub enum Reseal {
+    /// Sealed again and written: the record's new `updated_at_ms`.
+    Sealed(i64),
+    /// It did not need to be.
+    Already,
+    /// It does not open with the keys at hand (or not for this record).
+    Unopened(crate::vault::VaultError),
+}
+
+/// Seal a stored account's secret again under `key`, bound to its record, when `needs` says the
+/// opened value should be (an older format, the previous key): what the first start after an
+/// upgrade and `statusd store rekey` both do.
+pub async fn reseal(
+    queue: &crate::store::Queue,
+    key: &crate::vault::SecretKey,
+    record: crate::store::StoredAccount,
+    needs: impl Fn(&crate::vault::Opened) -> bool,
+) -> Result<Reseal, crate::store::StoreError> {
+    let opened = match key.open_bound(&record.binding(), &record.client_secret_sealed) {
+        Ok(o) => o,
+        Err(e) => return Ok(Reseal::Unopened(e)),
+    };
+    if !needs(&opened) {
+        return Ok(Reseal::Already);
+    }
+    let record = record.resealed(key, &opened.secret);
+    let updated = record.updated_at_ms;
+    queue
+        .write_account(crate::store::AccountWrite::Replace(record), Vec::new())
+        .await?;
+    Ok(Reseal::Sealed(updated))
+}

@@ -448,8 +448,8 @@ fn takeover(
 /// Seal again, under the current key and bound to their records, the secrets of the stored
 /// accounts sealed in the format before bindings (a migration, once: a record sealed again is
 /// not legacy at the next start). Values under the previous key are left to `statusd store
-/// rekey`, so replicas not yet given the new key keep opening them during a rolling restart. A failure is logged and left for the next
-/// start: the secrets still open as they are.
+/// rekey`, so replicas not yet given the new key keep opening them during a rolling restart.
+/// A failure is logged and left for the next start: the secrets still open as they are.
 async fn reseal_accounts(
     queue: &Queue,
     accounts: &Accounts,
@@ -462,21 +462,14 @@ async fn reseal_accounts(
         else {
             continue;
         };
-        let Ok(opened) = key.open_bound(&record.binding(), &record.client_secret_sealed) else {
-            continue;
-        };
-        let record = record.resealed(key, &opened.secret);
-        let updated = record.updated_at_ms;
-        match queue
-            .write_account(crate::store::AccountWrite::Replace(record), Vec::new())
-            .await
-        {
-            Ok(_) => {
+        match crate::accounts::reseal(queue, key, record, |o| o.legacy).await {
+            Ok(crate::accounts::Reseal::Sealed(updated)) => {
                 let mut a = (*account).clone();
                 a.updated_at_ms = updated;
                 accounts.insert(a);
                 done += 1;
             }
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(message = "cannot seal a stored secret again; it still opens as it is", account = %id, error = %e)
             }

@@ -172,17 +172,14 @@ fn rekey(settings: &Settings) -> ExitCode {
         let (mut sealed, mut already, mut failed) = (0usize, 0usize, Vec::new());
         let total = stored.len();
         for (n, s) in stored.into_iter().enumerate() {
-            match key.open_bound(&s.binding(), &s.client_secret_sealed) {
-                Ok(o) if !o.stale => already += 1,
-                Ok(o) => {
-                    let record = s.resealed(&key, &o.secret);
-                    queue
-                        .write_account(crate::store::AccountWrite::Replace(record), Vec::new())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    sealed += 1;
-                }
-                Err(e) => failed.push(format!("account {}: {e}", s.id)),
+            let id = s.id.clone();
+            match crate::accounts::reseal(&queue, &key, s, |o| o.stale)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                crate::accounts::Reseal::Sealed(_) => sealed += 1,
+                crate::accounts::Reseal::Already => already += 1,
+                crate::accounts::Reseal::Unopened(e) => failed.push(format!("account {id}: {e}")),
             }
             if (n + 1) % 100 == 0 {
                 eprintln!("  {} of {total} account(s) checked", n + 1);
