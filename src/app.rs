@@ -267,15 +267,18 @@ async fn start_with(
     let (stop_background, mut background) = start_background(&queue, &settings.store.path, &reopen);
     // Work spawned apart that holds the store (the re-assertion after a takeover).
     let detached = crate::tasks::Detached::default();
-    queue.set_max_size(settings.store.max_size);
-    background.push(tokio::spawn(bound_loop(
-        queue.clone(),
-        metrics.clone(),
-        stop_background.clone(),
-    )));
-    if let Some((pg, own)) = &cluster {
+    if let Some(bound) = queue.bound() {
+        bound.set_max_size(settings.store.max_size);
+        background.push(tokio::spawn(bound_loop(
+            queue.clone(),
+            metrics.clone(),
+            stop_background.clone(),
+        )));
+    }
+    if let Some(pool) = &cluster {
+        let own = &pool.ownership;
         background.push(tokio::spawn(crate::cluster::run(
-            pg.clone(),
+            pool.leases.clone(),
             own.clone(),
             advertised(&settings, api_addr),
             stop_background.clone(),
@@ -371,11 +374,13 @@ fn advertised_from(
 async fn join_pool(
     queue: &Queue,
     settings: &Settings,
-) -> Result<Option<(crate::store::pg::PgQueue, Arc<crate::cluster::Ownership>)>, AppError> {
-    let crate::store::Backend::Postgres(pg) = queue.backend() else {
+) -> Result<Option<crate::store::Pool>, AppError> {
+    let Some(shared) = queue.shared() else {
         return Ok(None);
     };
-    pg.init_shards(settings.cluster.shards)
+    let leases = shared.leases();
+    leases
+        .init_shards(settings.cluster.shards)
         .await
         .map_err(|source| AppError::Store {
             path: settings.store.location(),
@@ -390,9 +395,12 @@ async fn join_pool(
         me.clone(),
         settings.cluster.timing(),
     ));
-    pg.set_ownership(own.clone());
+    shared.fence_by(own.clone());
     tracing::info!(message = "joined the pool sharing the store", member = %me, shards = settings.cluster.shards);
-    Ok(Some((pg.clone(), own)))
+    Ok(Some(crate::store::Pool {
+        leases,
+        ownership: own,
+    }))
 }
 
 /// After taking shards over from another replica: wait one request timeout (a report the
@@ -560,13 +568,10 @@ fn start_background(
 impl Running {
     /// Cancelled once this replica keeps losing shards (never with sled).
     pub fn failing(&self) -> CancellationToken {
-        match self.queue.backend() {
-            crate::store::Backend::Postgres(pg) => pg
-                .ownership()
-                .map(|o| o.failing.clone())
-                .unwrap_or_default(),
-            _ => CancellationToken::new(),
-        }
+        self.queue
+            .pool()
+            .map(|p| p.ownership.failing.clone())
+            .unwrap_or_default()
     }
 
     /// Stop intake (503), let in-flight reports finish within the grace, stop the rest, flush.
@@ -585,10 +590,8 @@ impl Running {
         }
         self.detached.stop().await;
         // The reports in flight have ended: give the shards back so peers take over at once.
-        if let crate::store::Backend::Postgres(pg) = self.queue.backend() {
-            if let Some(own) = pg.ownership() {
-                crate::cluster::leave(pg, own).await;
-            }
+        if let Some(pool) = self.queue.pool() {
+            crate::cluster::leave(&*pool.leases, &pool.ownership).await;
         }
         self.stop_api.cancel();
         // Requests in progress get api::SHUTDOWN_GRACE; then the server task ends.
@@ -623,7 +626,8 @@ async fn bound_loop(queue: Queue, metrics: Arc<Metrics>, stop: CancellationToken
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        match queue.check_bound().await {
+        let Some(bound) = queue.bound() else { return };
+        match bound.check_bound().await {
             Ok(BoundState::Unbounded) => return,
             Ok(BoundState::Reached { size, max }) => tracing::error!(
                 message = "the store reached store.max_size: intake answers 507 until delivery frees room; delivered events are compacted away at once",

@@ -69,9 +69,9 @@ pub async fn refresh_gauges(state: &ApiState) {
         .metrics
         .store_size
         .set(i64::try_from(state.queue.size().await).unwrap_or(i64::MAX));
-    match state.queue.backend() {
-        crate::store::Backend::Postgres(p) if p.ownership().is_some() => {
-            let o = p.ownership().expect("checked");
+    match state.queue.pool() {
+        Some(pool) => {
+            let o = &pool.ownership;
             use std::sync::atomic::Ordering::Relaxed;
             state.metrics.set_cluster(
                 o.live_members.load(Relaxed),
@@ -81,7 +81,7 @@ pub async fn refresh_gauges(state: &ApiState) {
                 o.fenced_writes.load(Relaxed),
             );
         }
-        _ => state
+        None => state
             .metrics
             .set_cluster(1, u64::from(state.shards), 0, 0, 0),
     }
@@ -90,15 +90,18 @@ pub async fn refresh_gauges(state: &ApiState) {
 /// `GET /v1/cluster`: the members and their heartbeat ages, the shards each holds, the epochs,
 /// and the shards nobody holds. With sled, this one process owns every shard.
 pub(super) async fn get_cluster(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    match state.queue.backend() {
-        crate::store::Backend::Postgres(p) if p.ownership().is_some() => {
-            let own = p.ownership().expect("checked");
-            let view = crate::cluster::ClusterView::read(p, own)
-                .await
-                .map_err(super::store_error)?;
+    match state.queue.pool() {
+        Some(pool) => {
+            let view = crate::cluster::ClusterView::read(
+                &*pool.leases,
+                &pool.ownership,
+                state.queue.backend_name(),
+            )
+            .await
+            .map_err(super::store_error)?;
             Ok(Json(view).into_response())
         }
-        _ => Ok(Json(json!({
+        None => Ok(Json(json!({
             "backend": state.queue.backend_name(),
             "shards": state.shards,
             "members": [{"id": "local", "me": true, "shards_owned": state.shards}],

@@ -62,8 +62,9 @@ fn store_status(state: &ApiState) -> answers::StoreStatus {
         unavailable: state.queue.unavailable(),
         ..Default::default()
     };
-    if let crate::store::Backend::Postgres(p) = state.queue.backend() {
-        if let Some(o) = p.ownership() {
+    if let Some(pool) = state.queue.pool() {
+        {
+            let o = &pool.ownership;
             use std::sync::atomic::Ordering::Relaxed;
             out.member = Some(o.me.clone());
             out.live_members = Some(o.live_members.load(Relaxed));

@@ -109,17 +109,15 @@ async fn owner_elsewhere(
     state: &ApiState,
     account: &str,
 ) -> Result<Option<(String, String)>, ApiError> {
-    let crate::store::Backend::Postgres(pg) = state.queue.backend() else {
+    let Some(pool) = state.queue.pool() else {
         return Ok(None);
     };
-    let Some(own) = pg.ownership() else {
-        return Ok(None);
-    };
+    let own = &pool.ownership;
     if own.owns_account(Some(account)) {
         return Ok(None);
     }
     let shard = own.map.of(Some(account));
-    let rows = pg.shard_rows().await.map_err(store_error)?;
+    let rows = pool.leases.shard_rows().await.map_err(store_error)?;
     let owner = rows
         .iter()
         .find(|r| r.shard == shard)
@@ -130,7 +128,7 @@ async fn owner_elsewhere(
             "nobody holds its shard yet: try again in a moment".into(),
         )));
     };
-    let members = pg.members().await.map_err(store_error)?;
+    let members = pool.leases.members().await.map_err(store_error)?;
     let api = members
         .iter()
         .find(|m| m.id == owner)

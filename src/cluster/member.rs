@@ -9,8 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::lease::{self, Observer};
-use super::Ownership;
-use crate::store::pg::PgQueue;
+use super::{LeaseStore, MemberRow, Ownership};
 
 /// Called with the shards taken over from another replica (not free ones).
 pub type OnTakeover = Box<dyn Fn(Vec<u32>) + Send + Sync>;
@@ -25,7 +24,7 @@ struct Members {
 impl Members {
     fn live(
         &mut self,
-        rows: &[crate::store::pg::MemberRow],
+        rows: &[MemberRow],
         me: &str,
         now: Instant,
         lease: std::time::Duration,
@@ -47,8 +46,8 @@ impl Members {
 
 /// Run the membership loop until `stop`; the shards stay held (give them back with `leave`
 /// once the reports in flight have ended).
-pub async fn run(
-    queue: PgQueue,
+pub async fn run<S: LeaseStore + ?Sized>(
+    queue: std::sync::Arc<S>,
     own: Arc<Ownership>,
     api: String,
     stop: CancellationToken,
@@ -66,7 +65,7 @@ pub async fn run(
             );
         }
         if let Err(e) = round(
-            &queue,
+            &*queue,
             &own,
             &api,
             &mut observer,
@@ -87,8 +86,8 @@ pub async fn run(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn round(
-    queue: &PgQueue,
+async fn round<S: LeaseStore + ?Sized>(
+    queue: &S,
     own: &Ownership,
     api: &str,
     observer: &mut Observer,
@@ -96,7 +95,7 @@ async fn round(
     now: Instant,
     shards: u32,
     on_takeover: &OnTakeover,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<(), S::Error> {
     queue.heartbeat(&own.me, api).await?;
     let rows = queue.members().await?;
     let live = members.live(&rows, &own.me, Instant::now(), own.timing.lease);
@@ -176,7 +175,7 @@ async fn round(
 }
 
 /// Give back every shard held and leave the pool (a graceful stop): peers take over at once.
-pub async fn leave(queue: &PgQueue, own: &Ownership) {
+pub async fn leave<S: LeaseStore + ?Sized>(queue: &S, own: &Ownership) {
     let held: Vec<(u32, u64)> = own
         .snapshot()
         .shards
@@ -208,10 +207,11 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    pub async fn read(
-        queue: &PgQueue,
+    pub async fn read<S: LeaseStore + ?Sized>(
+        queue: &S,
         own: &Ownership,
-    ) -> Result<ClusterView, crate::store::StoreError> {
+        backend: &'static str,
+    ) -> Result<ClusterView, S::Error> {
         let members = queue.members().await?;
         let shards = queue.shard_rows().await?;
         let mut by_owner: HashMap<String, Vec<u32>> = HashMap::new();
@@ -221,7 +221,7 @@ impl ClusterView {
             }
         }
         Ok(ClusterView {
-            backend: "postgres",
+            backend,
             me: own.me.clone(),
             shards: own.map.shards,
             members: members

@@ -20,6 +20,74 @@ use tokio::time::Instant;
 pub use lease::Timing;
 pub use member::{leave, run, ClusterView};
 
+/// A member as the shared store shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberRow {
+    pub id: String,
+    pub api: String,
+    /// Raised by each heartbeat.
+    pub version: u64,
+    /// Seconds since its last heartbeat, by the database's clock (for display only).
+    pub heartbeat_age_s: f64,
+}
+
+/// A shard's record as the shared store shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShardRow {
+    pub shard: u32,
+    pub owner: Option<String>,
+    pub epoch: u64,
+    pub version: u64,
+    /// Seconds since its last change, by the database's clock (for display only).
+    pub changed_age_s: f64,
+}
+
+impl ShardRow {
+    pub fn record(&self) -> lease::Record {
+        lease::Record {
+            owner: self.owner.clone(),
+            epoch: self.epoch,
+            version: self.version,
+        }
+    }
+}
+
+/// What the pool needs of the store its replicas share: membership records, and shard records
+/// claimed, renewed and given back by compare-and-swap (the store's transactions are the
+/// arbiter), every claim raising the shard's epoch.
+#[async_trait::async_trait]
+pub trait LeaseStore: Send + Sync {
+    type Error: std::fmt::Display + Send;
+
+    /// Create the shard records (once per store) and check the store's shard count.
+    async fn init_shards(&self, shards: u32) -> Result<(), Self::Error>;
+    async fn heartbeat(&self, me: &str, api: &str) -> Result<(), Self::Error>;
+    async fn leave(&self, me: &str) -> Result<(), Self::Error>;
+    async fn members(&self) -> Result<Vec<MemberRow>, Self::Error>;
+    async fn shard_rows(&self) -> Result<Vec<ShardRow>, Self::Error>;
+    /// Renew these `(shard, epoch)` leases; answers the shards renewed.
+    async fn renew(&self, me: &str, leases: &[(u32, u64)]) -> Result<Vec<u32>, Self::Error>;
+    /// Claim a shard whose record still has `version`; answers its new epoch and the former
+    /// owner.
+    async fn claim(
+        &self,
+        me: &str,
+        shard: u32,
+        version: u64,
+    ) -> Result<Option<(u64, Option<String>)>, Self::Error>;
+    async fn release(&self, me: &str, leases: &[(u32, u64)]) -> Result<(), Self::Error>;
+    /// Claim a reconciler's scheduled slot for a shard: true for the one replica that gets it.
+    async fn claim_slot(
+        &self,
+        name: &str,
+        shard: u32,
+        slot: i64,
+        me: &str,
+    ) -> Result<bool, Self::Error>;
+    /// Take in the work of these shards (held now): their pending tenants, read afresh.
+    async fn load_shards(&self, shards: &[u32]) -> Result<(), Self::Error>;
+}
+
 /// The stable hash of an account id: 64-bit FNV-1a of its UTF-8 bytes. Documented and fixed:
 /// changing it would move accounts between shards.
 pub fn stable_hash(id: &str) -> u64 {

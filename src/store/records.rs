@@ -195,12 +195,6 @@ impl Batch {
     }
 }
 
-impl InFlight for Core {
-    fn in_flight(&self) -> (&Mutex<HashSet<TenantId>>, &Mutex<HashSet<Uuid>>) {
-        (&self.in_flight_tenants, &self.in_flight_ids)
-    }
-}
-
 impl Drop for Batch {
     fn drop(&mut self) {
         self.release();

@@ -4,44 +4,15 @@
 //! transaction that checks that epoch (the fencing token).
 
 use super::*;
-use crate::cluster::lease::Record;
+use crate::cluster::{LeaseStore, MemberRow, ShardRow};
 
-/// A member as the store shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct MemberRow {
-    pub id: String,
-    pub api: String,
-    /// Raised by each heartbeat.
-    pub version: u64,
-    /// Seconds since its last heartbeat, by the database's clock (for display only).
-    pub heartbeat_age_s: f64,
-}
+#[async_trait::async_trait]
+impl LeaseStore for PgQueue {
+    type Error = StoreError;
 
-/// A shard's record as the store shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ShardRow {
-    pub shard: u32,
-    pub owner: Option<String>,
-    pub epoch: u64,
-    pub version: u64,
-    /// Seconds since its last change, by the database's clock (for display only).
-    pub changed_age_s: f64,
-}
-
-impl ShardRow {
-    pub fn record(&self) -> Record {
-        Record {
-            owner: self.owner.clone(),
-            epoch: self.epoch,
-            version: self.version,
-        }
-    }
-}
-
-impl PgQueue {
     /// Create the shard records (once per store) and check the store's shard count: fixed for
     /// a store, since every event carries its shard.
-    pub async fn init_shards(&self, shards: u32) -> Result<(), StoreError> {
+    async fn init_shards(&self, shards: u32) -> Result<(), StoreError> {
         let n = shards as i32;
         let rows = self
             .rows(
@@ -70,7 +41,7 @@ impl PgQueue {
     }
 
     /// This member's heartbeat (its record is created on the first).
-    pub async fn heartbeat(&self, me: &str, api: &str) -> Result<(), StoreError> {
+    async fn heartbeat(&self, me: &str, api: &str) -> Result<(), StoreError> {
         // Members gone for an hour (killed, never back) are forgotten.
         self.rows(
             "DELETE FROM members WHERE heartbeat_at < now() - interval '1 hour'",
@@ -88,13 +59,13 @@ impl PgQueue {
     }
 
     /// Remove this member's record (a graceful stop).
-    pub async fn leave(&self, me: &str) -> Result<(), StoreError> {
+    async fn leave(&self, me: &str) -> Result<(), StoreError> {
         self.rows("DELETE FROM members WHERE id = $1", &[&me])
             .await
             .map(|_| ())
     }
 
-    pub async fn members(&self) -> Result<Vec<MemberRow>, StoreError> {
+    async fn members(&self) -> Result<Vec<MemberRow>, StoreError> {
         Ok(self
             .rows(
                 "SELECT id, api, version, extract(epoch FROM now() - heartbeat_at)::float8
@@ -112,7 +83,7 @@ impl PgQueue {
             .collect())
     }
 
-    pub async fn shard_rows(&self) -> Result<Vec<ShardRow>, StoreError> {
+    async fn shard_rows(&self) -> Result<Vec<ShardRow>, StoreError> {
         Ok(self
             .rows(
                 "SELECT shard, owner, epoch, version, extract(epoch FROM now() - changed_at)::float8
@@ -132,7 +103,7 @@ impl PgQueue {
     }
 
     /// Renew these (shard, epoch) leases of `me`; answers the shards renewed.
-    pub async fn renew(&self, me: &str, leases: &[(u32, u64)]) -> Result<Vec<u32>, StoreError> {
+    async fn renew(&self, me: &str, leases: &[(u32, u64)]) -> Result<Vec<u32>, StoreError> {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
@@ -153,7 +124,7 @@ impl PgQueue {
     }
 
     /// Claim a shard whose record still has `version`; answers its new epoch.
-    pub async fn claim(
+    async fn claim(
         &self,
         me: &str,
         shard: u32,
@@ -175,7 +146,7 @@ impl PgQueue {
     }
 
     /// Give shards back (owner cleared, version raised: a peer may take them at once).
-    pub async fn release(&self, me: &str, leases: &[(u32, u64)]) -> Result<(), StoreError> {
+    async fn release(&self, me: &str, leases: &[(u32, u64)]) -> Result<(), StoreError> {
         if leases.is_empty() {
             return Ok(());
         }
@@ -192,7 +163,7 @@ impl PgQueue {
     }
 
     /// Claim a reconciler's scheduled slot for a shard: true for the one replica that gets it.
-    pub async fn claim_slot(
+    async fn claim_slot(
         &self,
         name: &str,
         shard: u32,
@@ -211,7 +182,7 @@ impl PgQueue {
 
     /// Load the heads of every tenant with pending events in these shards (taken over, or
     /// written by other replicas), and wake them; with the counters read afresh.
-    pub async fn load_shards(&self, shards: &[u32]) -> Result<(), StoreError> {
+    async fn load_shards(&self, shards: &[u32]) -> Result<(), StoreError> {
         let list: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
         let rows = self
             .rows(

@@ -6,7 +6,7 @@ use std::io::{BufRead, Write};
 use futures_util::{pin_mut, TryStreamExt};
 
 use super::*;
-use crate::store::copy::{bad, Line, LineReader, EXPORT_FORMAT, EXPORT_VERSION};
+use crate::store::export::{bad, Line, LineReader, EXPORT_FORMAT, EXPORT_VERSION};
 
 /// How many lines go in one insert of an import.
 const CHUNK: usize = 1000;

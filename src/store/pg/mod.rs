@@ -24,13 +24,13 @@ use tokio_postgres::Row;
 
 use super::*;
 
+mod backend;
 pub mod cluster;
 mod copy;
 mod read;
 pub mod schema;
 mod write;
 
-pub use cluster::{MemberRow, ShardRow};
 pub use copy::{export, import};
 pub use schema::{valid_schema_name, Migrated, PG_SCHEMA_VERSION};
 

@@ -43,8 +43,6 @@ pub(super) struct AckJob {
     pub(super) items: Vec<(u64, Uuid, EventKind, u32)>,
 }
 
-/// A group stops growing at this many events, so one slow group cannot hold many callers.
-pub(super) const MAX_GROUP_EVENTS: usize = 8192;
 
 impl Core {
     /// Remember the first failed write: the store must be opened again to write once more.
@@ -160,7 +158,7 @@ impl Core {
 /// in-memory state learns once the batch is applied.
 struct Group {
     now: i64,
-    batch: sled::Batch,
+    batch: ::sled::Batch,
     seq: u64,
     added: u64,
     removed: u64,
@@ -178,7 +176,7 @@ impl Group {
     fn new(seq: u64) -> Group {
         Group {
             now: now_ms(),
-            batch: sled::Batch::default(),
+            batch: ::sled::Batch::default(),
             seq,
             added: 0,
             removed: 0,

@@ -25,7 +25,7 @@ impl Heads {
     /// is read again from the store.
     pub(super) fn settled(
         &mut self,
-        tree: &sled::Tree,
+        tree: &::sled::Tree,
         tenant: TenantId,
     ) -> Result<(), StoreError> {
         if let Some(old) = self.by_tenant.remove(&tenant) {
@@ -48,7 +48,7 @@ impl Heads {
 }
 
 /// The first pending key of each tenant: one seek per tenant with pending events.
-pub(super) fn read_heads(tree: &sled::Tree) -> Result<Heads, StoreError> {
+pub(super) fn read_heads(tree: &::sled::Tree) -> Result<Heads, StoreError> {
     let mut heads = Heads::default();
     let mut from = vec![b'p'];
     loop {
@@ -66,7 +66,7 @@ pub(super) fn read_heads(tree: &sled::Tree) -> Result<Heads, StoreError> {
 
 /// The seq of the tenant's first pending event, if any.
 pub(super) fn first_pending(
-    tree: &sled::Tree,
+    tree: &::sled::Tree,
     tenant: &TenantId,
 ) -> Result<Option<u64>, StoreError> {
     match tree

@@ -5,8 +5,8 @@ use super::*;
 /// Remove the indexes of layout 1 (`o` order keys, `f` in-flight keys), in chunks. Records
 /// that layout 1 marked `in_flight` (taken when the process stopped) become `queued` again;
 /// their pending keys kept their place.
-pub(super) fn migrate_to_2(tree: &sled::Tree) -> Result<(), StoreError> {
-    let mut requeued = sled::Batch::default();
+pub(super) fn migrate_to_2(tree: &::sled::Tree) -> Result<(), StoreError> {
+    let mut requeued = ::sled::Batch::default();
     for item in tree.scan_prefix([b'f']) {
         let (k, _) = item?;
         let id = uuid_from(&k[1..])?;
@@ -21,7 +21,7 @@ pub(super) fn migrate_to_2(tree: &sled::Tree) -> Result<(), StoreError> {
     tree.apply_batch(requeued)?;
     for prefix in [b'o', b'f'] {
         loop {
-            let keys: Vec<sled::IVec> = tree
+            let keys: Vec<::sled::IVec> = tree
                 .scan_prefix([prefix])
                 .keys()
                 .take(10_000)
@@ -29,7 +29,7 @@ pub(super) fn migrate_to_2(tree: &sled::Tree) -> Result<(), StoreError> {
             if keys.is_empty() {
                 break;
             }
-            let mut b = sled::Batch::default();
+            let mut b = ::sled::Batch::default();
             for k in keys {
                 b.remove(k);
             }

@@ -49,7 +49,7 @@ fn after_time(k: &[u8]) -> Result<&[u8], StoreError> {
 }
 
 impl Core {
-    fn keys_before(&self, prefix: u8, cutoff_ms: i64) -> Result<Vec<sled::IVec>, StoreError> {
+    fn keys_before(&self, prefix: u8, cutoff_ms: i64) -> Result<Vec<::sled::IVec>, StoreError> {
         self.tree
             .range(key(prefix, &[])..key(prefix, &[&(cutoff_ms.max(0) as u64).to_be_bytes()]))
             .keys()
@@ -60,7 +60,7 @@ impl Core {
 
     fn compact_delivered(&self, cutoff_ms: i64) -> Result<Wrote, StoreError> {
         let keys = self.keys_before(b'c', cutoff_ms)?;
-        let mut b = sled::Batch::default();
+        let mut b = ::sled::Batch::default();
         for k in &keys {
             let id = uuid_from(after_time(k)?)?;
             b.remove(event_key(&id));
@@ -76,7 +76,7 @@ impl Core {
 
     fn compact_idempotency_keys(&self, cutoff_ms: i64) -> Result<Wrote, StoreError> {
         let keys = self.keys_before(b'j', cutoff_ms)?;
-        let mut b = sled::Batch::default();
+        let mut b = ::sled::Batch::default();
         for k in &keys {
             b.remove(key(b'i', &[after_time(k)?]));
             b.remove(k.clone());

@@ -34,8 +34,8 @@ impl Verification {
 /// A store opened for an offline operation: no committer, no flusher; refused while a daemon
 /// holds it.
 pub struct Offline {
-    pub(super) db: sled::Db,
-    pub(super) tree: sled::Tree,
+    pub(super) db: ::sled::Db,
+    pub(super) tree: ::sled::Tree,
     pub(super) path: std::path::PathBuf,
 }
 
@@ -85,7 +85,7 @@ impl Offline {
         let t = &self.tree;
         let mut checks = Vec::new();
         let mut unrepairable = Vec::new();
-        let mut fix = sled::Batch::default();
+        let mut fix = ::sled::Batch::default();
         let mut repaired = Vec::new();
 
         // Layout.

@@ -52,7 +52,7 @@ impl SledQueue {
                     .get_json::<EventRecord>(event_key(&id))?
                     .and_then(|r| r.account);
                 let dead = w.dead.saturating_sub(1);
-                let mut b = sled::Batch::default();
+                let mut b = ::sled::Batch::default();
                 b.remove(dead_key(&id));
                 b.remove(event_key(&id));
                 b.insert(meta_key("dead"), &dead.to_be_bytes());
@@ -76,7 +76,7 @@ impl Core {
     /// Put these dead letters (those that still are) at the tail of their tenants' queues, in
     /// one batch.
     fn requeue_dead(&self, w: &mut Counters, ids: &[Uuid]) -> Result<Wrote, StoreError> {
-        let mut b = sled::Batch::default();
+        let mut b = ::sled::Batch::default();
         let mut seq = w.seq;
         let mut requeued: Vec<(TenantId, u64)> = Vec::new();
         let mut shift = counts::Shift::default();

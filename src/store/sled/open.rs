@@ -28,17 +28,17 @@ fn damaged(path: &Path, reason: String) -> StoreError {
 pub(super) fn open_sled_checked(
     path: &Path,
     options: &StoreOptions,
-) -> Result<(sled::Db, sled::Tree), StoreError> {
-    open_sled_mode(path, options, sled::Mode::HighThroughput)
+) -> Result<(::sled::Db, ::sled::Tree), StoreError> {
+    open_sled_mode(path, options, ::sled::Mode::HighThroughput)
 }
 
 /// The same, in a given mode (a copy is written in `LowSpace`).
 pub(super) fn open_sled_mode(
     path: &Path,
     options: &StoreOptions,
-    mode: sled::Mode,
-) -> Result<(sled::Db, sled::Tree), StoreError> {
-    let config = sled::Config::new()
+    mode: ::sled::Mode,
+) -> Result<(::sled::Db, ::sled::Tree), StoreError> {
+    let config = ::sled::Config::new()
         .path(path)
         .cache_capacity(options.cache_capacity_mb.saturating_mul(1024 * 1024))
         .mode(mode);
@@ -60,9 +60,9 @@ pub(super) fn open_sled_mode(
 /// held is asked of the lock itself (sled's `flock` on its `db` file), not read from an error's
 /// text.
 pub(super) fn open_sled(
-    config: &sled::Config,
+    config: &::sled::Config,
     path: &Path,
-) -> Result<(sled::Db, sled::Tree), StoreError> {
+) -> Result<(::sled::Db, ::sled::Tree), StoreError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while lock_held(&path.join("db")) {
         if std::time::Instant::now() >= deadline {
@@ -98,7 +98,7 @@ fn lock_held(file: &Path) -> bool {
 /// Each account's pending and dead events: as kept, after a clean close of a store that keeps
 /// them; else recounted from the events (once: after an unclean stop, an import, or a store
 /// written before they were kept) and written back.
-fn account_counts(tree: &sled::Tree, trusted: bool) -> Result<AccountCounts, StoreError> {
+fn account_counts(tree: &::sled::Tree, trusted: bool) -> Result<AccountCounts, StoreError> {
     let mut counts = AccountCounts::default();
     if trusted && tree.get(meta_key(ACCOUNT_COUNTS_MARK))?.is_some() {
         for item in tree.scan_prefix([b'k']) {
@@ -121,7 +121,7 @@ fn account_counts(tree: &sled::Tree, trusted: bool) -> Result<AccountCounts, Sto
             counts.count(rec.account.as_deref(), false);
         }
     }
-    let mut b = sled::Batch::default();
+    let mut b = ::sled::Batch::default();
     for k in tree.scan_prefix([b'k']).keys() {
         b.remove(k?);
     }
@@ -133,14 +133,14 @@ fn account_counts(tree: &sled::Tree, trusted: bool) -> Result<AccountCounts, Sto
     Ok(counts)
 }
 
-pub(super) fn read_u64(tree: &sled::Tree, name: &str) -> Result<Option<u64>, StoreError> {
+pub(super) fn read_u64(tree: &::sled::Tree, name: &str) -> Result<Option<u64>, StoreError> {
     tree.get(meta_key(name))?.map(|v| u64_from(&v)).transpose()
 }
 
 /// The layout version found (None: a new store), older layouts migrated, newer refused.
 pub(super) fn migrate_schema(
-    db: &sled::Db,
-    tree: &sled::Tree,
+    db: &::sled::Db,
+    tree: &::sled::Tree,
     path: &Path,
 ) -> Result<Option<u64>, StoreError> {
     let schema = read_u64(tree, "schema")?;
@@ -170,7 +170,7 @@ pub(super) fn migrate_schema(
 /// unclean stop, against a recount). A damaged store is refused unless accepted; accepted, the
 /// counters are repaired from what is left.
 pub(super) fn read_checked_counters(
-    tree: &sled::Tree,
+    tree: &::sled::Tree,
     path: &Path,
     control: Option<&control::Control>,
     schema: Option<u64>,

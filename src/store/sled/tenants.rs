@@ -63,7 +63,7 @@ impl SledQueue {
             .map(|t| (inventory_key(&t.id), to_json(t)))
             .collect();
         self.write(move |core, _| {
-            let mut b = sled::Batch::default();
+            let mut b = ::sled::Batch::default();
             if let Some(account) = replace {
                 let keep: HashSet<&[u8]> = records.iter().map(|(k, _)| k.as_slice()).collect();
                 for item in core.tree.scan_prefix([b'n']) {

@@ -99,13 +99,6 @@ pub(super) fn idem_target(value: &[u8]) -> Result<Uuid, StoreError> {
     }
 }
 
-/// Lock a mutex of the store. A panic while one was held cannot leave the state half-changed
-/// (every critical section either completes its sled batch or changes nothing in memory), so a
-/// poisoned lock is taken over instead of turning every later call into a panic.
-pub(super) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// `k` + account id: its pending and dead events.
 pub(super) fn account_count_key(account: &str) -> Vec<u8> {
     key(b'k', &[account.as_bytes()])
@@ -135,7 +128,7 @@ pub(super) fn account_count_from(v: &[u8]) -> Result<AccountEvents, StoreError> 
 pub(super) const ACCOUNT_COUNTS_MARK: &str = "account_counts";
 
 /// Write each changed account's counts into `b` (an account with none left loses its key).
-pub(super) fn put_account_counts(b: &mut sled::Batch, after: Vec<(String, AccountEvents)>) {
+pub(super) fn put_account_counts(b: &mut ::sled::Batch, after: Vec<(String, AccountEvents)>) {
     for (account, n) in after {
         if n.pending == 0 && n.dead == 0 {
             b.remove(account_count_key(&account));
