@@ -14,13 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Accounts;
 use crate::api::{self, ApiState};
-use crate::config::{Settings, StoreBackend};
+use crate::config::Settings;
 use crate::delivery::{Delivery, DeliveryOptions};
 use crate::metrics::Metrics;
 use crate::platform::PlatformClient;
 use crate::reconcile::Reconcilers;
 use crate::schedule::Schedules;
-use crate::store::{Queue, StoreOptions};
+use crate::store::Queue;
 use crate::systemd;
 
 /// How often delivered events past their retention are compacted away.
@@ -391,7 +391,7 @@ async fn join_pool(
         .unwrap_or_else(|_| "statusd".into());
     let me = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let own = Arc::new(crate::cluster::Ownership::new(
-        settings.shard_map(),
+        crate::cluster::ShardMap::of_settings(settings),
         me.clone(),
         settings.cluster.timing(),
     ));
@@ -492,33 +492,12 @@ async fn reseal_accounts(
     }
 }
 
-/// Open the store off the async workers (it reads every pending key).
+/// Open the store the settings choose.
 pub(crate) async fn open_store(settings: &Settings) -> Result<Queue, AppError> {
-    let path = settings.store.path.clone();
-    let opts = StoreOptions {
-        cache_capacity_mb: settings.store.cache_capacity_mb,
-        delivered_retention: settings.store.delivered_retention,
-        accept_damaged: settings.store.accept_damaged,
-        // Retries wait at most max_backoff, or a Retry-After up to its cap.
-        max_retry_delay: settings
-            .delivery
-            .max_backoff
-            .max(crate::platform::MAX_RETRY_AFTER),
-    };
-    let shown = settings.store.location();
-    if let (StoreBackend::Postgres, Some(pg)) = (settings.store.backend, &settings.store.postgres) {
-        return Queue::open_postgres(&pg.options(settings.shard_map()), opts)
-            .await
-            .map_err(|source| AppError::Store {
-                path: shown,
-                source,
-            });
-    }
-    tokio::task::spawn_blocking(move || Queue::open(&path, opts))
+    crate::store::chosen::open(settings)
         .await
-        .map_err(|e| AppError::Setup(format!("store open task failed: {e}")))?
         .map_err(|source| AppError::Store {
-            path: shown,
+            path: settings.store.location(),
             source,
         })
 }

@@ -1,36 +1,14 @@
 //! Cron triggers for the reconcilers. tokio-cron-scheduler only *triggers*: each job calls
 //! [`Reconcilers::trigger`], which skips a run while the previous one is still going.
 
-use chrono::{DateTime, Utc};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
+pub use crate::config::CronSchedule;
 use crate::config::Settings;
 use crate::reconcile::{Kind, Reconcilers};
 
 pub struct Schedules {
     scheduler: JobScheduler,
-}
-
-/// A cron schedule parsed as the scheduler parses it (6 fields, seconds first, day-of-month and
-/// day-of-week combined with AND, UTC), to tell when it fires next.
-#[derive(Clone)]
-pub struct CronSchedule(croner::Cron);
-
-impl CronSchedule {
-    pub fn parse(text: &str) -> Result<CronSchedule, String> {
-        croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Required)
-            .dom_and_dow(true)
-            .build()
-            .parse(text)
-            .map(CronSchedule)
-            .map_err(|e| format!("not a cron schedule: {text:?} ({e})"))
-    }
-
-    /// The first time after `now` that the schedule fires.
-    pub fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.0.find_next_occurrence(&now, false).ok()
-    }
 }
 
 /// The setting that holds a reconciler's schedule.

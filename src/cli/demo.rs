@@ -114,7 +114,7 @@ async fn start(tenants: usize, postgres: Option<&str>) -> Result<Stage, String> 
             format!("sled, temporary at {}", store.path().display()),
         ),
         Some(url) => {
-            crate::store::pg::check_url(url).map_err(|e| format!("--postgres: {e}"))?;
+            crate::config::postgres::check_url(url).map_err(|e| format!("--postgres: {e}"))?;
             let schema = format!(
                 "statusd_demo_{}",
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -126,7 +126,7 @@ async fn start(tenants: usize, postgres: Option<&str>) -> Result<Stage, String> 
                 ),
                 format!(
                     "PostgreSQL {} schema {schema} (left in place: DROP SCHEMA {schema} CASCADE to remove it)",
-                    crate::store::pg::describe_url(url)
+                    crate::config::postgres::describe_url(url)
                 ),
             )
         }

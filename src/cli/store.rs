@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::args::StoreCommand;
-use crate::config::{Settings, StoreBackend};
+use crate::config::Settings;
 use crate::exit;
 use crate::store::{Moved, Offline, StoreError};
 
@@ -69,42 +69,24 @@ fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
-/// The PostgreSQL store's options, when the settings choose that backend.
-fn postgres_of(settings: &Settings) -> Option<crate::store::pg::PgOptions> {
-    match (settings.store.backend, &settings.store.postgres) {
-        (StoreBackend::Postgres, Some(pg)) => Some(pg.options(settings.shard_map())),
-        _ => None,
-    }
-}
-
-/// Run a PostgreSQL operation from a store command (which runs off the async workers).
-fn on_postgres<T>(
-    f: impl std::future::Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::runtime::Handle::current().block_on(f)
-}
-
 pub fn run(settings: Settings, cmd: &StoreCommand) -> ExitCode {
+    use crate::store::chosen;
     let path = settings.store.path.clone();
-    let pg = postgres_of(&settings);
-    match (cmd, &pg) {
-        (StoreCommand::Rekey, _) => return rekey(&settings),
-        (StoreCommand::Migrate, Some(opts)) => return migrate(&settings, opts),
-        (StoreCommand::Migrate, None) => {
-            println!("store.backend is sled: nothing to migrate (a sled store is migrated when it is opened)");
-            return ExitCode::from(exit::OK);
-        }
-        (StoreCommand::Export { out }, Some(opts)) => {
-            return export(&settings.store.location(), out.as_deref(), |w, bar| {
-                on_postgres(crate::store::pg::export(opts, w, |d, t| bar.step(d, t)))
+    let location = settings.store.location();
+    match cmd {
+        StoreCommand::Rekey => return rekey(&settings),
+        StoreCommand::Migrate => return migrate(&settings),
+        StoreCommand::Export { out } => {
+            return export(&location, out.as_deref(), |w, bar| {
+                chosen::export(&settings, w, |d, t| bar.step(d, t))
             })
         }
-        (StoreCommand::Import { file }, Some(opts)) => {
-            return import(&settings.store.location(), file, |r, bar| {
-                on_postgres(crate::store::pg::import(opts, r, |d, t| bar.step(d, t)))
+        StoreCommand::Import { file } => {
+            return import(&location, file, |r, bar| {
+                chosen::import(&settings, r, |d, t| bar.step(d, t))
             })
         }
-        (StoreCommand::Verify { .. } | StoreCommand::Compact, Some(_)) => {
+        StoreCommand::Verify { .. } | StoreCommand::Compact if !chosen::is_local(&settings) => {
             eprintln!("statusd: store verify and store compact are for the sled backend: PostgreSQL keeps its own indexes consistent, and autovacuum returns the space of deleted rows");
             return ExitCode::from(exit::FAILURE);
         }
@@ -140,19 +122,10 @@ pub fn run(settings: Settings, cmd: &StoreCommand) -> ExitCode {
                 }
             }
         }
-        StoreCommand::Export { out } => {
-            let store = match Offline::open(&path) {
-                Ok(s) => s,
-                Err(e) => return refused(&path, e),
-            };
-            export(&path.display().to_string(), out.as_deref(), |w, bar| {
-                store.export(w, |d, t| bar.step(d, t))
-            })
-        }
-        StoreCommand::Import { file } => import(&path.display().to_string(), file, |r, bar| {
-            crate::store::import(&path, r, |d, t| bar.step(d, t))
-        }),
-        StoreCommand::Migrate | StoreCommand::Rekey => unreachable!("answered above"),
+        StoreCommand::Export { .. }
+        | StoreCommand::Import { .. }
+        | StoreCommand::Migrate
+        | StoreCommand::Rekey => unreachable!("answered above"),
     }
 }
 
@@ -220,9 +193,13 @@ fn rekey(settings: &Settings) -> ExitCode {
 }
 
 /// `statusd store migrate`: apply the schema migrations this build has, and nothing else.
-fn migrate(settings: &Settings, opts: &crate::store::pg::PgOptions) -> ExitCode {
-    match on_postgres(crate::store::pg::PgQueue::migrate_only(opts)) {
-        Ok(m) if m.applied.is_empty() => {
+fn migrate(settings: &Settings) -> ExitCode {
+    match tokio::runtime::Handle::current().block_on(crate::store::chosen::migrate(settings)) {
+        Ok(None) => {
+            println!("store.backend is sled: nothing to migrate (a sled store is migrated when it is opened)");
+            ExitCode::from(exit::OK)
+        }
+        Ok(Some(m)) if m.applied.is_empty() => {
             println!(
                 "{}: schema at version {}, nothing to apply",
                 settings.store.location(),
@@ -230,7 +207,7 @@ fn migrate(settings: &Settings, opts: &crate::store::pg::PgOptions) -> ExitCode 
             );
             ExitCode::from(exit::OK)
         }
-        Ok(m) => {
+        Ok(Some(m)) => {
             for (v, what) in &m.applied {
                 println!("applied migration {v}: {what}");
             }

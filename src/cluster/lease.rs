@@ -12,42 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The lease timings (`cluster.lease_duration`, `renew_deadline`, `retry_period`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
-    pub lease: Duration,
-    pub renew_deadline: Duration,
-    pub retry: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Timing {
-        Timing {
-            lease: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
-            retry: Duration::from_secs(2),
-        }
-    }
-}
-
-impl Timing {
-    /// lease > renew deadline > 1.2 × retry, as client-go requires.
-    pub fn check(&self) -> Result<(), String> {
-        if self.lease <= self.renew_deadline {
-            return Err(format!(
-                "cluster.lease_duration ({:?}) must be longer than cluster.renew_deadline ({:?})",
-                self.lease, self.renew_deadline
-            ));
-        }
-        if self.renew_deadline.as_secs_f64() <= 1.2 * self.retry.as_secs_f64() {
-            return Err(format!(
-                "cluster.renew_deadline ({:?}) must be longer than 1.2 × cluster.retry_period ({:?})",
-                self.renew_deadline, self.retry
-            ));
-        }
-        Ok(())
-    }
-}
+pub use crate::config::LeaseTiming as Timing;
 
 /// A shard's lease record as read from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -117,6 +117,18 @@ impl Default for ShardMap {
 }
 
 impl ShardMap {
+    /// Which shard each configured account belongs to (its pin, else its hash).
+    pub fn of_settings(settings: &crate::config::Settings) -> ShardMap {
+        ShardMap {
+            shards: settings.cluster.shards,
+            pins: settings
+                .accounts
+                .iter()
+                .filter_map(|a| a.shard.map(|s| (a.id.clone(), s)))
+                .collect(),
+        }
+    }
+
     /// The shard of an account (`None`: `default`).
     pub fn of(&self, account: Option<&str>) -> u32 {
         let id = account.unwrap_or(crate::config::DEFAULT_ACCOUNT);

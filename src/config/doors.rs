@@ -7,7 +7,7 @@ impl Reader {
     /// The key of `store.secret_key_file`, or of the systemd credential `secret_key`; with the
     /// key of `store.previous_secret_key_file` (or the credential `previous_secret_key`) to open
     /// what it sealed, during a rotation.
-    pub(super) fn secret_key(&mut self) -> (Option<PathBuf>, Option<crate::vault::SecretKey>) {
+    pub(super) fn secret_key(&mut self) -> (Option<PathBuf>, Option<SecretKey>) {
         const KEY: &str = "store.secret_key_file";
         const PREVIOUS: &str = "store.previous_secret_key_file";
         let (path, key) = self.key_file(KEY, "secret_key");
@@ -27,11 +27,7 @@ impl Reader {
     }
 
     /// A key from the file at `key`, or from the systemd credential `credential`.
-    fn key_file(
-        &mut self,
-        key: &str,
-        credential: &str,
-    ) -> (Option<PathBuf>, Option<crate::vault::SecretKey>) {
+    fn key_file(&mut self, key: &str, credential: &str) -> (Option<PathBuf>, Option<SecretKey>) {
         let path = match self.string(key) {
             Some(p) if p.trim().is_empty() => {
                 self.problem(key, "is empty (remove the key to leave it unset)");
@@ -44,7 +40,7 @@ impl Reader {
             },
         };
         match std::fs::read_to_string(&path) {
-            Ok(text) => match crate::vault::SecretKey::from_text(&text) {
+            Ok(text) => match SecretKey::from_text(&text) {
                 Ok(k) => (Some(path), Some(k)),
                 Err(e) => {
                     self.problem(key, format!("{}: {e}", path.display()));

@@ -23,6 +23,7 @@ mod doors;
 mod fusion;
 mod outbound;
 mod platform;
+pub mod postgres;
 mod reader;
 mod render;
 mod secret;
@@ -34,8 +35,8 @@ pub use outbound::{
     check_datacenter_url, check_origin, non_public_kind, HostPattern, DEFAULT_ALLOWED_HOSTS,
 };
 use reader::*;
-pub use reader::{validate_brand_value, validate_cron};
-pub use secret::Secret;
+pub use reader::{validate_brand_value, validate_cron, CronSchedule};
+pub use secret::{Secret, SecretKey, KEY_LEN};
 pub use settings::*;
 
 /// One thing wrong with the configuration.

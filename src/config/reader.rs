@@ -253,14 +253,14 @@ impl Reader {
             );
             return (backend, None);
         };
-        if let Err(why) = crate::store::pg::check_url(url.expose()) {
+        if let Err(why) = postgres::check_url(url.expose()) {
             self.problem("store.postgres.url", why);
         }
         let pool_size = self.u64_in("store.postgres.pool_size", 8, 2, 1024) as usize;
         let schema = self
             .string("store.postgres.schema")
             .unwrap_or_else(|| "statusd".into());
-        if !crate::store::pg::valid_schema_name(&schema) {
+        if !postgres::valid_schema_name(&schema) {
             self.problem(
                 "store.postgres.schema",
                 format!("{schema:?} is not a plain schema name (lowercase letters, digits and _, not starting with a digit, at most 63)"),
@@ -717,6 +717,31 @@ pub fn validate_cron(text: &str) -> Result<(), String> {
     tokio_cron_scheduler::Job::new_async(text, |_, _| Box::pin(async {}))
         .map(|_| ())
         .map_err(|e| format!("not a cron schedule: {text:?} ({e})"))
+}
+
+/// A cron schedule parsed as the scheduler parses it (6 fields, seconds first, day-of-month and
+/// day-of-week combined with AND, UTC), to tell when it fires next.
+#[derive(Clone)]
+pub struct CronSchedule(croner::Cron);
+
+impl CronSchedule {
+    pub fn parse(text: &str) -> Result<CronSchedule, String> {
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(text)
+            .map(CronSchedule)
+            .map_err(|e| format!("not a cron schedule: {text:?} ({e})"))
+    }
+
+    /// The first time after `now` that the schedule fires.
+    pub fn next_after(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.0.find_next_occurrence(&now, false).ok()
+    }
 }
 
 /// Bytes of a size text: a number with an optional unit (B, KB, MB, GB, TB in powers of 1000;

@@ -46,8 +46,8 @@ pub struct ClusterSettings {
 }
 
 impl ClusterSettings {
-    pub fn timing(&self) -> crate::cluster::Timing {
-        crate::cluster::Timing {
+    pub fn timing(&self) -> LeaseTiming {
+        LeaseTiming {
             lease: self.lease_duration,
             renew_deadline: self.renew_deadline,
             retry: self.retry_period,
@@ -55,17 +55,40 @@ impl ClusterSettings {
     }
 }
 
-impl Settings {
-    /// Which shard each configured account belongs to (its pin, else its hash).
-    pub fn shard_map(&self) -> crate::cluster::ShardMap {
-        crate::cluster::ShardMap {
-            shards: self.cluster.shards,
-            pins: self
-                .accounts
-                .iter()
-                .filter_map(|a| a.shard.map(|s| (a.id.clone(), s)))
-                .collect(),
+/// The lease timings (`cluster.lease_duration`, `renew_deadline`, `retry_period`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    pub lease: Duration,
+    pub renew_deadline: Duration,
+    pub retry: Duration,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> LeaseTiming {
+        LeaseTiming {
+            lease: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry: Duration::from_secs(2),
         }
+    }
+}
+
+impl LeaseTiming {
+    /// lease > renew deadline > 1.2 × retry, as client-go requires.
+    pub fn check(&self) -> Result<(), String> {
+        if self.lease <= self.renew_deadline {
+            return Err(format!(
+                "cluster.lease_duration ({:?}) must be longer than cluster.renew_deadline ({:?})",
+                self.lease, self.renew_deadline
+            ));
+        }
+        if self.renew_deadline.as_secs_f64() <= 1.2 * self.retry.as_secs_f64() {
+            return Err(format!(
+                "cluster.renew_deadline ({:?}) must be longer than 1.2 × cluster.retry_period ({:?})",
+                self.renew_deadline, self.retry
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -151,7 +174,7 @@ pub struct StoreSettings {
     pub secret_key_file: Option<PathBuf>,
     /// That key, read and checked when the settings were loaded.
     #[serde(skip)]
-    pub secret_key: Option<crate::vault::SecretKey>,
+    pub secret_key: Option<SecretKey>,
     /// `sled` (this machine's disk, at `path`) or `postgres` (`[store.postgres]`).
     pub backend: StoreBackend,
     pub postgres: Option<PostgresSettings>,
@@ -174,32 +197,22 @@ pub struct PostgresSettings {
     pub ca_file: Option<PathBuf>,
 }
 
-impl PostgresSettings {
-    pub fn options(&self, shards: crate::cluster::ShardMap) -> crate::store::pg::PgOptions {
-        crate::store::pg::PgOptions {
-            shards,
-            url: secrecy::SecretString::from(self.url.expose().to_string()),
-            pool_size: self.pool_size,
-            schema: self.schema.clone(),
-            ca_file: self.ca_file.clone(),
-            connect_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
 impl StoreSettings {
     /// Where the store is, for messages: the sled directory, or the database (no password).
     pub fn location(&self) -> String {
         match (&self.backend, &self.postgres) {
             (StoreBackend::Postgres, Some(pg)) => format!(
                 "{} (schema {})",
-                crate::store::pg::describe_url(pg.url.expose()),
+                super::postgres::describe_url(pg.url.expose()),
                 pg.schema
             ),
             _ => self.path.display().to_string(),
         }
     }
 }
+
+/// `Retry-After` values are capped so a hostile or broken header cannot park us for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliverySettings {

@@ -32,8 +32,7 @@ const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// rate-limited).
 pub const TOKEN_REFUSAL_BACKOFF: Backoff =
     Backoff::fixed(Duration::from_secs(10), Duration::from_secs(30 * 60));
-/// `Retry-After` values are capped so a hostile or broken header cannot park us for days.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+pub use crate::config::MAX_RETRY_AFTER;
 /// The wait before the one retry after a refused token.
 pub const AUTH_RETRY_BACKOFF: Backoff =
     Backoff::fixed(Duration::from_millis(200), Duration::from_secs(1));

@@ -231,7 +231,7 @@ struct Inner {
     fusion_session: tokio::sync::OnceCell<()>,
     last: Mutex<BTreeMap<Kind, LastRun>>,
     /// The cron schedule of each reconciler that runs on one, to tell its next run.
-    schedules: Mutex<HashMap<Kind, crate::schedule::CronSchedule>>,
+    schedules: Mutex<HashMap<Kind, crate::config::CronSchedule>>,
     backoff: Mutex<HashMap<(Kind, Uuid), ItemBackoff>>,
     /// Scheduled runs, each apart from the scheduler's tick: stopped with the daemon.
     detached: crate::tasks::Detached,
@@ -290,7 +290,7 @@ impl Reconcilers {
     }
 
     /// The reconciler runs on this schedule (its next run is shown in the status).
-    pub fn set_schedule(&self, kind: Kind, schedule: crate::schedule::CronSchedule) {
+    pub fn set_schedule(&self, kind: Kind, schedule: crate::config::CronSchedule) {
         self.inner
             .schedules
             .lock()

@@ -82,7 +82,6 @@ pub struct Moved {
     pub lines: u64,
 }
 
-
 pub(crate) fn bad(line: u64, what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("line {line}: {what}"))
 }

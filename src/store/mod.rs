@@ -78,6 +78,7 @@ pub enum StoreError {
 
 mod accounts;
 mod batches;
+pub mod chosen;
 mod contract;
 mod counts;
 pub(crate) mod export;
@@ -86,6 +87,10 @@ mod queue;
 mod records;
 pub mod sled;
 
+pub use self::sled::{
+    check_room_to_compact, dir_size, BoundState, Check, Compacted, Offline, Verification,
+    SCHEMA_VERSION,
+};
 pub use accounts::{
     AccountDropped, AccountEvents, AccountWrite, Removal, StoredAccount, IN_FLIGHT,
 };
@@ -95,10 +100,6 @@ pub use counts::AccountCounts;
 pub use export::{Moved, Progress};
 pub use queue::{Pool, Queue};
 pub use records::*;
-pub use self::sled::{
-    check_room_to_compact, dir_size, import, BoundState, Check, Compacted, Offline, Verification,
-    SCHEMA_VERSION,
-};
 
 /// Lock a mutex, through a poisoned one: every value kept under a lock here stays whole across
 /// a panic (each change is one assignment or one collection operation).

@@ -24,6 +24,9 @@ use tokio_postgres::Row;
 
 use super::*;
 
+use crate::config::postgres::strip_tls_params;
+pub use crate::config::postgres::{check_url, describe_url, valid_schema_name};
+
 mod backend;
 pub mod cluster;
 mod copy;
@@ -32,7 +35,7 @@ pub mod schema;
 mod write;
 
 pub use copy::{export, import};
-pub use schema::{valid_schema_name, Migrated, PG_SCHEMA_VERSION};
+pub use schema::{Migrated, PG_SCHEMA_VERSION};
 
 /// How long one transaction may take before the store counts the database as unreachable.
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,6 +57,20 @@ pub struct PgOptions {
     pub shards: crate::cluster::ShardMap,
 }
 
+impl PgOptions {
+    /// The options `[store.postgres]` gives, with the map of the accounts to their shards.
+    pub fn of(pg: &crate::config::PostgresSettings, shards: crate::cluster::ShardMap) -> PgOptions {
+        PgOptions {
+            shards,
+            url: secrecy::SecretString::from(pg.url.expose().to_string()),
+            pool_size: pg.pool_size,
+            schema: pg.schema.clone(),
+            ca_file: pg.ca_file.clone(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 impl std::fmt::Debug for PgOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgOptions")
@@ -63,109 +80,6 @@ impl std::fmt::Debug for PgOptions {
             .field("ca_file", &self.ca_file)
             .finish()
     }
-}
-
-/// Where a URL points, for messages: host, port, database and user, never the password.
-pub fn describe_url(url: &str) -> String {
-    match tokio_postgres::Config::from_str(&strip_tls_params(url).0) {
-        Ok(c) => {
-            let host = c
-                .get_hosts()
-                .first()
-                .map(|h| match h {
-                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-                })
-                .unwrap_or_else(|| "localhost".into());
-            let port = c.get_ports().first().copied().unwrap_or(5432);
-            format!(
-                "postgres://{}@{host}:{port}/{}",
-                c.get_user().unwrap_or("?"),
-                c.get_dbname().unwrap_or("?")
-            )
-        }
-        Err(_) => "an unreadable URL".into(),
-    }
-}
-
-/// The TLS mode a URL asks for, and the URL as tokio-postgres reads it (`verify-ca` and
-/// `verify-full` become `require`: statusd verifies the server's certificate in every TLS mode).
-fn strip_tls_params(url: &str) -> (String, Option<String>) {
-    let Ok(mut parsed) = url::Url::parse(url) else {
-        return (url.to_string(), None);
-    };
-    let mut mode = None;
-    let pairs: Vec<(String, String)> = parsed
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let kept: Vec<(String, String)> = pairs
-        .into_iter()
-        .map(|(k, v)| {
-            if k == "sslmode" {
-                mode = Some(v.clone());
-                if v == "verify-ca" || v == "verify-full" {
-                    return (k, "require".to_string());
-                }
-            }
-            (k, v)
-        })
-        .collect();
-    parsed.set_query(None);
-    if !kept.is_empty() {
-        parsed.query_pairs_mut().extend_pairs(kept);
-    }
-    (parsed.to_string(), mode)
-}
-
-/// Check a URL as the settings give it: a `postgres://` or `postgresql://` URL tokio-postgres
-/// reads, with a known `sslmode`. The error never repeats the URL (it holds the password).
-pub fn check_url(url: &str) -> Result<(), String> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(
-            "must be a postgres:// URL (postgres://user:password@host:port/database)".into(),
-        );
-    }
-    let (plain, mode) = strip_tls_params(url);
-    if let Some(m) = mode.as_deref() {
-        if !["disable", "prefer", "require", "verify-ca", "verify-full"].contains(&m) {
-            return Err(format!(
-                "sslmode {m:?} is not one statusd takes: sslmode=require, sslmode=verify-ca or sslmode=verify-full (TLS), sslmode=disable (plain text), or sslmode=prefer for a database on this machine"
-            ));
-        }
-    }
-    let config = tokio_postgres::Config::from_str(&plain)
-        .map_err(|e| format!("not a connection URL statusd can read: {e}"))?;
-    // Off this machine, the password and every event cross the network: TLS, or plain text
-    // only where it is written. `prefer` would fall back to plain text if the server declined.
-    if !all_hosts_local(&config) && matches!(mode.as_deref(), None | Some("prefer")) {
-        return Err(format!(
-            "the database is not on this machine and the URL {}: add sslmode=require, sslmode=verify-ca or sslmode=verify-full (TLS, the server's certificate verified against the system roots or store.postgres.ca_file), or sslmode=disable to send it in clear on purpose",
-            match mode.as_deref() {
-                None => "names no sslmode".to_string(),
-                Some(m) => format!("asks for sslmode={m}, which falls back to plain text"),
-            }
-        ));
-    }
-    Ok(())
-}
-
-/// Every host of a connection is this machine: `localhost`, a loopback address, or a Unix
-/// socket.
-fn all_hosts_local(config: &tokio_postgres::Config) -> bool {
-    use tokio_postgres::config::Host;
-    let hosts = config.get_hosts();
-    !hosts.is_empty()
-        && hosts.iter().all(|h| match h {
-            Host::Tcp(name) => {
-                let name = name.trim_start_matches('[').trim_end_matches(']');
-                name.eq_ignore_ascii_case("localhost")
-                    || name
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            }
-            Host::Unix(_) => true,
-        })
 }
 
 fn tls_connector(

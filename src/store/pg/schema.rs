@@ -171,29 +171,9 @@ pub(super) async fn migrate(
     }
 }
 
-/// Whether `name` can be used as a schema name unquoted: a letter or `_`, then letters, digits
-/// or `_`, at most 63 bytes (PostgreSQL's limit), lowercase.
-pub fn valid_schema_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && name.len() <= 63
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn schema_names_are_plain_identifiers() {
-        assert!(valid_schema_name("statusd"));
-        assert!(valid_schema_name("_s2"));
-        assert!(!valid_schema_name("2s"));
-        assert!(!valid_schema_name("Statusd"));
-        assert!(!valid_schema_name("a;drop"));
-        assert!(!valid_schema_name(""));
-        assert!(!valid_schema_name(&"a".repeat(64)));
-    }
 
     #[test]
     fn migrations_are_numbered_from_one_without_gaps() {

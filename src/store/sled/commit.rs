@@ -43,7 +43,6 @@ pub(super) struct AckJob {
     pub(super) items: Vec<(u64, Uuid, EventKind, u32)>,
 }
 
-
 impl Core {
     /// Remember the first failed write: the store must be opened again to write once more.
     pub(super) fn note_write_error(&self, error: &str) {

@@ -124,7 +124,6 @@ pub fn check_room_to_compact(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Compacted {
@@ -183,7 +182,8 @@ impl Offline {
         }
         create_private_dir(&tmp)?;
         {
-            let (db, tree) = open_sled_mode(&tmp, &StoreOptions::default(), ::sled::Mode::LowSpace)?;
+            let (db, tree) =
+                open_sled_mode(&tmp, &StoreOptions::default(), ::sled::Mode::LowSpace)?;
             let mut done = 0u64;
             let mut batch = ::sled::Batch::default();
             let mut in_batch = 0;
@@ -436,7 +436,6 @@ pub fn import(
         }
     }
 }
-
 
 fn import_into(
     tmp: &Path,
