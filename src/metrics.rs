@@ -34,6 +34,7 @@ pub struct Metrics {
     /// Not in the spec's list: 0 while the store cannot write (a full disk), until it is
     /// opened again.
     pub store_writable: Gauge,
+    pub store_errors: Family<Label, Counter>,
     pub store_full: Gauge,
     pub fusion_login_required: Gauge,
     /// Replicas on one store: live members, shards held here, shards nobody holds.
@@ -228,6 +229,12 @@ impl Metrics {
             Gauge::default(),
         );
         store_writable.set(1);
+        let store_errors = reg(
+            &mut r,
+            "statusd_store_errors",
+            "Errors the store answered, by kind: unavailable (try again later), damaged (a record or the layout is not what it must be), refused",
+            Family::<Label, Counter>::default(),
+        );
         let fusion_login_required = reg(
             &mut r,
             "statusd_fusion_login_required",
@@ -346,6 +353,7 @@ impl Metrics {
             dead_letters,
             store_size,
             store_writable,
+            store_errors,
             store_full,
             fusion_login_required,
             cluster_members,

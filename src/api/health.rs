@@ -58,6 +58,13 @@ pub async fn refresh_gauges(state: &ApiState) {
     state.metrics.dead_letters.set(q.dead_letters as i64);
     let age = q.oldest_pending_age_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
     state.metrics.queue_oldest_event_age.set(age);
+    for (kind, n) in state.queue.error_counts() {
+        let counter = state
+            .metrics
+            .store_errors
+            .get_or_create(&[("kind", kind.as_str().to_string())]);
+        counter.inc_by(n.saturating_sub(counter.get()));
+    }
     state.metrics.store_writable.set(i64::from(
         state.queue.write_error().is_none() && state.queue.unavailable().is_none(),
     ));

@@ -156,15 +156,38 @@ impl IntoResponse for ApiError {
 
 /// A store that cannot answer: 503 `store_unavailable`, to be retried after a moment (nothing
 /// was stored, or the same request with the same idempotency key answers what was).
+/// A store error as an answer, by what it means: the store cannot answer now (503 with
+/// Retry-After), a damaged record (500: a retry does not help), or a refusal (a write fenced off
+/// by another replica: 409; a statement the database refused: 500).
 pub(super) fn store_error(e: crate::store::StoreError) -> ApiError {
-    tracing::error!(message = "store error", error = %e);
-    let mut err = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        format!("the store cannot take this now: {e}"),
-    );
-    err.retry_after = Some(STORE_RETRY_AFTER_SECS);
-    err
+    use crate::store::{ErrorKind, StoreError};
+    tracing::error!(message = "store error", error = %e, kind = e.kind().as_str());
+    match e.kind() {
+        ErrorKind::Unavailable => {
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("the store cannot take this now: {e}"),
+            );
+            err.retry_after = Some(STORE_RETRY_AFTER_SECS);
+            err
+        }
+        ErrorKind::Damaged => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_damaged",
+            format!("the store holds a damaged record: {e}"),
+        ),
+        ErrorKind::Refused if matches!(e, StoreError::Fenced(_)) => ApiError::new(
+            StatusCode::CONFLICT,
+            "fenced",
+            format!("{e}: that replica acts for it now"),
+        ),
+        ErrorKind::Refused => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_refused",
+            format!("the store refused the request: {e}"),
+        ),
+    }
 }
 
 /// The `Retry-After` of a 503 for a store that cannot answer.

@@ -76,6 +76,53 @@ pub enum StoreError {
     PgSchemaTooNew { schema: String, found: i32 },
 }
 
+/// What a store error means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The store cannot answer now (its database unreachable, a disk that failed a write, a
+    /// store being closed): try again later (503 with Retry-After).
+    Unavailable = 0,
+    /// A record or the store's layout is not what it must be: a retry does not help (500,
+    /// counted in `statusd_store_errors_total{kind="damaged"}`, alerted).
+    Damaged = 1,
+    /// The store refused this request (an account change that does not apply, a write fenced
+    /// off, a statement the database refused).
+    Refused = 2,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 3] = [ErrorKind::Unavailable, ErrorKind::Damaged, ErrorKind::Refused];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Damaged => "damaged",
+            ErrorKind::Refused => "refused",
+        }
+    }
+}
+
+impl StoreError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Sled(_)
+            | StoreError::Flush(_)
+            | StoreError::Write(_)
+            | StoreError::Closed
+            | StoreError::Locked { .. }
+            | StoreError::Unavailable(_) => ErrorKind::Unavailable,
+            StoreError::Corrupt(_)
+            | StoreError::Damaged { .. }
+            | StoreError::SchemaTooNew { .. }
+            | StoreError::PgSchemaTooNew { .. }
+            | StoreError::ShardsFixed { .. } => ErrorKind::Damaged,
+            StoreError::Account(..) | StoreError::Fenced(_) | StoreError::Postgres(_) => {
+                ErrorKind::Refused
+            }
+        }
+    }
+}
+
 mod accounts;
 mod batches;
 pub mod chosen;

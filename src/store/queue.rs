@@ -9,10 +9,13 @@ use super::sled::SledQueue;
 use super::*;
 use crate::cluster::Ownership;
 
+
 /// The store handle; cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
     backend: Arc<dyn Backend>,
+    /// Errors answered, by kind (`statusd_store_errors_total`).
+    errors: Arc<[std::sync::atomic::AtomicU64; 3]>,
 }
 
 /// A replica's place in the pool sharing its store: the leases, and what it holds.
@@ -37,7 +40,26 @@ impl Queue {
     pub fn on(backend: impl Backend) -> Queue {
         Queue {
             backend: Arc::new(backend),
+            errors: Arc::default(),
         }
+    }
+
+    /// Count an error by its kind on its way out.
+    fn seen<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result {
+            let kind = e.kind();
+            self.errors[kind as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if kind == ErrorKind::Damaged {
+                tracing::error!(message = "the store holds a damaged record", error = %e);
+            }
+        }
+        result
+    }
+
+    /// Errors the store answered since it was opened, by kind.
+    pub fn error_counts(&self) -> [(ErrorKind, u64); 3] {
+        use std::sync::atomic::Ordering::Relaxed;
+        ErrorKind::ALL.map(|k| (k, self.errors[k as usize].load(Relaxed)))
     }
 
     /// The backend's name, as `store.backend` writes it.
@@ -47,7 +69,7 @@ impl Queue {
 
     /// Accept events: all are stored, or none; answered once durable (flushed, or committed).
     pub async fn enqueue(&self, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, StoreError> {
-        self.backend.enqueue(events).await
+        self.seen(self.backend.enqueue(events).await)
     }
 
     /// Wait until events were accepted (or retried) for some tenant, and return those tenants.
@@ -57,7 +79,7 @@ impl Queue {
 
     /// Wait until every write made before this call is durable.
     pub async fn sync(&self) -> Result<(), StoreError> {
-        self.backend.sync().await
+        self.seen(self.backend.sync().await)
     }
 
     pub fn stats(&self) -> QueueStats {
@@ -99,7 +121,7 @@ impl Queue {
     }
 
     pub async fn recount(&self) -> Result<(u64, u64), StoreError> {
-        self.backend.recount().await
+        self.seen(self.backend.recount().await)
     }
 
     /// The bound on the store's size, when its backend keeps one (sled: `store.max_size`).
@@ -113,13 +135,13 @@ impl Queue {
     }
 
     pub async fn compact(&self, now_ms: i64) -> Result<usize, StoreError> {
-        self.backend.compact(now_ms).await
+        self.seen(self.backend.compact(now_ms).await)
     }
 
     // Delivery ----------------------------------------------------------------------------------
 
     pub async fn event(&self, id: &Uuid) -> Result<Option<EventRecord>, StoreError> {
-        self.backend.event(id).await
+        self.seen(self.backend.event(id).await)
     }
 
     /// Tenants that have pending events (from memory).
@@ -133,7 +155,7 @@ impl Queue {
     }
 
     pub async fn pending_count(&self, tenant: &TenantId) -> Result<usize, StoreError> {
-        self.backend.pending_count(tenant).await
+        self.seen(self.backend.pending_count(tenant).await)
     }
 
     /// The account of a tenant's oldest pending event.
@@ -143,7 +165,7 @@ impl Queue {
 
     /// Every pending event's record.
     pub async fn pending_records(&self) -> Result<Vec<EventRecord>, StoreError> {
-        self.backend.pending_records().await
+        self.seen(self.backend.pending_records().await)
     }
 
     pub async fn pending_events(
@@ -151,11 +173,11 @@ impl Queue {
         tenant: &TenantId,
         limit: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        self.backend.pending_events(tenant, limit).await
+        self.seen(self.backend.pending_events(tenant, limit).await)
     }
 
     pub async fn take_batch(&self, tenant: &TenantId, max: usize) -> Result<Take, StoreError> {
-        self.backend.take_batch(tenant, max, &[]).await
+        self.seen(self.backend.take_batch(tenant, max, &[]).await)
     }
 
     /// A batch of the tenant's oldest events of an account not in `skip` (accounts that cannot
@@ -166,11 +188,11 @@ impl Queue {
         max: usize,
         skip: &[String],
     ) -> Result<Take, StoreError> {
-        self.backend.take_batch(tenant, max, skip).await
+        self.seen(self.backend.take_batch(tenant, max, skip).await)
     }
 
     pub async fn ack_delivered(&self, batch: &Batch) -> Result<(), StoreError> {
-        self.backend.ack_delivered(batch).await
+        self.seen(self.backend.ack_delivered(batch).await)
     }
 
     pub async fn mark_failed(
@@ -179,9 +201,8 @@ impl Queue {
         error: &str,
         next_attempt_at_ms: i64,
     ) -> Result<(), StoreError> {
-        self.backend
-            .mark_failed(batch, error, next_attempt_at_ms)
-            .await
+        self.seen(self.backend
+            .mark_failed(batch, error, next_attempt_at_ms).await)
     }
 
     /// Give the batch back untouched.
@@ -190,54 +211,54 @@ impl Queue {
     }
 
     pub async fn dead_letter(&self, batch: &Batch, reason: &str) -> Result<(), StoreError> {
-        self.backend.dead_letter(batch, reason).await
+        self.seen(self.backend.dead_letter(batch, reason).await)
     }
 
     // Dead letters --------------------------------------------------------------------------------
 
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
-        self.backend.dead_letters(limit).await
+        self.seen(self.backend.dead_letters(limit).await)
     }
 
     pub async fn retry_dead(&self, id: &Uuid) -> Result<bool, StoreError> {
-        Ok(self.backend.requeue_dead(Some(&[*id])).await? == 1)
+        Ok(self.seen(self.backend.requeue_dead(Some(&[*id])).await)? == 1)
     }
 
     pub async fn retry_all_dead(&self) -> Result<usize, StoreError> {
-        self.backend.requeue_dead(None).await
+        self.seen(self.backend.requeue_dead(None).await)
     }
 
     pub async fn purge_dead(&self, id: &Uuid) -> Result<bool, StoreError> {
-        self.backend.purge_dead(id).await
+        self.seen(self.backend.purge_dead(id).await)
     }
 
     // Tenants, inventory, documents -------------------------------------------------------------
 
     pub async fn tenant_state(&self, tenant: &TenantId) -> Result<Option<TenantState>, StoreError> {
-        self.backend.tenant_state(tenant).await
+        self.seen(self.backend.tenant_state(tenant).await)
     }
 
     pub async fn tenant_states(&self) -> Result<Vec<TenantState>, StoreError> {
-        self.backend.tenant_states().await
+        self.seen(self.backend.tenant_states().await)
     }
 
     pub async fn inventory(
         &self,
         tenant: &TenantId,
     ) -> Result<Option<InventoryTenant>, StoreError> {
-        self.backend.inventory(tenant).await
+        self.seen(self.backend.inventory(tenant).await)
     }
 
     pub async fn inventory_all(&self) -> Result<Vec<InventoryTenant>, StoreError> {
-        self.backend.inventory_all().await
+        self.seen(self.backend.inventory_all().await)
     }
 
     pub async fn inventory_len(&self) -> Result<usize, StoreError> {
-        self.backend.inventory_len().await
+        self.seen(self.backend.inventory_len().await)
     }
 
     pub async fn put_inventory(&self, tenants: &[InventoryTenant]) -> Result<(), StoreError> {
-        self.backend.write_inventory(tenants, None).await
+        self.seen(self.backend.write_inventory(tenants, None).await)
     }
 
     /// Replace an account's whole inventory; other accounts' records stay.
@@ -246,35 +267,35 @@ impl Queue {
         account: &str,
         tenants: &[InventoryTenant],
     ) -> Result<(), StoreError> {
-        self.backend.write_inventory(tenants, Some(account)).await
+        self.seen(self.backend.write_inventory(tenants, Some(account)).await)
     }
 
     /// A document (a reconciler's last run, the intended branding): JSON under a name.
     pub async fn get_doc<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
-        self.backend
-            .get_doc(name)
-            .await?
-            .map(|v| {
+        let doc = self.seen(self.backend.get_doc(name).await)?;
+        self.seen(
+            doc.map(|v| {
                 serde_json::from_value(v)
                     .map_err(|e| StoreError::Corrupt(format!("document {name:?}: {e}")))
             })
-            .transpose()
+            .transpose(),
+        )
     }
 
     pub async fn put_doc<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
         let value = serde_json::to_value(value)
             .map_err(|e| StoreError::Write(format!("document {name:?}: {e}")))?;
-        self.backend.put_doc(name, value).await
+        self.seen(self.backend.put_doc(name, value).await)
     }
 
     // Accounts ----------------------------------------------------------------------------------
 
     pub async fn stored_accounts(&self) -> Result<Vec<StoredAccount>, StoreError> {
-        self.backend.stored_accounts().await
+        self.seen(self.backend.stored_accounts().await)
     }
 
     pub async fn stored_account(&self, id: &str) -> Result<Option<StoredAccount>, StoreError> {
-        self.backend.stored_account(id).await
+        self.seen(self.backend.stored_account(id).await)
     }
 
     pub async fn write_account(
@@ -282,21 +303,21 @@ impl Queue {
         change: AccountWrite,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Enqueued>, StoreError> {
-        self.backend.write_account(change, events).await
+        self.seen(self.backend.write_account(change, events).await)
     }
 
     pub async fn account_events(&self, id: &str) -> Result<AccountEvents, StoreError> {
-        self.backend.account_events(id).await
+        self.seen(self.backend.account_events(id).await)
     }
 
     /// Every account's pending events and dead letters, without reading the events (sled
     /// keeps them as it writes; PostgreSQL counts them in one grouped query).
     pub async fn account_counts(&self) -> Result<AccountCounts, StoreError> {
-        self.backend.account_counts().await
+        self.seen(self.backend.account_counts().await)
     }
 
     pub async fn remove_account(&self, id: &str, force: bool) -> Result<Removal, StoreError> {
-        self.backend.remove_account(id, force).await
+        self.seen(self.backend.remove_account(id, force).await)
     }
 
     // Replicas on one store -------------------------------------------------------------------

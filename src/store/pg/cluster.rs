@@ -24,7 +24,9 @@ impl LeaseStore for PgQueue {
             .await?;
         let stored: i32 = rows
             .first()
-            .and_then(|r| r.get::<_, String>(0).parse().ok())
+            .map(|r| col::<String>(r, 0))
+            .transpose()?
+            .and_then(|v| v.parse().ok())
             .unwrap_or(n);
         if stored != n {
             return Err(StoreError::ShardsFixed {
@@ -66,7 +68,7 @@ impl LeaseStore for PgQueue {
     }
 
     async fn members(&self) -> Result<Vec<MemberRow>, StoreError> {
-        Ok(self
+        self
             .rows(
                 "SELECT id, api, version, extract(epoch FROM now() - heartbeat_at)::float8
                  FROM members ORDER BY id",
@@ -74,17 +76,19 @@ impl LeaseStore for PgQueue {
             )
             .await?
             .iter()
-            .map(|r| MemberRow {
-                id: r.get(0),
-                api: r.get(1),
-                version: r.get::<_, i64>(2) as u64,
-                heartbeat_age_s: r.get(3),
+            .map(|r| {
+                Ok(MemberRow {
+                id: col(r, 0)?,
+                api: col(r, 1)?,
+                version: col::<i64>(r, 2)? as u64,
+                heartbeat_age_s: col(r, 3)?,
             })
-            .collect())
+            })
+            .collect()
     }
 
     async fn shard_rows(&self) -> Result<Vec<ShardRow>, StoreError> {
-        Ok(self
+        self
             .rows(
                 "SELECT shard, owner, epoch, version, extract(epoch FROM now() - changed_at)::float8
                  FROM shards ORDER BY shard",
@@ -92,14 +96,16 @@ impl LeaseStore for PgQueue {
             )
             .await?
             .iter()
-            .map(|r| ShardRow {
-                shard: r.get::<_, i32>(0) as u32,
-                owner: r.get(1),
-                epoch: r.get::<_, i64>(2) as u64,
-                version: r.get::<_, i64>(3) as u64,
-                changed_age_s: r.get(4),
+            .map(|r| {
+                Ok(ShardRow {
+                shard: col::<i32>(r, 0)? as u32,
+                owner: col(r, 1)?,
+                epoch: col::<i64>(r, 2)? as u64,
+                version: col::<i64>(r, 3)? as u64,
+                changed_age_s: col(r, 4)?,
             })
-            .collect())
+            })
+            .collect()
     }
 
     /// Renew these (shard, epoch) leases of `me`; answers the shards renewed.
@@ -109,7 +115,7 @@ impl LeaseStore for PgQueue {
         }
         let shards: Vec<i32> = leases.iter().map(|l| l.0 as i32).collect();
         let epochs: Vec<i64> = leases.iter().map(|l| l.1 as i64).collect();
-        Ok(self
+        self
             .rows(
                 "UPDATE shards SET version = shards.version + 1, changed_at = now()
                  FROM unnest($2::integer[], $3::bigint[]) AS l(shard, epoch)
@@ -119,8 +125,8 @@ impl LeaseStore for PgQueue {
             )
             .await?
             .iter()
-            .map(|r| r.get::<_, i32>(0) as u32)
-            .collect())
+            .map(|r| Ok(col::<i32>(r, 0)? as u32))
+            .collect()
     }
 
     /// Claim a shard whose record still has `version`; answers its new epoch.
@@ -140,9 +146,9 @@ impl LeaseStore for PgQueue {
                 &[&me, &(shard as i32), &(version as i64)],
             )
             .await?;
-        Ok(rows
-            .first()
-            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Option<String>>(1))))
+        rows.first()
+            .map(|r| Ok((col::<i64>(r, 0)? as u64, col::<Option<String>>(r, 1)?)))
+            .transpose()
     }
 
     /// Give shards back (owner cleared, version raised: a peer may take them at once).
@@ -202,15 +208,15 @@ impl LeaseStore for PgQueue {
         {
             let mut mem = lock(&self.inner.mem);
             for r in &rows {
-                let tenant: TenantId = r.get(3);
+                let tenant: TenantId = col(r, 3)?;
                 // Woken whether its head is new or not: a tenant found while its shard was not
                 // held yet was set aside by delivery.
                 woken.push(tenant);
-                mem.set_head(tenant, Some(Head::of_row(r)));
+                mem.set_head(tenant, Some(Head::of_row(r)?));
             }
             if let Some(c) = counts.first() {
-                mem.depth = c.get::<_, i64>(0) as u64;
-                mem.dead = c.get::<_, i64>(1) as u64;
+                mem.depth = col::<i64>(c, 0)? as u64;
+                mem.dead = col::<i64>(c, 1)? as u64;
             }
         }
         self.inner.wake_tenants(woken);

@@ -66,10 +66,11 @@ pub async fn export(
             let tx = &tx;
             async move { tx.query_one(sql, &[]).await.map_err(pg_error) }
         };
-        let store_id: String = one("SELECT value FROM meta WHERE name = 'store_id'")
-            .await?
-            .get(0);
-        let total: i64 = one("SELECT count(*) FROM events").await?.get(0);
+        let store_id: String = col(
+            &one("SELECT value FROM meta WHERE name = 'store_id'").await?,
+            0,
+        )?;
+        let total: i64 = col(&one("SELECT count(*) FROM events").await?, 0)?;
         write_line(
             out,
             &Line::Header {
@@ -112,9 +113,9 @@ pub async fn export(
             .map_err(pg_error)?
         {
             let line = Line::Idempotency {
-                key: row.get(0),
-                event: row.get(1),
-                accepted_at_ms: row.get(2),
+                key: col(&row, 0)?,
+                event: col(&row, 1)?,
+                accepted_at_ms: col(&row, 2)?,
             };
             write_line(out, &line, &mut moved)?;
         }
@@ -127,14 +128,14 @@ pub async fn export(
             .await
             .map_err(pg_error)?
         {
-            write_line(out, &Line::Tenant { state: row_tenant(&row) }, &mut moved)?;
+            write_line(out, &Line::Tenant { state: row_tenant(&row)? }, &mut moved)?;
         }
         for row in tx
             .query("SELECT record FROM inventory ORDER BY tenant_id", &[])
             .await
             .map_err(pg_error)?
         {
-            let tenant = json_of(row.get(0))?;
+            let tenant = json_of(col(&row, 0)?)?;
             write_line(out, &Line::Inventory { tenant }, &mut moved)?;
         }
         for row in tx
@@ -142,7 +143,7 @@ pub async fn export(
             .await
             .map_err(pg_error)?
         {
-            let account = json_of(row.get(0))?;
+            let account = json_of(col(&row, 0)?)?;
             write_line(out, &Line::Account { account }, &mut moved)?;
         }
         for row in tx
@@ -150,10 +151,10 @@ pub async fn export(
             .await
             .map_err(pg_error)?
         {
-            let name: String = row.get(0);
+            let name: String = col(&row, 0)?;
             let line = Line::Document {
                 name: format!("doc/{name}"),
-                value: row.get(1),
+                value: col(&row, 1)?,
             };
             write_line(out, &line, &mut moved)?;
         }
@@ -313,8 +314,8 @@ pub async fn import(
             &[],
         )
         .await
-        .map_err(pg_error)?
-        .get(0);
+        .map_err(pg_error)
+        .and_then(|r| col(&r, 0))?;
     if used {
         return Err(StoreError::Write(format!(
             "the PostgreSQL store (schema {:?}) is not empty: import only into a new store (use another store.postgres.schema, or drop this one first)",

@@ -231,6 +231,23 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
+/// A column of a row as `T`: a value of another type (or a NULL where none may be) is a damaged
+/// record, answered as an error, never a panic.
+pub(super) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    idx: usize,
+) -> Result<T, StoreError> {
+    row.try_get(idx).map_err(|e| {
+        let name = row.columns().get(idx).map(|c| c.name()).unwrap_or("?");
+        StoreError::Corrupt(format!("column {name}: {e}"))
+    })
+}
+
+/// The count the first row holds in its first column (0 without a row).
+pub(super) fn count_of(rows: &[Row]) -> Result<i64, StoreError> {
+    Ok(rows.first().map(|r| col::<i64>(r, 0)).transpose()?.unwrap_or(0))
+}
+
 /// Each tenant's oldest pending event and the counters, in memory.
 #[derive(Default)]
 pub(super) struct Mem {
@@ -250,12 +267,12 @@ pub(super) struct Head {
 }
 
 impl Head {
-    pub(super) fn of_row(row: &Row) -> Head {
-        Head {
-            seq: row.get::<_, i64>(0) as u64,
-            accepted_ms: row.get(1),
-            account: row.get(2),
-        }
+    pub(super) fn of_row(row: &Row) -> Result<Head, StoreError> {
+        Ok(Head {
+            seq: col::<i64>(row, 0)? as u64,
+            accepted_ms: col(row, 1)?,
+            account: col(row, 2)?,
+        })
     }
 }
 
@@ -465,11 +482,11 @@ impl Pg {
             .map_err(pg_error)?;
         let mut mem = Mem::default();
         for row in heads {
-            mem.add(row.get(3), Head::of_row(&row));
+            mem.add(col(&row, 3)?, Head::of_row(&row)?);
         }
-        mem.depth = counts.get::<_, i64>(0) as u64;
-        mem.dead = counts.get::<_, i64>(1) as u64;
-        self.ages.set_seq_at_open(counts.get::<_, i64>(2) as u64);
+        mem.depth = col::<i64>(&counts, 0)? as u64;
+        mem.dead = col::<i64>(&counts, 1)? as u64;
+        self.ages.set_seq_at_open(col::<i64>(&counts, 2)? as u64);
         let tenants: Vec<TenantId> = mem.heads.keys().copied().collect();
         *lock(&self.mem) = mem;
         self.wake_tenants(tenants);
@@ -526,22 +543,22 @@ async fn health(pg: std::sync::Weak<Pg>, stop: tokio_util::sync::CancellationTok
 pub(super) const EVENT_COLUMNS: &str = "id, seq, tenant_id, account, kind, category, action, idempotency_key, accepted_at_ms, occurred_at_ms, state, attempts, last_error, next_attempt_at_ms, delivered_at_ms, dead_reason";
 
 pub(super) fn row_event(row: &Row) -> Result<EventRecord, StoreError> {
-    let kind: String = row.get(4);
-    let state: String = row.get(10);
-    let seq: i64 = row.get(1);
-    let attempts: i32 = row.get(11);
+    let kind: String = col(row, 4)?;
+    let state: String = col(row, 10)?;
+    let seq: i64 = col(row, 1)?;
+    let attempts: i32 = col(row, 11)?;
     Ok(EventRecord {
-        id: row.get(0),
+        id: col(row, 0)?,
         seq: seq as u64,
-        tenant_id: row.get(2),
-        account: row.get(3),
+        tenant_id: col(row, 2)?,
+        account: col(row, 3)?,
         kind: serde_json::from_value(serde_json::Value::String(kind.clone()))
             .map_err(|_| StoreError::Corrupt(format!("unknown event kind {kind:?}")))?,
-        category: row.get(5),
-        action: row.get(6),
-        idempotency_key: row.get(7),
-        accepted_at_ms: row.get(8),
-        occurred_at_ms: row.get(9),
+        category: col(row, 5)?,
+        action: col(row, 6)?,
+        idempotency_key: col(row, 7)?,
+        accepted_at_ms: col(row, 8)?,
+        occurred_at_ms: col(row, 9)?,
         state: match state.as_str() {
             "queued" => EventState::Queued,
             "delivered" => EventState::Delivered,
@@ -553,10 +570,10 @@ pub(super) fn row_event(row: &Row) -> Result<EventRecord, StoreError> {
             }
         },
         attempts: attempts.max(0) as u32,
-        last_error: row.get(12),
-        next_attempt_at_ms: row.get(13),
-        delivered_at_ms: row.get(14),
-        dead_reason: row.get(15),
+        last_error: col(row, 12)?,
+        next_attempt_at_ms: col(row, 13)?,
+        delivered_at_ms: col(row, 14)?,
+        dead_reason: col(row, 15)?,
     })
 }
 
@@ -575,15 +592,15 @@ fn state_from(s: Option<String>) -> Option<IntegrationState> {
     }
 }
 
-pub(super) fn row_tenant(row: &Row) -> TenantState {
-    TenantState {
-        tenant_id: row.get(0),
-        account: row.get(1),
-        intended: state_from(row.get(2)),
-        intended_at_ms: row.get(3),
-        last_reported: state_from(row.get(4)),
-        last_reported_at_ms: row.get(5),
-    }
+pub(super) fn row_tenant(row: &Row) -> Result<TenantState, StoreError> {
+    Ok(TenantState {
+        tenant_id: col(row, 0)?,
+        account: col(row, 1)?,
+        intended: state_from(col(row, 2)?),
+        intended_at_ms: col(row, 3)?,
+        last_reported: state_from(col(row, 4)?),
+        last_reported_at_ms: col(row, 5)?,
+    })
 }
 
 pub(super) fn json_of<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, StoreError> {

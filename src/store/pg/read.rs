@@ -59,7 +59,7 @@ impl PgQueue {
                 &[tenant],
             )
             .await?;
-        Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) as usize)
+        Ok(count_of(&rows)? as usize)
     }
 
     /// The account of the tenant's oldest pending event (from memory).
@@ -182,7 +182,9 @@ impl PgQueue {
             )
             .await?
             .first()
-            .and_then(|r| r.get(0));
+            .map(|r| col::<Option<i64>>(r, 0))
+            .transpose()?
+            .flatten();
         let Some(last) = last else { return Ok(0) };
         let old: Vec<Uuid> = events
             .iter()
@@ -252,11 +254,11 @@ impl PgQueue {
             )
             .await?;
         let r = rows.first().ok_or(StoreError::Closed)?;
-        Ok((r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
+        Ok((col::<i64>(r, 0)? as u64, col::<i64>(r, 1)? as u64))
     }
 
     pub async fn tenant_state(&self, tenant: &TenantId) -> Result<Option<TenantState>, StoreError> {
-        Ok(self
+        self
             .rows(
                 "SELECT tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms
                  FROM tenants WHERE tenant_id = $1",
@@ -264,11 +266,12 @@ impl PgQueue {
             )
             .await?
             .first()
-            .map(row_tenant))
+            .map(row_tenant)
+            .transpose()
     }
 
     pub async fn tenant_states(&self) -> Result<Vec<TenantState>, StoreError> {
-        Ok(self
+        self
             .rows(
                 "SELECT tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms
                  FROM tenants ORDER BY tenant_id",
@@ -277,7 +280,7 @@ impl PgQueue {
             .await?
             .iter()
             .map(row_tenant)
-            .collect())
+            .collect()
     }
 
     async fn json_rows<T: DeserializeOwned>(
@@ -288,7 +291,7 @@ impl PgQueue {
         self.rows(sql, params)
             .await?
             .into_iter()
-            .map(|r| json_of(r.get(0)))
+            .map(|r| json_of(col(&r, 0)?))
             .collect()
     }
 
@@ -312,7 +315,7 @@ impl PgQueue {
 
     pub async fn inventory_len(&self) -> Result<usize, StoreError> {
         let rows = self.rows("SELECT count(*) FROM inventory", &[]).await?;
-        Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) as usize)
+        Ok(count_of(&rows)? as usize)
     }
 
     pub async fn get_doc<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
@@ -344,8 +347,8 @@ impl PgQueue {
             .await?;
         let r = rows.first().ok_or(StoreError::Closed)?;
         Ok(AccountEvents {
-            pending: r.get::<_, i64>(0) as u64,
-            dead: r.get::<_, i64>(1) as u64,
+            pending: col::<i64>(r, 0)? as u64,
+            dead: col::<i64>(r, 1)? as u64,
         })
     }
 
@@ -392,7 +395,7 @@ impl PgQueue {
                 &[&schema],
             )
             .await?;
-        Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) as u64)
+        Ok(count_of(&rows)? as u64)
     }
 }
 

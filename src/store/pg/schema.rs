@@ -136,8 +136,8 @@ pub(super) async fn migrate(
                 &[],
             )
             .await
-            .map_err(pg_error)?
-            .get(0);
+            .map_err(pg_error)
+            .and_then(|r| col(&r, 0))?;
         if first {
             done.from = current;
             first = false;

@@ -189,7 +189,10 @@ impl PgQueue {
                     }
                 }
                 .map_err(pg_error)?;
-                let dead: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+                let dead = rows
+                    .iter()
+                    .map(|r| col::<Uuid>(r, 0))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let seqs = next_seqs(&tx, dead.len()).await?;
                 let rows = tx
                     .query(
@@ -203,10 +206,9 @@ impl PgQueue {
                     .await
                     .map_err(pg_error)?;
                 tx.commit().await.map_err(pg_error)?;
-                Ok(rows
-                    .iter()
-                    .map(|r| (r.get::<_, Uuid>(3), Head::of_row(r)))
-                    .collect::<Vec<_>>())
+                rows.iter()
+                    .map(|r| Ok((col::<Uuid>(r, 3)?, Head::of_row(r)?)))
+                    .collect::<Result<Vec<_>, StoreError>>()
             })
             .await?;
         let tenants: Vec<TenantId> = {
@@ -319,11 +321,12 @@ impl PgQueue {
                     )
                     .await
                     .map_err(pg_error)?;
-                let pending: Vec<(Uuid, TenantId)> = rows
-                    .iter()
-                    .filter(|r| r.get::<_, &str>(2) == "queued")
-                    .map(|r| (r.get(0), r.get(1)))
-                    .collect();
+                let mut pending: Vec<(Uuid, TenantId)> = Vec::new();
+                for r in &rows {
+                    if col::<&str>(r, 2)? == "queued" {
+                        pending.push((col(r, 0)?, col(r, 1)?));
+                    }
+                }
                 let dead = rows.len() - pending.len();
                 if !force && !rows.is_empty() {
                     return Ok((
@@ -506,7 +509,7 @@ pub(super) async fn head_of(
     tx: &Transaction<'_>,
     tenant: &TenantId,
 ) -> Result<Option<Head>, StoreError> {
-    Ok(tx
+    tx
         .query_opt(
             "SELECT seq, accepted_at_ms, account FROM events
              WHERE tenant_id = $1 AND state = 'queued' ORDER BY seq LIMIT 1",
@@ -514,7 +517,8 @@ pub(super) async fn head_of(
         )
         .await
         .map_err(pg_error)?
-        .map(|r| Head::of_row(&r)))
+        .map(|r| Head::of_row(&r))
+        .transpose()
 }
 
 /// `n` new sequence numbers, ascending.
@@ -529,7 +533,10 @@ pub(super) async fn next_seqs(tx: &Transaction<'_>, n: usize) -> Result<Vec<i64>
         )
         .await
         .map_err(pg_error)?;
-    let mut seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let mut seqs = rows
+        .iter()
+        .map(|r| col::<i64>(r, 0))
+        .collect::<Result<Vec<_>, _>>()?;
     seqs.sort_unstable();
     Ok(seqs)
 }
@@ -566,7 +573,7 @@ impl Pg {
                         .await
                         .map_err(pg_error)?
                     {
-                        known.insert(r.get(0), r.get(1));
+                        known.insert(col(&r, 0)?, col(&r, 1)?);
                     }
                 }
                 let mut outcomes = Vec::with_capacity(requests.len());
@@ -719,7 +726,7 @@ async fn write_account_row(tx: &Transaction<'_>, change: &AccountWrite) -> Resul
         )
         .await
         .map_err(pg_error)?
-        .map(|r| json_of(r.get(0)))
+        .map(|r| json_of(col(&r, 0)?))
         .transpose()?;
     let record = change.apply(current)?;
     tx.execute(
