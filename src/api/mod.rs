@@ -154,10 +154,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A store that cannot answer: 503 `store_unavailable`, to be retried after a moment (nothing
-/// was stored, or the same request with the same idempotency key answers what was).
 /// A store error as an answer, by what it means: the store cannot answer now (503 with
-/// Retry-After), a damaged record (500: a retry does not help), or a refusal (a write fenced off
+/// Retry-After: nothing was stored, or the same request with the same idempotency key answers
+/// what was), a damaged record (500: a retry does not help), or a refusal (a write fenced off
 /// by another replica: 409; a statement the database refused: 500).
 pub(super) fn store_error(e: crate::store::StoreError) -> ApiError {
     use crate::store::{ErrorKind, StoreError};
