@@ -46,7 +46,10 @@ async fn a_damaged_row_answers_500_store_damaged_and_is_counted() {
         get_json(&pool.http, &event_url).await["status"] == "delivered"
     })
     .await;
-    assert_eq!(pool.http.get(&tenant_url).send().await.unwrap().status(), 200);
+    assert_eq!(
+        pool.http.get(&tenant_url).send().await.unwrap().status(),
+        200
+    );
     assert_eq!(damaged(&pool, port).await, 0);
 
     // Whoever can change the schema or write the table: a column of another type, an event
@@ -55,7 +58,10 @@ async fn a_damaged_row_answers_500_store_damaged_and_is_counted() {
         "ALTER TABLE damaged.tenants ALTER COLUMN intended_at_ms TYPE text USING intended_at_ms::text;
          UPDATE damaged.events SET kind = 'no-such-kind' WHERE id = '{id}';"
     ));
-    for (url, what) in [(&tenant_url, "intended_at_ms"), (&event_url, "no-such-kind")] {
+    for (url, what) in [
+        (&tenant_url, "intended_at_ms"),
+        (&event_url, "no-such-kind"),
+    ] {
         let r = pool.http.get(url).send().await.unwrap();
         assert_eq!(r.status(), 500, "{url}");
         assert!(r.headers().get("retry-after").is_none());

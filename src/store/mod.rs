@@ -91,7 +91,11 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 3] = [ErrorKind::Unavailable, ErrorKind::Damaged, ErrorKind::Refused];
+    pub const ALL: [ErrorKind; 3] = [
+        ErrorKind::Unavailable,
+        ErrorKind::Damaged,
+        ErrorKind::Refused,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -9,7 +9,6 @@ use super::sled::SledQueue;
 use super::*;
 use crate::cluster::Ownership;
 
-
 /// The store handle; cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
@@ -201,8 +200,11 @@ impl Queue {
         error: &str,
         next_attempt_at_ms: i64,
     ) -> Result<(), StoreError> {
-        self.seen(self.backend
-            .mark_failed(batch, error, next_attempt_at_ms).await)
+        self.seen(
+            self.backend
+                .mark_failed(batch, error, next_attempt_at_ms)
+                .await,
+        )
     }
 
     /// Give the batch back untouched.

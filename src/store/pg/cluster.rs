@@ -68,44 +68,42 @@ impl LeaseStore for PgQueue {
     }
 
     async fn members(&self) -> Result<Vec<MemberRow>, StoreError> {
-        self
-            .rows(
-                "SELECT id, api, version, extract(epoch FROM now() - heartbeat_at)::float8
+        self.rows(
+            "SELECT id, api, version, extract(epoch FROM now() - heartbeat_at)::float8
                  FROM members ORDER BY id",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(MemberRow {
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(MemberRow {
                 id: col(r, 0)?,
                 api: col(r, 1)?,
                 version: col::<i64>(r, 2)? as u64,
                 heartbeat_age_s: col(r, 3)?,
             })
-            })
-            .collect()
+        })
+        .collect()
     }
 
     async fn shard_rows(&self) -> Result<Vec<ShardRow>, StoreError> {
-        self
-            .rows(
-                "SELECT shard, owner, epoch, version, extract(epoch FROM now() - changed_at)::float8
+        self.rows(
+            "SELECT shard, owner, epoch, version, extract(epoch FROM now() - changed_at)::float8
                  FROM shards ORDER BY shard",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(ShardRow {
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ShardRow {
                 shard: col::<i32>(r, 0)? as u32,
                 owner: col(r, 1)?,
                 epoch: col::<i64>(r, 2)? as u64,
                 version: col::<i64>(r, 3)? as u64,
                 changed_age_s: col(r, 4)?,
             })
-            })
-            .collect()
+        })
+        .collect()
     }
 
     /// Renew these (shard, epoch) leases of `me`; answers the shards renewed.
@@ -115,18 +113,17 @@ impl LeaseStore for PgQueue {
         }
         let shards: Vec<i32> = leases.iter().map(|l| l.0 as i32).collect();
         let epochs: Vec<i64> = leases.iter().map(|l| l.1 as i64).collect();
-        self
-            .rows(
-                "UPDATE shards SET version = shards.version + 1, changed_at = now()
+        self.rows(
+            "UPDATE shards SET version = shards.version + 1, changed_at = now()
                  FROM unnest($2::integer[], $3::bigint[]) AS l(shard, epoch)
                  WHERE shards.shard = l.shard AND shards.epoch = l.epoch AND shards.owner = $1
                  RETURNING shards.shard",
-                &[&me, &shards, &epochs],
-            )
-            .await?
-            .iter()
-            .map(|r| Ok(col::<i32>(r, 0)? as u32))
-            .collect()
+            &[&me, &shards, &epochs],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok(col::<i32>(r, 0)? as u32))
+        .collect()
     }
 
     /// Claim a shard whose record still has `version`; answers its new epoch.

@@ -245,7 +245,11 @@ pub(super) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
 
 /// The count the first row holds in its first column (0 without a row).
 pub(super) fn count_of(rows: &[Row]) -> Result<i64, StoreError> {
-    Ok(rows.first().map(|r| col::<i64>(r, 0)).transpose()?.unwrap_or(0))
+    Ok(rows
+        .first()
+        .map(|r| col::<i64>(r, 0))
+        .transpose()?
+        .unwrap_or(0))
 }
 
 /// Each tenant's oldest pending event and the counters, in memory.

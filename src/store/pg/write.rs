@@ -509,16 +509,15 @@ pub(super) async fn head_of(
     tx: &Transaction<'_>,
     tenant: &TenantId,
 ) -> Result<Option<Head>, StoreError> {
-    tx
-        .query_opt(
-            "SELECT seq, accepted_at_ms, account FROM events
+    tx.query_opt(
+        "SELECT seq, accepted_at_ms, account FROM events
              WHERE tenant_id = $1 AND state = 'queued' ORDER BY seq LIMIT 1",
-            &[tenant],
-        )
-        .await
-        .map_err(pg_error)?
-        .map(|r| Head::of_row(&r))
-        .transpose()
+        &[tenant],
+    )
+    .await
+    .map_err(pg_error)?
+    .map(|r| Head::of_row(&r))
+    .transpose()
 }
 
 /// `n` new sequence numbers, ascending.

@@ -40,7 +40,6 @@ impl SledQueue {
         .await
     }
 
-    /// An account's pending events and dead letters (a scan of both: run it with `scan`).
     /// An account's pending events and dead letters, as counted by the writes.
     pub fn account_events(&self, id: &str) -> Result<AccountEvents, StoreError> {
         Ok(lock(&self.inner.writer).accounts.get(id))

@@ -1,5 +1,6 @@
-//! The sled backend under the store's contract. Reads that scan many keys run on blocking
-//! threads ([`SledQueue::scan`]); point reads and what is kept in memory answer in place.
+//! The sled backend under the store's contract. Every read of sled runs on a blocking thread
+//! ([`SledQueue::scan`]): a key not in sled's cache is a disk read, which must not stall an
+//! async worker. What is kept in memory (heads, counters) answers in place.
 
 use async_trait::async_trait;
 
@@ -47,7 +48,8 @@ impl Backend for SledQueue {
     }
 
     async fn event(&self, id: &Uuid) -> Result<Option<EventRecord>, StoreError> {
-        SledQueue::event(self, id)
+        let id = *id;
+        self.scan(move |q| q.event(&id)).await
     }
     fn pending_tenants(&self) -> Vec<TenantId> {
         SledQueue::pending_tenants(self)
@@ -70,7 +72,8 @@ impl Backend for SledQueue {
         tenant: &TenantId,
         limit: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        SledQueue::pending_events(self, tenant, limit)
+        let tenant = *tenant;
+        self.scan(move |q| q.pending_events(&tenant, limit)).await
     }
     async fn take_batch(
         &self,
@@ -78,7 +81,9 @@ impl Backend for SledQueue {
         max: usize,
         skip: &[String],
     ) -> Result<Take, StoreError> {
-        self.take_batch_skipping(tenant, max, skip)
+        let (tenant, skip) = (*tenant, skip.to_vec());
+        self.scan(move |q| q.take_batch_skipping(&tenant, max, &skip))
+            .await
     }
     async fn ack_delivered(&self, batch: &Batch) -> Result<(), StoreError> {
         SledQueue::ack_delivered(self, batch).await
@@ -115,13 +120,15 @@ impl Backend for SledQueue {
     }
 
     async fn tenant_state(&self, tenant: &TenantId) -> Result<Option<TenantState>, StoreError> {
-        SledQueue::tenant_state(self, tenant)
+        let tenant = *tenant;
+        self.scan(move |q| q.tenant_state(&tenant)).await
     }
     async fn tenant_states(&self) -> Result<Vec<TenantState>, StoreError> {
         self.scan(|q| q.tenant_states()).await
     }
     async fn inventory(&self, tenant: &TenantId) -> Result<Option<InventoryTenant>, StoreError> {
-        SledQueue::inventory(self, tenant)
+        let tenant = *tenant;
+        self.scan(move |q| q.inventory(&tenant)).await
     }
     async fn inventory_all(&self) -> Result<Vec<InventoryTenant>, StoreError> {
         self.scan(|q| q.inventory_all()).await
@@ -140,7 +147,8 @@ impl Backend for SledQueue {
         }
     }
     async fn get_doc(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        SledQueue::get_doc(self, name)
+        let name = name.to_string();
+        self.scan(move |q| q.get_doc(&name)).await
     }
     async fn put_doc(&self, name: &str, value: serde_json::Value) -> Result<(), StoreError> {
         SledQueue::put_doc(self, name, &value).await
@@ -150,7 +158,8 @@ impl Backend for SledQueue {
         self.scan(|q| q.stored_accounts()).await
     }
     async fn stored_account(&self, id: &str) -> Result<Option<StoredAccount>, StoreError> {
-        SledQueue::stored_account(self, id)
+        let id = id.to_string();
+        self.scan(move |q| q.stored_account(&id)).await
     }
     async fn write_account(
         &self,

@@ -157,7 +157,7 @@ impl SledQueue {
                 .collect(),
         };
         let (tx, rx) = oneshot::channel();
-        let result = match self.send(Job::Ack(job, tx)) {
+        let result = match self.send(Job::Ack(job, tx)).await {
             Ok(()) => rx.await.map_err(|_| StoreError::Closed).and_then(|r| r),
             Err(e) => Err(e),
         };

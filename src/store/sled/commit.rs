@@ -71,16 +71,20 @@ impl Core {
         self.wakeup.wake(tenants);
     }
 
-    /// Write a group of enqueue requests as one sled batch (not yet flushed). Each request's
     /// Write a group of enqueue requests and acknowledgements as one sled batch (not yet
     /// flushed). Each request's outcome is returned in order, with the tenants that got events.
+    ///
+    /// The group is built (idempotency keys and tenant states read) without the writer lock:
+    /// only this thread changes the counters, so the sequence read first stays the store's
+    /// until the batch is applied. The lock is held only to apply it and change the counters
+    /// and heads with it, so a reader of the heads (delivery, a probe) waits for no disk read.
     pub(super) fn write_group(
         &self,
         requests: Vec<Vec<NewEvent>>,
         acks: &[AckJob],
     ) -> Result<GroupWritten, StoreError> {
-        let mut w = lock(&self.writer);
-        let mut group = Group::new(w.seq);
+        let seq = lock(&self.writer).seq;
+        let mut group = Group::new(seq);
         let mut outcomes = Vec::with_capacity(requests.len());
         for events in requests {
             let outs = events
@@ -95,6 +99,8 @@ impl Core {
         if group.added == 0 && group.removed == 0 {
             return Ok((outcomes, group.touched));
         }
+        let mut w = lock(&self.writer);
+        debug_assert_eq!(w.seq, seq, "only the committer changes the counters");
         group.apply(self, &mut w)?;
         for ack in acks {
             w.heads.settled(&self.tree, ack.tenant)?;
@@ -364,10 +370,10 @@ impl Written {
 /// flush that covers their writes has ended, and tenants are woken for delivery only then.
 pub(super) fn committer(
     core: Arc<Core>,
-    rx: mpsc::Receiver<Job>,
+    mut rx: tokio::sync::mpsc::Receiver<Job>,
     to_flusher: mpsc::Sender<Written>,
 ) {
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.blocking_recv() {
         let mut syncs = Vec::new();
         let mut requests = Vec::new();
         let mut replies = Vec::new();

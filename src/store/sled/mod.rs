@@ -65,6 +65,10 @@ use migrate::*;
 use open::*;
 pub use verify::{Check, Offline, Verification};
 
+/// Jobs waiting for the committer at most (each an enqueue, an acknowledgement or a write);
+/// past it, callers wait for room, as with the PostgreSQL store's committer.
+const JOB_QUEUE: usize = 4096;
+
 /// The layout version written by this build; opening a store with a newer one is refused.
 /// Layout version. 2: no `o` (order) or `f` (in-flight) keys; version 1 stores are migrated
 /// on open.
@@ -116,7 +120,7 @@ struct Core {
 
 struct Inner {
     core: Arc<Core>,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Mutex<Option<tokio::sync::mpsc::Sender<Job>>>,
     /// The committer, then the flusher: joined in this order (the committer's end stops the
     /// flusher).
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -187,7 +191,7 @@ impl SledQueue {
     /// Start the committer and flusher threads on an opened store.
     fn start(core: Core) -> Result<SledQueue, StoreError> {
         let core = Arc::new(core);
-        let (jobs, rx) = mpsc::channel::<Job>();
+        let (jobs, rx) = tokio::sync::mpsc::channel::<Job>(JOB_QUEUE);
         let (to_flusher, flush_rx) = mpsc::channel::<Written>();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -215,16 +219,17 @@ impl SledQueue {
         })
     }
 
-    fn send(&self, job: Job) -> Result<(), StoreError> {
-        let guard = lock(&self.inner.jobs);
-        let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-        sender.send(job).map_err(|_| StoreError::Closed)
+    /// Hand a job to the committer, waiting (without blocking a thread) while its queue is
+    /// full: callers slow down to the rate the disk takes.
+    async fn send(&self, job: Job) -> Result<(), StoreError> {
+        let sender = lock(&self.inner.jobs).clone().ok_or(StoreError::Closed)?;
+        sender.send(job).await.map_err(|_| StoreError::Closed)
     }
 
     /// Wait for a flush that starts after this call (covers every write made before it).
     pub async fn sync(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Job::Sync(tx))?;
+        self.send(Job::Sync(tx)).await?;
         rx.await
             .map_err(|_| StoreError::Closed)?
             .map_err(StoreError::Flush)
@@ -237,7 +242,7 @@ impl SledQueue {
         f: impl FnOnce(&Core, &mut Counters) -> Result<Wrote, StoreError> + Send + 'static,
     ) -> Result<usize, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Job::Write(Box::new(f), tx))?;
+        self.send(Job::Write(Box::new(f), tx)).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -264,7 +269,7 @@ impl SledQueue {
     /// written together: one sled batch and one flush for the whole group.
     pub async fn enqueue(&self, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Job::Enqueue(events, tx))?;
+        self.send(Job::Enqueue(events, tx)).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
