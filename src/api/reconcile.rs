@@ -101,6 +101,12 @@ pub(super) async fn run_reconcile(
             "already_running",
             format!("the {name} reconciler is running a dry run or a real run now; try again when it ends"),
         )),
+        Err(crate::reconcile::RunError::NotConfigured) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            format!("the {name} reconciler is not configured"),
+        )
+        .field("name")),
     }
 }
 

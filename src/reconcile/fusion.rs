@@ -159,22 +159,46 @@ fn object_of(call: &str, body: &[u8]) -> Result<Map<String, Value>, ReconcileErr
     }
 }
 
-impl Reconcilers {
-    fn fusion(&self) -> Result<&FusionClient, ReconcileError> {
-        self.inner
-            .fusion
-            .as_ref()
-            .ok_or(ReconcileError::NotConfigured("[fusion]"))
+/// The `fusion-branding` reconciler: its Fusion client (whose session the API's login shares),
+/// the session taken in from the store once, and its subscriptions' backoff.
+pub(super) struct FusionReconciler {
+    client: FusionClient,
+    session: tokio::sync::OnceCell<()>,
+    items: ItemBackoffs,
+}
+
+#[async_trait::async_trait]
+impl Reconciler for FusionReconciler {
+    fn kind(&self) -> Kind {
+        Kind::FusionBranding
+    }
+
+    async fn reconcile(
+        &self,
+        cx: &Context,
+        report: &mut Report,
+        run: &Run<'_>,
+    ) -> Result<(), ReconcileError> {
+        self.run(cx, report, run.scheduled).await
+    }
+}
+
+impl FusionReconciler {
+    pub(super) fn new(client: FusionClient) -> FusionReconciler {
+        FusionReconciler {
+            client,
+            session: tokio::sync::OnceCell::new(),
+            items: ItemBackoffs::default(),
+        }
     }
 
     /// The session kept in the store, taken in once.
-    async fn fusion_resume(&self) -> Result<(), ReconcileError> {
-        let fusion = self.fusion()?.clone();
-        let queue = self.inner.queue.clone();
-        let key = self.inner.settings.store.secret_key.clone();
-        let settings = self.inner.settings.clone();
-        self.inner
-            .fusion_session
+    async fn resume(&self, cx: &Context) -> Result<(), ReconcileError> {
+        let fusion = self.client.clone();
+        let queue = cx.queue.clone();
+        let key = cx.settings.store.secret_key.clone();
+        let settings = cx.settings.clone();
+        self.session
             .get_or_try_init(|| async move {
                 let kept: Option<KeptSession> = queue.get_doc(SESSION_DOC).await?;
                 let (Some(sealed), Some(key), Some(binding)) = (
@@ -205,65 +229,59 @@ impl Reconcilers {
     }
 
     /// Keep the refresh token in the store (sealed) when it changed.
-    async fn fusion_keep(&self) -> Result<(), ReconcileError> {
-        let fusion = self.fusion()?;
+    async fn keep(&self, cx: &Context) -> Result<(), ReconcileError> {
+        let fusion = &self.client;
         let Some(refresh) = fusion.take_refresh_change().await else {
             return Ok(());
         };
-        let Some(key) = &self.inner.settings.store.secret_key else {
+        let Some(key) = &cx.settings.store.secret_key else {
             tracing::warn!(message = "no store.secret_key_file: the Fusion session is kept in memory only (a restart logs in again)");
             return Ok(());
         };
-        let Some(binding) = session_binding(&self.inner.settings) else {
+        let Some(binding) = session_binding(&cx.settings) else {
             return Ok(());
         };
         let doc = KeptSession {
             refresh_sealed: refresh.map(|r| key.seal_bound(&binding, r.expose())),
         };
-        self.inner.queue.put_doc(SESSION_DOC, &doc).await?;
+        cx.queue.put_doc(SESSION_DOC, &doc).await?;
         Ok(())
     }
 
     /// `statusd fusion login`: log in now (with the second factor's code, if given).
-    pub async fn fusion_login(
+    pub(super) async fn login(
         &self,
+        cx: &Context,
         code: Option<&str>,
     ) -> Result<crate::platform::LoginOutcome, ReconcileError> {
-        self.fusion_resume().await?;
-        let outcome = self.fusion()?.login_now(code).await?;
-        self.fusion_keep().await?;
-        self.refresh_fusion_gauge().await;
+        self.resume(cx).await?;
+        let outcome = self.client.login_now(code).await?;
+        self.keep(cx).await?;
+        self.refresh_gauge(cx).await;
         Ok(outcome)
     }
 
     /// The Fusion session's state, when Fusion is configured.
-    pub async fn fusion_state(&self) -> Option<crate::platform::FusionState> {
-        match &self.inner.fusion {
-            Some(f) => Some(f.state().await),
-            None => None,
-        }
+    pub(super) async fn state(&self) -> crate::platform::FusionState {
+        self.client.state().await
     }
 
-    async fn refresh_fusion_gauge(&self) {
-        if let Some(state) = self.fusion_state().await {
-            let required = matches!(
-                state,
-                crate::platform::FusionState::CodeRequired | crate::platform::FusionState::Refused
-            );
-            self.inner
-                .metrics
-                .fusion_login_required
-                .set(i64::from(required));
-        }
+    async fn refresh_gauge(&self, cx: &Context) {
+        let required = matches!(
+            self.state().await,
+            crate::platform::FusionState::CodeRequired | crate::platform::FusionState::Refused
+        );
+        cx.metrics.fusion_login_required.set(i64::from(required));
     }
 
-    pub(super) async fn reconcile_fusion(
+    async fn run(
         &self,
+        cx: &Context,
         report: &mut Report,
         scheduled: bool,
     ) -> Result<(), ReconcileError> {
         // On a shared store, the replica holding the shard of `fusion` runs it.
-        let queue = &self.inner.queue;
+        let queue = &cx.queue;
         let slot = (crate::store::now_ms() + 500) / 1000;
         if !queue.acts_for(Some(FUSION_SHARD_KEY))
             || (scheduled
@@ -276,21 +294,25 @@ impl Reconcilers {
                 .insert("owned_elsewhere".into(), serde_json::Value::Bool(true));
             return Ok(());
         }
-        self.fusion_resume().await?;
-        let result = self.fusion_run(report, scheduled).await;
-        self.fusion_keep().await?;
-        self.refresh_fusion_gauge().await;
+        self.resume(cx).await?;
+        let result = self.run_subscriptions(cx, report, scheduled).await;
+        self.keep(cx).await?;
+        self.refresh_gauge(cx).await;
         result
     }
 
-    async fn fusion_run(&self, report: &mut Report, scheduled: bool) -> Result<(), ReconcileError> {
-        let settings = self
-            .inner
+    async fn run_subscriptions(
+        &self,
+        cx: &Context,
+        report: &mut Report,
+        scheduled: bool,
+    ) -> Result<(), ReconcileError> {
+        let settings = cx
             .settings
             .fusion
             .as_ref()
             .ok_or(ReconcileError::NotConfigured("[fusion]"))?;
-        let fusion = self.fusion()?.clone();
+        let fusion = self.client.clone();
         let mut subs = Vec::new();
         for tenant in &settings.tenants {
             subs.extend(
@@ -306,7 +328,7 @@ impl Reconcilers {
             .insert("subscriptions".into(), json!(subs.len()));
         let now = now_ms();
         let dry_run = report.dry_run;
-        let limit = self.inner.settings.platform.max_concurrency.max(1);
+        let limit = cx.settings.platform.max_concurrency.max(1);
         let mut set: JoinSet<(Subscription, Result<SubOutcome, ReconcileError>)> = JoinSet::new();
         let mut pending = subs.into_iter();
         let mut auth_failure = None;
@@ -314,7 +336,7 @@ impl Reconcilers {
             while set.len() < limit && auth_failure.is_none() {
                 let Some(s) = pending.next() else { break };
                 if scheduled && !dry_run {
-                    if let Some(b) = self.item_waiting(Kind::FusionBranding, item_key(s), now) {
+                    if let Some(b) = self.items.waiting(item_key(s), now) {
                         report.skipped.push(ItemNote {
                             tenant_id: s.tenant,
                             message: format!(
@@ -339,7 +361,7 @@ impl Reconcilers {
             let (s, result) = joined.map_err(|e| ReconcileError::Task(e.to_string()))?;
             match result {
                 Ok(o) => {
-                    self.item_succeeded(Kind::FusionBranding, item_key(s));
+                    self.items.succeeded(item_key(s));
                     report.drift.extend(o.drift);
                     report.actions.extend(o.actions);
                 }
@@ -349,7 +371,7 @@ impl Reconcilers {
                 }
                 Err(error) => {
                     if !dry_run {
-                        self.item_failed(Kind::FusionBranding, item_key(s));
+                        self.items.failed(item_key(s));
                     }
                     report.errors.push(ItemNote {
                         tenant_id: s.tenant,

@@ -82,9 +82,6 @@ impl Kind {
             other => other.as_str(),
         }
     }
-    fn index(self) -> usize {
-        self as usize
-    }
 }
 
 /// One difference between intent and the platform.
@@ -182,6 +179,8 @@ impl Report {
 #[derive(Debug)]
 pub enum RunError {
     AlreadyRunning,
+    /// That reconciler is not configured (`fusion-branding` without `[fusion]`).
+    NotConfigured,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -203,6 +202,102 @@ struct ItemBackoff {
     not_before_ms: i64,
 }
 
+/// A reconciler's policy for the items that failed (as kube-rs separates `error_policy` from
+/// `reconcile`): an item that failed waits a growing time before scheduled runs try it again.
+#[derive(Default)]
+pub(crate) struct ItemBackoffs(Mutex<HashMap<Uuid, ItemBackoff>>);
+
+impl ItemBackoffs {
+    /// The backoff of an item that failed, while it lasts.
+    fn waiting(&self, item: Uuid, now: i64) -> Option<ItemBackoff> {
+        self.0
+            .lock()
+            .expect("backoff lock")
+            .get(&item)
+            .copied()
+            .filter(|b| b.not_before_ms > now)
+    }
+
+    fn succeeded(&self, item: Uuid) {
+        self.0.lock().expect("backoff lock").remove(&item);
+    }
+
+    /// One more failure of an item.
+    fn failed(&self, item: Uuid) {
+        let mut b = self.0.lock().expect("backoff lock");
+        let e = b.entry(item).or_default();
+        e.failures += 1;
+        let delay = ITEM_BACKOFF.delay(e.failures, &mut rand::rng());
+        e.not_before_ms = now_ms() + delay.as_millis() as i64;
+    }
+
+    /// A note for an item skipped by a scheduled run while its backoff lasts.
+    fn skip_note(&self, item: Uuid, now: i64) -> Option<ItemNote> {
+        self.waiting(item, now).map(|b| ItemNote {
+            tenant_id: item,
+            message: format!(
+                "in backoff after {} failure(s); next try at {}",
+                b.failures,
+                branding::ms_text(b.not_before_ms)
+            ),
+        })
+    }
+}
+
+/// What every reconciler reads and acts through; cheap to clone (into the tasks of a run).
+#[derive(Clone)]
+pub(crate) struct Context {
+    queue: Queue,
+    accounts: Accounts,
+    metrics: Arc<Metrics>,
+    settings: Arc<Settings>,
+}
+
+/// How a run was asked for.
+pub(crate) struct Run<'a> {
+    /// By the schedule (items in backoff wait; on a shared store, one replica runs a slot).
+    scheduled: bool,
+    /// One account's part only (`None`: every account).
+    only: Option<&'a str>,
+}
+
+/// One reconciler: compare what is intended with what the platform holds, act on the difference
+/// (unless the report is a dry run) and put the drift, the actions, the items skipped and the
+/// errors in the report. `Reconcilers` gives each its own lock (one run at a time), its last run
+/// and its schedule; the scheduler and the API reach them through it.
+#[async_trait::async_trait]
+pub(crate) trait Reconciler: Send + Sync {
+    fn kind(&self) -> Kind;
+    async fn reconcile(
+        &self,
+        cx: &Context,
+        report: &mut Report,
+        run: &Run<'_>,
+    ) -> Result<(), ReconcileError>;
+}
+
+/// A reconciler that runs once per account (`per_account` runs it for each).
+#[async_trait::async_trait]
+pub(crate) trait ForAccount: Send + Sync {
+    async fn for_account(
+        &self,
+        cx: &Context,
+        report: &mut Report,
+        account: &Account,
+        scheduled: bool,
+    ) -> Result<(), ReconcileError>;
+}
+
+/// One reconciler as the scheduler and the API hold it.
+struct Slot {
+    reconciler: Arc<dyn Reconciler>,
+    /// Held while it runs: a scheduled run is skipped, an on-demand one follows.
+    lock: tokio::sync::Mutex<()>,
+    last: Mutex<LastRun>,
+    /// Its cron schedule, to tell its next run.
+    schedule: Mutex<Option<crate::config::CronSchedule>>,
+}
+
 #[derive(Clone)]
 pub struct Reconcilers {
     inner: Arc<Inner>,
@@ -220,19 +315,10 @@ impl WeakReconcilers {
 }
 
 struct Inner {
-    queue: Queue,
-    accounts: Accounts,
-    metrics: Arc<Metrics>,
-    settings: Arc<Settings>,
-    locks: [tokio::sync::Mutex<()>; 4],
-    /// The Fusion client, when `[fusion]` is configured.
-    fusion: Option<crate::platform::FusionClient>,
-    /// Set once the kept Fusion session was read from the store.
-    fusion_session: tokio::sync::OnceCell<()>,
-    last: Mutex<BTreeMap<Kind, LastRun>>,
-    /// The cron schedule of each reconciler that runs on one, to tell its next run.
-    schedules: Mutex<HashMap<Kind, crate::config::CronSchedule>>,
-    backoff: Mutex<HashMap<(Kind, Uuid), ItemBackoff>>,
+    cx: Context,
+    slots: BTreeMap<Kind, Slot>,
+    /// Fusion's reconciler, when `[fusion]` is configured (its session is the API's too).
+    fusion: Option<Arc<fusion::FusionReconciler>>,
     /// Scheduled runs, each apart from the scheduler's tick: stopped with the daemon.
     detached: crate::tasks::Detached,
 }
@@ -246,40 +332,58 @@ impl Reconcilers {
         metrics: Arc<Metrics>,
         settings: Arc<Settings>,
     ) -> Self {
-        let kinds: Vec<Kind> = Kind::ALL
-            .into_iter()
-            .filter(|k| *k != Kind::FusionBranding || settings.fusion.is_some())
-            .collect();
-        let names: Vec<&str> = kinds.iter().map(|k| k.metric_name()).collect();
         let fusion = settings.fusion.as_ref().map(|f| {
-            crate::platform::FusionClient::new(
-                crate::platform::FusionOptions {
-                    base_url: f.base_url.clone(),
-                    draas_instance: f.draas_instance.clone(),
-                    username: f.username.clone(),
-                    password: f.password.clone(),
-                },
-                accounts.http().unwrap_or_else(|| {
-                    crate::platform::http_client(&(&settings.platform).into(), None)
-                        .expect("the HTTP client builds with these settings")
-                }),
-                settings.platform.max_concurrency,
-            )
+            Arc::new(fusion::FusionReconciler::new(
+                crate::platform::FusionClient::new(
+                    crate::platform::FusionOptions {
+                        base_url: f.base_url.clone(),
+                        draas_instance: f.draas_instance.clone(),
+                        username: f.username.clone(),
+                        password: f.password.clone(),
+                    },
+                    accounts.http().unwrap_or_else(|| {
+                        crate::platform::http_client(&(&settings.platform).into(), None)
+                            .expect("the HTTP client builds with these settings")
+                    }),
+                    settings.platform.max_concurrency,
+                ),
+            ))
         });
+        let mut list: Vec<Arc<dyn Reconciler>> = vec![
+            Arc::new(tenants::Tenants),
+            Arc::new(status::Status),
+            Arc::new(branding::Branding::default()),
+        ];
+        if let Some(f) = &fusion {
+            list.push(f.clone());
+        }
+        let names: Vec<&str> = list.iter().map(|r| r.kind().metric_name()).collect();
         let outcomes: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
         metrics.expose_reconcilers(&names, &outcomes);
+        let slots = list
+            .into_iter()
+            .map(|reconciler| {
+                (
+                    reconciler.kind(),
+                    Slot {
+                        reconciler,
+                        lock: Default::default(),
+                        last: Default::default(),
+                        schedule: Default::default(),
+                    },
+                )
+            })
+            .collect();
         Reconcilers {
             inner: Arc::new(Inner {
-                queue,
-                accounts,
-                metrics,
-                settings,
-                locks: Default::default(),
+                cx: Context {
+                    queue,
+                    accounts,
+                    metrics,
+                    settings,
+                },
+                slots,
                 fusion,
-                last: Mutex::new(kinds.iter().map(|k| (*k, LastRun::default())).collect()),
-                fusion_session: tokio::sync::OnceCell::new(),
-                schedules: Mutex::new(HashMap::new()),
-                backoff: Mutex::new(HashMap::new()),
                 detached: Default::default(),
             }),
         }
@@ -289,38 +393,38 @@ impl Reconcilers {
         WeakReconcilers(Arc::downgrade(&self.inner))
     }
 
+    fn slot(&self, kind: Kind) -> Option<&Slot> {
+        self.inner.slots.get(&kind)
+    }
+
     /// The reconciler runs on this schedule (its next run is shown in the status).
     pub fn set_schedule(&self, kind: Kind, schedule: crate::config::CronSchedule) {
-        self.inner
-            .schedules
-            .lock()
-            .expect("schedules lock")
-            .insert(kind, schedule);
+        if let Some(slot) = self.slot(kind) {
+            *slot.schedule.lock().expect("schedule lock") = Some(schedule);
+        }
     }
 
     /// Each reconciler's last run, whether it is running, and its next scheduled run.
     pub async fn status(&self) -> BTreeMap<String, LastRun> {
-        let last = self.inner.last.lock().expect("last lock").clone();
         let now = chrono::Utc::now();
-        let next: HashMap<Kind, String> = self
-            .inner
-            .schedules
-            .lock()
-            .expect("schedules lock")
+        self.inner
+            .slots
             .iter()
-            .filter_map(|(k, s)| Some((*k, s.next_after(now)?.to_rfc3339())))
-            .collect();
-        last.into_iter()
-            .map(|(k, mut v)| {
-                v.next_run_at = next.get(&k).cloned();
-                v.running = self.inner.locks[k.index()].try_lock().is_err();
+            .map(|(k, slot)| {
+                let mut v = slot.last.lock().expect("last lock").clone();
+                v.next_run_at = slot
+                    .schedule
+                    .lock()
+                    .expect("schedule lock")
+                    .as_ref()
+                    .and_then(|s| s.next_after(now))
+                    .map(|t| t.to_rfc3339());
+                v.running = slot.lock.try_lock().is_err();
                 (k.as_str().to_string(), v)
             })
             .collect()
     }
 
-    /// A scheduled trigger: runs unless a run is already going (then it is skipped, not queued,
-    /// so slow runs never pile up).
     /// A scheduled run, apart from the scheduler's tick (so a slow run never blocks it), tracked
     /// so that a shutdown or a reopening of the store cancels it and waits for it.
     pub fn trigger_detached(&self, kind: Kind) {
@@ -335,15 +439,22 @@ impl Reconcilers {
         self.inner.detached.stop().await;
     }
 
+    /// A scheduled trigger: runs unless a run is already going (then it is skipped, not queued,
+    /// so slow runs never pile up).
     pub async fn trigger(&self, kind: Kind) {
-        let Ok(guard) = self.inner.locks[kind.index()].try_lock() else {
+        let Some(slot) = self.slot(kind) else { return };
+        let Ok(guard) = slot.lock.try_lock() else {
             tracing::info!(
                 message = "reconciler still running; scheduled run skipped",
                 reconciler = kind.as_str()
             );
             return;
         };
-        self.run_locked(kind, false, true, None).await;
+        let run = Run {
+            scheduled: true,
+            only: None,
+        };
+        self.run_locked(slot, false, &run).await;
         drop(guard);
     }
 
@@ -359,21 +470,21 @@ impl Reconcilers {
         dry_run: bool,
         account: Option<&str>,
     ) -> Result<Report, RunError> {
-        let guard = tokio::time::timeout(FOLLOW_TIMEOUT, self.inner.locks[kind.index()].lock())
+        let slot = self.slot(kind).ok_or(RunError::NotConfigured)?;
+        let guard = tokio::time::timeout(FOLLOW_TIMEOUT, slot.lock.lock())
             .await
             .map_err(|_| RunError::AlreadyRunning)?;
-        let report = self.run_locked(kind, dry_run, false, account).await;
+        let run = Run {
+            scheduled: false,
+            only: account,
+        };
+        let report = self.run_locked(slot, dry_run, &run).await;
         drop(guard);
         Ok(report)
     }
 
-    async fn run_locked(
-        &self,
-        kind: Kind,
-        dry_run: bool,
-        scheduled: bool,
-        only: Option<&str>,
-    ) -> Report {
+    async fn run_locked(&self, slot: &Slot, dry_run: bool, run: &Run<'_>) -> Report {
+        let kind = slot.reconciler.kind();
         let started = tokio::time::Instant::now();
         let mut report = Report::new(kind, dry_run);
         tracing::info!(
@@ -381,21 +492,24 @@ impl Reconcilers {
             reconciler = kind.as_str(),
             dry_run
         );
-        let result = match kind {
-            Kind::Status => self.reconcile_status(&mut report, only).await,
-            Kind::Tenants | Kind::Branding => {
-                self.per_account(&mut report, kind, scheduled, only).await
-            }
-            Kind::FusionBranding => self.reconcile_fusion(&mut report, scheduled).await,
-        };
+        let result = slot
+            .reconciler
+            .reconcile(&self.inner.cx, &mut report, run)
+            .await;
         if let Err(e) = result {
             report.fail(&e);
         } else if !report.errors.is_empty() {
             report.outcome = Outcome::Partial;
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
-        let m = &self.inner.metrics;
-        let r = kind.metric_name();
+        self.record(slot, &report, started.elapsed());
+        report
+    }
+
+    /// A finished run in the metrics, the last run and the log.
+    fn record(&self, slot: &Slot, report: &Report, took: Duration) {
+        let m = &self.inner.cx.metrics;
+        let r = report.reconciler.metric_name();
         m.reconcile_runs
             .get_or_create(&[
                 ("reconciler", r.to_string()),
@@ -404,7 +518,7 @@ impl Reconcilers {
             .inc();
         m.reconcile_duration
             .get_or_create(&label("reconciler", r))
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
         m.reconcile_drift_items
             .get_or_create(&label("reconciler", r))
             .set(report.drift.len() as i64);
@@ -414,8 +528,7 @@ impl Reconcilers {
                 .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
         }
         {
-            let mut last = self.inner.last.lock().expect("last lock");
-            let entry = last.entry(kind).or_default();
+            let mut entry = slot.last.lock().expect("last lock");
             entry.last_run_at = Some(report.started_at.clone());
             entry.outcome = Some(report.outcome);
             entry.drift_items = report.drift.len();
@@ -428,121 +541,113 @@ impl Reconcilers {
         tracing::info!(
             message = "reconcile finished",
             reconciler = r,
-            dry_run,
+            dry_run = report.dry_run,
             outcome = %report.outcome,
             drift = report.drift.len(),
             actions = report.actions.len(),
             errors = report.errors.len(),
             duration_ms = report.duration_ms
         );
-        report
     }
 
-    /// Run a reconciler once per account. An account that fails fails only its own part (an
-    /// error of the report, naming it); the run is an error when every account failed. With
-    /// several accounts, each account's figures are under `details.accounts.<id>`.
-    async fn per_account(
+    /// `statusd fusion login`: log in now (with the second factor's code, if given).
+    pub async fn fusion_login(
         &self,
-        report: &mut Report,
-        kind: Kind,
-        scheduled: bool,
-        only: Option<&str>,
-    ) -> Result<(), ReconcileError> {
-        let queue = &self.inner.queue;
-        // On a shared store: the accounts of the shards this replica holds, and of a scheduled
-        // run only the slots no other replica ran (after a failover).
-        let slot = (crate::store::now_ms() + 500) / 1000;
-        let mut accounts: Vec<Account> = Vec::new();
-        for a in self.inner.accounts.iter() {
-            if only.is_some_and(|id| id != a.id) || !queue.acts_for(Some(&a.id)) {
-                continue;
-            }
-            if scheduled && !queue.claim_slot(kind.as_str(), Some(&a.id), slot).await {
-                continue;
-            }
-            accounts.push((*a).clone());
+        code: Option<&str>,
+    ) -> Result<crate::platform::LoginOutcome, ReconcileError> {
+        let f = self
+            .inner
+            .fusion
+            .as_ref()
+            .ok_or(ReconcileError::NotConfigured("[fusion]"))?;
+        f.login(&self.inner.cx, code).await
+    }
+
+    /// The Fusion session's state, when Fusion is configured.
+    pub async fn fusion_state(&self) -> Option<crate::platform::FusionState> {
+        match &self.inner.fusion {
+            Some(f) => Some(f.state().await),
+            None => None,
         }
-        if accounts.is_empty() {
-            report
-                .details
-                .insert("owned_elsewhere".into(), Value::Bool(true));
-            return Ok(());
+    }
+}
+
+/// Run a reconciler once per account. An account that fails fails only its own part (an error
+/// of the report, naming it); the run is an error when every account failed. With several
+/// accounts, each account's figures are under `details.accounts.<id>`.
+async fn per_account(
+    cx: &Context,
+    report: &mut Report,
+    run: &Run<'_>,
+    reconciler: &dyn ForAccount,
+) -> Result<(), ReconcileError> {
+    let queue = &cx.queue;
+    let kind = report.reconciler;
+    // On a shared store: the accounts of the shards this replica holds, and of a scheduled run
+    // only the slots no other replica ran (after a failover).
+    let slot = (crate::store::now_ms() + 500) / 1000;
+    let mut accounts: Vec<Account> = Vec::new();
+    for a in cx.accounts.iter() {
+        if run.only.is_some_and(|id| id != a.id) || !queue.acts_for(Some(&a.id)) {
+            continue;
         }
-        let several = accounts.len() > 1;
-        let mut failures = Vec::new();
-        let mut per_account = Map::new();
-        for account in &accounts {
-            let saved = std::mem::take(&mut report.details);
-            let result = match kind {
-                Kind::Tenants => self.reconcile_tenants(report, account).await,
-                _ => self.reconcile_branding(report, account, scheduled).await,
-            };
-            let details = std::mem::replace(&mut report.details, saved);
-            if several {
-                per_account.insert(account.id.clone(), Value::Object(details));
-            } else {
-                report.details = details;
-            }
-            if let Err(e) = result {
-                failures.push((account.id.clone(), e));
-            }
+        if run.scheduled && !queue.claim_slot(kind.as_str(), Some(&a.id), slot).await {
+            continue;
         }
+        accounts.push((*a).clone());
+    }
+    if accounts.is_empty() {
+        report
+            .details
+            .insert("owned_elsewhere".into(), Value::Bool(true));
+        return Ok(());
+    }
+    let several = accounts.len() > 1;
+    let mut failures = Vec::new();
+    let mut per_account = Map::new();
+    for account in &accounts {
+        let saved = std::mem::take(&mut report.details);
+        let result = reconciler
+            .for_account(cx, report, account, run.scheduled)
+            .await;
+        let details = std::mem::replace(&mut report.details, saved);
         if several {
-            report
-                .details
-                .insert("accounts".into(), Value::Object(per_account));
+            per_account.insert(account.id.clone(), Value::Object(details));
+        } else {
+            report.details = details;
         }
-        if failures.len() == accounts.len() && !several {
-            return Err(failures.pop().expect("one account failed").1);
+        if let Err(e) = result {
+            failures.push((account.id.clone(), e));
         }
-        for (id, e) in &failures {
-            report.errors.push(ItemNote {
-                tenant_id: Uuid::nil(),
-                message: format!("account {id}: {e}"),
-            });
-        }
-        if !failures.is_empty() && failures.len() == accounts.len() {
-            report.outcome = Outcome::Error;
-        }
-        Ok(())
     }
-
-    /// The backoff of an item that failed, while it lasts.
-    fn item_waiting(&self, kind: Kind, item: Uuid, now: i64) -> Option<ItemBackoff> {
-        self.inner
-            .backoff
-            .lock()
-            .expect("backoff lock")
-            .get(&(kind, item))
-            .copied()
-            .filter(|b| b.not_before_ms > now)
+    if several {
+        report
+            .details
+            .insert("accounts".into(), Value::Object(per_account));
     }
-
-    fn item_succeeded(&self, kind: Kind, item: Uuid) {
-        self.inner
-            .backoff
-            .lock()
-            .expect("backoff lock")
-            .remove(&(kind, item));
+    if failures.len() == accounts.len() && !several {
+        return Err(failures.pop().expect("one account failed").1);
     }
-
-    /// One more failure of an item: it waits a growing time before scheduled runs try it again.
-    fn item_failed(&self, kind: Kind, item: Uuid) {
-        let mut b = self.inner.backoff.lock().expect("backoff lock");
-        let e = b.entry((kind, item)).or_default();
-        e.failures += 1;
-        let delay = ITEM_BACKOFF.delay(e.failures, &mut rand::rng());
-        e.not_before_ms = now_ms() + delay.as_millis() as i64;
+    for (id, e) in &failures {
+        report.errors.push(ItemNote {
+            tenant_id: Uuid::nil(),
+            message: format!("account {id}: {e}"),
+        });
     }
+    if !failures.is_empty() && failures.len() == accounts.len() {
+        report.outcome = Outcome::Error;
+    }
+    Ok(())
+}
 
-    async fn root(&self, account: &Account) -> Result<Uuid, ReconcileError> {
-        match account.root_tenant_id {
-            Some(r) => Ok(r),
-            None => account
-                .client
-                .own_tenant_id()
-                .await
-                .map_err(ReconcileError::Root),
-        }
+/// The root of an account's tree: configured, or its API client's own tenant.
+async fn root(account: &Account) -> Result<Uuid, ReconcileError> {
+    match account.root_tenant_id {
+        Some(r) => Ok(r),
+        None => account
+            .client
+            .own_tenant_id()
+            .await
+            .map_err(ReconcileError::Root),
     }
 }

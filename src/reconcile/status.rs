@@ -3,13 +3,23 @@
 
 use super::*;
 
-impl Reconcilers {
-    pub(super) async fn reconcile_status(
+/// The status reconciler (one run covers every account's tenants).
+pub(super) struct Status;
+
+#[async_trait::async_trait]
+impl Reconciler for Status {
+    fn kind(&self) -> Kind {
+        Kind::Status
+    }
+
+    async fn reconcile(
         &self,
+        cx: &Context,
         report: &mut Report,
-        only: Option<&str>,
+        run: &Run<'_>,
     ) -> Result<(), ReconcileError> {
-        let q = &self.inner.queue;
+        let q = &cx.queue;
+        let only = run.only;
         let states = q.tenant_states().await?;
         let mut events = Vec::new();
         let default = crate::config::DEFAULT_ACCOUNT;

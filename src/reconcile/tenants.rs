@@ -9,14 +9,36 @@ struct TenantCursor {
     updated_since: Option<String>,
 }
 
-impl Reconcilers {
-    pub(super) async fn reconcile_tenants(
+/// The tenants reconciler (run once per account).
+pub(super) struct Tenants;
+
+#[async_trait::async_trait]
+impl Reconciler for Tenants {
+    fn kind(&self) -> Kind {
+        Kind::Tenants
+    }
+
+    async fn reconcile(
         &self,
+        cx: &Context,
+        report: &mut Report,
+        run: &Run<'_>,
+    ) -> Result<(), ReconcileError> {
+        per_account(cx, report, run, self).await
+    }
+}
+
+#[async_trait::async_trait]
+impl ForAccount for Tenants {
+    async fn for_account(
+        &self,
+        cx: &Context,
         report: &mut Report,
         account: &Account,
+        _scheduled: bool,
     ) -> Result<(), ReconcileError> {
-        let q = &self.inner.queue;
-        let root = self.root(account).await?;
+        let q = &cx.queue;
+        let root = root(account).await?;
         let cursor_doc = cursor_doc(&account.id);
         let cursor: Option<TenantCursor> = q.get_doc(&cursor_doc).await?;
         let since = cursor
@@ -39,9 +61,7 @@ impl Reconcilers {
             .map(|t| inventory_record(t, &account.id))
             .collect();
 
-        let deactivations = self
-            .removed_tenants(&listing.items, report, account)
-            .await?;
+        let deactivations = removed_tenants(cx, &listing.items, report, account).await?;
         if report.dry_run {
             report
                 .details
@@ -77,55 +97,55 @@ impl Reconcilers {
             .insert("inventory_size".into(), json!(q.inventory_len().await?));
         Ok(())
     }
+}
 
-    /// Tenants gone or disabled on the platform whose integration is active: each is drift, and
-    /// gets a deactivation (`on_removed = "deactivate"`) or is only reported.
-    async fn removed_tenants(
-        &self,
-        listing: &[Tenant],
-        report: &mut Report,
-        account: &Account,
-    ) -> Result<Vec<NewEvent>, ReconcileError> {
-        let on_removed = self.inner.settings.reconcile.tenants.on_removed;
-        let mut deactivations = Vec::new();
-        for t in listing {
-            if !(t.is_deleted() || t.enabled == Some(false)) {
-                continue;
-            }
-            let state = self.inner.queue.tenant_state(&t.id).await?;
-            if state.and_then(|s| s.intended) != Some(IntegrationState::Active) {
-                continue;
-            }
-            let (field, platform) = if t.is_deleted() {
-                ("deleted", json!(true))
-            } else {
-                ("enabled", json!(false))
-            };
-            report.drift.push(DriftItem {
-                tenant_id: t.id,
-                field: field.into(),
-                platform,
-                intended: json!("integration active"),
-            });
-            if on_removed == OnRemoved::Deactivate {
-                let mut ev = NewEvent::state_change(
-                    t.id,
-                    IntegrationState::Inactive,
-                    Some(format!("statusd:removed:{}:{}", t.id, t.version)),
-                );
-                ev.account = Some(account.id.clone());
-                deactivations.push(ev);
-            } else {
-                report.skipped.push(ItemNote {
-                    tenant_id: t.id,
-                    message: format!(
-                        "tenant {field} on the platform; on_removed = report, so only reported"
-                    ),
-                });
-            }
+/// Tenants gone or disabled on the platform whose integration is active: each is drift, and
+/// gets a deactivation (`on_removed = "deactivate"`) or is only reported.
+async fn removed_tenants(
+    cx: &Context,
+    listing: &[Tenant],
+    report: &mut Report,
+    account: &Account,
+) -> Result<Vec<NewEvent>, ReconcileError> {
+    let on_removed = cx.settings.reconcile.tenants.on_removed;
+    let mut deactivations = Vec::new();
+    for t in listing {
+        if !(t.is_deleted() || t.enabled == Some(false)) {
+            continue;
         }
-        Ok(deactivations)
+        let state = cx.queue.tenant_state(&t.id).await?;
+        if state.and_then(|s| s.intended) != Some(IntegrationState::Active) {
+            continue;
+        }
+        let (field, platform) = if t.is_deleted() {
+            ("deleted", json!(true))
+        } else {
+            ("enabled", json!(false))
+        };
+        report.drift.push(DriftItem {
+            tenant_id: t.id,
+            field: field.into(),
+            platform,
+            intended: json!("integration active"),
+        });
+        if on_removed == OnRemoved::Deactivate {
+            let mut ev = NewEvent::state_change(
+                t.id,
+                IntegrationState::Inactive,
+                Some(format!("statusd:removed:{}:{}", t.id, t.version)),
+            );
+            ev.account = Some(account.id.clone());
+            deactivations.push(ev);
+        } else {
+            report.skipped.push(ItemNote {
+                tenant_id: t.id,
+                message: format!(
+                    "tenant {field} on the platform; on_removed = report, so only reported"
+                ),
+            });
+        }
     }
+    Ok(deactivations)
 }
 
 /// Where an account's tenant walk resumes (the account `default` keeps the older name).
