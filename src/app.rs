@@ -190,26 +190,7 @@ async fn start_with(
     let settings = Arc::new(settings);
     let queue = open_store(&settings).await?;
     let cluster = join_pool(&queue, &settings).await?;
-    let accounts = Accounts::new(&settings, metrics.clone()).map_err(AppError::Setup)?;
-    let stored = queue
-        .stored_accounts()
-        .await
-        .map_err(|source| AppError::Store {
-            path: settings.store.location(),
-            source,
-        })?;
-    let (n, stale) = accounts
-        .load_stored(stored, settings.store.secret_key.as_ref())
-        .map_err(AppError::Config)?;
-    if n > 0 {
-        tracing::info!(
-            message = "accounts added through the API taken in",
-            accounts = n
-        );
-    }
-    if let Some(key) = settings.store.secret_key.as_ref() {
-        reseal_accounts(&queue, &accounts, key, &stale).await;
-    }
+    let accounts = take_in_accounts(&settings, &queue, &metrics).await?;
     let client = accounts.first().map(|a| a.client.clone());
     let delivery = Delivery::new(
         queue.clone(),
@@ -267,46 +248,17 @@ async fn start_with(
     let (stop_background, mut background) = start_background(&queue, &settings.store.path, &reopen);
     // Work spawned apart that holds the store (the re-assertion after a takeover).
     let detached = crate::tasks::Detached::default();
-    if let Some(bound) = queue.bound() {
-        bound.set_max_size(settings.store.max_size);
-        background.push(tokio::spawn(bound_loop(
-            queue.clone(),
-            metrics.clone(),
-            stop_background.clone(),
-        )));
-    }
-    if let Some(pool) = &cluster {
-        let own = &pool.ownership;
-        background.push(tokio::spawn(crate::cluster::run(
-            pool.leases.clone(),
-            own.clone(),
-            advertised(&settings, api_addr),
-            stop_background.clone(),
-            takeover(
-                queue.clone(),
-                own.clone(),
-                settings.platform.request_timeout,
-                detached.clone(),
-            ),
-        )));
-    }
-    if cluster.is_some() {
-        // Peers add, rotate and remove accounts in the shared store.
-        background.push(tokio::spawn(crate::accounts::sync_loop(
-            queue.clone(),
-            accounts.clone(),
-            account_changes.clone(),
-            settings.store.secret_key.clone(),
-            settings.cluster.retry_period,
-            stop_background.clone(),
-        )));
-    }
-    background.push(tokio::spawn(crate::accounts::retirement_loop(
-        queue.clone(),
-        accounts.clone(),
-        account_changes.clone(),
-        stop_background.clone(),
-    )));
+    background.extend(store_tasks(StoreTasks {
+        settings: &settings,
+        queue: &queue,
+        metrics: &metrics,
+        pool: cluster.as_ref(),
+        accounts: &accounts,
+        account_changes: &account_changes,
+        api_addr,
+        stop: &stop_background,
+        detached: &detached,
+    }));
     let schedules = if schedules {
         Some(
             Schedules::start(&settings, reconcilers.clone())
@@ -334,6 +286,94 @@ async fn start_with(
         reopen,
         detached,
     })
+}
+
+/// The accounts of the settings and those added through the API, their sealed secrets opened
+/// (and sealed again, bound, if they were sealed before bindings).
+async fn take_in_accounts(
+    settings: &Settings,
+    queue: &Queue,
+    metrics: &Arc<Metrics>,
+) -> Result<Accounts, AppError> {
+    let accounts = Accounts::new(settings, metrics.clone()).map_err(AppError::Setup)?;
+    let stored = queue
+        .stored_accounts()
+        .await
+        .map_err(|source| AppError::Store {
+            path: settings.store.location(),
+            source,
+        })?;
+    let (n, stale) = accounts
+        .load_stored(stored, settings.store.secret_key.as_ref())
+        .map_err(AppError::Config)?;
+    if n > 0 {
+        tracing::info!(
+            message = "accounts added through the API taken in",
+            accounts = n
+        );
+    }
+    if let Some(key) = settings.store.secret_key.as_ref() {
+        reseal_accounts(queue, &accounts, key, &stale).await;
+    }
+    Ok(accounts)
+}
+
+/// What the store's own tasks are started with.
+struct StoreTasks<'a> {
+    settings: &'a Arc<Settings>,
+    queue: &'a Queue,
+    metrics: &'a Arc<Metrics>,
+    pool: Option<&'a crate::store::Pool>,
+    accounts: &'a Accounts,
+    account_changes: &'a Arc<tokio::sync::Mutex<()>>,
+    api_addr: SocketAddr,
+    stop: &'a CancellationToken,
+    detached: &'a crate::tasks::Detached,
+}
+
+/// The tasks that keep the store: its size bound (when its backend has one), the pool's
+/// membership and the accounts peers change (on a shared store), the retirement of accounts.
+fn store_tasks(t: StoreTasks<'_>) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some(bound) = t.queue.bound() {
+        bound.set_max_size(t.settings.store.max_size);
+        tasks.push(tokio::spawn(bound_loop(
+            t.queue.clone(),
+            t.metrics.clone(),
+            t.stop.clone(),
+        )));
+    }
+    if let Some(pool) = t.pool {
+        let own = &pool.ownership;
+        tasks.push(tokio::spawn(crate::cluster::run(
+            pool.leases.clone(),
+            own.clone(),
+            advertised(t.settings, t.api_addr),
+            t.stop.clone(),
+            takeover(
+                t.queue.clone(),
+                own.clone(),
+                t.settings.platform.request_timeout,
+                t.detached.clone(),
+            ),
+        )));
+        // Peers add, rotate and remove accounts in the shared store.
+        tasks.push(tokio::spawn(crate::accounts::sync_loop(
+            t.queue.clone(),
+            t.accounts.clone(),
+            t.account_changes.clone(),
+            t.settings.store.secret_key.clone(),
+            t.settings.cluster.retry_period,
+            t.stop.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(crate::accounts::retirement_loop(
+        t.queue.clone(),
+        t.accounts.clone(),
+        t.account_changes.clone(),
+        t.stop.clone(),
+    )));
+    tasks
 }
 
 /// The API address other replicas and `owned_elsewhere` answers name: `cluster.advertise_url`,

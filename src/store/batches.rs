@@ -42,10 +42,7 @@ pub(super) fn cut_batch(
     let mut not_before: Option<i64> = None;
     for rec in records {
         let rec = rec?;
-        let account = rec
-            .account
-            .as_deref()
-            .unwrap_or(crate::config::DEFAULT_ACCOUNT);
+        let account = account_of(rec.account.as_deref());
         if skip.iter().any(|s| s == account) || waiting.contains(&rec.account) {
             continue;
         }

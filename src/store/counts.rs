@@ -6,8 +6,9 @@ use std::collections::HashMap;
 
 use super::AccountEvents;
 
-/// The account an event counts for: its own, or `default` for one stored without one.
-pub(super) fn account_of(account: Option<&str>) -> &str {
+/// The account a record belongs to: its own, or `default` for one stored before accounts (the
+/// one rule both backends count, remove and list by).
+pub(crate) fn account_of(account: Option<&str>) -> &str {
     account.unwrap_or(crate::config::DEFAULT_ACCOUNT)
 }
 

@@ -1,7 +1,7 @@
 //! The export format both backends write and read: JSON lines, a header first and an end line
 //! counting the lines before it (so a cut-off file is refused).
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -80,6 +80,70 @@ pub struct Moved {
     pub pending: u64,
     pub dead: u64,
     pub lines: u64,
+}
+
+/// Writes an export for either backend: the header first, each line counted, the end line
+/// last (so a cut-off file is refused by `LineReader`).
+pub(crate) struct LineWriter<'a> {
+    out: &'a mut dyn Write,
+    moved: Moved,
+}
+
+impl<'a> LineWriter<'a> {
+    /// Start an export of the store `store_id`, of layout (or schema) version `layout`.
+    pub(crate) fn start(
+        out: &'a mut dyn Write,
+        store_id: Uuid,
+        layout: u64,
+    ) -> Result<LineWriter<'a>, StoreError> {
+        let mut w = LineWriter {
+            out,
+            moved: Moved::default(),
+        };
+        w.line(&Line::Header {
+            format: EXPORT_FORMAT.into(),
+            version: EXPORT_VERSION,
+            store_id,
+            layout,
+            exported_at: chrono::Utc::now().to_rfc3339(),
+        })?;
+        Ok(w)
+    }
+
+    pub(crate) fn line(&mut self, line: &Line) -> Result<(), StoreError> {
+        serde_json::to_writer(&mut *self.out, line)
+            .map_err(|e| StoreError::Write(format!("export: {e}")))?;
+        self.out
+            .write_all(b"\n")
+            .map_err(|e| StoreError::Write(format!("export: {e}")))?;
+        self.moved.lines += 1;
+        Ok(())
+    }
+
+    /// An event line (`Line::Event`), counted as an event, pending or dead.
+    pub(crate) fn event(&mut self, line: Line) -> Result<(), StoreError> {
+        if let Line::Event { pending, dead, .. } = &line {
+            self.moved.events += 1;
+            self.moved.pending += u64::from(*pending);
+            self.moved.dead += u64::from(*dead);
+        }
+        self.line(&line)
+    }
+
+    /// Events written so far.
+    pub(crate) fn events(&self) -> u64 {
+        self.moved.events
+    }
+
+    /// Write the end line and flush; what was written.
+    pub(crate) fn finish(mut self) -> Result<Moved, StoreError> {
+        let lines = self.moved.lines;
+        self.line(&Line::End { lines })?;
+        self.out
+            .flush()
+            .map_err(|e| StoreError::Write(format!("export: {e}")))?;
+        Ok(self.moved)
+    }
 }
 
 pub(crate) fn bad(line: u64, what: impl std::fmt::Display) -> StoreError {

@@ -147,6 +147,7 @@ pub use accounts::{
 };
 use batches::{cut_batch, scan_limit, Cut};
 pub use contract::{Backend, Health, SizeBound};
+use counts::account_of;
 pub use counts::AccountCounts;
 pub use export::{Moved, Progress};
 pub use queue::{Pool, Queue};

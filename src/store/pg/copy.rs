@@ -6,19 +6,10 @@ use std::io::{BufRead, Write};
 use futures_util::{pin_mut, TryStreamExt};
 
 use super::*;
-use crate::store::export::{bad, Line, LineReader, EXPORT_FORMAT, EXPORT_VERSION};
+use crate::store::export::{bad, Line, LineReader, LineWriter};
 
 /// How many lines go in one insert of an import.
 const CHUNK: usize = 1000;
-
-fn write_line(out: &mut dyn Write, line: &Line, moved: &mut Moved) -> Result<(), StoreError> {
-    serde_json::to_writer(&mut *out, line)
-        .map_err(|e| StoreError::Write(format!("export: {e}")))?;
-    out.write_all(b"\n")
-        .map_err(|e| StoreError::Write(format!("export: {e}")))?;
-    moved.lines += 1;
-    Ok(())
-}
 
 /// The export line of an event row. A delivered event is written as sled keeps it: the record
 /// as it was before delivery, with the delivery on the line.
@@ -50,121 +41,164 @@ pub async fn export(
     out: &mut dyn Write,
     mut progress: impl Progress,
 ) -> Result<Moved, StoreError> {
-    {
-        let pool = make_pool(opts)?;
-        let mut client = pool.get().await.map_err(pool_error)?;
-        schema::migrate(&mut client, &opts.schema).await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
+    let pool = make_pool(opts)?;
+    let mut client = pool.get().await.map_err(pool_error)?;
+    schema::migrate(&mut client, &opts.schema).await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_error)?;
+    let store_id: String = tx
+        .query_one("SELECT value FROM meta WHERE name = 'store_id'", &[])
+        .await
+        .map_err(pg_error)
+        .and_then(|r| col(&r, 0))?;
+    let mut w = LineWriter::start(
+        out,
+        Uuid::parse_str(&store_id).unwrap_or_else(|_| Uuid::new_v4()),
+        PG_SCHEMA_VERSION as u64,
+    )?;
+    export_events(&tx, &mut w, &mut progress).await?;
+    export_rest(&tx, &mut w).await?;
+    let moved = w.finish()?;
+    tx.commit().await.map_err(pg_error)?;
+    Ok(moved)
+}
+
+/// Every event: those pending first, in queue order (by tenant and seq), then the rest.
+async fn export_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    w: &mut LineWriter<'_>,
+    progress: &mut impl Progress,
+) -> Result<(), StoreError> {
+    let total: i64 = tx
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .map_err(pg_error)
+        .and_then(|r| col(&r, 0))?;
+    for clause in [
+        "WHERE state = 'queued' ORDER BY tenant_id, seq",
+        "WHERE state <> 'queued' ORDER BY seq",
+    ] {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events {clause}");
+        let rows = tx
+            .query_raw(&sql, std::iter::empty::<i32>())
             .await
             .map_err(pg_error)?;
-        let mut moved = Moved::default();
-        let one = |sql: &'static str| {
-            let tx = &tx;
-            async move { tx.query_one(sql, &[]).await.map_err(pg_error) }
-        };
-        let store_id: String = col(
-            &one("SELECT value FROM meta WHERE name = 'store_id'").await?,
-            0,
-        )?;
-        let total: i64 = col(&one("SELECT count(*) FROM events").await?, 0)?;
-        write_line(
-            out,
-            &Line::Header {
-                format: EXPORT_FORMAT.into(),
-                version: EXPORT_VERSION,
-                store_id: Uuid::parse_str(&store_id).unwrap_or_else(|_| Uuid::new_v4()),
-                layout: PG_SCHEMA_VERSION as u64,
-                exported_at: chrono::Utc::now().to_rfc3339(),
-            },
-            &mut moved,
-        )?;
-        for clause in [
-            "WHERE state = 'queued' ORDER BY tenant_id, seq",
-            "WHERE state <> 'queued' ORDER BY seq",
-        ] {
-            let sql = format!("SELECT {EVENT_COLUMNS} FROM events {clause}");
-            let rows = tx
-                .query_raw(&sql, std::iter::empty::<i32>())
-                .await
-                .map_err(pg_error)?;
-            pin_mut!(rows);
-            while let Some(row) = rows.try_next().await.map_err(pg_error)? {
-                let record = row_event(&row)?;
-                moved.events += 1;
-                moved.pending += u64::from(record.state == EventState::Queued);
-                moved.dead += u64::from(record.state == EventState::Dead);
-                write_line(out, &event_line(record), &mut moved)?;
-                if moved.events % 10_000 == 0 {
-                    progress.step(moved.events, total as u64);
-                }
+        pin_mut!(rows);
+        while let Some(row) = rows.try_next().await.map_err(pg_error)? {
+            w.event(event_line(row_event(&row)?))?;
+            if w.events() % 10_000 == 0 {
+                progress.step(w.events(), total as u64);
             }
         }
-        progress.step(moved.events, total as u64);
-        for row in tx
-            .query(
-                "SELECT key, event_id, accepted_at_ms FROM idempotency_keys ORDER BY key",
-                &[],
-            )
-            .await
-            .map_err(pg_error)?
-        {
-            let line = Line::Idempotency {
-                key: col(&row, 0)?,
-                event: col(&row, 1)?,
-                accepted_at_ms: col(&row, 2)?,
-            };
-            write_line(out, &line, &mut moved)?;
-        }
-        for row in tx
-            .query(
-                "SELECT tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms
-                 FROM tenants ORDER BY tenant_id",
-                &[],
-            )
-            .await
-            .map_err(pg_error)?
-        {
-            write_line(out, &Line::Tenant { state: row_tenant(&row)? }, &mut moved)?;
-        }
-        for row in tx
-            .query("SELECT record FROM inventory ORDER BY tenant_id", &[])
-            .await
-            .map_err(pg_error)?
-        {
-            let tenant = json_of(col(&row, 0)?)?;
-            write_line(out, &Line::Inventory { tenant }, &mut moved)?;
-        }
-        for row in tx
-            .query("SELECT record FROM accounts ORDER BY id", &[])
-            .await
-            .map_err(pg_error)?
-        {
-            let account = json_of(col(&row, 0)?)?;
-            write_line(out, &Line::Account { account }, &mut moved)?;
-        }
-        for row in tx
-            .query("SELECT name, value FROM documents ORDER BY name", &[])
-            .await
-            .map_err(pg_error)?
-        {
-            let name: String = col(&row, 0)?;
-            let line = Line::Document {
-                name: format!("doc/{name}"),
-                value: col(&row, 1)?,
-            };
-            write_line(out, &line, &mut moved)?;
-        }
-        let lines = moved.lines;
-        write_line(out, &Line::End { lines }, &mut moved)?;
-        out.flush()
-            .map_err(|e| StoreError::Write(format!("export: {e}")))?;
-        tx.commit().await.map_err(pg_error)?;
-        Ok(moved)
     }
+    progress.step(w.events(), total as u64);
+    Ok(())
+}
+
+/// Idempotency keys, tenant states, inventory, accounts and documents.
+async fn export_rest(
+    tx: &deadpool_postgres::Transaction<'_>,
+    w: &mut LineWriter<'_>,
+) -> Result<(), StoreError> {
+    let rows = |sql: &'static str| async move { tx.query(sql, &[]).await.map_err(pg_error) };
+    for row in
+        rows("SELECT key, event_id, accepted_at_ms FROM idempotency_keys ORDER BY key").await?
+    {
+        w.line(&Line::Idempotency {
+            key: col(&row, 0)?,
+            event: col(&row, 1)?,
+            accepted_at_ms: col(&row, 2)?,
+        })?;
+    }
+    for row in rows(
+        "SELECT tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms
+         FROM tenants ORDER BY tenant_id",
+    )
+    .await?
+    {
+        w.line(&Line::Tenant {
+            state: row_tenant(&row)?,
+        })?;
+    }
+    for row in rows("SELECT record FROM inventory ORDER BY tenant_id").await? {
+        w.line(&Line::Inventory {
+            tenant: json_of(col(&row, 0)?)?,
+        })?;
+    }
+    for row in rows("SELECT record FROM accounts ORDER BY id").await? {
+        w.line(&Line::Account {
+            account: json_of(col(&row, 0)?)?,
+        })?;
+    }
+    for row in rows("SELECT name, value FROM documents ORDER BY name").await? {
+        let name: String = col(&row, 0)?;
+        w.line(&Line::Document {
+            name: format!("doc/{name}"),
+            value: col(&row, 1)?,
+        })?;
+    }
+    Ok(())
+}
+
+/// Insert imported events, each in the state it was exported in, in one statement.
+async fn insert_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    map: &crate::cluster::ShardMap,
+    ev: &[EventRecord],
+) -> Result<(), StoreError> {
+    let col = |f: &dyn Fn(&EventRecord) -> Option<String>| -> Vec<Option<String>> {
+        ev.iter().map(f).collect()
+    };
+    let ids: Vec<Uuid> = ev.iter().map(|e| e.id).collect();
+    let seqs: Vec<i64> = ev.iter().map(|e| e.seq as i64).collect();
+    let tenants: Vec<Uuid> = ev.iter().map(|e| e.tenant_id).collect();
+    let accounts = col(&|e| e.account.clone());
+    let kinds = col(&|e| Some(e.kind.as_str().to_string()));
+    let cats = col(&|e| Some(e.category.clone()));
+    let actions = col(&|e| Some(e.action.clone()));
+    let keys = col(&|e| e.idempotency_key.clone());
+    let accepted: Vec<i64> = ev.iter().map(|e| e.accepted_at_ms).collect();
+    let occurred: Vec<Option<i64>> = ev.iter().map(|e| e.occurred_at_ms).collect();
+    let states = col(&|e| {
+        Some(
+            match e.state {
+                EventState::Dead => "dead",
+                EventState::Delivered => "delivered",
+                _ => "queued",
+            }
+            .to_string(),
+        )
+    });
+    let attempts: Vec<i32> = ev.iter().map(|e| e.attempts as i32).collect();
+    let errors = col(&|e| e.last_error.clone());
+    let next: Vec<Option<i64>> = ev.iter().map(|e| e.next_attempt_at_ms).collect();
+    let delivered: Vec<Option<i64>> = ev.iter().map(|e| e.delivered_at_ms).collect();
+    let reasons = col(&|e| e.dead_reason.clone());
+    let shards: Vec<i32> = ev
+        .iter()
+        .map(|e| map.of(e.account.as_deref()) as i32)
+        .collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO events ({EVENT_COLUMNS}, shard) SELECT * FROM unnest(
+             $1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+             $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::text[],
+             $12::integer[], $13::text[], $14::bigint[], $15::bigint[], $16::text[],
+             $17::integer[])"
+        ),
+        &[
+            &ids, &seqs, &tenants, &accounts, &kinds, &cats, &actions, &keys, &accepted, &occurred,
+            &states, &attempts, &errors, &next, &delivered, &reasons, &shards,
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
 }
 
 /// What an import gathers before it inserts a chunk.
@@ -195,53 +229,7 @@ impl Chunk {
     ) -> Result<(), StoreError> {
         let ev = std::mem::take(&mut self.events);
         if !ev.is_empty() {
-            let col = |f: &dyn Fn(&EventRecord) -> Option<String>| -> Vec<Option<String>> {
-                ev.iter().map(f).collect()
-            };
-            let ids: Vec<Uuid> = ev.iter().map(|e| e.id).collect();
-            let seqs: Vec<i64> = ev.iter().map(|e| e.seq as i64).collect();
-            let tenants: Vec<Uuid> = ev.iter().map(|e| e.tenant_id).collect();
-            let accounts = col(&|e| e.account.clone());
-            let kinds = col(&|e| Some(e.kind.as_str().to_string()));
-            let cats = col(&|e| Some(e.category.clone()));
-            let actions = col(&|e| Some(e.action.clone()));
-            let keys = col(&|e| e.idempotency_key.clone());
-            let accepted: Vec<i64> = ev.iter().map(|e| e.accepted_at_ms).collect();
-            let occurred: Vec<Option<i64>> = ev.iter().map(|e| e.occurred_at_ms).collect();
-            let states = col(&|e| {
-                Some(
-                    match e.state {
-                        EventState::Dead => "dead",
-                        EventState::Delivered => "delivered",
-                        _ => "queued",
-                    }
-                    .to_string(),
-                )
-            });
-            let attempts: Vec<i32> = ev.iter().map(|e| e.attempts as i32).collect();
-            let errors = col(&|e| e.last_error.clone());
-            let next: Vec<Option<i64>> = ev.iter().map(|e| e.next_attempt_at_ms).collect();
-            let delivered: Vec<Option<i64>> = ev.iter().map(|e| e.delivered_at_ms).collect();
-            let reasons = col(&|e| e.dead_reason.clone());
-            let shards: Vec<i32> = ev
-                .iter()
-                .map(|e| map.of(e.account.as_deref()) as i32)
-                .collect();
-            tx.execute(
-                &format!(
-                    "INSERT INTO events ({EVENT_COLUMNS}, shard) SELECT * FROM unnest(
-                     $1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::text[],
-                     $12::integer[], $13::text[], $14::bigint[], $15::bigint[], $16::text[],
-                     $17::integer[])"
-                ),
-                &[
-                    &ids, &seqs, &tenants, &accounts, &kinds, &cats, &actions, &keys, &accepted,
-                    &occurred, &states, &attempts, &errors, &next, &delivered, &reasons, &shards,
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
+            insert_events(tx, map, &ev).await?;
         }
         for (key, event, at) in std::mem::take(&mut self.keys) {
             tx.execute(
@@ -268,7 +256,10 @@ impl Chunk {
             .map_err(pg_error)?;
         }
         for t in std::mem::take(&mut self.inventory) {
-            let account = t.account.clone().unwrap_or_else(|| "default".into());
+            let account = t
+                .account
+                .clone()
+                .unwrap_or_else(|| crate::config::DEFAULT_ACCOUNT.into());
             tx.execute(
                 "INSERT INTO inventory (tenant_id, account, record) VALUES ($1, $2, $3)",
                 &[&t.id, &account, &value_of(&t)],

@@ -251,7 +251,7 @@ impl PgQueue {
         let ids: Vec<Uuid> = tenants.iter().map(|t| t.id).collect();
         let accounts: Vec<String> = tenants
             .iter()
-            .map(|t| t.account.clone().unwrap_or_else(|| "default".into()))
+            .map(|t| account_of(t.account.as_deref()).to_string())
             .collect();
         let records: Vec<serde_json::Value> = tenants.iter().map(value_of).collect();
         pg.timed(async {

@@ -67,7 +67,7 @@ impl Core {
     pub(super) fn event_account(&self, id: &Uuid) -> Result<Option<String>, StoreError> {
         Ok(self
             .get_json::<EventRecord>(event_key(id))?
-            .map(|r| r.account.unwrap_or_else(|| "default".into())))
+            .map(|r| account_of(r.account.as_deref()).to_string()))
     }
 
     /// An account's pending entries (key, event, tenant) and dead letters, by one scan of each.
@@ -77,7 +77,7 @@ impl Core {
             let (k, v) = item?;
             let eid = uuid_from(&v)?;
             if let Some(rec) = self.get_json::<EventRecord>(event_key(&eid))? {
-                if rec.account.as_deref().unwrap_or("default") == id {
+                if account_of(rec.account.as_deref()) == id {
                     pending.push((k, eid, rec.tenant_id));
                 }
             }
@@ -102,7 +102,7 @@ impl Core {
         if self.tree.get(account_key(id))?.is_none() {
             return Ok(Removal::NotStored);
         }
-        let mine = |account: &Option<String>| account.as_deref().unwrap_or("default") == id;
+        let mine = |account: &Option<String>| account_of(account.as_deref()) == id;
         let (pending, dead) = self.account_entries(id)?;
         if !force && (!pending.is_empty() || !dead.is_empty()) {
             return Ok(Removal::HasEvents(AccountEvents {

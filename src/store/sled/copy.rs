@@ -10,7 +10,7 @@
 use std::io::{BufRead, Write};
 
 use super::*;
-use crate::store::export::{Line, LineReader, EXPORT_FORMAT, EXPORT_VERSION};
+use crate::store::export::{Line, LineReader, LineWriter};
 
 const MARKER: &str = "COMPLETE";
 
@@ -258,50 +258,38 @@ impl Offline {
         mut progress: impl Progress,
     ) -> Result<Moved, StoreError> {
         let t = &self.tree;
-        let total = t.scan_prefix([b'e']).count() as u64;
-        let mut moved = Moved::default();
-        let mut write = |line: &Line, moved: &mut Moved| -> Result<(), StoreError> {
-            serde_json::to_writer(&mut *out, line)
-                .map_err(|e| StoreError::Write(format!("export: {e}")))?;
-            out.write_all(b"\n")
-                .map_err(|e| StoreError::Write(format!("export: {e}")))?;
-            moved.lines += 1;
-            Ok(())
-        };
         let store_id = t
             .get(meta_key("store_id"))?
             .map(|v| uuid_from(&v))
             .transpose()?
             .unwrap_or_else(Uuid::new_v4);
-        write(
-            &Line::Header {
-                format: EXPORT_FORMAT.into(),
-                version: EXPORT_VERSION,
-                store_id,
-                layout: SCHEMA_VERSION,
-                exported_at: chrono::Utc::now().to_rfc3339(),
-            },
-            &mut moved,
-        )?;
-        // Events in queue order first (pending, by tenant and seq), then the rest by id.
+        let mut w = LineWriter::start(out, store_id, SCHEMA_VERSION)?;
+        self.export_events(&mut w, &mut progress)?;
+        self.export_rest(&mut w)?;
+        w.finish()
+    }
+
+    /// Every event: those pending first, in queue order (by tenant and seq), then the rest by id.
+    fn export_events(
+        &self,
+        w: &mut LineWriter<'_>,
+        progress: &mut impl Progress,
+    ) -> Result<(), StoreError> {
+        let t = &self.tree;
+        let total = t.scan_prefix([b'e']).count() as u64;
         let mut done: HashSet<Uuid> = HashSet::new();
         for item in t.scan_prefix([b'p']) {
             let (_, v) = item?;
             let id = uuid_from(&v)?;
             if let Some(record) = self.record(&id)? {
-                moved.pending += 1;
-                moved.events += 1;
                 done.insert(id);
-                write(
-                    &Line::Event {
-                        record,
-                        pending: true,
-                        dead: false,
-                        delivered_at_ms: None,
-                        delivered_attempts: None,
-                    },
-                    &mut moved,
-                )?;
+                w.event(Line::Event {
+                    record,
+                    pending: true,
+                    dead: false,
+                    delivered_at_ms: None,
+                    delivered_attempts: None,
+                })?;
             }
         }
         for item in t.scan_prefix([b'e']) {
@@ -319,23 +307,24 @@ impl Offline {
                 ),
                 _ => (None, None),
             };
-            moved.events += 1;
-            moved.dead += u64::from(dead);
-            write(
-                &Line::Event {
-                    record,
-                    pending: false,
-                    dead,
-                    delivered_at_ms: at,
-                    delivered_attempts: attempts,
-                },
-                &mut moved,
-            )?;
-            if moved.events % 10_000 == 0 {
-                progress.step(moved.events, total);
+            w.event(Line::Event {
+                record,
+                pending: false,
+                dead,
+                delivered_at_ms: at,
+                delivered_attempts: attempts,
+            })?;
+            if w.events() % 10_000 == 0 {
+                progress.step(w.events(), total);
             }
         }
-        progress.step(moved.events, total);
+        progress.step(w.events(), total);
+        Ok(())
+    }
+
+    /// Idempotency keys, tenant states, inventory, accounts and documents.
+    fn export_rest(&self, w: &mut LineWriter<'_>) -> Result<(), StoreError> {
+        let t = &self.tree;
         for item in t.scan_prefix([b'i']) {
             let (k, v) = item?;
             let accepted_at_ms = v
@@ -343,38 +332,26 @@ impl Offline {
                 .and_then(|b| b.try_into().ok())
                 .map(i64::from_be_bytes)
                 .unwrap_or(0);
-            write(
-                &Line::Idempotency {
-                    key: String::from_utf8_lossy(&k[1..]).into_owned(),
-                    event: idem_target(&v)?,
-                    accepted_at_ms,
-                },
-                &mut moved,
-            )?;
+            w.line(&Line::Idempotency {
+                key: String::from_utf8_lossy(&k[1..]).into_owned(),
+                event: idem_target(&v)?,
+                accepted_at_ms,
+            })?;
         }
         for item in t.scan_prefix([b't']) {
-            write(
-                &Line::Tenant {
-                    state: from_json(&item?.1)?,
-                },
-                &mut moved,
-            )?;
+            w.line(&Line::Tenant {
+                state: from_json(&item?.1)?,
+            })?;
         }
         for item in t.scan_prefix([b'n']) {
-            write(
-                &Line::Inventory {
-                    tenant: from_json(&item?.1)?,
-                },
-                &mut moved,
-            )?;
+            w.line(&Line::Inventory {
+                tenant: from_json(&item?.1)?,
+            })?;
         }
         for item in t.scan_prefix([b'a']) {
-            write(
-                &Line::Account {
-                    account: from_json(&item?.1)?,
-                },
-                &mut moved,
-            )?;
+            w.line(&Line::Account {
+                account: from_json(&item?.1)?,
+            })?;
         }
         for item in t.scan_prefix([b'm']) {
             let (k, v) = item?;
@@ -383,14 +360,10 @@ impl Offline {
                 continue;
             }
             if let Ok(value) = serde_json::from_slice(&v) {
-                write(&Line::Document { name, value }, &mut moved)?;
+                w.line(&Line::Document { name, value })?;
             }
         }
-        let lines = moved.lines;
-        write(&Line::End { lines }, &mut moved)?;
-        out.flush()
-            .map_err(|e| StoreError::Write(format!("export: {e}")))?;
-        Ok(moved)
+        Ok(())
     }
 
     fn record(&self, id: &Uuid) -> Result<Option<EventRecord>, StoreError> {

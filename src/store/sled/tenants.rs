@@ -72,7 +72,7 @@ impl SledQueue {
                         continue;
                     }
                     let record: InventoryTenant = from_json(&v)?;
-                    let owner = record.account.as_deref().unwrap_or("default");
+                    let owner = account_of(record.account.as_deref());
                     if owner == account {
                         b.remove(k);
                     }

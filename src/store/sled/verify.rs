@@ -74,21 +74,23 @@ enum Expect {
     Delivered,
 }
 
-impl Offline {
-    /// Check the store; with `repair`, rebuild indexes and counters from the records. `key`
-    /// opens the stored accounts' secrets (None: that check reports it could not run).
-    pub fn verify(
-        &self,
-        key: Option<&crate::vault::SecretKey>,
-        repair: bool,
-    ) -> Result<Verification, StoreError> {
-        let t = &self.tree;
-        let mut checks = Vec::new();
-        let mut unrepairable = Vec::new();
-        let mut fix = ::sled::Batch::default();
-        let mut repaired = Vec::new();
+/// One pass of `verify`: what the checks found, and the batch that mends it.
+struct Pass<'a> {
+    tree: &'a ::sled::Tree,
+    checks: Vec<Check>,
+    unrepairable: Vec<String>,
+    fix: ::sled::Batch,
+    /// The state each event record's indexes must show.
+    expect: HashMap<Uuid, Expect>,
+    max_seq: u64,
+    pending_n: u64,
+    dead_n: u64,
+}
 
-        // Layout.
+impl Pass<'_> {
+    /// The layout version.
+    fn layout(&mut self) -> Result<(), StoreError> {
+        let t = self.tree;
         let mut layout = Check {
             name: "layout",
             checked: 1,
@@ -103,21 +105,23 @@ impl Offline {
             Some(v) if v < SCHEMA_VERSION => layout.problems.push(format!(
                 "layout {v} (this statusd writes {SCHEMA_VERSION}; `statusd run` migrates it)"
             )),
-            Some(v) => unrepairable.push(format!(
+            Some(v) => self.unrepairable.push(format!(
                 "layout {v} is newer than this statusd understands ({SCHEMA_VERSION})"
             )),
             None => layout.problems.push("no layout version recorded".into()),
         }
-        checks.push(layout);
+        self.checks.push(layout);
+        Ok(())
+    }
 
-        // Event records, and the state their indexes must show.
+    /// Every event record readable, and the state its indexes must show.
+    fn records(&mut self) -> Result<(), StoreError> {
+        let t = self.tree;
         let mut records = Check {
             name: "event records",
             checked: 0,
             problems: Vec::new(),
         };
-        let mut expect: HashMap<Uuid, Expect> = HashMap::new();
-        let mut max_seq = 0u64;
         for item in t.scan_prefix([b'e']) {
             let (k, v) = item?;
             records.checked += 1;
@@ -141,7 +145,7 @@ impl Offline {
                     continue;
                 }
             };
-            max_seq = max_seq.max(rec.seq);
+            self.max_seq = self.max_seq.max(rec.seq);
             let state = if t.get(delivered_marker_key(&id))?.is_some() {
                 Expect::Delivered
             } else if rec.state == EventState::Dead {
@@ -149,11 +153,16 @@ impl Offline {
             } else {
                 Expect::Pending(rec.tenant_id, rec.seq)
             };
-            expect.insert(id, state);
+            self.expect.insert(id, state);
         }
-        checks.push(records);
+        self.checks.push(records);
+        Ok(())
+    }
 
-        // Pending index: each key names a pending record at its place.
+    /// The pending index: each key names a pending record at its place, each pending record
+    /// has its key.
+    fn pending(&mut self) -> Result<(), StoreError> {
+        let t = self.tree;
         let mut pending = Check {
             name: "pending index",
             checked: 0,
@@ -166,7 +175,7 @@ impl Offline {
             let target =
                 parse_pending_key(&k).and_then(|(tenant, seq)| Ok((tenant, seq, uuid_from(&v)?)));
             let ok = match target {
-                Ok((tenant, seq, id)) => match expect.get(&id) {
+                Ok((tenant, seq, id)) => match self.expect.get(&id) {
                     Some(Expect::Pending(t2, s2)) if *t2 == tenant && *s2 == seq => {
                         seen_pending.insert(id);
                         true
@@ -186,27 +195,33 @@ impl Offline {
                 }
             };
             if !ok {
-                fix.remove(k);
+                self.fix.remove(k);
             }
         }
-        for (id, e) in &expect {
+        for (id, e) in &self.expect {
             if let Expect::Pending(tenant, seq) = e {
                 if !seen_pending.contains(id) {
                     problem(
                         &mut pending.problems,
                         format!("event {id} is queued but not in its tenant's queue"),
                     );
-                    fix.insert(pending_key(tenant, *seq), id.as_bytes().as_slice());
+                    self.fix
+                        .insert(pending_key(tenant, *seq), id.as_bytes().as_slice());
                 }
             }
         }
-        let pending_n = expect
+        self.pending_n = self
+            .expect
             .values()
             .filter(|e| matches!(e, Expect::Pending(..)))
             .count() as u64;
-        checks.push(pending);
+        self.checks.push(pending);
+        Ok(())
+    }
 
-        // Dead letters.
+    /// The dead-letter index against the dead records.
+    fn dead(&mut self) -> Result<(), StoreError> {
+        let t = self.tree;
         let mut dead = Check {
             name: "dead-letter index",
             checked: 0,
@@ -217,7 +232,7 @@ impl Offline {
             let k = k?;
             dead.checked += 1;
             match uuid_from(&k[1..]) {
-                Ok(id) if expect.get(&id) == Some(&Expect::Dead) => {
+                Ok(id) if self.expect.get(&id) == Some(&Expect::Dead) => {
                     seen_dead.insert(id);
                 }
                 Ok(id) => {
@@ -225,30 +240,34 @@ impl Offline {
                         &mut dead.problems,
                         format!("dead letter {id} has no dead record"),
                     );
-                    fix.remove(k);
+                    self.fix.remove(k);
                 }
                 Err(e) => {
                     problem(
                         &mut dead.problems,
                         format!("a damaged dead-letter key: {e}"),
                     );
-                    fix.remove(k);
+                    self.fix.remove(k);
                 }
             }
         }
-        for (id, e) in &expect {
+        for (id, e) in &self.expect {
             if *e == Expect::Dead && !seen_dead.contains(id) {
                 problem(
                     &mut dead.problems,
                     format!("event {id} is dead but not listed as a dead letter"),
                 );
-                fix.insert(dead_key(id), &[]);
+                self.fix.insert(dead_key(id), &[]);
             }
         }
-        let dead_n = expect.values().filter(|e| **e == Expect::Dead).count() as u64;
-        checks.push(dead);
+        self.dead_n = self.expect.values().filter(|e| **e == Expect::Dead).count() as u64;
+        self.checks.push(dead);
+        Ok(())
+    }
 
-        // Delivered: each marker has its compaction key and each compaction key its marker.
+    /// Each delivery marker has its compaction key and each compaction key its marker.
+    fn delivered(&mut self) -> Result<(), StoreError> {
+        let t = self.tree;
         let mut delivered = Check {
             name: "delivered index",
             checked: 0,
@@ -268,7 +287,7 @@ impl Offline {
                         &mut delivered.problems,
                         "a compaction key without its delivery marker".into(),
                     );
-                    fix.remove(k);
+                    self.fix.remove(k);
                 }
             }
         }
@@ -289,12 +308,16 @@ impl Offline {
                     format!("delivered event {id} has no compaction key"),
                 );
                 let at = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
-                fix.insert(delivered_key(at, &id), &[]);
+                self.fix.insert(delivered_key(at, &id), &[]);
             }
         }
-        checks.push(delivered);
+        self.checks.push(delivered);
+        Ok(())
+    }
 
-        // Idempotency keys and their expiry index.
+    /// Idempotency keys and their expiry index.
+    fn idempotency(&mut self) -> Result<(), StoreError> {
+        let t = self.tree;
         let mut idem = Check {
             name: "idempotency keys",
             checked: 0,
@@ -331,12 +354,17 @@ impl Offline {
                     .and_then(|b| b.try_into().ok())
                     .map(i64::from_be_bytes)
                     .unwrap_or_else(now_ms);
-                fix.insert(idem_expiry_key(at, &String::from_utf8_lossy(name)), &[]);
+                self.fix
+                    .insert(idem_expiry_key(at, &String::from_utf8_lossy(name)), &[]);
             }
         }
-        checks.push(idem);
+        self.checks.push(idem);
+        Ok(())
+    }
 
-        // Tenant state, inventory, accounts.
+    /// Tenant states and inventory records readable.
+    fn states(&mut self) -> Result<(), StoreError> {
+        let t = self.tree;
         let mut state = Check {
             name: "tenant states and inventory",
             checked: 0,
@@ -362,7 +390,13 @@ impl Offline {
                 }
             }
         }
-        checks.push(state);
+        self.checks.push(state);
+        Ok(())
+    }
+
+    /// Each stored account readable, its secret opened by `key`.
+    fn accounts(&mut self, key: Option<&crate::vault::SecretKey>) -> Result<(), StoreError> {
+        let t = self.tree;
         let mut accounts = Check {
             name: "accounts' secrets",
             checked: 0,
@@ -394,9 +428,14 @@ impl Offline {
                 }
             }
         }
-        checks.push(accounts);
+        self.checks.push(accounts);
+        Ok(())
+    }
 
-        // Counters against the recount, and the control file's durable sequence.
+    /// The counters against the recount, and the control file's durable sequence.
+    fn counters(&mut self, path: &Path) -> Result<(), StoreError> {
+        let t = self.tree;
+        let (pending_n, dead_n, max_seq) = (self.pending_n, self.dead_n, self.max_seq);
         let mut counters = Check {
             name: "counters",
             checked: 3,
@@ -412,36 +451,73 @@ impl Offline {
             counters.problems.push(format!(
                 "pending counter {depth}, {pending_n} events pending"
             ));
-            fix.insert(meta_key("depth"), &pending_n.to_be_bytes());
+            self.fix.insert(meta_key("depth"), &pending_n.to_be_bytes());
         }
         if deadc != dead_n {
             counters.problems.push(format!(
                 "dead-letter counter {deadc}, {dead_n} dead letters"
             ));
-            fix.insert(meta_key("dead"), &dead_n.to_be_bytes());
+            self.fix.insert(meta_key("dead"), &dead_n.to_be_bytes());
         }
         if depth != pending_n || deadc != dead_n {
             // Each account's counts are recounted at the next open.
-            fix.remove(meta_key(ACCOUNT_COUNTS_MARK));
+            self.fix.remove(meta_key(ACCOUNT_COUNTS_MARK));
         }
         if seq < max_seq {
             counters
                 .problems
                 .push(format!("sequence {seq} is below an event's {max_seq}"));
-            fix.insert(meta_key("seq"), &max_seq.to_be_bytes());
+            self.fix.insert(meta_key("seq"), &max_seq.to_be_bytes());
         }
-        if let Some(c) = control::read(&self.path)? {
+        if let Some(c) = control::read(path)? {
             if seq.max(max_seq) < c.durable_seq {
-                unrepairable.push(format!(
-                    "the highest sequence is {} but {} was durable on {}: acknowledged events are gone (restore a backup, or run with --accept-damaged-store)",
-                    seq.max(max_seq),
-                    c.durable_seq,
-                    c.written_at
-                ));
+                self.unrepairable.push(format!(
+                "the highest sequence is {} but {} was durable on {}: acknowledged events are gone (restore a backup, or run with --accept-damaged-store)",
+                seq.max(max_seq),
+                c.durable_seq,
+                c.written_at
+            ));
             }
         }
-        checks.push(counters);
+        self.checks.push(counters);
+        Ok(())
+    }
+}
 
+impl Offline {
+    /// Check the store; with `repair`, rebuild indexes and counters from the records. `key`
+    /// opens the stored accounts' secrets (None: that check reports it could not run).
+    pub fn verify(
+        &self,
+        key: Option<&crate::vault::SecretKey>,
+        repair: bool,
+    ) -> Result<Verification, StoreError> {
+        let mut pass = Pass {
+            tree: &self.tree,
+            checks: Vec::new(),
+            unrepairable: Vec::new(),
+            fix: ::sled::Batch::default(),
+            expect: HashMap::new(),
+            max_seq: 0,
+            pending_n: 0,
+            dead_n: 0,
+        };
+        pass.layout()?;
+        pass.records()?;
+        pass.pending()?;
+        pass.dead()?;
+        pass.delivered()?;
+        pass.idempotency()?;
+        pass.states()?;
+        pass.accounts(key)?;
+        pass.counters(&self.path)?;
+        let Pass {
+            checks,
+            unrepairable,
+            fix,
+            ..
+        } = pass;
+        let mut repaired = Vec::new();
         let found: usize = checks.iter().map(|c| c.problems.len()).sum();
         if repair && found > 0 {
             self.tree.apply_batch(fix)?;
