@@ -372,32 +372,8 @@ pub(super) async fn add_account(
     account.tenant_name = validated.tenant_name.clone();
     let now = crate::store::now_ms();
     account.updated_at_ms = now;
-    let mut record = StoredAccount {
-        id: id.clone(),
-        datacenter_url: account.datacenter_url.clone(),
-        client_id: account.client_id.clone(),
-        client_secret_sealed: String::new(),
-        credentials: account.credentials.as_str().into(),
-        root_tenant_id: account.root_tenant_id,
-        tenant_id: Some(validated.tenant_id),
-        tenant_name: validated.tenant_name,
-        created_at_ms: now,
-        updated_at_ms: now,
-        retiring: false,
-    };
-    record.client_secret_sealed = key.seal_bound(&record.binding(), secret.expose());
-    let events = match activate {
-        Activate::No => Vec::new(),
-        Activate::OwnTenant => vec![validated.tenant_id],
-        Activate::Tenant(t) => vec![t],
-    }
-    .into_iter()
-    .map(|t| {
-        let mut ev = NewEvent::state_change(t, crate::store::IntegrationState::Active, None);
-        ev.account = Some(id.clone());
-        ev
-    })
-    .collect::<Vec<_>>();
+    let record = sealed_record(&account, &validated, &key, &secret, now);
+    let events = activation_events(&id, activate, validated.tenant_id);
     let _change = state.account_changes.lock().await;
     if taken(&state, &id).await? {
         return Err(exists(&id));
@@ -434,6 +410,48 @@ pub(super) async fn add_account(
         Json(changed_view(&shown, activation).await),
     )
         .into_response())
+}
+
+/// The record of a new account, its secret sealed bound to it.
+fn sealed_record(
+    account: &Account,
+    validated: &crate::platform::Validated,
+    key: &crate::vault::SecretKey,
+    secret: &crate::config::Secret,
+    now: i64,
+) -> StoredAccount {
+    let mut record = StoredAccount {
+        id: account.id.clone(),
+        datacenter_url: account.datacenter_url.clone(),
+        client_id: account.client_id.clone(),
+        client_secret_sealed: String::new(),
+        credentials: account.credentials.as_str().into(),
+        root_tenant_id: account.root_tenant_id,
+        tenant_id: Some(validated.tenant_id),
+        tenant_name: validated.tenant_name.clone(),
+        created_at_ms: now,
+        updated_at_ms: now,
+        retiring: false,
+    };
+    record.client_secret_sealed = key.seal_bound(&record.binding(), secret.expose());
+    record
+}
+
+/// The activation that comes with a new account (`?activate`): of its own tenant, of the one
+/// named, or none.
+fn activation_events(id: &str, activate: Activate, own_tenant: uuid::Uuid) -> Vec<NewEvent> {
+    match activate {
+        Activate::No => Vec::new(),
+        Activate::OwnTenant => vec![own_tenant],
+        Activate::Tenant(t) => vec![t],
+    }
+    .into_iter()
+    .map(|t| {
+        let mut ev = NewEvent::state_change(t, crate::store::IntegrationState::Active, None);
+        ev.account = Some(id.to_string());
+        ev
+    })
+    .collect()
 }
 
 /// `PUT /v1/accounts/{id}/credentials`: validate the new credentials, then use them for

@@ -107,63 +107,8 @@ async fn demo(opts: DemoOptions) -> Result<(), String> {
 
 async fn start(tenants: usize, postgres: Option<&str>) -> Result<Stage, String> {
     let store = tempfile::tempdir().map_err(|e| format!("cannot create a temporary store: {e}"))?;
-    // On PostgreSQL: a schema of this run's own, so the demo's figures are its own.
-    let (store_toml, where_) = match postgres {
-        None => (
-            format!("path = {:?}", store.path().display().to_string()),
-            format!("sled, temporary at {}", store.path().display()),
-        ),
-        Some(url) => {
-            crate::config::postgres::check_url(url).map_err(|e| format!("--postgres: {e}"))?;
-            let schema = format!(
-                "statusd_demo_{}",
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            );
-            (
-                format!(
-                    "backend = \"postgres\"\n[store.postgres]\nurl = {}\nschema = \"{schema}\"",
-                    serde_json::to_string(url).map_err(|e| e.to_string())?
-                ),
-                format!(
-                    "PostgreSQL {} schema {schema} (left in place: DROP SCHEMA {schema} CASCADE to remove it)",
-                    crate::config::postgres::describe_url(url)
-                ),
-            )
-        }
-    };
-    let mut datacenters = Vec::new();
-    let mut accounts_toml = String::new();
-    let mut secrets = Vec::new();
-    for (n, account) in ACCOUNTS.iter().enumerate() {
-        let sandbox = Sandbox::start(SandboxOptions {
-            tenants,
-            token_ttl: Duration::from_secs(120),
-            seed: 42 + n as u64,
-            // The first data center also serves Fusion, trusting the demo's login.
-            fusion_trusted: true,
-            fusion_subscriptions: 5,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("cannot start a sandbox data center: {e}"))?;
-        accounts_toml.push_str(&format!(
-            "[accounts.{account}]\ndatacenter_url = \"{}\"\nclient_id = \"{}\"\n",
-            sandbox.url, sandbox.client_id
-        ));
-        secrets.push((
-            format!(
-                "STATUSD__ACCOUNTS__{}__CLIENT_SECRET",
-                account.to_uppercase()
-            ),
-            sandbox.client_secret.clone(),
-        ));
-        let tenants = sample_tenants(&sandbox);
-        datacenters.push(DataCenter {
-            account,
-            sandbox,
-            tenants,
-        });
-    }
+    let (store_toml, where_) = store_section(store.path(), postgres)?;
+    let (datacenters, accounts_toml, mut secrets) = start_datacenters(tenants).await?;
     let fusion = &datacenters[0].sandbox;
     let fusion_tenants: Vec<String> = fusion
         .fusion_tenants()
@@ -224,6 +169,80 @@ support_url = "https://support.example.com"
         _store: store,
         store: where_,
     })
+}
+
+/// The `[store]` keys of the demo and where its store is: a temporary sled directory, or (with
+/// `--postgres`) a schema of this run's own, so the demo's figures are its own.
+fn store_section(
+    dir: &std::path::Path,
+    postgres: Option<&str>,
+) -> Result<(String, String), String> {
+    let store = dir;
+    // On PostgreSQL: a schema of this run's own, so the demo's figures are its own.
+    Ok(match postgres {
+        None => (
+            format!("path = {:?}", store.display().to_string()),
+            format!("sled, temporary at {}", store.display()),
+        ),
+        Some(url) => {
+            crate::config::postgres::check_url(url).map_err(|e| format!("--postgres: {e}"))?;
+            let schema = format!(
+                "statusd_demo_{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            );
+            (
+                format!(
+                    "backend = \"postgres\"\n[store.postgres]\nurl = {}\nschema = \"{schema}\"",
+                    serde_json::to_string(url).map_err(|e| e.to_string())?
+                ),
+                format!(
+                    "PostgreSQL {} schema {schema} (left in place: DROP SCHEMA {schema} CASCADE to remove it)",
+                    crate::config::postgres::describe_url(url)
+                ),
+            )
+        }
+    })
+}
+
+/// One sandbox data center per demo account: the `[accounts.*]` keys, and their secrets as
+/// environment variables.
+async fn start_datacenters(
+    tenants: usize,
+) -> Result<(Vec<DataCenter>, String, Vec<(String, String)>), String> {
+    let mut datacenters = Vec::new();
+    let mut accounts_toml = String::new();
+    let mut secrets = Vec::new();
+    for (n, account) in ACCOUNTS.iter().enumerate() {
+        let sandbox = Sandbox::start(SandboxOptions {
+            tenants,
+            token_ttl: Duration::from_secs(120),
+            seed: 42 + n as u64,
+            // The first data center also serves Fusion, trusting the demo's login.
+            fusion_trusted: true,
+            fusion_subscriptions: 5,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("cannot start a sandbox data center: {e}"))?;
+        accounts_toml.push_str(&format!(
+            "[accounts.{account}]\ndatacenter_url = \"{}\"\nclient_id = \"{}\"\n",
+            sandbox.url, sandbox.client_id
+        ));
+        secrets.push((
+            format!(
+                "STATUSD__ACCOUNTS__{}__CLIENT_SECRET",
+                account.to_uppercase()
+            ),
+            sandbox.client_secret.clone(),
+        ));
+        let tenants = sample_tenants(&sandbox);
+        datacenters.push(DataCenter {
+            account,
+            sandbox,
+            tenants,
+        });
+    }
+    Ok((datacenters, accounts_toml, secrets))
 }
 
 /// The tenants that get sample events: the customers, else any tenant below the root, else the
