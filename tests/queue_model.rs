@@ -91,11 +91,11 @@ impl At {
         At::Sled(tempfile::tempdir().unwrap())
     }
 
-    /// A fresh schema on a test server.
-    fn postgres(server: &common::pg::PgServer) -> At {
+    /// A fresh schema on the database at `url` (a test server, or PgBouncer in front of it).
+    fn postgres(url: &str) -> At {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        At::Postgres(common::pg::options(&server.url(), &format!("model_{n}")))
+        At::Postgres(common::pg::options(url, &format!("model_{n}")))
     }
 
     async fn open(&self) -> Queue {
@@ -319,9 +319,33 @@ fn postgres_queue_matches_model() {
     });
     runner
         .run(&proptest::collection::vec(op(), 1..60), |ops| {
-            run_case(At::postgres(&server), ops);
+            run_case(At::postgres(&server.url()), ops);
             Ok(())
         })
+        .unwrap();
+}
+
+/// The same contract through PgBouncer in transaction pooling mode (5 server connections):
+/// nothing of statusd's may rely on a session (no startup options, no session `SET`, no
+/// statement prepared in one transaction and used in another).
+#[test]
+fn postgres_through_pgbouncer_in_transaction_mode_matches_model() {
+    let Some(server) = common::pg::PgServer::start() else {
+        return;
+    };
+    let Some(bouncer) = common::pg::PgBouncer::start(&server) else {
+        return;
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 24,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&proptest::collection::vec(op(), 1..60), |ops| {
+            run_case(At::postgres(&bouncer.url()), ops);
+            Ok(())
+        })
+        .map_err(|e| format!("{e}\npgbouncer's log:\n{}", bouncer.log()))
         .unwrap();
 }
 

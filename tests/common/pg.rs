@@ -287,3 +287,106 @@ impl Drop for PgServer {
         self.halt();
     }
 }
+
+/// PgBouncer (Debian's `pgbouncer`) in front of a test server, in transaction pooling mode with
+/// `default_pool_size = 5`, as the `postgres` user; stopped when dropped. Every statement of
+/// statusd through it must work on whichever of the 5 server connections it is handed.
+pub struct PgBouncer {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Child,
+}
+
+impl PgBouncer {
+    /// Start it in front of `server`, or `None` (with the reason printed) where it is not
+    /// installed.
+    pub fn start(server: &PgServer) -> Option<PgBouncer> {
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists());
+        let Some(bin) = bin else {
+            let why = "no pgbouncer (apt-get install pgbouncer)";
+            assert!(
+                std::env::var_os("STATUSD_TEST_REQUIRE_POSTGRES").is_none(),
+                "STATUSD_TEST_REQUIRE_POSTGRES is set but there is {why}"
+            );
+            eprintln!("SKIP: {why}");
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("statusd-pgbouncer")
+            .tempdir()
+            .expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("users.txt"),
+            format!("\"{PG_USER}\" \"{PG_PASSWORD}\"\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("pgbouncer.ini"),
+            format!(
+                "[databases]\npostgres = host=127.0.0.1 port={} dbname=postgres\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = scram-sha-256\nauth_file = {d}/users.txt\n\
+                 pool_mode = transaction\ndefault_pool_size = 5\nmax_client_conn = 500\n\
+                 logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
+                server.port
+            ),
+        )
+        .unwrap();
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown of the pooler's dir failed");
+        }
+        let child = as_server_user(&bin)
+            .arg(dir.path().join("pgbouncer.ini"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pgbouncer starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "pgbouncer did not listen within 30s: {}",
+                std::fs::read_to_string(dir.path().join("pgbouncer.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(PgBouncer { dir, port, child })
+    }
+
+    /// The URL of the database through the pooler.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    /// What the pooler logged (its refusals name what a client sent that it does not pass on).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        // SAFETY: the PID is that of our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}

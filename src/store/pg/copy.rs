@@ -51,6 +51,9 @@ pub async fn export(
         .start()
         .await
         .map_err(pg_error)?;
+    tx.batch_execute(&format!("SET LOCAL search_path TO \"{}\"", opts.schema))
+        .await
+        .map_err(pg_error)?;
     let store_id: String = tx
         .query_one("SELECT value FROM meta WHERE name = 'store_id'", &[])
         .await
@@ -298,6 +301,9 @@ pub async fn import(
     let mut client = pool.get().await.map_err(pool_error)?;
     schema::migrate(&mut client, &opts.schema).await?;
     let tx = client.transaction().await.map_err(pg_error)?;
+    tx.batch_execute(&format!("SET LOCAL search_path TO \"{}\"", opts.schema))
+        .await
+        .map_err(pg_error)?;
     let used: bool = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM events) OR EXISTS (SELECT 1 FROM accounts)

@@ -125,7 +125,9 @@ fn tls_connector(
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
-/// A pool on the URL, each connection's `search_path` set to the schema.
+/// A pool on the URL. Nothing is set on a connection's session (no startup options, no `SET`):
+/// each transaction sets the schema for itself (`Pg::begin`), so every statement works on
+/// whichever server connection a pooler in transaction mode (PgBouncer) hands out.
 fn make_pool(opts: &PgOptions) -> Result<Pool, StoreError> {
     use secrecy::ExposeSecret;
     let (plain, mode) = strip_tls_params(opts.url.expose_secret());
@@ -135,7 +137,6 @@ fn make_pool(opts: &PgOptions) -> Result<Pool, StoreError> {
         .connect_timeout(opts.connect_timeout)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
-        .options(format!("-c search_path=\"{}\"", opts.schema))
         .application_name("statusd");
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
@@ -309,6 +310,8 @@ pub struct PgQueue {
 pub(super) struct Pg {
     pool: Pool,
     pub(super) schema: String,
+    /// `SET LOCAL search_path TO "<schema>"`, the first statement of every transaction.
+    set_schema: String,
     /// Where the URL points (no password), for messages.
     pub(super) target: String,
     jobs: Mutex<Option<tokio::sync::mpsc::Sender<write::Intake>>>,
@@ -359,6 +362,7 @@ impl PgQueue {
         let pg = Arc::new(Pg {
             pool,
             schema: opts.schema.clone(),
+            set_schema: format!("SET LOCAL search_path TO \"{}\"", opts.schema),
             target,
             jobs: Mutex::new(Some(tx)),
             insert_lock: Default::default(),
@@ -448,6 +452,53 @@ impl Pg {
         e
     }
 
+    /// Begin a transaction on `client` with the store's schema as its `search_path`, for this
+    /// transaction only (`SET LOCAL`, one round trip after `BEGIN`). Every statement runs in
+    /// one: no session state is kept on a server connection, and a statement prepared inside a
+    /// transaction is used on the connection that prepared it, whatever a pooler in transaction
+    /// mode does between transactions.
+    pub(super) async fn begin<'a>(
+        &self,
+        client: &'a mut deadpool_postgres::Object,
+    ) -> Result<deadpool_postgres::Transaction<'a>, StoreError> {
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.batch_execute(&self.set_schema).await.map_err(pg_error)?;
+        Ok(tx)
+    }
+
+    /// One statement in a transaction of its own, under the store's timeout: its rows.
+    pub(super) async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.timed(async {
+            let mut client = self.client().await?;
+            let tx = self.begin(&mut client).await?;
+            let rows = tx.query(sql, params).await.map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// One statement in a transaction of its own, under the store's timeout: the rows it
+    /// changed.
+    pub(super) async fn exec(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        self.timed(async {
+            let mut client = self.client().await?;
+            let tx = self.begin(&mut client).await?;
+            let n = tx.execute(sql, params).await.map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok(n)
+        })
+        .await
+    }
+
     /// Run a transaction-sized piece of work under the store's timeout; a timeout counts as the
     /// database being unreachable.
     pub(super) async fn timed<T>(
@@ -466,8 +517,9 @@ impl Pg {
 
     /// Load each tenant's head and the counters from the database.
     async fn load(&self) -> Result<(), StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let heads = client
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = self.begin(&mut client).await?;
+        let heads = tx
             .query(
                 "SELECT DISTINCT ON (tenant_id) seq, accepted_at_ms, account, tenant_id FROM events
                  WHERE state = 'queued' ORDER BY tenant_id, seq",
@@ -475,7 +527,7 @@ impl Pg {
             )
             .await
             .map_err(pg_error)?;
-        let counts = client
+        let counts = tx
             .query_one(
                 "SELECT (SELECT count(*) FROM events WHERE state = 'queued'),
                         (SELECT count(*) FROM events WHERE state = 'dead'),
@@ -484,6 +536,7 @@ impl Pg {
             )
             .await
             .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
         let mut mem = Mem::default();
         for row in heads {
             mem.add(col(&row, 3)?, Head::of_row(&row)?);

@@ -10,12 +10,7 @@ impl PgQueue {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
-        let pg = &self.inner;
-        pg.timed(async {
-            let client = pg.client().await?;
-            client.query(sql, params).await.map_err(pg_error)
-        })
-        .await
+        self.inner.rows(sql, params).await
     }
 
     async fn events_where(
@@ -196,18 +191,12 @@ impl PgQueue {
         }
         let now = now_ms();
         let n = pg
-            .timed(async {
-                let client = pg.client().await?;
-                client
-                    .execute(
-                        "UPDATE events SET state = 'delivered', delivered_at_ms = $1,
-                         last_error = 'superseded: a newer decision for the tenant was already reported'
-                         WHERE id = ANY($2) AND state = 'queued'",
-                        &[&now, &old],
-                    )
-                    .await
-                    .map_err(pg_error)
-            })
+            .exec(
+                "UPDATE events SET state = 'delivered', delivered_at_ms = $1,
+                 last_error = 'superseded: a newer decision for the tenant was already reported'
+                 WHERE id = ANY($2) AND state = 'queued'",
+                &[&now, &old],
+            )
             .await?;
         let mut mem = lock(&pg.mem);
         mem.depth = mem.depth.saturating_sub(n);

@@ -125,7 +125,7 @@ impl PgQueue {
         let result = pg
             .timed(async {
                 let mut client = pg.client().await?;
-                let tx = client.transaction().await.map_err(pg_error)?;
+                let tx = pg.begin(&mut client).await?;
                 check_fence(pg, &tx, batch).await?;
                 let n = match how {
                     Settle::Delivered => delivered(&tx, batch, &ids, now).await?,
@@ -175,7 +175,7 @@ impl PgQueue {
         let requeued = pg
             .timed(async {
                 let mut client = pg.client().await?;
-                let tx = client.transaction().await.map_err(pg_error)?;
+                let tx = pg.begin(&mut client).await?;
                 let rows = match &ids {
                     Some(ids) => tx
                         .query(
@@ -228,13 +228,7 @@ impl PgQueue {
     pub async fn purge_dead(&self, id: &Uuid) -> Result<bool, StoreError> {
         let pg = &self.inner;
         let n = pg
-            .timed(async {
-                let client = pg.client().await?;
-                client
-                    .execute("DELETE FROM events WHERE id = $1 AND state = 'dead'", &[id])
-                    .await
-                    .map_err(pg_error)
-            })
+            .exec("DELETE FROM events WHERE id = $1 AND state = 'dead'", &[id])
             .await?;
         let mut mem = lock(&pg.mem);
         mem.dead = mem.dead.saturating_sub(n);
@@ -256,7 +250,7 @@ impl PgQueue {
         let records: Vec<serde_json::Value> = tenants.iter().map(value_of).collect();
         pg.timed(async {
             let mut client = pg.client().await?;
-            let tx = client.transaction().await.map_err(pg_error)?;
+            let tx = pg.begin(&mut client).await?;
             if let Some(account) = replace {
                 tx.execute(
                     "DELETE FROM inventory WHERE account = $1 AND NOT (tenant_id = ANY($2))",
@@ -281,17 +275,11 @@ impl PgQueue {
     pub async fn put_doc<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
         let pg = &self.inner;
         let value = value_of(value);
-        pg.timed(async {
-            let client = pg.client().await?;
-            client
-                .execute(
-                    "INSERT INTO documents (name, value) VALUES ($1, $2)
-                     ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-                    &[&name, &value],
-                )
-                .await
-                .map_err(pg_error)
-        })
+        pg.exec(
+            "INSERT INTO documents (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            &[&name, &value],
+        )
         .await
         .map(|_| ())
     }
@@ -304,7 +292,7 @@ impl PgQueue {
         let outcome = pg
             .timed(async {
                 let mut client = pg.client().await?;
-                let tx = client.transaction().await.map_err(pg_error)?;
+                let tx = pg.begin(&mut client).await?;
                 if tx
                     .query_opt("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", &[&id])
                     .await
@@ -396,13 +384,7 @@ impl PgQueue {
         let cutoff = now_ms - retention;
         let idem_cutoff = now_ms - retention.max(IDEMPOTENCY_WINDOW.as_millis() as i64);
         let mut removed = 0usize;
-        let chunk = |sql: &'static str, cutoff: i64| async move {
-            pg.timed(async {
-                let client = pg.client().await?;
-                client.execute(sql, &[&cutoff]).await.map_err(pg_error)
-            })
-            .await
-        };
+        let chunk = |sql: &'static str, cutoff: i64| async move { pg.exec(sql, &[&cutoff]).await };
         loop {
             let n = chunk(
                 "DELETE FROM events WHERE id IN (SELECT id FROM events
@@ -553,7 +535,7 @@ impl Pg {
         let (outcomes, accepted) = self
             .timed(async {
                 let mut client = self.client().await?;
-                let tx = client.transaction().await.map_err(pg_error)?;
+                let tx = self.begin(&mut client).await?;
                 if let Some(change) = &account {
                     write_account_row(&tx, change).await?;
                 }
