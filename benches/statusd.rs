@@ -1159,7 +1159,7 @@ async fn cluster(dir: &Path) {
     // One load for every phase: its actions stay distinct across them.
     let mut load = Load::new(&sb);
     for n in [1usize, 3] {
-        let config = config(dir, &sb, &server, &format!("bench_pool_{n}"));
+        let config = config(dir, &sb, &server.url(), &format!("bench_pool_{n}"));
         let replicas = start(&http, &config, n).await;
         all_owned(&http, replicas[0].port, Duration::from_secs(30), &[]).await;
         let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
@@ -1179,7 +1179,7 @@ async fn cluster(dir: &Path) {
         }
     }
     // Takeover after kill -9, ten times: the largest owner killed, a new replica started.
-    let config = config(dir, &sb, &server, "bench_kills");
+    let config = config(dir, &sb, &server.url(), "bench_kills");
     let mut replicas = start(&http, &config, 3).await;
     all_owned(&http, replicas[0].port, Duration::from_secs(30), &[]).await;
     let mut times = Vec::new();

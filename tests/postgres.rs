@@ -8,25 +8,26 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::pg::{PgServer, PG_PASSWORD};
+use common::pg::{PgBouncer, PgServer, PG_PASSWORD};
 use common::*;
 use serde_json::json;
 use statusd::sandbox::{Sandbox, SandboxOptions};
 use uuid::Uuid;
 
-/// `statusd run` on the PostgreSQL store `schema` of `server`.
+/// `statusd run` on the PostgreSQL store `schema` of the database at `url` (a test server, or
+/// PgBouncer in front of it).
 fn pg_daemon(
     base_url: &str,
     sb_id: &str,
     secret: &str,
-    server: &PgServer,
+    url: &str,
     schema: &str,
     port: u16,
     dir: &std::path::Path,
 ) -> std::process::Command {
     let mut cmd = daemon_command(base_url, sb_id, secret, &dir.join("unused-sled"), port);
     cmd.env("STATUSD__STORE__BACKEND", "postgres")
-        .env("STATUSD__STORE__POSTGRES__URL", server.url())
+        .env("STATUSD__STORE__POSTGRES__URL", url)
         .env("STATUSD__STORE__POSTGRES__SCHEMA", schema)
         .env("STATUSD__CLUSTER__LEASE_DURATION", "3s")
         .env("STATUSD__CLUSTER__RENEW_DEADLINE", "2s")
@@ -37,7 +38,7 @@ fn pg_daemon(
 /// `pg_daemon` with its output discarded, started.
 fn quiet_pg_daemon(
     sb: &Sandbox,
-    server: &PgServer,
+    url: &str,
     schema: &str,
     port: u16,
     dir: &std::path::Path,
@@ -46,7 +47,7 @@ fn quiet_pg_daemon(
         &sb.url,
         &sb.client_id,
         &sb.client_secret,
-        server,
+        url,
         schema,
         port,
         dir,
@@ -127,21 +128,30 @@ async fn assert_all_delivered_in_order(
     assert_first_deliveries_in_order(&actions_by_tenant(sb));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_intake_on_postgres_delivers_every_accepted_event_in_order() {
-    let Some(server) = PgServer::start() else {
-        return;
-    };
+/// `kill -9` of the daemon three times while requests are in flight on the database at `url`,
+/// then one more start: every event answered 202 is delivered, each tenant's in posting order.
+async fn kill_9_during_intake_delivers_every_accepted_event_in_order(url: &str, schema: &str) {
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let http = http_client();
     let tenants: Vec<Uuid> = customers(&sb, 6);
     let mut next = HashMap::new();
     let mut accepted = Vec::new();
+    let daemon = |dir: &std::path::Path| {
+        let mut cmd = pg_daemon(
+            &sb.url,
+            &sb.client_id,
+            &sb.client_secret,
+            url,
+            schema,
+            0,
+            dir,
+        );
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        cmd
+    };
     for round in 0..3 {
-        let port = free_port();
-        let mut daemon = quiet_pg_daemon(&sb, &server, "kill9", port, dir.path());
-        wait_ready(&http, port).await;
+        let (mut daemon, port) = spawn_ready(&mut daemon(dir.path()), dir.path()).await;
         // Kill while requests are in flight: a poster runs until its connection dies.
         let killer = {
             let pid = daemon.id();
@@ -165,10 +175,27 @@ async fn kill_9_during_intake_on_postgres_delivers_every_accepted_event_in_order
         accepted.len()
     );
     // A last start delivers what the killed ones left.
-    let port = free_port();
-    let _daemon = quiet_pg_daemon(&sb, &server, "kill9", port, dir.path());
-    wait_ready(&http, port).await;
+    let _daemon = spawn_ready(&mut daemon(dir.path()), dir.path()).await;
     assert_all_delivered_in_order(&sb, &accepted, Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_intake_on_postgres_delivers_every_accepted_event_in_order() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    kill_9_during_intake_delivers_every_accepted_event_in_order(&server.url(), "kill9").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_intake_through_pgbouncer_delivers_every_accepted_event_in_order() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let Some(bouncer) = PgBouncer::start(&server) else {
+        return;
+    };
+    kill_9_during_intake_delivers_every_accepted_event_in_order(&bouncer.url(), "kill9").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +212,7 @@ async fn postgres_stopped_under_load_answers_503_then_resumes_by_itself_losing_n
         &sb.url,
         &sb.client_id,
         &sb.client_secret,
-        &server,
+        &server.url(),
         "outage",
         port,
         dir.path(),
@@ -196,7 +223,7 @@ async fn postgres_stopped_under_load_answers_503_then_resumes_by_itself_losing_n
     .spawn_daemon();
     wait_ready(&http, port).await;
     // A second statusd on the same store joins the pool: /v1/cluster shows both members.
-    let second = quiet_pg_daemon(&sb, &server, "outage", free_port(), dir.path());
+    let second = quiet_pg_daemon(&sb, &server.url(), "outage", free_port(), dir.path());
     wait_for_async(Duration::from_secs(20), "two members", || async {
         let v: serde_json::Value = http
             .get(format!("http://127.0.0.1:{port}/v1/cluster"))
@@ -363,7 +390,7 @@ async fn a_sled_store_moves_to_postgres_and_back_with_its_pending_events_in_orde
     assert_eq!(code, 0, "{out}");
     // The PostgreSQL store delivers the same pending events in the same order.
     let port = free_port();
-    let _daemon = quiet_pg_daemon(&sb, &server, "moved", port, dir.path());
+    let _daemon = quiet_pg_daemon(&sb, &server.url(), "moved", port, dir.path());
     wait_ready(&http, port).await;
     assert_all_delivered_in_order(&sb, &accepted, Duration::from_secs(60)).await;
     let got = actions_by_tenant(&sb);

@@ -17,12 +17,7 @@ pub const LEASE: Duration = Duration::from_secs(3);
 pub const RETRY: Duration = Duration::from_millis(500);
 
 /// The configuration of a replica: 50 accounts on the sandbox, the store on `schema`.
-pub fn config(
-    dir: &std::path::Path,
-    sb: &Sandbox,
-    server: &PgServer,
-    schema: &str,
-) -> std::path::PathBuf {
+pub fn config(dir: &std::path::Path, sb: &Sandbox, url: &str, schema: &str) -> std::path::PathBuf {
     // One key for every replica of the pool: each opens the secrets of accounts a peer added.
     let key = dir.join("secret.key");
     if !key.exists() {
@@ -34,7 +29,7 @@ pub fn config(
          [cluster]\nshards = 16\nlease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"500ms\"\n\
          [delivery]\ninitial_backoff = \"50ms\"\nmax_backoff = \"300ms\"\nmax_batch_events = 10\nshutdown_grace = \"2s\"\n",
         key.display(),
-        server.url()
+        url
     );
     for a in 0..ACCOUNTS {
         toml.push_str(&format!(
@@ -146,7 +141,7 @@ pub async fn member_of(http: &reqwest::Client, port: u16) -> String {
         let v = cluster(http, port).await;
         if let Some(m) = v["members"]
             .as_array()
-            .unwrap()
+            .unwrap_or_else(|| panic!("no members in /v1/cluster: {v}"))
             .iter()
             .find(|m| m["me"] == true)
         {
@@ -305,6 +300,8 @@ impl Load {
 /// A pool of `n` replicas on a fresh PostgreSQL server and sandbox (160 tenants), every shard
 /// held; `None` where no server can run here.
 pub struct Pool {
+    /// PgBouncer in front of the server, when the pool reaches it through one.
+    pub bouncer: Option<super::pg::PgBouncer>,
     pub server: PgServer,
     pub sb: Sandbox,
     pub dir: tempfile::TempDir,
@@ -315,7 +312,24 @@ pub struct Pool {
 
 impl Pool {
     pub async fn start(schema: &str, n: usize) -> Option<Pool> {
+        Pool::start_on(schema, n, false).await
+    }
+
+    /// The pool reaching its database through PgBouncer in transaction mode.
+    pub async fn start_through_pgbouncer(schema: &str, n: usize) -> Option<Pool> {
+        Pool::start_on(schema, n, true).await
+    }
+
+    async fn start_on(schema: &str, n: usize, through_bouncer: bool) -> Option<Pool> {
         let server = PgServer::start()?;
+        let bouncer = match through_bouncer {
+            true => Some(super::pg::PgBouncer::start(&server)?),
+            false => None,
+        };
+        let url = bouncer
+            .as_ref()
+            .map(|b| b.url())
+            .unwrap_or_else(|| server.url());
         let sb = Sandbox::start(statusd::sandbox::SandboxOptions {
             tenants: 160,
             ..Default::default()
@@ -324,10 +338,11 @@ impl Pool {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let http = super::http_client();
-        let config = config(dir.path(), &sb, &server, schema);
+        let config = config(dir.path(), &sb, &url, schema);
         let replicas = start(&http, &config, n).await;
         all_owned(&http, replicas[0].port, Duration::from_secs(20), &[]).await;
         Some(Pool {
+            bouncer,
             server,
             sb,
             dir,

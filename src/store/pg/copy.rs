@@ -51,7 +51,7 @@ pub async fn export(
         .start()
         .await
         .map_err(pg_error)?;
-    tx.batch_execute(&format!("SET LOCAL search_path TO \"{}\"", opts.schema))
+    tx.batch_execute(&prelude(&opts.schema))
         .await
         .map_err(pg_error)?;
     let store_id: String = tx
@@ -301,7 +301,7 @@ pub async fn import(
     let mut client = pool.get().await.map_err(pool_error)?;
     schema::migrate(&mut client, &opts.schema).await?;
     let tx = client.transaction().await.map_err(pg_error)?;
-    tx.batch_execute(&format!("SET LOCAL search_path TO \"{}\"", opts.schema))
+    tx.batch_execute(&prelude(&opts.schema))
         .await
         .map_err(pg_error)?;
     let used: bool = tx

@@ -125,6 +125,17 @@ fn tls_connector(
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// The statements every transaction begins with, in one round trip: the store's schema as its
+/// `search_path` for this transaction only, and no prepared statement left on the server
+/// connection. Through a pooler in transaction mode, a statement prepared in one transaction can
+/// outlive it there (its rows are still in use when the transaction ends, so its `Close` goes
+/// out later, to whatever connection the pooler then gives); another process preparing the same
+/// name on that connection would be refused. Nothing of statusd's uses a statement across
+/// transactions, so this costs nothing else.
+pub(super) fn prelude(schema: &str) -> String {
+    format!("SET LOCAL search_path TO \"{schema}\"; DEALLOCATE ALL")
+}
+
 /// A pool on the URL. Nothing is set on a connection's session (no startup options, no `SET`):
 /// each transaction sets the schema for itself (`Pg::begin`), so every statement works on
 /// whichever server connection a pooler in transaction mode (PgBouncer) hands out.
@@ -310,7 +321,7 @@ pub struct PgQueue {
 pub(super) struct Pg {
     pool: Pool,
     pub(super) schema: String,
-    /// `SET LOCAL search_path TO "<schema>"`, the first statement of every transaction.
+    /// What every transaction begins with (`prelude`).
     set_schema: String,
     /// Where the URL points (no password), for messages.
     pub(super) target: String,
@@ -362,7 +373,7 @@ impl PgQueue {
         let pg = Arc::new(Pg {
             pool,
             schema: opts.schema.clone(),
-            set_schema: format!("SET LOCAL search_path TO \"{}\"", opts.schema),
+            set_schema: prelude(&opts.schema),
             target,
             jobs: Mutex::new(Some(tx)),
             insert_lock: Default::default(),
@@ -452,8 +463,7 @@ impl Pg {
         e
     }
 
-    /// Begin a transaction on `client` with the store's schema as its `search_path`, for this
-    /// transaction only (`SET LOCAL`, one round trip after `BEGIN`). Every statement runs in
+    /// Begin a transaction on `client` with its `prelude` (one round trip after `BEGIN`). Every statement runs in
     /// one: no session state is kept on a server connection, and a statement prepared inside a
     /// transaction is used on the connection that prepared it, whatever a pooler in transaction
     /// mode does between transactions.

@@ -117,6 +117,9 @@ pub(super) async fn migrate(
     let mut first = true;
     loop {
         let tx = client.transaction().await.map_err(pg_error)?;
+        // As every transaction of the store: no statement left on the server connection by
+        // another client of a pooler (see `prelude`).
+        tx.batch_execute("DEALLOCATE ALL").await.map_err(pg_error)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(pg_error)?;
