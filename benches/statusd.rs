@@ -1261,6 +1261,7 @@ fn on_postgres(
     s.store.backend = statusd::config::StoreBackend::Postgres;
     s.store.postgres = Some(statusd::config::PostgresSettings {
         url: Secret::new(server.url()),
+        direct_url: None,
         pool_size: 8,
         schema: schema.into(),
         ca_file: None,

@@ -602,3 +602,72 @@ async fn an_account_added_through_one_replica_is_served_by_the_owner_of_its_shar
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An event accepted by a replica that does not hold its shard wakes the owner at once (a
+/// `NOTIFY` in the intake's transaction, the owner's `LISTEN` session), instead of waiting for
+/// the owner's next round: with `cluster.retry_period = 60s`, five events posted to the other
+/// replica are each delivered within 2 s of their 202 (by rounds alone, one in 30 runs could).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_accepted_by_another_replica_wakes_the_owner_at_once() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let sb = Sandbox::start(SandboxOptions {
+        tenants: 160,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let http = http_client();
+    let config = config(dir.path(), &sb, &server.url(), "wake");
+    let slow = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("lease_duration = \"3s\"", "lease_duration = \"150s\"")
+        .replace("renew_deadline = \"2s\"", "renew_deadline = \"100s\"")
+        .replace("retry_period = \"500ms\"", "retry_period = \"60s\"");
+    assert!(slow.contains("retry_period = \"60s\""));
+    std::fs::write(&config, slow).unwrap();
+    let replicas = start(&http, &config, 2).await;
+    all_owned(&http, replicas[0].port, Duration::from_secs(40), &[]).await;
+    // Tenants of accounts whose shards the first replica holds, posted to the second.
+    let first = member_of(&http, replicas[0].port).await;
+    let held = owners(&http, replicas[0].port).await;
+    let map = statusd::cluster::ShardMap {
+        shards: 16,
+        pins: Default::default(),
+    };
+    let tenants = sb.tenant_ids(Some("customer"));
+    let theirs: Vec<(uuid::Uuid, String)> = (0..ACCOUNTS)
+        .map(|a| format!("a{a:02}"))
+        .filter(|a| held[&first].contains(&u64::from(map.of(Some(a)))))
+        .zip(tenants)
+        .map(|(a, t)| (t, a))
+        .take(5)
+        .collect();
+    assert_eq!(theirs.len(), 5, "the first replica holds too few accounts");
+    let other = replicas[1].port;
+    for (n, (tenant, account)) in theirs.iter().enumerate() {
+        let action = format!("wake-{n}");
+        let r = http
+            .post(format!("http://127.0.0.1:{other}/v1/events"))
+            .json(&serde_json::json!({"tenant_id": tenant, "account": account, "type": "custom", "category": "wake", "action": action}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let accepted = Instant::now();
+        wait_for(Duration::from_secs(20), "the report", || {
+            common::actions_by_tenant(&sb)
+                .get(tenant)
+                .is_some_and(|a| a.contains(&action))
+        })
+        .await;
+        let took = accepted.elapsed();
+        eprintln!("accepted elsewhere -> reported: {took:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "event {n} was reported {took:?} after its 202: the owner was not woken"
+        );
+    }
+}

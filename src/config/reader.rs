@@ -256,6 +256,10 @@ impl Reader {
         if let Err(why) = postgres::check_url(url.expose()) {
             self.problem("store.postgres.url", why);
         }
+        let direct_url = self.secret("store.postgres.direct_url", Some("postgres_direct_url"));
+        if let Some(Err(why)) = direct_url.as_ref().map(|u| postgres::check_url(u.expose())) {
+            self.problem("store.postgres.direct_url", why);
+        }
         let pool_size = self.u64_in("store.postgres.pool_size", 8, 2, 1024) as usize;
         let schema = self
             .string("store.postgres.schema")
@@ -279,6 +283,7 @@ impl Reader {
             backend,
             Some(PostgresSettings {
                 url,
+                direct_url,
                 pool_size,
                 schema,
                 ca_file,

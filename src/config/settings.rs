@@ -192,6 +192,10 @@ pub enum StoreBackend {
 pub struct PostgresSettings {
     /// The connection URL (it holds the password): from `url` or `url_file`.
     pub url: Secret,
+    /// A URL to the database itself (not through a pooler in transaction mode), for what needs
+    /// a session: the `LISTEN` that wakes a replica at once for events another accepted. Unset:
+    /// `url` (through such a pooler the wake-up may not arrive; the periodic round delivers).
+    pub direct_url: Option<Secret>,
     pub pool_size: usize,
     pub schema: String,
     pub ca_file: Option<PathBuf>,

@@ -274,6 +274,7 @@ impl PgServer {
 pub fn options(url: &str, schema: &str) -> statusd::store::pg::PgOptions {
     statusd::store::pg::PgOptions {
         url: secrecy::SecretString::from(url.to_string()),
+        direct_url: None,
         pool_size: 4,
         schema: schema.to_string(),
         ca_file: None,

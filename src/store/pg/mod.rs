@@ -32,6 +32,7 @@ pub mod cluster;
 mod copy;
 mod read;
 pub mod schema;
+mod wake;
 mod write;
 
 pub use copy::{export, import};
@@ -48,6 +49,8 @@ pub struct PgOptions {
     /// The connection URL (`postgres://user:password@host:port/db?sslmode=...`). A secret: it
     /// holds the password.
     pub url: secrecy::SecretString,
+    /// The database itself, for the `LISTEN` session (unset: `url`).
+    pub direct_url: Option<secrecy::SecretString>,
     pub pool_size: usize,
     pub schema: String,
     /// The CA that signs the server's certificate (else the system's roots).
@@ -63,6 +66,10 @@ impl PgOptions {
         PgOptions {
             shards,
             url: secrecy::SecretString::from(pg.url.expose().to_string()),
+            direct_url: pg
+                .direct_url
+                .as_ref()
+                .map(|u| secrecy::SecretString::from(u.expose().to_string())),
             pool_size: pg.pool_size,
             schema: pg.schema.clone(),
             ca_file: pg.ca_file.clone(),
@@ -345,6 +352,8 @@ pub(super) struct Pg {
     /// What this replica holds (set when it runs as a pool member): checked before it takes a
     /// batch, and with the epoch in every transaction that settles one.
     pub(super) ownership: std::sync::OnceLock<Arc<crate::cluster::Ownership>>,
+    /// Where the `LISTEN` session of a pool member goes (`direct_url`, else `url`), and the CA.
+    session: (secrecy::SecretString, Option<std::path::PathBuf>),
 }
 
 impl InFlight for Pg {
@@ -390,6 +399,10 @@ impl PgQueue {
             stop: Default::default(),
             shards: opts.shards.clone(),
             ownership: Default::default(),
+            session: (
+                opts.direct_url.clone().unwrap_or_else(|| opts.url.clone()),
+                opts.ca_file.clone(),
+            ),
         });
         pg.load().await?;
         tokio::spawn(write::committer(Arc::downgrade(&pg), rx));
@@ -428,8 +441,18 @@ impl PgQueue {
 
     /// Run as a pool member: from now on this replica takes and settles only the batches of
     /// shards it holds, each settled with the shard's epoch.
+    /// It also starts listening for the wake-ups of peers (events they accepted for shards this
+    /// replica holds).
     pub fn set_ownership(&self, own: Arc<crate::cluster::Ownership>) {
-        let _ = self.inner.ownership.set(own);
+        if self.inner.ownership.set(own).is_ok() {
+            let (url, ca) = self.inner.session.clone();
+            tokio::spawn(wake::listen(
+                Arc::downgrade(&self.inner),
+                url,
+                ca,
+                self.inner.stop.clone(),
+            ));
+        }
     }
 
     pub fn ownership(&self) -> Option<&Arc<crate::cluster::Ownership>> {

@@ -577,6 +577,7 @@ impl Pg {
                 }
                 let seqs = next_seqs(&tx, rows.len()).await?;
                 insert_rows(&tx, &self.shards, &rows, &seqs, now).await?;
+                self.notify_owners(&tx, &rows).await?;
                 tx.commit().await.map_err(pg_error)?;
                 let accepted: Vec<(TenantId, Head)> = rows
                     .iter()
@@ -606,6 +607,33 @@ impl Pg {
         }
         self.wake_tenants(tenants);
         Ok(outcomes)
+    }
+}
+
+impl Pg {
+    /// In a pool, wake the owners of the shards of `rows` this replica does not hold: one
+    /// `NOTIFY` naming their tenants, delivered at COMMIT (and only then).
+    async fn notify_owners(&self, tx: &Transaction<'_>, rows: &[Row]) -> Result<(), StoreError> {
+        let Some(own) = self.ownership.get() else {
+            return Ok(());
+        };
+        let mut tenants: Vec<TenantId> = rows
+            .iter()
+            .filter(|r| !own.owns_account(r.ev.account.as_deref()))
+            .map(|r| r.ev.tenant_id)
+            .collect();
+        if tenants.is_empty() {
+            return Ok(());
+        }
+        tenants.sort_unstable();
+        tenants.dedup();
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&wake::CHANNEL, &wake::payload(&self.schema, &tenants)],
+        )
+        .await
+        .map_err(pg_error)?;
+        Ok(())
     }
 }
 

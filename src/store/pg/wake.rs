@@ -1,0 +1,218 @@
+//! The owner of a shard woken at once when another replica accepted events for it: the intake's
+//! transaction sends `NOTIFY` (delivered at COMMIT, only if it commits), and each replica keeps
+//! one session of its own that `LISTEN`s, to `store.postgres.direct_url` (a pooler in
+//! transaction mode keeps no session; unset, `store.postgres.url`). The periodic round of the
+//! pool stays the safety net: a wake-up lost (the session down, a pooler in between) costs at
+//! most one `cluster.retry_period`.
+
+use futures_util::StreamExt;
+use tokio_postgres::AsyncMessage;
+
+use super::*;
+
+/// The channel every store's replicas listen on; the payload names the store's schema.
+pub(super) const CHANNEL: &str = "statusd_wake";
+/// Tenants named in one payload at most (PostgreSQL takes up to 8 000 bytes); past it, the
+/// payload asks for the heads of every shard held.
+const MAX_TENANTS: usize = 150;
+/// The wait before the session is opened again after it ended.
+const RECONNECT: Duration = Duration::from_secs(1);
+
+/// The payload naming `tenants` of the store `schema`: `schema|t1,t2,…`, or `schema|*` for
+/// more than a payload holds.
+pub(super) fn payload(schema: &str, tenants: &[TenantId]) -> String {
+    if tenants.len() > MAX_TENANTS {
+        return format!("{schema}|*");
+    }
+    let list: Vec<String> = tenants.iter().map(|t| t.to_string()).collect();
+    format!("{schema}|{}", list.join(","))
+}
+
+/// What a payload asks of the replicas of `schema`: the heads of these tenants (`Some`), or of
+/// every shard held (`None`). Nothing for another store's payload, or one not understood.
+fn parse(payload: &str, schema: &str) -> Option<Option<Vec<TenantId>>> {
+    let (of, rest) = payload.split_once('|')?;
+    if of != schema {
+        return None;
+    }
+    if rest == "*" {
+        return Some(None);
+    }
+    rest.split(',')
+        .map(|t| t.parse().ok())
+        .collect::<Option<Vec<TenantId>>>()
+        .map(Some)
+}
+
+/// Keep a `LISTEN` session to `url` until `stop`, opening it again a moment after it ends.
+pub(super) async fn listen(
+    pg: std::sync::Weak<Pg>,
+    url: secrecy::SecretString,
+    ca_file: Option<std::path::PathBuf>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let ended = match session_config(&url, ca_file.as_deref()) {
+            Ok((config, None)) => session(&pg, config, tokio_postgres::NoTls, &stop).await,
+            Ok((config, Some(tls))) => session(&pg, config, tls, &stop).await,
+            Err(e) => Err(e),
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        if let Err(e) = ended {
+            tracing::debug!(message = "the wake-up session ended; the periodic round delivers meanwhile", error = %e);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RECONNECT) => {}
+        }
+    }
+}
+
+/// The session's connection settings, with the TLS it asks for (`None`: plain text).
+fn session_config(
+    url: &secrecy::SecretString,
+    ca_file: Option<&std::path::Path>,
+) -> Result<
+    (
+        tokio_postgres::Config,
+        Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    ),
+    StoreError,
+> {
+    use secrecy::ExposeSecret;
+    let (plain, mode) = strip_tls_params(url.expose_secret());
+    let mut config = tokio_postgres::Config::from_str(&plain)
+        .map_err(|e| StoreError::Unavailable(format!("store.postgres.direct_url: {e}")))?;
+    config
+        .connect_timeout(Duration::from_secs(5))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .application_name("statusd-listen");
+    let tls = match mode.as_deref() {
+        None | Some("disable") => None,
+        Some(_) => Some(tls_connector(ca_file)?),
+    };
+    Ok((config, tls))
+}
+
+/// One session: connect, `LISTEN`, and take in each wake-up until it ends or `stop`.
+async fn session<T>(
+    pg: &std::sync::Weak<Pg>,
+    config: tokio_postgres::Config,
+    tls: T,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<(), StoreError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut connection) = config.connect(tls).await.map_err(pg_error)?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // The connection is driven apart; it hands over each notification.
+    let pump = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let listening = client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .await
+        .map_err(pg_error);
+    if let Err(e) = listening {
+        pump.abort();
+        return Err(e);
+    }
+    let result = loop {
+        tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            got = rx.recv() => match got {
+                Some(payload) => {
+                    let Some(pg) = pg.upgrade() else { break Ok(()) };
+                    let Some(asked) = parse(&payload, &pg.schema) else { continue };
+                    if let Err(e) = pg.woken_by_peer(asked).await {
+                        tracing::debug!(message = "a wake-up could not be taken in; the periodic round delivers", error = %e);
+                    }
+                }
+                None => break Err(StoreError::Unavailable("the wake-up session ended".into())),
+            },
+        }
+    };
+    pump.abort();
+    result
+}
+
+impl Pg {
+    /// Events another replica accepted for shards this one may hold: read the heads of those
+    /// tenants in the shards held (or of every shard held), and wake them for delivery.
+    async fn woken_by_peer(
+        self: &Arc<Self>,
+        tenants: Option<Vec<TenantId>>,
+    ) -> Result<(), StoreError> {
+        let Some(own) = self.ownership.get() else {
+            return Ok(());
+        };
+        let held: Vec<i32> = own.owned().into_iter().map(|s| s as i32).collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let rows = match &tenants {
+            Some(tenants) => {
+                self.rows(
+                    "SELECT DISTINCT ON (tenant_id) seq, accepted_at_ms, account, tenant_id FROM events
+                     WHERE state = 'queued' AND tenant_id = ANY($1) AND shard = ANY($2)
+                     ORDER BY tenant_id, seq",
+                    &[tenants, &held],
+                )
+                .await?
+            }
+            None => {
+                self.rows(
+                    "SELECT DISTINCT ON (tenant_id) seq, accepted_at_ms, account, tenant_id FROM events
+                     WHERE state = 'queued' AND shard = ANY($1) ORDER BY tenant_id, seq",
+                    &[&held],
+                )
+                .await?
+            }
+        };
+        let mut woken = Vec::with_capacity(rows.len());
+        {
+            let mut mem = lock(&self.mem);
+            for r in &rows {
+                let tenant: TenantId = col(r, 3)?;
+                mem.set_head(tenant, Some(Head::of_row(r)?));
+                woken.push(tenant);
+            }
+        }
+        self.wake_tenants(woken);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_names_its_store_and_tenants_or_asks_for_every_shard() {
+        let t: Vec<TenantId> = (0..3).map(|_| Uuid::new_v4()).collect();
+        assert_eq!(parse(&payload("s1", &t), "s1"), Some(Some(t.clone())));
+        assert_eq!(parse(&payload("s1", &t), "s2"), None);
+        let many: Vec<TenantId> = (0..=MAX_TENANTS).map(|_| Uuid::new_v4()).collect();
+        let p = payload("s1", &many);
+        assert!(p.len() < 8000);
+        assert_eq!(parse(&p, "s1"), Some(None));
+        assert!(payload("s1", &t[..MAX_TENANTS.min(3)]).len() < 8000);
+        assert_eq!(parse("s1|not-a-uuid", "s1"), None);
+    }
+}
