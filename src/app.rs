@@ -350,12 +350,15 @@ fn store_tasks(t: StoreTasks<'_>) -> Vec<tokio::task::JoinHandle<()>> {
             own.clone(),
             advertised(t.settings, t.api_addr),
             t.stop.clone(),
-            takeover(
-                t.queue.clone(),
-                own.clone(),
-                t.settings.platform.request_timeout,
-                t.detached.clone(),
-            ),
+            crate::cluster::member::Hooks {
+                on_takeover: takeover(
+                    t.queue.clone(),
+                    own.clone(),
+                    t.settings.platform.request_timeout,
+                    t.detached.clone(),
+                ),
+                on_late: late_reports(t.queue.clone()),
+            },
         )));
         // Peers add, rotate and remove accounts in the shared store.
         tasks.push(tokio::spawn(crate::accounts::sync_loop(
@@ -490,6 +493,44 @@ fn takeover(
                 tenants = n
             );
         });
+    })
+}
+
+/// Tenants another replica reported to after it lost their shard (held by this one now): their
+/// latest decision is queued to be reported again, after those late reports.
+fn late_reports(queue: Queue) -> crate::cluster::member::OnLate {
+    Box::new(move |tenants: Vec<uuid::Uuid>| {
+        let queue = queue.clone();
+        Box::pin(async move {
+            let mut events = Vec::new();
+            for tenant in &tenants {
+                match queue.tenant_state(tenant).await {
+                    Ok(Some(state)) => {
+                        if let Some(intended) = state.intended {
+                            let mut ev =
+                                crate::store::NewEvent::state_change(*tenant, intended, None);
+                            ev.account = state.account;
+                            events.push(ev);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(message = "cannot report again after a late report; tried again next round", error = %e);
+                        return false;
+                    }
+                }
+            }
+            let n = events.len();
+            if let Err(e) = queue.enqueue(events).await {
+                tracing::warn!(message = "cannot report again after a late report; tried again next round", error = %e);
+                return false;
+            }
+            tracing::info!(
+                message = "reports another replica sent late: each tenant's latest decision reported again",
+                tenants = n
+            );
+            true
+        })
     })
 }
 

@@ -415,7 +415,11 @@ async fn migrations_run_once_and_a_newer_schema_is_refused_naming_both_versions(
     let pg = pg_env(&server, "versions");
     let (code, out, err) = statusd(&["store", "migrate"], &pg);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("from version 0 to 2"), "{out}");
+    let current = statusd::store::pg::PG_SCHEMA_VERSION;
+    assert!(
+        out.contains(&format!("from version 0 to {current}")),
+        "{out}"
+    );
     let (code, out, _) = statusd(&["store", "migrate"], &pg);
     assert_eq!(code, 0);
     assert!(out.contains("nothing to apply"), "{out}");
@@ -424,7 +428,7 @@ async fn migrations_run_once_and_a_newer_schema_is_refused_naming_both_versions(
     let (code, _, err) = statusd(&["store", "migrate"], &pg);
     assert_eq!(code, 78, "{err}");
     assert!(
-        err.contains("schema version 7") && err.contains("up to 2"),
+        err.contains("schema version 7") && err.contains(&format!("up to {current}")),
         "{err}"
     );
     // `run` refuses it too, with the same exit code, before it serves anything.
@@ -455,4 +459,78 @@ async fn migrations_run_once_and_a_newer_schema_is_refused_naming_both_versions(
     assert_eq!(code, 78, "{out}{err}");
     assert!(err.contains("store.postgres.url"), "{err}");
     assert!(!err.contains(PG_PASSWORD), "{err}");
+}
+
+/// A rolling update: a newer build applied a migration that only adds (here a test-only one: a
+/// column and a table). This build, running, goes on taking and delivering events on that
+/// schema, and starts on it again; a migration that does not only add ends the window: this
+/// build then refuses to start on the schema (exit 78), naming its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_replica_goes_on_over_a_newer_schema_that_only_adds() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let http = http_client();
+    let tenants: Vec<Uuid> = customers(&sb, 4);
+    let (mut next, mut accepted) = (HashMap::new(), Vec::new());
+    let daemon = |dir: &std::path::Path| {
+        let mut cmd = pg_daemon(
+            &sb.url,
+            &sb.client_id,
+            &sb.client_secret,
+            &server.url(),
+            "rolling",
+            0,
+            dir,
+        );
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        cmd
+    };
+    let (running, port) = spawn_ready(&mut daemon(dir.path()), dir.path()).await;
+    post_round(&http, port, &tenants, &mut next, &mut accepted)
+        .await
+        .unwrap();
+    // What a newer statusd would apply: the next version, additive.
+    let current = statusd::store::pg::PG_SCHEMA_VERSION;
+    server.psql(&format!(
+        "BEGIN;
+         ALTER TABLE rolling.events ADD COLUMN note text;
+         CREATE TABLE rolling.audit (id bigserial PRIMARY KEY, what text NOT NULL);
+         INSERT INTO rolling.schema_migrations (version, description, additive)
+             VALUES ({}, 'test only: a note on events, an audit table', true);
+         COMMIT;",
+        current + 1
+    ));
+    for _ in 0..3 {
+        post_round(&http, port, &tenants, &mut next, &mut accepted)
+            .await
+            .unwrap();
+    }
+    assert_all_delivered_in_order(&sb, &accepted, Duration::from_secs(30)).await;
+    // Started again on the schema ahead of it.
+    assert_eq!(sigterm_and_wait(running).await.code(), Some(0));
+    let (running, port) = spawn_ready(&mut daemon(dir.path()), dir.path()).await;
+    post_round(&http, port, &tenants, &mut next, &mut accepted)
+        .await
+        .unwrap();
+    assert_all_delivered_in_order(&sb, &accepted, Duration::from_secs(30)).await;
+    assert_eq!(sigterm_and_wait(running).await.code(), Some(0));
+    // A migration that does not only add ends the window for this build.
+    server.psql(&format!(
+        "INSERT INTO rolling.schema_migrations (version, description, additive)
+             VALUES ({}, 'test only: a column dropped', false)",
+        current + 2
+    ));
+    let mut refused = daemon(dir.path());
+    refused.stderr(Stdio::piped());
+    let out = refused.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains(&format!("schema version {}", current + 2))
+            && err.contains(&format!("up to {current}")),
+        "{err}"
+    );
 }

@@ -13,6 +13,19 @@ use super::{LeaseStore, MemberRow, Ownership};
 
 /// Called with the shards taken over from another replica (not free ones).
 pub type OnTakeover = Box<dyn Fn(Vec<u32>) + Send + Sync>;
+/// What the membership loop calls back.
+pub struct Hooks {
+    pub on_takeover: OnTakeover,
+    pub on_late: OnLate,
+}
+
+/// Called with the tenants of shards held that another replica reported to late (after it
+/// lost their shard); returns once their latest decision is queued to be reported again.
+pub type OnLate = Box<
+    dyn Fn(Vec<uuid::Uuid>) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// The members' liveness: a member is live while its heartbeat record keeps changing (judged
 /// on this replica's monotonic clock, like the leases).
@@ -51,7 +64,7 @@ pub async fn run<S: LeaseStore + ?Sized>(
     own: Arc<Ownership>,
     api: String,
     stop: CancellationToken,
-    on_takeover: OnTakeover,
+    hooks: Hooks,
 ) {
     let mut observer = Observer::default();
     let mut members = Members::default();
@@ -72,7 +85,7 @@ pub async fn run<S: LeaseStore + ?Sized>(
             &mut members,
             now,
             shards,
-            &on_takeover,
+            &hooks,
         )
         .await
         {
@@ -94,7 +107,7 @@ async fn round<S: LeaseStore + ?Sized>(
     members: &mut Members,
     now: Instant,
     shards: u32,
-    on_takeover: &OnTakeover,
+    hooks: &Hooks,
 ) -> Result<(), S::Error> {
     queue.heartbeat(&own.me, api).await?;
     let rows = queue.members().await?;
@@ -128,15 +141,7 @@ async fn round<S: LeaseStore + ?Sized>(
         &own.timing,
     );
     if !plan.release.is_empty() {
-        queue.release(&own.me, &plan.release).await?;
-        for (s, _) in &plan.release {
-            own.give_up(*s);
-        }
-        tracing::info!(
-            message = "shards given back (over this replica's share)",
-            shards = plan.release.len(),
-            live_members = live
-        );
+        give_back(queue, own, &plan.release, live).await?;
     }
     let renewed = queue.renew(&own.me, &plan.renew).await?;
     for (s, epoch) in &plan.renew {
@@ -169,8 +174,48 @@ async fn round<S: LeaseStore + ?Sized>(
     // taken.
     queue.load_shards(&own.owned()).await?;
     if !taken_over.is_empty() {
-        on_takeover(taken_over);
+        (hooks.on_takeover)(taken_over);
     }
+    // Reports another replica sent before it lost a shard held now, answered after: the
+    // latest decision of each tenant goes out again, after them.
+    let late = queue.late_reports(&own.owned()).await?;
+    if !late.is_empty() && (hooks.on_late)(late.clone()).await {
+        queue.forget_late(&late).await?;
+    }
+    Ok(())
+}
+
+/// A shard and the epoch it is held at.
+type Lease = (u32, u64);
+
+/// Give back shards over this replica's share, as a graceful stop does: stop acting for them,
+/// wait (up to one retry period) for their reports in flight to be settled, then release them.
+/// A shard whose reports are still out is not released: its lease runs out instead, after
+/// they have ended, and a peer claims it then.
+async fn give_back<S: LeaseStore + ?Sized>(
+    queue: &S,
+    own: &Ownership,
+    release: &[(u32, u64)],
+    live: usize,
+) -> Result<(), S::Error> {
+    for (s, _) in release {
+        own.give_up(*s);
+    }
+    let deadline = Instant::now() + own.timing.retry;
+    while release.iter().any(|(s, _)| own.in_flight(*s) > 0) && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (free, busy): (Vec<Lease>, Vec<Lease>) =
+        release.iter().partition(|(s, _)| own.in_flight(*s) == 0);
+    if !free.is_empty() {
+        queue.release(&own.me, &free).await?;
+    }
+    tracing::info!(
+        message = "shards given back (over this replica's share)",
+        shards = free.len(),
+        left_to_expire = busy.len(),
+        live_members = live
+    );
     Ok(())
 }
 

@@ -86,6 +86,11 @@ pub trait LeaseStore: Send + Sync {
     ) -> Result<bool, Self::Error>;
     /// Take in the work of these shards (held now): their pending tenants, read afresh.
     async fn load_shards(&self, shards: &[u32]) -> Result<(), Self::Error>;
+    /// Tenants of these shards that a replica reported to after it had lost their shard (its
+    /// settle was refused by the fence): their latest decision must be reported again.
+    async fn late_reports(&self, shards: &[u32]) -> Result<Vec<uuid::Uuid>, Self::Error>;
+    /// Those late reports were overwritten by a report of the latest decision.
+    async fn forget_late(&self, tenants: &[uuid::Uuid]) -> Result<(), Self::Error>;
 }
 
 /// The stable hash of an account id: 64-bit FNV-1a of its UTF-8 bytes. Documented and fixed:
@@ -157,6 +162,8 @@ pub struct Ownership {
     losses: Mutex<VecDeque<Instant>>,
     /// Set once this replica kept losing shards: `run` ends with an error.
     pub failing: tokio_util::sync::CancellationToken,
+    /// Batches taken and not yet settled, by shard: a shard given back waits for them.
+    flights: Mutex<HashMap<u32, usize>>,
 }
 
 impl Ownership {
@@ -172,7 +179,33 @@ impl Ownership {
             unowned: AtomicU64::new(0),
             losses: Mutex::new(VecDeque::new()),
             failing: Default::default(),
+            flights: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<u32, usize>> {
+        self.flights.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A batch of `shard` was taken (its report goes out under the shard's epoch).
+    pub fn flight_started(&self, shard: u32) {
+        *self.flights().entry(shard).or_default() += 1;
+    }
+
+    /// A batch of `shard` was settled, or given back.
+    pub fn flight_ended(&self, shard: u32) {
+        let mut f = self.flights();
+        if let Some(n) = f.get_mut(&shard) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                f.remove(&shard);
+            }
+        }
+    }
+
+    /// Batches of `shard` taken and not yet settled.
+    pub fn in_flight(&self, shard: u32) -> usize {
+        self.flights().get(&shard).copied().unwrap_or(0)
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, lease::Held> {

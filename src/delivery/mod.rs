@@ -238,6 +238,12 @@ impl Delivery {
             })
             .collect();
         let times = report_times(&batch);
+        // Held still? A replica paused since it took the batch may have lost the shard: its
+        // new owner sends these events, and this report would land after the owner's.
+        if !self.queue.may_send(&batch) {
+            self.breaker(&account.datacenter, Breaker::probe_ended);
+            return LaneOutcome::Empty;
+        }
         let started = Instant::now();
         let result = tokio::select! {
             r = account.client.report_status_at(tenant, &events, &times) => r,

@@ -72,7 +72,7 @@ pub enum StoreError {
     /// A state change of a shard this replica no longer holds (another holds a newer epoch).
     #[error("refused: shard {0} is held by another replica at a newer epoch")]
     Fenced(u32),
-    #[error("the PostgreSQL store (schema {schema:?}) has schema version {found}; this statusd understands up to {}: upgrade statusd, or use another store.postgres.schema", pg::PG_SCHEMA_VERSION)]
+    #[error("the PostgreSQL store (schema {schema:?}) has schema version {found}; this statusd understands up to {}, and a migration past it does not only add (a rolling update must stop the older replicas before that version): upgrade statusd, or use another store.postgres.schema", pg::PG_SCHEMA_VERSION)]
     PgSchemaTooNew { schema: String, found: i32 },
 }
 

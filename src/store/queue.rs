@@ -346,6 +346,15 @@ impl Queue {
             .is_none_or(|o| o.owns_account(account))
     }
 
+    /// Whether a batch may still be sent now: on a shared store, its shard is still held at the
+    /// epoch it was taken under (a replica paused between taking and sending finds it lost).
+    pub fn may_send(&self, batch: &Batch) -> bool {
+        match (batch.fence, self.shared().and_then(|s| s.ownership())) {
+            (Some((shard, epoch)), Some(own)) => own.may_act(shard) == Some(epoch),
+            _ => true,
+        }
+    }
+
     /// Claim a reconciler's scheduled slot for an account's shard: false when another replica
     /// already ran it (after a failover). Always true with one process.
     pub async fn claim_slot(&self, name: &str, account: Option<&str>, slot: i64) -> bool {

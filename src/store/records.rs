@@ -169,6 +169,10 @@ pub(super) trait InFlight: Send + Sync {
     fn unclaim(&self, tenant: &TenantId) {
         lock(self.in_flight().0).remove(tenant);
     }
+
+    /// A batch taken under `fence` (a shard and its epoch, on a shared store) ended: settled,
+    /// or given back.
+    fn ended(&self, _fence: Option<(u32, u64)>) {}
 }
 
 impl Batch {
@@ -214,6 +218,8 @@ impl Batch {
             for rec in &self.events {
                 ids.remove(&rec.id);
             }
+            drop(ids);
+            store.ended(self.fence);
         }
     }
 

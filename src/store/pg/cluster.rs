@@ -219,4 +219,29 @@ impl LeaseStore for PgQueue {
         self.inner.wake_tenants(woken);
         Ok(())
     }
+
+    async fn late_reports(&self, shards: &[u32]) -> Result<Vec<TenantId>, StoreError> {
+        if shards.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
+        self.rows(
+            "SELECT tenant_id FROM late_reports WHERE shard = ANY($1)",
+            &[&list],
+        )
+        .await?
+        .iter()
+        .map(|r| col(r, 0))
+        .collect()
+    }
+
+    async fn forget_late(&self, tenants: &[TenantId]) -> Result<(), StoreError> {
+        self.inner
+            .exec(
+                "DELETE FROM late_reports WHERE tenant_id = ANY($1)",
+                &[&tenants],
+            )
+            .await
+            .map(|_| ())
+    }
 }

@@ -360,6 +360,12 @@ impl InFlight for Pg {
     fn in_flight(&self) -> (&Mutex<HashSet<TenantId>>, &Mutex<HashSet<Uuid>>) {
         (&self.in_flight_tenants, &self.in_flight_ids)
     }
+
+    fn ended(&self, fence: Option<(u32, u64)>) {
+        if let (Some((shard, _)), Some(own)) = (fence, self.ownership.get()) {
+            own.flight_ended(shard);
+        }
+    }
 }
 
 impl Drop for Pg {

@@ -119,6 +119,15 @@ impl PgQueue {
                     limit = crate::store::batches::scan_limit(max);
                 };
                 match (&cut, pg.ownership.get()) {
+                    // Only the owner of the shard sets decisions aside (a write): another
+                    // replica takes nothing of it.
+                    (Cut::Events(events), Some(own))
+                        if own
+                            .may_act(pg.shards.of(events[0].account.as_deref()))
+                            .is_none() =>
+                    {
+                        return Ok(Cut::Empty)
+                    }
                     (Cut::Events(events), Some(_)) if self.supersede(tenant, events).await? > 0 => {
                         continue
                     }
@@ -133,7 +142,10 @@ impl PgQueue {
             (Ok(Cut::Events(events)), Some(own)) => {
                 let shard = pg.shards.of(events[0].account.as_deref());
                 match own.may_act(shard) {
-                    Some(epoch) => Some((shard, epoch)),
+                    Some(epoch) => {
+                        own.flight_started(shard);
+                        Some((shard, epoch))
+                    }
                     None => {
                         pg.unclaim(tenant);
                         return Ok(Take::Empty);
@@ -159,7 +171,8 @@ impl PgQueue {
 
     /// Record as superseded (delivered, never sent) the activations and deactivations of
     /// `events` older than the tenant's newest decision already reported, ordering decisions by
-    /// `occurred_at` (acceptance time when absent). Answers how many.
+    /// `occurred_at` (acceptance time when absent). Answers how many of `events` are older: the
+    /// batch must be read again without them, even when another writer settled them first.
     async fn supersede(
         &self,
         tenant: &TenantId,
@@ -200,8 +213,10 @@ impl PgQueue {
             .await?;
         let mut mem = lock(&pg.mem);
         mem.depth = mem.depth.saturating_sub(n);
-        tracing::info!(message = "reports superseded by a newer decision (accepted elsewhere at nearly the same moment): recorded, not sent", tenant_id = %tenant, events = n);
-        Ok(n)
+        if n > 0 {
+            tracing::info!(message = "reports superseded by a newer decision (accepted elsewhere at nearly the same moment): recorded, not sent", tenant_id = %tenant, events = n);
+        }
+        Ok(old.len() as u64)
     }
 
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<EventRecord>, StoreError> {

@@ -4,15 +4,32 @@
 use super::*;
 
 /// The schema version this build writes; a store with a newer one is refused.
-pub const PG_SCHEMA_VERSION: i32 = 2;
+pub const PG_SCHEMA_VERSION: i32 = 3;
 
-/// The migrations, in order: (version, what it does, SQL). The schema's name is set as the
-/// connection's `search_path`, so the statements name no schema.
-const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (
-        1,
-        "events, idempotency keys, tenants, inventory, accounts, documents",
-        r#"
+/// One migration: its version, what it does, its SQL (the schema is the transaction's
+/// `search_path`, so the statements name none), and whether it only adds.
+///
+/// A migration that only adds (a table, an index, a column that is nullable or has a default)
+/// is `additive`: a build that knows only the versions before it runs on the schema unchanged,
+/// since every statement of statusd names its columns. During a rolling update the older
+/// replicas go on beside the newer ones while the schema is ahead of them, as long as every
+/// migration they do not know is additive; the first one that is not (a column dropped,
+/// renamed or made stricter) ends that window: an older build then refuses to start on it
+/// (exit 78), and the update must stop the older replicas before that version is applied.
+pub(super) struct Migration {
+    pub(super) version: i32,
+    pub(super) what: &'static str,
+    sql: &'static str,
+    additive: bool,
+}
+
+/// The migrations, in order.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        what: "events, idempotency keys, tenants, inventory, accounts, documents",
+        additive: false,
+        sql: r#"
 CREATE TABLE events (
     id uuid PRIMARY KEY,
     seq bigint NOT NULL,
@@ -62,11 +79,12 @@ CREATE TABLE documents (name text PRIMARY KEY, value jsonb NOT NULL);
 CREATE TABLE meta (name text PRIMARY KEY, value text NOT NULL);
 INSERT INTO meta (name, value) VALUES ('store_id', gen_random_uuid()::text);
 "#,
-    ),
-    (
-        2,
-        "shards: each event's shard, members, shard leases, reconciler slots",
-        r#"
+    },
+    Migration {
+        version: 2,
+        what: "shards: each event's shard, members, shard leases, reconciler slots",
+        additive: true,
+        sql: r#"
 ALTER TABLE events ADD COLUMN shard integer NOT NULL DEFAULT 0;
 CREATE INDEX events_shard_pending ON events (shard, tenant_id, seq) WHERE state = 'queued';
 ALTER TABLE tenants ADD COLUMN last_sent_at_ms bigint;
@@ -91,7 +109,20 @@ CREATE TABLE reconcile_slots (
     PRIMARY KEY (name, shard, slot)
 );
 "#,
-    ),
+    },
+    Migration {
+        version: 3,
+        what: "late reports: tenants a replica reported to after it lost their shard",
+        additive: true,
+        sql: r#"
+CREATE TABLE late_reports (
+    tenant_id uuid PRIMARY KEY,
+    shard integer NOT NULL,
+    noted_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX late_reports_shard ON late_reports (shard);
+"#,
+    },
 ];
 
 /// What a migration run did.
@@ -129,7 +160,9 @@ pub(super) async fn migrate(
                  version integer PRIMARY KEY,
                  description text NOT NULL,
                  applied_at timestamptz NOT NULL DEFAULT now()
-             );"
+             );
+             ALTER TABLE {schema}.schema_migrations
+                 ADD COLUMN IF NOT EXISTS additive boolean NOT NULL DEFAULT false;"
         ))
         .await
         .map_err(pg_error)?;
@@ -147,23 +180,48 @@ pub(super) async fn migrate(
         }
         done.to = current;
         if current > PG_SCHEMA_VERSION {
-            return Err(StoreError::PgSchemaTooNew {
-                schema: schema.trim_matches('"').to_string(),
-                found: current,
-            });
+            // A schema ahead of this build: run on it while every migration this build does
+            // not know only adds (a rolling update under way), else refuse.
+            let breaking: i64 = tx
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM {schema}.schema_migrations
+                         WHERE version > $1 AND NOT additive"
+                    ),
+                    &[&PG_SCHEMA_VERSION],
+                )
+                .await
+                .map_err(pg_error)
+                .and_then(|r| col(&r, 0))?;
+            tx.commit().await.map_err(pg_error)?;
+            if breaking > 0 {
+                return Err(StoreError::PgSchemaTooNew {
+                    schema: schema.trim_matches('"').to_string(),
+                    found: current,
+                });
+            }
+            tracing::warn!(
+                message = "the store's schema is ahead of this build, by migrations that only add: running on it (a rolling update under way; update this replica too)",
+                schema = %schema.trim_matches('"'),
+                version = current,
+                this_build = PG_SCHEMA_VERSION
+            );
+            return Ok(done);
         }
-        let Some(&(version, what, sql)) = MIGRATIONS.iter().find(|(v, _, _)| *v > current) else {
+        let Some(m) = MIGRATIONS.iter().find(|m| m.version > current) else {
             tx.commit().await.map_err(pg_error)?;
             return Ok(done);
         };
-        tx.batch_execute(&format!("SET LOCAL search_path TO {schema}; {sql}"))
+        let (version, what) = (m.version, m.what);
+        tx.batch_execute(&format!("SET LOCAL search_path TO {schema}; {}", m.sql))
             .await
             .map_err(pg_error)?;
         tx.execute(
             &format!(
-                "INSERT INTO {schema}.schema_migrations (version, description) VALUES ($1, $2)"
+                "INSERT INTO {schema}.schema_migrations (version, description, additive)
+                 VALUES ($1, $2, $3)"
             ),
-            &[&version, &what],
+            &[&version, &what, &m.additive],
         )
         .await
         .map_err(pg_error)?;
@@ -180,9 +238,12 @@ mod tests {
 
     #[test]
     fn migrations_are_numbered_from_one_without_gaps() {
-        for (i, (v, _, _)) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(*v, i as i32 + 1);
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i32 + 1);
         }
-        assert_eq!(MIGRATIONS.last().map(|m| m.0), Some(PG_SCHEMA_VERSION));
+        assert_eq!(
+            MIGRATIONS.last().map(|m| m.version),
+            Some(PG_SCHEMA_VERSION)
+        );
     }
 }

@@ -156,6 +156,9 @@ impl PgQueue {
             })
             .await;
         fenced(pg, &result);
+        if let Err(StoreError::Fenced(shard)) = &result {
+            pg.note_late_report(tenant, *shard).await;
+        }
         if let Ok(Some((n, head))) = result.as_ref() {
             let mut mem = lock(&pg.mem);
             mem.depth = mem.depth.saturating_sub(*n);
@@ -476,6 +479,35 @@ async fn check_fence(pg: &Pg, tx: &Transaction<'_>, batch: &Batch) -> Result<(),
     match held {
         Some(_) => Ok(()),
         None => Err(StoreError::Fenced(shard)),
+    }
+}
+
+impl Pg {
+    /// A report of `tenant` went out while this replica held its shard, and was settled only
+    /// after it lost it: it may have reached the platform after the new owner's last report
+    /// of the tenant. Noted in the store (outside the fence: any replica may note it), so the
+    /// owner reports the tenant's latest decision again.
+    async fn note_late_report(&self, tenant: TenantId, shard: u32) {
+        let noted = self
+            .exec(
+                "INSERT INTO late_reports (tenant_id, shard) VALUES ($1, $2)
+                 ON CONFLICT (tenant_id) DO UPDATE SET shard = EXCLUDED.shard, noted_at = now()",
+                &[&tenant, &(shard as i32)],
+            )
+            .await;
+        match noted {
+            Ok(_) => tracing::warn!(
+                message = "a report went out before this replica lost its shard and was answered after: its owner reports the tenant's latest decision again",
+                tenant_id = %tenant,
+                shard
+            ),
+            Err(e) => tracing::warn!(
+                message = "a report answered after this replica lost its shard could not be noted; the owner's takeover re-assertion covers it only if it came later",
+                tenant_id = %tenant,
+                shard,
+                error = %e
+            ),
+        }
     }
 }
 
