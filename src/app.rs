@@ -477,6 +477,8 @@ fn takeover(
                     let mut ev =
                         crate::store::NewEvent::state_change(t.tenant_id, t.intended?, None);
                     ev.account = t.account;
+                    // Dated as the decision it repeats: one newer, accepted meanwhile, wins.
+                    ev.occurred_at_ms = t.intended_at_ms;
                     Some(ev)
                 })
                 .collect();
@@ -510,6 +512,8 @@ fn late_reports(queue: Queue) -> crate::cluster::member::OnLate {
                             let mut ev =
                                 crate::store::NewEvent::state_change(*tenant, intended, None);
                             ev.account = state.account;
+                            // Dated as the decision it repeats: one newer wins.
+                            ev.occurred_at_ms = state.intended_at_ms;
                             events.push(ev);
                         }
                     }

@@ -513,8 +513,12 @@ impl Pg {
     ) -> Result<Vec<Row>, StoreError> {
         self.timed(async {
             let mut client = self.client().await?;
-            let tx = self.begin(&mut client).await?;
-            let rows = tx.query(sql, params).await.map_err(pg_error)?;
+            let tx = client.transaction().await.map_err(pg_error)?;
+            // The prelude and the statement go out together (pipelined, in this order).
+            let (prelude, rows) =
+                tokio::join!(tx.batch_execute(&self.set_schema), tx.query(sql, params));
+            prelude.map_err(pg_error)?;
+            let rows = rows.map_err(pg_error)?;
             tx.commit().await.map_err(pg_error)?;
             Ok(rows)
         })
@@ -530,8 +534,11 @@ impl Pg {
     ) -> Result<u64, StoreError> {
         self.timed(async {
             let mut client = self.client().await?;
-            let tx = self.begin(&mut client).await?;
-            let n = tx.execute(sql, params).await.map_err(pg_error)?;
+            let tx = client.transaction().await.map_err(pg_error)?;
+            let (prelude, n) =
+                tokio::join!(tx.batch_execute(&self.set_schema), tx.execute(sql, params));
+            prelude.map_err(pg_error)?;
+            let n = n.map_err(pg_error)?;
             tx.commit().await.map_err(pg_error)?;
             Ok(n)
         })

@@ -170,8 +170,9 @@ impl PgQueue {
     }
 
     /// Record as superseded (delivered, never sent) the activations and deactivations of
-    /// `events` older than the tenant's newest decision already reported, ordering decisions by
-    /// `occurred_at` (acceptance time when absent). Answers how many of `events` are older: the
+    /// `events` older than the tenant's newest decision already reported, or than a decision
+    /// ahead of them in the batch, ordering decisions by `occurred_at` (acceptance time when
+    /// absent). Answers how many of `events` are older: the
     /// batch must be read again without them, even when another writer settled them first.
     async fn supersede(
         &self,
@@ -193,12 +194,17 @@ impl PgQueue {
             .map(|r| col::<Option<i64>>(r, 0))
             .transpose()?
             .flatten();
-        let Some(last) = last else { return Ok(0) };
-        let old: Vec<Uuid> = events
-            .iter()
-            .filter(|e| e.kind.intended_state().is_some() && decided_at(e) < last)
-            .map(|e| e.id)
-            .collect();
+        // In acceptance order: a decision older than one reported already, or than one ahead
+        // of it in this batch (a re-assertion that raced a newer decision), is set aside.
+        let mut newest = last.unwrap_or(i64::MIN);
+        let mut old: Vec<Uuid> = Vec::new();
+        for e in events.iter().filter(|e| e.kind.intended_state().is_some()) {
+            if decided_at(e) < newest {
+                old.push(e.id);
+            } else {
+                newest = decided_at(e);
+            }
+        }
         if old.is_empty() {
             return Ok(0);
         }

@@ -729,14 +729,18 @@ async fn insert_rows(
         .await
         .map_err(pg_error)?;
     }
-    // The tenant's intended state: the last activation or deactivation of the group.
-    let mut intended: Vec<(Uuid, Option<String>, &'static str)> = Vec::new();
+    // The tenant's intended state: its latest decision, ordering decisions by `occurred_at`
+    // (acceptance when absent) as delivery does; a decision older than the one the tenant
+    // holds (a re-assertion that raced a newer decision, a late `occurred_at`) leaves it.
+    let mut intended: Vec<(Uuid, Option<String>, &'static str, i64)> = Vec::new();
     for r in rows {
         if let Some(state) = r.ev.kind.intended_state() {
             let text = state_text(Some(state)).expect("a state");
-            match intended.iter_mut().find(|(t, _, _)| *t == r.ev.tenant_id) {
-                Some(e) => *e = (r.ev.tenant_id, r.ev.account.clone(), text),
-                None => intended.push((r.ev.tenant_id, r.ev.account.clone(), text)),
+            let at = r.ev.occurred_at_ms.unwrap_or(now);
+            match intended.iter_mut().find(|(t, ..)| *t == r.ev.tenant_id) {
+                Some(e) if at < e.3 => {}
+                Some(e) => *e = (r.ev.tenant_id, r.ev.account.clone(), text, at),
+                None => intended.push((r.ev.tenant_id, r.ev.account.clone(), text, at)),
             }
         }
     }
@@ -744,12 +748,16 @@ async fn insert_rows(
         let t: Vec<Uuid> = intended.iter().map(|i| i.0).collect();
         let a: Vec<Option<String>> = intended.iter().map(|i| i.1.clone()).collect();
         let s: Vec<&str> = intended.iter().map(|i| i.2).collect();
+        let at: Vec<i64> = intended.iter().map(|i| i.3).collect();
         tx.execute(
             "INSERT INTO tenants (tenant_id, account, intended, intended_at_ms)
-             SELECT t, a, s, $4 FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(t, a, s)
+             SELECT t, a, s, d FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[])
+                 AS u(t, a, s, d)
              ON CONFLICT (tenant_id) DO UPDATE SET account = EXCLUDED.account,
-                 intended = EXCLUDED.intended, intended_at_ms = EXCLUDED.intended_at_ms",
-            &[&t, &a, &s, &now],
+                 intended = EXCLUDED.intended, intended_at_ms = EXCLUDED.intended_at_ms
+             WHERE tenants.intended_at_ms IS NULL
+                 OR EXCLUDED.intended_at_ms >= tenants.intended_at_ms",
+            &[&t, &a, &s, &at],
         )
         .await
         .map_err(pg_error)?;
