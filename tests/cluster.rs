@@ -730,3 +730,70 @@ async fn a_rebalance_waits_for_the_reports_in_flight_of_the_shards_given_back() 
         "a write of the replica giving shards back was refused: it released them with reports in flight"
     );
 }
+
+/// Through PgBouncer in transaction mode with no `store.postgres.direct_url`, the wake-up
+/// session hears nothing (its own check fails), so every round reads the heads of every shard
+/// held: an event accepted by the replica that does not hold its shard is still reported within
+/// a few rounds (`retry_period = 1s`), never left for the slow full read of a replica that
+/// believes it is woken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_pgbouncer_without_a_direct_url_the_owner_polls_each_round() {
+    let Some(pool) = Pool::start_through_pgbouncer("poll", 2).await else {
+        return;
+    };
+    let Pool {
+        sb,
+        http,
+        replicas,
+        config,
+        ..
+    } = pool;
+    // Slower rounds than the pool's default, so "within a few rounds" is told apart from
+    // "at the full read" (every 15 rounds).
+    drop(replicas);
+    let slow = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("lease_duration = \"3s\"", "lease_duration = \"6s\"")
+        .replace("renew_deadline = \"2s\"", "renew_deadline = \"4s\"")
+        .replace("retry_period = \"500ms\"", "retry_period = \"1s\"");
+    std::fs::write(&config, slow).unwrap();
+    let replicas = start(&http, &config, 2).await;
+    all_owned(&http, replicas[0].port, Duration::from_secs(40), &[]).await;
+    let (ids, held) = second_holds_its_share(&http, &replicas).await;
+    let map = statusd::cluster::ShardMap {
+        shards: 16,
+        pins: Default::default(),
+    };
+    let tenants = sb.tenant_ids(Some("customer"));
+    let theirs: Vec<(uuid::Uuid, String)> = (0..ACCOUNTS)
+        .map(|a| format!("a{a:02}"))
+        .filter(|a| held[&ids[1]].contains(&u64::from(map.of(Some(a)))))
+        .zip(tenants)
+        .map(|(a, t)| (t, a))
+        .take(3)
+        .collect();
+    assert_eq!(theirs.len(), 3);
+    for (n, (tenant, account)) in theirs.iter().enumerate() {
+        let action = format!("poll-{n}");
+        let r = http
+            .post(format!("http://127.0.0.1:{}/v1/events", replicas[0].port))
+            .json(&serde_json::json!({"tenant_id": tenant, "account": account, "type": "custom", "category": "poll", "action": action}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let accepted = Instant::now();
+        wait_for(Duration::from_secs(30), "the report", || {
+            common::actions_by_tenant(&sb)
+                .get(tenant)
+                .is_some_and(|a| a.contains(&action))
+        })
+        .await;
+        let took = accepted.elapsed();
+        eprintln!("through PgBouncer, accepted elsewhere -> reported: {took:?}");
+        assert!(
+            took < Duration::from_secs(4),
+            "event {n} was reported {took:?} after its 202: the owner did not poll each round"
+        );
+    }
+}

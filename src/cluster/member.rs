@@ -13,6 +13,10 @@ use super::{LeaseStore, MemberRow, Ownership};
 
 /// Called with the shards taken over from another replica (not free ones).
 pub type OnTakeover = Box<dyn Fn(Vec<u32>) + Send + Sync>;
+/// Every this many rounds, a replica reads the heads of every shard held and the counters even
+/// while it hears wake-ups: the safety net for one lost (30 s with the default retry period).
+const FULL_READ_ROUNDS: u64 = 15;
+
 /// What the membership loop calls back.
 pub struct Hooks {
     pub on_takeover: OnTakeover,
@@ -69,7 +73,9 @@ pub async fn run<S: LeaseStore + ?Sized>(
     let mut observer = Observer::default();
     let mut members = Members::default();
     let shards = own.map.shards;
+    let mut rounds: u64 = 0;
     loop {
+        rounds += 1;
         let now = Instant::now();
         for s in own.snapshot().lapsed(now, own.timing.renew_deadline) {
             own.lost(
@@ -86,6 +92,7 @@ pub async fn run<S: LeaseStore + ?Sized>(
             now,
             shards,
             &hooks,
+            rounds % FULL_READ_ROUNDS == 0,
         )
         .await
         {
@@ -108,6 +115,7 @@ async fn round<S: LeaseStore + ?Sized>(
     now: Instant,
     shards: u32,
     hooks: &Hooks,
+    full_read: bool,
 ) -> Result<(), S::Error> {
     queue.heartbeat(&own.me, api).await?;
     let rows = queue.members().await?;
@@ -170,9 +178,14 @@ async fn round<S: LeaseStore + ?Sized>(
             live_members = live
         );
     }
-    // The heads of every shard held: events other replicas accepted, and those of shards just
-    // taken.
-    queue.load_shards(&own.owned()).await?;
+    // The heads of the shards just claimed; of every shard held while wake-ups are not heard
+    // (events other replicas accepted for them come only this way then), and every
+    // FULL_READ_ROUNDS rounds whatever, with the counters.
+    if full_read || !queue.hears_wake_ups() {
+        queue.load_shards(&own.owned(), true).await?;
+    } else if !claimed.is_empty() {
+        queue.load_shards(&claimed, false).await?;
+    }
     if !taken_over.is_empty() {
         (hooks.on_takeover)(taken_over);
     }

@@ -84,8 +84,14 @@ pub trait LeaseStore: Send + Sync {
         slot: i64,
         me: &str,
     ) -> Result<bool, Self::Error>;
-    /// Take in the work of these shards (held now): their pending tenants, read afresh.
-    async fn load_shards(&self, shards: &[u32]) -> Result<(), Self::Error>;
+    /// Take in the work of these shards (held now): their pending tenants, read afresh; with
+    /// `recount`, the store's counters too (a cost that grows with the backlog).
+    async fn load_shards(&self, shards: &[u32], recount: bool) -> Result<(), Self::Error>;
+    /// Whether events other replicas accept for the shards held arrive as wake-ups (then a
+    /// round need not read every held shard's heads).
+    fn hears_wake_ups(&self) -> bool {
+        false
+    }
     /// Tenants of these shards that a replica reported to after it had lost their shard (its
     /// settle was refused by the fence): their latest decision must be reported again.
     async fn late_reports(&self, shards: &[u32]) -> Result<Vec<uuid::Uuid>, Self::Error>;

@@ -185,7 +185,11 @@ impl LeaseStore for PgQueue {
 
     /// Load the heads of every tenant with pending events in these shards (taken over, or
     /// written by other replicas), and wake them; with the counters read afresh.
-    async fn load_shards(&self, shards: &[u32]) -> Result<(), StoreError> {
+    fn hears_wake_ups(&self) -> bool {
+        self.inner.hearing.load(Ordering::Acquire)
+    }
+
+    async fn load_shards(&self, shards: &[u32], recount: bool) -> Result<(), StoreError> {
         let list: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
         let rows = self
             .rows(
@@ -194,13 +198,17 @@ impl LeaseStore for PgQueue {
                 &[&list],
             )
             .await?;
-        let counts = self
-            .rows(
-                "SELECT (SELECT count(*) FROM events WHERE state = 'queued'),
-                        (SELECT count(*) FROM events WHERE state = 'dead')",
-                &[],
-            )
-            .await?;
+        let counts = match recount {
+            true => {
+                self.rows(
+                    "SELECT (SELECT count(*) FROM events WHERE state = 'queued'),
+                            (SELECT count(*) FROM events WHERE state = 'dead')",
+                    &[],
+                )
+                .await?
+            }
+            false => Vec::new(),
+        };
         let mut woken = Vec::new();
         {
             let mut mem = lock(&self.inner.mem);

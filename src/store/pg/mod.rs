@@ -354,6 +354,10 @@ pub(super) struct Pg {
     pub(super) ownership: std::sync::OnceLock<Arc<crate::cluster::Ownership>>,
     /// Where the `LISTEN` session of a pool member goes (`direct_url`, else `url`), and the CA.
     session: (secrecy::SecretString, Option<std::path::PathBuf>),
+    /// The `LISTEN` session hears the store's notifications (checked with a ping of its own):
+    /// peers' events for the shards held arrive as wake-ups, and a round need not read every
+    /// held shard's heads.
+    pub(super) hearing: AtomicBool,
 }
 
 impl InFlight for Pg {
@@ -409,6 +413,7 @@ impl PgQueue {
                 opts.direct_url.clone().unwrap_or_else(|| opts.url.clone()),
                 opts.ca_file.clone(),
             ),
+            hearing: AtomicBool::new(false),
         });
         pg.load().await?;
         tokio::spawn(write::committer(Arc::downgrade(&pg), rx));

@@ -28,20 +28,39 @@ pub(super) fn payload(schema: &str, tenants: &[TenantId]) -> String {
     format!("{schema}|{}", list.join(","))
 }
 
-/// What a payload asks of the replicas of `schema`: the heads of these tenants (`Some`), or of
-/// every shard held (`None`). Nothing for another store's payload, or one not understood.
-fn parse(payload: &str, schema: &str) -> Option<Option<Vec<TenantId>>> {
+/// What a payload asks of the replicas of a store.
+#[derive(Debug, PartialEq)]
+enum Wake {
+    /// Read the heads of these tenants.
+    Tenants(Vec<TenantId>),
+    /// Read the heads of every shard held.
+    All,
+    /// A replica's own check that its session hears the store's notifications.
+    Ping(String),
+}
+
+/// A session's own check: it hears this payload once its `LISTEN` works end to end.
+fn ping(schema: &str, token: &str) -> String {
+    format!("{schema}|ping:{token}")
+}
+
+/// What a payload asks of the replicas of `schema`; nothing for another store's payload, or
+/// one not understood.
+fn parse(payload: &str, schema: &str) -> Option<Wake> {
     let (of, rest) = payload.split_once('|')?;
     if of != schema {
         return None;
     }
     if rest == "*" {
-        return Some(None);
+        return Some(Wake::All);
+    }
+    if let Some(token) = rest.strip_prefix("ping:") {
+        return Some(Wake::Ping(token.to_string()));
     }
     rest.split(',')
         .map(|t| t.parse().ok())
         .collect::<Option<Vec<TenantId>>>()
-        .map(Some)
+        .map(Wake::Tenants)
 }
 
 /// Keep a `LISTEN` session to `url` until `stop`, opening it again a moment after it ends.
@@ -133,13 +152,34 @@ where
         pump.abort();
         return Err(e);
     }
+    // Does the session hear what the store's transactions send? (Through a pooler in
+    // transaction mode it does not.) Until it does, and again from the moment it ends, every
+    // round reads the heads of every shard held.
+    let token = Uuid::new_v4().simple().to_string();
+    if let Some(pg) = pg.upgrade() {
+        pg.exec(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &ping(&pg.schema, &token)],
+        )
+        .await?;
+    }
     let result = loop {
         tokio::select! {
             _ = stop.cancelled() => break Ok(()),
             got = rx.recv() => match got {
                 Some(payload) => {
                     let Some(pg) = pg.upgrade() else { break Ok(()) };
-                    let Some(asked) = parse(&payload, &pg.schema) else { continue };
+                    let asked = match parse(&payload, &pg.schema) {
+                        Some(Wake::Ping(t)) if t == token => {
+                            // Heard: from now on a round reads only what it claims, and the
+                            // wake-ups bring the rest. What came while nobody listened is
+                            // read once now.
+                            pg.hearing.store(true, Ordering::Release);
+                            Wake::All
+                        }
+                        Some(Wake::Ping(_)) | None => continue,
+                        Some(asked) => asked,
+                    };
                     if let Err(e) = pg.woken_by_peer(asked).await {
                         tracing::debug!(message = "a wake-up could not be taken in; the periodic round delivers", error = %e);
                     }
@@ -148,6 +188,9 @@ where
             },
         }
     };
+    if let Some(pg) = pg.upgrade() {
+        pg.hearing.store(false, Ordering::Release);
+    }
     pump.abort();
     result
 }
@@ -155,10 +198,11 @@ where
 impl Pg {
     /// Events another replica accepted for shards this one may hold: read the heads of those
     /// tenants in the shards held (or of every shard held), and wake them for delivery.
-    async fn woken_by_peer(
-        self: &Arc<Self>,
-        tenants: Option<Vec<TenantId>>,
-    ) -> Result<(), StoreError> {
+    async fn woken_by_peer(self: &Arc<Self>, asked: Wake) -> Result<(), StoreError> {
+        let tenants = match asked {
+            Wake::Tenants(t) => Some(t),
+            Wake::All | Wake::Ping(_) => None,
+        };
         let Some(own) = self.ownership.get() else {
             return Ok(());
         };
@@ -206,12 +250,19 @@ mod tests {
     #[test]
     fn a_payload_names_its_store_and_tenants_or_asks_for_every_shard() {
         let t: Vec<TenantId> = (0..3).map(|_| Uuid::new_v4()).collect();
-        assert_eq!(parse(&payload("s1", &t), "s1"), Some(Some(t.clone())));
+        assert_eq!(
+            parse(&payload("s1", &t), "s1"),
+            Some(Wake::Tenants(t.clone()))
+        );
         assert_eq!(parse(&payload("s1", &t), "s2"), None);
         let many: Vec<TenantId> = (0..=MAX_TENANTS).map(|_| Uuid::new_v4()).collect();
         let p = payload("s1", &many);
         assert!(p.len() < 8000);
-        assert_eq!(parse(&p, "s1"), Some(None));
+        assert_eq!(parse(&p, "s1"), Some(Wake::All));
+        assert_eq!(
+            parse(&ping("s1", "ab"), "s1"),
+            Some(Wake::Ping("ab".into()))
+        );
         assert!(payload("s1", &t[..MAX_TENANTS.min(3)]).len() < 8000);
         assert_eq!(parse("s1|not-a-uuid", "s1"), None);
     }
