@@ -631,8 +631,15 @@ impl Pg {
             let mut mem = lock(&self.mem);
             mem.depth += accepted.len() as u64;
             for (tenant, head) in accepted {
+                // In a pool, only tenants with events of a shard held are woken here: the
+                // owner of the others is woken by the NOTIFY sent with them, and a lane here
+                // would only read them to find it may not take them.
+                let ours = self
+                    .ownership
+                    .get()
+                    .is_none_or(|own| own.owns_account(head.account.as_deref()));
                 mem.add(tenant, head);
-                if !tenants.contains(&tenant) {
+                if ours && !tenants.contains(&tenant) {
                     tenants.push(tenant);
                 }
             }
