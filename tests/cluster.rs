@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::pg::PgServer;
 use common::{get_text, http_client, sigterm_and_wait, wait_for};
-use statusd::sandbox::{Fault, Sandbox, SandboxOptions};
+use statusd::sandbox::{Sandbox, SandboxOptions};
 
 use common::cluster::*;
 
@@ -123,27 +123,14 @@ async fn sigterm_of_one_of_three_hands_its_shards_over_within_2_s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_owner_is_fenced_after_its_lease_and_the_platform_ends_at_the_latest_intent() {
-    let Some(server) = PgServer::start() else {
+    // Reports take a second, so a pause catches some in flight (taken, sent, or answered).
+    let Some(stage) = Stage::new("pause", Some(1000)).await else {
         return;
     };
-    let sb = Sandbox::start(SandboxOptions {
-        tenants: 160,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    // Reports take a second, so a pause catches some in flight (taken, sent, or answered).
-    sb.inject(Fault {
-        delay_ms: Some(1000),
-        path_contains: Some("integration_management".into()),
-        ..Default::default()
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let http = http_client();
-    let config = config(dir.path(), &sb, &server.url(), "pause");
-    let replicas = start(&http, &config, 3).await;
+    let (sb, http) = (&stage.sb, stage.http.clone());
+    let replicas = start(&http, &stage.config, 3).await;
     all_owned(&http, replicas[0].port, Duration::from_secs(20), &[]).await;
-    let mut load = Load::new(&sb);
+    let mut load = Load::new(sb);
     let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
     // STATUSD_PAUSE_TRIALS sets how many pauses (2 by default; BENCHMARKS.md reports 20).
     let trials: usize = std::env::var("STATUSD_PAUSE_TRIALS")
@@ -187,7 +174,7 @@ async fn a_paused_owner_is_fenced_after_its_lease_and_the_platform_ends_at_the_l
         for _ in 0..2 {
             load.round(&http, &ports).await;
         }
-        load.check(&sb, Duration::from_secs(90)).await;
+        load.check(sb, Duration::from_secs(90)).await;
         let text = get_text(&http, &format!("http://127.0.0.1:{}/metrics", paused.port)).await;
         fenced = metric(&text, "statusd_fenced_writes_total");
         transitions = metric(&text, "statusd_lease_transitions_total");
@@ -618,61 +605,18 @@ async fn an_account_added_through_one_replica_is_served_by_the_owner_of_its_shar
 /// replica are each delivered within 2 s of their 202 (by rounds alone, one in 30 runs could).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_accepted_by_another_replica_wakes_the_owner_at_once() {
-    let Some(server) = PgServer::start() else {
+    let Some(stage) = Stage::new("wake", None).await else {
         return;
     };
-    let sb = Sandbox::start(SandboxOptions {
-        tenants: 160,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let http = http_client();
-    let config = config(dir.path(), &sb, &server.url(), "wake");
-    let slow = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("lease_duration = \"3s\"", "lease_duration = \"150s\"")
-        .replace("renew_deadline = \"2s\"", "renew_deadline = \"100s\"")
-        .replace("retry_period = \"500ms\"", "retry_period = \"60s\"");
-    assert!(slow.contains("retry_period = \"60s\""));
-    std::fs::write(&config, slow).unwrap();
-    let replicas = start(&http, &config, 2).await;
-    all_owned(&http, replicas[0].port, Duration::from_secs(40), &[]).await;
+    stage.retime("150s", "100s", "60s");
+    let Stage { sb, http, .. } = &stage;
+    let replicas = start(http, &stage.config, 2).await;
+    all_owned(http, replicas[0].port, Duration::from_secs(40), &[]).await;
     // Tenants of accounts whose shards the first replica holds, posted to the second.
-    let first = member_of(&http, replicas[0].port).await;
-    let held = owners(&http, replicas[0].port).await;
-    let map = statusd::cluster::ShardMap {
-        shards: 16,
-        pins: Default::default(),
-    };
-    let tenants = sb.tenant_ids(Some("customer"));
-    let theirs: Vec<(uuid::Uuid, String)> = (0..ACCOUNTS)
-        .map(|a| format!("a{a:02}"))
-        .filter(|a| held[&first].contains(&u64::from(map.of(Some(a)))))
-        .zip(tenants)
-        .map(|(a, t)| (t, a))
-        .take(5)
-        .collect();
-    assert_eq!(theirs.len(), 5, "the first replica holds too few accounts");
-    let other = replicas[1].port;
-    for (n, (tenant, account)) in theirs.iter().enumerate() {
-        let action = format!("wake-{n}");
-        let r = http
-            .post(format!("http://127.0.0.1:{other}/v1/events"))
-            .json(&serde_json::json!({"tenant_id": tenant, "account": account, "type": "custom", "category": "wake", "action": action}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        let accepted = Instant::now();
-        wait_for(Duration::from_secs(20), "the report", || {
-            common::actions_by_tenant(&sb)
-                .get(tenant)
-                .is_some_and(|a| a.contains(&action))
-        })
-        .await;
-        let took = accepted.elapsed();
+    let first = member_of(http, replicas[0].port).await;
+    let held = owners(http, replicas[0].port).await;
+    for (n, tenant) in tenants_held_by(sb, &held, &first, 5).iter().enumerate() {
+        let took = time_to_report(http, sb, replicas[1].port, tenant, &format!("wake-{n}")).await;
         eprintln!("accepted elsewhere -> reported: {took:?}");
         assert!(
             took < Duration::from_secs(2),
@@ -686,26 +630,16 @@ async fn an_event_accepted_by_another_replica_wakes_the_owner_at_once() {
 /// none of its writes is refused by the new owner's epoch, and nothing is lost or reordered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_waits_for_the_reports_in_flight_of_the_shards_given_back() {
-    let Some(server) = PgServer::start() else {
+    let Some(stage) = Stage::new("rebalance", Some(300)).await else {
         return;
     };
-    let sb = Sandbox::start(SandboxOptions {
-        tenants: 160,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    sb.inject(Fault {
-        delay_ms: Some(300),
-        path_contains: Some("integration_management".into()),
-        ..Default::default()
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let http = http_client();
-    let config = config(dir.path(), &sb, &server.url(), "rebalance");
+    let Stage {
+        sb, http, config, ..
+    } = &stage;
+    let (sb, http, config) = (sb, http.clone(), config.clone());
     let mut replicas = start(&http, &config, 1).await;
     all_owned(&http, replicas[0].port, Duration::from_secs(20), &[]).await;
-    let mut load = Load::new(&sb);
+    let mut load = Load::new(sb);
     let first = replicas[0].port;
     for _ in 0..3 {
         load.round(&http, &[first]).await;
@@ -722,7 +656,7 @@ async fn a_rebalance_waits_for_the_reports_in_flight_of_the_shards_given_back() 
     for _ in 0..3 {
         load.round(&http, &ports).await;
     }
-    load.check(&sb, Duration::from_secs(60)).await;
+    load.check(sb, Duration::from_secs(60)).await;
     let text = get_text(&http, &format!("http://127.0.0.1:{first}/metrics")).await;
     assert_eq!(
         metric(&text, "statusd_fenced_writes_total"),
@@ -760,36 +694,8 @@ async fn through_pgbouncer_without_a_direct_url_the_owner_polls_each_round() {
     let replicas = start(&http, &config, 2).await;
     all_owned(&http, replicas[0].port, Duration::from_secs(40), &[]).await;
     let (ids, held) = second_holds_its_share(&http, &replicas).await;
-    let map = statusd::cluster::ShardMap {
-        shards: 16,
-        pins: Default::default(),
-    };
-    let tenants = sb.tenant_ids(Some("customer"));
-    let theirs: Vec<(uuid::Uuid, String)> = (0..ACCOUNTS)
-        .map(|a| format!("a{a:02}"))
-        .filter(|a| held[&ids[1]].contains(&u64::from(map.of(Some(a)))))
-        .zip(tenants)
-        .map(|(a, t)| (t, a))
-        .take(3)
-        .collect();
-    assert_eq!(theirs.len(), 3);
-    for (n, (tenant, account)) in theirs.iter().enumerate() {
-        let action = format!("poll-{n}");
-        let r = http
-            .post(format!("http://127.0.0.1:{}/v1/events", replicas[0].port))
-            .json(&serde_json::json!({"tenant_id": tenant, "account": account, "type": "custom", "category": "poll", "action": action}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        let accepted = Instant::now();
-        wait_for(Duration::from_secs(30), "the report", || {
-            common::actions_by_tenant(&sb)
-                .get(tenant)
-                .is_some_and(|a| a.contains(&action))
-        })
-        .await;
-        let took = accepted.elapsed();
+    for (n, tenant) in tenants_held_by(&sb, &held, &ids[1], 3).iter().enumerate() {
+        let took = time_to_report(&http, &sb, replicas[0].port, tenant, &format!("poll-{n}")).await;
         eprintln!("through PgBouncer, accepted elsewhere -> reported: {took:?}");
         assert!(
             took < Duration::from_secs(4),

@@ -391,3 +391,111 @@ pub async fn second_holds_its_share(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What a pool test starts from: a PostgreSQL server, a sandbox of 160 tenants (its reports
+/// taking `report_delay_ms` when given), and the replicas' configuration for `schema`.
+pub struct Stage {
+    pub server: PgServer,
+    pub sb: Sandbox,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pub config: std::path::PathBuf,
+}
+
+impl Stage {
+    /// `None` where no server can run here.
+    pub async fn new(schema: &str, report_delay_ms: Option<u64>) -> Option<Stage> {
+        let server = PgServer::start()?;
+        let sb = Sandbox::start(statusd::sandbox::SandboxOptions {
+            tenants: 160,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        if let Some(ms) = report_delay_ms {
+            sb.inject(statusd::sandbox::Fault {
+                delay_ms: Some(ms),
+                path_contains: Some("integration_management".into()),
+                ..Default::default()
+            });
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), &sb, &server.url(), schema);
+        Some(Stage {
+            server,
+            sb,
+            dir,
+            http: super::http_client(),
+            config,
+        })
+    }
+
+    /// Other lease timings (lease, renew deadline, retry period) than the pool's 3s / 2s /
+    /// 500ms.
+    pub fn retime(&self, lease: &str, renew: &str, retry: &str) {
+        let text = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .replace(
+                "lease_duration = \"3s\"",
+                &format!("lease_duration = \"{lease}\""),
+            )
+            .replace(
+                "renew_deadline = \"2s\"",
+                &format!("renew_deadline = \"{renew}\""),
+            )
+            .replace(
+                "retry_period = \"500ms\"",
+                &format!("retry_period = \"{retry}\""),
+            );
+        assert!(text.contains(&format!("retry_period = \"{retry}\"")));
+        std::fs::write(&self.config, text).unwrap();
+    }
+}
+
+/// `n` tenants, each with an account whose shard `member` holds (in `held`, as `owners` gives).
+pub fn tenants_held_by(
+    sb: &Sandbox,
+    held: &HashMap<String, Vec<u64>>,
+    member: &str,
+    n: usize,
+) -> Vec<(Uuid, String)> {
+    let map = statusd::cluster::ShardMap {
+        shards: 16,
+        pins: Default::default(),
+    };
+    let out: Vec<(Uuid, String)> = (0..ACCOUNTS)
+        .map(|a| format!("a{a:02}"))
+        .filter(|a| held[member].contains(&u64::from(map.of(Some(a)))))
+        .zip(sb.tenant_ids(Some("customer")))
+        .map(|(a, t)| (t, a))
+        .take(n)
+        .collect();
+    assert_eq!(out.len(), n, "{member} holds too few accounts");
+    out
+}
+
+/// Post one custom event for `tenant` of `account` to the replica on `port`; the time from its
+/// 202 until the sandbox holds its report.
+pub async fn time_to_report(
+    http: &reqwest::Client,
+    sb: &Sandbox,
+    port: u16,
+    (tenant, account): &(Uuid, String),
+    action: &str,
+) -> Duration {
+    let r = http
+        .post(format!("http://127.0.0.1:{port}/v1/events"))
+        .json(&json!({"tenant_id": tenant, "account": account, "type": "custom", "category": "timed", "action": action}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let accepted = Instant::now();
+    super::wait_for(Duration::from_secs(30), "the report", || {
+        actions_by_tenant(sb)
+            .get(tenant)
+            .is_some_and(|a| a.iter().any(|x| x == action))
+    })
+    .await;
+    accepted.elapsed()
+}

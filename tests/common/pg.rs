@@ -36,6 +36,17 @@ fn bin_dir() -> Option<PathBuf> {
     found.pop()
 }
 
+/// A peer a test needs is not installed: the test skips, saying why, unless CI requires the
+/// PostgreSQL tests to run (`STATUSD_TEST_REQUIRE_POSTGRES`).
+fn missing<T>(why: &str) -> Option<T> {
+    assert!(
+        std::env::var_os("STATUSD_TEST_REQUIRE_POSTGRES").is_none(),
+        "STATUSD_TEST_REQUIRE_POSTGRES is set but there is {why}"
+    );
+    eprintln!("SKIP: {why}");
+    None
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -77,14 +88,9 @@ impl PgServer {
     /// Start a fresh server, or `None` (with the reason printed) where none can run here.
     pub fn start() -> Option<PgServer> {
         let Some(bin) = bin_dir() else {
-            let why =
-                "no PostgreSQL server binaries (/usr/lib/postgresql/*/bin, or set STATUSD_PG_BIN)";
-            assert!(
-                std::env::var_os("STATUSD_TEST_REQUIRE_POSTGRES").is_none(),
-                "STATUSD_TEST_REQUIRE_POSTGRES is set but there are {why}"
+            return missing(
+                "no PostgreSQL server binaries (/usr/lib/postgresql/*/bin, or set STATUSD_PG_BIN)",
             );
-            eprintln!("SKIP: {why}");
-            return None;
         };
         let dir = tempfile::Builder::new()
             .prefix("statusd-pg")
@@ -307,13 +313,7 @@ impl PgBouncer {
             .map(PathBuf::from)
             .find(|p| p.exists());
         let Some(bin) = bin else {
-            let why = "no pgbouncer (apt-get install pgbouncer)";
-            assert!(
-                std::env::var_os("STATUSD_TEST_REQUIRE_POSTGRES").is_none(),
-                "STATUSD_TEST_REQUIRE_POSTGRES is set but there is {why}"
-            );
-            eprintln!("SKIP: {why}");
-            return None;
+            return missing("no pgbouncer (apt-get install pgbouncer)");
         };
         let dir = tempfile::Builder::new()
             .prefix("statusd-pgbouncer")
