@@ -38,15 +38,21 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("--ready-file {path}: {source}")]
+    ReadyFile {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A setting the daemon's parts refuse when they are built (their reason names it).
     #[error("{0}")]
-    Setup(String),
-    /// The settings cannot serve this store (exit 78).
+    Setting(String),
+    /// The accounts kept in the store cannot be taken in with these settings (exit 78).
     #[error("{0}")]
-    Config(String),
+    StoredAccounts(String),
     #[error("the store could not write ({0}); writing works again but opening it afresh in this process failed: exiting so that the supervisor starts statusd again")]
     StoreReopen(String),
-    #[error("{0}")]
-    Cluster(String),
+    #[error("this replica kept losing its shards (3 within a minute): exiting so that its supervisor starts it again")]
+    KeepsLosingShards,
 }
 
 impl AppError {
@@ -57,7 +63,7 @@ impl AppError {
                 source: crate::store::StoreError::Damaged { .. },
                 ..
             } => crate::exit::DATAERR,
-            AppError::StoreReopen(_) | AppError::Cluster(_) => crate::exit::TEMPFAIL,
+            AppError::StoreReopen(_) | AppError::KeepsLosingShards => crate::exit::TEMPFAIL,
             AppError::Store {
                 source: crate::store::StoreError::PgSchemaTooNew { .. },
                 ..
@@ -66,7 +72,7 @@ impl AppError {
                 source: crate::store::StoreError::Unavailable(_),
                 ..
             } => crate::exit::TEMPFAIL,
-            AppError::Config(_) => crate::exit::CONFIG,
+            AppError::StoredAccounts(_) => crate::exit::CONFIG,
             _ => crate::exit::FAILURE,
         }
     }
@@ -103,7 +109,10 @@ fn write_ready_file(path: &std::path::Path, addr: SocketAddr) -> Result<(), AppE
     let tmp = path.with_extension("partial");
     std::fs::write(&tmp, format!("{addr}\n"))
         .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| AppError::Setup(format!("--ready-file {}: {e}", path.display())))
+        .map_err(|source| AppError::ReadyFile {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// How often the store is reopened in place after it could not write, before `run` gives up
@@ -139,7 +148,7 @@ pub async fn run(
             _ = failing.cancelled() => {
                 systemd::notify_stopping();
                 running.shutdown().await;
-                return Err(AppError::Cluster("this replica kept losing its shards (3 within a minute): exiting so that its supervisor starts it again".into()));
+                return Err(AppError::KeepsLosingShards);
             }
         };
         if !reopen_needed {
@@ -197,7 +206,7 @@ async fn start_with(
         accounts.clone(),
         metrics.clone(),
         DeliveryOptions::from_settings(&settings)
-            .map_err(|e| AppError::Setup(format!("delivery.initial_backoff: {e}")))?,
+            .map_err(|e| AppError::Setting(format!("delivery.initial_backoff: {e}")))?,
     );
     let reconcilers = Reconcilers::new(
         queue.clone(),
@@ -216,9 +225,10 @@ async fn start_with(
                 source,
             })?,
     };
-    let api_addr = listener
-        .local_addr()
-        .map_err(|e| AppError::Setup(e.to_string()))?;
+    let api_addr = listener.local_addr().map_err(|source| AppError::Listen {
+        addr: settings.api.listen,
+        source,
+    })?;
     let (stop_api, api_task) = serve_api(
         listener,
         ApiState {
@@ -263,7 +273,7 @@ async fn start_with(
         Some(
             Schedules::start(&settings, reconcilers.clone())
                 .await
-                .map_err(AppError::Setup)?,
+                .map_err(AppError::Setting)?,
         )
     } else {
         None
@@ -295,7 +305,7 @@ async fn take_in_accounts(
     queue: &Queue,
     metrics: &Arc<Metrics>,
 ) -> Result<Accounts, AppError> {
-    let accounts = Accounts::new(settings, metrics.clone()).map_err(AppError::Setup)?;
+    let accounts = Accounts::new(settings, metrics.clone()).map_err(AppError::Setting)?;
     let stored = queue
         .stored_accounts()
         .await
@@ -305,7 +315,7 @@ async fn take_in_accounts(
         })?;
     let (n, stale) = accounts
         .load_stored(stored, settings.store.secret_key.as_ref())
-        .map_err(AppError::Config)?;
+        .map_err(AppError::StoredAccounts)?;
     if n > 0 {
         tracing::info!(
             message = "accounts added through the API taken in",
