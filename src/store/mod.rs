@@ -6,8 +6,8 @@
 //! database, possibly shared by replicas; the only module that imports tokio-postgres). What is
 //! the same rule for both lives here, above them: the records and their states (`records.rs`),
 //! how a batch is cut (`batches.rs`), the accounts' records and counts (`accounts.rs`,
-//! `counts.rs`), the export format (`export.rs`), the age of the oldest pending event and the
-//! wake-up of delivery (below). Everything outside `store/` goes through [`Queue`] and never
+//! `counts.rs`), the export format (`export.rs`), each tenant's head in memory (`heads.rs`),
+//! the age of the oldest pending event and the wake-up of delivery (below). Everything outside `store/` goes through [`Queue`] and never
 //! names a backend; a feature only one backend has is a capability `Queue` answers `None` for on
 //! the other (`Queue::pool`, `Queue::bound`).
 //!
@@ -133,6 +133,7 @@ pub mod chosen;
 mod contract;
 mod counts;
 pub(crate) mod export;
+mod heads;
 pub mod pg;
 mod queue;
 mod records;
@@ -150,6 +151,7 @@ pub use contract::{Backend, Health, SizeBound};
 use counts::account_of;
 pub use counts::AccountCounts;
 pub use export::{Moved, Progress};
+use heads::{HeadIndex, Place};
 pub use queue::{Pool, Queue};
 pub use records::*;
 

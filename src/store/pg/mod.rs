@@ -15,7 +15,7 @@
 //!   (intake answers 503 with `Retry-After`), a health task probes it each second, and once it
 //!   answers the memory is reloaded and every tenant with pending events is woken.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
 
@@ -275,8 +275,7 @@ pub(super) fn count_of(rows: &[Row]) -> Result<i64, StoreError> {
 #[derive(Default)]
 pub(super) struct Mem {
     /// Each tenant's oldest pending event.
-    heads: HashMap<TenantId, Head>,
-    by_seq: BTreeSet<(u64, TenantId)>,
+    heads: HeadIndex<Head>,
     depth: u64,
     dead: u64,
 }
@@ -299,23 +298,20 @@ impl Head {
     }
 }
 
+impl Place for Head {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
 impl Mem {
     /// A tenant got a pending event; it is the head if the tenant had none.
     fn add(&mut self, tenant: TenantId, head: Head) {
-        if let std::collections::hash_map::Entry::Vacant(e) = self.heads.entry(tenant) {
-            self.by_seq.insert((head.seq, tenant));
-            e.insert(head);
-        }
+        self.heads.add(tenant, head);
     }
 
     fn set_head(&mut self, tenant: TenantId, head: Option<Head>) {
-        if let Some(old) = self.heads.remove(&tenant) {
-            self.by_seq.remove(&(old.seq, tenant));
-        }
-        if let Some(head) = head {
-            self.by_seq.insert((head.seq, tenant));
-            self.heads.insert(tenant, head);
-        }
+        self.heads.set(tenant, head);
     }
 }
 
@@ -595,7 +591,7 @@ impl Pg {
         mem.depth = col::<i64>(&counts, 0)? as u64;
         mem.dead = col::<i64>(&counts, 1)? as u64;
         self.ages.set_seq_at_open(col::<i64>(&counts, 2)? as u64);
-        let tenants: Vec<TenantId> = mem.heads.keys().copied().collect();
+        let tenants: Vec<TenantId> = mem.heads.tenants().copied().collect();
         *lock(&self.mem) = mem;
         self.wake_tenants(tenants);
         Ok(())

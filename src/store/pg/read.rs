@@ -38,13 +38,13 @@ impl PgQueue {
     }
 
     pub fn pending_tenants(&self) -> Vec<TenantId> {
-        let mut out: Vec<TenantId> = lock(&self.inner.mem).heads.keys().copied().collect();
+        let mut out: Vec<TenantId> = lock(&self.inner.mem).heads.tenants().copied().collect();
         out.sort();
         out
     }
 
     pub fn has_pending(&self, tenant: &TenantId) -> bool {
-        lock(&self.inner.mem).heads.contains_key(tenant)
+        lock(&self.inner.mem).heads.has(tenant)
     }
 
     pub async fn pending_count(&self, tenant: &TenantId) -> Result<usize, StoreError> {
@@ -235,11 +235,11 @@ impl PgQueue {
         let pg = &self.inner;
         let (depth, dead, head) = {
             let mem = lock(&pg.mem);
-            let head = mem.by_seq.first().map(|(seq, t)| {
+            let head = mem.heads.oldest().map(|(seq, t)| {
                 (
-                    *seq,
-                    *t,
-                    mem.heads.get(t).map(|h| h.accepted_ms).unwrap_or(0),
+                    seq,
+                    t,
+                    mem.heads.get(&t).map(|h| h.accepted_ms).unwrap_or(0),
                 )
             });
             (mem.depth, mem.dead, head)

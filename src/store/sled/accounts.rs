@@ -159,7 +159,7 @@ impl Core {
         w.dead = dead_n;
         w.accounts.remove(id);
         for t in tenants {
-            w.heads.settled(&self.tree, t)?;
+            settled(&mut w.heads, &self.tree, t)?;
         }
         Ok(Removal::Removed(dropped))
     }

@@ -31,7 +31,7 @@ impl SledQueue {
     /// Tenants that have pending events, in key order. Used by the dispatcher at start.
     pub fn pending_tenants(&self) -> Vec<TenantId> {
         let w = lock(&self.inner.writer);
-        let mut out: Vec<TenantId> = w.heads.by_tenant.keys().copied().collect();
+        let mut out: Vec<TenantId> = w.heads.tenants().copied().collect();
         out.sort();
         out
     }
@@ -47,14 +47,14 @@ impl SledQueue {
     /// The account of a tenant's oldest pending event (`None`: the tenant has none, or it was
     /// stored without an account).
     pub fn head_account(&self, tenant: &TenantId) -> Option<String> {
-        let head = *lock(&self.inner.writer).heads.by_tenant.get(tenant)?;
+        let head = *lock(&self.inner.writer).heads.get(tenant)?;
         let id = self.inner.tree.get(pending_key(tenant, head)).ok()??;
         self.get_event_raw(&uuid_from(&id).ok()?).ok()??.account
     }
 
     /// Whether a tenant has pending events (from memory, no scan).
     pub fn has_pending(&self, tenant: &TenantId) -> bool {
-        lock(&self.inner.writer).heads.has_pending(tenant)
+        lock(&self.inner.writer).heads.has(tenant)
     }
 
     /// Every pending event's record (a scan of the whole queue: run it with `scan`).
@@ -245,7 +245,7 @@ impl SledQueue {
                 w.depth = depth;
                 w.dead = dead;
                 shift.apply(&mut w.accounts);
-                w.heads.settled(&core.tree, tenant)?;
+                settled(&mut w.heads, &core.tree, tenant)?;
                 Ok(Wrote::default())
             })
             .await;

@@ -103,7 +103,7 @@ impl Core {
         debug_assert_eq!(w.seq, seq, "only the committer changes the counters");
         group.apply(self, &mut w)?;
         for ack in acks {
-            w.heads.settled(&self.tree, ack.tenant)?;
+            settled(&mut w.heads, &self.tree, ack.tenant)?;
         }
         for (tenant, seq) in &group.new_pending {
             w.heads.add(*tenant, *seq);

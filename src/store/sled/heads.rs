@@ -5,46 +5,18 @@ use super::*;
 /// The oldest pending event of each tenant with pending events, kept in memory (built on open
 /// with one seek per tenant) so the oldest pending event overall, and whether a tenant has
 /// pending events, are known without an index that every enqueue and acknowledgement would
-/// have to write, and without a scan.
-#[derive(Default)]
-pub(super) struct Heads {
-    pub(super) by_seq: std::collections::BTreeSet<(u64, TenantId)>,
-    pub(super) by_tenant: std::collections::HashMap<TenantId, u64>,
-}
+/// have to write, and without a scan. sled's heads hold their place alone.
+pub(super) type Heads = HeadIndex<u64>;
 
-impl Heads {
-    /// A tenant got a pending event with `seq`; it is the head if the tenant had none.
-    pub(super) fn add(&mut self, tenant: TenantId, seq: u64) {
-        if let std::collections::hash_map::Entry::Vacant(e) = self.by_tenant.entry(tenant) {
-            e.insert(seq);
-            self.by_seq.insert((seq, tenant));
-        }
-    }
-
-    /// Some of the tenant's pending events were settled (delivered or dead-lettered): its head
-    /// is read again from the store.
-    pub(super) fn settled(
-        &mut self,
-        tree: &::sled::Tree,
-        tenant: TenantId,
-    ) -> Result<(), StoreError> {
-        if let Some(old) = self.by_tenant.remove(&tenant) {
-            self.by_seq.remove(&(old, tenant));
-        }
-        if let Some(seq) = first_pending(tree, &tenant)? {
-            self.by_tenant.insert(tenant, seq);
-            self.by_seq.insert((seq, tenant));
-        }
-        Ok(())
-    }
-
-    pub(super) fn oldest(&self) -> Option<(u64, TenantId)> {
-        self.by_seq.first().copied()
-    }
-
-    pub(super) fn has_pending(&self, tenant: &TenantId) -> bool {
-        self.by_tenant.contains_key(tenant)
-    }
+/// Some of the tenant's pending events were settled (delivered or dead-lettered): its head is
+/// read again from the store.
+pub(super) fn settled(
+    heads: &mut Heads,
+    tree: &::sled::Tree,
+    tenant: TenantId,
+) -> Result<(), StoreError> {
+    heads.set(tenant, first_pending(tree, &tenant)?);
+    Ok(())
 }
 
 /// The first pending key of each tenant: one seek per tenant with pending events.
