@@ -483,14 +483,7 @@ fn takeover(
                     let shard = own.map.of(t.account.as_deref());
                     shards.contains(&shard) && own.may_act(shard).is_some()
                 })
-                .filter_map(|t| {
-                    let mut ev =
-                        crate::store::NewEvent::state_change(t.tenant_id, t.intended?, None);
-                    ev.account = t.account;
-                    // Dated as the decision it repeats: one newer, accepted meanwhile, wins.
-                    ev.occurred_at_ms = t.intended_at_ms;
-                    Some(ev)
-                })
+                .filter_map(|t| t.reassertion())
                 .collect();
             let n = events.len();
             for chunk in events.chunks(1000) {
@@ -517,16 +510,7 @@ fn late_reports(queue: Queue) -> crate::cluster::member::OnLate {
             let mut events = Vec::new();
             for tenant in &tenants {
                 match queue.tenant_state(tenant).await {
-                    Ok(Some(state)) => {
-                        if let Some(intended) = state.intended {
-                            let mut ev =
-                                crate::store::NewEvent::state_change(*tenant, intended, None);
-                            ev.account = state.account;
-                            // Dated as the decision it repeats: one newer wins.
-                            ev.occurred_at_ms = state.intended_at_ms;
-                            events.push(ev);
-                        }
-                    }
+                    Ok(Some(state)) => events.extend(state.reassertion()),
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(message = "cannot report again after a late report; tried again next round", error = %e);

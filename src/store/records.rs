@@ -116,6 +116,18 @@ pub struct TenantState {
     pub last_reported_at_ms: Option<i64>,
 }
 
+impl TenantState {
+    /// The report of the tenant's intended state again (after a takeover, after a late report
+    /// of another replica), through the account of its latest decision. It is dated as the
+    /// decision it repeats, so a newer decision accepted meanwhile wins over it.
+    pub fn reassertion(&self) -> Option<NewEvent> {
+        let mut ev = NewEvent::state_change(self.tenant_id, self.intended?, None);
+        ev.account = self.account.clone();
+        ev.occurred_at_ms = self.intended_at_ms;
+        Some(ev)
+    }
+}
+
 /// A tenant as the last tenant reconcile saw it on the platform.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryTenant {

@@ -80,11 +80,7 @@ impl PgQueue {
         .await
     }
 
-    pub async fn take_batch(&self, tenant: &TenantId, max: usize) -> Result<Take, StoreError> {
-        self.take_batch_skipping(tenant, max, &[]).await
-    }
-
-    /// [`PgQueue::take_batch`], passing over the events of the accounts in `skip`.
+    /// A batch of the tenant's oldest events, passing over the events of the accounts in `skip`.
     pub async fn take_batch_skipping(
         &self,
         tenant: &TenantId,

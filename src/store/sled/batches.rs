@@ -91,13 +91,8 @@ impl SledQueue {
         Ok(out)
     }
 
-    /// Take up to `max` of the tenant's oldest pending events and mark them in flight. Nothing
-    /// else of this tenant can be taken until the batch is settled (delivered, failed or dead).
-    pub fn take_batch(&self, tenant: &TenantId, max: usize) -> Result<Take, StoreError> {
-        self.take_batch_skipping(tenant, max, &[])
-    }
-
-    /// [`SledQueue::take_batch`], passing over the events of the accounts in `skip` (accounts
+    /// Take up to `max` of the tenant's oldest pending events and mark them in flight, passing
+    /// over the events of the accounts in `skip` (accounts
     /// that cannot send now: their events wait in place while another account's go).
     pub fn take_batch_skipping(
         &self,
