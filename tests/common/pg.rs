@@ -65,6 +65,19 @@ fn server_user() -> (u32, u32) {
     unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
 }
 
+/// Make `path` (and what is under it) the `postgres` user's when we are root, so the server
+/// and the pooler, run as that user, can use it.
+fn give_to_server_user(path: &Path) {
+    if is_root() {
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .expect("chown");
+        assert!(status.success(), "chown of {} failed", path.display());
+    }
+}
+
 /// A command run as the `postgres` user when we are root (the server refuses to run as root),
 /// ended with us if we die first.
 fn as_server_user(program: &Path) -> Command {
@@ -99,14 +112,7 @@ impl PgServer {
         let data = dir.path().join("data");
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, PG_PASSWORD).unwrap();
-        if is_root() {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .expect("chown");
-            assert!(status.success(), "chown of the server's dir failed");
-        }
+        give_to_server_user(dir.path());
         let out = as_server_user(&bin.join("initdb"))
             .arg("-D")
             .arg(&data)
@@ -149,14 +155,7 @@ impl PgServer {
         let data = server.dir.path().join("data");
         for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
             std::fs::copy(from, data.join(name)).unwrap();
-            if is_root() {
-                let status = Command::new("chown")
-                    .args(["postgres:postgres"])
-                    .arg(data.join(name))
-                    .status()
-                    .expect("chown");
-                assert!(status.success());
-            }
+            give_to_server_user(&data.join(name));
         }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(
@@ -342,14 +341,7 @@ impl PgBouncer {
             ),
         )
         .unwrap();
-        if is_root() {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .expect("chown");
-            assert!(status.success(), "chown of the pooler's dir failed");
-        }
+        give_to_server_user(dir.path());
         let child = as_server_user(&bin)
             .arg(dir.path().join("pgbouncer.ini"))
             .stdout(Stdio::null())

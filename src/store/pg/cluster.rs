@@ -190,41 +190,21 @@ impl LeaseStore for PgQueue {
     }
 
     async fn load_shards(&self, shards: &[u32], recount: bool) -> Result<(), StoreError> {
-        let list: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
-        let rows = self
-            .rows(
-                "SELECT DISTINCT ON (tenant_id) seq, accepted_at_ms, account, tenant_id FROM events
-                 WHERE state = 'queued' AND shard = ANY($1) ORDER BY tenant_id, seq",
-                &[&list],
-            )
-            .await?;
-        let counts = match recount {
-            true => {
-                self.rows(
+        self.inner.read_heads(shards, None).await?;
+        if recount {
+            let counts = self
+                .rows(
                     "SELECT (SELECT count(*) FROM events WHERE state = 'queued'),
                             (SELECT count(*) FROM events WHERE state = 'dead')",
                     &[],
                 )
-                .await?
-            }
-            false => Vec::new(),
-        };
-        let mut woken = Vec::new();
-        {
-            let mut mem = lock(&self.inner.mem);
-            for r in &rows {
-                let tenant: TenantId = col(r, 3)?;
-                // Woken whether its head is new or not: a tenant found while its shard was not
-                // held yet was set aside by delivery.
-                woken.push(tenant);
-                mem.set_head(tenant, Some(Head::of_row(r)?));
-            }
+                .await?;
             if let Some(c) = counts.first() {
+                let mut mem = lock(&self.inner.mem);
                 mem.depth = col::<i64>(c, 0)? as u64;
                 mem.dead = col::<i64>(c, 1)? as u64;
             }
         }
-        self.inner.wake_tenants(woken);
         Ok(())
     }
 

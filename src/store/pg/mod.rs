@@ -147,27 +147,19 @@ pub(super) fn prelude(schema: &str) -> String {
 /// each transaction sets the schema for itself (`Pg::begin`), so every statement works on
 /// whichever server connection a pooler in transaction mode (PgBouncer) hands out.
 fn make_pool(opts: &PgOptions) -> Result<Pool, StoreError> {
-    use secrecy::ExposeSecret;
-    let (plain, mode) = strip_tls_params(opts.url.expose_secret());
-    let mut config = tokio_postgres::Config::from_str(&plain)
-        .map_err(|e| StoreError::Unavailable(format!("store.postgres.url: {e}")))?;
-    config
-        .connect_timeout(opts.connect_timeout)
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(30))
-        .application_name("statusd");
+    let (config, tls) = connection(
+        &opts.url,
+        "store.postgres.url",
+        opts.ca_file.as_deref(),
+        opts.connect_timeout,
+        "statusd",
+    )?;
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
-    let manager = match mode.as_deref() {
-        None | Some("disable") => {
-            Manager::from_config(config, tokio_postgres::NoTls, manager_config)
-        }
-        Some(_) => Manager::from_config(
-            config,
-            tls_connector(opts.ca_file.as_deref())?,
-            manager_config,
-        ),
+    let manager = match tls {
+        None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+        Some(tls) => Manager::from_config(config, tls, manager_config),
     };
     Pool::builder(manager)
         .max_size(opts.pool_size.max(2))
@@ -179,6 +171,37 @@ fn make_pool(opts: &PgOptions) -> Result<Pool, StoreError> {
         .recycle_timeout(Some(opts.connect_timeout))
         .build()
         .map_err(|e| StoreError::Unavailable(format!("connection pool: {e}")))
+}
+
+/// How to connect to `url` (the setting `key`): its settings as tokio-postgres reads them, and
+/// the TLS it asks for (`None`: plain text), verified against `ca_file` or the system's roots.
+pub(super) fn connection(
+    url: &secrecy::SecretString,
+    key: &str,
+    ca_file: Option<&std::path::Path>,
+    connect_timeout: Duration,
+    application: &str,
+) -> Result<
+    (
+        tokio_postgres::Config,
+        Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    ),
+    StoreError,
+> {
+    use secrecy::ExposeSecret;
+    let (plain, mode) = strip_tls_params(url.expose_secret());
+    let mut config = tokio_postgres::Config::from_str(&plain)
+        .map_err(|e| StoreError::Unavailable(format!("{key}: {e}")))?;
+    config
+        .connect_timeout(connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .application_name(application);
+    let tls = match mode.as_deref() {
+        None | Some("disable") => None,
+        Some(_) => Some(tls_connector(ca_file)?),
+    };
+    Ok((config, tls))
 }
 
 /// Whether an error says the database cannot be reached (I/O, a closed connection, a server

@@ -71,7 +71,13 @@ pub(super) async fn listen(
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
-        let ended = match session_config(&url, ca_file.as_deref()) {
+        let ended = match connection(
+            &url,
+            "store.postgres.direct_url",
+            ca_file.as_deref(),
+            Duration::from_secs(5),
+            "statusd-listen",
+        ) {
             Ok((config, None)) => session(&pg, config, tokio_postgres::NoTls, &stop).await,
             Ok((config, Some(tls))) => session(&pg, config, tls, &stop).await,
             Err(e) => Err(e),
@@ -87,33 +93,6 @@ pub(super) async fn listen(
             _ = tokio::time::sleep(RECONNECT) => {}
         }
     }
-}
-
-/// The session's connection settings, with the TLS it asks for (`None`: plain text).
-fn session_config(
-    url: &secrecy::SecretString,
-    ca_file: Option<&std::path::Path>,
-) -> Result<
-    (
-        tokio_postgres::Config,
-        Option<tokio_postgres_rustls::MakeRustlsConnect>,
-    ),
-    StoreError,
-> {
-    use secrecy::ExposeSecret;
-    let (plain, mode) = strip_tls_params(url.expose_secret());
-    let mut config = tokio_postgres::Config::from_str(&plain)
-        .map_err(|e| StoreError::Unavailable(format!("store.postgres.direct_url: {e}")))?;
-    config
-        .connect_timeout(Duration::from_secs(5))
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(30))
-        .application_name("statusd-listen");
-    let tls = match mode.as_deref() {
-        None | Some("disable") => None,
-        Some(_) => Some(tls_connector(ca_file)?),
-    };
-    Ok((config, tls))
 }
 
 /// One session: connect, `LISTEN`, and take in each wake-up until it ends or `stop`.
@@ -199,24 +178,35 @@ impl Pg {
     /// Events another replica accepted for shards this one may hold: read the heads of those
     /// tenants in the shards held (or of every shard held), and wake them for delivery.
     async fn woken_by_peer(self: &Arc<Self>, asked: Wake) -> Result<(), StoreError> {
-        let tenants = match asked {
-            Wake::Tenants(t) => Some(t),
-            Wake::All | Wake::Ping(_) => None,
-        };
         let Some(own) = self.ownership.get() else {
             return Ok(());
         };
-        let held: Vec<i32> = own.owned().into_iter().map(|s| s as i32).collect();
-        if held.is_empty() {
+        let tenants = match &asked {
+            Wake::Tenants(t) => Some(t.as_slice()),
+            Wake::All | Wake::Ping(_) => None,
+        };
+        self.read_heads(&own.owned(), tenants).await
+    }
+
+    /// Read the heads of the tenants with pending events in `shards` (of these `tenants` only,
+    /// when given), and wake each: one found while its shard was not held yet was set aside by
+    /// delivery.
+    pub(super) async fn read_heads(
+        &self,
+        shards: &[u32],
+        tenants: Option<&[TenantId]>,
+    ) -> Result<(), StoreError> {
+        if shards.is_empty() {
             return Ok(());
         }
-        let rows = match &tenants {
+        let shards: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
+        let rows = match tenants {
             Some(tenants) => {
                 self.rows(
                     "SELECT DISTINCT ON (tenant_id) seq, accepted_at_ms, account, tenant_id FROM events
-                     WHERE state = 'queued' AND tenant_id = ANY($1) AND shard = ANY($2)
+                     WHERE state = 'queued' AND shard = ANY($1) AND tenant_id = ANY($2)
                      ORDER BY tenant_id, seq",
-                    &[tenants, &held],
+                    &[&shards, &tenants],
                 )
                 .await?
             }
@@ -224,7 +214,7 @@ impl Pg {
                 self.rows(
                     "SELECT DISTINCT ON (tenant_id) seq, accepted_at_ms, account, tenant_id FROM events
                      WHERE state = 'queued' AND shard = ANY($1) ORDER BY tenant_id, seq",
-                    &[&held],
+                    &[&shards],
                 )
                 .await?
             }
