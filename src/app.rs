@@ -229,29 +229,6 @@ async fn start_with(
         addr: settings.api.listen,
         source,
     })?;
-    let (stop_api, api_task) = serve_api(
-        listener,
-        ApiState {
-            queue: queue.clone(),
-            metrics: metrics.clone(),
-            token: settings.api.token.clone(),
-            admin_token: settings.api.admin_token.clone(),
-            accepting: accepting.clone(),
-            delivery: Some(delivery.clone()),
-            client: client.clone(),
-            accounts: accounts.clone(),
-            reconcilers: Some(reconcilers.clone()),
-            read_timeout: settings.api.read_timeout,
-            secret_key: settings.store.secret_key.clone(),
-            account_changes: account_changes.clone(),
-            shards: settings.cluster.shards,
-            fusion_login_at: Default::default(),
-        },
-        api::ServeLimits {
-            max_connections: settings.api.max_connections,
-            read_timeout: settings.api.read_timeout,
-        },
-    );
     let stop_delivery = CancellationToken::new();
     let delivery_task = tokio::spawn(delivery.clone().run(stop_delivery.clone()));
     let reopen = CancellationToken::new();
@@ -278,6 +255,31 @@ async fn start_with(
     } else {
         None
     };
+    // The API serves last, once every part has started: a `/readyz` that answers 200 means
+    // the schedules are registered too. Connections made earlier wait in the listen backlog.
+    let (stop_api, api_task) = serve_api(
+        listener,
+        ApiState {
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+            token: settings.api.token.clone(),
+            admin_token: settings.api.admin_token.clone(),
+            accepting: accepting.clone(),
+            delivery: Some(delivery.clone()),
+            client: client.clone(),
+            accounts: accounts.clone(),
+            reconcilers: Some(reconcilers.clone()),
+            read_timeout: settings.api.read_timeout,
+            secret_key: settings.store.secret_key.clone(),
+            account_changes: account_changes.clone(),
+            shards: settings.cluster.shards,
+            fusion_login_at: Default::default(),
+        },
+        api::ServeLimits {
+            max_connections: settings.api.max_connections,
+            read_timeout: settings.api.read_timeout,
+        },
+    );
     Ok(Running {
         queue,
         metrics,
