@@ -2,7 +2,7 @@
 //! event, plain sled insert+flush, a plain sequential one-event-per-request client, what the
 //! sandbox itself absorbs). Figures are printed as tables; BENCHMARKS.md records them.
 //!
-//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint,accounts,runtime,storeops,fusion,postgres,cluster,lists`
+//! `BENCH_ONLY=intake,ingest,delivery,recovery,reconcile,footprint,accounts,runtime,storeops,fusion,postgres,cluster,lists,ceiling`
 //! runs some sections only;
 //! `BENCH_BIG=N` sets the size of the large store (default 1 000 000 events).
 
@@ -1039,6 +1039,117 @@ async fn main() {
     if want("lists") {
         lists(dir, big).await;
     }
+    if want("ceiling") {
+        ceiling(dir).await;
+    }
+}
+
+/// What wrk printed of a run: requests/s, the p50 and p99 latency in ms, answers not 2xx.
+struct Wrk {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    not_2xx: u64,
+}
+
+/// `wrk -t2 -c64 -d{secs}s --latency` at `url`, with a Lua `script` if given.
+fn wrk(url: &str, secs: u32, script: Option<&Path>) -> Option<Wrk> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", "-c64", &format!("-d{secs}s"), "--latency"]);
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
+    }
+    let out = cmd.arg(url).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
+    };
+    let latency = |pct: &str| {
+        field(pct).and_then(|v| {
+            let (n, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+            let n: f64 = n.parse().ok()?;
+            Some(match unit {
+                "us" => n / 1000.0,
+                "ms" => n,
+                "s" => n * 1000.0,
+                _ => return None,
+            })
+        })
+    };
+    Some(Wrk {
+        rate: field("Requests/sec:")?.parse().ok()?,
+        p50_ms: latency("50%")?,
+        p99_ms: latency("99%")?,
+        not_2xx: field("Non-2xx or 3xx responses:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    })
+}
+
+/// Section 14, durable intake against the server's own ceiling: the release binary, `wrk -t2
+/// -c64` for 10 s each, `GET /livez` then `POST /v1/events` with one activation per request,
+/// delivery held by a 503 with a long Retry-After. Three pairs, one run.
+async fn ceiling(dir: &Path) {
+    println!(
+        "\n14. durable intake / the server's ceiling (the release binary, wrk -t2 -c64, 10 s each)"
+    );
+    if Command::new("wrk").arg("--version").output().is_err() {
+        println!("    skipped: wrk is not installed (apt-get install wrk)");
+        return;
+    }
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.inject(statusd::sandbox::Fault {
+        status: Some(503),
+        retry_after: Some("3600".into()),
+        path_contains: Some("integration_management".into()),
+        ..Default::default()
+    });
+    let script = dir.join("activation.lua");
+    std::fs::write(
+        &script,
+        r#"local n = 0
+request = function()
+  n = n + 1
+  local body = string.format('{"tenant_id":"00000000-0000-4000-8000-%012x","type":"activation"}', n % 64)
+  return wrk.format("POST", "/v1/events", {["Content-Type"] = "application/json"}, body)
+end
+"#,
+    )
+    .unwrap();
+    let store = dir.join("ceiling-store");
+    let _ = std::fs::remove_dir_all(&store);
+    let daemon = Daemon::spawn(dir, &store, &platform_env(&sb));
+    daemon.ready();
+    let mut ratios = Vec::new();
+    for round in 1..=3 {
+        let (Some(live), Some(post)) = (
+            wrk(&format!("{}/livez", daemon.api), 10, None),
+            wrk(&daemon.api, 10, Some(&script)),
+        ) else {
+            println!("    wrk printed no figures");
+            break;
+        };
+        assert_eq!(post.not_2xx, 0, "refused intake requests under load");
+        let ratio = post.rate / live.rate;
+        ratios.push(ratio);
+        row(
+            &format!("run {round}: GET /livez"),
+            format!("{:.0}/s", live.rate),
+            &format!("p50 {:.2} ms p99 {:.2} ms", live.p50_ms, live.p99_ms),
+        );
+        row(
+            &format!("run {round}: durable POST /v1/events, one activation"),
+            format!("{:.0}/s", post.rate),
+            &format!("p50 {:.2} ms p99 {:.2} ms", post.p50_ms, post.p99_ms),
+        );
+        row(
+            &format!("run {round}: durable intake / /livez"),
+            format!("{ratio:.2}"),
+            "goal >= 0.5 with p99 <= 5 ms",
+        );
+    }
+    daemon.stop();
 }
 
 /// Section 13, lists at scale: `GET /v1/accounts` with `big` events pending over 1000 accounts,

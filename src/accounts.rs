@@ -94,7 +94,10 @@ pub use crate::platform::datacenter_of;
 
 impl Accounts {
     /// A client for every account of the settings.
-    pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Accounts, String> {
+    pub fn new(
+        settings: &Settings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Accounts, crate::platform::HttpClientError> {
         let policy = Arc::new(crate::platform::HostPolicy::new(&settings.platform));
         let http_options = crate::platform::HttpOptions::from(&settings.platform);
         let builder = Arc::new(Builder {

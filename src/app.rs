@@ -46,6 +46,11 @@ pub enum AppError {
     /// A setting the daemon's parts refuse when they are built (their reason names it).
     #[error("{0}")]
     Setting(String),
+    #[error(transparent)]
+    Schedule(#[from] crate::schedule::ScheduleError),
+    /// The HTTP client for the platform cannot be built with these settings.
+    #[error(transparent)]
+    HttpClient(#[from] crate::platform::HttpClientError),
     /// The accounts kept in the store cannot be taken in with these settings (exit 78).
     #[error("{0}")]
     StoredAccounts(String),
@@ -247,11 +252,7 @@ async fn start_with(
         detached: &detached,
     }));
     let schedules = if schedules {
-        Some(
-            Schedules::start(&settings, reconcilers.clone())
-                .await
-                .map_err(AppError::Setting)?,
-        )
+        Some(Schedules::start(&settings, reconcilers.clone()).await?)
     } else {
         None
     };
@@ -307,7 +308,7 @@ async fn take_in_accounts(
     queue: &Queue,
     metrics: &Arc<Metrics>,
 ) -> Result<Accounts, AppError> {
-    let accounts = Accounts::new(settings, metrics.clone()).map_err(AppError::Setting)?;
+    let accounts = Accounts::new(settings, metrics.clone())?;
     let stored = queue
         .stored_accounts()
         .await

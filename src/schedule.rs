@@ -7,6 +7,16 @@ pub use crate::config::CronSchedule;
 use crate::config::Settings;
 use crate::reconcile::{Kind, Reconcilers};
 
+/// Why the schedules did not start: a schedule the scheduler refused (naming its setting), or
+/// the scheduler itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("{setting}: {problem}")]
+    Refused { setting: String, problem: String },
+    #[error("cannot start the scheduler: {0}")]
+    Scheduler(tokio_cron_scheduler::JobSchedulerError),
+}
+
 pub struct Schedules {
     scheduler: JobScheduler,
 }
@@ -21,10 +31,17 @@ fn schedule_key(kind: Kind) -> String {
 
 impl Schedules {
     /// Register one job per reconciler from the cron strings of the settings (UTC).
-    pub async fn start(settings: &Settings, reconcilers: Reconcilers) -> Result<Schedules, String> {
+    pub async fn start(
+        settings: &Settings,
+        reconcilers: Reconcilers,
+    ) -> Result<Schedules, ScheduleError> {
+        let refused = |kind: Kind, problem: String| ScheduleError::Refused {
+            setting: schedule_key(kind),
+            problem,
+        };
         let scheduler = JobScheduler::new()
             .await
-            .map_err(|e| format!("cannot start the scheduler: {e}"))?;
+            .map_err(ScheduleError::Scheduler)?;
         let mut plan = vec![
             (Kind::Tenants, settings.reconcile.tenants.schedule.clone()),
             (Kind::Status, settings.reconcile.status.schedule.clone()),
@@ -36,7 +53,7 @@ impl Schedules {
         for (kind, cron) in plan {
             reconcilers.set_schedule(
                 kind,
-                CronSchedule::parse(&cron).map_err(|e| format!("{}: {e}", schedule_key(kind)))?,
+                CronSchedule::parse(&cron).map_err(|e| refused(kind, e))?,
             );
             let r = reconcilers.downgrade();
             let job = Job::new_async(cron.as_str(), move |_, _| {
@@ -49,16 +66,13 @@ impl Schedules {
                     }
                 })
             })
-            .map_err(|e| format!("{}: {e}", schedule_key(kind)))?;
+            .map_err(|e| refused(kind, e.to_string()))?;
             scheduler
                 .add(job)
                 .await
-                .map_err(|e| format!("cannot schedule {}: {e}", kind.as_str()))?;
+                .map_err(|e| refused(kind, format!("cannot schedule it: {e}")))?;
         }
-        scheduler
-            .start()
-            .await
-            .map_err(|e| format!("cannot start the scheduler: {e}"))?;
+        scheduler.start().await.map_err(ScheduleError::Scheduler)?;
         Ok(Schedules { scheduler })
     }
 

@@ -157,11 +157,11 @@ impl SecretKey {
     }
 
     /// A new random key, as the text of its file.
-    pub fn generate_text() -> Result<String, String> {
+    pub fn generate_text() -> Result<String, KeyFileError> {
         let mut bytes = [0u8; KEY_LEN];
         SystemRandom::new()
             .fill(&mut bytes)
-            .map_err(|_| "the system's random source failed".to_string())?;
+            .map_err(|_| KeyFileError::Random)?;
         Ok(format!(
             "{}\n",
             base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -215,8 +215,27 @@ impl SecretKey {
     }
 }
 
+/// Why a new key file was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("the system's random source failed")]
+    Random,
+    #[error("{0} exists; statusd keygen never overwrites a key (the secrets it sealed would be lost): choose another path")]
+    Exists(std::path::PathBuf),
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Write a new key to `path` with mode 0600; an existing file is never overwritten.
-pub fn write_new_key(path: &std::path::Path) -> Result<(), String> {
+pub fn write_new_key(path: &std::path::Path) -> Result<(), KeyFileError> {
     use std::io::Write;
     let text = SecretKey::generate_text()?;
     let mut options = std::fs::OpenOptions::new();
@@ -226,19 +245,22 @@ pub fn write_new_key(path: &std::path::Path) -> Result<(), String> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            format!(
-                "{} exists; statusd keygen never overwrites a key (the secrets it sealed would be lost): choose another path",
-                path.display()
-            )
+    let mut file = options.open(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyFileError::Exists(path.to_path_buf())
         } else {
-            format!("cannot create {}: {e}", path.display())
+            KeyFileError::Create {
+                path: path.to_path_buf(),
+                source,
+            }
         }
     })?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(|source| KeyFileError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -338,6 +360,7 @@ mod tests {
         let before = std::fs::read_to_string(&path).unwrap();
         assert!(write_new_key(&path)
             .unwrap_err()
+            .to_string()
             .contains("never overwrites"));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
         assert!(SecretKey::from_text(&before).is_ok());

@@ -53,7 +53,7 @@ mod wire;
 
 pub use errors::*;
 pub use fusion::{FusionClient, FusionOptions, FusionState, LoginOutcome};
-pub use outbound::{http_client, segment, HostPolicy, HttpOptions, Refused};
+pub use outbound::{http_client, segment, HostPolicy, HttpClientError, HttpOptions, Refused};
 pub use status::validate_report;
 pub use validate::{Invalid, Validated};
 pub use wire::*;
@@ -166,7 +166,10 @@ pub fn install_crypto_provider() {
 }
 
 impl PlatformClient {
-    pub fn new(opts: ClientOptions, metrics: Arc<Metrics>) -> Result<PlatformClient, String> {
+    pub fn new(
+        opts: ClientOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<PlatformClient, HttpClientError> {
         let http = http_client(&HttpOptions::plain(opts.request_timeout), None)?;
         let permits = Arc::new(Semaphore::new(opts.max_concurrency.max(1)));
         Ok(PlatformClient::with_http(opts, http, permits, metrics))

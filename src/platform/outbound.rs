@@ -38,13 +38,32 @@ impl From<&PlatformSettings> for HttpOptions {
     }
 }
 
+/// Why the HTTP client for the platform could not be built (each names its setting).
+#[derive(Debug, thiserror::Error)]
+pub enum HttpClientError {
+    #[error("platform.ca_file: cannot read {path}: {source}")]
+    ReadCa {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("platform.ca_file: {path} holds no PEM certificate statusd can read{}", .detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    NoCertificate {
+        path: std::path::PathBuf,
+        detail: Option<String>,
+    },
+    #[error("platform.proxy: not a proxy URL statusd can use")]
+    Proxy,
+    #[error("cannot build the HTTP client: {0}")]
+    Build(reqwest::Error),
+}
+
 /// The HTTP client for platform and Fusion calls: rustls with ring, the request timeout,
 /// keep-alive, never a redirect followed, the roots of `platform.ca_file` beside the system's,
 /// `platform.proxy` (else the environment's); with `guard`, names resolved through it.
 pub fn http_client(
     opts: &HttpOptions,
     guard: Option<Arc<HostPolicy>>,
-) -> Result<reqwest::Client, String> {
+) -> Result<reqwest::Client, HttpClientError> {
     super::install_crypto_provider();
     let mut b = reqwest::Client::builder()
         .user_agent(crate::USER_AGENT)
@@ -53,32 +72,32 @@ pub fn http_client(
         .pool_idle_timeout(Duration::from_secs(60))
         .redirect(reqwest::redirect::Policy::none());
     if let Some(path) = &opts.ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("platform.ca_file: cannot read {}: {e}", path.display()))?;
+        let pem = std::fs::read(path).map_err(|source| HttpClientError::ReadCa {
+            path: path.clone(),
+            source,
+        })?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            format!(
-                "platform.ca_file: {} holds no PEM certificate statusd can read: {e}",
-                path.display()
-            )
+            HttpClientError::NoCertificate {
+                path: path.clone(),
+                detail: Some(e.to_string()),
+            }
         })?;
         if certs.is_empty() {
-            return Err(format!(
-                "platform.ca_file: {} holds no PEM certificate",
-                path.display()
-            ));
+            return Err(HttpClientError::NoCertificate {
+                path: path.clone(),
+                detail: None,
+            });
         }
         b = b.tls_certs_merge(certs);
     }
     if let Some(proxy) = &opts.proxy {
-        let p = reqwest::Proxy::all(proxy.expose())
-            .map_err(|_| "platform.proxy: not a proxy URL statusd can use".to_string())?;
+        let p = reqwest::Proxy::all(proxy.expose()).map_err(|_| HttpClientError::Proxy)?;
         b = b.proxy(p);
     }
     if let Some(g) = guard {
         b = b.dns_resolver(g);
     }
-    b.build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    b.build().map_err(HttpClientError::Build)
 }
 
 /// `platform.allowed_hosts` at work: which hosts an account added through the API may use.
