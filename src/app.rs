@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Accounts;
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiParts, ApiState};
 use crate::config::Settings;
 use crate::delivery::{Delivery, DeliveryOptions};
 use crate::metrics::Metrics;
@@ -260,7 +260,7 @@ async fn start_with(
     // the schedules are registered too. Connections made earlier wait in the listen backlog.
     let (stop_api, api_task) = serve_api(
         listener,
-        ApiState {
+        ApiState::from(ApiParts {
             queue: queue.clone(),
             metrics: metrics.clone(),
             token: settings.api.token.clone(),
@@ -275,7 +275,7 @@ async fn start_with(
             account_changes: account_changes.clone(),
             shards: settings.cluster.shards,
             fusion_login_at: Default::default(),
-        },
+        }),
         api::ServeLimits {
             max_connections: settings.api.max_connections,
             read_timeout: settings.api.read_timeout,

@@ -48,8 +48,25 @@ impl From<FieldError> for ApiError {
     }
 }
 
+/// What every handler shares, behind one `Arc` ([`ApiState`]): a request clones a pointer,
+/// not a struct of many handles.
 #[derive(Clone)]
-pub struct ApiState {
+pub struct ApiState(Arc<ApiParts>);
+
+impl From<ApiParts> for ApiState {
+    fn from(parts: ApiParts) -> ApiState {
+        ApiState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiParts;
+    fn deref(&self) -> &ApiParts {
+        &self.0
+    }
+}
+
+pub struct ApiParts {
     pub queue: Queue,
     pub metrics: Arc<Metrics>,
     /// The intake and read role's token.

@@ -1,13 +1,15 @@
-//! The write path: the committer thread writes each group of jobs as one sled batch, the
-//! flusher thread makes it durable and answers everyone waiting for it.
+//! The write path: one writer thread writes each group of jobs as one sled batch, makes it
+//! durable and answers everyone waiting for it.
 
 use super::*;
 
 pub(super) type FlushWaiter = oneshot::Sender<Result<(), String>>;
 pub(super) type EnqueueReply = oneshot::Sender<Result<Vec<Enqueued>, StoreError>>;
 
-/// Work for the committer thread.
+/// Work for the writer thread.
 pub(super) enum Job {
+    /// The clock: nothing to write (see [`ticker`]).
+    Tick,
     /// Answer after a flush that starts after this job was sent.
     Sync(FlushWaiter),
     /// Write these events (all or none), flush, then answer.
@@ -15,11 +17,11 @@ pub(super) enum Job {
     /// Record a delivered batch, flush, then answer.
     Ack(AckJob, oneshot::Sender<Result<(), StoreError>>),
     /// Any other write (a failed attempt, dead letters, inventory, documents, compaction): run
-    /// by the committer with the counters in hand, flushed with its group, then answered.
+    /// by the writer thread with the counters in hand, flushed with its group, then answered.
     Write(WriteFn, WriteReply),
 }
 
-/// A write run on the committer thread. It applies its own sled batch and updates the counters
+/// A write run on the writer thread. It applies its own sled batch and updates the counters
 /// only once that batch is applied.
 pub(super) type WriteFn = Box<dyn FnOnce(&Core, &mut Counters) -> Result<Wrote, StoreError> + Send>;
 pub(super) type WriteReply = oneshot::Sender<Result<usize, StoreError>>;
@@ -34,7 +36,7 @@ pub(super) struct Wrote {
 /// What a written group gives back: each enqueue's outcomes, and the tenants that got events.
 pub(super) type GroupWritten = (Vec<Vec<Enqueued>>, Vec<TenantId>);
 
-/// What the committer needs of a delivered batch.
+/// What the writer thread needs of a delivered batch.
 pub(super) struct AckJob {
     pub(super) tenant: TenantId,
     /// The batch's account (every event of a batch is of one).
@@ -100,7 +102,7 @@ impl Core {
             return Ok((outcomes, group.touched));
         }
         let mut w = lock(&self.writer);
-        debug_assert_eq!(w.seq, seq, "only the committer changes the counters");
+        debug_assert_eq!(w.seq, seq, "only the writer thread changes the counters");
         group.apply(self, &mut w)?;
         for ack in acks {
             settled(&mut w.heads, &self.tree, ack.tenant)?;
@@ -296,7 +298,7 @@ impl Group {
     }
 }
 
-/// A written group on its way to the flusher, with everyone waiting for it.
+/// A written group, with everyone waiting for its flush.
 pub(super) struct Written {
     pub(super) syncs: Vec<FlushWaiter>,
     pub(super) replies: Vec<EnqueueReply>,
@@ -364,120 +366,124 @@ impl Written {
     }
 }
 
-/// The committer: takes every job waiting, writes the enqueues and acks of the group as one
-/// sled batch, and hands the group to the flusher. While the flusher makes one group durable,
-/// the committer writes the next (a two-stage group commit). Nobody is answered before the
-/// flush that covers their writes has ended, and tenants are woken for delivery only then.
-pub(super) fn committer(
-    core: Arc<Core>,
-    mut rx: tokio::sync::mpsc::Receiver<Job>,
-    to_flusher: mpsc::Sender<Written>,
-) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut syncs = Vec::new();
-        let mut requests = Vec::new();
-        let mut replies = Vec::new();
-        let mut acks = Vec::new();
-        let mut ack_replies = Vec::new();
-        let mut writes = Vec::new();
-        let mut events = 0;
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Sync(w) => syncs.push(w),
-                Job::Enqueue(evs, reply) => {
-                    events += evs.len();
-                    requests.push(evs);
-                    replies.push(reply);
-                }
-                Job::Ack(ack, reply) => {
-                    events += ack.items.len();
-                    acks.push(ack);
-                    ack_replies.push(reply);
-                }
-                Job::Write(f, reply) => {
-                    events += 1;
-                    writes.push((f, reply));
-                }
-            }
-            if events < MAX_GROUP_EVENTS {
-                next = rx.try_recv().ok();
-            }
-        }
-        let result = if requests.is_empty() && acks.is_empty() {
-            Ok((Vec::new(), Vec::new()))
-        } else {
-            core.write_group(requests, &acks).map_err(|e| {
-                if matches!(e, StoreError::Sled(_)) {
-                    core.note_write_error(&e.to_string());
-                }
-                e.to_string()
-            })
-        };
-        let writes = writes
-            .into_iter()
-            .map(|(f, reply)| {
-                let result = f(&core, &mut lock(&core.writer));
-                if let Err(e @ StoreError::Sled(_)) = &result {
-                    core.note_write_error(&e.to_string());
-                }
-                (result, reply)
-            })
-            .collect();
-        let written = Written {
-            syncs,
-            replies,
-            ack_replies,
-            result,
-            writes,
-            seq: lock(&core.writer).seq,
-        };
-        if let Err(mpsc::SendError(w)) = to_flusher.send(written) {
-            // The flusher is gone (it cannot be while the committer runs); answer with an error
-            // rather than leave callers waiting.
-            w.settle(&core, &Err("the store flusher stopped".into()));
-        }
-    }
-}
-
-/// The flusher: one sled flush for every group written since the last one, then the answers.
-pub(super) fn flusher(core: Arc<Core>, rx: mpsc::Receiver<Written>) {
+/// The writer: takes every job waiting, writes the enqueues and acknowledgements of the group
+/// as one sled batch, flushes it and answers everyone from this thread. While it flushes, new
+/// jobs wait in the channel without waking anyone, so the next group is all of them: a caller
+/// wakes this thread only when it was idle, and each group costs one flush and one hand-off
+/// back. Nobody is answered before the flush that covers their writes has ended, and tenants
+/// are woken for delivery only then.
+pub(super) fn writer(core: Arc<Core>, mut rx: tokio::sync::mpsc::Receiver<Job>) {
     let mut control = ControlWriter::new(&core);
-    loop {
-        let first = match rx.recv_timeout(control::CONTROL_INTERVAL) {
-            Ok(g) => g,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Idle: record what the last groups made durable.
-                control.write_if_behind(&core);
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+    while let Some(first) = rx.blocking_recv() {
+        let Some(written) = write_jobs(&core, first, &mut rx) else {
+            // Only the clock's tick: idle, so record what the last groups made durable.
+            control.write_if_behind(&core);
+            continue;
         };
-        let mut groups = vec![first];
-        while let Ok(g) = rx.try_recv() {
-            groups.push(g);
-        }
         let flushed = core.db.flush().map(|_| ()).map_err(|e| e.to_string());
         if let Err(e) = &flushed {
             core.note_write_error(e);
         }
         core.flushes.fetch_add(1, Ordering::Relaxed);
-        let waiters: usize = groups.iter().map(Written::waiters).sum();
         core.flush_waiters
-            .fetch_add(waiters as u64, Ordering::Relaxed);
+            .fetch_add(written.waiters() as u64, Ordering::Relaxed);
         if flushed.is_ok() {
-            control.durable(groups.iter().map(|g| g.seq).max().unwrap_or(0));
+            control.durable(written.seq);
         }
-        for g in groups {
-            g.settle(&core, &flushed);
-        }
+        written.settle(&core, &flushed);
         if control.due() {
             control.write_if_behind(&core);
         }
     }
+    control.write_if_behind(&core);
 }
 
-/// The flusher's record of the highest durable sequence, written to the control file at most
+/// Take `first` and every job waiting after it (up to [`MAX_GROUP_EVENTS`]) and write them;
+/// `None` when there was nothing but ticks.
+fn write_jobs(
+    core: &Core,
+    first: Job,
+    rx: &mut tokio::sync::mpsc::Receiver<Job>,
+) -> Option<Written> {
+    let mut syncs = Vec::new();
+    let mut requests = Vec::new();
+    let mut replies = Vec::new();
+    let mut acks = Vec::new();
+    let mut ack_replies = Vec::new();
+    let mut writes = Vec::new();
+    let mut events = 0;
+    let mut next = Some(first);
+    while let Some(job) = next.take() {
+        match job {
+            Job::Tick => {}
+            Job::Sync(w) => syncs.push(w),
+            Job::Enqueue(evs, reply) => {
+                events += evs.len();
+                requests.push(evs);
+                replies.push(reply);
+            }
+            Job::Ack(ack, reply) => {
+                events += ack.items.len();
+                acks.push(ack);
+                ack_replies.push(reply);
+            }
+            Job::Write(f, reply) => {
+                events += 1;
+                writes.push((f, reply));
+            }
+        }
+        if events < MAX_GROUP_EVENTS {
+            next = rx.try_recv().ok();
+        }
+    }
+    if syncs.is_empty() && replies.is_empty() && ack_replies.is_empty() && writes.is_empty() {
+        return None;
+    }
+    let result = if requests.is_empty() && acks.is_empty() {
+        Ok((Vec::new(), Vec::new()))
+    } else {
+        core.write_group(requests, &acks).map_err(|e| {
+            if matches!(e, StoreError::Sled(_)) {
+                core.note_write_error(&e.to_string());
+            }
+            e.to_string()
+        })
+    };
+    let writes = writes
+        .into_iter()
+        .map(|(f, reply)| {
+            let result = f(core, &mut lock(&core.writer));
+            if let Err(e @ StoreError::Sled(_)) = &result {
+                core.note_write_error(&e.to_string());
+            }
+            (result, reply)
+        })
+        .collect();
+    Some(Written {
+        syncs,
+        replies,
+        ack_replies,
+        result,
+        writes,
+        seq: lock(&core.writer).seq,
+    })
+}
+
+/// The writer's clock: a tick every [`control::CONTROL_INTERVAL`], so an idle writer records
+/// the durable sequence in the control file. It holds only a weak handle of the job channel and
+/// ends with it.
+pub(super) fn ticker(jobs: tokio::sync::mpsc::WeakSender<Job>) {
+    loop {
+        std::thread::sleep(control::CONTROL_INTERVAL);
+        let Some(tx) = jobs.upgrade() else { return };
+        // A full queue means the writer is busy and will look at the control file itself.
+        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = tx.try_send(Job::Tick) {
+            return;
+        }
+    }
+}
+
+/// The writer thread's record of the highest durable sequence, written to the control file at most
 /// once per interval and when idle.
 struct ControlWriter {
     durable: u64,

@@ -4,7 +4,7 @@ use super::*;
 
 impl SledQueue {
     /// Remove delivered events older than the retention and idempotency keys older than
-    /// `max(retention, 24h)`, in chunks written through the committer so intake waits for one
+    /// `max(retention, 24h)`, in chunks written through the writer thread so intake waits for one
     /// chunk at most. Returns how many events were removed.
     pub async fn compact(&self, now_ms: i64) -> Result<usize, StoreError> {
         let retention = self.inner.options.delivered_retention.as_millis() as i64;

@@ -12,7 +12,7 @@
 //! large store.
 //!
 //! The trade-off: the file is rewritten (write, fsync, rename, fsync of the directory) by the
-//! flusher at most once per [`CONTROL_INTERVAL`] and at every clean close, not after every
+//! writer thread at most once per [`CONTROL_INTERVAL`] and at every clean close, not after every
 //! group, so it costs intake one small fsync a second. Damage that loses only the events
 //! acknowledged in the last interval before the file was last written goes unseen by the
 //! sequence check (the counters check may still see it).
@@ -23,7 +23,7 @@ use super::*;
 
 pub(super) const CONTROL_FILE: &str = "statusd.control";
 
-/// How often the flusher records the highest durable sequence, at most.
+/// How often the writer thread records the highest durable sequence, at most.
 pub(super) const CONTROL_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,9 +2,8 @@
 //!
 //! Promises:
 //! - `enqueue` (and `ack_delivered`) return only after a flush covering their writes has
-//!   completed. Concurrent calls are written together by one committer thread as one sled batch;
-//!   a flusher thread makes each group durable while the committer writes the next (group
-//!   commit in two stages). Each tenant's oldest pending event is kept in memory (rebuilt on
+//!   completed. Concurrent calls are written together by one writer thread as one sled batch,
+//!   which that thread then flushes before it answers them all (group commit). Each tenant's oldest pending event is kept in memory (rebuilt on
 //!   open) for the oldest-pending figure, so no global order index is written.
 //! - An event and every index pointing at it are written in one atomic sled batch, under one
 //!   writer lock, so a crash never leaves an event that is stored but not dispatchable.
@@ -32,7 +31,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::oneshot;
@@ -65,7 +64,7 @@ use migrate::*;
 use open::*;
 pub use verify::{Check, Offline, Verification};
 
-/// Jobs waiting for the committer at most (each an enqueue, an acknowledgement or a write);
+/// Jobs waiting for the writer thread at most (each an enqueue, an acknowledgement or a write);
 /// past it, callers wait for room, as with the PostgreSQL store's committer.
 const JOB_QUEUE: usize = 4096;
 
@@ -94,7 +93,7 @@ struct Counters {
     /// Each account's pending and dead events (persisted under `k`, beside `depth` and `dead`).
     accounts: AccountCounts,
 }
-/// Everything the committer thread shares with the handles.
+/// Everything the writer thread shares with the handles.
 struct Core {
     db: ::sled::Db,
     tree: ::sled::Tree,
@@ -121,8 +120,7 @@ struct Core {
 struct Inner {
     core: Arc<Core>,
     jobs: Mutex<Option<tokio::sync::mpsc::Sender<Job>>>,
-    /// The committer, then the flusher: joined in this order (the committer's end stops the
-    /// flusher).
+    /// The writer thread, joined at close.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -153,7 +151,7 @@ impl Drop for Inner {
 
 impl SledQueue {
     /// Open (or create) the store at `path`: migrate an older layout, rebuild each tenant's
-    /// oldest pending event, and start the committer and flusher threads.
+    /// oldest pending event, and start the writer thread.
     pub fn open(path: &Path, options: StoreOptions) -> Result<SledQueue, StoreError> {
         copy::finish_interrupted(path)?;
         create_private_dir(path)?;
@@ -188,38 +186,33 @@ impl SledQueue {
         })
     }
 
-    /// Start the committer and flusher threads on an opened store.
+    /// Start the writer thread (and its clock) on an opened store.
     fn start(core: Core) -> Result<SledQueue, StoreError> {
         let core = Arc::new(core);
         let (jobs, rx) = tokio::sync::mpsc::channel::<Job>(JOB_QUEUE);
-        let (to_flusher, flush_rx) = mpsc::channel::<Written>();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(f)
                 .map_err(|e| StoreError::Flush(format!("cannot start the {name} thread: {e}")))
         };
-        let flush_thread = {
+        let write_thread = {
             let core = core.clone();
-            spawn("statusd-flush", Box::new(move || flusher(core, flush_rx)))?
+            spawn("statusd-write", Box::new(move || writer(core, rx)))?
         };
-        let commit_thread = {
-            let core = core.clone();
-            spawn(
-                "statusd-commit",
-                Box::new(move || committer(core, rx, to_flusher)),
-            )?
-        };
+        // Not joined: it sleeps at most one interval and ends once the channel is gone.
+        let weak = jobs.downgrade();
+        spawn("statusd-clock", Box::new(move || ticker(weak)))?;
         Ok(SledQueue {
             inner: Arc::new(Inner {
                 core,
                 jobs: Mutex::new(Some(jobs)),
-                threads: Mutex::new(vec![commit_thread, flush_thread]),
+                threads: Mutex::new(vec![write_thread]),
             }),
         })
     }
 
-    /// Hand a job to the committer, waiting (without blocking a thread) while its queue is
+    /// Hand a job to the writer thread, waiting (without blocking a thread) while its queue is
     /// full: callers slow down to the rate the disk takes.
     async fn send(&self, job: Job) -> Result<(), StoreError> {
         let sender = lock(&self.inner.jobs).clone().ok_or(StoreError::Closed)?;
@@ -235,7 +228,7 @@ impl SledQueue {
             .map_err(StoreError::Flush)
     }
 
-    /// Run a write on the committer thread, in its turn with enqueues and acknowledgements, and
+    /// Run a write on the writer thread, in its turn with enqueues and acknowledgements, and
     /// answer once the flush that covers it has ended: the one write path of the store.
     async fn write(
         &self,
@@ -320,7 +313,7 @@ impl SledQueue {
         self.inner.db.size_on_disk().unwrap_or(0)
     }
 
-    /// A cheap health probe of the store: the committer and flusher threads are running, and a
+    /// A cheap health probe of the store: the writer thread is running, and a
     /// metadata key reads. False means no event can be accepted durably any more.
     pub fn healthy(&self) -> bool {
         let threads_running = lock(&self.inner.threads).iter().all(|t| !t.is_finished());
@@ -360,8 +353,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = SledQueue::open(dir.path(), StoreOptions::default()).unwrap();
         assert!(q.healthy());
-        // Closing the job channel ends the committer (and with it the flusher), as a panic in
-        // either would.
+        // Closing the job channel ends the writer thread, as a panic in it would.
         q.inner.jobs.lock().unwrap().take();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while q.healthy() {

@@ -31,7 +31,7 @@ impl Verification {
     }
 }
 
-/// A store opened for an offline operation: no committer, no flusher; refused while a daemon
+/// A store opened for an offline operation: no writer thread; refused while a daemon
 /// holds it.
 pub struct Offline {
     pub(super) db: ::sled::Db,
