@@ -12,31 +12,18 @@ pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
     }
     // Anyone may probe: the reason codes are public, the texts (the store's and the
     // platform's errors) are for token holders, in /v1/status.
-    if state.queue.write_error().is_some() {
+    // One look at the store's health (sled's reads a key) for the whole probe.
+    let health = state.queue.health();
+    let failing = match health {
+        crate::store::Health::Broken(_) => Some("store"),
+        _ if state.queue.is_full() => Some("store_full"),
+        crate::store::Health::Unavailable(_) => Some("store_unavailable"),
+        crate::store::Health::Ok => None,
+    };
+    if let Some(failing) = failing {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unready", "failing": "store"})),
-        )
-            .into_response();
-    }
-    if state.queue.is_full() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unready", "failing": "store_full"})),
-        )
-            .into_response();
-    }
-    if state.queue.unavailable().is_some() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unready", "failing": "store_unavailable"})),
-        )
-            .into_response();
-    }
-    if !state.queue.healthy() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unready", "failing": "store"})),
+            Json(json!({"status": "unready", "failing": failing})),
         )
             .into_response();
     }
@@ -65,9 +52,10 @@ pub async fn refresh_gauges(state: &ApiState) {
             .get_or_create(&[("kind", kind.as_str().to_string())]);
         counter.inc_by(n.saturating_sub(counter.get()));
     }
-    state.metrics.store_writable.set(i64::from(
-        state.queue.write_error().is_none() && state.queue.unavailable().is_none(),
-    ));
+    state
+        .metrics
+        .store_writable
+        .set(i64::from(state.queue.healthy()));
     state
         .metrics
         .store_full

@@ -87,12 +87,13 @@ pub async fn status_report(state: &ApiState) -> Status {
         Some(_) => unknown_tenants(&state.queue).await.unwrap_or_default(),
         None => Vec::new(),
     };
+    let write_error = state.queue.write_error();
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         accepting: state.accepting.load(Ordering::Acquire)
-            && state.queue.write_error().is_none()
+            && write_error.is_none()
             && !state.queue.is_full(),
-        store_write_error: state.queue.write_error(),
+        store_write_error: write_error,
         store_full: state.queue.is_full(),
         queue: QueueStatus {
             depth: q.depth,

@@ -192,18 +192,10 @@ impl LeaseStore for PgQueue {
     async fn load_shards(&self, shards: &[u32], recount: bool) -> Result<(), StoreError> {
         self.inner.read_heads(shards, None).await?;
         if recount {
-            let counts = self
-                .rows(
-                    "SELECT (SELECT count(*) FROM events WHERE state = 'queued'),
-                            (SELECT count(*) FROM events WHERE state = 'dead')",
-                    &[],
-                )
-                .await?;
-            if let Some(c) = counts.first() {
-                let mut mem = lock(&self.inner.mem);
-                mem.depth = col::<i64>(c, 0)? as u64;
-                mem.dead = col::<i64>(c, 1)? as u64;
-            }
+            let (depth, dead) = self.recount().await?;
+            let mut mem = lock(&self.inner.mem);
+            mem.depth = depth;
+            mem.dead = dead;
         }
         Ok(())
     }
