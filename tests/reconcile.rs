@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use statusd::reconcile::Kind;
+use statusd::reconcile::{Kind, ListMode};
 use statusd::sandbox::{Fault, SandboxOptions, TenantChange};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,9 +24,9 @@ async fn tenant_inventory_full_then_delta_and_removed_tenants_are_deactivated() 
     let r = &h.running().reconcilers;
     let full = r.run_now(Kind::Tenants, false).await.unwrap();
     assert_eq!(full.outcome, "success", "{:?}", full.errors);
-    assert_eq!(full.details["mode"], "full");
-    assert_eq!(full.details["fetched"], 3001);
-    assert!(full.details["pages"].as_u64().unwrap() >= 15);
+    assert_eq!(full.details.mode, Some(ListMode::Full));
+    assert_eq!(full.details.fetched, Some(3001));
+    assert!(full.details.pages.unwrap() >= 15);
     assert_eq!(h.running().queue.inventory_len().await.unwrap(), 3001);
     // An active tenant gets disabled on the platform.
     let t = h.sandbox.tenant_ids(Some("customer"))[3];
@@ -46,11 +46,15 @@ async fn tenant_inventory_full_then_delta_and_removed_tenants_are_deactivated() 
         },
     );
     let dry = r.run_now(Kind::Tenants, true).await.unwrap();
-    assert_eq!(dry.details["mode"], "delta");
+    assert_eq!(dry.details.mode, Some(ListMode::Delta));
     assert_eq!(dry.drift.len(), 1);
     assert_eq!(dry.drift[0].tenant_id, t);
     let delta = r.run_now(Kind::Tenants, false).await.unwrap();
-    assert_eq!(delta.details["fetched"], 1, "only what changed is fetched");
+    assert_eq!(
+        delta.details.fetched,
+        Some(1),
+        "only what changed is fetched"
+    );
     h.drained(Duration::from_secs(10)).await;
     let last = h
         .sandbox
@@ -105,7 +109,7 @@ async fn status_reconcile_reasserts_each_tenant_once() {
         .run_now(Kind::Status, false)
         .await
         .unwrap();
-    assert_eq!(report.details["tenants"], 2);
+    assert_eq!(report.details.tenants, Some(2));
     h.drained(Duration::from_secs(10)).await;
     let reports = h.sandbox.reports();
     assert_eq!(reports.len(), before + 2, "one report per tenant");

@@ -94,9 +94,7 @@ impl ForAccount for Branding {
         scheduled: bool,
     ) -> Result<(), ReconcileError> {
         let targets = branding_targets(cx, account).await?;
-        report
-            .details
-            .insert("targets".into(), json!(targets.len()));
+        report.details.targets = Some(targets.len());
         let logo = match &branding_of(cx, account).logo_file {
             Some(p) => {
                 let bytes = tokio::fs::read(p)

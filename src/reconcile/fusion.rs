@@ -289,9 +289,7 @@ impl FusionReconciler {
                     .claim_slot("fusion-branding", Some(FUSION_SHARD_KEY), slot)
                     .await)
         {
-            report
-                .details
-                .insert("owned_elsewhere".into(), serde_json::Value::Bool(true));
+            report.details.owned_elsewhere = Some(true);
             return Ok(());
         }
         self.resume(cx).await?;
@@ -320,12 +318,8 @@ impl FusionReconciler {
                     .await?,
             );
         }
-        report
-            .details
-            .insert("tenants".into(), json!(settings.tenants.len()));
-        report
-            .details
-            .insert("subscriptions".into(), json!(subs.len()));
+        report.details.tenants = Some(settings.tenants.len());
+        report.details.subscriptions = Some(subs.len());
         let now = now_ms();
         let dry_run = report.dry_run;
         let limit = cx.settings.platform.max_concurrency.max(1);

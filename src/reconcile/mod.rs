@@ -147,7 +147,67 @@ pub struct Report {
     pub skipped: Vec<ItemNote>,
     pub errors: Vec<ItemNote>,
     /// Reconciler-specific figures (tenants fetched, pages, mode, ...).
-    pub details: Map<String, Value>,
+    pub details: Details,
+}
+
+/// How the tenant reconciler listed the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListMode {
+    /// Every tenant of the subtree.
+    Full,
+    /// Only those changed since the last run.
+    Delta,
+}
+
+impl ListMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListMode::Full => "full",
+            ListMode::Delta => "delta",
+        }
+    }
+}
+
+/// A run's own figures, each set by the reconciler it belongs to (unset ones are left out of
+/// the JSON).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Details {
+    /// Why the run failed, as `statusd_reconcile_errors_total` labels it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<String>,
+    /// No account of the run is this replica's: another replica runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned_elsewhere: Option<bool>,
+    /// Tenants: how the tree was listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ListMode>,
+    /// Tenants: the subtree listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_tenant_id: Option<Uuid>,
+    /// Tenants: the records fetched, over this many pages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<usize>,
+    /// Tenants, dry run: the records a run would store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub would_store: Option<usize>,
+    /// Tenants: the inventory's size after the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory_size: Option<usize>,
+    /// Status and Fusion: the tenants looked at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<usize>,
+    /// Branding: the tenants branded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<usize>,
+    /// Fusion: the subscriptions looked at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriptions: Option<usize>,
+    /// With several accounts: each account's figures, by id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounts: Option<BTreeMap<String, Details>>,
 }
 
 impl Report {
@@ -162,13 +222,12 @@ impl Report {
             actions: Vec::new(),
             skipped: Vec::new(),
             errors: Vec::new(),
-            details: Map::new(),
+            details: Details::default(),
         }
     }
     fn fail(&mut self, error: &ReconcileError) {
         self.outcome = Outcome::Error;
-        self.details
-            .insert("error_class".into(), json!(error.metric_label()));
+        self.details.error_class = Some(error.metric_label().to_string());
         self.errors.push(ItemNote {
             tenant_id: Uuid::nil(),
             message: error.to_string(),
@@ -597,14 +656,12 @@ async fn per_account(
         accounts.push((*a).clone());
     }
     if accounts.is_empty() {
-        report
-            .details
-            .insert("owned_elsewhere".into(), Value::Bool(true));
+        report.details.owned_elsewhere = Some(true);
         return Ok(());
     }
     let several = accounts.len() > 1;
     let mut failures = Vec::new();
-    let mut per_account = Map::new();
+    let mut per_account = BTreeMap::new();
     for account in &accounts {
         let saved = std::mem::take(&mut report.details);
         let result = reconciler
@@ -612,7 +669,7 @@ async fn per_account(
             .await;
         let details = std::mem::replace(&mut report.details, saved);
         if several {
-            per_account.insert(account.id.clone(), Value::Object(details));
+            per_account.insert(account.id.clone(), details);
         } else {
             report.details = details;
         }
@@ -621,9 +678,7 @@ async fn per_account(
         }
     }
     if several {
-        report
-            .details
-            .insert("accounts".into(), Value::Object(per_account));
+        report.details.accounts = Some(per_account);
     }
     if failures.len() == accounts.len() && !several {
         return Err(failures.pop().expect("one account failed").1);

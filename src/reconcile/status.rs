@@ -58,7 +58,7 @@ impl Reconciler for Status {
             ev.account = s.account.clone();
             events.push(ev);
         }
-        report.details.insert("tenants".into(), json!(events.len()));
+        report.details.tenants = Some(events.len());
         if report.dry_run || events.is_empty() {
             return Ok(());
         }

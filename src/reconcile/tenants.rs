@@ -48,13 +48,15 @@ impl ForAccount for Tenants {
             .client
             .list_tenants(&TenantSelector::SubtreeRoot(root), since.as_deref(), true)
             .await?;
-        let mode = if since.is_some() { "delta" } else { "full" };
-        report.details.insert("mode".into(), json!(mode));
-        report.details.insert("root_tenant_id".into(), json!(root));
-        report
-            .details
-            .insert("fetched".into(), json!(listing.items.len()));
-        report.details.insert("pages".into(), json!(listing.pages));
+        let mode = if since.is_some() {
+            ListMode::Delta
+        } else {
+            ListMode::Full
+        };
+        report.details.mode = Some(mode);
+        report.details.root_tenant_id = Some(root);
+        report.details.fetched = Some(listing.items.len());
+        report.details.pages = Some(listing.pages);
         let records: Vec<InventoryTenant> = listing
             .items
             .iter()
@@ -63,9 +65,7 @@ impl ForAccount for Tenants {
 
         let deactivations = removed_tenants(cx, &listing.items, report, account).await?;
         if report.dry_run {
-            report
-                .details
-                .insert("would_store".into(), json!(records.len()));
+            report.details.would_store = Some(records.len());
             return Ok(());
         }
         if !deactivations.is_empty() {
@@ -81,7 +81,8 @@ impl ForAccount for Tenants {
             q.replace_inventory(&account.id, &records).await?;
         }
         report.actions.push(format!(
-            "inventory {mode} sync: {} tenant(s) stored",
+            "inventory {} sync: {} tenant(s) stored",
+            mode.as_str(),
             records.len()
         ));
         q.put_doc(
@@ -92,9 +93,7 @@ impl ForAccount for Tenants {
             },
         )
         .await?;
-        report
-            .details
-            .insert("inventory_size".into(), json!(q.inventory_len().await?));
+        report.details.inventory_size = Some(q.inventory_len().await?);
         Ok(())
     }
 }
