@@ -92,6 +92,27 @@ pub struct Accounts {
 
 pub use crate::platform::datacenter_of;
 
+/// A stored account whose secret does not open: with the key's refusal, or with no key set.
+#[derive(Debug, thiserror::Error)]
+#[error("{id} ({})", .why.as_ref().map_or_else(|| "store.secret_key_file is not set".to_string(), |e| e.to_string()))]
+pub struct Unopened {
+    pub id: String,
+    pub why: Option<crate::vault::VaultError>,
+}
+
+/// Why the accounts kept in the store cannot be taken in (each names the setting to change).
+#[derive(Debug, thiserror::Error)]
+pub enum StoredAccountsError {
+    #[error("the store holds {count} account(s) added through the API ({ids}) whose secrets are sealed, and store.secret_key_file is not set: set it to the key they were sealed with (no account was dropped)")]
+    NoKey { count: usize, ids: String },
+    #[error("these accounts cannot build clients")]
+    NoBuilder,
+    #[error("account {0:?} is both in the configuration file and in the store (added through the API): remove it from one of the two (accounts.{0})")]
+    InBoth(String),
+    #[error("store.secret_key_file cannot open the secrets of {} of {of} stored account(s): {}. Set it to the key they were sealed with (no account was dropped)", .failed.len(), .failed.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", "))]
+    Unopened { of: usize, failed: Vec<Unopened> },
+}
+
 impl Accounts {
     /// A client for every account of the settings.
     pub fn new(
@@ -138,11 +159,11 @@ impl Accounts {
     /// An account added through the API, with a client of this daemon (its data center's
     /// permits shared when it has some), not yet in the map and leaving nothing behind until
     /// it is: what validation uses, and what `insert` takes.
-    pub fn build(&self, spec: AccountSpec) -> Result<Account, String> {
+    pub fn build(&self, spec: AccountSpec) -> Result<Account, StoredAccountsError> {
         let builder = self
             .builder
             .as_ref()
-            .ok_or("these accounts cannot build clients")?;
+            .ok_or(StoredAccountsError::NoBuilder)?;
         let mut account = builder.account(spec, AccountSource::Store);
         account.client = account.client.on_probation();
         Ok(account)
@@ -348,11 +369,16 @@ impl Builder {
         &self,
         s: &crate::store::StoredAccount,
         key: &crate::vault::SecretKey,
-    ) -> Result<(Account, bool), String> {
+    ) -> Result<(Account, bool), Unopened> {
         let (secret, stale, unbound) = match key.open_bound(&s.binding(), &s.client_secret_sealed) {
             Ok(o) => (o.secret, o.legacy, None),
             Err(e) if !e.is_key() => (Secret::new(""), false, Some(e)),
-            Err(e) => return Err(format!("{} ({e})", s.id)),
+            Err(e) => {
+                return Err(Unopened {
+                    id: s.id.clone(),
+                    why: Some(e),
+                })
+            }
         };
         let mut account = self.account(
             AccountSpec {
@@ -387,30 +413,26 @@ impl Accounts {
         &self,
         stored: Vec<crate::store::StoredAccount>,
         key: Option<&crate::vault::SecretKey>,
-    ) -> Result<(usize, Vec<String>), String> {
+    ) -> Result<(usize, Vec<String>), StoredAccountsError> {
         if stored.is_empty() {
             return Ok((0, Vec::new()));
         }
         let Some(key) = key else {
-            return Err(format!(
-                "the store holds {} account(s) added through the API ({}) whose secrets are sealed, and store.secret_key_file is not set: set it to the key they were sealed with (no account was dropped)",
-                stored.len(),
-                ids_of(&stored)
-            ));
+            return Err(StoredAccountsError::NoKey {
+                count: stored.len(),
+                ids: ids_of(&stored),
+            });
         };
         let builder = self
             .builder
             .as_ref()
-            .ok_or("these accounts cannot build clients")?;
+            .ok_or(StoredAccountsError::NoBuilder)?;
         let mut built = Vec::with_capacity(stored.len());
         let mut stale = Vec::new();
         let mut failed = Vec::new();
         for s in &stored {
             if self.get(&s.id).is_some() {
-                return Err(format!(
-                    "account {:?} is both in the configuration file and in the store (added through the API): remove it from one of the two (accounts.{})",
-                    s.id, s.id
-                ));
+                return Err(StoredAccountsError::InBoth(s.id.clone()));
             }
             match builder.stored(s, key) {
                 Ok((a, old)) => {
@@ -423,12 +445,10 @@ impl Accounts {
             }
         }
         if !failed.is_empty() {
-            return Err(format!(
-                "store.secret_key_file cannot open the secrets of {} of {} stored account(s): {}. Set it to the key they were sealed with (no account was dropped)",
-                failed.len(),
-                stored.len(),
-                failed.join(", ")
-            ));
+            return Err(StoredAccountsError::Unopened {
+                of: stored.len(),
+                failed,
+            });
         }
         let n = built.len();
         self.put(builder, built, &[]);
@@ -539,14 +559,17 @@ impl Accounts {
             };
             let opened = match key {
                 Some(k) => builder.stored(s, k).map(|(a, _)| a),
-                None => Err(format!("{} (store.secret_key_file is not set)", s.id)),
+                None => Err(Unopened {
+                    id: s.id.clone(),
+                    why: None,
+                }),
             };
             match opened {
                 Ok(a) => {
                     same.push(s.id.clone());
                     built.push(a);
                 }
-                Err(e) => changes.refused.push(e),
+                Err(e) => changes.refused.push(e.to_string()),
             }
         }
         let kept: std::collections::BTreeSet<&str> = stored.iter().map(|s| s.id.as_str()).collect();

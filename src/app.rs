@@ -53,7 +53,7 @@ pub enum AppError {
     HttpClient(#[from] crate::platform::HttpClientError),
     /// The accounts kept in the store cannot be taken in with these settings (exit 78).
     #[error("{0}")]
-    StoredAccounts(String),
+    StoredAccounts(#[from] crate::accounts::StoredAccountsError),
     #[error("the store could not write ({0}); writing works again but opening it afresh in this process failed: exiting so that the supervisor starts statusd again")]
     StoreReopen(String),
     #[error("this replica kept losing its shards (3 within a minute): exiting so that its supervisor starts it again")]
@@ -221,19 +221,7 @@ async fn start_with(
     );
     let accepting = Arc::new(AtomicBool::new(true));
     let account_changes: Arc<tokio::sync::Mutex<()>> = Default::default();
-    let listener = match listener {
-        Some(l) => l,
-        None => TcpListener::bind(settings.api.listen)
-            .await
-            .map_err(|source| AppError::Listen {
-                addr: settings.api.listen,
-                source,
-            })?,
-    };
-    let api_addr = listener.local_addr().map_err(|source| AppError::Listen {
-        addr: settings.api.listen,
-        source,
-    })?;
+    let (listener, api_addr) = bind_api(listener, settings.api.listen).await?;
     let stop_delivery = CancellationToken::new();
     let delivery_task = tokio::spawn(delivery.clone().run(stop_delivery.clone()));
     let reopen = CancellationToken::new();
@@ -301,6 +289,23 @@ async fn start_with(
     })
 }
 
+/// The API's listener (the one given, else bound at `api.listen`) and its address.
+async fn bind_api(
+    listener: Option<TcpListener>,
+    listen: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), AppError> {
+    let failed = |source| AppError::Listen {
+        addr: listen,
+        source,
+    };
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(listen).await.map_err(failed)?,
+    };
+    let addr = listener.local_addr().map_err(failed)?;
+    Ok((listener, addr))
+}
+
 /// The accounts of the settings and those added through the API, their sealed secrets opened
 /// (and sealed again, bound, if they were sealed before bindings).
 async fn take_in_accounts(
@@ -316,9 +321,7 @@ async fn take_in_accounts(
             path: settings.store.location(),
             source,
         })?;
-    let (n, stale) = accounts
-        .load_stored(stored, settings.store.secret_key.as_ref())
-        .map_err(AppError::StoredAccounts)?;
+    let (n, stale) = accounts.load_stored(stored, settings.store.secret_key.as_ref())?;
     if n > 0 {
         tracing::info!(
             message = "accounts added through the API taken in",

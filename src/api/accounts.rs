@@ -364,7 +364,7 @@ pub(super) async fn add_account(
     let mut account = state
         .accounts
         .build(spec)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     // One attempt, answered: the partner is waiting for the verdict.
     let validated = account.client.validate().await.map_err(invalid)?;
     account.source = AccountSource::Store;
@@ -494,7 +494,7 @@ pub(super) async fn rotate_credentials(
             credentials: current.credentials,
             root_tenant_id: current.root_tenant_id,
         })
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let validated = account.client.validate().await.map_err(invalid)?;
     let _change = state.account_changes.lock().await;
     let Some(stored) = state.queue.stored_account(&id).await.map_err(store_error)? else {

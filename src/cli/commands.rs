@@ -218,29 +218,34 @@ pub async fn accounts(settings: Settings, args: &AccountsArgs) -> ExitCode {
             .await
         }
         Some(AccountCommand::Remove { id, force, api }) => {
-            let api = LocalApi::new(api, &settings);
-            let path = format!(
-                "/v1/accounts/{id}{}",
-                if *force { "?force=true" } else { "" }
-            );
-            match api
-                .call::<AccountRemoved>(Method::DELETE, &path, None)
-                .await
-            {
-                Ok((_, r)) => {
-                    println!(
-                        "account {} removed (dropped: {} pending event(s), {} dead letter(s), {} tenant state(s), {} inventory record(s))",
-                        r.id,
-                        r.dropped.pending_events,
-                        r.dropped.dead_letters,
-                        r.dropped.tenant_states,
-                        r.dropped.inventory
-                    );
-                    ExitCode::from(exit::OK)
-                }
-                Err(e) => fail(e),
-            }
+            remove_account(&settings, id, *force, api).await
         }
+    }
+}
+
+/// `statusd accounts remove`: what the daemon dropped with the account.
+async fn remove_account(settings: &Settings, id: &str, force: bool, api: &ApiArgs) -> ExitCode {
+    let api = LocalApi::new(api, settings);
+    let path = format!(
+        "/v1/accounts/{id}{}",
+        if force { "?force=true" } else { "" }
+    );
+    match api
+        .call::<AccountRemoved>(Method::DELETE, &path, None)
+        .await
+    {
+        Ok((_, r)) => {
+            println!(
+                "account {} removed (dropped: {} pending event(s), {} dead letter(s), {} tenant state(s), {} inventory record(s))",
+                r.id,
+                r.dropped.pending_events,
+                r.dropped.dead_letters,
+                r.dropped.tenant_states,
+                r.dropped.inventory
+            );
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => fail(e),
     }
 }
 
