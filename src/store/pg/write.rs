@@ -608,8 +608,8 @@ impl Pg {
                     outcomes.push(outs);
                 }
                 let seqs = next_seqs(&tx, rows.len()).await?;
-                insert_rows(&tx, &self.shards, &rows, &seqs, now).await?;
-                self.notify_owners(&tx, &rows).await?;
+                let wake_up = self.wake_up_for(&rows);
+                insert_rows(&tx, &self.shards, &rows, &seqs, now, wake_up).await?;
                 tx.commit().await.map_err(pg_error)?;
                 let accepted: Vec<(TenantId, Head)> = rows
                     .iter()
@@ -650,43 +650,40 @@ impl Pg {
 }
 
 impl Pg {
-    /// In a pool, wake the owners of the shards of `rows` this replica does not hold: one
-    /// `NOTIFY` naming their tenants, delivered at COMMIT (and only then).
-    async fn notify_owners(&self, tx: &Transaction<'_>, rows: &[Row]) -> Result<(), StoreError> {
-        let Some(own) = self.ownership.get() else {
-            return Ok(());
-        };
+    /// In a pool, the wake-up for the owners of the shards of `rows` this replica does not
+    /// hold: one `NOTIFY` naming their tenants, sent in the intake's transaction (so delivered
+    /// at COMMIT, and only then).
+    fn wake_up_for(&self, rows: &[Row]) -> Option<String> {
+        let own = self.ownership.get()?;
         let mut tenants: Vec<TenantId> = rows
             .iter()
             .filter(|r| !own.owns_account(r.ev.account.as_deref()))
             .map(|r| r.ev.tenant_id)
             .collect();
         if tenants.is_empty() {
-            return Ok(());
+            return None;
         }
         tenants.sort_unstable();
         tenants.dedup();
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&wake::CHANNEL, &wake::payload(&self.schema, &tenants)],
-        )
-        .await
-        .map_err(pg_error)?;
-        Ok(())
+        Some(wake::payload(&self.schema, &tenants))
     }
 }
 
-/// Insert the events, their idempotency keys and the tenants' intended states.
+/// Insert the events, their idempotency keys and the tenants' intended states, and send
+/// `notify` (a wake-up payload) with them: the statements are independent, so they are sent
+/// together (pipelined) and the transaction waits for one round of answers, not one each.
 async fn insert_rows(
     tx: &Transaction<'_>,
     map: &crate::cluster::ShardMap,
     rows: &[Row],
     seqs: &[i64],
     now: i64,
+    notify: Option<String>,
 ) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
+    type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let tenants: Vec<Uuid> = rows.iter().map(|r| r.ev.tenant_id).collect();
     let accounts: Vec<Option<String>> = rows.iter().map(|r| r.ev.account.clone()).collect();
@@ -702,43 +699,74 @@ async fn insert_rows(
         .iter()
         .map(|r| map.of(r.ev.account.as_deref()) as i32)
         .collect();
-    tx.execute(
-        "INSERT INTO events (id, seq, tenant_id, account, kind, category, action,
-             idempotency_key, occurred_at_ms, shard, accepted_at_ms, state)
-         SELECT u.*, $11, 'queued' FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[],
-             $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::integer[]) AS u",
-        &[
-            &ids,
-            &seqs,
-            &tenants,
-            &accounts,
-            &kinds,
-            &categories,
-            &actions,
-            &keys,
-            &occurred,
-            &shards,
-            &now,
-        ],
-    )
-    .await
-    .map_err(pg_error)?;
+    let event_params: [Param; 11] = [
+        &ids,
+        &seqs,
+        &tenants,
+        &accounts,
+        &kinds,
+        &categories,
+        &actions,
+        &keys,
+        &occurred,
+        &shards,
+        &now,
+    ];
     let (key_texts, key_ids): (Vec<&str>, Vec<Uuid>) = rows
         .iter()
         .filter_map(|r| r.ev.idempotency_key.as_deref().map(|k| (k, r.id)))
         .unzip();
+    let key_params: [Param; 3] = [&key_texts, &key_ids, &now];
+    let intended = intended_states(rows, now);
+    let t: Vec<Uuid> = intended.iter().map(|i| i.0).collect();
+    let a: Vec<Option<String>> = intended.iter().map(|i| i.1.clone()).collect();
+    let st: Vec<&str> = intended.iter().map(|i| i.2).collect();
+    let at: Vec<i64> = intended.iter().map(|i| i.3).collect();
+    let intended_params: [Param; 4] = [&t, &a, &st, &at];
+    let notify_params: Option<[Param; 2]> = notify.as_ref().map(|p| [&wake::CHANNEL as Param, p]);
+    let mut statements = vec![tx.execute(
+        "INSERT INTO events (id, seq, tenant_id, account, kind, category, action,
+             idempotency_key, occurred_at_ms, shard, accepted_at_ms, state)
+         SELECT u.*, $11, 'queued' FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[],
+             $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::integer[]) AS u",
+        &event_params,
+    )];
     if !key_texts.is_empty() {
-        tx.execute(
+        statements.push(tx.execute(
             "INSERT INTO idempotency_keys (key, event_id, accepted_at_ms)
              SELECT k, e, $3 FROM unnest($1::text[], $2::uuid[]) AS u(k, e)",
-            &[&key_texts, &key_ids, &now],
-        )
-        .await
-        .map_err(pg_error)?;
+            &key_params,
+        ));
     }
-    // The tenant's intended state: its latest decision, ordering decisions by `occurred_at`
-    // (acceptance when absent) as delivery does; a decision older than the one the tenant
-    // holds (a re-assertion that raced a newer decision, a late `occurred_at`) leaves it.
+    if !intended.is_empty() {
+        statements.push(tx.execute(
+            "INSERT INTO tenants (tenant_id, account, intended, intended_at_ms)
+             SELECT t, a, s, d FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[])
+                 AS u(t, a, s, d)
+             ON CONFLICT (tenant_id) DO UPDATE SET account = EXCLUDED.account,
+                 intended = EXCLUDED.intended, intended_at_ms = EXCLUDED.intended_at_ms
+             WHERE tenants.intended_at_ms IS NULL
+                 OR EXCLUDED.intended_at_ms >= tenants.intended_at_ms",
+            &intended_params,
+        ));
+    }
+    if let Some(params) = &notify_params {
+        statements.push(tx.execute("SELECT pg_notify($1, $2)", params));
+    }
+    // Answers come in order: after a refused statement the others are refused as "the
+    // transaction is aborted", so the first error seen is the cause.
+    for result in futures_util::future::join_all(statements).await {
+        result.map_err(pg_error)?;
+    }
+    Ok(())
+}
+
+/// Each tenant's latest decision among `rows`, ordering decisions by `occurred_at`
+/// (acceptance when absent) as delivery does, sorted by tenant: in one order in every
+/// transaction (of every replica), so two groups with the same tenants wait for each other
+/// instead of deadlocking. The upsert leaves a tenant that holds a newer decision (a
+/// re-assertion that raced a newer decision, a late `occurred_at`) as it is.
+fn intended_states(rows: &[Row], now: i64) -> Vec<(Uuid, Option<String>, &'static str, i64)> {
     let mut intended: Vec<(Uuid, Option<String>, &'static str, i64)> = Vec::new();
     for r in rows {
         if let Some(state) = r.ev.kind.intended_state() {
@@ -751,25 +779,8 @@ async fn insert_rows(
             }
         }
     }
-    if !intended.is_empty() {
-        let t: Vec<Uuid> = intended.iter().map(|i| i.0).collect();
-        let a: Vec<Option<String>> = intended.iter().map(|i| i.1.clone()).collect();
-        let s: Vec<&str> = intended.iter().map(|i| i.2).collect();
-        let at: Vec<i64> = intended.iter().map(|i| i.3).collect();
-        tx.execute(
-            "INSERT INTO tenants (tenant_id, account, intended, intended_at_ms)
-             SELECT t, a, s, d FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[])
-                 AS u(t, a, s, d)
-             ON CONFLICT (tenant_id) DO UPDATE SET account = EXCLUDED.account,
-                 intended = EXCLUDED.intended, intended_at_ms = EXCLUDED.intended_at_ms
-             WHERE tenants.intended_at_ms IS NULL
-                 OR EXCLUDED.intended_at_ms >= tenants.intended_at_ms",
-            &[&t, &a, &s, &at],
-        )
-        .await
-        .map_err(pg_error)?;
-    }
-    Ok(())
+    intended.sort_unstable_by_key(|i| i.0);
+    intended
 }
 
 /// Apply an account change in the transaction, or refuse it (`StoreError::Account`).
