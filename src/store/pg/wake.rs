@@ -181,11 +181,25 @@ impl Pg {
         let Some(own) = self.ownership.get() else {
             return Ok(());
         };
-        let tenants = match &asked {
-            Wake::Tenants(t) => Some(t.as_slice()),
-            Wake::All | Wake::Ping(_) => None,
+        let Wake::Tenants(tenants) = asked else {
+            return self.read_heads(&own.owned(), None).await;
         };
-        self.read_heads(&own.owned(), tenants).await
+        // A tenant whose oldest pending event is known already, in a shard held, keeps it:
+        // the new events queue behind it, and delivery reads them from the table when it
+        // gets there. Only the others are read (so a backlog costs no reads here).
+        let (known, unknown): (Vec<TenantId>, Vec<TenantId>) = {
+            let mem = lock(&self.mem);
+            tenants.into_iter().partition(|t| {
+                mem.heads
+                    .get(t)
+                    .is_some_and(|h| own.owns_account(h.account.as_deref()))
+            })
+        };
+        self.wake_tenants(known);
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        self.read_heads(&own.owned(), Some(&unknown)).await
     }
 
     /// Read the heads of the tenants with pending events in `shards` (of these `tenants` only,
