@@ -249,6 +249,15 @@ impl Load {
         }
     }
 
+    /// Each tenant's last decision accepted (true: activation).
+    fn last_decisions(&self) -> HashMap<Uuid, bool> {
+        let mut want = HashMap::new();
+        for (t, _, act) in &self.accepted {
+            want.insert(*t, *act);
+        }
+        want
+    }
+
     /// Every accepted event delivered, first deliveries in posting order per tenant, and each
     /// tenant's last report at the sandbox the state of its last accepted event.
     pub async fn check(&self, sb: &Sandbox, within: Duration) {
@@ -270,23 +279,17 @@ impl Load {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // Let the re-assertions after a takeover land too.
+        // The re-assertions after a takeover or a late report land too: wait (up to the
+        // deadline) until every tenant's last report is its last decision, then watch a few
+        // seconds more for a late report overwriting one.
+        let want = self.last_decisions();
+        let settled = |last: &HashMap<Uuid, bool>| want.iter().all(|(t, a)| last.get(t) == Some(a));
+        while !settled(&last_states(sb)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         tokio::time::sleep(Duration::from_secs(3)).await;
         super::assert_first_deliveries_in_order(&actions_by_tenant(sb));
-        let mut last_state: HashMap<Uuid, bool> = HashMap::new();
-        for r in sb.reports() {
-            for e in r.body["events"].as_array().unwrap() {
-                if e["activation_event"] == true {
-                    last_state.insert(r.tenant_id, true);
-                } else if e["deactivation_event"] == true {
-                    last_state.insert(r.tenant_id, false);
-                }
-            }
-        }
-        let mut want: HashMap<Uuid, bool> = HashMap::new();
-        for (t, _, act) in &self.accepted {
-            want.insert(*t, *act);
-        }
+        let last_state = last_states(sb);
         for (t, act) in want {
             assert_eq!(
                 last_state.get(&t),
@@ -295,6 +298,21 @@ impl Load {
             );
         }
     }
+}
+
+/// Each tenant's state as its last report at the sandbox left it (true: activated).
+fn last_states(sb: &Sandbox) -> HashMap<Uuid, bool> {
+    let mut last_state = HashMap::new();
+    for r in sb.reports() {
+        for e in r.body["events"].as_array().unwrap() {
+            if e["activation_event"] == true {
+                last_state.insert(r.tenant_id, true);
+            } else if e["deactivation_event"] == true {
+                last_state.insert(r.tenant_id, false);
+            }
+        }
+    }
+    last_state
 }
 
 /// A pool of `n` replicas on a fresh PostgreSQL server and sandbox (160 tenants), every shard
