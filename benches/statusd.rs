@@ -1099,12 +1099,7 @@ async fn ceiling(dir: &Path) {
         return;
     }
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    sb.inject(statusd::sandbox::Fault {
-        status: Some(503),
-        retry_after: Some("3600".into()),
-        path_contains: Some("integration_management".into()),
-        ..Default::default()
-    });
+    sb.inject(hold_delivery());
     let script = dir.join("activation.lua");
     std::fs::write(
         &script,
@@ -1249,6 +1244,72 @@ async fn pool_throughput(
     (ingest, posted as f64 / t.elapsed().as_secs_f64())
 }
 
+/// The sandbox's answer to every report while intake alone is measured: 503, retry in an hour.
+fn hold_delivery() -> statusd::sandbox::Fault {
+    statusd::sandbox::Fault {
+        status: Some(503),
+        retry_after: Some("3600".into()),
+        path_contains: Some("integration_management".into()),
+        ..Default::default()
+    }
+}
+
+/// Capacity: `clients` concurrent clients for `secs` seconds, each posting arrays of 100
+/// events (activations and deactivations in turn, over tenants of its own) to the replicas in
+/// turn; the events accepted per second.
+async fn pool_capacity(
+    http: &reqwest::Client,
+    sb: &Sandbox,
+    ports: &[u16],
+    clients: usize,
+    secs: u64,
+) -> f64 {
+    let tenants = sb.tenant_ids(Some("customer"));
+    let per_client = (tenants.len() / clients).clamp(1, 100);
+    let until = Instant::now() + Duration::from_secs(secs);
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let http = http.clone();
+        let ports = ports.to_vec();
+        let own: Vec<(Uuid, String)> = (0..per_client)
+            .map(|i| {
+                let n = c * per_client + i;
+                (tenants[n], format!("a{:02}", n % common::cluster::ACCOUNTS))
+            })
+            .collect();
+        set.spawn(async move {
+            let mut accepted = 0usize;
+            let mut round = 0usize;
+            while Instant::now() < until {
+                let kind = if round % 2 == 0 { "activation" } else { "deactivation" };
+                let body: Vec<_> = (0..100)
+                    .map(|i| {
+                        let (t, a) = &own[i % own.len()];
+                        serde_json::json!({"tenant_id": t, "account": a, "type": kind, "action": format!("cap-{c}-{round}-{i}")})
+                    })
+                    .collect();
+                let port = ports[(c + round) % ports.len()];
+                round += 1;
+                let r = http
+                    .post(format!("http://127.0.0.1:{port}/v1/events"))
+                    .json(&body)
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status() == 202) {
+                    accepted += body.len();
+                }
+            }
+            accepted
+        });
+    }
+    let mut accepted = 0;
+    while let Some(n) = set.join_next().await {
+        accepted += n.unwrap();
+    }
+    accepted as f64 / t.elapsed().as_secs_f64()
+}
+
 /// Replicas on one PostgreSQL store (3 s / 2 s / 0.5 s leases, 16 shards, 50 accounts):
 /// throughput with 1 and 3 replicas, then takeover times over 10 kills of the largest owner.
 /// 150 single events posted one at a time round-robin to the replicas (most to one that does
@@ -1338,8 +1399,42 @@ async fn cluster(dir: &Path) {
         if n == 3 {
             accept_to_report(&http, &sb, &ports).await;
         }
+        // Intake alone (delivery held, so the replicas' dispatchers do not take the cores).
+        sb.inject(hold_delivery());
+        let capacity = pool_capacity(&http, &sb, &ports, 4, 8).await;
+        sb.clear_faults();
+        rate(
+            &format!("{n} replica(s): capacity, 4 concurrent clients, arrays of 100"),
+            capacity,
+            "(8 s; delivery held by a 503 with Retry-After: 3600)",
+        );
         for r in replicas {
             common::sigterm_and_wait(r.daemon).await;
+        }
+    }
+    // The same capacity through PgBouncer in transaction mode (pool of 5 server connections).
+    match pg::PgBouncer::start(&server) {
+        None => println!("    (PgBouncer is not installed: capacity through it not measured)"),
+        Some(bouncer) => {
+            sb.inject(hold_delivery());
+            for n in [1usize, 3] {
+                let config = config(dir, &sb, &bouncer.url(), &format!("bench_bouncer_{n}"));
+                let replicas = start(&http, &config, n).await;
+                all_owned(&http, replicas[0].port, Duration::from_secs(30), &[]).await;
+                let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
+                let capacity = pool_capacity(&http, &sb, &ports, 4, 8).await;
+                rate(
+                    &format!(
+                        "{n} replica(s) through PgBouncer: capacity, 4 clients, arrays of 100"
+                    ),
+                    capacity,
+                    "(8 s; transaction mode, default_pool_size 5; delivery held)",
+                );
+                for r in replicas {
+                    common::sigterm_and_wait(r.daemon).await;
+                }
+            }
+            sb.clear_faults();
         }
     }
     // Takeover after kill -9, ten times: the largest owner killed, a new replica started.
