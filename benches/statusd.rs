@@ -1367,10 +1367,14 @@ async fn cluster(dir: &Path) {
     println!(
         "\n12. replicas on one PostgreSQL store (leases 3 s / 2 s / 0.5 s, 16 shards, 50 accounts)"
     );
-    let Some(server) = pg::PgServer::start() else {
+    let Some(server) = pg::PgServer::start_with(&[
+        "shared_preload_libraries=pg_stat_statements",
+        "pg_stat_statements.track=all",
+    ]) else {
         println!("    skipped: no PostgreSQL server binaries here");
         return;
     };
+    let watch = PgWatch::open(&server).await;
     let sb = Sandbox::start(SandboxOptions {
         tenants: 160,
         ..Default::default()
@@ -1401,13 +1405,14 @@ async fn cluster(dir: &Path) {
         }
         // Intake alone (delivery held, so the replicas' dispatchers do not take the cores).
         sb.inject(hold_delivery());
-        let capacity = pool_capacity(&http, &sb, &ports, 4, 8).await;
+        let capacity = watched(&watch, pool_capacity(&http, &sb, &ports, 4, 8)).await;
         sb.clear_faults();
         rate(
             &format!("{n} replica(s): capacity, 4 concurrent clients, arrays of 100"),
-            capacity,
+            capacity.0,
             "(8 s; delivery held by a 503 with Retry-After: 3600)",
         );
+        capacity.1.await;
         for r in replicas {
             common::sigterm_and_wait(r.daemon).await;
         }
@@ -1422,20 +1427,24 @@ async fn cluster(dir: &Path) {
                 let replicas = start(&http, &config, n).await;
                 all_owned(&http, replicas[0].port, Duration::from_secs(30), &[]).await;
                 let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
-                let capacity = pool_capacity(&http, &sb, &ports, 4, 8).await;
+                let capacity = watched(&watch, pool_capacity(&http, &sb, &ports, 4, 8)).await;
                 rate(
                     &format!(
                         "{n} replica(s) through PgBouncer: capacity, 4 clients, arrays of 100"
                     ),
-                    capacity,
+                    capacity.0,
                     "(8 s; transaction mode, default_pool_size 5; delivery held)",
                 );
+                capacity.1.await;
                 for r in replicas {
                     common::sigterm_and_wait(r.daemon).await;
                 }
             }
             sb.clear_faults();
         }
+    }
+    if let Some(watch) = &watch {
+        renew_round(dir, &server, &sb, &http, watch).await;
     }
     // Takeover after kill -9, ten times: the largest owner killed, a new replica started.
     let config = config(dir, &sb, &server.url(), "bench_kills");
@@ -2033,4 +2042,222 @@ async fn fusion(dir: &Path) {
         );
     }
     d.stop();
+}
+
+/// A replica's renew round with 1 000 000 events pending in its shards: the database time of
+/// its statements (`pg_stat_statements`), per round and per full read (every 15th round, and
+/// on a claim), the replica holding all 16 shards, delivery held.
+async fn renew_round(
+    dir: &Path,
+    server: &pg::PgServer,
+    sb: &Sandbox,
+    http: &reqwest::Client,
+    watch: &PgWatch,
+) {
+    use common::cluster::*;
+    let schema = "bench_renew";
+    let config = config(dir, sb, &server.url(), schema);
+    sb.inject(hold_delivery());
+    let replicas = start(http, &config, 1).await;
+    all_owned(http, replicas[0].port, Duration::from_secs(30), &[]).await;
+    let base: Vec<_> = sb
+        .tenant_ids(Some("customer"))
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            serde_json::json!({"tenant_id": t, "account": format!("a{:02}", i % ACCOUNTS),
+                               "type": "activation", "action": format!("renew-{i}")})
+        })
+        .collect();
+    let posted = http
+        .post(format!("http://127.0.0.1:{}/v1/events", replicas[0].port))
+        .json(&base)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202);
+    for r in replicas {
+        common::sigterm_and_wait(r.daemon).await;
+    }
+    // Each event copied until a million are pending (their tenants, accounts and shards kept).
+    let copies = 1_000_000 / base.len();
+    let t = Instant::now();
+    server.psql(&format!(
+        "INSERT INTO {schema}.events (id, seq, tenant_id, account, kind, category, action,
+                                      accepted_at_ms, state, shard)
+         SELECT gen_random_uuid(), nextval('{schema}.event_seq'), tenant_id, account, kind,
+                category, action || '-' || g, accepted_at_ms, 'queued', shard
+         FROM {schema}.events, generate_series(1, {copies}) AS g;
+         ANALYZE {schema}.events"
+    ));
+    let pending: i64 = server
+        .psql(&format!(
+            "SELECT count(*) FROM {schema}.events WHERE state = 'queued'"
+        ))
+        .parse()
+        .unwrap();
+    println!(
+        "    ({pending} events pending, written in {:.0} s)",
+        t.elapsed().as_secs_f64()
+    );
+    let replicas = start(http, &config, 1).await;
+    all_owned(http, replicas[0].port, Duration::from_secs(60), &[]).await;
+    // Rounds every 0.5 s: 20 s covers at least one full read (every 15th round).
+    watch.reset().await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let got = watch
+        .client
+        .query_one(
+            "SELECT
+               (SELECT sum(calls) FROM pg_stat_statements
+                 WHERE query LIKE '%FROM shards ORDER BY shard%')::float8,
+               (SELECT sum(total_exec_time) FROM pg_stat_statements
+                 WHERE query ~ '(members|shards|late_reports)'
+                   AND query !~ 'reconcile_slots')::float8,
+               (SELECT max(mean_exec_time) FROM pg_stat_statements
+                 WHERE query LIKE '%WITH RECURSIVE t(shard, tenant_id)%'),
+               (SELECT max(mean_exec_time) FROM pg_stat_statements
+                 WHERE query LIKE '%count(*) FROM events WHERE state = $1)%'
+                    OR query LIKE '%count(*) FROM events WHERE state = ''queued'')%')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rounds: f64 = got.get::<_, Option<f64>>(0).unwrap_or(0.0);
+    let round_ms = got.get::<_, Option<f64>>(1).unwrap_or(0.0) / rounds.max(1.0);
+    row(
+        "renew round, 1 000 000 pending: database time per round",
+        format!("{round_ms:.2} ms"),
+        &format!("{rounds:.0} rounds; goal <= 10 ms"),
+    );
+    let heads = got.get::<_, Option<f64>>(2);
+    let recount = got.get::<_, Option<f64>>(3);
+    let ms_or = |v: Option<f64>| v.map_or("not run".to_string(), |v| format!("{v:.1} ms"));
+    row(
+        "  the heads of every shard held (every 15th round)",
+        ms_or(heads),
+        "part of the round",
+    );
+    row(
+        "  the counters recounted (as often, apart from the rounds)",
+        ms_or(recount),
+        "not part of the round",
+    );
+    watch.print(Vec::new()).await;
+    for r in replicas {
+        common::sigterm_and_wait(r.daemon).await;
+    }
+    sb.clear_faults();
+}
+
+/// Run `work` (of about 8 s) with the database watched; its result, and the printing of what
+/// the database saw (to be awaited after the result's own line).
+async fn watched<'a, T>(
+    watch: &'a Option<PgWatch>,
+    work: impl std::future::Future<Output = T>,
+) -> (T, impl std::future::Future<Output = ()> + 'a) {
+    let waits = match watch {
+        Some(w) => {
+            w.reset().await;
+            Some(w.sample(Instant::now() + Duration::from_secs(8)))
+        }
+        None => None,
+    };
+    let out = work.await;
+    let report = async move {
+        if let (Some(w), Some(waits)) = (watch, waits) {
+            w.print(waits.await.unwrap()).await;
+        }
+    };
+    (out, report)
+}
+
+/// The database's own view of a run: `pg_stat_statements` (where its time went) and the wait
+/// events of the sessions at work, sampled every 5 ms (what they waited on).
+struct PgWatch {
+    client: Arc<tokio_postgres::Client>,
+}
+
+impl PgWatch {
+    /// A session to `server` (started with `pg_stat_statements` preloaded), or `None`.
+    async fn open(server: &pg::PgServer) -> Option<PgWatch> {
+        let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+            .await
+            .ok()?;
+        tokio::spawn(connection);
+        client
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .await
+            .ok()?;
+        Some(PgWatch {
+            client: Arc::new(client),
+        })
+    }
+
+    /// Statements counted afresh from now.
+    async fn reset(&self) {
+        self.client
+            .batch_execute("SELECT pg_stat_statements_reset()")
+            .await
+            .unwrap();
+    }
+
+    /// Sample what the other sessions are doing until `until`: (what, samples), most first.
+    /// `active` alone is a session on the CPU (or waiting on nothing PostgreSQL names).
+    fn sample(&self, until: Instant) -> tokio::task::JoinHandle<Vec<(String, u64)>> {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let mut seen = std::collections::HashMap::<String, u64>::new();
+            while Instant::now() < until {
+                let rows = client
+                    .query(
+                        "SELECT coalesce(wait_event_type || ':' || wait_event, state)
+                         FROM pg_stat_activity
+                         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                           AND state NOT IN ('idle')",
+                        &[],
+                    )
+                    .await
+                    .unwrap_or_default();
+                for r in rows {
+                    let what: Option<String> = r.get(0);
+                    *seen.entry(what.unwrap_or_default()).or_default() += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut seen: Vec<(String, u64)> = seen.into_iter().collect();
+            seen.sort_by(|a, b| b.1.cmp(&a.1));
+            seen
+        })
+    }
+
+    /// The `n` statements that took the most database time: (calls, total ms, mean ms, text).
+    async fn top(&self, n: i64) -> Vec<(i64, f64, f64, String)> {
+        self.client
+            .query(
+                "SELECT calls, total_exec_time, mean_exec_time,
+                        left(regexp_replace(query, '\\s+', ' ', 'g'), 70)
+                 FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT $1",
+                &[&n],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    }
+
+    /// Print the top statements and the wait events sampled.
+    async fn print(&self, waits: Vec<(String, u64)>) {
+        for (calls, total, mean, text) in self.top(6).await {
+            println!("      {total:>8.0} ms {calls:>7} calls {mean:>7.3} ms  {text}");
+        }
+        let all: u64 = waits.iter().map(|w| w.1).sum::<u64>().max(1);
+        let line: Vec<String> = waits
+            .iter()
+            .take(6)
+            .map(|(w, n)| format!("{w} {:.0}%", *n as f64 * 100.0 / all as f64))
+            .collect();
+        println!("      sessions at work: {}", line.join(", "));
+    }
 }

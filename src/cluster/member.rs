@@ -13,8 +13,9 @@ use super::{LeaseStore, MemberRow, Ownership};
 
 /// Called with the shards taken over from another replica (not free ones).
 pub type OnTakeover = Box<dyn Fn(Vec<u32>) + Send + Sync>;
-/// Every this many rounds, a replica reads the heads of every shard held and the counters even
-/// while it hears wake-ups: the safety net for one lost (30 s with the default retry period).
+/// Every this many rounds, a replica reads the heads of every shard held even while it hears
+/// wake-ups: the safety net for one lost (30 s with the default retry period). The counters are
+/// recounted as often, apart from the rounds.
 const FULL_READ_ROUNDS: u64 = 15;
 
 /// What the membership loop calls back.
@@ -63,13 +64,18 @@ impl Members {
 
 /// Run the membership loop until `stop`; the shards stay held (give them back with `leave`
 /// once the reports in flight have ended).
-pub async fn run<S: LeaseStore + ?Sized>(
+pub async fn run<S: LeaseStore + ?Sized + 'static>(
     queue: std::sync::Arc<S>,
     own: Arc<Ownership>,
     api: String,
     stop: CancellationToken,
     hooks: Hooks,
 ) {
+    tokio::spawn(recount_loop(
+        queue.clone(),
+        own.timing.retry * FULL_READ_ROUNDS as u32,
+        stop.clone(),
+    ));
     let mut observer = Observer::default();
     let mut members = Members::default();
     let shards = own.map.shards;
@@ -101,6 +107,24 @@ pub async fn run<S: LeaseStore + ?Sized>(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(own.timing.retry) => {}
+        }
+    }
+}
+
+/// Read the store's counters afresh every `period` until `stop`, apart from the rounds (with a
+/// backlog of millions, a count takes longer than a round may).
+async fn recount_loop<S: LeaseStore + ?Sized>(
+    queue: std::sync::Arc<S>,
+    period: std::time::Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        if let Err(e) = queue.recount().await {
+            tracing::debug!(message = "the store's counters could not be recounted; kept as they were", error = %e);
         }
     }
 }
@@ -180,11 +204,11 @@ async fn round<S: LeaseStore + ?Sized>(
     }
     // The heads of the shards just claimed; of every shard held while wake-ups are not heard
     // (events other replicas accepted for them come only this way then), and every
-    // FULL_READ_ROUNDS rounds whatever, with the counters.
+    // FULL_READ_ROUNDS rounds whatever.
     if full_read || !queue.hears_wake_ups() {
-        queue.load_shards(&own.owned(), true).await?;
+        queue.load_shards(&own.owned()).await?;
     } else if !claimed.is_empty() {
-        queue.load_shards(&claimed, false).await?;
+        queue.load_shards(&claimed).await?;
     }
     if !taken_over.is_empty() {
         (hooks.on_takeover)(taken_over);

@@ -84,9 +84,12 @@ pub trait LeaseStore: Send + Sync {
         slot: i64,
         me: &str,
     ) -> Result<bool, Self::Error>;
-    /// Take in the work of these shards (held now): their pending tenants, read afresh; with
-    /// `recount`, the store's counters too (a cost that grows with the backlog).
-    async fn load_shards(&self, shards: &[u32], recount: bool) -> Result<(), Self::Error>;
+    /// Take in the work of these shards (held now): their pending tenants, read afresh (a
+    /// cost that follows the tenants waiting, not the events).
+    async fn load_shards(&self, shards: &[u32]) -> Result<(), Self::Error>;
+    /// Read the store's counters afresh (a cost that grows with the backlog: never part of a
+    /// round, which must renew in time).
+    async fn recount(&self) -> Result<(), Self::Error>;
     /// Whether events other replicas accept for the shards held arrive as wake-ups (then a
     /// round need not read every held shard's heads).
     fn hears_wake_ups(&self) -> bool {

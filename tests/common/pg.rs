@@ -148,6 +148,15 @@ impl PgServer {
         Some(server)
     }
 
+    /// Start a fresh server with these `name=value` settings (e.g. a preloaded library).
+    pub fn start_with(settings: &[&str]) -> Option<PgServer> {
+        let mut server = PgServer::start()?;
+        server.halt();
+        server.settings = settings.iter().map(|s| s.to_string()).collect();
+        server.resume();
+        Some(server)
+    }
+
     /// Start a fresh server that speaks TLS with this certificate and key (`ssl=on`).
     pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Option<PgServer> {
         let mut server = PgServer::start()?;

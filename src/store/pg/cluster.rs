@@ -189,14 +189,15 @@ impl LeaseStore for PgQueue {
         self.inner.hearing.load(Ordering::Acquire)
     }
 
-    async fn load_shards(&self, shards: &[u32], recount: bool) -> Result<(), StoreError> {
-        self.inner.read_heads(shards, None).await?;
-        if recount {
-            let (depth, dead) = self.recount().await?;
-            let mut mem = lock(&self.inner.mem);
-            mem.depth = depth;
-            mem.dead = dead;
-        }
+    async fn load_shards(&self, shards: &[u32]) -> Result<(), StoreError> {
+        self.inner.read_heads(shards, None).await
+    }
+
+    async fn recount(&self) -> Result<(), StoreError> {
+        let (depth, dead) = PgQueue::recount(self).await?;
+        let mut mem = lock(&self.inner.mem);
+        mem.depth = depth;
+        mem.dead = dead;
         Ok(())
     }
 

@@ -589,14 +589,7 @@ impl Pg {
     async fn load(&self) -> Result<(), StoreError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = self.begin(&mut client).await?;
-        let heads = tx
-            .query(
-                "SELECT DISTINCT ON (tenant_id) seq, accepted_at_ms, account, tenant_id FROM events
-                 WHERE state = 'queued' ORDER BY tenant_id, seq",
-                &[],
-            )
-            .await
-            .map_err(pg_error)?;
+        let heads = tx.query(wake::HEADS_OF_ALL, &[]).await.map_err(pg_error)?;
         let counts = tx
             .query_one(
                 "SELECT (SELECT count(*) FROM events WHERE state = 'queued'),

@@ -18,21 +18,22 @@ const MAX_TENANTS: usize = 150;
 /// The wait before the session is opened again after it ended.
 const RECONNECT: Duration = Duration::from_secs(1);
 
-/// The payload naming `tenants` of the store `schema`: `schema|t1,t2,…`, or `schema|*` for
-/// more than a payload holds.
-pub(super) fn payload(schema: &str, tenants: &[TenantId]) -> String {
+/// The payload naming `tenants` (each with its shard) of the store `schema`:
+/// `schema|t1@s1,t2@s2,…`, or `schema|*` for more than a payload holds.
+pub(super) fn payload(schema: &str, tenants: &[(TenantId, u32)]) -> String {
     if tenants.len() > MAX_TENANTS {
         return format!("{schema}|*");
     }
-    let list: Vec<String> = tenants.iter().map(|t| t.to_string()).collect();
+    let list: Vec<String> = tenants.iter().map(|(t, s)| format!("{t}@{s}")).collect();
     format!("{schema}|{}", list.join(","))
 }
 
 /// What a payload asks of the replicas of a store.
 #[derive(Debug, PartialEq)]
 enum Wake {
-    /// Read the heads of these tenants.
-    Tenants(Vec<TenantId>),
+    /// Read the heads of these tenants (of the shard named, when it is: a replica that does
+    /// not hold it has nothing to do).
+    Tenants(Vec<(TenantId, Option<u32>)>),
     /// Read the heads of every shard held.
     All,
     /// A replica's own check that its session hears the store's notifications.
@@ -57,11 +58,64 @@ fn parse(payload: &str, schema: &str) -> Option<Wake> {
     if let Some(token) = rest.strip_prefix("ping:") {
         return Some(Wake::Ping(token.to_string()));
     }
+    // A tenant without its shard (a payload of an older version) is read whatever its shard.
     rest.split(',')
-        .map(|t| t.parse().ok())
-        .collect::<Option<Vec<TenantId>>>()
+        .map(|item| match item.split_once('@') {
+            Some((t, s)) => Some((t.parse().ok()?, Some(s.parse().ok()?))),
+            None => Some((item.parse().ok()?, None)),
+        })
+        .collect::<Option<Vec<_>>>()
         .map(Wake::Tenants)
 }
+
+/// The oldest pending event of each tenant of `$2` in the shards `$1`: one index probe per
+/// tenant, whatever its backlog.
+const HEADS_OF_TENANTS: &str = "
+SELECT h.seq, h.accepted_at_ms, h.account, t.tenant_id FROM unnest($2::uuid[]) AS t(tenant_id)
+CROSS JOIN LATERAL (
+    SELECT seq, accepted_at_ms, account FROM events
+    WHERE state = 'queued' AND tenant_id = t.tenant_id AND shard = ANY($1)
+    ORDER BY seq LIMIT 1) AS h";
+
+/// The oldest pending event of each tenant with events pending in the shards `$1`: the index
+/// of pending events by shard and tenant skipped through, one probe per (shard, tenant), so the
+/// cost follows the tenants waiting, not the events.
+const HEADS_OF_SHARDS: &str = "
+WITH RECURSIVE t(shard, tenant_id) AS (
+    SELECT s.shard, f.tenant_id FROM unnest($1::integer[]) AS s(shard)
+    CROSS JOIN LATERAL (
+        SELECT tenant_id FROM events WHERE state = 'queued' AND shard = s.shard
+        ORDER BY tenant_id LIMIT 1) AS f
+  UNION ALL
+    SELECT t.shard, n.tenant_id FROM t
+    CROSS JOIN LATERAL (
+        SELECT tenant_id FROM events
+        WHERE state = 'queued' AND shard = t.shard AND tenant_id > t.tenant_id
+        ORDER BY tenant_id LIMIT 1) AS n
+)
+SELECT DISTINCT ON (t.tenant_id) h.seq, h.accepted_at_ms, h.account, t.tenant_id FROM t
+CROSS JOIN LATERAL (
+    SELECT seq, accepted_at_ms, account FROM events
+    WHERE state = 'queued' AND shard = t.shard AND tenant_id = t.tenant_id
+    ORDER BY seq LIMIT 1) AS h
+ORDER BY t.tenant_id, h.seq";
+
+/// The oldest pending event of every tenant with events pending, as `HEADS_OF_SHARDS` over the
+/// index of pending events by tenant.
+pub(super) const HEADS_OF_ALL: &str = "
+WITH RECURSIVE t(tenant_id) AS (
+    (SELECT tenant_id FROM events WHERE state = 'queued' ORDER BY tenant_id LIMIT 1)
+  UNION ALL
+    SELECT n.tenant_id FROM t
+    CROSS JOIN LATERAL (
+        SELECT tenant_id FROM events WHERE state = 'queued' AND tenant_id > t.tenant_id
+        ORDER BY tenant_id LIMIT 1) AS n
+)
+SELECT h.seq, h.accepted_at_ms, h.account, t.tenant_id FROM t
+CROSS JOIN LATERAL (
+    SELECT seq, accepted_at_ms, account FROM events
+    WHERE state = 'queued' AND tenant_id = t.tenant_id
+    ORDER BY seq LIMIT 1) AS h";
 
 /// Keep a `LISTEN` session to `url` until `stop`, opening it again a moment after it ends.
 pub(super) async fn listen(
@@ -184,16 +238,21 @@ impl Pg {
         let Wake::Tenants(tenants) = asked else {
             return self.read_heads(&own.owned(), None).await;
         };
-        // A tenant whose oldest pending event is known already, in a shard held, keeps it:
-        // the new events queue behind it, and delivery reads them from the table when it
-        // gets there. Only the others are read (so a backlog costs no reads here).
+        // Tenants of shards held by others are theirs to read. A tenant whose oldest pending
+        // event is known already, in a shard held, keeps it: the new events queue behind it,
+        // and delivery reads them from the table when it gets there. Only the others are
+        // read (so a backlog costs no reads here).
         let (known, unknown): (Vec<TenantId>, Vec<TenantId>) = {
             let mem = lock(&self.mem);
-            tenants.into_iter().partition(|t| {
-                mem.heads
-                    .get(t)
-                    .is_some_and(|h| own.owns_account(h.account.as_deref()))
-            })
+            tenants
+                .into_iter()
+                .filter(|(_, shard)| shard.is_none_or(|s| own.may_act(s).is_some()))
+                .map(|(t, _)| t)
+                .partition(|t| {
+                    mem.heads
+                        .get(t)
+                        .is_some_and(|h| own.owns_account(h.account.as_deref()))
+                })
         };
         self.wake_tenants(known);
         if unknown.is_empty() {
@@ -215,23 +274,8 @@ impl Pg {
         }
         let shards: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
         let rows = match tenants {
-            Some(tenants) => {
-                self.rows(
-                    "SELECT DISTINCT ON (tenant_id) seq, accepted_at_ms, account, tenant_id FROM events
-                     WHERE state = 'queued' AND shard = ANY($1) AND tenant_id = ANY($2)
-                     ORDER BY tenant_id, seq",
-                    &[&shards, &tenants],
-                )
-                .await?
-            }
-            None => {
-                self.rows(
-                    "SELECT DISTINCT ON (tenant_id) seq, accepted_at_ms, account, tenant_id FROM events
-                     WHERE state = 'queued' AND shard = ANY($1) ORDER BY tenant_id, seq",
-                    &[&shards],
-                )
-                .await?
-            }
+            Some(tenants) => self.rows(HEADS_OF_TENANTS, &[&shards, &tenants]).await?,
+            None => self.rows(HEADS_OF_SHARDS, &[&shards]).await?,
         };
         let mut woken = Vec::with_capacity(rows.len());
         {
@@ -253,13 +297,21 @@ mod tests {
 
     #[test]
     fn a_payload_names_its_store_and_tenants_or_asks_for_every_shard() {
-        let t: Vec<TenantId> = (0..3).map(|_| Uuid::new_v4()).collect();
+        let t: Vec<(TenantId, u32)> = (0..3).map(|s| (Uuid::new_v4(), s)).collect();
         assert_eq!(
             parse(&payload("s1", &t), "s1"),
-            Some(Wake::Tenants(t.clone()))
+            Some(Wake::Tenants(
+                t.iter().map(|(t, s)| (*t, Some(*s))).collect()
+            ))
         );
+        // A payload of an older version names tenants only.
+        assert_eq!(
+            parse(&format!("s1|{}", t[0].0), "s1"),
+            Some(Wake::Tenants(vec![(t[0].0, None)]))
+        );
+        assert_eq!(parse(&format!("s1|{}@x", t[0].0), "s1"), None);
         assert_eq!(parse(&payload("s1", &t), "s2"), None);
-        let many: Vec<TenantId> = (0..=MAX_TENANTS).map(|_| Uuid::new_v4()).collect();
+        let many: Vec<(TenantId, u32)> = (0..=MAX_TENANTS).map(|_| (Uuid::new_v4(), 99)).collect();
         let p = payload("s1", &many);
         assert!(p.len() < 8000);
         assert_eq!(parse(&p, "s1"), Some(Wake::All));
@@ -267,7 +319,8 @@ mod tests {
             parse(&ping("s1", "ab"), "s1"),
             Some(Wake::Ping("ab".into()))
         );
-        assert!(payload("s1", &t[..MAX_TENANTS.min(3)]).len() < 8000);
+        let most: Vec<(TenantId, u32)> = (0..MAX_TENANTS).map(|_| (Uuid::new_v4(), 999)).collect();
+        assert!(payload("s1", &most).len() < 8000);
         assert_eq!(parse("s1|not-a-uuid", "s1"), None);
     }
 }

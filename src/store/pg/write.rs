@@ -655,10 +655,10 @@ impl Pg {
     /// at COMMIT, and only then).
     fn wake_up_for(&self, rows: &[Row]) -> Option<String> {
         let own = self.ownership.get()?;
-        let mut tenants: Vec<TenantId> = rows
+        let mut tenants: Vec<(TenantId, u32)> = rows
             .iter()
             .filter(|r| !own.owns_account(r.ev.account.as_deref()))
-            .map(|r| r.ev.tenant_id)
+            .map(|r| (r.ev.tenant_id, own.map.of(r.ev.account.as_deref())))
             .collect();
         if tenants.is_empty() {
             return None;
