@@ -2226,7 +2226,7 @@ impl PgWatch {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let mut seen: Vec<(String, u64)> = seen.into_iter().collect();
-            seen.sort_by(|a, b| b.1.cmp(&a.1));
+            seen.sort_by_key(|w| std::cmp::Reverse(w.1));
             seen
         })
     }
