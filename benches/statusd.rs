@@ -1087,6 +1087,20 @@ fn wrk(url: &str, secs: u32, script: Option<&Path>) -> Option<Wrk> {
     })
 }
 
+/// A wrk script posting one event of type `kind` per request, over 64 tenants.
+fn post_script(dir: &Path, kind: &str) -> std::path::PathBuf {
+    let script = dir.join(format!("{kind}.lua"));
+    let lua = r#"local n = 0
+request = function()
+  n = n + 1
+  local body = string.format('{"tenant_id":"00000000-0000-4000-8000-%012x","type":"KIND"}', n % 64)
+  return wrk.format("POST", "/v1/events", {["Content-Type"] = "application/json"}, body)
+end
+"#;
+    std::fs::write(&script, lua.replace("KIND", kind)).unwrap();
+    script
+}
+
 /// Section 14, durable intake against the server's own ceiling: the release binary, `wrk -t2
 /// -c64` for 10 s each, `GET /livez` then `POST /v1/events` with one activation per request,
 /// delivery held by a 503 with a long Retry-After. Three pairs, one run.
@@ -1100,33 +1114,11 @@ async fn ceiling(dir: &Path) {
     }
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
     sb.inject(hold_delivery());
-    let script = dir.join("activation.lua");
-    std::fs::write(
-        &script,
-        r#"local n = 0
-request = function()
-  n = n + 1
-  local body = string.format('{"tenant_id":"00000000-0000-4000-8000-%012x","type":"activation"}', n % 64)
-  return wrk.format("POST", "/v1/events", {["Content-Type"] = "application/json"}, body)
-end
-"#,
-    )
-    .unwrap();
-    // The same request with a type no event has: the same path (routing, the token, the body
-    // read and parsed, the checks) refused before the store, so the gap between it and the
-    // durable intake is the store's.
-    let refused = dir.join("refused.lua");
-    std::fs::write(
-        &refused,
-        r#"local n = 0
-request = function()
-  n = n + 1
-  local body = string.format('{"tenant_id":"00000000-0000-4000-8000-%012x","type":"activatio"}', n % 64)
-  return wrk.format("POST", "/v1/events", {["Content-Type"] = "application/json"}, body)
-end
-"#,
-    )
-    .unwrap();
+    // One event per request over 64 tenants. The same request with a type no event has takes
+    // the same path (routing, the token, the body read and parsed, the checks) and is refused
+    // before the store: the gap between the two is the store's.
+    let script = post_script(dir, "activation");
+    let refused = post_script(dir, "activatio");
     let store = dir.join("ceiling-store");
     let _ = std::fs::remove_dir_all(&store);
     let daemon = Daemon::spawn(dir, &store, &platform_env(&sb));

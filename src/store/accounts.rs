@@ -123,3 +123,26 @@ pub enum Removal {
 
 /// Why a forced removal waits: a report of the account is in flight.
 pub const IN_FLIGHT: &str = "a report of it is in flight; try again in a moment";
+
+/// The rule of a removal, the same on every backend, once the account's events are found:
+/// without `force`, an account with pending events or dead letters stays (`Some`: the answer);
+/// with it, none of its pending events may be in a report in flight (then it waits, an error).
+/// `None`: remove it, with all it has.
+pub(super) fn removal_stops(
+    id: &str,
+    pending: &[Uuid],
+    dead: usize,
+    force: bool,
+    in_flight: &std::collections::HashSet<Uuid>,
+) -> Result<Option<Removal>, super::StoreError> {
+    if !force && (!pending.is_empty() || dead > 0) {
+        return Ok(Some(Removal::HasEvents(AccountEvents {
+            pending: pending.len() as u64,
+            dead: dead as u64,
+        })));
+    }
+    if pending.iter().any(|e| in_flight.contains(e)) {
+        return Err(super::StoreError::Account(id.to_string(), IN_FLIGHT));
+    }
+    Ok(None)
+}

@@ -39,6 +39,17 @@ pub(crate) const MAX_GROUP_EVENTS: usize = 8192;
 /// How long idempotency keys are remembered at least.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
+/// What a compaction at `now_ms` removes, the same on every backend: delivered events delivered
+/// before the first time (older than the retention), idempotency keys accepted before the
+/// second (older than the retention or the idempotency window, whichever is longer).
+pub(crate) fn compaction_cutoffs(now_ms: i64, retention: Duration) -> (i64, i64) {
+    let retention = retention.as_millis() as i64;
+    (
+        now_ms - retention,
+        now_ms - retention.max(IDEMPOTENCY_WINDOW.as_millis() as i64),
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store I/O error: {0}")]

@@ -4,6 +4,7 @@
 use deadpool_postgres::Transaction;
 
 use super::*;
+use crate::store::accounts::removal_stops;
 
 /// One enqueue waiting for the committer.
 pub(super) struct Intake {
@@ -319,17 +320,9 @@ impl PgQueue {
                     }
                 }
                 let dead = rows.len() - pending.len();
-                if !force && !rows.is_empty() {
-                    return Ok((
-                        Removal::HasEvents(AccountEvents {
-                            pending: pending.len() as u64,
-                            dead: dead as u64,
-                        }),
-                        Vec::new(),
-                    ));
-                }
-                if pending.iter().any(|(e, _)| in_flight.contains(e)) {
-                    return Err(StoreError::Account(id.to_string(), IN_FLIGHT));
+                let ids: Vec<Uuid> = pending.iter().map(|p| p.0).collect();
+                if let Some(stop) = removal_stops(id, &ids, dead, force, &in_flight)? {
+                    return Ok((stop, Vec::new()));
                 }
                 tx.execute(
                     "DELETE FROM events WHERE coalesce(account, 'default') = $1 AND state IN ('queued', 'dead')",
@@ -383,9 +376,7 @@ impl PgQueue {
     /// chunks. Returns how many events went.
     pub async fn compact(&self, now_ms: i64) -> Result<usize, StoreError> {
         let pg = &self.inner;
-        let retention = pg.options.delivered_retention.as_millis() as i64;
-        let cutoff = now_ms - retention;
-        let idem_cutoff = now_ms - retention.max(IDEMPOTENCY_WINDOW.as_millis() as i64);
+        let (cutoff, idem_cutoff) = compaction_cutoffs(now_ms, pg.options.delivered_retention);
         let mut removed = 0usize;
         let chunk = |sql: &'static str, cutoff: i64| async move { pg.exec(sql, &[&cutoff]).await };
         loop {

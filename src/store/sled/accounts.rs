@@ -2,6 +2,7 @@
 //! events, and removed with (or after) them.
 
 use super::*;
+use crate::store::accounts::removal_stops;
 
 /// A pending key, the event it names and its tenant.
 type PendingEntry = (::sled::IVec, Uuid, TenantId);
@@ -104,15 +105,10 @@ impl Core {
         }
         let mine = |account: &Option<String>| account_of(account.as_deref()) == id;
         let (pending, dead) = self.account_entries(id)?;
-        if !force && (!pending.is_empty() || !dead.is_empty()) {
-            return Ok(Removal::HasEvents(AccountEvents {
-                pending: pending.len() as u64,
-                dead: dead.len() as u64,
-            }));
-        }
+        let ids: Vec<Uuid> = pending.iter().map(|p| p.1).collect();
         let in_flight = lock(&self.in_flight_ids).clone();
-        if pending.iter().any(|(_, e, _)| in_flight.contains(e)) {
-            return Err(StoreError::Account(id.to_string(), IN_FLIGHT));
+        if let Some(stop) = removal_stops(id, &ids, dead.len(), force, &in_flight)? {
+            return Ok(stop);
         }
         let mut b = ::sled::Batch::default();
         let mut dropped = AccountDropped {

@@ -7,9 +7,8 @@ impl SledQueue {
     /// `max(retention, 24h)`, in chunks written through the writer thread so intake waits for one
     /// chunk at most. Returns how many events were removed.
     pub async fn compact(&self, now_ms: i64) -> Result<usize, StoreError> {
-        let retention = self.inner.options.delivered_retention.as_millis() as i64;
-        let cutoff = now_ms - retention;
-        let idem_cutoff = now_ms - retention.max(IDEMPOTENCY_WINDOW.as_millis() as i64);
+        let (cutoff, idem_cutoff) =
+            compaction_cutoffs(now_ms, self.inner.options.delivered_retention);
         let removed = self.compact_delivered_before(cutoff).await?;
         while self
             .write(move |core, _| core.compact_idempotency_keys(idem_cutoff))
