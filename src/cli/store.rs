@@ -162,7 +162,7 @@ fn rekey(settings: &Settings) -> ExitCode {
             Ok(Some(true)) => sealed += 1,
             Ok(Some(false)) => already += 1,
             Ok(None) => {}
-            Err(e) => failed.push(e),
+            Err(e) => failed.push(e.to_string()),
         }
         queue.sync().await.map_err(|e| e.to_string())?;
         Ok::<_, String>((sealed, already, failed))

@@ -92,36 +92,37 @@ fn part_path(fusion: &FusionClient, s: Subscription, part: &str) -> String {
     }
 }
 
+/// Why the kept Fusion session could not be sealed again.
+#[derive(Debug, thiserror::Error)]
+pub enum ResealError {
+    #[error("the kept Fusion session: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("a Fusion session is kept, but [fusion] is not configured: its base URL and user are what it is bound to")]
+    NotConfigured,
+    #[error("the kept Fusion session: {0}")]
+    Unopened(#[from] crate::vault::VaultError),
+}
+
 /// Seal the kept Fusion session again under the current key (`statusd store rekey`): `Ok(None)`
 /// when none is kept, else whether it was sealed again (false: already under the current key).
 pub async fn reseal_session(
     queue: &crate::store::Queue,
     settings: &crate::config::Settings,
     key: &crate::vault::SecretKey,
-) -> Result<Option<bool>, String> {
-    let kept: Option<KeptSession> = queue
-        .get_doc(SESSION_DOC)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Option<bool>, ResealError> {
+    let kept: Option<KeptSession> = queue.get_doc(SESSION_DOC).await?;
     let Some(sealed) = kept.and_then(|k| k.refresh_sealed) else {
         return Ok(None);
     };
-    let Some(binding) = session_binding(settings) else {
-        return Err("a Fusion session is kept, but [fusion] is not configured: its base URL and user are what it is bound to".into());
-    };
-    let opened = key
-        .open_bound(&binding, &sealed)
-        .map_err(|e| format!("the kept Fusion session: {e}"))?;
+    let binding = session_binding(settings).ok_or(ResealError::NotConfigured)?;
+    let opened = key.open_bound(&binding, &sealed)?;
     if !opened.stale {
         return Ok(Some(false));
     }
     let doc = KeptSession {
         refresh_sealed: Some(key.seal_bound(&binding, opened.secret.expose())),
     };
-    queue
-        .put_doc(SESSION_DOC, &doc)
-        .await
-        .map_err(|e| e.to_string())?;
+    queue.put_doc(SESSION_DOC, &doc).await?;
     Ok(Some(true))
 }
 

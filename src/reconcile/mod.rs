@@ -23,7 +23,7 @@ use crate::store::{now_ms, IntegrationState, InventoryTenant, NewEvent, Queue};
 mod branding;
 mod error;
 mod fusion;
-pub use fusion::reseal_session;
+pub use fusion::{reseal_session, ResealError};
 mod status;
 mod tenants;
 
