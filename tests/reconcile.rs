@@ -115,6 +115,14 @@ async fn status_reconcile_reasserts_each_tenant_once() {
     assert_eq!(reports.len(), before + 2, "one report per tenant");
     let r1 = reports.iter().rev().find(|r| r.tenant_id == ts[1]).unwrap();
     assert_eq!(r1.body["events"][0]["deactivation_event"], true);
+    // Dated as the decision it repeats, not as the run: a newer decision accepted meanwhile
+    // stays the newer one.
+    let first = reports[..before]
+        .iter()
+        .rfind(|r| r.tenant_id == ts[1])
+        .unwrap();
+    assert!(first.body["deactivated_at"].is_string());
+    assert_eq!(r1.body["deactivated_at"], first.body["deactivated_at"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

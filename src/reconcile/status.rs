@@ -53,10 +53,11 @@ impl Reconciler for Status {
             if q.has_pending(&s.tenant_id) {
                 continue;
             }
-            let mut ev = NewEvent::state_change(s.tenant_id, intended, None);
-            // Re-asserted through the account of the tenant's latest decision.
-            ev.account = s.account.clone();
-            events.push(ev);
+            // Re-asserted through the account of the tenant's latest decision, dated as that
+            // decision: should a newer one be accepted meanwhile (by another replica, or
+            // between this read and the enqueue), the re-assertion is the older of the two,
+            // and is set aside instead of ending the platform at the state it repeats.
+            events.extend(s.reassertion());
         }
         report.details.tenants = Some(events.len());
         if report.dry_run || events.is_empty() {
