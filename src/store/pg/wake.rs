@@ -69,13 +69,16 @@ fn parse(payload: &str, schema: &str) -> Option<Wake> {
 }
 
 /// The oldest pending event of each tenant of `$2` in the shards `$1`: one index probe per
-/// tenant, whatever its backlog.
+/// tenant and shard, whatever its backlog. (Filtering one probe per tenant by the shards
+/// instead would walk every pending event of a tenant whose events are in other shards.)
 const HEADS_OF_TENANTS: &str = "
-SELECT h.seq, h.accepted_at_ms, h.account, t.tenant_id FROM unnest($2::uuid[]) AS t(tenant_id)
+SELECT DISTINCT ON (t.tenant_id) h.seq, h.accepted_at_ms, h.account, t.tenant_id
+FROM unnest($2::uuid[]) AS t(tenant_id) CROSS JOIN unnest($1::integer[]) AS s(shard)
 CROSS JOIN LATERAL (
     SELECT seq, accepted_at_ms, account FROM events
-    WHERE state = 'queued' AND tenant_id = t.tenant_id AND shard = ANY($1)
-    ORDER BY seq LIMIT 1) AS h";
+    WHERE state = 'queued' AND shard = s.shard AND tenant_id = t.tenant_id
+    ORDER BY seq LIMIT 1) AS h
+ORDER BY t.tenant_id, h.seq";
 
 /// The oldest pending event of each tenant with events pending in the shards `$1`: the index
 /// of pending events by shard and tenant skipped through, one probe per (shard, tenant), so the
