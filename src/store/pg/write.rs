@@ -65,6 +65,8 @@ pub(super) async fn committer(
 struct Row {
     id: Uuid,
     ev: NewEvent,
+    /// The shard of the event's account, worked out once.
+    shard: u32,
 }
 
 impl PgQueue {
@@ -594,15 +596,20 @@ impl Pg {
                             known.insert(k.clone(), id);
                         }
                         outs.push(Enqueued::Accepted(id));
-                        rows.push(Row { id, ev: ev.clone() });
+                        let shard = self.shards.of(ev.account.as_deref());
+                        rows.push(Row {
+                            id,
+                            ev: ev.clone(),
+                            shard,
+                        });
                     }
                     outcomes.push(outs);
                 }
                 let seqs = next_seqs(&tx, rows.len()).await?;
                 let wake_up = self.wake_up_for(&rows);
-                insert_rows(&tx, &self.shards, &rows, &seqs, now, wake_up).await?;
+                insert_rows(&tx, &rows, &seqs, now, wake_up).await?;
                 tx.commit().await.map_err(pg_error)?;
-                let accepted: Vec<(TenantId, Head)> = rows
+                let accepted: Vec<(TenantId, Head, u32)> = rows
                     .iter()
                     .zip(&seqs)
                     .map(|(r, s)| {
@@ -611,7 +618,7 @@ impl Pg {
                             accepted_ms: now,
                             account: r.ev.account.clone(),
                         };
-                        (r.ev.tenant_id, head)
+                        (r.ev.tenant_id, head, r.shard)
                     })
                     .collect();
                 Ok((outcomes, accepted))
@@ -621,14 +628,14 @@ impl Pg {
         {
             let mut mem = lock(&self.mem);
             mem.depth += accepted.len() as u64;
-            for (tenant, head) in accepted {
+            for (tenant, head, shard) in accepted {
                 // In a pool, only tenants with events of a shard held are woken here: the
                 // owner of the others is woken by the NOTIFY sent with them, and a lane here
                 // would only read them to find it may not take them.
                 let ours = self
                     .ownership
                     .get()
-                    .is_none_or(|own| own.owns_account(head.account.as_deref()));
+                    .is_none_or(|own| own.may_act(shard).is_some());
                 mem.add(tenant, head);
                 if ours && !tenants.contains(&tenant) {
                     tenants.push(tenant);
@@ -648,8 +655,8 @@ impl Pg {
         let own = self.ownership.get()?;
         let mut tenants: Vec<(TenantId, u32)> = rows
             .iter()
-            .filter(|r| !own.owns_account(r.ev.account.as_deref()))
-            .map(|r| (r.ev.tenant_id, own.map.of(r.ev.account.as_deref())))
+            .filter(|r| own.may_act(r.shard).is_none())
+            .map(|r| (r.ev.tenant_id, r.shard))
             .collect();
         if tenants.is_empty() {
             return None;
@@ -665,7 +672,6 @@ impl Pg {
 /// together (pipelined) and the transaction waits for one round of answers, not one each.
 async fn insert_rows(
     tx: &Transaction<'_>,
-    map: &crate::cluster::ShardMap,
     rows: &[Row],
     seqs: &[i64],
     now: i64,
@@ -686,10 +692,7 @@ async fn insert_rows(
         .map(|r| r.ev.idempotency_key.as_deref())
         .collect();
     let occurred: Vec<Option<i64>> = rows.iter().map(|r| r.ev.occurred_at_ms).collect();
-    let shards: Vec<i32> = rows
-        .iter()
-        .map(|r| map.of(r.ev.account.as_deref()) as i32)
-        .collect();
+    let shards: Vec<i32> = rows.iter().map(|r| r.shard as i32).collect();
     let event_params: [Param; 11] = [
         &ids,
         &seqs,

@@ -106,8 +106,8 @@ impl Core {
         let mine = |account: &Option<String>| account_of(account.as_deref()) == id;
         let (pending, dead) = self.account_entries(id)?;
         let ids: Vec<Uuid> = pending.iter().map(|p| p.1).collect();
-        let in_flight = lock(&self.in_flight_ids).clone();
-        if let Some(stop) = removal_stops(id, &ids, dead.len(), force, &in_flight)? {
+        let stops = removal_stops(id, &ids, dead.len(), force, &lock(&self.in_flight_ids))?;
+        if let Some(stop) = stops {
             return Ok(stop);
         }
         let mut b = ::sled::Batch::default();

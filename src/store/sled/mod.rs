@@ -3,8 +3,9 @@
 //! Promises:
 //! - `enqueue` (and `ack_delivered`) return only after a flush covering their writes has
 //!   completed. Concurrent calls are written together by one writer thread as one sled batch,
-//!   which that thread then flushes before it answers them all (group commit). Each tenant's oldest pending event is kept in memory (rebuilt on
-//!   open) for the oldest-pending figure, so no global order index is written.
+//!   which that thread then flushes before it answers them all (group commit). Each tenant's
+//!   oldest pending event is kept in memory (rebuilt on open) for the oldest-pending figure,
+//!   so no global order index is written.
 //! - An event and every index pointing at it are written in one atomic sled batch, under one
 //!   writer lock, so a crash never leaves an event that is stored but not dispatchable.
 //! - Being in flight is kept in memory: taking a batch writes nothing, and after a crash every
