@@ -704,3 +704,149 @@ async fn kill_9_with_several_accounts_delivers_every_acknowledged_event_to_its_o
         }
     }
 }
+
+/// Whether `strace` can trace a program here; else the test skips, saying why, unless CI
+/// requires it (`STATUSD_TEST_REQUIRE_STRACE`).
+fn strace_usable() -> bool {
+    let ok = Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("STATUSD_TEST_REQUIRE_STRACE").is_none(),
+            "STATUSD_TEST_REQUIRE_STRACE is set but strace cannot trace a program here"
+        );
+        eprintln!("SKIP: strace is not installed or may not trace here (apt-get install strace)");
+    }
+    ok
+}
+
+/// One line of an `strace -f -ttt -y` trace that matters here.
+#[derive(Debug, PartialEq)]
+enum Traced {
+    /// A sync (`fdatasync` or `fsync`) of the store's log file ended.
+    LogSynced,
+    /// A `202` answer began to be written.
+    Answered202,
+}
+
+/// The syncs of `log` and the `202` answers of a trace, in the order they happened. A call
+/// interrupted by another thread's line ends on its `<... resumed>` line, matched by thread.
+fn syncs_and_answers(trace: &str, log: &str) -> Vec<Traced> {
+    let mut open_syncs = std::collections::HashSet::new();
+    let mut seen = Vec::new();
+    for line in trace.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (Some(tid), Some(_time), Some(call)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let is_sync = call.starts_with("fdatasync(") || call.starts_with("fsync(");
+        if is_sync && call.contains(&format!("<{log}>")) {
+            if call.contains("<unfinished ...>") {
+                open_syncs.insert(tid.to_string());
+            } else if call.ends_with("= 0") {
+                seen.push(Traced::LogSynced);
+            }
+        } else if call.starts_with("<... fdatasync resumed>")
+            || call.starts_with("<... fsync resumed>")
+        {
+            if open_syncs.remove(tid) && call.ends_with("= 0") {
+                seen.push(Traced::LogSynced);
+            }
+        } else if (call.starts_with("write") || call.starts_with("send"))
+            && call.contains("\"HTTP/1.1 202")
+        {
+            seen.push(Traced::Answered202);
+        }
+    }
+    seen
+}
+
+/// sled's flush writes its log with `sync_file_range`, which keeps neither the file's length
+/// nor what the drive caches through a power cut. Each `202` must follow a real sync of the
+/// log (`fdatasync`) made after the previous one: traced on the real binary, one request at a
+/// time. sled's own background `fsync`, every 500 ms, cannot pass this for 20 answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_202_follows_a_sync_of_the_store_log_since_the_last_one() {
+    if !strace_usable() {
+        return;
+    }
+    let sb = sandbox_refusing_reports_for(Some("3600")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let trace = dir.path().join("trace");
+    let plain = daemon_command(&sb.url, &sb.client_id, &sb.client_secret, &store, 0);
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-ttt", "-y", "-s", "16", "-e"])
+        .arg("trace=fdatasync,fsync,write,writev,sendto,sendmsg")
+        .arg("-o")
+        .arg(&trace)
+        .arg("--")
+        .arg(plain.get_program())
+        .args(plain.get_args())
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in plain.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let (mut strace, port) = spawn_ready(&mut cmd, dir.path()).await;
+    let http = http_client();
+    wait_ready(&http, port).await;
+    let tenant = Uuid::new_v4();
+    for i in 0..20 {
+        let r = http
+            .post(format!("http://127.0.0.1:{port}/v1/events"))
+            .json(&json!({"tenant_id": tenant, "type": if i % 2 == 0 { "activation" } else { "deactivation" }}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    }
+    // Stop the daemon itself (strace's child), then strace ends with it.
+    let children = format!("/proc/{0}/task/{0}/children", strace.id());
+    let daemon_pid = std::fs::read_to_string(&children)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+        .expect("the daemon, strace's child");
+    Command::new("kill")
+        .args(["-TERM", &daemon_pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || strace.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "statusd under strace: {status}");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let log = store.join("db");
+    let seen = syncs_and_answers(&text, log.to_str().unwrap());
+    eprintln!(
+        "trace: {} lines, {} of them matter",
+        text.lines().count(),
+        seen.len()
+    );
+    let answers = seen.iter().filter(|t| **t == Traced::Answered202).count();
+    assert_eq!(answers, 20, "the trace shows every 202 answer: {seen:?}");
+    let mut synced = false;
+    for (i, t) in seen.iter().enumerate() {
+        match t {
+            Traced::LogSynced => synced = true,
+            Traced::Answered202 => {
+                assert!(
+                    synced,
+                    "a 202 (item {i} of the trace) was written with no sync of {} since the last one: {seen:?}",
+                    log.display()
+                );
+                synced = false;
+            }
+        }
+    }
+}

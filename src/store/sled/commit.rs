@@ -380,7 +380,7 @@ pub(super) fn writer(core: Arc<Core>, mut rx: tokio::sync::mpsc::Receiver<Job>) 
             control.write_if_behind(&core);
             continue;
         };
-        let flushed = core.db.flush().map(|_| ()).map_err(|e| e.to_string());
+        let flushed = core.log.flush(&core.db).map_err(|e| e.to_string());
         if let Err(e) = &flushed {
             core.note_write_error(e);
         }

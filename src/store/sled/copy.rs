@@ -200,7 +200,7 @@ impl Offline {
             }
             tree.apply_batch(batch)?;
             progress.step(done, total);
-            db.flush()?;
+            LogFile::open(&tmp)?.flush(&db)?;
             failpoint("compact-copied");
         }
         // The control file goes with the data (identity, durable sequence, clean close).
@@ -489,7 +489,7 @@ fn import_into(
     batch.insert(meta_key("store_id"), store_id.as_bytes().as_slice());
     tree.apply_batch(batch)?;
     progress.step(moved.events, moved.events);
-    db.flush()?;
+    LogFile::open(tmp)?.flush(&db)?;
     drop(tree);
     drop(db);
     control::write(tmp, &control::Control::new(store_id, seq, true))

@@ -98,6 +98,8 @@ struct Counters {
 struct Core {
     db: ::sled::Db,
     tree: ::sled::Tree,
+    /// sled's log, synced after each flush (see [`open::LogFile`]).
+    log: open::LogFile,
     /// The store's directory, where the control file lives.
     path: std::path::PathBuf,
     store_id: Uuid,
@@ -138,7 +140,7 @@ impl Drop for Inner {
         for handle in lock(&self.threads).drain(..) {
             let _ = handle.join();
         }
-        if self.core.db.flush().is_ok() {
+        if self.core.log.flush(&self.core.db).is_ok() {
             let seq = lock(&self.core.writer).seq;
             if let Err(e) = control::write(
                 &self.core.path,
@@ -165,13 +167,15 @@ impl SledQueue {
         if schema.is_none() {
             tree.insert(meta_key("schema"), &SCHEMA_VERSION.to_be_bytes())?;
         }
-        db.flush()?;
+        let log = open::LogFile::open(path)?;
+        log.flush(&db)?;
         // Running: until a clean close says otherwise, the next open recounts.
         control::write(path, &control::Control::new(store_id, counters.seq, false))
             .map_err(|e| StoreError::Write(format!("cannot write the control file: {e}")))?;
         SledQueue::start(Core {
             db,
             tree,
+            log,
             path: path.to_path_buf(),
             store_id,
             writer: Mutex::new(counters),

@@ -521,7 +521,7 @@ impl Offline {
         let found: usize = checks.iter().map(|c| c.problems.len()).sum();
         if repair && found > 0 {
             self.tree.apply_batch(fix)?;
-            self.db.flush()?;
+            LogFile::open(&self.path)?.flush(&self.db)?;
             if let Some(c) = control::read(&self.path)? {
                 // Recount at the next start (the counters were just rebuilt).
                 let _ = control::write(&self.path, &control::Control { clean: false, ..c });
