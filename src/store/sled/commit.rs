@@ -367,30 +367,89 @@ impl Written {
 }
 
 /// The writer: takes every job waiting, writes the enqueues and acknowledgements of the group
-/// as one sled batch, flushes it and answers everyone from this thread. While it flushes, new
-/// jobs wait in the channel without waking anyone, so the next group is all of them: a caller
-/// wakes this thread only when it was idle, and each group costs one flush and one hand-off
-/// back. Nobody is answered before the flush that covers their writes has ended, and tenants
-/// are woken for delivery only then.
+/// as one sled batch and flushes it, then hands it to the syncer. While it flushes, new jobs
+/// wait in the channel without waking anyone, so the next group is all of them: a caller wakes
+/// this thread only when it was idle. While the syncer makes one group durable, this thread
+/// writes the next.
 pub(super) fn writer(core: Arc<Core>, mut rx: tokio::sync::mpsc::Receiver<Job>) {
-    let mut control = ControlWriter::new(&core);
+    let (to_syncer, groups) = std::sync::mpsc::channel::<Flushed>();
+    let syncer = {
+        let core = core.clone();
+        std::thread::Builder::new()
+            .name("statusd-sync".into())
+            .spawn(move || syncer(core, groups))
+    };
+    let syncer = match syncer {
+        Ok(handle) => handle,
+        Err(e) => {
+            core.note_write_error(&format!("cannot start the statusd-sync thread: {e}"));
+            return;
+        }
+    };
     while let Some(first) = rx.blocking_recv() {
-        let Some(written) = write_jobs(&core, first, &mut rx) else {
-            // Only the clock's tick: idle, so record what the last groups made durable.
+        let flushed = match write_jobs(&core, first, &mut rx) {
+            // Only the clock's tick: idle, so the control file may be brought up to date.
+            None => Flushed::Idle,
+            Some(written) => {
+                let sled = core.db.flush().map(|_| ()).map_err(|e| e.to_string());
+                Flushed::Group(written, sled)
+            }
+        };
+        if to_syncer.send(flushed).is_err() {
+            break;
+        }
+    }
+    drop(to_syncer);
+    let _ = syncer.join();
+}
+
+/// A group sled has flushed (or failed to), on its way to the syncer; or word that the writer
+/// is idle.
+enum Flushed {
+    Group(Written, Result<(), String>),
+    Idle,
+}
+
+/// The syncer: takes every group sled has flushed, makes them durable with one `fdatasync` of
+/// the log ([`LogFile`]) and answers everyone in them. Nobody is answered before the sync that
+/// covers their writes has ended, and tenants are woken for delivery only then. After a sync
+/// fails, no later group is answered as durable: the kernel reports a failed write-back once,
+/// and what it dropped is gone even if a later sync succeeds.
+fn syncer(core: Arc<Core>, groups: std::sync::mpsc::Receiver<Flushed>) {
+    let mut control = ControlWriter::new(&core);
+    let mut failed: Option<String> = None;
+    while let Ok(first) = groups.recv() {
+        let mut flushed = Vec::new();
+        for item in std::iter::once(first).chain(groups.try_iter()) {
+            if let Flushed::Group(written, sled) = item {
+                flushed.push((written, sled));
+            }
+        }
+        if flushed.is_empty() {
             control.write_if_behind(&core);
             continue;
-        };
-        let flushed = core.log.flush(&core.db).map_err(|e| e.to_string());
-        if let Err(e) = &flushed {
-            core.note_write_error(e);
         }
-        core.flushes.fetch_add(1, Ordering::Relaxed);
-        core.flush_waiters
-            .fetch_add(written.waiters() as u64, Ordering::Relaxed);
-        if flushed.is_ok() {
-            control.durable(written.seq);
+        if failed.is_none() {
+            if let Err(e) = core.log.sync() {
+                failed = Some(e.to_string());
+            }
         }
-        written.settle(&core, &flushed);
+        for (written, sled) in flushed {
+            let result = match (&failed, sled) {
+                (Some(e), _) => Err(e.clone()),
+                (None, sled) => sled,
+            };
+            if let Err(e) = &result {
+                core.note_write_error(e);
+            }
+            core.flushes.fetch_add(1, Ordering::Relaxed);
+            core.flush_waiters
+                .fetch_add(written.waiters() as u64, Ordering::Relaxed);
+            if result.is_ok() {
+                control.durable(written.seq);
+            }
+            written.settle(&core, &result);
+        }
         if control.due() {
             control.write_if_behind(&core);
         }
@@ -469,7 +528,7 @@ fn write_jobs(
     })
 }
 
-/// The writer's clock: a tick every [`control::CONTROL_INTERVAL`], so an idle writer records
+/// The writer's clock: a tick every [`control::CONTROL_INTERVAL`], so an idle store records
 /// the durable sequence in the control file. It holds only a weak handle of the job channel and
 /// ends with it.
 pub(super) fn ticker(jobs: tokio::sync::mpsc::WeakSender<Job>) {
@@ -483,7 +542,7 @@ pub(super) fn ticker(jobs: tokio::sync::mpsc::WeakSender<Job>) {
     }
 }
 
-/// The writer thread's record of the highest durable sequence, written to the control file at most
+/// The syncer's record of the highest durable sequence, written to the control file at most
 /// once per interval and when idle.
 struct ControlWriter {
     durable: u64,

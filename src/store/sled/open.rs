@@ -243,6 +243,11 @@ impl LogFile {
     /// Flush sled, then make what it wrote durable.
     pub(super) fn flush(&self, db: &::sled::Db) -> Result<(), StoreError> {
         db.flush()?;
+        self.sync()
+    }
+
+    /// Make what sled has flushed so far durable.
+    pub(super) fn sync(&self) -> Result<(), StoreError> {
         self.0
             .sync_data()
             .map_err(|e| StoreError::Flush(format!("cannot sync the store's log: {e}")))
