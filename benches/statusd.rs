@@ -79,6 +79,54 @@ fn sled_rate(dir: &Path, n: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// What sled alone takes on this machine, written as statusd's writer writes: one thread,
+/// groups of 64 events as one batch, each group flushed and its log synced (`fdatasync`)
+/// before the next. `statusd_keys`: each event as statusd stores it on intake (a record of
+/// about 350 bytes under a time-ordered key, a pending key under its tenant, 64 tenants in
+/// turn, and the tenant's state); else one time-ordered key per event, the least any layout
+/// could write. Events per second over `n` events.
+fn sled_floor(dir: &Path, statusd_keys: bool, n: u64) -> f64 {
+    let path = dir.join("sled-floor");
+    let _ = std::fs::remove_dir_all(&path);
+    let db = sled::Config::new()
+        .path(&path)
+        .cache_capacity(64 << 20)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .unwrap();
+    let log = std::fs::File::open(path.join("db")).unwrap();
+    let record = vec![b'r'; 350];
+    let state = vec![b's'; 150];
+    let t = Instant::now();
+    let mut seq = 0u64;
+    while seq < n {
+        let mut batch = sled::Batch::default();
+        for _ in 0..64 {
+            seq += 1;
+            let tenant = [(seq % 64) as u8; 16];
+            let mut key = b"e".to_vec();
+            key.extend_from_slice(&seq.to_be_bytes());
+            batch.insert(key, record.clone());
+            if statusd_keys {
+                let mut pending = b"p".to_vec();
+                pending.extend_from_slice(&tenant);
+                pending.extend_from_slice(&seq.to_be_bytes());
+                batch.insert(pending, &[0u8; 16]);
+                let mut key = b"t".to_vec();
+                key.extend_from_slice(&tenant);
+                batch.insert(key, state.clone());
+            }
+        }
+        db.apply_batch(batch).unwrap();
+        db.flush().unwrap();
+        log.sync_data().unwrap();
+    }
+    let rate = seq as f64 / t.elapsed().as_secs_f64();
+    drop(db);
+    let _ = std::fs::remove_dir_all(&path);
+    rate
+}
+
 async fn enqueue_rate(q: &Queue, callers: usize, per_caller: usize) -> (f64, f64) {
     let before = q.flush_stats();
     let t = Instant::now();
@@ -1124,6 +1172,7 @@ async fn ceiling(dir: &Path) {
     let daemon = Daemon::spawn(dir, &store, &platform_env(&sb));
     daemon.ready();
     let mut ratios = Vec::new();
+    let mut ceilings = Vec::new();
     for round in 1..=3 {
         let (Some(live), Some(post), Some(no_store)) = (
             wrk(&format!("{}/livez", daemon.api), 10, None),
@@ -1136,6 +1185,7 @@ async fn ceiling(dir: &Path) {
         assert_eq!(post.not_2xx, 0, "refused intake requests under load");
         let ratio = post.rate / live.rate;
         ratios.push(ratio);
+        ceilings.push(live.rate);
         row(
             &format!("run {round}: GET /livez"),
             format!("{:.0}/s", live.rate),
@@ -1163,6 +1213,28 @@ async fn ceiling(dir: &Path) {
         );
     }
     daemon.stop();
+    // The store's own floor, with no HTTP and nothing else on the cores: what durable intake
+    // at half of /livez would need of sled alone.
+    if let Some(&best) = ceilings.iter().max_by(|a, b| a.total_cmp(b)) {
+        let needed = best / 2.0;
+        for (statusd_keys, what) in [
+            (
+                true,
+                "sled alone: statusd's keys per event, groups of 64, synced",
+            ),
+            (false, "sled alone: one key per event, groups of 64, synced"),
+        ] {
+            let r = sled_floor(dir, statusd_keys, 200_000);
+            row(
+                what,
+                format!("{r:.0}/s"),
+                &format!(
+                    "{:.2} of what half of /livez needs ({needed:.0}/s), one thread, nothing else running",
+                    r / needed
+                ),
+            );
+        }
+    }
 }
 
 /// Section 13, lists at scale: `GET /v1/accounts` with `big` events pending over 1000 accounts,

@@ -739,9 +739,11 @@ fn syncs_and_answers(trace: &str, log: &str) -> Vec<Traced> {
     let mut open_syncs = std::collections::HashSet::new();
     let mut seen = Vec::new();
     for line in trace.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(tid), Some(_time), Some(call)) = (parts.next(), parts.next(), parts.next())
-        else {
+        // `<tid> <time> <call>`, the thread id padded with spaces.
+        let Some((tid, rest)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Some((_time, call)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         let is_sync = call.starts_with("fdatasync(") || call.starts_with("fsync(");
@@ -849,4 +851,71 @@ async fn every_202_follows_a_sync_of_the_store_log_since_the_last_one() {
             }
         }
     }
+}
+
+/// A sync of the store's log that fails (`STATUSD_FAILPOINT=log-sync`, as a drive that cannot
+/// write back): the request is answered 503 saying so, never 202; `/readyz` names the store,
+/// and the log says what failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_of_the_store_log_is_answered_503_never_202() {
+    let sb = sandbox_refusing_reports_for(Some("3600")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let mut cmd = daemon_command(
+        &sb.url,
+        &sb.client_id,
+        &sb.client_secret,
+        &dir.path().join("store"),
+        0,
+    );
+    cmd.env("STATUSD_FAILPOINT", "log-sync")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let (_daemon, port) = spawn_ready(&mut cmd, dir.path()).await;
+    let http = http_client();
+    let r = http
+        .post(format!("http://127.0.0.1:{port}/v1/events"))
+        .json(&json!({"tenant_id": Uuid::new_v4(), "type": "activation"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("cannot sync the store's log"),
+        "the answer says what failed: {body}"
+    );
+    // Not ready, naming the store (until statusd opens it afresh, which it tries every second).
+    wait_for_async(
+        Duration::from_secs(10),
+        "/readyz 503 naming the store",
+        || {
+            let http = http.clone();
+            async move {
+                let Ok(r) = http
+                    .get(format!("http://127.0.0.1:{port}/readyz"))
+                    .send()
+                    .await
+                else {
+                    return false;
+                };
+                r.status() == 503 && r.text().await.is_ok_and(|t| t.contains("store"))
+            }
+        },
+    )
+    .await;
+    // Another event meets the same sync: refused again, never acknowledged.
+    let again = http
+        .post(format!("http://127.0.0.1:{port}/v1/events"))
+        .json(&json!({"tenant_id": Uuid::new_v4(), "type": "deactivation"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 503);
+    wait_for(
+        Duration::from_secs(10),
+        "the sync failure in the log",
+        || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("cannot sync the store's log")),
+    )
+    .await;
 }

@@ -418,6 +418,9 @@ enum Flushed {
 fn syncer(core: Arc<Core>, groups: std::sync::mpsc::Receiver<Flushed>) {
     let mut control = ControlWriter::new(&core);
     let mut failed: Option<String> = None;
+    // A test hook: `STATUSD_FAILPOINT=log-sync` fails every sync here, as a drive that cannot
+    // write back would.
+    let fail_syncs = std::env::var("STATUSD_FAILPOINT").is_ok_and(|v| v == "log-sync");
     while let Ok(first) = groups.recv() {
         let mut flushed = Vec::new();
         for item in std::iter::once(first).chain(groups.try_iter()) {
@@ -430,7 +433,14 @@ fn syncer(core: Arc<Core>, groups: std::sync::mpsc::Receiver<Flushed>) {
             continue;
         }
         if failed.is_none() {
-            if let Err(e) = core.log.sync() {
+            let synced = if fail_syncs {
+                Err(StoreError::Flush(
+                    "cannot sync the store's log: failpoint log-sync".into(),
+                ))
+            } else {
+                core.log.sync()
+            };
+            if let Err(e) = synced {
                 failed = Some(e.to_string());
             }
         }
