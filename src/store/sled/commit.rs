@@ -440,9 +440,12 @@ fn syncer(core: Arc<Core>, groups: std::sync::mpsc::Receiver<Flushed>) {
             } else {
                 core.log.sync()
             };
-            if let Err(e) = synced {
-                failed = Some(e.to_string());
-            }
+            failed = match synced {
+                Ok(()) => None,
+                // Said once: `settle` names it a failed flush.
+                Err(StoreError::Flush(why)) => Some(why),
+                Err(other) => Some(other.to_string()),
+            };
         }
         for (written, sled) in flushed {
             let result = match (&failed, sled) {
