@@ -405,7 +405,8 @@ impl PgQueue {
     }
 }
 
-/// When a decision was taken: `occurred_at` as the vendor said, else its acceptance.
+/// When a decision was taken: `occurred_at` as the vendor said, else its acceptance (which
+/// intake dates no earlier than the tenant's decisions stored before it, whatever the clocks).
 pub(super) fn decided_at(e: &EventRecord) -> i64 {
     e.occurred_at_ms.unwrap_or(e.accepted_at_ms)
 }

@@ -712,17 +712,26 @@ async fn insert_rows(
         .unzip();
     let key_params: [Param; 3] = [&key_texts, &key_ids, &now];
     let intended = intended_states(rows, now);
-    let t: Vec<Uuid> = intended.iter().map(|i| i.0).collect();
-    let a: Vec<Option<String>> = intended.iter().map(|i| i.1.clone()).collect();
-    let st: Vec<&str> = intended.iter().map(|i| i.2).collect();
-    let at: Vec<i64> = intended.iter().map(|i| i.3).collect();
-    let intended_params: [Param; 4] = [&t, &a, &st, &at];
+    let t: Vec<Uuid> = intended.iter().map(|d| d.tenant).collect();
+    let a: Vec<Option<String>> = intended.iter().map(|d| d.account.clone()).collect();
+    let st: Vec<&str> = intended.iter().map(|d| d.state).collect();
+    let at: Vec<Option<i64>> = intended.iter().map(|d| d.occurred).collect();
+    let intended_params: [Param; 5] = [&t, &a, &st, &at, &now];
     let notify_params: Option<[Param; 2]> = notify.as_ref().map(|p| [&wake::CHANNEL as Param, p]);
+    // A decision with no `occurred_at` is dated at acceptance, but never before the tenant's
+    // decisions already stored (see `intended_states`).
     let mut statements = vec![tx.execute(
         "INSERT INTO events (id, seq, tenant_id, account, kind, category, action,
              idempotency_key, occurred_at_ms, shard, accepted_at_ms, state)
-         SELECT u.*, $11, 'queued' FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[],
-             $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::integer[]) AS u",
+         SELECT u.*,
+             CASE WHEN u.kind IN ('activation', 'deactivation') AND u.occurred IS NULL
+                 THEN greatest($11, (SELECT greatest(t.intended_at_ms, t.last_sent_at_ms)
+                     FROM tenants t WHERE t.tenant_id = u.tenant))
+                 ELSE $11 END,
+             'queued'
+         FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+             $7::text[], $8::text[], $9::bigint[], $10::integer[])
+             AS u(id, seq, tenant, account, kind, category, action, ikey, occurred, shard)",
         &event_params,
     )];
     if !key_texts.is_empty() {
@@ -735,8 +744,9 @@ async fn insert_rows(
     if !intended.is_empty() {
         statements.push(tx.execute(
             "INSERT INTO tenants (tenant_id, account, intended, intended_at_ms)
-             SELECT t, a, s, d FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[])
-                 AS u(t, a, s, d)
+             SELECT t, a, s, coalesce(d, greatest($5, (SELECT greatest(x.intended_at_ms,
+                     x.last_sent_at_ms) FROM tenants x WHERE x.tenant_id = u.t)))
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[]) AS u(t, a, s, d)
              ON CONFLICT (tenant_id) DO UPDATE SET account = EXCLUDED.account,
                  intended = EXCLUDED.intended, intended_at_ms = EXCLUDED.intended_at_ms
              WHERE tenants.intended_at_ms IS NULL
@@ -760,21 +770,43 @@ async fn insert_rows(
 /// transaction (of every replica), so two groups with the same tenants wait for each other
 /// instead of deadlocking. The upsert leaves a tenant that holds a newer decision (a
 /// re-assertion that raced a newer decision, a late `occurred_at`) as it is.
-fn intended_states(rows: &[Row], now: i64) -> Vec<(Uuid, Option<String>, &'static str, i64)> {
-    let mut intended: Vec<(Uuid, Option<String>, &'static str, i64)> = Vec::new();
+///
+/// Its date is `occurred_at`, or `None` when the vendor gave none: the statement then dates
+/// it as its event is dated, at acceptance but never before the tenant's decisions already
+/// stored (intended or reported). A wall clock set back, or a replica whose clock is behind a
+/// peer's, must not make a new decision look older than the one before it: it would be set
+/// aside unsent, and the intended state left at the older one.
+fn intended_states(rows: &[Row], now: i64) -> Vec<Decision> {
+    let mut intended: Vec<Decision> = Vec::new();
     for r in rows {
         if let Some(state) = r.ev.kind.intended_state() {
-            let text = state_text(Some(state)).expect("a state");
-            let at = r.ev.occurred_at_ms.unwrap_or(now);
-            match intended.iter_mut().find(|(t, ..)| *t == r.ev.tenant_id) {
-                Some(e) if at < e.3 => {}
-                Some(e) => *e = (r.ev.tenant_id, r.ev.account.clone(), text, at),
-                None => intended.push((r.ev.tenant_id, r.ev.account.clone(), text, at)),
+            let decision = Decision {
+                tenant: r.ev.tenant_id,
+                account: r.ev.account.clone(),
+                state: state_text(Some(state)).expect("a state"),
+                occurred: r.ev.occurred_at_ms,
+                at: r.ev.occurred_at_ms.unwrap_or(now),
+            };
+            match intended.iter_mut().find(|d| d.tenant == r.ev.tenant_id) {
+                Some(d) if decision.at < d.at => {}
+                Some(d) => *d = decision,
+                None => intended.push(decision),
             }
         }
     }
-    intended.sort_unstable_by_key(|i| i.0);
+    intended.sort_unstable_by_key(|d| d.tenant);
     intended
+}
+
+/// A tenant's latest decision in a group of intake.
+struct Decision {
+    tenant: Uuid,
+    account: Option<String>,
+    state: &'static str,
+    /// `occurred_at` as the vendor gave it.
+    occurred: Option<i64>,
+    /// When it was decided, for choosing among the group's: `occurred`, else acceptance.
+    at: i64,
 }
 
 /// Apply an account change in the transaction, or refuse it (`StoreError::Account`).
