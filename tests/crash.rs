@@ -705,6 +705,20 @@ async fn kill_9_with_several_accounts_delivers_every_acknowledged_event_to_its_o
     }
 }
 
+/// POST one event of `kind` for `tenant` to the daemon on `port`.
+async fn post_event(
+    http: &reqwest::Client,
+    port: u16,
+    tenant: Uuid,
+    kind: &str,
+) -> reqwest::Response {
+    http.post(format!("http://127.0.0.1:{port}/v1/events"))
+        .json(&json!({"tenant_id": tenant, "type": kind}))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Whether `strace` can trace a program here; else the test skips, saying why, unless CI
 /// requires it (`STATUSD_TEST_REQUIRE_STRACE`).
 fn strace_usable() -> bool {
@@ -803,12 +817,12 @@ async fn every_202_follows_a_sync_of_the_store_log_since_the_last_one() {
     wait_ready(&http, port).await;
     let tenant = Uuid::new_v4();
     for i in 0..20 {
-        let r = http
-            .post(format!("http://127.0.0.1:{port}/v1/events"))
-            .json(&json!({"tenant_id": tenant, "type": if i % 2 == 0 { "activation" } else { "deactivation" }}))
-            .send()
-            .await
-            .unwrap();
+        let kind = if i % 2 == 0 {
+            "activation"
+        } else {
+            "deactivation"
+        };
+        let r = post_event(&http, port, tenant, kind).await;
         assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     }
     // Stop the daemon itself (strace's child), then strace ends with it.
@@ -873,12 +887,7 @@ async fn a_failed_sync_of_the_store_log_is_answered_503_never_202() {
         .stderr(std::fs::File::create(&log).unwrap());
     let (_daemon, port) = spawn_ready(&mut cmd, dir.path()).await;
     let http = http_client();
-    let r = http
-        .post(format!("http://127.0.0.1:{port}/v1/events"))
-        .json(&json!({"tenant_id": Uuid::new_v4(), "type": "activation"}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_event(&http, port, Uuid::new_v4(), "activation").await;
     assert_eq!(r.status(), 503);
     let body = r.text().await.unwrap();
     assert!(
@@ -906,12 +915,7 @@ async fn a_failed_sync_of_the_store_log_is_answered_503_never_202() {
     )
     .await;
     // Another event meets the same sync: refused again, never acknowledged.
-    let again = http
-        .post(format!("http://127.0.0.1:{port}/v1/events"))
-        .json(&json!({"tenant_id": Uuid::new_v4(), "type": "deactivation"}))
-        .send()
-        .await
-        .unwrap();
+    let again = post_event(&http, port, Uuid::new_v4(), "deactivation").await;
     assert_eq!(again.status(), 503);
     wait_for(
         Duration::from_secs(10),

@@ -778,6 +778,8 @@ async fn insert_rows(
 /// aside unsent, and the intended state left at the older one.
 fn intended_states(rows: &[Row], now: i64) -> Vec<Decision> {
     let mut intended: Vec<Decision> = Vec::new();
+    // For choosing among the group's decisions: `occurred_at`, else acceptance.
+    let at = |d: &Decision| d.occurred.unwrap_or(now);
     for r in rows {
         if let Some(state) = r.ev.kind.intended_state() {
             let decision = Decision {
@@ -785,10 +787,9 @@ fn intended_states(rows: &[Row], now: i64) -> Vec<Decision> {
                 account: r.ev.account.clone(),
                 state: state_text(Some(state)).expect("a state"),
                 occurred: r.ev.occurred_at_ms,
-                at: r.ev.occurred_at_ms.unwrap_or(now),
             };
             match intended.iter_mut().find(|d| d.tenant == r.ev.tenant_id) {
-                Some(d) if decision.at < d.at => {}
+                Some(d) if at(&decision) < at(d) => {}
                 Some(d) => *d = decision,
                 None => intended.push(decision),
             }
@@ -805,8 +806,6 @@ struct Decision {
     state: &'static str,
     /// `occurred_at` as the vendor gave it.
     occurred: Option<i64>,
-    /// When it was decided, for choosing among the group's: `occurred`, else acceptance.
-    at: i64,
 }
 
 /// Apply an account change in the transaction, or refuse it (`StoreError::Account`).
