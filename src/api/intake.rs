@@ -245,12 +245,18 @@ pub(super) async fn read_json_within(
         .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))
 }
 
+/// A body past the limit whose length is at most this is read to its end (and dropped) before
+/// the 413 goes out: a client still writing it would otherwise see its connection cut (a broken
+/// pipe) instead of the answer. A longer one is refused from its `Content-Length` at once.
+const DRAIN_BYTES: u64 = 4 * limits::BODY_BYTES as u64;
+
 /// The body's bytes, at most the body limit (413 past it), refused (408) when they do not
 /// arrive within `api.read_timeout`.
 pub(super) async fn read_bytes_within(
     timeout: std::time::Duration,
     body: Body,
 ) -> Result<Bytes, ApiError> {
+    use futures_util::StreamExt;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -259,14 +265,35 @@ pub(super) async fn read_bytes_within(
         )
         .field("body")
     };
-    // A Content-Length past the limit is refused at once, not after the bytes came.
-    if axum::body::HttpBody::size_hint(&body).lower() > limits::BODY_BYTES as u64 {
+    // A Content-Length far past the limit is refused at once, not after the bytes came.
+    if axum::body::HttpBody::size_hint(&body).lower() > DRAIN_BYTES {
         return Err(too_large());
     }
-    tokio::time::timeout(timeout, axum::body::to_bytes(body, limits::BODY_BYTES))
-        .await
-        .map_err(|_| {
-            ApiError::new(
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut seen: u64 = 0;
+    let read = async {
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::invalid("body", format!("the body could not be read: {e}"))
+            })?;
+            seen += chunk.len() as u64;
+            if seen > DRAIN_BYTES {
+                break;
+            }
+            if seen <= limits::BODY_BYTES as u64 {
+                chunks.push(chunk);
+            } else {
+                chunks.clear();
+            }
+        }
+        Ok::<(), ApiError>(())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        _ if seen > limits::BODY_BYTES as u64 => return Err(too_large()),
+        Ok(read) => read?,
+        Err(_) => {
+            return Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "timeout",
                 format!(
@@ -274,9 +301,13 @@ pub(super) async fn read_bytes_within(
                     humantime::format_duration(timeout)
                 ),
             )
-            .field("body")
-        })?
-        .map_err(|_| too_large())
+            .field("body"))
+        }
+    }
+    Ok(match chunks.len() {
+        1 => chunks.pop().unwrap_or_default(),
+        _ => chunks.concat().into(),
+    })
 }
 
 fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
