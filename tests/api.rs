@@ -234,7 +234,10 @@ async fn a_body_over_the_limit_is_answered_413_while_it_is_still_being_written()
         let mut answer = vec![0u8; 512];
         let n = tcp.read(&mut answer).await.unwrap();
         let answer = String::from_utf8_lossy(&answer[..n]);
-        assert!(answer.starts_with("HTTP/1.1 413"), "round {round}, chunked: {answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "round {round}, chunked: {answer}"
+        );
     }
     assert_eq!(h.running().queue.recount().await.unwrap(), (0, 0));
 }

@@ -255,35 +255,40 @@ async fn after_the_wall_clock_jumps_days_each_reconciler_runs_at_most_once() {
     assert_eq!(sigterm_and_wait(child).await.code(), Some(0));
 }
 
-/// On PostgreSQL, a decision with no `occurred_at` is dated when it is accepted. With the wall
-/// clock set back (a resumed VM, a stepped clock, or a replica whose clock is behind a peer's),
-/// a new decision must still count as newer than the one before it: it is reported (not set
-/// aside as older than the one already reported) and becomes the tenant's intended state.
+/// A decision with no `occurred_at` is dated when it is accepted. With the wall clock set back
+/// (a resumed VM, a stepped clock, or a replica whose clock is behind a peer's), a new decision
+/// must still count as newer than the one before it: it is reported (not set aside as older
+/// than the one already reported) and becomes the tenant's intended state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_a_decision_after_the_clock_went_back_is_still_reported_and_intended() {
-    if faketime_missing() {
-        return;
-    }
     let Some(server) = common::pg::PgServer::start() else {
         return;
     };
+    let url = server.url();
+    decision_after_the_clock_went_back(&[
+        ("STATUSD__STORE__BACKEND", "postgres"),
+        ("STATUSD__STORE__POSTGRES__URL", &url),
+        ("STATUSD__STORE__POSTGRES__SCHEMA", "clock_back"),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sled_a_decision_after_the_clock_went_back_is_still_reported_and_intended() {
+    decision_after_the_clock_went_back(&[]).await;
+}
+
+async fn decision_after_the_clock_went_back(store: &[(&str, &str)]) {
+    if faketime_missing() {
+        return;
+    }
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let offset = dir.path().join("offset");
     std::fs::write(&offset, "+0\n").unwrap();
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
-    let child = daemon_with(
-        &sb,
-        &dir.path().join("unused-sled"),
-        port,
-        &offset,
-        &[
-            ("STATUSD__STORE__BACKEND", "postgres"),
-            ("STATUSD__STORE__POSTGRES__URL", &server.url()),
-            ("STATUSD__STORE__POSTGRES__SCHEMA", "clock_back"),
-        ],
-    );
+    let child = daemon_with(&sb, &dir.path().join("store"), port, &offset, store);
     let http = http_client();
     wait_ready(&http, port).await;
     let t = customers(&sb, 1)[0];

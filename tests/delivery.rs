@@ -549,3 +549,77 @@ async fn cyberapp_credentials_take_their_tokens_from_the_cyberapp_endpoint() {
         "no token from the API-client endpoint"
     );
 }
+
+/// A tenant's decisions are ordered by when they were taken (`occurred_at`, else acceptance),
+/// not by when they arrived: a decision older than one already reported is recorded as
+/// superseded and never sent, and the intended state is the latest decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_older_than_one_already_reported_is_set_aside_and_never_sent() {
+    let h = harness(SandboxOptions::default(), &[]).await;
+    let ts = customers(&h.sandbox, 2);
+    let sent = |t: Uuid, field: &str| {
+        h.sandbox
+            .reports()
+            .iter()
+            .filter(|r| r.tenant_id == t)
+            .flat_map(|r| r.body["events"].as_array().unwrap().clone())
+            .filter(|e| e[field] == true)
+            .count()
+    };
+    // The newer decision reaches the platform first...
+    let r = h
+        .post_events(json!({"tenant_id": ts[0], "type": "activation", "occurred_at": "2026-12-01T10:00:05Z"}))
+        .await;
+    assert_eq!(r.status(), 202);
+    h.drained(Duration::from_secs(20)).await;
+    assert_eq!(sent(ts[0], "activation_event"), 1);
+    // ...then an older one arrives: recorded as delivered and superseded, never sent.
+    let r = h
+        .post_events(json!({"tenant_id": ts[0], "type": "deactivation", "occurred_at": "2026-12-01T10:00:01Z"}))
+        .await;
+    assert_eq!(r.status(), 202);
+    let old = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    h.drained(Duration::from_secs(20)).await;
+    let ev: serde_json::Value =
+        serde_json::from_str(&h.get_text(&format!("/v1/events/{old}")).await).unwrap();
+    assert_eq!(ev["status"], "delivered", "{ev}");
+    assert!(
+        ev["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("superseded"),
+        "{ev}"
+    );
+    assert_eq!(
+        sent(ts[0], "deactivation_event"),
+        0,
+        "the older decision was sent after the newer one"
+    );
+    let view = tenant_view(&h, ts[0]).await;
+    assert_eq!(view["intended"], "active", "{view}");
+    assert_eq!(view["intended_at"], "2026-12-01T10:00:05+00:00", "{view}");
+    assert_eq!(view["last_reported"], "active", "{view}");
+
+    // Both in one request, the newer first: the older is set aside within the batch.
+    let r = h
+        .post_events(json!([
+            {"tenant_id": ts[1], "type": "deactivation", "occurred_at": "2026-12-01T11:00:05Z"},
+            {"tenant_id": ts[1], "type": "activation", "occurred_at": "2026-12-01T11:00:01Z"}
+        ]))
+        .await;
+    assert_eq!(r.status(), 202);
+    h.drained(Duration::from_secs(20)).await;
+    assert_eq!(sent(ts[1], "deactivation_event"), 1);
+    assert_eq!(sent(ts[1], "activation_event"), 0);
+    let view = tenant_view(&h, ts[1]).await;
+    assert_eq!(view["intended"], "inactive", "{view}");
+    assert_eq!(view["last_reported"], "inactive", "{view}");
+    assert_eq!(h.running().queue.recount().await.unwrap(), (0, 0));
+}
+
+async fn tenant_view(h: &Harness, t: Uuid) -> serde_json::Value {
+    serde_json::from_str(&h.get_text(&format!("/v1/tenants/{t}")).await).unwrap()
+}

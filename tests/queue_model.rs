@@ -61,6 +61,36 @@ struct Model {
     dead: Vec<Uuid>,
     delivered: Vec<Uuid>,
     keys: HashMap<u8, Uuid>,
+    /// When each event's decision was taken, as the store dated it at acceptance.
+    decided: HashMap<Uuid, i64>,
+    /// Each tenant's newest decision reported.
+    last_sent: HashMap<usize, i64>,
+}
+
+impl Model {
+    /// What taking a batch does first: every event here is an activation, and one dated before
+    /// the tenant's newest decision reported, or before one ahead of it in the batch, is
+    /// recorded as delivered (superseded) and never sent. A dead letter retried after a newer
+    /// decision went out is one.
+    fn set_aside_older_decisions(&mut self, tenant: usize, max: usize) {
+        let pending = self.pending.entry(tenant).or_default();
+        loop {
+            let mut newest = self.last_sent.get(&tenant).copied().unwrap_or(i64::MIN);
+            let mut old = Vec::new();
+            for id in pending.iter().take(max) {
+                if self.decided[id] < newest {
+                    old.push(*id);
+                } else {
+                    newest = self.decided[id];
+                }
+            }
+            if old.is_empty() {
+                return;
+            }
+            pending.retain(|id| !old.contains(id));
+            self.delivered.extend(old);
+        }
+    }
 }
 
 fn tenants() -> Vec<TenantId> {
@@ -150,6 +180,8 @@ fn run_case(at: At, ops: Vec<Op>) {
                                 assert_eq!(orig, id)
                             }
                             (None, statusd::store::Enqueued::Accepted(id)) => {
+                                let rec = queue.event(id).await.unwrap().unwrap();
+                                model.decided.insert(*id, rec.decided_at());
                                 model.pending.entry(tenant).or_default().push_back(*id);
                                 if let Some(k) = k {
                                     model.keys.insert(k, *id);
@@ -162,6 +194,9 @@ fn run_case(at: At, ops: Vec<Op>) {
                     }
                 }
                 Op::Take { tenant, max } => {
+                    if !in_flight.contains_key(&tenant) {
+                        model.set_aside_older_decisions(tenant, max);
+                    }
                     let took = queue.take_batch(&ts[tenant], max).await.unwrap();
                     let model_pending = model.pending.get(&tenant).cloned().unwrap_or_default();
                     match took {
@@ -190,6 +225,11 @@ fn run_case(at: At, ops: Vec<Op>) {
                 Op::Ack { tenant } => {
                     if let Some(batch) = in_flight.remove(&tenant) {
                         queue.ack_delivered(&batch).await.unwrap();
+                        let newest = batch.ids().iter().map(|id| model.decided[id]).max();
+                        if let Some(d) = newest {
+                            let last = model.last_sent.entry(tenant).or_insert(d);
+                            *last = (*last).max(d);
+                        }
                         let p = model.pending.get_mut(&tenant).unwrap();
                         for id in batch.ids() {
                             assert_eq!(p.pop_front(), Some(id));

@@ -83,6 +83,35 @@ pub struct EventRecord {
     pub seq: u64,
 }
 
+impl EventRecord {
+    /// When the decision it carries was taken, for ordering decisions: `occurred_at` as the
+    /// vendor said, else its acceptance (which intake dates no earlier than the tenant's
+    /// decisions stored before it, whatever the clocks).
+    pub fn decided_at(&self) -> i64 {
+        self.occurred_at_ms.unwrap_or(self.accepted_at_ms)
+    }
+}
+
+/// What a decision set aside is recorded with (delivered, never sent).
+pub const SUPERSEDED: &str = "superseded: a newer decision for the tenant was already reported";
+
+/// The activations and deactivations of `events` (a tenant's batch, in acceptance order) that
+/// are older than the tenant's newest decision already reported (`last_sent`), or than a
+/// decision ahead of them in the batch: sending them would end the platform at an older
+/// decision than one it has.
+pub fn older_decisions(events: &[EventRecord], last_sent: Option<i64>) -> Vec<Uuid> {
+    let mut newest = last_sent.unwrap_or(i64::MIN);
+    let mut old = Vec::new();
+    for e in events.iter().filter(|e| e.kind.intended_state().is_some()) {
+        if e.decided_at() < newest {
+            old.push(e.id);
+        } else {
+            newest = e.decided_at();
+        }
+    }
+    old
+}
+
 /// What happened to one event handed to `enqueue`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
@@ -114,6 +143,10 @@ pub struct TenantState {
     pub last_reported: Option<IntegrationState>,
     #[serde(default)]
     pub last_reported_at_ms: Option<i64>,
+    /// When the newest decision reported was taken (`occurred_at`, else acceptance): a
+    /// decision older than it is set aside, never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sent_at_ms: Option<i64>,
 }
 
 impl TenantState {

@@ -119,7 +119,8 @@ async fn export_rest(
         })?;
     }
     for row in rows(
-        "SELECT tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms
+        "SELECT tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms,
+                 last_sent_at_ms
          FROM tenants ORDER BY tenant_id",
     )
     .await?
@@ -244,8 +245,9 @@ impl Chunk {
         }
         for t in std::mem::take(&mut self.tenants) {
             tx.execute(
-                "INSERT INTO tenants (tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO tenants (tenant_id, account, intended, intended_at_ms, last_reported,
+                     last_reported_at_ms, last_sent_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 &[
                     &t.tenant_id,
                     &t.account,
@@ -253,6 +255,7 @@ impl Chunk {
                     &t.intended_at_ms,
                     &state_text(t.last_reported),
                     &t.last_reported_at_ms,
+                    &t.last_sent_at_ms,
                 ],
             )
             .await

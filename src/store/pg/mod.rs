@@ -720,6 +720,7 @@ pub(super) fn row_tenant(row: &Row) -> Result<TenantState, StoreError> {
         intended_at_ms: col(row, 3)?,
         last_reported: state_from(col(row, 4)?),
         last_reported_at_ms: col(row, 5)?,
+        last_sent_at_ms: col(row, 6)?,
     })
 }
 

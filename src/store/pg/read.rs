@@ -92,8 +92,8 @@ impl PgQueue {
             return Ok(Take::Busy);
         }
         let result: Result<Cut, StoreError> = async {
-            // On a shared store, decisions older than one already reported for the tenant
-            // (accepted by another replica at nearly the same moment) are set aside first.
+            // Decisions older than one already reported for the tenant (sent late, or accepted
+            // by another replica at nearly the same moment) are set aside first.
             for _ in 0..8 {
                 // The batch's worth first; past it only when records were passed over.
                 let mut limit = max.max(1);
@@ -115,8 +115,8 @@ impl PgQueue {
                     limit = crate::store::batches::scan_limit(max);
                 };
                 match (&cut, pg.ownership.get()) {
-                    // Only the owner of the shard sets decisions aside (a write): another
-                    // replica takes nothing of it.
+                    // On a shared store only the owner of the shard sets decisions aside (a
+                    // write): another replica takes nothing of it.
                     (Cut::Events(events), Some(own))
                         if own
                             .may_act(pg.shards.of(events[0].account.as_deref()))
@@ -124,7 +124,7 @@ impl PgQueue {
                     {
                         return Ok(Cut::Empty)
                     }
-                    (Cut::Events(events), Some(_)) if self.supersede(tenant, events).await? > 0 => {
+                    (Cut::Events(events), _) if self.supersede(tenant, events).await? > 0 => {
                         continue
                     }
                     _ => return Ok(cut),
@@ -190,17 +190,7 @@ impl PgQueue {
             .map(|r| col::<Option<i64>>(r, 0))
             .transpose()?
             .flatten();
-        // In acceptance order: a decision older than one reported already, or than one ahead
-        // of it in this batch (a re-assertion that raced a newer decision), is set aside.
-        let mut newest = last.unwrap_or(i64::MIN);
-        let mut old: Vec<Uuid> = Vec::new();
-        for e in events.iter().filter(|e| e.kind.intended_state().is_some()) {
-            if decided_at(e) < newest {
-                old.push(e.id);
-            } else {
-                newest = decided_at(e);
-            }
-        }
+        let old = crate::store::older_decisions(events, last);
         if old.is_empty() {
             return Ok(0);
         }
@@ -208,15 +198,14 @@ impl PgQueue {
         let n = pg
             .exec(
                 "UPDATE events SET state = 'delivered', delivered_at_ms = $1,
-                 last_error = 'superseded: a newer decision for the tenant was already reported'
-                 WHERE id = ANY($2) AND state = 'queued'",
-                &[&now, &old],
+                 last_error = $3 WHERE id = ANY($2) AND state = 'queued'",
+                &[&now, &old, &crate::store::SUPERSEDED],
             )
             .await?;
         let mut mem = lock(&pg.mem);
         mem.depth = mem.depth.saturating_sub(n);
         if n > 0 {
-            tracing::info!(message = "reports superseded by a newer decision (accepted elsewhere at nearly the same moment): recorded, not sent", tenant_id = %tenant, events = n);
+            tracing::info!(message = "reports superseded by a newer decision already reported: recorded, not sent", tenant_id = %tenant, events = n);
         }
         Ok(old.len() as u64)
     }
@@ -266,7 +255,8 @@ impl PgQueue {
     pub async fn tenant_state(&self, tenant: &TenantId) -> Result<Option<TenantState>, StoreError> {
         self
             .rows(
-                "SELECT tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms
+                "SELECT tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms,
+                 last_sent_at_ms
                  FROM tenants WHERE tenant_id = $1",
                 &[tenant],
             )
@@ -279,7 +269,8 @@ impl PgQueue {
     pub async fn tenant_states(&self) -> Result<Vec<TenantState>, StoreError> {
         self
             .rows(
-                "SELECT tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms
+                "SELECT tenant_id, account, intended, intended_at_ms, last_reported, last_reported_at_ms,
+                 last_sent_at_ms
                  FROM tenants ORDER BY tenant_id",
                 &[],
             )
@@ -403,10 +394,4 @@ impl PgQueue {
             .await?;
         Ok(count_of(&rows)? as u64)
     }
-}
-
-/// When a decision was taken: `occurred_at` as the vendor said, else its acceptance (which
-/// intake dates no earlier than the tenant's decisions stored before it, whatever the clocks).
-pub(super) fn decided_at(e: &EventRecord) -> i64 {
-    e.occurred_at_ms.unwrap_or(e.accepted_at_ms)
 }

@@ -440,7 +440,7 @@ async fn delivered(
         .clone()
         .filter_map(|e| e.kind.intended_state())
         .next_back();
-    let decided = decisions.map(super::read::decided_at).max();
+    let decided = decisions.map(EventRecord::decided_at).max();
     if let Some(state) = reported {
         tx.execute(
             "INSERT INTO tenants (tenant_id, last_reported, last_reported_at_ms, last_sent_at_ms)

@@ -81,9 +81,34 @@ impl Backend for SledQueue {
         max: usize,
         skip: &[String],
     ) -> Result<Take, StoreError> {
-        let (tenant, skip) = (*tenant, skip.to_vec());
-        self.scan(move |q| q.take_batch_skipping(&tenant, max, &skip))
-            .await
+        let tenant = *tenant;
+        // Decisions older than one already reported for the tenant are set aside first.
+        for _ in 0..8 {
+            let skip = skip.to_vec();
+            let take = self
+                .scan(move |q| q.take_batch_skipping(&tenant, max, &skip))
+                .await?;
+            let Take::Ready(batch) = &take else {
+                return Ok(take);
+            };
+            if !batch
+                .events
+                .iter()
+                .any(|e| e.kind.intended_state().is_some())
+            {
+                return Ok(take);
+            }
+            let last_sent = self
+                .scan(move |q| q.tenant_state(&tenant))
+                .await?
+                .and_then(|t| t.last_sent_at_ms);
+            let old = older_decisions(&batch.events, last_sent);
+            if old.is_empty() {
+                return Ok(take);
+            }
+            self.supersede(batch, &old).await?;
+        }
+        Ok(Take::Empty)
     }
     async fn ack_delivered(&self, batch: &Batch) -> Result<(), StoreError> {
         SledQueue::ack_delivered(self, batch).await

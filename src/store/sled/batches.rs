@@ -150,6 +150,12 @@ impl SledQueue {
                 .iter()
                 .map(|e| (e.seq, e.id, e.kind, e.attempts))
                 .collect(),
+            decided_at: batch
+                .events
+                .iter()
+                .filter(|e| e.kind.intended_state().is_some())
+                .map(EventRecord::decided_at)
+                .max(),
         };
         let (tx, rx) = oneshot::channel();
         let result = match self.send(Job::Ack(job, tx)).await {
@@ -200,6 +206,58 @@ impl SledQueue {
         // Nothing was written when it was taken, so nothing is undone.
         batch.release();
         Ok(())
+    }
+
+    /// Record as superseded (delivered, never sent) the events `old` of a batch taken: decisions
+    /// older than one already reported for the tenant. Gives the batch back; durable before it
+    /// returns.
+    pub async fn supersede(&self, batch: &Batch, old: &[Uuid]) -> Result<(), StoreError> {
+        let tenant = batch.tenant_id;
+        let records: Vec<EventRecord> = batch
+            .events
+            .iter()
+            .filter(|e| old.contains(&e.id))
+            .map(|rec| {
+                let mut rec = rec.clone();
+                rec.last_error = Some(SUPERSEDED.to_string());
+                rec.next_attempt_at_ms = None;
+                rec
+            })
+            .collect();
+        let result = self
+            .write(move |core, w| {
+                let now = now_ms();
+                let mut b = ::sled::Batch::default();
+                let mut shift = counts::Shift::default();
+                for rec in &records {
+                    b.insert(event_key(&rec.id), to_json(rec));
+                    b.remove(pending_key(&tenant, rec.seq));
+                    b.insert(
+                        delivered_marker_key(&rec.id),
+                        delivered_marker(now, rec.attempts),
+                    );
+                    b.insert(delivered_key(now, &rec.id), &[]);
+                    shift.add(rec.account.as_deref(), -1, 0);
+                }
+                let depth = w.depth.saturating_sub(records.len() as u64);
+                b.insert(meta_key("depth"), &depth.to_be_bytes());
+                put_account_counts(&mut b, shift.after(&w.accounts));
+                core.tree.apply_batch(b)?;
+                w.depth = depth;
+                shift.apply(&mut w.accounts);
+                settled(&mut w.heads, &core.tree, tenant)?;
+                Ok(Wrote::default())
+            })
+            .await;
+        batch.release();
+        if result.is_ok() {
+            tracing::info!(
+                message = "reports superseded by a newer decision already reported: recorded, not sent",
+                tenant_id = %tenant,
+                events = old.len()
+            );
+        }
+        result.map(|_| ())
     }
 
     /// Park the batch in the dead-letter store with its reason. Durable before it returns.

@@ -43,6 +43,8 @@ pub(super) struct AckJob {
     pub(super) account: Option<String>,
     /// seq, id, kind and attempts before this delivery, of each event.
     pub(super) items: Vec<(u64, Uuid, EventKind, u32)>,
+    /// When the newest decision of the batch was taken (none: the batch has no decision).
+    pub(super) decided_at: Option<i64>,
 }
 
 impl Core {
@@ -217,11 +219,22 @@ impl Group {
             self.batch.insert(idem_expiry_key(now, k), &[]);
             self.keys.push((k.clone(), id));
         }
+        // A decision is dated by `occurred_at`, else by its acceptance, but never before the
+        // tenant's decisions already stored: a clock set back cannot make it look older than
+        // the decision before it. The tenant's intended state is its latest decision by date.
+        let mut accepted_at = now;
         if let Some(intended) = ev.kind.intended_state() {
             let state = core.tenant_entry(&mut self.tenant_updates, tenant)?;
-            state.intended = Some(intended);
-            state.intended_at_ms = Some(now);
-            state.account = ev.account.clone();
+            if ev.occurred_at_ms.is_none() {
+                let stored = state.intended_at_ms.max(state.last_sent_at_ms);
+                accepted_at = stored.map_or(now, |at| at.max(now));
+            }
+            let decided = ev.occurred_at_ms.unwrap_or(accepted_at);
+            if state.intended_at_ms.is_none_or(|at| decided >= at) {
+                state.intended = Some(intended);
+                state.intended_at_ms = Some(decided);
+                state.account = ev.account.clone();
+            }
         }
         self.shift.add(ev.account.as_deref(), 1, 0);
         let rec = EventRecord {
@@ -231,7 +244,7 @@ impl Group {
             category: ev.category,
             action: ev.action,
             idempotency_key: ev.idempotency_key,
-            accepted_at_ms: now,
+            accepted_at_ms: accepted_at,
             occurred_at_ms: ev.occurred_at_ms,
             account: ev.account.clone(),
             state: EventState::Queued,
@@ -276,6 +289,7 @@ impl Group {
             let t = core.tenant_entry(&mut self.tenant_updates, ack.tenant)?;
             t.last_reported = Some(state);
             t.last_reported_at_ms = Some(now);
+            t.last_sent_at_ms = t.last_sent_at_ms.max(ack.decided_at);
         }
         Ok(())
     }
