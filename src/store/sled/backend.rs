@@ -85,23 +85,22 @@ impl Backend for SledQueue {
         // Decisions older than one already reported for the tenant are set aside first.
         for _ in 0..8 {
             let skip = skip.to_vec();
-            let take = self
-                .scan(move |q| q.take_batch_skipping(&tenant, max, &skip))
+            // The tenant's newest decision sent is read only for a batch with a decision.
+            let (take, last_sent) = self
+                .scan(move |q| {
+                    let take = q.take_batch_skipping(&tenant, max, &skip)?;
+                    let last_sent = match &take {
+                        Take::Ready(b) if has_decision(b) => {
+                            q.tenant_state(&tenant)?.and_then(|t| t.last_sent_at_ms)
+                        }
+                        _ => None,
+                    };
+                    Ok((take, last_sent))
+                })
                 .await?;
             let Take::Ready(batch) = &take else {
                 return Ok(take);
             };
-            if !batch
-                .events
-                .iter()
-                .any(|e| e.kind.intended_state().is_some())
-            {
-                return Ok(take);
-            }
-            let last_sent = self
-                .scan(move |q| q.tenant_state(&tenant))
-                .await?
-                .and_then(|t| t.last_sent_at_ms);
             let old = older_decisions(&batch.events, last_sent);
             if old.is_empty() {
                 return Ok(take);
@@ -219,4 +218,11 @@ impl SizeBound for SledQueue {
     async fn check_bound(&self) -> Result<BoundState, StoreError> {
         SledQueue::check_bound(self).await
     }
+}
+
+fn has_decision(batch: &Batch) -> bool {
+    batch
+        .events
+        .iter()
+        .any(|e| e.kind.intended_state().is_some())
 }
