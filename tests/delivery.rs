@@ -555,7 +555,26 @@ async fn cyberapp_credentials_take_their_tokens_from_the_cyberapp_endpoint() {
 /// superseded and never sent, and the intended state is the latest decision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_older_than_one_already_reported_is_set_aside_and_never_sent() {
-    let h = harness(SandboxOptions::default(), &[]).await;
+    older_decisions_are_set_aside(&[]).await;
+}
+
+/// The same on a PostgreSQL store of one replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_decision_older_than_one_already_reported_is_set_aside() {
+    let Some(server) = common::pg::PgServer::start() else {
+        return;
+    };
+    let url = server.url();
+    older_decisions_are_set_aside(&[
+        ("STATUSD__STORE__BACKEND", "postgres"),
+        ("STATUSD__STORE__POSTGRES__URL", &url),
+        ("STATUSD__STORE__POSTGRES__SCHEMA", "older_decisions"),
+    ])
+    .await;
+}
+
+async fn older_decisions_are_set_aside(store: &[(&str, &str)]) {
+    let h = harness(SandboxOptions::default(), store).await;
     let ts = customers(&h.sandbox, 2);
     let sent = |t: Uuid, field: &str| {
         h.sandbox
