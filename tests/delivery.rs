@@ -637,6 +637,19 @@ async fn older_decisions_are_set_aside(store: &[(&str, &str)]) {
     assert_eq!(view["intended"], "inactive", "{view}");
     assert_eq!(view["last_reported"], "inactive", "{view}");
     assert_eq!(h.running().queue.recount().await.unwrap(), (0, 0));
+    // Both decisions set aside are counted.
+    let metrics = h.get_text("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "statusd_events_superseded_total 2"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("superseded"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 async fn tenant_view(h: &Harness, t: Uuid) -> serde_json::Value {

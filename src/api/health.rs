@@ -52,6 +52,9 @@ pub async fn refresh_gauges(state: &ApiState) {
             .get_or_create(&[("kind", kind.as_str().to_string())]);
         counter.inc_by(n.saturating_sub(counter.get()));
     }
+    let superseded = state.queue.superseded();
+    let counter = &state.metrics.events_superseded;
+    counter.inc_by(superseded.saturating_sub(counter.get()));
     state
         .metrics
         .store_writable

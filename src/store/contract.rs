@@ -119,6 +119,10 @@ pub trait Backend: Send + Sync + 'static {
     async fn account_counts(&self) -> Result<AccountCounts, StoreError>;
     async fn remove_account(&self, id: &str, force: bool) -> Result<Removal, StoreError>;
 
+    /// Decisions this handle set aside since the store was opened (older than one already
+    /// reported: recorded as delivered, never sent).
+    fn superseded(&self) -> u64;
+
     // Capabilities -------------------------------------------------------------------------------
 
     /// A bound on the store's size (`store.max_size`), when the backend keeps one.

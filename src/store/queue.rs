@@ -61,6 +61,11 @@ impl Queue {
         ErrorKind::ALL.map(|k| (k, self.errors[k as usize].load(Relaxed)))
     }
 
+    /// Decisions set aside since the store was opened (older than one already reported).
+    pub fn superseded(&self) -> u64 {
+        self.backend.superseded()
+    }
+
     /// The backend's name, as `store.backend` writes it.
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()

@@ -81,6 +81,11 @@ impl Backend for PgQueue {
     async fn ack_delivered(&self, batch: &Batch) -> Result<(), StoreError> {
         PgQueue::ack_delivered(self, batch).await
     }
+    fn superseded(&self) -> u64 {
+        self.inner
+            .superseded
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
     async fn mark_failed(
         &self,
         batch: &Batch,

@@ -366,6 +366,8 @@ pub(super) struct Pg {
     resync: AtomicBool,
     commits: AtomicU64,
     waiters: AtomicU64,
+    /// Decisions this replica set aside since the store was opened.
+    pub(super) superseded: AtomicU64,
     stop: tokio_util::sync::CancellationToken,
     pub(super) shards: crate::cluster::ShardMap,
     /// What this replica holds (set when it runs as a pool member): checked before it takes a
@@ -425,6 +427,7 @@ impl PgQueue {
             resync: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             waiters: AtomicU64::new(0),
+            superseded: AtomicU64::new(0),
             stop: Default::default(),
             shards: opts.shards.clone(),
             ownership: Default::default(),

@@ -204,6 +204,8 @@ impl PgQueue {
             .await?;
         let mut mem = lock(&pg.mem);
         mem.depth = mem.depth.saturating_sub(n);
+        pg.superseded
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         if n > 0 {
             tracing::info!(message = "reports superseded by a newer decision already reported: recorded, not sent", tenant_id = %tenant, events = n);
         }

@@ -112,6 +112,9 @@ impl Backend for SledQueue {
     async fn ack_delivered(&self, batch: &Batch) -> Result<(), StoreError> {
         SledQueue::ack_delivered(self, batch).await
     }
+    fn superseded(&self) -> u64 {
+        self.inner.superseded.load(Ordering::Relaxed)
+    }
     async fn mark_failed(
         &self,
         batch: &Batch,

@@ -251,6 +251,9 @@ impl SledQueue {
             .await;
         batch.release();
         if result.is_ok() {
+            self.inner
+                .superseded
+                .fetch_add(old.len() as u64, Ordering::Relaxed);
             tracing::info!(
                 message = "reports superseded by a newer decision already reported: recorded, not sent",
                 tenant_id = %tenant,

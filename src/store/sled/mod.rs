@@ -115,6 +115,8 @@ struct Core {
     /// nothing can be written until the store is opened again.
     write_error: Mutex<Option<String>>,
     flush_waiters: AtomicU64,
+    /// Decisions set aside since the store was opened.
+    superseded: AtomicU64,
     wakeup: Wakeup,
     options: StoreOptions,
     bound: bound::Bound,
@@ -185,6 +187,7 @@ impl SledQueue {
             write_error: Mutex::new(None),
             ages: Ages::new(seq_at_open),
             flush_waiters: AtomicU64::new(0),
+            superseded: AtomicU64::new(0),
             wakeup: Wakeup::default(),
             options,
             bound: Default::default(),
