@@ -471,12 +471,22 @@ fn unreachable_platform_env() -> Vec<(&'static str, String)> {
 
 /// Fill a store with `n` pending events over `tenants` tenants, in chunks of 1000.
 async fn fill(store: &Path, n: usize, tenants: &[Uuid]) -> Duration {
+    fill_with(store, n, tenants, ev).await
+}
+
+/// Fill a store with `n` events made by `make` (tenant, index), in chunks of 1000.
+async fn fill_with(
+    store: &Path,
+    n: usize,
+    tenants: &[Uuid],
+    make: impl Fn(Uuid, usize) -> NewEvent,
+) -> Duration {
     let q = Queue::open(store, StoreOptions::default()).unwrap();
     let t = Instant::now();
     let mut done = 0;
     while done < n {
         let chunk: Vec<NewEvent> = (done..(done + 1000).min(n))
-            .map(|i| ev(tenants[i % tenants.len()], i))
+            .map(|i| make(tenants[i % tenants.len()], i))
             .collect();
         done += chunk.len();
         q.enqueue(chunk).await.unwrap();
@@ -702,6 +712,31 @@ async fn delivery_at(dir: &Path, latency_ms: u64) {
         let (take, ack) = deliver_all(&q, &tenants, 8, 20_000).await;
         rate(
             "reference: the store alone, take + ack, 8 lanes, no HTTP",
+            20_000.0 / t.elapsed().as_secs_f64(),
+            &format!(
+                "mean take {} ack {} per 100-event batch",
+                ms(take / 200),
+                ms(ack / 200)
+            ),
+        );
+        // The same with activations and deactivations in turn: each batch's take reads the
+        // tenant's newest decision sent, and each ack writes the tenant's state.
+        let _ = std::fs::remove_dir_all(&copy);
+        let per_round = tenants.len();
+        fill_with(&copy, 20_000, &tenants, |t, i| NewEvent {
+            kind: if (i / per_round) % 2 == 0 {
+                EventKind::Activation
+            } else {
+                EventKind::Deactivation
+            },
+            ..ev(t, i)
+        })
+        .await;
+        let q = Queue::open(&copy, StoreOptions::default()).unwrap();
+        let t = Instant::now();
+        let (take, ack) = deliver_all(&q, &tenants, 8, 20_000).await;
+        rate(
+            "reference: the same, every event a decision",
             20_000.0 / t.elapsed().as_secs_f64(),
             &format!(
                 "mean take {} ack {} per 100-event batch",
