@@ -718,3 +718,84 @@ async fn a_next_attempt_persisted_far_ahead_is_not_trusted() {
         Take::Ready(_)
     ));
 }
+
+/// A tenant state written by an older version dated its intended state when it was accepted,
+/// whatever its `occurred_at`. The next decision replaces it as it did then, so intended state
+/// and delivery agree; from then on decisions are compared by their own dates.
+#[tokio::test]
+async fn a_tenant_state_of_an_older_version_is_replaced_by_the_next_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Uuid::from_u128(11);
+    let t0 = now_ms() - 60_000;
+    let decision = |kind: EventKind, occurred: i64| NewEvent {
+        kind,
+        occurred_at_ms: Some(occurred),
+        ..one_event(tenant, None)
+    };
+    {
+        let q = Queue::open(dir.path(), StoreOptions::default()).unwrap();
+        q.enqueue(vec![decision(EventKind::Activation, t0)])
+            .await
+            .unwrap();
+        let Take::Ready(batch) = q.take_batch(&tenant, 10).await.unwrap() else {
+            panic!("the activation is pending")
+        };
+        q.ack_delivered(&batch).await.unwrap();
+    }
+    // As an older version left it: the activation (which occurred at t0) dated when it was
+    // accepted, 10 s later, and no date of the decision sent.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("statusd").unwrap();
+        let mut k = vec![b't'];
+        k.extend_from_slice(tenant.as_bytes());
+        let mut state: serde_json::Value =
+            serde_json::from_slice(&tree.get(&k).unwrap().unwrap()).unwrap();
+        assert_eq!(state["dated"], true, "{state}");
+        let state = state.as_object_mut().unwrap();
+        state.remove("dated");
+        state.remove("last_sent_at_ms");
+        state.insert("intended_at_ms".into(), (t0 + 10_000).into());
+        tree.insert(&k, serde_json::to_vec(&state).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let q = Queue::open(dir.path(), StoreOptions::default()).unwrap();
+    // A deactivation that occurred 5 s after the activation, before its acceptance: the
+    // intended state, and sent.
+    let off = q
+        .enqueue(vec![decision(EventKind::Deactivation, t0 + 5_000)])
+        .await
+        .unwrap()[0]
+        .id();
+    let state = q.tenant_state(&tenant).await.unwrap().unwrap();
+    assert_eq!(
+        state.intended,
+        Some(statusd::store::IntegrationState::Inactive)
+    );
+    assert_eq!(state.intended_at_ms, Some(t0 + 5_000));
+    let Take::Ready(batch) = q.take_batch(&tenant, 10).await.unwrap() else {
+        panic!("the deactivation is pending")
+    };
+    assert_eq!(batch.ids(), vec![off]);
+    q.ack_delivered(&batch).await.unwrap();
+    // From now on by date: an activation that occurred before the deactivation changes
+    // nothing and is set aside.
+    let late = q
+        .enqueue(vec![decision(EventKind::Activation, t0 + 1_000)])
+        .await
+        .unwrap()[0]
+        .id();
+    let state = q.tenant_state(&tenant).await.unwrap().unwrap();
+    assert_eq!(
+        state.intended,
+        Some(statusd::store::IntegrationState::Inactive)
+    );
+    assert!(matches!(
+        q.take_batch(&tenant, 10).await.unwrap(),
+        Take::Empty
+    ));
+    let rec = q.event(&late).await.unwrap().unwrap();
+    assert_eq!(rec.state, EventState::Delivered);
+    assert_eq!(rec.last_error.as_deref(), Some(statusd::store::SUPERSEDED));
+}

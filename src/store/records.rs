@@ -147,6 +147,12 @@ pub struct TenantState {
     /// decision older than it is set aside, never sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sent_at_ms: Option<i64>,
+    /// `intended_at_ms` is the date of the decision itself (`occurred_at`, else acceptance).
+    /// A state written by an older version of the sled store dated its intended state when it
+    /// was accepted, whatever its `occurred_at`: the next decision replaces such a state, as it
+    /// did then, rather than be compared with that date.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dated: bool,
 }
 
 impl TenantState {

@@ -724,6 +724,7 @@ pub(super) fn row_tenant(row: &Row) -> Result<TenantState, StoreError> {
         last_reported: state_from(col(row, 4)?),
         last_reported_at_ms: col(row, 5)?,
         last_sent_at_ms: col(row, 6)?,
+        dated: true,
     })
 }
 

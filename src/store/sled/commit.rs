@@ -230,10 +230,11 @@ impl Group {
                 accepted_at = stored.map_or(now, |at| at.max(now));
             }
             let decided = ev.occurred_at_ms.unwrap_or(accepted_at);
-            if state.intended_at_ms.is_none_or(|at| decided >= at) {
+            if !state.dated || state.intended_at_ms.is_none_or(|at| decided >= at) {
                 state.intended = Some(intended);
                 state.intended_at_ms = Some(decided);
                 state.account = ev.account.clone();
+                state.dated = true;
             }
         }
         self.shift.add(ev.account.as_deref(), 1, 0);
