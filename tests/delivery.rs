@@ -621,6 +621,9 @@ async fn older_decisions_are_set_aside(store: &[(&str, &str)]) {
     assert_eq!(view["intended"], "active", "{view}");
     assert_eq!(view["intended_at"], "2026-12-01T10:00:05+00:00", "{view}");
     assert_eq!(view["last_reported"], "active", "{view}");
+    // Nothing of it is left pending: no head, no age of an oldest pending event.
+    assert!(h.running().queue.pending_tenants().is_empty());
+    assert_eq!(h.running().queue.stats().oldest_pending_accepted_ms, None);
 
     // Both in one request, the newer first: the older is set aside within the batch.
     let r = h

@@ -195,15 +195,28 @@ impl PgQueue {
             return Ok(0);
         }
         let now = now_ms();
-        let n = pg
-            .exec(
-                "UPDATE events SET state = 'delivered', delivered_at_ms = $1,
-                 last_error = $3 WHERE id = ANY($2) AND state = 'queued'",
-                &[&now, &old, &crate::store::SUPERSEDED],
-            )
+        // With the tenant's next head, as every settlement reads it: when these were its last
+        // pending events, the tenant leaves the heads (and the oldest pending age).
+        let (n, head) = pg
+            .timed(async {
+                let mut client = pg.client().await?;
+                let tx = pg.begin(&mut client).await?;
+                let n = tx
+                    .execute(
+                        "UPDATE events SET state = 'delivered', delivered_at_ms = $1,
+                         last_error = $3 WHERE id = ANY($2) AND state = 'queued'",
+                        &[&now, &old, &crate::store::SUPERSEDED],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let head = super::write::head_of(&tx, tenant).await?;
+                tx.commit().await.map_err(pg_error)?;
+                Ok((n, head))
+            })
             .await?;
         let mut mem = lock(&pg.mem);
         mem.depth = mem.depth.saturating_sub(n);
+        mem.set_head(*tenant, head);
         pg.superseded
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         if n > 0 {
