@@ -92,6 +92,20 @@ impl EventRecord {
     }
 }
 
+/// Whether `events` hold an activation or a deactivation.
+pub fn has_decision(events: &[EventRecord]) -> bool {
+    events.iter().any(|e| e.kind.intended_state().is_some())
+}
+
+/// When the newest decision of `events` was taken (none: they hold no decision).
+pub fn newest_decision_at(events: &[EventRecord]) -> Option<i64> {
+    events
+        .iter()
+        .filter(|e| e.kind.intended_state().is_some())
+        .map(EventRecord::decided_at)
+        .max()
+}
+
 /// What a decision set aside is recorded with (delivered, never sent).
 pub const SUPERSEDED: &str = "superseded: a newer decision for the tenant was already reported";
 

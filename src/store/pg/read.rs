@@ -177,7 +177,7 @@ impl PgQueue {
     ) -> Result<u64, StoreError> {
         let pg = &self.inner;
         // A batch without a decision has nothing to set aside: no query on the hot path.
-        if !events.iter().any(|e| e.kind.intended_state().is_some()) {
+        if !crate::store::has_decision(events) {
             return Ok(0);
         }
         let last: Option<i64> = self

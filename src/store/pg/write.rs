@@ -432,15 +432,12 @@ async fn delivered(
         )
         .await
         .map_err(pg_error)?;
-    let decisions = batch
+    let reported = batch
         .events
         .iter()
-        .filter(|e| e.kind.intended_state().is_some());
-    let reported = decisions
-        .clone()
         .filter_map(|e| e.kind.intended_state())
         .next_back();
-    let decided = decisions.map(EventRecord::decided_at).max();
+    let decided = crate::store::newest_decision_at(&batch.events);
     if let Some(state) = reported {
         tx.execute(
             "INSERT INTO tenants (tenant_id, last_reported, last_reported_at_ms, last_sent_at_ms)

@@ -90,7 +90,7 @@ impl Backend for SledQueue {
                 .scan(move |q| {
                     let take = q.take_batch_skipping(&tenant, max, &skip)?;
                     let last_sent = match &take {
-                        Take::Ready(b) if has_decision(b) => {
+                        Take::Ready(b) if has_decision(&b.events) => {
                             q.tenant_state(&tenant)?.and_then(|t| t.last_sent_at_ms)
                         }
                         _ => None,
@@ -221,11 +221,4 @@ impl SizeBound for SledQueue {
     async fn check_bound(&self) -> Result<BoundState, StoreError> {
         SledQueue::check_bound(self).await
     }
-}
-
-fn has_decision(batch: &Batch) -> bool {
-    batch
-        .events
-        .iter()
-        .any(|e| e.kind.intended_state().is_some())
 }

@@ -150,12 +150,7 @@ impl SledQueue {
                 .iter()
                 .map(|e| (e.seq, e.id, e.kind, e.attempts))
                 .collect(),
-            decided_at: batch
-                .events
-                .iter()
-                .filter(|e| e.kind.intended_state().is_some())
-                .map(EventRecord::decided_at)
-                .max(),
+            decided_at: newest_decision_at(&batch.events),
         };
         let (tx, rx) = oneshot::channel();
         let result = match self.send(Job::Ack(job, tx)).await {
@@ -175,18 +170,16 @@ impl SledQueue {
         error: &str,
         next_attempt_at_ms: i64,
     ) -> Result<(), StoreError> {
-        let records: Vec<EventRecord> = batch
-            .events
-            .iter()
-            .map(|rec| {
-                let mut rec = rec.clone();
+        let records = changed(
+            batch,
+            |_| true,
+            |rec| {
                 rec.state = EventState::Queued;
                 rec.attempts += 1;
                 rec.last_error = Some(error.to_string());
                 rec.next_attempt_at_ms = Some(next_attempt_at_ms);
-                rec
-            })
-            .collect();
+            },
+        );
         let result = self
             .write(move |core, _| {
                 let mut b = ::sled::Batch::default();
@@ -213,17 +206,14 @@ impl SledQueue {
     /// returns.
     pub async fn supersede(&self, batch: &Batch, old: &[Uuid]) -> Result<(), StoreError> {
         let tenant = batch.tenant_id;
-        let records: Vec<EventRecord> = batch
-            .events
-            .iter()
-            .filter(|e| old.contains(&e.id))
-            .map(|rec| {
-                let mut rec = rec.clone();
+        let records = changed(
+            batch,
+            |e| old.contains(&e.id),
+            |rec| {
                 rec.last_error = Some(SUPERSEDED.to_string());
                 rec.next_attempt_at_ms = None;
-                rec
-            })
-            .collect();
+            },
+        );
         let result = self
             .write(move |core, w| {
                 let now = now_ms();
@@ -266,19 +256,17 @@ impl SledQueue {
     /// Park the batch in the dead-letter store with its reason. Durable before it returns.
     pub async fn dead_letter(&self, batch: &Batch, reason: &str) -> Result<(), StoreError> {
         let tenant = batch.tenant_id;
-        let records: Vec<EventRecord> = batch
-            .events
-            .iter()
-            .map(|rec| {
-                let mut rec = rec.clone();
+        let records = changed(
+            batch,
+            |_| true,
+            |rec| {
                 rec.state = EventState::Dead;
                 rec.attempts += 1;
                 rec.dead_reason = Some(reason.to_string());
                 rec.last_error = Some(reason.to_string());
                 rec.next_attempt_at_ms = None;
-                rec
-            })
-            .collect();
+            },
+        );
         let result = self
             .write(move |core, w| {
                 let mut b = ::sled::Batch::default();
@@ -308,4 +296,22 @@ impl SledQueue {
         batch.release();
         result.map(|_| ())
     }
+}
+
+/// Copies of the batch's records that `keep` picks, each changed by `change`, to be written.
+fn changed(
+    batch: &Batch,
+    keep: impl Fn(&EventRecord) -> bool,
+    change: impl Fn(&mut EventRecord),
+) -> Vec<EventRecord> {
+    batch
+        .events
+        .iter()
+        .filter(|e| keep(e))
+        .map(|e| {
+            let mut rec = e.clone();
+            change(&mut rec);
+            rec
+        })
+        .collect()
 }
