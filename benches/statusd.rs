@@ -707,18 +707,12 @@ async fn delivery_at(dir: &Path, latency_ms: u64) {
         let copy = dir.join("store-only");
         let _ = std::fs::remove_dir_all(&copy);
         fill(&copy, 20_000, &tenants).await;
-        let q = Queue::open(&copy, StoreOptions::default()).unwrap();
-        let t = Instant::now();
-        let (take, ack) = deliver_all(&q, &tenants, 8, 20_000).await;
-        rate(
+        store_alone(
+            &copy,
+            &tenants,
             "reference: the store alone, take + ack, 8 lanes, no HTTP",
-            20_000.0 / t.elapsed().as_secs_f64(),
-            &format!(
-                "mean take {} ack {} per 100-event batch",
-                ms(take / 200),
-                ms(ack / 200)
-            ),
-        );
+        )
+        .await;
         // The same with activations and deactivations in turn: each batch's take reads the
         // tenant's newest decision sent, and each ack writes the tenant's state.
         let _ = std::fs::remove_dir_all(&copy);
@@ -732,18 +726,12 @@ async fn delivery_at(dir: &Path, latency_ms: u64) {
             ..ev(t, i)
         })
         .await;
-        let q = Queue::open(&copy, StoreOptions::default()).unwrap();
-        let t = Instant::now();
-        let (take, ack) = deliver_all(&q, &tenants, 8, 20_000).await;
-        rate(
+        store_alone(
+            &copy,
+            &tenants,
             "reference: the same, every event a decision",
-            20_000.0 / t.elapsed().as_secs_f64(),
-            &format!(
-                "mean take {} ack {} per 100-event batch",
-                ms(take / 200),
-                ms(ack / 200)
-            ),
-        );
+        )
+        .await;
     }
     let s = settings(&sb.url, &sb.client_id, &sb.client_secret, &store);
     let reports_before = sb.reports().len();
@@ -784,6 +772,23 @@ async fn delivery_at(dir: &Path, latency_ms: u64) {
         ),
     );
     running.shutdown().await;
+}
+
+/// Take and acknowledge the 20 000 events of the filled store at `path` with 8 lanes, no HTTP,
+/// and print the rate as `label`.
+async fn store_alone(path: &Path, tenants: &[Uuid], label: &str) {
+    let q = Queue::open(path, StoreOptions::default()).unwrap();
+    let t = Instant::now();
+    let (take, ack) = deliver_all(&q, tenants, 8, 20_000).await;
+    rate(
+        label,
+        20_000.0 / t.elapsed().as_secs_f64(),
+        &format!(
+            "mean take {} ack {} per 100-event batch",
+            ms(take / 200),
+            ms(ack / 200)
+        ),
+    );
 }
 
 async fn recovery(dir: &Path, big: usize) {
