@@ -763,12 +763,15 @@ async fn a_tenant_state_of_an_older_version_is_replaced_by_the_next_decision() {
     let q = Queue::open(dir.path(), StoreOptions::default()).unwrap();
     // A deactivation that occurred 5 s after the activation, before its acceptance: the
     // intended state, and sent.
-    let off = q
-        .enqueue(vec![decision(EventKind::Deactivation, t0 + 5_000)])
-        .await
-        .unwrap()[0]
-        .id();
-    let state = q.tenant_state(&tenant).await.unwrap().unwrap();
+    // One decision accepted: its id, and the tenant's state after it.
+    let accept = |ev: NewEvent| {
+        let q = q.clone();
+        async move {
+            let id = q.enqueue(vec![ev]).await.unwrap()[0].id();
+            (id, q.tenant_state(&tenant).await.unwrap().unwrap())
+        }
+    };
+    let (off, state) = accept(decision(EventKind::Deactivation, t0 + 5_000)).await;
     assert_eq!(
         state.intended,
         Some(statusd::store::IntegrationState::Inactive)
@@ -781,12 +784,7 @@ async fn a_tenant_state_of_an_older_version_is_replaced_by_the_next_decision() {
     q.ack_delivered(&batch).await.unwrap();
     // From now on by date: an activation that occurred before the deactivation changes
     // nothing and is set aside.
-    let late = q
-        .enqueue(vec![decision(EventKind::Activation, t0 + 1_000)])
-        .await
-        .unwrap()[0]
-        .id();
-    let state = q.tenant_state(&tenant).await.unwrap().unwrap();
+    let (late, state) = accept(decision(EventKind::Activation, t0 + 1_000)).await;
     assert_eq!(
         state.intended,
         Some(statusd::store::IntegrationState::Inactive)
